@@ -1,0 +1,30 @@
+# hybridinfer: `make demo` installs and generates with the default model; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/hybridinfer
+
+.PHONY: install demo test bench model clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+model: install
+	$(CLI) fetch
+
+demo: model
+	$(CLI) generate -p "The three primary colors are" -n 48 --temp 0
+
+test: model
+	$(PY) -m pytest
+
+bench: model
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

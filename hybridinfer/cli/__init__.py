@@ -1,0 +1,1 @@
+"""The `hybridinfer` command line: thin click commands over the library."""

@@ -1,0 +1,78 @@
+"""`hybridinfer chat`: interactive multi-turn chat with the model's chat template.
+
+Each turn renders the whole conversation and feeds it; the engine reuses the KV cache for the prefix it
+already holds, so only the new part of the conversation is evaluated. Ctrl-C interrupts a reply, Ctrl-D or
+/bye quits, /clear starts over.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..chat_template import render_chat
+from ..engine import Engine
+from ..generate import Timings
+from .options import model_options, open_engine, sampling_options, sampling_settings
+
+HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts a reply"
+
+
+@click.command()
+@model_options
+@click.option("--system", "system_prompt", default=None, help="system message")
+@click.option("--chat-template", default=None,
+              help="a Jinja chat template, or a built-in name (llama2, chatml, minicpm); default: the model's own")
+@click.option("-n", "--n-predict", "max_tokens", type=int, default=-1, help="maximum tokens per reply (-1 = no limit)")
+@click.option("--timings", "show_timings", is_flag=True, help="print llama.cpp-style timings after each reply")
+@sampling_options
+def chat(model_path, n_ctx, n_threads, system_prompt, chat_template, max_tokens, show_timings, **kwargs):
+    """Chat with a model interactively."""
+    sampling = sampling_settings(kwargs)
+    engine = open_engine(model_path, n_ctx, n_threads)
+    template = chat_template or engine.chat_template or ("minicpm" if engine.config.architecture == "minicpm" else None)
+    start = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages = list(start)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(HELP, err=True)
+    while True:
+        if interactive:
+            click.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/bye":
+            break
+        text = line.rstrip("\n")
+        if text.strip() == "/clear":
+            messages = list(start)
+            engine.reset()
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        reply, timings = _reply(engine, messages, template, max_tokens, sampling)
+        messages.append({"role": "assistant", "content": reply})
+        if show_timings:
+            for report in timings.report_lines():
+                click.echo(report, err=True)
+
+
+def _reply(engine: Engine, messages: list[dict], template, max_tokens: int, sampling: dict) -> tuple[str, Timings]:
+    tokenizer = engine.tokenizer
+    bos = tokenizer.decode([tokenizer.bos_id], skip_special=False) if tokenizer.bos_id is not None else ""
+    eos = tokenizer.decode([tokenizer.eos_id], skip_special=False) if tokenizer.eos_id is not None else ""
+    rendered = render_chat(messages, template, bos_token=bos, eos_token=eos, add_generation_prompt=True)
+    add_bos = tokenizer.add_bos and not (bos and rendered.startswith(bos))
+    prompt = tokenizer.encode(rendered, add_bos=add_bos)
+    timings = Timings(load_ms=engine.load_ms)
+    pieces = []
+    try:
+        for chunk in engine.stream(prompt, max_tokens=max_tokens, timings=timings, **sampling):
+            pieces.append(chunk.text)
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass  # the reply so far stays in the conversation
+    sys.stdout.write("\n")
+    return "".join(pieces), timings

@@ -1,0 +1,40 @@
+"""`hybridinfer` entry point: the command group and the one place user errors become a one-line message."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..errors import HybridInferError
+from .chat_cmd import chat
+from .generate_cmd import generate
+from .info_cmd import fetch, info
+
+
+class _Group(click.Group):
+    """Turns HybridInferError into `error: ...` on stderr with exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HybridInferError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hybridinfer")
+def cli():
+    """hybridinfer: activation-sparse LLM inference (GGUF models)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+
+cli.add_command(generate)
+cli.add_command(chat)
+cli.add_command(info)
+cli.add_command(fetch)

@@ -1,0 +1,52 @@
+"""Flags shared by several commands, named as llama.cpp names them."""
+
+from __future__ import annotations
+
+import click
+
+from ..default_model import ensure_default_model
+from ..engine import Engine
+from ..sampling import SamplerSettings
+
+_defaults = SamplerSettings()
+
+
+def model_options(command):
+    for option in reversed([
+        click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
+                     help="GGUF model file (default: SmolLM2-135M-Instruct, fetched on first use)"),
+        click.option("-c", "--ctx-size", "n_ctx", type=int, default=4096, show_default=True,
+                     help="context size in tokens (0 = the model's own)"),
+        click.option("-t", "--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def sampling_options(command):
+    for option in reversed([
+        click.option("--temp", "temperature", type=float, default=_defaults.temperature, show_default=True,
+                     help="temperature; <= 0 is greedy"),
+        click.option("--top-k", type=int, default=_defaults.top_k, show_default=True, help="top-k (0 = off)"),
+        click.option("--top-p", type=float, default=_defaults.top_p, show_default=True, help="top-p (1.0 = off)"),
+        click.option("--min-p", type=float, default=_defaults.min_p, show_default=True, help="min-p (0.0 = off)"),
+        click.option("--repeat-penalty", type=float, default=_defaults.repeat_penalty, show_default=True,
+                     help="penalty for repeated tokens (1.0 = off)"),
+        click.option("--repeat-last-n", type=int, default=_defaults.repeat_last_n, show_default=True,
+                     help="tokens considered for the repeat penalty (0 = off, -1 = context)"),
+        click.option("-s", "--seed", type=int, default=-1, show_default=True, help="RNG seed (-1 = random)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def sampling_settings(kwargs: dict) -> dict:
+    """Pop the sampling flags out of a command's keyword arguments."""
+    names = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+    return {name: kwargs.pop(name) for name in names}
+
+
+def open_engine(model_path: str | None, n_ctx: int, n_threads: int | None) -> Engine:
+    if model_path is None:
+        model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
+    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads)

@@ -1,0 +1,141 @@
+"""The Python API: `hybridinfer.load(path)` returns an `Engine` (model, tokenizer, KV cache, generation)."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .errors import HybridInferError
+from .generate import GenerationChunk, GenerationResult, Timings, stream_generate
+from .gguf_file import GGUFFile
+from .model import Transformer
+from .sampling import Sampler, SamplerSettings
+from .tokenizer import tokenizer_from_metadata
+from .weights import load_weights
+
+DEFAULT_CTX = 4096
+PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the attention scratch memory
+
+
+class Engine:
+    """One loaded model with its KV cache. `tokens` is what the cache holds, so a later prompt that starts
+    with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
+
+    def __init__(self, path: str, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None):
+        start = time.perf_counter()
+        if n_threads is not None:
+            if n_threads < 1:
+                raise HybridInferError(f"-t/--threads must be at least 1, got {n_threads}")
+            torch.set_num_threads(n_threads)
+        self.path = str(path)
+        self.file = GGUFFile(path)
+        self.config = ModelConfig.from_gguf(self.file)
+        self.tokenizer = tokenizer_from_metadata(self.file.metadata)
+        if n_ctx < 0:
+            raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
+        n_ctx = self.config.context_length if n_ctx == 0 else n_ctx
+        self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
+        self.tokens: list[int] = []
+        self.load_ms = (time.perf_counter() - start) * 1000
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.n_ctx
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.file.get("tokenizer.chat_template")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def reset(self) -> None:
+        self.tokens = []
+
+    def feed(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Make the cache hold `tokens`; return the last position's logits (float32 [n_vocab]) and how many
+        positions were evaluated. A prefix already in the cache is reused (at least one token is evaluated)."""
+        if not tokens:
+            raise HybridInferError("nothing to evaluate: the prompt is empty")
+        self._check_fits(tokens)
+        reuse = _common_prefix(self.tokens, tokens)
+        reuse = min(reuse, len(tokens) - 1)
+        self.tokens = self.tokens[:reuse]
+        logits = None
+        for begin in range(reuse, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[begin:begin + PREFILL_CHUNK]
+            logits = self.model.forward(torch.tensor(chunk, dtype=torch.long), begin)
+            self.tokens.extend(chunk)
+        return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """float32 [len(token_ids), n_vocab], evaluated from an empty cache."""
+        token_ids = list(token_ids)
+        if not token_ids:
+            raise HybridInferError("logits() needs at least one token id")
+        self._check_fits(token_ids)
+        self.tokens = []
+        rows = []
+        for begin in range(0, len(token_ids), PREFILL_CHUNK):
+            chunk = token_ids[begin:begin + PREFILL_CHUNK]
+            rows.append(self.model.forward(torch.tensor(chunk, dtype=torch.long), begin).numpy())
+            self.tokens.extend(chunk)
+        return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+    def stream(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,
+               timings: Timings | None = None, **sampling) -> Iterator[GenerationChunk]:
+        """An iterator of `GenerationChunk`s (text pieces) for a prompt given as text or token ids.
+        Sampling options are SamplerSettings' fields (temperature, top_k, top_p, min_p, repeat_penalty, ...).
+        Bad options and prompts raise here, before anything is generated."""
+        prompt_tokens = self._prompt_tokens(prompt)
+        sampler = Sampler(SamplerSettings(**sampling))
+        return stream_generate(self, prompt_tokens, sampler, max_tokens, stop, timings)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,
+                 **sampling) -> GenerationResult:
+        timings = Timings(load_ms=self.load_ms)
+        pieces, tokens, finish = [], [], "length"
+        for chunk in self.stream(prompt, max_tokens, stop, timings, **sampling):
+            pieces.append(chunk.text)
+            if chunk.token is not None:
+                tokens.append(chunk.token)
+            finish = chunk.finish_reason or finish
+        return GenerationResult("".join(pieces), tokens, finish, timings)
+
+    def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
+        tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not tokens:
+            raise HybridInferError("the prompt is empty; give some text with -p")
+        bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
+        if bad:
+            raise HybridInferError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        self._check_fits(tokens)
+        return tokens
+
+    def _check_fits(self, tokens: list[int]) -> None:
+        if len(tokens) > self.n_ctx:
+            raise HybridInferError(
+                f"the prompt is {len(tokens)} tokens, longer than the context size {self.n_ctx}; "
+                "raise -c/--ctx-size or shorten the prompt")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
+
+
+def load(path: str, **options) -> Engine:
+    """Load a GGUF model. Options: n_ctx (default 4096; 0 = the model's own), n_threads."""
+    return Engine(path, **options)

@@ -1,0 +1,1 @@
+"""Activation predictors: small per-layer networks that guess which FFN neurons fire for a token."""

@@ -1,0 +1,15 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from hybridinfer.default_model import default_model_path
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    """The default SmolLM2-135M GGUF (fetched by `make test`), or $HYBRIDINFER_TEST_MODEL; skip if absent."""
+    path = Path(os.environ.get("HYBRIDINFER_TEST_MODEL") or default_model_path())
+    if not path.exists():
+        pytest.skip(f"default model not present at {path} (run `hybridinfer fetch`)")
+    return path
