@@ -25,7 +25,7 @@ class Engine:
     """One loaded model with its KV cache. `tokens` is what the cache holds, so a later prompt that starts
     with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
 
-    def __init__(self, path: str, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None):
+    def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None):
         start = time.perf_counter()
         if n_threads is not None:
             if n_threads < 1:
@@ -35,9 +35,12 @@ class Engine:
         self.file = GGUFFile(path)
         self.config = ModelConfig.from_gguf(self.file)
         self.tokenizer = tokenizer_from_metadata(self.file.metadata)
-        if n_ctx < 0:
+        if n_ctx is None:
+            n_ctx = min(DEFAULT_CTX, self.config.context_length)
+        elif n_ctx < 0:
             raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
-        n_ctx = self.config.context_length if n_ctx == 0 else n_ctx
+        elif n_ctx == 0:
+            n_ctx = self.config.context_length
         self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
@@ -137,5 +140,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def load(path: str, **options) -> Engine:
-    """Load a GGUF model. Options: n_ctx (default 4096; 0 = the model's own), n_threads."""
+    """Load a GGUF model. Options: n_ctx (default: the model's context length, at most 4096; 0 = the model's
+    own), n_threads."""
     return Engine(path, **options)

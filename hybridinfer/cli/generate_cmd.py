@@ -46,6 +46,7 @@ def generate(model_path, n_ctx, n_threads, prompt, prompt_file, max_tokens, stop
                                "timings": timings.as_dict()}))
         return
     sys.stdout.write("\n")
+    sys.stdout.flush()
     for line in timings.report_lines():
         click.echo(line, err=True)
 

@@ -15,8 +15,8 @@ def model_options(command):
     for option in reversed([
         click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
                      help="GGUF model file (default: SmolLM2-135M-Instruct, fetched on first use)"),
-        click.option("-c", "--ctx-size", "n_ctx", type=int, default=4096, show_default=True,
-                     help="context size in tokens (0 = the model's own)"),
+        click.option("-c", "--ctx-size", "n_ctx", type=int, default=None,
+                     help="context size in tokens (default: the model's, at most 4096; 0 = the model's own)"),
         click.option("-t", "--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)"),
     ]):
         command = option(command)

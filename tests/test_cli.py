@@ -1,0 +1,68 @@
+"""CLI smoke tests: generate (text and --json), info, and one-line errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from hybridinfer.cli.main import cli
+from tiny_models import random_weights, write_tiny_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", random_weights(seed=31), context_length=64)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "hybridinfer", *map(str, args)], capture_output=True, text=True)
+
+
+def test_generate_streams_text_and_prints_timings(tiny):
+    result = CliRunner().invoke(cli, ["generate", "-m", str(tiny), "-p", "hello", "-n", "5", "--temp", "0"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("hello")
+    assert "prompt eval time" in result.stderr and "tokens per second" in result.stderr
+
+
+def test_generate_json(tiny):
+    result = CliRunner().invoke(cli, ["generate", "-m", str(tiny), "-p", "the world", "-n", "4", "--temp", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert set(record) >= {"text", "tokens", "timings"}
+    assert set(record["timings"]) >= {"load_ms", "prompt_ms", "prompt_tokens", "prompt_tps", "eval_ms",
+                                      "eval_tokens", "eval_tps"}
+    assert 1 <= len(record["tokens"]) <= 4
+
+
+def test_info_json(tiny):
+    result = CliRunner().invoke(cli, ["info", str(tiny), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["architecture"] == "llama" and summary["ffn_activation"] == "silu"
+    assert summary["tokenizer"] == "llama" and summary["weight_types"]["F32"]["tensors"] > 0
+
+
+def test_chat_reads_turns_from_stdin(tiny):
+    result = CliRunner().invoke(cli, ["chat", "-m", str(tiny), "-n", "3", "--temp", "0"], input="hello\n/clear\nthe\n/bye\n")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"], "not found"),
+    (["info", "{notgguf}"], "not a GGUF file"),
+    (["generate", "-m", "{tiny}", "-p", "hello " * 80], "longer than the context size"),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--top-p", "2"], "--top-p"),
+    (["generate", "-m", "{tiny}"], "no prompt"),
+])
+def test_errors_are_one_line_without_traceback(tiny, tmp_path, args, needle):
+    notgguf = tmp_path / "x.gguf"
+    notgguf.write_text("plain text")
+    args = [a.replace("{tiny}", str(tiny)).replace("{notgguf}", str(notgguf)) for a in args]
+    done = run(*args)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], done.stderr
