@@ -9,6 +9,7 @@ import click
 
 from ..errors import HybridInferError
 from .chat_cmd import chat
+from .convert_cmd import convert
 from .generate_cmd import generate
 from .info_cmd import fetch, info
 
@@ -38,3 +39,4 @@ cli.add_command(generate)
 cli.add_command(chat)
 cli.add_command(info)
 cli.add_command(fetch)
+cli.add_command(convert)

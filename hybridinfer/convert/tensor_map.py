@@ -1,0 +1,77 @@
+"""Hugging Face tensor names -> GGUF tensor names, and llama.cpp's Q/K row permutation."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .hf_config import HFModelSpec
+
+_GLOBAL = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.bias)$")  # buffers some checkpoints store; never used
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """The GGUF name of an HF tensor, or None for a tensor the converter does not know."""
+    if hf_name in _GLOBAL:
+        return _GLOBAL[hf_name]
+    match = _LAYER_NAME.match(hf_name)
+    if match and match.group(2) in _LAYER:
+        return f"blk.{match.group(1)}.{_LAYER[match.group(2)]}"
+    return None
+
+
+def expected_shapes(spec: HFModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every GGUF tensor the model needs, with its torch shape (out, in)."""
+    head_dim = spec.n_embd // spec.n_head
+    shapes = {"token_embd.weight": (spec.n_vocab, spec.n_embd), "output_norm.weight": (spec.n_embd,)}
+    if not spec.tie_word_embeddings:
+        shapes["output.weight"] = (spec.n_vocab, spec.n_embd)
+    for i in range(spec.n_layer):
+        p = f"blk.{i}."
+        shapes.update({
+            p + "attn_norm.weight": (spec.n_embd,),
+            p + "attn_q.weight": (spec.n_head * head_dim, spec.n_embd),
+            p + "attn_k.weight": (spec.n_head_kv * head_dim, spec.n_embd),
+            p + "attn_v.weight": (spec.n_head_kv * head_dim, spec.n_embd),
+            p + "attn_output.weight": (spec.n_embd, spec.n_head * head_dim),
+            p + "ffn_norm.weight": (spec.n_embd,),
+            p + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
+            p + "ffn_up.weight": (spec.n_ff, spec.n_embd),
+            p + "ffn_down.weight": (spec.n_embd, spec.n_ff),
+        })
+    return shapes
+
+
+def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Reorder Q or K rows from HF's rotate-half pairing (j, j + hd/2) to GGUF's adjacent pairs (2j, 2j+1):
+    within each head, new row 2j = old row j and new row 2j+1 = old row j + hd/2 (llama.cpp's converter)."""
+    rows = weight.shape[0]
+    return np.ascontiguousarray(
+        weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape))
+
+
+def prepare(name: str, values: np.ndarray, spec: HFModelSpec) -> np.ndarray:
+    """Apply the GGUF conventions to one tensor's float32 values."""
+    if name.endswith("attn_q.weight"):
+        return permute_for_rope(values, spec.n_head)
+    if name.endswith("attn_k.weight"):
+        return permute_for_rope(values, spec.n_head_kv)
+    return values

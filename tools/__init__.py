@@ -1,0 +1,1 @@
+"""Standalone scripts (checkpoint synthesis, training recipes, benchmarks); importable by the tests."""
