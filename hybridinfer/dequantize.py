@@ -39,6 +39,12 @@ def dequantize(tensor: GGUFTensor) -> np.ndarray:
     return values.reshape(tensor.shape)
 
 
+def dequantize_rows(tensor: GGUFTensor, stop: int) -> np.ndarray:
+    """float32 rows 0..stop-1 of a 2-D tensor, decoding only those rows' bytes."""
+    rows = np.asarray(tensor.raw)[:stop]
+    return dequantize(GGUFTensor(tensor.name, tensor.type, (rows.shape[0], tensor.shape[1]), rows))
+
+
 def bf16_to_f32(words: np.ndarray) -> np.ndarray:
     return (words.astype(np.uint32) << 16).view(np.float32)
 

@@ -10,10 +10,12 @@ import torch
 
 from .config import ModelConfig
 from .errors import HybridInferError
+from .fingerprint import Fingerprint
 from .generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .gguf_file import GGUFFile
 from .model import Transformer
 from .sampling import Sampler, SamplerSettings
+from .sparse_ffn import ExactSparseFFN, PredictedSparseFFN
 from .tokenizer import tokenizer_from_metadata
 from .weights import load_weights
 
@@ -25,13 +27,15 @@ class Engine:
     """One loaded model with its KV cache. `tokens` is what the cache holds, so a later prompt that starts
     with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
 
-    def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None):
+    def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None, exact: bool = False,
+                 predictors: str | None = None):
         start = time.perf_counter()
         if n_threads is not None:
             if n_threads < 1:
                 raise HybridInferError(f"-t/--threads must be at least 1, got {n_threads}")
             torch.set_num_threads(n_threads)
         self.path = str(path)
+        self._fingerprint: Fingerprint | None = None
         self.file = GGUFFile(path)
         self.config = ModelConfig.from_gguf(self.file)
         self.tokenizer = tokenizer_from_metadata(self.file.metadata)
@@ -42,8 +46,26 @@ class Engine:
         elif n_ctx == 0:
             n_ctx = self.config.context_length
         self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
+        self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
+
+    def _sparse_ffn(self, exact: bool, predictors: str | None):
+        if exact and predictors:
+            raise HybridInferError("--exact and --predictors exclude each other: choose one")
+        if exact:
+            return ExactSparseFFN(self.config, self.model.weights)
+        if predictors:
+            from predictors.file import load_predictors
+            predictor_set = load_predictors(predictors, self.fingerprint)
+            return PredictedSparseFFN(self.config, self.model.weights, predictor_set)
+        return None
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = Fingerprint.of_model(self.file, self.config)
+        return self._fingerprint
 
     @property
     def n_ctx(self) -> int:
@@ -80,9 +102,10 @@ class Engine:
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """float32 [len(token_ids), n_vocab], evaluated from an empty cache."""
-        token_ids = list(token_ids)
+        token_ids = [int(t) for t in token_ids]
         if not token_ids:
             raise HybridInferError("logits() needs at least one token id")
+        self._check_ids(token_ids)
         self._check_fits(token_ids)
         self.tokens = []
         rows = []
@@ -116,11 +139,14 @@ class Engine:
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not tokens:
             raise HybridInferError("the prompt is empty; give some text with -p")
+        self._check_ids(tokens)
+        self._check_fits(tokens)
+        return tokens
+
+    def _check_ids(self, tokens: list[int]) -> None:
         bad = [t for t in tokens if not 0 <= t < self.config.n_vocab]
         if bad:
             raise HybridInferError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.n_vocab - 1})")
-        self._check_fits(tokens)
-        return tokens
 
     def _check_fits(self, tokens: list[int]) -> None:
         if len(tokens) > self.n_ctx:
@@ -141,5 +167,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def load(path: str, **options) -> Engine:
     """Load a GGUF model. Options: n_ctx (default: the model's context length, at most 4096; 0 = the model's
-    own), n_threads."""
+    own), n_threads, exact (lossless sparse FFN, ReLU/FATReLU models), predictors (a predictor file: the FFN
+    computes only predicted-active neurons)."""
     return Engine(path, **options)

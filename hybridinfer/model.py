@@ -56,13 +56,21 @@ def ffn_activation(gate: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 class Transformer:
-    """LLaMA-family decoder (llama, minicpm) with a KV cache; `forward` runs a batch of new positions."""
+    """LLaMA-family decoder (llama, minicpm) with a KV cache; `forward` runs a batch of new positions.
+
+    `sparse_ffn`, when set, computes every layer's FFN instead of the dense `ffn` below (see sparse_ffn.py).
+    `observers` are called once per layer as observer(layer_index, residual, activation): the residual stream
+    before ffn_norm (T, n_embd) and the dense FFN activation act(gate) (T, n_ff) — for profiling and
+    predictor training.
+    """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, n_ctx: int):
         self.config = config
         self.weights = weights
         self.cache = KVCache(config, n_ctx)
         self.rope_cos, self.rope_sin = rope_tables(config, n_ctx)
+        self.sparse_ffn = None
+        self.observers: list = []
 
     @property
     def n_ctx(self) -> int:
@@ -75,7 +83,7 @@ class Transformer:
         x = w.token_embd[tokens] * c.embedding_scale  # (T, n_embd)
         for index, layer in enumerate(w.layers):
             x = x + self.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), start_pos) * c.residual_scale
-            x = x + self.ffn(layer, rms_norm(x, layer.ffn_norm, c.rms_eps)) * c.residual_scale
+            x = x + self.ffn_block(index, layer, x) * c.residual_scale
         x = rms_norm(x, w.output_norm, c.rms_eps)
         return (x @ w.output.T) / c.logit_scale
 
@@ -95,6 +103,16 @@ class Transformer:
         scores = scores.masked_fill(torch.arange(end)[None, :] > query_pos, float("-inf"))
         out = torch.einsum("hts,shd->thd", scores.softmax(-1), values).reshape(n_new, c.n_head * c.head_dim)
         return out @ layer.attn_output.T
+
+    def ffn_block(self, index: int, layer: LayerWeights, residual: torch.Tensor) -> torch.Tensor:
+        x = rms_norm(residual, layer.ffn_norm, self.config.rms_eps)
+        if self.observers:
+            activation = ffn_activation(x @ layer.ffn_gate.T, self.config)
+            for observe in self.observers:
+                observe(index, residual, activation)
+        if self.sparse_ffn is not None:
+            return self.sparse_ffn(index, layer, residual, x)
+        return self.ffn(layer, x)
 
     def ffn(self, layer: LayerWeights, x: torch.Tensor) -> torch.Tensor:
         hidden = ffn_activation(x @ layer.ffn_gate.T, self.config) * (x @ layer.ffn_up.T)  # (T, n_ff)

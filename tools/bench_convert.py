@@ -1,7 +1,7 @@
 """Conversion benchmark: synthesize a full-size ProSparse-LLaMA-2-7B checkpoint (fp32 safetensors, ~27 GB,
 6 shards, as published) and convert it to GGUF, reporting throughput (MB/s of input) and peak RSS.
 
-Usage: python tools/bench_convert.py [--workdir DIR] [--outtype q4_0] [--variant prosparse-llama-2-7b] [--keep]
+Usage: PYTHONPATH=. python tools/bench_convert.py [--workdir DIR] [--outtype q4_0] [--variant prosparse-llama-2-7b] [--keep]
 The conversion runs in a child process so its peak RSS is its own.
 """
 

@@ -23,11 +23,12 @@ from .options import model_options, open_engine, sampling_options, sampling_sett
 @click.option("--no-display-prompt", is_flag=True, help="do not echo the prompt before the generated text")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, timings) instead")
 @sampling_options
-def generate(model_path, n_ctx, n_threads, prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, **kwargs):
+def generate(model_path, n_ctx, n_threads, exact, predictors_path,
+             prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, **kwargs):
     """Generate text from a prompt."""
     sampling = sampling_settings(kwargs)
     prompt = _read_prompt(prompt, prompt_file)
-    engine = open_engine(model_path, n_ctx, n_threads)
+    engine = open_engine(model_path, n_ctx, n_threads, exact, predictors_path)
     timings = Timings(load_ms=engine.load_ms)
     pieces, tokens, finish = [], [], "length"
     stream = engine.stream(prompt, max_tokens=max_tokens, stop=list(stop), timings=timings, **sampling)

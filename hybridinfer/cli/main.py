@@ -12,6 +12,8 @@ from .chat_cmd import chat
 from .convert_cmd import convert
 from .generate_cmd import generate
 from .info_cmd import fetch, info
+from .perplexity_cmd import perplexity
+from .profile_cmd import profile
 
 
 class _Group(click.Group):
@@ -40,3 +42,5 @@ cli.add_command(chat)
 cli.add_command(info)
 cli.add_command(fetch)
 cli.add_command(convert)
+cli.add_command(perplexity)
+cli.add_command(profile)

@@ -18,6 +18,9 @@ def model_options(command):
         click.option("-c", "--ctx-size", "n_ctx", type=int, default=None,
                      help="context size in tokens (default: the model's, at most 4096; 0 = the model's own)"),
         click.option("-t", "--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)"),
+        click.option("--exact", is_flag=True, help="lossless sparse FFN: up/down rows only where the activation passes"),
+        click.option("--predictors", "predictors_path", type=click.Path(dir_okay=False), default=None,
+                     help="predictor file (.pred.gguf): compute only the neurons it predicts active"),
     ]):
         command = option(command)
     return command
@@ -46,7 +49,8 @@ def sampling_settings(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in names}
 
 
-def open_engine(model_path: str | None, n_ctx: int, n_threads: int | None) -> Engine:
+def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None, exact: bool = False,
+                predictors_path: str | None = None) -> Engine:
     if model_path is None:
         model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
-    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path)

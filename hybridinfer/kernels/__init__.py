@@ -1,0 +1,1 @@
+"""Compute kernels: `cpu_sparse` (numba, the fast CPU path) and `reference` (plain numpy twins)."""
