@@ -14,7 +14,6 @@ They can also be exported in PowerInfer's layout: activation/activation_{i}.pt, 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ import gguf
 import numpy as np
 import torch
 
+from .atomic_file import atomic_output
 from .engine import Engine
 from .errors import HybridInferError
 from .fingerprint import Fingerprint
@@ -87,10 +87,7 @@ def profile_activations(engine: Engine, chunks: list[list[int]],
 
 
 def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
-    path = Path(path)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as partial:
         writer = gguf.GGUFWriter(partial, ARCH)
         writer.add_uint64(N_TOKENS_KEY, profile.n_tokens)
         profile.fingerprint.write(writer)
@@ -100,11 +97,6 @@ def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
 
 
 def load_profile(path: str | os.PathLike, model_fingerprint: Fingerprint | None = None) -> ActivationProfile:

@@ -201,3 +201,11 @@ def test_killed_conversion_leaves_no_file_at_the_destination(tmp_path_factory, t
     if sig == signal.SIGINT:
         assert "Traceback" not in stderr
         assert not list(tmp_path.glob(".out.gguf.*"))  # the partial file is removed too
+
+
+def test_output_file_gets_ordinary_permissions(checkpoints, tmp_path):
+    out = tmp_path / "m.gguf"
+    convert_checkpoint(checkpoints[("llama-silu", None)], out, outtype="f16")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -7,7 +7,7 @@ import torch
 import hybridinfer
 from hybridinfer.errors import HybridInferError
 from hybridinfer.model import ffn_activation
-from hybridinfer.sparse_ffn import ExactSparseFFN, PredictedSparseFFN
+from hybridinfer.sparse_ffn import PredictedSparseFFN
 from tiny_models import random_weights, write_tiny_gguf
 
 

@@ -35,8 +35,8 @@ def main() -> None:
         sys.exit(done.stderr.strip())
     summary = json.loads(done.stdout)
     largest = max(p.stat().st_size for p in hf_dir.glob("*.safetensors"))
-    print(f"| checkpoint | outtype | input GB | output GB | seconds | MB/s of input | peak RSS MB |")
-    print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| checkpoint | outtype | input GB | output GB | seconds | MB/s of input | peak RSS MB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {args.variant} (fp32 safetensors, largest shard {largest / 1e9:.2f} GB) | {args.outtype} | "
           f"{summary['input_bytes'] / 1e9:.2f} | {summary['output_bytes'] / 1e9:.2f} | {summary['seconds']:.0f} | "
           f"{summary['input_mb_per_s']:.0f} | {summary['peak_rss_mb']:.0f} |")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import resource
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from ..atomic_file import atomic_output
 from ..config import ACTIVATION_KEY, THRESHOLD_KEY
 from ..errors import HybridInferError
 from .hf_config import HFModelSpec, read_spec
@@ -71,9 +71,7 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
     plan = _plan(hf_dir, spec)
     qtype = OUTTYPES[outtype]
 
-    handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
-    os.close(handle)
-    try:
+    with atomic_output(output) as partial:
         writer = gguf.GGUFWriter(partial, spec.gguf_arch)
         _write_metadata(writer, spec, hf_dir, qtype)
         vocab.write(writer)
@@ -94,11 +92,6 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
         writer.close()
         if bar is not None:
             bar.close()
-        os.replace(partial, output)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
     seconds = time.perf_counter() - start
     input_bytes = sum(s.n_bytes for s in plan.values())
     return ConversionSummary(
