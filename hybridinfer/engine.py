@@ -28,7 +28,8 @@ class Engine:
     with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
 
     def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None, exact: bool = False,
-                 predictors: str | None = None):
+                 predictors: str | None = None, split: str | None = None, vram_budget: str | None = None,
+                 activations: str | None = None, device: str | None = None):
         start = time.perf_counter()
         if n_threads is not None:
             if n_threads < 1:
@@ -36,6 +37,7 @@ class Engine:
             torch.set_num_threads(n_threads)
         self.path = str(path)
         self._fingerprint: Fingerprint | None = None
+        self.split = self.hybrid = None
         self.file = GGUFFile(path)
         self.config = ModelConfig.from_gguf(self.file)
         self.tokenizer = tokenizer_from_metadata(self.file.metadata)
@@ -46,7 +48,10 @@ class Engine:
         elif n_ctx == 0:
             n_ctx = self.config.context_length
         self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-        self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
+        if split is not None or vram_budget is not None:
+            self._setup_hybrid(exact, predictors, split, vram_budget, activations, device)
+        else:
+            self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
 
@@ -56,10 +61,25 @@ class Engine:
         if exact:
             return ExactSparseFFN(self.config, self.model.weights)
         if predictors:
-            from predictors.file import load_predictors
-            predictor_set = load_predictors(predictors, self.fingerprint)
-            return PredictedSparseFFN(self.config, self.model.weights, predictor_set)
+            return PredictedSparseFFN(self.config, self.model.weights, self._load_predictors(predictors))
         return None
+
+    def _load_predictors(self, path: str):
+        from predictors.file import load_predictors
+        return load_predictors(path, self.fingerprint)
+
+    def _setup_hybrid(self, exact, predictors, split, vram_budget, activations, device) -> None:
+        """Hot neurons on `device` (default: cuda when present, else the CPU device), the rest on the CPU.
+        Neurons are chosen per token by the predictors, or with neither predictors nor --exact all of them
+        are candidates and the activation decides (lossless)."""
+        if exact and predictors:
+            raise HybridInferError("--exact and --predictors exclude each other: choose one")
+        from . import hybrid_setup
+        device = device or hybrid_setup.default_device()
+        predictor_set = self._load_predictors(predictors) if predictors else None
+        params = predictor_set.n_params if predictor_set is not None else 0
+        self.split = hybrid_setup.resolve_split(self, split, vram_budget, activations, device, params)
+        self.hybrid = hybrid_setup.install_hybrid(self, self.split, device, predictor_set)
 
     @property
     def fingerprint(self) -> Fingerprint:

@@ -10,6 +10,7 @@ RoPE rotates adjacent pairs (2j, 2j+1) because llama.cpp's converter permutes th
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -71,6 +72,26 @@ class Transformer:
         self.rope_cos, self.rope_sin = rope_tables(config, n_ctx)
         self.sparse_ffn = None
         self.observers: list = []
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.attention_seconds = 0.0  # summed over forward calls while `time_attention` is set
+        self.time_attention = False
+
+    def move_to(self, device: str, dtype: torch.dtype) -> None:
+        """Put attention, norms, output projection, KV cache and RoPE tables on `device` (the GPU side of the
+        hybrid runtime). Token embeddings and FFN weights stay in CPU memory."""
+        self.device, self.dtype = torch.device(device), dtype
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, dtype)
+
+        for layer in self.weights.layers:
+            for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"):
+                setattr(layer, name, move(getattr(layer, name)))
+        w = self.weights
+        w.output = move(w.output) if w.output is not w.token_embd else move(w.token_embd)
+        w.output_norm = move(w.output_norm)
+        self.cache.k, self.cache.v = move(self.cache.k), move(self.cache.v)
+        self.rope_cos, self.rope_sin = move(self.rope_cos), move(self.rope_sin)
 
     @property
     def n_ctx(self) -> int:
@@ -80,12 +101,20 @@ class Transformer:
     def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32."""
         c, w = self.config, self.weights
-        x = w.token_embd[tokens] * c.embedding_scale  # (T, n_embd)
+        x = w.token_embd[tokens].to(self.device, self.dtype) * c.embedding_scale  # (T, n_embd)
         for index, layer in enumerate(w.layers):
+            start = self._clock() if self.time_attention else 0.0
             x = x + self.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), start_pos) * c.residual_scale
+            if self.time_attention:
+                self.attention_seconds += self._clock() - start
             x = x + self.ffn_block(index, layer, x) * c.residual_scale
         x = rms_norm(x, w.output_norm, c.rms_eps)
-        return (x @ w.output.T) / c.logit_scale
+        return ((x @ w.output.T) / c.logit_scale).float().cpu()
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def attention(self, index: int, layer: LayerWeights, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         c = self.config
@@ -99,8 +128,8 @@ class Transformer:
         keys = self.cache.k[index, :end].repeat_interleave(c.n_head // c.n_head_kv, dim=1)  # (end, n_head, hd)
         values = self.cache.v[index, :end].repeat_interleave(c.n_head // c.n_head_kv, dim=1)
         scores = torch.einsum("thd,shd->hts", q, keys) / math.sqrt(c.head_dim)  # (n_head, n_new, end)
-        query_pos = torch.arange(start_pos, end)[:, None]
-        scores = scores.masked_fill(torch.arange(end)[None, :] > query_pos, float("-inf"))
+        query_pos = torch.arange(start_pos, end, device=x.device)[:, None]
+        scores = scores.masked_fill(torch.arange(end, device=x.device)[None, :] > query_pos, float("-inf"))
         out = torch.einsum("hts,shd->thd", scores.softmax(-1), values).reshape(n_new, c.n_head * c.head_dim)
         return out @ layer.attn_output.T
 

@@ -1,0 +1,103 @@
+"""The split file: which neurons of each layer live on the GPU, for one model, budget and context size.
+
+    GGUF, general.architecture = "hybridinfer-split"
+    hybridinfer.fingerprint.*               the model's fingerprint
+    hybridinfer.split.vram_budget           u64: the budget it was solved for, bytes
+    hybridinfer.split.n_ctx                 u32: the context size its KV-cache estimate assumed
+    hybridinfer.split.element_bytes         u32: bytes per GPU-side weight element it assumed (2 CUDA, 4 CPU)
+    hybridinfer.split.group                 u32: neurons per placement group
+    hybridinfer.split.fixed_bytes           u64: GPU bytes besides hot neurons (memory_model.py)
+    hybridinfer.split.hot_bytes             u64: GPU bytes of the hot neurons
+    hybridinfer.split.gpu_share             f32: expected share of FFN activations served by the GPU
+    blk.{i}.gpu_idx                         i32 [n_ff]: 1 where neuron j is on the GPU
+
+PowerInfer's `.generated.gpuidx` layout can be exported too: magic PWRI, arch generic.gpu_index, key
+split.vram_capacity, tensors in order blk.0.gpu_idx, blk.0.gpu_bucket (sorted hot indices), blk.1.gpu_idx, ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from ..atomic_file import atomic_output
+from ..errors import HybridInferError
+from ..fingerprint import Fingerprint
+from ..gguf_file import GGUFFile
+
+ARCH = "hybridinfer-split"
+_KEY = "hybridinfer.split."
+
+
+@dataclass
+class Split:
+    hot: list[np.ndarray]  # per layer: sorted hot neuron indices
+    n_ff: int
+    vram_budget: int
+    n_ctx: int
+    element_bytes: int
+    group: int
+    fixed_bytes: int
+    hot_bytes: int
+    gpu_share: float
+    fingerprint: Fingerprint
+
+    def masks(self) -> list[np.ndarray]:
+        out = []
+        for hot in self.hot:
+            mask = np.zeros(self.n_ff, dtype=bool)
+            mask[hot] = True
+            out.append(mask)
+        return out
+
+
+def save_split(split: Split, path: str | os.PathLike) -> None:
+    with atomic_output(path) as partial:
+        writer = gguf.GGUFWriter(partial, ARCH)
+        split.fingerprint.write(writer)
+        writer.add_uint64(_KEY + "vram_budget", split.vram_budget)
+        writer.add_uint32(_KEY + "n_ctx", split.n_ctx)
+        writer.add_uint32(_KEY + "element_bytes", split.element_bytes)
+        writer.add_uint32(_KEY + "group", split.group)
+        writer.add_uint64(_KEY + "fixed_bytes", split.fixed_bytes)
+        writer.add_uint64(_KEY + "hot_bytes", split.hot_bytes)
+        writer.add_float32(_KEY + "gpu_share", split.gpu_share)
+        for i, mask in enumerate(split.masks()):
+            writer.add_tensor(f"blk.{i}.gpu_idx", mask.astype(np.int32))
+        _finish(writer)
+
+
+def load_split(path: str | os.PathLike, model_fingerprint: Fingerprint) -> Split:
+    file = GGUFFile(path)
+    if file.architecture != ARCH:
+        raise HybridInferError(f"{path} is not a split file (made by `hybridinfer split`)")
+    fingerprint = Fingerprint.from_metadata(file.metadata, str(path))
+    fingerprint.check_matches(model_fingerprint, str(path), "a split file")
+    n_layer = int(fingerprint.shape.split(":")[1])
+    masks = [np.asarray(file.tensor(f"blk.{i}.gpu_idx").raw) != 0 for i in range(n_layer)]
+    meta = {k[len(_KEY):]: v for k, v in file.metadata.items() if k.startswith(_KEY)}
+    return Split([np.flatnonzero(m).astype(np.int64) for m in masks], len(masks[0]), int(meta["vram_budget"]),
+                 int(meta["n_ctx"]), int(meta["element_bytes"]), int(meta["group"]), int(meta["fixed_bytes"]),
+                 int(meta["hot_bytes"]), float(meta["gpu_share"]), fingerprint)
+
+
+def export_powerinfer_gpuidx(split: Split, path: str | os.PathLike) -> None:
+    with atomic_output(path) as partial:
+        writer = gguf.GGUFWriter(partial, "generic.gpu_index")
+        writer.add_uint64("split.vram_capacity", split.vram_budget)
+        for i, (mask, hot) in enumerate(zip(split.masks(), split.hot)):
+            writer.add_tensor(f"blk.{i}.gpu_idx", mask.astype(np.int32))
+            writer.add_tensor(f"blk.{i}.gpu_bucket", hot.astype(np.int32))
+        _finish(writer)
+        with open(partial, "r+b") as handle:
+            handle.write(b"PWRI")
+
+
+def _finish(writer: gguf.GGUFWriter) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
