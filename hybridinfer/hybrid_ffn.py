@@ -137,3 +137,34 @@ class HybridFFN:
             cold_hidden = cold_hidden * predicted.cpu()[:, torch.from_numpy(cold.neurons)].float()
         cold_out = cold_hidden @ torch.from_numpy(cold.down_t)
         return hot_hidden @ hot.down_t + cold_out.to(self.device, self.dtype)
+
+
+def hybrid_report(engine) -> dict | None:
+    """Per decoded token: FFN work share per side, times in attention / GPU FFN / CPU FFN, bytes read per side."""
+    hybrid = engine.hybrid
+    if hybrid is None or hybrid.stats.calls == 0:
+        return None
+    s, n_layer = hybrid.stats, engine.config.n_layer
+    tokens = s.calls / n_layer
+    fired = max(s.gpu_active + s.cpu_active, 1)
+    return {
+        "device": str(hybrid.device),
+        "hot_neurons": hybrid.n_hot,
+        "gpu_ffn_share": s.gpu_active / fired,
+        "cpu_ffn_share": s.cpu_active / fired,
+        "attention_ms_per_token": engine.model.attention_seconds / tokens * 1000,
+        "gpu_ffn_ms_per_token": s.gpu_seconds / tokens * 1000,
+        "cpu_ffn_ms_per_token": s.cpu_seconds / tokens * 1000,
+        "gpu_ffn_mb_per_token": s.gpu_bytes / tokens / 1e6,
+        "cpu_ffn_mb_per_token": s.cpu_bytes / tokens / 1e6,
+    }
+
+
+def report_lines(report: dict) -> list[str]:
+    return [
+        f"hybridinfer_hybrid: FFN activations {100 * report['cpu_ffn_share']:.0f}%/{100 * report['gpu_ffn_share']:.0f}% "
+        f"CPU/GPU ({report['device']}, {report['hot_neurons']} hot neurons)",
+        f"hybridinfer_hybrid: per token: attention {report['attention_ms_per_token']:.2f} ms, GPU FFN "
+        f"{report['gpu_ffn_ms_per_token']:.2f} ms, CPU FFN {report['cpu_ffn_ms_per_token']:.2f} ms (concurrent); "
+        f"FFN weights read: GPU {report['gpu_ffn_mb_per_token']:.2f} MB, CPU {report['cpu_ffn_mb_per_token']:.2f} MB",
+    ]

@@ -65,4 +65,5 @@ def install_hybrid(engine, split: Split, device: str, predictors=None) -> Hybrid
         predictors.to(device, dtype)
     hybrid = HybridFFN(engine.config, engine.model.weights, split.hot, device, dtype, predictors)
     engine.model.sparse_ffn = hybrid
+    engine.model.time_attention = True
     return hybrid

@@ -73,7 +73,7 @@ class Transformer:
         self.sparse_ffn = None
         self.observers: list = []
         self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.attention_seconds = 0.0  # summed over forward calls while `time_attention` is set
+        self.attention_seconds = 0.0  # summed over single-token forward calls while `time_attention` is set
         self.time_attention = False
 
     def move_to(self, device: str, dtype: torch.dtype) -> None:
@@ -102,10 +102,11 @@ class Transformer:
         """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32."""
         c, w = self.config, self.weights
         x = w.token_embd[tokens].to(self.device, self.dtype) * c.embedding_scale  # (T, n_embd)
+        timed = self.time_attention and tokens.shape[0] == 1
         for index, layer in enumerate(w.layers):
-            start = self._clock() if self.time_attention else 0.0
+            start = self._clock() if timed else 0.0
             x = x + self.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), start_pos) * c.residual_scale
-            if self.time_attention:
+            if timed:
                 self.attention_seconds += self._clock() - start
             x = x + self.ffn_block(index, layer, x) * c.residual_scale
         x = rms_norm(x, w.output_norm, c.rms_eps)

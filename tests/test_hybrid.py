@@ -108,3 +108,23 @@ def test_split_file_refusals(relu_model, tmp_path):
         hybridinfer.load(str(other), n_ctx=64, split=str(tmp_path / "s.gguf"))
     with pytest.raises(HybridInferError, match="activation counts"):
         hybridinfer.load(str(relu_model), vram_budget="1GiB")
+
+
+def test_generate_cli_reports_the_hybrid_split(relu_model, tmp_path):
+    import json
+    from click.testing import CliRunner
+    from hybridinfer.cli.main import cli
+    engine = hybridinfer.load(str(relu_model))
+    save_profile(profile_activations(engine, [IDS]), tmp_path / "a.gguf")
+    args = ["generate", "-m", str(relu_model), "-p", "the world", "-n", "6", "--temp", "0",
+            "--vram-budget", "70MiB", "--activations", str(tmp_path / "a.gguf"), "--device", "cpu"]
+    result = CliRunner().invoke(cli, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    hybrid = json.loads(result.stdout)["hybrid"]
+    assert hybrid["gpu_ffn_share"] + hybrid["cpu_ffn_share"] == pytest.approx(1.0)
+    assert hybrid["attention_ms_per_token"] > 0 and hybrid["cpu_ffn_mb_per_token"] >= 0
+    dense = CliRunner().invoke(cli, ["generate", "-m", str(relu_model), "-p", "the world", "-n", "6", "--temp", "0",
+                                     "--json"])
+    assert json.loads(dense.stdout)["tokens"] == json.loads(result.stdout)["tokens"]
+    text = CliRunner().invoke(cli, args)
+    assert "CPU/GPU" in text.stderr and "GPU FFN" in text.stderr

@@ -14,7 +14,7 @@ import click
 from ..chat_template import render_chat
 from ..engine import Engine
 from ..generate import Timings
-from .options import model_options, open_engine, sampling_options, sampling_settings
+from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
 HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts a reply"
 
@@ -27,11 +27,10 @@ HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts 
 @click.option("-n", "--n-predict", "max_tokens", type=int, default=-1, help="maximum tokens per reply (-1 = no limit)")
 @click.option("--timings", "show_timings", is_flag=True, help="print llama.cpp-style timings after each reply")
 @sampling_options
-def chat(model_path, n_ctx, n_threads, exact, predictors_path,
-         system_prompt, chat_template, max_tokens, show_timings, **kwargs):
+def chat(system_prompt, chat_template, max_tokens, show_timings, **kwargs):
     """Chat with a model interactively."""
     sampling = sampling_settings(kwargs)
-    engine = open_engine(model_path, n_ctx, n_threads, exact, predictors_path)
+    engine = open_engine(**runtime_settings(kwargs))
     template = chat_template or engine.chat_template or ("minicpm" if engine.config.architecture == "minicpm" else None)
     start = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(start)

@@ -9,7 +9,8 @@ import click
 
 from ..errors import HybridInferError
 from ..generate import Timings
-from .options import model_options, open_engine, sampling_options, sampling_settings
+from ..hybrid_ffn import hybrid_report, report_lines
+from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
 
 @click.command()
@@ -23,12 +24,12 @@ from .options import model_options, open_engine, sampling_options, sampling_sett
 @click.option("--no-display-prompt", is_flag=True, help="do not echo the prompt before the generated text")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, tokens, timings) instead")
 @sampling_options
-def generate(model_path, n_ctx, n_threads, exact, predictors_path,
-             prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, **kwargs):
+def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, **kwargs):
     """Generate text from a prompt."""
     sampling = sampling_settings(kwargs)
+    runtime = runtime_settings(kwargs)
     prompt = _read_prompt(prompt, prompt_file)
-    engine = open_engine(model_path, n_ctx, n_threads, exact, predictors_path)
+    engine = open_engine(**runtime)
     timings = Timings(load_ms=engine.load_ms)
     pieces, tokens, finish = [], [], "length"
     stream = engine.stream(prompt, max_tokens=max_tokens, stop=list(stop), timings=timings, **sampling)
@@ -42,13 +43,16 @@ def generate(model_path, n_ctx, n_threads, exact, predictors_path,
         if not as_json:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
+    hybrid = hybrid_report(engine)
     if as_json:
-        click.echo(json.dumps({"text": "".join(pieces), "tokens": tokens, "finish_reason": finish,
-                               "timings": timings.as_dict()}))
+        record = {"text": "".join(pieces), "tokens": tokens, "finish_reason": finish, "timings": timings.as_dict()}
+        if hybrid is not None:
+            record["hybrid"] = hybrid
+        click.echo(json.dumps(record))
         return
     sys.stdout.write("\n")
     sys.stdout.flush()
-    for line in timings.report_lines():
+    for line in timings.report_lines() + (report_lines(hybrid) if hybrid else []):
         click.echo(line, err=True)
 
 

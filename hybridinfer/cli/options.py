@@ -21,6 +21,13 @@ def model_options(command):
         click.option("--exact", is_flag=True, help="lossless sparse FFN: up/down rows only where the activation passes"),
         click.option("--predictors", "predictors_path", type=click.Path(dir_okay=False), default=None,
                      help="predictor file (.pred.gguf): compute only the neurons it predicts active"),
+        click.option("--vram-budget", default=None,
+                     help="hybrid: GPU memory budget (like 6GiB); hot neurons solved from the activations file"),
+        click.option("--split", "split_path", type=click.Path(dir_okay=False), default=None,
+                     help="hybrid: a split file from `hybridinfer split`"),
+        click.option("--activations", "activations_path", type=click.Path(dir_okay=False), default=None,
+                     help="activations file for --vram-budget (default: MODEL.act.gguf beside the model)"),
+        click.option("--device", default=None, help="hybrid: GPU side device (default: cuda if present, else cpu)"),
     ]):
         command = option(command)
     return command
@@ -49,8 +56,19 @@ def sampling_settings(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in names}
 
 
-def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None, exact: bool = False,
-                predictors_path: str | None = None) -> Engine:
+RUNTIME_FLAGS = ("model_path", "n_ctx", "n_threads", "exact", "predictors_path", "vram_budget", "split_path",
+                 "activations_path", "device")
+
+
+def runtime_settings(kwargs: dict) -> dict:
+    """Pop the model/runtime flags out of a command's keyword arguments."""
+    return {name: kwargs.pop(name) for name in RUNTIME_FLAGS}
+
+
+def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None = None, exact: bool = False,
+                predictors_path: str | None = None, vram_budget: str | None = None, split_path: str | None = None,
+                activations_path: str | None = None, device: str | None = None) -> Engine:
     if model_path is None:
         model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
-    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path)
+    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path,
+                  split=split_path, vram_budget=vram_budget, activations=activations_path, device=device)

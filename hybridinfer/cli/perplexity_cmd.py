@@ -8,7 +8,7 @@ import click
 
 from ..errors import HybridInferError
 from ..perplexity import perplexity as measure_perplexity
-from .options import model_options, open_engine
+from .options import model_options, open_engine, runtime_settings
 
 
 @click.command()
@@ -16,15 +16,17 @@ from .options import model_options, open_engine
 @click.option("-f", "--file", "text_file", required=True, type=click.Path(dir_okay=False), help="text to score")
 @click.option("--chunks", "max_chunks", type=int, default=None, help="score at most this many chunks")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def perplexity(model_path, n_ctx, n_threads, exact, predictors_path, text_file, max_chunks, as_json):
+def perplexity(text_file, max_chunks, as_json, **kwargs):
     """Perplexity over chunks of -c tokens (default 512), llama.cpp's method."""
     try:
         with open(text_file, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise HybridInferError(f"cannot read {text_file} as UTF-8 text ({exc})") from None
-    chunk = n_ctx or 512
-    engine = open_engine(model_path, max(chunk, 4), n_threads, exact, predictors_path)
+    runtime = runtime_settings(kwargs)
+    chunk = runtime["n_ctx"] or 512
+    runtime["n_ctx"] = max(chunk, 4)
+    engine = open_engine(**runtime)
 
     def progress(index, running):
         if not as_json:
