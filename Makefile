@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install demo test bench model clean
+.PHONY: install demo test bench model gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ test: model
 
 bench: model
 	$(PY) tools/bench.py
+
+gpu-check: install
+	PYTHONPATH=. $(PY) tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

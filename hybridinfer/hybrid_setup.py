@@ -55,11 +55,13 @@ def resolve_split(engine, split_path: str | None, vram_budget: str | None, activ
     return split
 
 
-def install_hybrid(engine, split: Split, device: str, predictors=None) -> HybridFFN:
-    """Move the GPU side to `device` (everything stays on the CPU when the split placed nothing there)."""
+def install_hybrid(engine, split: Split, device: str, predictors=None, dtype: torch.dtype | None = None) -> HybridFFN:
+    """Move the GPU side to `device` (everything stays on the CPU when the split placed nothing there).
+    GPU-side weights are float16 on CUDA and float32 on the CPU device unless `dtype` says otherwise."""
     if split.fixed_bytes == 0:
         device = "cpu"
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype is None:
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
     engine.model.move_to(device, dtype)
     if predictors is not None:
         predictors.to(device, dtype)

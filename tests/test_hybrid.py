@@ -1,5 +1,7 @@
 """The hybrid runtime: with --exact or an oracle mask it equals the dense model at every placement."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ from hybridinfer.profiling import profile_activations, save_profile
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9, 33, 12]
+# `make gpu-check` runs these tests with HYBRIDINFER_TEST_DEVICE=cuda (float32 on the GPU for exactness)
+DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
 N_FF = 192
 
 
@@ -60,9 +64,9 @@ class Oracle:
         return self
 
     def active(self, index, residual):
-        layer = self.engine.model.weights.layers[index]
-        x = rms_norm(residual, layer.ffn_norm, self.engine.config.rms_eps)
-        return ffn_activation(x @ layer.ffn_gate.T, self.engine.config) != 0
+        layer = self.engine.model.weights.layers[index]  # FFN weights stay in CPU memory
+        x = rms_norm(residual.float().cpu(), layer.ffn_norm.float().cpu(), self.engine.config.rms_eps)
+        return (ffn_activation(x @ layer.ffn_gate.T, self.engine.config) != 0).to(residual.device)
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -70,7 +74,7 @@ class Oracle:
 def test_hybrid_equals_dense(relu_model, dense_logits, placement, mask):
     engine = hybridinfer.load(str(relu_model))
     predictors = Oracle(engine) if mask == "oracle" else None
-    hybrid = install_hybrid(engine, make_split(engine, PLACEMENTS[placement]), "cpu", predictors)
+    hybrid = install_hybrid(engine, make_split(engine, PLACEMENTS[placement]), DEVICE, predictors, torch.float32)
     assert relative_error(decode_logits(engine, IDS), dense_logits) < 1e-5
     assert relative_error(engine.logits(IDS), dense_logits) < 1e-5
     s = hybrid.stats
