@@ -64,7 +64,7 @@ def install_hybrid(engine, split: Split, device: str, predictors=None, dtype: to
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
     engine.model.move_to(device, dtype)
     if predictors is not None:
-        predictors.to(device, dtype)
+        predictors = predictors.to(device)  # predictors stay float32
     hybrid = HybridFFN(engine.config, engine.model.weights, split.hot, device, dtype, predictors)
     engine.model.sparse_ffn = hybrid
     engine.model.time_attention = True

@@ -60,7 +60,7 @@ class Oracle:
         self.engine = engine
         self.n_params = 0
 
-    def to(self, device, dtype):
+    def to(self, device):
         return self
 
     def active(self, index, residual):
@@ -132,3 +132,21 @@ def test_generate_cli_reports_the_hybrid_split(relu_model, tmp_path):
     assert json.loads(dense.stdout)["tokens"] == json.loads(result.stdout)["tokens"]
     text = CliRunner().invoke(cli, args)
     assert "CPU/GPU" in text.stderr and "GPU FFN" in text.stderr
+
+
+def test_hybrid_with_predictors_equals_the_cpu_sparse_path(relu_model):
+    """A (random) predictor drops neurons; the hybrid split must drop exactly the same ones."""
+    from predictors.model import PredictorSet
+    from hybridinfer.sparse_ffn import PredictedSparseFFN
+    gen = torch.Generator().manual_seed(3)
+    n_embd = hybridinfer.load(str(relu_model)).config.n_embd
+    predictor_set = PredictorSet([torch.randn(16, n_embd, generator=gen) for _ in range(3)],
+                                 [torch.randn(N_FF, 16, generator=gen) for _ in range(3)], [0.5, 0.0, -0.5])
+    cpu_only = hybridinfer.load(str(relu_model))
+    cpu_only.model.sparse_ffn = PredictedSparseFFN(cpu_only.config, cpu_only.model.weights, predictor_set)
+    expected = decode_logits(cpu_only, IDS)
+    assert relative_error(expected, hybridinfer.load(str(relu_model)).logits(IDS)) > 1e-3  # really approximate
+    engine = hybridinfer.load(str(relu_model))
+    install_hybrid(engine, make_split(engine, PLACEMENTS["mixed"]), DEVICE, predictor_set, torch.float32)
+    assert relative_error(decode_logits(engine, IDS), expected) < 1e-5
+    assert relative_error(engine.logits(IDS), cpu_only.logits(IDS)) < 1e-5

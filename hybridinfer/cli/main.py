@@ -13,7 +13,9 @@ from .convert_cmd import convert
 from .generate_cmd import generate
 from .info_cmd import fetch, info
 from .perplexity_cmd import perplexity
+from .predictors_cmd import predictors
 from .profile_cmd import profile
+from .split_cmd import split
 
 
 class _Group(click.Group):
@@ -42,5 +44,7 @@ cli.add_command(chat)
 cli.add_command(info)
 cli.add_command(fetch)
 cli.add_command(convert)
+cli.add_command(predictors)
 cli.add_command(perplexity)
 cli.add_command(profile)
+cli.add_command(split)

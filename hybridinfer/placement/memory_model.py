@@ -6,7 +6,7 @@ CUDA, float32 on the CPU stand-in device):
     attention   per layer: attn_norm, attn_q, attn_k, attn_v, attn_output; ffn_norm
     output      output_norm and the output projection (token embeddings stay in CPU memory: one row per
                 token is looked up and copied over)
-    predictors  fc1 and fc2 of every layer, when predictors are used
+    predictors  fc1 and fc2 of every layer, when predictors are used (float32: 4 bytes per parameter)
     kv_cache    keys and values: 2 x n_layer x n_ctx x n_head_kv x head_dim elements
     workspace   activation buffers: logits (n_vocab), attention scores (n_head x n_ctx), FFN buffers
                 (2 x n_ff), residual/norm buffers (4 x n_embd), all float32, plus a fixed 64 MiB margin
@@ -51,7 +51,7 @@ class GPUMemoryModel:
         return cls(
             attention=c.n_layer * per_layer,
             output=c.n_vocab * c.n_embd * e + c.n_embd * 4,
-            predictors=predictor_params * e,
+            predictors=predictor_params * 4,
             kv_cache=2 * c.n_layer * n_ctx * kv_rows * e,
             workspace=workspace,
             neuron_bytes=3 * c.n_embd * e,
