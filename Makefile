@@ -24,7 +24,7 @@ test: model
 	$(PY) -m pytest
 
 bench: model
-	$(PY) tools/bench.py
+	PYTHONPATH=. $(PY) tools/bench.py
 
 gpu-check: install
 	PYTHONPATH=. $(PY) tools/gpu_check.py

@@ -13,12 +13,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import hybridinfer
+from hybridinfer.benchmark import decode_rate
 from hybridinfer.calibration import token_chunks
 from hybridinfer.convert import convert_checkpoint
 from hybridinfer.hybrid_ffn import hybrid_report
@@ -42,23 +42,6 @@ def synthetic_model(workdir: Path) -> Path:
     return Path(convert_checkpoint(hf_dir, workdir / "model.gguf", outtype="f16").output)
 
 
-def decode_rate(engine, prompt: list[int], n_tokens: int) -> float:
-    """Greedy decode tokens/s after two warm-up tokens (kernel compilation, caches); hybrid stats restart."""
-    engine.reset()
-    engine.feed(prompt)
-    history = list(prompt)
-    for _ in range(2):
-        history.append(int(engine.feed(history)[0].argmax()))
-    if engine.hybrid is not None:
-        engine.hybrid.stats.reset()
-        engine.model.attention_seconds = 0.0
-    start = time.perf_counter()
-    for _ in range(n_tokens):
-        logits, _ = engine.feed(history)
-        history.append(int(logits.argmax()))
-    return n_tokens / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -74,12 +57,11 @@ def main() -> None:
         chunks = token_chunks(dense.tokenizer, ["The quick brown fox jumps over the lazy dog. " * 40], 512, 128)
         activations = Path(scratch) / "model.act.gguf"
         save_profile(profile_activations(dense, chunks), activations)
-        prompt = chunks[0][:16]
         ffn_bytes = dense.config.n_layer * dense.config.n_ff * 3 * dense.config.n_embd * element_bytes_for(args.device)
         print(f"model {model}: {dense.config.n_layer} layers, n_embd {dense.config.n_embd}, n_ff {dense.config.n_ff}")
         print("| budget | tokens/s | GPU share | attention ms | GPU FFN ms | CPU FFN ms |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        print(f"| dense reference (CPU, float32) | {decode_rate(dense, prompt, args.tokens):.2f} | - | - | - | - |")
+        print(f"| dense reference (CPU, float32) | {decode_rate(dense, args.tokens):.2f} | - | - | - | - |")
         del dense
         fixed = hybridinfer.load(model, n_ctx=256, vram_budget="1TiB", activations=str(activations),
                                  device=args.device)
@@ -89,7 +71,7 @@ def main() -> None:
             budget = 0 if share == 0 else int(base + share * ffn_bytes) + 1
             engine = hybridinfer.load(model, n_ctx=256, vram_budget=str(budget), activations=str(activations),
                                       device=args.device)
-            rate = decode_rate(engine, prompt, args.tokens)
+            rate = decode_rate(engine, args.tokens)
             r = hybrid_report(engine)
             label = "0 (all CPU)" if share == 0 else f"fixed + {int(100 * share)}% of FFN"
             print(f"| {label} | {rate:.2f} | {100 * r['gpu_ffn_share']:.0f}% | {r['attention_ms_per_token']:.2f} | "

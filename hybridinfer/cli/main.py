@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..errors import HybridInferError
+from .bench_cmd import bench
 from .chat_cmd import chat
 from .convert_cmd import convert
 from .generate_cmd import generate
@@ -48,3 +49,4 @@ cli.add_command(predictors)
 cli.add_command(perplexity)
 cli.add_command(profile)
 cli.add_command(split)
+cli.add_command(bench)
