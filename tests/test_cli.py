@@ -66,3 +66,11 @@ def test_errors_are_one_line_without_traceback(tiny, tmp_path, args, needle):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], done.stderr
+
+
+def test_bench_json(tiny):
+    result = CliRunner().invoke(cli, ["bench", "-m", str(tiny), "-p", "8", "-n", "4", "-r", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["mode"] == "dense" and [r["test"] for r in record["results"]] == ["pp8", "tg4"]
+    assert all(r["tokens_per_second"] > 0 for r in record["results"])
