@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+import numba
 import numpy as np
 import torch
 
@@ -35,6 +36,7 @@ class Engine:
             if n_threads < 1:
                 raise HybridInferError(f"-t/--threads must be at least 1, got {n_threads}")
             torch.set_num_threads(n_threads)
+            numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
         self.path = str(path)
         self._fingerprint: Fingerprint | None = None
         self.split = self.hybrid = None
