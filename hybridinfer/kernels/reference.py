@@ -1,4 +1,5 @@
-"""Plain numpy twins of the sparse FFN kernels in `cpu_sparse.py`: what each kernel must compute."""
+"""Plain numpy twins of the CPU kernels (`cpu_sparse.py`, float32 weights; `cpu_quant.py`, packed GGUF weights):
+what each kernel must compute."""
 
 from __future__ import annotations
 
@@ -26,3 +27,43 @@ def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarr
     FATReLU(gate_i . x) * (up_i . x) * down_t[i]."""
     hidden = fatrelu(gate[rows] @ x, threshold) * (up[rows] @ x)
     return hidden @ down_t[rows]
+
+
+# ---- twins of `cpu_quant.py` (weights of any GGUF format, decoded by the gguf package) ----------------------
+
+def dequantized(raw: np.ndarray, qtype, shape: tuple[int, int]) -> np.ndarray:
+    """float32 (rows, cols) values of a GGUF weight as stored (`raw` as gguf stores it), via gguf.quants."""
+    from gguf import GGMLQuantizationType, quants
+
+    if GGMLQuantizationType(qtype) == GGMLQuantizationType.F32:
+        return np.asarray(raw, dtype=np.float32).reshape(shape)
+    return np.asarray(quants.dequantize(np.asarray(raw), GGMLQuantizationType(qtype)), dtype=np.float32).reshape(shape)
+
+
+def matvec(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """weight (n, d), x (d,) -> (n,), accumulated in float64."""
+    return (weight.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
+
+
+def matvec_rows(weight: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """-> (k,): weight[rows] @ x."""
+    return matvec(weight[rows], x)
+
+
+def accumulate_rows(weight_t: np.ndarray, rows: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """weight_t (n, d) -> (d,) = sum_k coeffs[k] * weight_t[rows[k]]."""
+    return (coeffs.astype(np.float64) @ weight_t[rows].astype(np.float64)).astype(np.float32)
+
+
+def matmul(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """weight (n, d), x (T, d) -> (T, n) = x @ weight.T."""
+    return (x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.float32)
+
+
+def quantize_activations(x: np.ndarray) -> np.ndarray:
+    """The int8-per-32-block activations the fast quantized kernels use, decoded back to float32 (same shape):
+    per block d = max|x| / 127, q = round(x * (1/d)), value d * q (all in float32, as the kernel)."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+    return (np.rint(blocks * inverse) * scale).astype(np.float32).reshape(np.shape(x))

@@ -1,0 +1,196 @@
+"""Weights repacked at load into the layout the CPU kernels (`cpu_quant.py`) read at memory bandwidth.
+
+Float formats keep GGUF's row-major layout; only the element type says how to read them (numba specializes
+every kernel by dtype): F32 as float32, F16 as int16 holding the IEEE half bits, BF16 as uint16 bits.
+These are zero-copy views when the input is contiguous.
+
+Q8_0 / Q4_0 / Q4_1 rows hold the GGUF row's bytes (`nbytes` equals the file's bytes), rearranged so that 64
+contiguous bytes feed one AVX-512 instruction and a row reads as one forward stream (which the hardware
+prefetches; scales kept apart from their quants made long rows 2.5x slower). A row is a sequence of units:
+
+    unit = [ 64-byte header | quants of its tiles ]      row = units, then zero padding to 64 bytes
+    Q8_0, Q4_0: 2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
+    Q4_1:       1 tile a unit,  header = f16 d of the 16 blocks | f16 m of the 16 blocks
+
+(slots of a short last tile are zero-padded to 32 bytes). Rows, units and groups of quants all start on
+64-byte boundaries, except the groups of a short last tile, so no load straddles two cache lines.
+
+Blocks (32 elements) are grouped in tiles of 16 (the last tile may be shorter: nbt blocks). Inside a tile the
+quants are stored group-major: group g, then block b, then 4 consecutive bytes j, so that 32-bit lane b of a
+64-byte group belongs to block b:
+    Q8_0  byte (g < 8, b, j)  =  int8 q of element 4g+j of block b
+    Q4_x  byte (g < 4, b, j)  =  GGUF byte 4g+j of block b: low nibble element 4g+j, high nibble 16+4g+j
+Activations follow one of two orders, both per tile (start block t0) and for Q8_0 and Q4 alike (a Q4 high
+nibble of group g pairs with activation group g+4):
+    `byte_element_order` (int8 activations, for vpdpbusd):  position t0*32 + (g*nbt + b)*4 + j
+    `lane_element_order` (float activations and sums, one block a lane):  position t0*32 + (g*4 + j)*nbt + b
+each holding the natural element (t0 + b)*32 + 4g + j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numba
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from ..dequantize import dequantize
+from ..errors import HybridInferError
+from ..gguf_file import GGUFTensor
+
+BLOCK = 32  # elements per quantization block
+TILE = 16  # blocks per tile: 16 lanes of 32 bits in one 512-bit register
+FLOAT_DTYPES = {T.F32: np.float32, T.F16: np.int16, T.BF16: np.uint16}
+# block bytes in GGUF, header bytes (f16 d, then f16 m for Q4_1), quant bytes per block, groups of 4 bytes per tile row
+QUANT_FORMATS = {T.Q8_0: (34, 2, 32, 8), T.Q4_0: (18, 2, 16, 4), T.Q4_1: (20, 4, 16, 4)}
+SUPPORTED = tuple(FLOAT_DTYPES) + tuple(QUANT_FORMATS)
+
+
+@dataclass(frozen=True)
+class PackedMatrix:
+    """A (rows, cols) weight in kernel layout. `data` is (rows, cols) of the float dtype, or (rows, row_stride) uint8
+    packed rows (see the module doc)."""
+
+    qtype: T
+    rows: int
+    cols: int
+    data: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one full matvec reads: the matrix's GGUF size (padding excluded)."""
+        return self.rows * self.row_bytes
+
+    @property
+    def row_bytes(self) -> int:
+        """GGUF bytes of one row."""
+        if self.qtype in FLOAT_DTYPES:
+            return self.cols * self.data.itemsize
+        return self.n_blocks * QUANT_FORMATS[self.qtype][0]
+
+    @property
+    def n_blocks(self) -> int:
+        return self.cols // BLOCK
+
+    @property
+    def quantized(self) -> bool:
+        return self.qtype in QUANT_FORMATS
+
+    def dequantize_rows(self, rows) -> np.ndarray:
+        """float32 (len(rows), cols) values of the given rows, decoded back through the GGUF layout."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return dequantize(GGUFTensor("packed", self.qtype, (len(rows), self.cols), to_gguf_bytes(self, rows)))
+
+
+def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMatrix:
+    """Repack a 2-D GGUF weight (a GGUFTensor, or (raw, qtype, (rows, cols)) as gguf stores it)."""
+    if isinstance(tensor, GGUFTensor):
+        raw, qtype, shape, name = tensor.raw, tensor.type, tensor.shape, tensor.name
+    else:
+        raw, qtype, shape = tensor
+        name = "weight"
+    qtype = T(qtype)
+    if len(shape) != 2:
+        raise HybridInferError(f"{name}: only 2-D weights can be packed for the CPU kernels (shape {shape})")
+    rows, cols = (int(s) for s in shape)
+    if qtype not in SUPPORTED:
+        raise HybridInferError(f"{name}: the CPU kernels read {', '.join(t.name for t in SUPPORTED)}, "
+                               f"not {qtype.name}; re-quantize the model to one of them")
+    flat = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
+    if qtype in FLOAT_DTYPES:
+        return PackedMatrix(qtype, rows, cols, flat.view(FLOAT_DTYPES[qtype]))
+    if cols % BLOCK:
+        raise HybridInferError(f"{name}: {qtype.name} rows must hold whole 32-element blocks (cols {cols})")
+    order = byte_order(qtype, cols // BLOCK)
+    expected = cols // BLOCK * QUANT_FORMATS[qtype][0]
+    if flat.shape[1] != expected:
+        raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {expected} for {qtype.name}")
+    data = aligned_empty((rows, order.shape[0]), np.uint8)
+    _gather_columns(flat, order, data)
+    return PackedMatrix(qtype, rows, cols, data)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:
+    """np.empty whose first element sits on an `alignment`-byte boundary (numpy only guarantees 16)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    buffer = np.empty(count * dtype.itemsize + alignment, dtype=np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def to_gguf_bytes(packed: PackedMatrix, rows: np.ndarray) -> np.ndarray:
+    """The given rows in GGUF's own layout: (n, cols) stored floats, or (n, row_bytes) uint8 block bytes."""
+    if packed.qtype in FLOAT_DTYPES:
+        return packed.data[rows]
+    order = byte_order(packed.qtype, packed.n_blocks)
+    stored = order >= 0
+    gguf_rows = np.empty((len(rows), packed.row_bytes), dtype=np.uint8)
+    gguf_rows[:, order[stored]] = packed.data[rows][:, stored]
+    return gguf_rows
+
+
+def unit_layout(qtype: T) -> tuple[int, int]:
+    """(tiles per unit, quant bytes per whole tile) of a quantized format's packed rows."""
+    return (1 if qtype == T.Q4_1 else 2), TILE * QUANT_FORMATS[qtype][2]
+
+
+@lru_cache(maxsize=64)
+def byte_order(qtype: T, n_blocks: int) -> np.ndarray:
+    """int32 (row_stride,): packed byte i of a row is GGUF row byte order[i], or zero padding where order[i] < 0."""
+    block_bytes, header, quant_bytes, groups = QUANT_FORMATS[qtype]
+    tiles_per_unit, _ = unit_layout(qtype)
+    starts = list(range(0, n_blocks, TILE))
+    parts = []
+    for unit in range(0, len(starts), tiles_per_unit):
+        tiles = [np.arange(start, min(start + TILE, n_blocks)) for start in starts[unit:unit + tiles_per_unit]]
+        slots = [(tile, 0) for tile in tiles] if header == 2 else [(tiles[0], 0), (tiles[0], 2)]  # (blocks, f16 at)
+        for blocks, at in slots + [(np.zeros(0, np.int64), 0)] * (2 - len(slots)):
+            parts.append((blocks[:, None] * block_bytes + at + np.arange(2)).ravel())
+            parts.append(np.full(32 - 2 * len(blocks), -1))
+        for blocks in tiles:
+            g, b, j = np.meshgrid(np.arange(groups), blocks, np.arange(4), indexing="ij")
+            parts.append((b * block_bytes + header + 4 * g + j).ravel())
+    used = sum(part.shape[0] for part in parts)
+    parts.append(np.full(-used % 64, -1))
+    order = np.concatenate(parts).astype(np.int32)
+    order.setflags(write=False)
+    return order
+
+
+@lru_cache(maxsize=64)
+def byte_element_order(n_blocks: int) -> np.ndarray:
+    """int64 (n_blocks*32,): int8 activation position i holds natural element order[i] (see the module doc)."""
+    return _element_order(n_blocks, lanes_last=False)
+
+
+@lru_cache(maxsize=64)
+def lane_element_order(n_blocks: int) -> np.ndarray:
+    """int64 (n_blocks*32,): float activation position i holds natural element order[i] (see the module doc)."""
+    return _element_order(n_blocks, lanes_last=True)
+
+
+def _element_order(n_blocks: int, lanes_last: bool) -> np.ndarray:
+    parts = []
+    for start in range(0, n_blocks, TILE):
+        blocks = np.arange(start, min(start + TILE, n_blocks))
+        if lanes_last:
+            g, j, b = np.meshgrid(np.arange(8), np.arange(4), blocks, indexing="ij")
+        else:
+            g, b, j = np.meshgrid(np.arange(8), blocks, np.arange(4), indexing="ij")
+        parts.append((b * BLOCK + 4 * g + j).ravel())
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    order.setflags(write=False)
+    return order
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _gather_columns(source, order, out):
+    """out[r, i] = source[r, order[i]], or 0 where order[i] < 0   source (rows, row_bytes), out (rows, len(order))."""
+    for r in numba.prange(source.shape[0]):
+        row = source[r]
+        target = out[r]
+        for i in range(order.shape[0]):
+            target[i] = row[order[i]] if order[i] >= 0 else 0

@@ -1,0 +1,477 @@
+"""512-bit vector values for numba kernels: two vector types and the few operations the quantized kernels need.
+
+numba auto-vectorizes plain loops well (float rows, f16/bf16 rows) but not GGUF block formats: a 32-element
+block with its own scale ends up as scalar code or gathers. These intrinsics let a kernel say exactly what to
+do with 64 bytes at a time, and LLVM turns each into one or two instructions:
+
+  F32x16  <16 x float>   I32x16  <16 x i32> (also 64 raw bytes)
+
+Loads take a 1-D array, an element offset and a count of valid elements; lanes past the count read as zero
+(a masked load, so reading past the end of a row or array never faults; with a constant full count LLVM folds
+it into a plain load). Everything is plain LLVM IR except two instructions chosen for the host CPU at compile
+time: `dot_u8s8` is AVX-512 VNNI's vpdpbusd (`HAS_VNNI`; exact, no saturation) and the nibble lookup of
+`nibble_planes_as_f32` is vpermps (`HAS_AVX512`); elsewhere each becomes equivalent generic IR.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, register_model
+
+_FEATURES = llvm_binding.get_host_cpu_features()
+HAS_VNNI = bool(_FEATURES.get("avx512vnni", False) and _FEATURES.get("avx512bw", False))
+HAS_AVX512 = bool(_FEATURES.get("avx512f", False))
+
+_I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_F16, _F32 = ir.HalfType(), ir.FloatType()
+_V64I8, _V16I16, _V16I32, _V16F32 = (ir.VectorType(_I8, 64), ir.VectorType(_I16, 16), ir.VectorType(_I32, 16),
+                                     ir.VectorType(_F32, 16))
+_V64I32 = ir.VectorType(_I32, 64)
+_PTR = ir.PointerType(_I8)
+
+
+class F32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="F32x16")
+
+
+class I32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="I32x16")
+
+
+F32x16 = F32x16Type()
+I32x16 = I32x16Type()
+
+
+@register_model(F32x16Type)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16F32)
+
+
+@register_model(I32x16Type)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16I32)
+
+
+# ---- codegen helpers -------------------------------------------------------------------------------------
+
+def _function(builder, name, return_type, arg_types):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, arg_types), name)
+
+
+def _as_i64(context, builder, value, value_type):
+    return context.cast(builder, value, value_type, types.int64)
+
+
+def _element_pointer(context, builder, array_type, array, offset, offset_type):
+    """i8* to array[offset] (1-D, any dtype)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    pointer = builder.gep(data, [_as_i64(context, builder, offset, offset_type)], inbounds=True)
+    return builder.bitcast(pointer, _PTR)
+
+
+def _lane_mask(builder, count, lanes):
+    """<lanes x i1>: lane i is on iff i < count (count an i64, any value)."""
+    int_type = ir.IntType(lanes)
+    clamped = builder.select(builder.icmp_signed("<", count, ir.Constant(_I64, 0)), ir.Constant(_I64, 0), count)
+    full = builder.icmp_signed(">=", clamped, ir.Constant(_I64, lanes))
+    shift = builder.trunc(clamped, int_type) if lanes < 64 else clamped
+    partial = builder.sub(builder.shl(ir.Constant(int_type, 1), shift), ir.Constant(int_type, 1))
+    bits = builder.select(full, ir.Constant(int_type, (1 << lanes) - 1), partial)
+    return builder.bitcast(bits, ir.VectorType(_I1, lanes))
+
+
+def _masked_load(builder, pointer, vector_type, mask, suffix):
+    fn = _function(builder, f"llvm.masked.load.{suffix}.p0", vector_type, [_PTR, _I32, mask.type, vector_type])
+    return builder.call(fn, [pointer, ir.Constant(_I32, 1), mask, ir.Constant(vector_type, None)])
+
+
+def _splat(builder, value, vector_type):
+    undef = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    zeros = ir.Constant(ir.VectorType(_I32, vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(one, undef, zeros)
+
+
+def _is_1d(array_type, dtypes):
+    return isinstance(array_type, types.Array) and array_type.ndim == 1 and array_type.dtype in dtypes
+
+
+_BYTES = (types.uint8, types.int8)
+
+
+def _splat_i32(word):
+    return ir.Constant(_V16I32, [word] * 16)
+
+
+# ---- loads and stores (lanes past `count` read as zero; nothing past it is touched) ----------------------
+
+@intrinsic
+def load_bytes(typingctx, array, offset, count):
+    """I32x16 holding array[offset : offset+count] (uint8/int8, count <= 64; later bytes zero)."""
+    if not _is_1d(array, _BYTES):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 64)
+        return builder.bitcast(_masked_load(builder, pointer, _V64I8, mask, "v64i8"), _V16I32)
+
+    return I32x16(array, offset, count), codegen
+
+
+@intrinsic
+def load_f32(typingctx, array, offset, count):
+    """F32x16 from float32 array[offset : offset+count] (count <= 16; later lanes 0)."""
+    if not _is_1d(array, (types.float32,)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
+        return _masked_load(builder, pointer, _V16F32, mask, "v16f32")
+
+    return F32x16(array, offset, count), codegen
+
+
+@intrinsic
+def load_i32(typingctx, array, offset, count):
+    """I32x16 from int32 array[offset : offset+count] (count <= 16; later lanes 0)."""
+    if not _is_1d(array, (types.int32,)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
+        return _masked_load(builder, pointer, _V16I32, mask, "v16i32")
+
+    return I32x16(array, offset, count), codegen
+
+
+@intrinsic
+def load_f16_bytes(typingctx, array, byte_offset, count):
+    """F32x16 from `count` (<= 16) IEEE half floats stored little-endian at array[byte_offset:] (a uint8 array)."""
+    if not _is_1d(array, _BYTES):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
+        halves = builder.bitcast(_masked_load(builder, pointer, _V16I16, mask, "v16i16"), ir.VectorType(_F16, 16))
+        return builder.fpext(halves, _V16F32)
+
+    return F32x16(array, byte_offset, count), codegen
+
+
+@intrinsic
+def load_s8_as_f32(typingctx, array, offset, count):
+    """F32x16 from `count` (<= 16) int8 bytes at array[offset:] (later lanes 0)."""
+    if not _is_1d(array, _BYTES):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
+        narrow = _masked_load(builder, pointer, ir.VectorType(_I8, 16), mask, "v16i8")
+        return builder.sitofp(builder.sext(narrow, _V16I32), _V16F32)
+
+    return F32x16(array, offset, count), codegen
+
+
+@intrinsic
+def store_f32(typingctx, array, offset, value, count):
+    """array[offset : offset+count] = the first `count` (<= 16) lanes of `value` (float32 array)."""
+    if not (_is_1d(array, (types.float32,)) and value == F32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        mask = _lane_mask(builder, _as_i64(context, builder, args[3], signature.args[3]), 16)
+        fn = _function(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [_V16F32, _PTR, _I32, mask.type])
+        builder.call(fn, [args[2], pointer, ir.Constant(_I32, 1), mask])
+        return context.get_dummy_value()
+
+    return types.none(array, offset, value, count), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Hint the CPU to fetch the cache line holding array[offset] (1-D, any dtype) into all cache levels."""
+    if not (isinstance(array, types.Array) and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        fn = _function(builder, "llvm.prefetch.p0", ir.VoidType(), [_PTR, _I32, _I32, _I32])
+        builder.call(fn, [pointer, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, offset), codegen
+
+
+# ---- float lanes ---------------------------------------------------------------------------------------
+
+@intrinsic
+def zeros_f32(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V16F32, None)
+
+    return F32x16(), codegen
+
+
+@intrinsic
+def splat_f32(typingctx, value):
+    """F32x16 with every lane = value."""
+    if not isinstance(value, types.Number):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = context.cast(builder, args[0], signature.args[0], types.float32)
+        return _splat(builder, scalar, _V16F32)
+
+    return F32x16(value), codegen
+
+
+def _binary_float(operation):
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (a == F32x16 and b == F32x16):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, operation)(args[0], args[1])
+
+        return F32x16(a, b), codegen
+
+    return op
+
+
+add = _binary_float("fadd")
+mul = _binary_float("fmul")
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c, lane by lane (one rounding)."""
+    if not (a == F32x16 and b == F32x16 and c == F32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = _function(builder, "llvm.fma.v16f32", _V16F32, [_V16F32] * 3)
+        return builder.call(fn, list(args))
+
+    return F32x16(a, b, c), codegen
+
+
+@intrinsic
+def hsum(typingctx, value):
+    """float32 sum of the 16 lanes (pairwise tree)."""
+    if value != F32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector, lanes = args[0], 16
+        while lanes > 1:
+            lanes //= 2
+            low = builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(_I32, lanes), list(range(lanes))))
+            high = builder.shuffle_vector(vector, vector,
+                                          ir.Constant(ir.VectorType(_I32, lanes), list(range(lanes, 2 * lanes))))
+            vector = builder.fadd(low, high)
+        return builder.extract_element(vector, ir.Constant(_I32, 0))
+
+    return types.float32(value), codegen
+
+
+@intrinsic
+def to_f32(typingctx, value):
+    """I32x16 lanes converted to float."""
+    if value != I32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.sitofp(args[0], _V16F32)
+
+    return F32x16(value), codegen
+
+
+@intrinsic
+def expand4(typingctx, value):
+    """Four F32x16 whose lanes repeat each lane of `value` four times: result k lane l = value[4k + l // 4].
+
+    Matches a 64-byte group of 16 blocks x 4 consecutive bytes to the 16 per-block scales."""
+    if value != F32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        parts = []
+        for k in range(4):
+            order = ir.Constant(ir.VectorType(_I32, 16), [4 * k + lane // 4 for lane in range(16)])
+            parts.append(builder.shuffle_vector(args[0], args[0], order))
+        return context.make_tuple(builder, signature.return_type, parts)
+
+    return types.UniTuple(F32x16, 4)(value), codegen
+
+
+# ---- integer lanes and bytes -----------------------------------------------------------------------------
+
+@intrinsic
+def zeros_i32(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V16I32, None)
+
+    return I32x16(), codegen
+
+
+@intrinsic
+def add_i32(typingctx, a, b):
+    """a + b, lane by lane (wrapping int32)."""
+    if not (a == I32x16 and b == I32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.add(args[0], args[1])
+
+    return I32x16(a, b), codegen
+
+
+@intrinsic
+def scale_i32(typingctx, value, factor):
+    """I32x16 lanes times an integer constant (wrapping int32 arithmetic)."""
+    if not (value == I32x16 and isinstance(factor, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = context.cast(builder, args[1], signature.args[1], types.int32)
+        return builder.mul(args[0], _splat(builder, scalar, _V16I32))
+
+    return I32x16(value, factor), codegen
+
+
+def _bytewise(transform):
+    @intrinsic
+    def op(typingctx, value):
+        if value != I32x16:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return transform(builder, args[0])
+
+        return I32x16(value), codegen
+
+    return op
+
+
+low_nibbles = _bytewise(lambda b, v: b.and_(v, _splat_i32(0x0F0F0F0F)))
+low_nibbles.__doc__ = "Each byte's low 4 bits (0..15) as a byte."
+high_nibbles = _bytewise(lambda b, v: b.and_(b.lshr(v, _splat_i32(4)), _splat_i32(0x0F0F0F0F)))
+high_nibbles.__doc__ = "Each byte's high 4 bits (0..15) as a byte."
+flip_sign_bits = _bytewise(lambda b, v: b.xor(v, _splat_i32(0x80808080 - (1 << 32))))
+flip_sign_bits.__doc__ = "Each int8 byte q -> the uint8 byte q + 128."
+
+
+@intrinsic
+def dot_u8s8(typingctx, acc, unsigned_bytes, signed_bytes):
+    """acc lane i + sum over its 4 bytes j of uint8(a[4i+j]) * int8(b[4i+j]); exact in int32 (vpdpbusd)."""
+    if not (acc == I32x16 and unsigned_bytes == I32x16 and signed_bytes == I32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if HAS_VNNI:
+            fn = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _V16I32, [_V16I32] * 3)
+            return builder.call(fn, list(args))
+        a = builder.zext(builder.bitcast(args[1], _V64I8), _V64I32)
+        b = builder.sext(builder.bitcast(args[2], _V64I8), _V64I32)
+        products = builder.mul(a, b)
+        total = args[0]
+        for j in range(4):
+            lanes = builder.shuffle_vector(products, products,
+                                           ir.Constant(ir.VectorType(_I32, 16), [4 * i + j for i in range(16)]))
+            total = builder.add(total, lanes)
+        return total
+
+    return I32x16(acc, unsigned_bytes, signed_bytes), codegen
+
+
+@intrinsic
+def byte_planes_as_f32(typingctx, value):
+    """Four F32x16: plane j lane i = signed byte j of 32-bit lane i (an int8 4-vector per lane -> 4 float planes)."""
+    if value != I32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        planes = [builder.sitofp(builder.ashr(builder.shl(args[0], _splat_i32(24 - 8 * j)), _splat_i32(24)), _V16F32)
+                  for j in range(4)]
+        return context.make_tuple(builder, signature.return_type, planes)
+
+    return types.UniTuple(F32x16, 4)(value), codegen
+
+
+@intrinsic
+def nibble_planes_as_f32(typingctx, value, table):
+    """Eight F32x16: plane s lane i = table[nibble s of 32-bit lane i] (nibble 0 the lowest; table an F32x16 of
+    the 16 values a nibble stands for). One vpermps a plane: the lookup both widens and converts."""
+    if not (value == I32x16 and table == F32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        planes = []
+        for s in range(8):
+            index = builder.lshr(args[0], _splat_i32(4 * s)) if s else args[0]
+            planes.append(_permute(builder, args[1], index))
+        return context.make_tuple(builder, signature.return_type, planes)
+
+    return types.UniTuple(F32x16, 8)(value, table), codegen
+
+
+def _permute(builder, table, index):
+    """table[index & 15] lane by lane (vpermps)."""
+    if HAS_AVX512:
+        fn = _function(builder, "llvm.x86.avx512.permvar.sf.512", _V16F32, [_V16F32, _V16I32])
+        return builder.call(fn, [table, index])
+    masked = builder.and_(index, _splat_i32(15))
+    result = ir.Constant(_V16F32, None)
+    for lane in range(16):
+        position = ir.Constant(_I32, lane)
+        picked = builder.extract_element(table, builder.extract_element(masked, position))
+        result = builder.insert_element(result, picked, position)
+    return result
+
+
+@intrinsic
+def nibble_table(typingctx, bias):
+    """F32x16 whose lane i is i - bias (the values of a 4-bit quant: bias 8 for Q4_0, 0 for Q4_1)."""
+    if not isinstance(bias, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        offset = builder.sitofp(context.cast(builder, args[0], signature.args[0], types.int32), _F32)
+        return builder.fsub(ir.Constant(_V16F32, [float(i) for i in range(16)]), _splat(builder, offset, _V16F32))
+
+    return F32x16(bias), codegen
+
+
+# ---- scalars ------------------------------------------------------------------------------------------
+
+@intrinsic
+def as_float32(typingctx, value):
+    """A stored float element -> float32: float32 as is, int16 as IEEE half bits (F16), uint16 as bfloat16 bits.
+
+    Scalar, but loops over contiguous rows of it vectorize (vcvtph2ps for F16, a shift for BF16)."""
+    if value == types.float32:
+        return types.float32(value), lambda context, builder, signature, args: args[0]
+    if value == types.int16:
+        def f16(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], _F16), _F32)
+
+        return types.float32(value), f16
+    if value == types.uint16:
+        def bf16(context, builder, signature, args):
+            return builder.bitcast(builder.shl(builder.zext(args[0], _I32), ir.Constant(_I32, 16)), _F32)
+
+        return types.float32(value), bf16
+    return None

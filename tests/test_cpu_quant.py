@@ -1,0 +1,184 @@
+"""The packed-weight CPU kernels (`cpu_quant.py`) against their numpy twins (`reference.py`), every kernel x every
+format, on fresh random weights quantized by the gguf package."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from hybridinfer.errors import HybridInferError
+from hybridinfer.kernels import cpu_quant, reference
+from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack
+
+FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
+QUANTIZED = [T.Q8_0, T.Q4_0, T.Q4_1]
+# Every tolerance in one place. Float32 accumulation against the twin's float64, on the same decoded weights:
+# |kernel - twin| <= tolerance * magnitude, per output, where magnitude is the twin applied to |weights| and |x|
+# (the sum of the absolute terms, which sets the size of rounding errors however much the terms cancel).
+EXACT_TOLERANCE = {T.F32: 1e-5, T.F16: 1e-5, T.BF16: 1e-5, T.Q8_0: 1e-5, T.Q4_0: 1e-5, T.Q4_1: 1e-5}
+# The int8-activation path against the exact product: |out - W x| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (a bound,
+# documented in cpu_quant), plus the float tolerance.
+INT8_ERROR_BOUND = cpu_quant.INT8_ERROR_BOUND
+# (rows, cols): odd row counts, one block, cols not a multiple of 256 nor of a 16-block tile, whole tiles
+SHAPES = [(7, 96), (33, 4384), (1, 32), (16, 512), (3, 1056)]
+FLOAT_ONLY_SHAPES = [(9, 100), (2, 7)]  # float formats need no 32-element blocks
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+
+
+def random_weight(rng, qtype, shape):
+    """(packed, float32 values as gguf decodes them, their sizes) for a random normal matrix quantized to qtype."""
+    values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 2.0)
+    raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+    return pack((raw, qtype, shape)), reference.dequantized(raw, qtype, shape), weight_sizes(raw, qtype, shape)
+
+
+def weight_sizes(raw, qtype, shape):
+    """|w|, except |d| q + |m| for Q4_1 (value d q + m): the size of what a kernel adds up for each weight."""
+    if qtype != T.Q4_1:
+        return np.abs(reference.dequantized(raw, qtype, shape))
+    blocks = raw.reshape(-1, 20).copy()
+    blocks[:, 1] &= 0x7F  # clear the sign bits of the little-endian f16 d (bytes 0-1) and m (bytes 2-3)
+    blocks[:, 3] &= 0x7F
+    return reference.dequantized(blocks.reshape(raw.shape), qtype, shape)
+
+
+def assert_close(actual, expected, magnitude, tolerance):
+    """|actual - expected| <= tolerance * magnitude, output by output."""
+    assert actual.shape == expected.shape
+    assert np.all(np.abs(actual - expected) <= tolerance * magnitude)
+
+
+def all_shapes(qtype):
+    return SHAPES + (FLOAT_ONLY_SHAPES if qtype not in QUANTIZED else [])
+
+
+def random_rows(rng, n, fraction):
+    """A random subset (unsorted, possibly empty) of range(n) as int64."""
+    return rng.choice(n, int(round(fraction * n)), replace=False).astype(np.int64)
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_pack_round_trips_to_the_gguf_values(rng, qtype):
+    for shape in all_shapes(qtype):
+        values = rng.standard_normal(shape, dtype=np.float32)
+        raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+        packed = pack((raw, qtype, shape))
+        rows = rng.permutation(shape[0])
+        assert np.array_equal(packed.dequantize_rows(rows), reference.dequantized(raw, qtype, shape)[rows])
+        assert packed.nbytes == raw.nbytes  # a permutation: the same bytes as the file
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_matvec(rng, qtype, exact):
+    for shape in all_shapes(qtype):
+        packed, values, sizes = random_weight(rng, qtype, shape)
+        x = rng.standard_normal(shape[1], dtype=np.float32)
+        out = np.full(shape[0], np.nan, dtype=np.float32)
+        cpu_quant.matvec(packed, x, out, exact=exact)
+        check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matvec(w, v))
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_matvec_rows(rng, qtype, exact):
+    for shape in all_shapes(qtype):
+        packed, values, sizes = random_weight(rng, qtype, shape)
+        x = rng.standard_normal(shape[1], dtype=np.float32)
+        for fraction in (0.0, 0.3, 1.0):
+            rows = random_rows(rng, shape[0], fraction)
+            for index in (rows, rows.astype(np.int32)):
+                out = np.full(rows.shape[0], np.nan, dtype=np.float32)
+                cpu_quant.matvec_rows(packed, x, index, out, exact=exact)
+                check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matvec_rows(w, v, rows))
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_matmul(rng, qtype, exact):
+    for shape in all_shapes(qtype):
+        packed, values, sizes = random_weight(rng, qtype, shape)
+        for tokens in (1, 5):
+            x = rng.standard_normal((tokens, shape[1]), dtype=np.float32)
+            out = np.full((tokens, shape[0]), np.nan, dtype=np.float32)
+            cpu_quant.matmul(packed, x, out, exact=exact)
+            check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matmul(w, v))
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_accumulate_rows(rng, qtype):
+    for shape in all_shapes(qtype) + ([(40, 11008)] if qtype in QUANTIZED else [(40, 1000)]):
+        packed_t, values_t, sizes_t = random_weight(rng, qtype, shape)
+        for fraction in (0.0, 0.2, 1.0):
+            rows = random_rows(rng, shape[0], fraction)
+            coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32)
+            coeffs[::3] = 0.0  # zero coefficients are skipped
+            out = np.full(shape[1], np.nan, dtype=np.float32)
+            cpu_quant.accumulate_rows(packed_t, rows, coeffs, out)
+            assert_close(out, reference.accumulate_rows(values_t, rows, coeffs),
+                         reference.accumulate_rows(sizes_t, rows, np.abs(coeffs)), EXACT_TOLERANCE[qtype])
+
+
+def check_against_twins(out, values, sizes, x, qtype, exact, twin):
+    """Exact path: against the twin. int8 path: tightly against the twin fed the same int8 activations, and
+    within the documented bound against the exact product."""
+    expected, magnitude = twin(values, x), twin(sizes, np.abs(x))
+    if exact or qtype not in QUANTIZED:
+        assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
+        return
+    assert_close(out, twin(values, reference.quantize_activations(x)), magnitude, EXACT_TOLERANCE[qtype])
+    row_norms = np.sqrt(twin(values ** 2, np.ones_like(x)))  # ||W_row|| in the twin's output layout
+    x_norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    assert np.all(np.abs(out - expected) <= INT8_ERROR_BOUND * row_norms * x_norms + EXACT_TOLERANCE[qtype] * magnitude)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_prepared_activations_are_shared_across_matrices(rng, qtype):
+    gate, up = random_weight(rng, qtype, (24, 640)), random_weight(rng, qtype, (40, 640))
+    x = rng.standard_normal(640, dtype=np.float32)
+    prepared = cpu_quant.prepare(x)
+    assert np.array_equal(prepared.xp[0], x[lane_element_order(640 // 32)])
+    blocks = x.reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    quantized = np.rint(blocks * (np.float32(1) / scale)).ravel()
+    assert np.array_equal(prepared.qx[0], quantized[byte_element_order(640 // 32)])
+    assert np.array_equal(prepared.dx[0], scale.ravel())
+    for packed, values, sizes in (gate, up):
+        out = np.empty(packed.rows, dtype=np.float32)
+        cpu_quant.matvec(packed, prepared, out)
+        assert_close(out, reference.matvec(values, reference.quantize_activations(x)),
+                      reference.matvec(sizes, np.abs(x)), EXACT_TOLERANCE[qtype])
+
+
+def test_read_only_weights_are_packed_and_read(rng):
+    """Weights memory-mapped from a GGUF file are read-only views."""
+    for qtype in (T.F16, T.Q4_0):
+        values = rng.standard_normal((5, 64), dtype=np.float32)
+        raw = quants.quantize(values, qtype)
+        raw.setflags(write=False)
+        packed = pack((raw, qtype, (5, 64)))
+        out = np.empty(5, dtype=np.float32)
+        cpu_quant.matvec(packed, np.ones(64, np.float32), out, exact=True)
+        values = reference.dequantized(raw, qtype, (5, 64))
+        assert_close(out, values.sum(axis=1), np.abs(values).sum(axis=1), EXACT_TOLERANCE[qtype])
+
+
+def test_errors_say_what_to_do(rng):
+    raw = quants.quantize(rng.standard_normal((2, 256), dtype=np.float32), T.Q8_0)
+    with pytest.raises(HybridInferError, match="re-quantize"):
+        pack((np.zeros((2, 210), np.uint8), T.Q6_K, (2, 256)))
+    with pytest.raises(HybridInferError, match="bytes per row"):
+        pack((raw[:, :-2], T.Q8_0, (2, 256)))
+    packed = pack((raw, T.Q8_0, (2, 256)))
+    with pytest.raises(ValueError, match="columns"):
+        cpu_quant.matvec(packed, np.ones(128, np.float32), np.empty(2, np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        cpu_quant.matvec(packed, np.ones(256, np.float32), np.empty(2, np.float64))
+    with pytest.raises(IndexError, match="row indices"):
+        cpu_quant.matvec_rows(packed, np.ones(256, np.float32), np.array([0, 2]), np.empty(2, np.float32))
+    with pytest.raises(ValueError, match="blocks=True"):
+        cpu_quant.matvec(packed, cpu_quant.prepare(np.ones(256, np.float32), blocks=False), np.empty(2, np.float32))
