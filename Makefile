@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install demo test bench model gpu-check clean
+.PHONY: install demo test bench model reference-model gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: model
 
 bench: model
 	PYTHONPATH=. $(PY) tools/bench.py
+
+# The ProSparse-recipe reference model, rebuilt from scratch (about 15 minutes on 2 cores)
+reference-model: install
+	PYTHONPATH=. $(PY) -m tools.prosparse.build_reference --out models/prosparse-tiny
 
 gpu-check: install
 	PYTHONPATH=. $(PY) tools/gpu_check.py
