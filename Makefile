@@ -26,7 +26,7 @@ test: model
 bench: model
 	PYTHONPATH=. $(PY) tools/bench.py
 
-# The ProSparse-recipe reference model, rebuilt from scratch (about 15 minutes on 2 cores)
+# The ProSparse-recipe reference model, rebuilt from scratch (docs/prosparse-recipe.md gives the measured time)
 reference-model: install
 	PYTHONPATH=. $(PY) -m tools.prosparse.build_reference --out models/prosparse-tiny
 
