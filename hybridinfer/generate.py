@@ -91,7 +91,7 @@ def stream_generate(engine, prompt_tokens: list[int], sampler: Sampler, max_toke
     max_tokens < 0 means: until end of generation or until the context is full.
     """
     timings = timings if timings is not None else Timings()
-    detokenizer = StreamingDetokenizer(engine.tokenizer)
+    detokenizer = StreamingDetokenizer(engine.tokenizer, strip_leading_space=False)  # text continues the prompt
     stops = StopStringMatcher(stop or [])
     room = engine.n_ctx - len(prompt_tokens)
     limit = room if max_tokens < 0 else min(max_tokens, room)

@@ -84,3 +84,9 @@ def test_logits_agree_with_a_fresh_model_forward(engine):
     ids = engine.tokenize("is it")
     expected = engine.model.forward(torch.tensor(ids), 0).numpy()
     np.testing.assert_allclose(engine.logits(ids), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_generated_text_keeps_the_space_that_joins_it_to_the_prompt(engine):
+    """A continuation's first piece keeps its leading space (it is not the start of the text)."""
+    result = engine.generate("the", max_tokens=6, temperature=0)
+    assert result.text == engine.tokenizer.decode(result.tokens, strip_leading_space=False)
