@@ -19,6 +19,9 @@ model: install
 
 demo: model
 	$(CLI) generate -p "The three primary colors are" -n 48 --temp 0
+	@echo "--- the sparse reference model (ProSparse recipe, ~94% of FFN neurons silent) with its predictors:"
+	$(CLI) generate -m models/prosparse-tiny.q8_0.gguf -p "Return the number of" -n 48 --temp 0 \
+		--predictors models/prosparse-tiny.pred.gguf --vram-budget 80MiB --activations models/prosparse-tiny.act.gguf
 
 test: model
 	$(PY) -m pytest
