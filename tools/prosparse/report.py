@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from hybridinfer.atomic_file import atomic_output
+
 SPARSITY_TARGET = 0.85  # average FATReLU sparsity the reference model must reach
 PERPLEXITY_TOLERANCE = 0.10  # FATReLU perplexity at most this much above dense SiLU's
 COLORS = {"dense SiLU": "tab:blue", "ReLU": "tab:orange", "ReLU + L1": "tab:green", "FATReLU": "tab:red"}
@@ -88,7 +90,7 @@ def plot_training(metrics: dict, png_path: str) -> None:
     ax_sparsity.legend(fontsize=8, loc="center left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    fig.savefig(png_path, dpi=110)
+    fig.savefig(png_path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -229,9 +231,12 @@ def _count(n: int) -> str:
 def write_report(metrics: dict, markdown_path: str, command: str) -> tuple[str, str]:
     """Write the markdown and, next to it with the same stem, the PNG. Returns both paths."""
     png_path = os.path.splitext(markdown_path)[0] + ".png"
-    plot_training(metrics, png_path)
+    markdown = render_markdown(metrics, os.path.basename(png_path), command)  # fails before anything is written
     os.makedirs(os.path.dirname(os.path.abspath(markdown_path)), exist_ok=True)
-    with open(markdown_path, "w", encoding="utf-8") as handle:
-        handle.write(render_markdown(metrics, os.path.basename(png_path), command))
+    with atomic_output(png_path) as partial:
+        plot_training(metrics, partial)
+    with atomic_output(markdown_path) as partial:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(markdown)
     return markdown_path, png_path
 
