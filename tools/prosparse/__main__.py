@@ -63,6 +63,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="largest relative validation perplexity increase FATReLU's threshold may cost (0.01 = 1%%)")
     p.add_argument("--eval-tokens", type=int, default=None,
                    help="cap on the validation/test tokens of every evaluation (for a quick run of a large model)")
+    p.add_argument("--no-checkpoints", action="store_true", help="do not save model + optimizer checkpoints")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     return p
 
@@ -81,7 +82,8 @@ def _settings_from(args) -> RecipeSettings:
     settings = dataclasses.replace(ref, train=train, model=model, start=args.start, extra_text_files=tuple(args.text),
                                    include_stdlib=not args.no_stdlib, dense_steps=dense_steps,
                                    substitution_steps=args.substitution_steps,
-                                   l1_stages=tuple(parse_stages(args.stages)), threshold_tolerance=args.tolerance)
+                                   l1_stages=tuple(parse_stages(args.stages)), threshold_tolerance=args.tolerance,
+                                   save_checkpoints=not args.no_checkpoints)
     if args.eval_tokens:
         settings = dataclasses.replace(settings, validation_tokens=min(settings.validation_tokens, args.eval_tokens),
                                        sweep_tokens=min(settings.sweep_tokens, args.eval_tokens),

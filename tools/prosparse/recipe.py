@@ -59,6 +59,7 @@ class RecipeSettings:
     validation_tokens: int = 16384  # validation text scored during training (curves)
     sweep_tokens: int = 32768  # validation text scored for each threshold candidate
     test_tokens: int | None = None  # test text scored for the final numbers (None: all of it)
+    save_checkpoints: bool = True  # model + optimizer at each phase end, in WORK_DIR/checkpoints
 
     def check(self) -> None:
         check_stages(list(self.l1_stages))
@@ -158,32 +159,36 @@ def run_recipe(settings: RecipeSettings, out_dir: str, work_dir: str,
     checkpoints = os.path.join(work_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
 
+    def checkpoint(run: TrainingRun, file_name: str) -> None:
+        if settings.save_checkpoints:
+            run.save_checkpoint(os.path.join(checkpoints, file_name))
+
     dense = TrainingRun("dense SiLU", model, settings.train)
     with clock.stage(f"training: dense SiLU, steps 0-{s0}"):
         if s0 > 0:
             dense.train_until(s0, batches, curve_windows, "dense pre-training (SiLU)")
         else:
             dense.validate(curve_windows)
-    dense.save_checkpoint(os.path.join(checkpoints, f"dense-silu-step{s0}.pt"))
+    checkpoint(dense, f"dense-silu-step{s0}.pt")
 
     relu = dense.fork("ReLU")
     relu.model.set_activation("relu")
     with clock.stage(f"training: ReLU (activation substitution), steps {s0}-{s1}"):
         relu.validate(curve_windows)
         relu.train_until(s1, batches, curve_windows, "activation substitution (ReLU)")
-    relu.save_checkpoint(os.path.join(checkpoints, f"relu-step{s1}.pt"))
+    checkpoint(relu, f"relu-step{s1}.pt")
 
     regularized = relu.fork("ReLU + L1")
     with clock.stage(f"training: ReLU + L1 (progressive regularization), steps {s1}-{n_total}"):
         regularized.train_until(n_total, batches, curve_windows, "progressive sparsity regularization",
                                 l1_stages=list(settings.l1_stages), l1_start_step=s1)
-    regularized.save_checkpoint(os.path.join(checkpoints, f"relu-l1-step{n_total}.pt"))
+    checkpoint(regularized, f"relu-l1-step{n_total}.pt")
     with clock.stage(f"training: ReLU, steps {s1}-{n_total}"):
         relu.train_until(n_total, batches, curve_windows, "ReLU continued training")
-    relu.save_checkpoint(os.path.join(checkpoints, f"relu-step{n_total}.pt"))
+    checkpoint(relu, f"relu-step{n_total}.pt")
     with clock.stage(f"training: dense SiLU, steps {s0}-{n_total}"):
         dense.train_until(n_total, batches, curve_windows, "dense SiLU continued training")
-    dense.save_checkpoint(os.path.join(checkpoints, f"dense-silu-step{n_total}.pt"))
+    checkpoint(dense, f"dense-silu-step{n_total}.pt")
 
     with clock.stage("threshold sweep"):
         thresholds = candidate_thresholds(regularized.model, sweep_windows, settings.threshold_quantiles)

@@ -130,9 +130,10 @@ def render_markdown(metrics: dict, png_name: str, command: str) -> str:
         f"- FATReLU threshold T = {sweep['chosen']['threshold']:g}, chosen on validation text "
         f"(largest T costing at most {_pct(sweep['tolerance'])} perplexity over T = 0).",
         f"- Build time: {metrics['total_seconds'] / 60:.1f} min wall on {metrics['device'].upper()} with "
-        f"{metrics['threads']} threads (torch {metrics['torch']}); the process used {metrics['cpu_seconds'] / 60:.1f} "
-        f"CPU-minutes; load average {metrics['load_average']['start'][0]:.2f} at start and "
-        f"{metrics['load_average']['end'][0]:.2f} at end on a {metrics['cpu_count']}-CPU machine.",
+        f"{metrics['threads']} threads (torch {metrics['torch']}), on a {metrics['cpu_count']}-CPU machine shared with "
+        f"other work: the build used {metrics['cpu_seconds'] / 60:.1f} CPU-minutes, i.e. it had "
+        f"{metrics['cpu_seconds'] / metrics['total_seconds']:.2f} CPUs on average (1-minute load average "
+        f"{metrics['load_average']['start'][0]:.2f} at start, {metrics['load_average']['end'][0]:.2f} at end).",
         "",
         "| variant | test perplexity | vs dense SiLU | average sparsity | top-20% neurons' share of activations |",
         "|---|---:|---:|---:|---:|",
