@@ -27,3 +27,18 @@ def test_loaded_gguf_model_matches_the_reference_forward(smollm_path):
     reference = hybridinfer.load(str(smollm_path), n_ctx=64).logits(ids)
     assert np.abs(ours - reference).max() < 2e-3 * np.abs(reference).max()
     assert (ours.argmax(-1) == reference.argmax(-1)).all()
+
+
+def test_exported_gguf_tokenizer_matches_hybridinfer(smollm_path, tmp_path):
+    transformers = __import__("pytest").importorskip("transformers")
+    from hybridinfer.gguf_file import GGUFFile
+    from tools.prosparse.pretrained import gguf_corpus_tokenizer
+
+    tokenizer = gguf_corpus_tokenizer(GGUFFile(str(smollm_path)))
+    tokenizer.write_hf_files(str(tmp_path), 2048)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "def f(x):\n    \"\"\"Return  x² + 1.\"\"\"  # naïve 123"
+    ids = tokenizer.encode([text])[0]
+    assert hf(text, add_special_tokens=False).input_ids == ids
+    assert hf.decode(ids) == text
+    assert hf.convert_tokens_to_ids("<|im_end|>") == tokenizer.eos_id

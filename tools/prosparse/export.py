@@ -29,7 +29,7 @@ from .tokenizer_training import BOS_ID, EOS_ID
 WEIGHTS_FILE = "model.safetensors"
 
 
-def hf_config(model: SparseLlamaForCausalLM) -> dict:
+def hf_config(model: SparseLlamaForCausalLM, bos_id: int | None = BOS_ID, eos_id: int | None = EOS_ID) -> dict:
     c = model.config
     return {
         "architectures": ["SparseLlamaForCausalLM"],
@@ -45,8 +45,8 @@ def hf_config(model: SparseLlamaForCausalLM) -> dict:
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
         "vocab_size": c.vocab_size,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         "tie_word_embeddings": False,
         "initializer_range": c.initializer_range,
         "pretraining_tp": 1,
@@ -72,7 +72,6 @@ def tokenizer_config(model_max_length: int) -> dict:
 
 
 SPECIAL_TOKENS_MAP = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-GENERATION_CONFIG = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
 
 
 WriteTokenizerFiles = Callable[[str, int], None]  # (directory, model_max_length) -> writes the tokenizer files
@@ -85,15 +84,18 @@ def write_sentencepiece_files(tokenizer_model_path: str, out_dir: str, model_max
     write_json(os.path.join(out_dir, "special_tokens_map.json"), SPECIAL_TOKENS_MAP)
 
 
-def export_hf_directory(model: SparseLlamaForCausalLM, out_dir: str, write_tokenizer_files: WriteTokenizerFiles) -> None:
-    """Write the directory. The model's activation must be relu or fatrelu (relu is written as fatrelu T=0)."""
+def export_hf_directory(model: SparseLlamaForCausalLM, out_dir: str, write_tokenizer_files: WriteTokenizerFiles,
+                        bos_id: int | None = BOS_ID, eos_id: int | None = EOS_ID) -> None:
+    """Write the directory. The model's activation must be relu or fatrelu (relu is written as fatrelu T=0).
+    bos_id/eos_id: the tokenizer's (1/2 for the SentencePiece tokenizers trained here)."""
     if model.config.hidden_act == "silu":
         raise ValueError("the model still uses SiLU; a ProSparse checkpoint is ReLU/FATReLU (train the ReLU stages first)")
     os.makedirs(out_dir, exist_ok=True)
     tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()}
     save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), hf_config(model))
-    write_json(os.path.join(out_dir, "generation_config.json"), GENERATION_CONFIG)
+    write_json(os.path.join(out_dir, "config.json"), hf_config(model, bos_id, eos_id))
+    write_json(os.path.join(out_dir, "generation_config.json"),
+               {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False})
     write_tokenizer_files(out_dir, model.config.max_position_embeddings)
 
 

@@ -50,7 +50,8 @@ def load_gguf_model(path: str, max_positions: int) -> tuple[SparseLlamaForCausal
     config = SparseLlamaConfig(
         vocab_size=c.n_vocab, hidden_size=c.n_embd, intermediate_size=c.n_ff, num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head, num_key_value_heads=c.n_head_kv,
-        max_position_embeddings=max(max_positions, min(c.context_length, 8192)), rms_norm_eps=c.rms_eps,
+        max_position_embeddings=max(max_positions, min(c.context_length, 8192)),
+        rms_norm_eps=float(f"{c.rms_eps:.7g}"),  # GGUF stores it as float32: 1e-5 reads 9.99999974e-06
         rope_theta=c.rope_base, hidden_act=c.activation, hidden_act_param=c.activation_threshold)
     model = SparseLlamaForCausalLM(config)
     with torch.no_grad():
@@ -79,8 +80,24 @@ def gguf_corpus_tokenizer(gguf: GGUFFile) -> CorpusTokenizer:
     def write_files(out_dir: str, model_max_length: int) -> None:
         write_gguf_tokenizer_files(gguf, tokenizer, out_dir, model_max_length)
 
-    return CorpusTokenizer(encode=encode, bos_id=tokenizer.bos_id if tokenizer.add_bos else None,
-                           eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size, write_hf_files=write_files)
+    return CorpusTokenizer(encode=encode, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, add_bos=tokenizer.add_bos,
+                           vocab_size=tokenizer.vocab_size, write_hf_files=write_files)
+
+
+def byte_level_bpe_tokenizer(gguf: GGUFFile, tokenizer):
+    """A `tokenizers` tokenizer for a gpt2-style GGUF vocabulary: hybridinfer's BPE model and pre-tokenizer,
+    a byte-level decoder, and the control tokens registered as special tokens (never split)."""
+    from tokenizers import AddedToken, decoders
+
+    from hybridinfer.tokenizer import CONTROL
+    from hybridinfer.tokenizer_bpe import build_bpe_tokenizer, pre_tokenizer_for
+
+    hf = build_bpe_tokenizer(tokenizer.tokens, gguf.get("tokenizer.ggml.merges"),
+                             pre_tokenizer_for(gguf.get("tokenizer.ggml.pre")))
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(text, special=True, normalized=False)
+                           for text, kind in zip(tokenizer.tokens, tokenizer.token_types) if kind == CONTROL])
+    return hf
 
 
 def write_gguf_tokenizer_files(gguf: GGUFFile, tokenizer, out_dir: str, model_max_length: int) -> None:
@@ -97,7 +114,7 @@ def write_gguf_tokenizer_files(gguf: GGUFFile, tokenizer, out_dir: str, model_ma
             handle.write(processor.serialized_model_proto())
         tokenizer_class = "LlamaTokenizer"
     else:
-        tokenizer._hf.save(os.path.join(out_dir, "tokenizer.json"))
+        byte_level_bpe_tokenizer(gguf, tokenizer).save(os.path.join(out_dir, "tokenizer.json"))
         tokenizer_class = "PreTrainedTokenizerFast"
     write_json(os.path.join(out_dir, "tokenizer_config.json"),
                {"tokenizer_class": tokenizer_class, "add_bos_token": bool(tokenizer.add_bos), "add_eos_token": False,

@@ -81,6 +81,7 @@ class CorpusTokenizer:
     encode: EncodeDocuments
     bos_id: int | None
     eos_id: int | None
+    add_bos: bool  # whether documents start with BOS (they always end with EOS)
     vocab_size: int
     write_hf_files: Callable[[str, int], None]
 
@@ -100,7 +101,8 @@ def variant_summary(model: SparseLlamaForCausalLM, result: EvalResult) -> dict:
 
 def scratch_tokenizer(documents: list[str], vocab_size: int, model_path: str, threads: int) -> CorpusTokenizer:
     processor = train_tokenizer(documents, vocab_size, model_path, num_threads=threads)
-    return CorpusTokenizer(encode=processor.encode, bos_id=BOS_ID, eos_id=EOS_ID, vocab_size=processor.get_piece_size(),
+    return CorpusTokenizer(encode=processor.encode, bos_id=BOS_ID, eos_id=EOS_ID, add_bos=True,
+                           vocab_size=processor.get_piece_size(),
                            write_hf_files=lambda out, max_len: write_sentencepiece_files(model_path, out, max_len))
 
 
@@ -144,7 +146,8 @@ def run_recipe(settings: RecipeSettings, out_dir: str, work_dir: str,
             from .pretrained import load_gguf_model  # imports hybridinfer only when a GGUF is used
             model, tokenizer = load_gguf_model(settings.start, settings.train.seq_len)
         model.to(device)
-        streams = {split: token_stream(tokenizer.encode, corpus.split(split), tokenizer.bos_id, tokenizer.eos_id)
+        document_bos = tokenizer.bos_id if tokenizer.add_bos else None
+        streams = {split: token_stream(tokenizer.encode, corpus.split(split), document_bos, tokenizer.eos_id)
                    for split in corpus_module.SPLITS}
     seq = settings.train.seq_len
     batches = TrainBatches(streams["train"], seq, settings.train.batch_size, settings.train.seed)
@@ -206,7 +209,7 @@ def run_recipe(settings: RecipeSettings, out_dir: str, work_dir: str,
             log.info("%s: test perplexity %.3f, sparsity %.2f%%", name, variants[name]["perplexity"],
                      100 * variants[name]["average_sparsity"])
     with clock.stage("export"):
-        export_hf_directory(fatrelu, out_dir, tokenizer.write_hf_files)
+        export_hf_directory(fatrelu, out_dir, tokenizer.write_hf_files, tokenizer.bos_id, tokenizer.eos_id)
 
     metrics = {
         "settings": settings.to_dict(),

@@ -144,8 +144,8 @@ class TrainingRun:
             self.log.validation.pop()  # measured again at the same step (e.g. right after a fork + substitution)
         self.log.validation.append(point)
         recent = self.log.train[-self.settings.eval_every:]
-        train_loss = sum(p.loss for p in recent) / max(1, len(recent))
-        log.info("%s step %d: train loss %.3f, validation loss %.3f (ppl %.2f), sparsity %.1f%%",
+        train_loss = f"{sum(p.loss for p in recent) / len(recent):.3f}" if recent else "-"
+        log.info("%s step %d: train loss %s, validation loss %.3f (ppl %.2f), sparsity %.1f%%",
                  self.name, self.step, train_loss, point.loss, result.perplexity, 100 * point.sparsity)
         return point
 
