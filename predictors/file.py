@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from hybridinfer.dequantize import dequantize
+from hybridinfer.atomic_file import atomic_output
 from hybridinfer.errors import HybridInferError
 from hybridinfer.fingerprint import Fingerprint
 from hybridinfer.gguf_file import GGUFFile
@@ -83,33 +84,29 @@ def save_predictors(path: str, predictors: PredictorSet, fingerprint: Fingerprin
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise HybridInferError(f"cannot write {path}: the directory {directory} does not exist")
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        writer = gguf.GGUFWriter(temporary, ARCH)
-        writer.add_uint32(VERSION_KEY, FORMAT_VERSION)
-        writer.add_uint32(LAYERS_KEY, predictors.n_layer)
-        writer.add_uint32(EMBD_KEY, predictors.n_embd)
-        writer.add_uint32(FF_KEY, predictors.n_ff)
-        _add_array(writer, RANKS_KEY, [int(r) for r in predictors.ranks], GGUFValueType.UINT32)
-        _add_array(writer, THRESHOLDS_KEY, [float(t) for t in predictors.thresholds], GGUFValueType.FLOAT32)
-        writer.add_string(SOURCE_KEY, source)
-        fingerprint.write(writer)
-        for key, value in (extra_metadata or {}).items():
-            _add_value(writer, key, value)
-        dtype = TENSOR_TYPES[outtype]
-        for i in range(predictors.n_layer):
-            writer.add_tensor(fc1_name(i), predictors.fc1[i].cpu().numpy().astype(dtype))
-            writer.add_tensor(fc2_name(i), predictors.fc2[i].cpu().numpy().astype(dtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(temporary, path)
+        with atomic_output(path) as temporary:
+            writer = gguf.GGUFWriter(temporary, ARCH)
+            writer.add_uint32(VERSION_KEY, FORMAT_VERSION)
+            writer.add_uint32(LAYERS_KEY, predictors.n_layer)
+            writer.add_uint32(EMBD_KEY, predictors.n_embd)
+            writer.add_uint32(FF_KEY, predictors.n_ff)
+            _add_array(writer, RANKS_KEY, [int(r) for r in predictors.ranks], GGUFValueType.UINT32)
+            _add_array(writer, THRESHOLDS_KEY, [float(t) for t in predictors.thresholds], GGUFValueType.FLOAT32)
+            writer.add_string(SOURCE_KEY, source)
+            fingerprint.write(writer)
+            for key, value in (extra_metadata or {}).items():
+                _add_value(writer, key, value)
+            dtype = TENSOR_TYPES[outtype]
+            for i in range(predictors.n_layer):
+                writer.add_tensor(fc1_name(i), predictors.fc1[i].cpu().numpy().astype(dtype))
+                writer.add_tensor(fc2_name(i), predictors.fc2[i].cpu().numpy().astype(dtype))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as exc:
         raise HybridInferError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
