@@ -15,6 +15,9 @@ from .fingerprint import Fingerprint
 from .generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .gguf_file import GGUFFile
 from .model import Transformer
+from .packed_forward import PackedTransformer
+from .packed_sparse_ffn import PackedSparseFFN
+from .packed_weights import load_packed_weights
 from .sampling import Sampler, SamplerSettings
 from .sparse_ffn import ExactSparseFFN, PredictedSparseFFN
 from .tokenizer import tokenizer_from_metadata
@@ -22,6 +25,7 @@ from .weights import load_weights
 
 DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the attention scratch memory
+BACKENDS = ("packed", "reference")  # numba kernels over the file's own formats; plain torch float32 (the oracle)
 
 
 class Engine:
@@ -30,7 +34,8 @@ class Engine:
 
     def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None, exact: bool = False,
                  predictors: str | None = None, split: str | None = None, vram_budget: str | None = None,
-                 activations: str | None = None, device: str | None = None):
+                 activations: str | None = None, device: str | None = None, backend: str | None = None,
+                 float_activations: bool = False):
         start = time.perf_counter()
         if n_threads is not None:
             if n_threads < 1:
@@ -49,17 +54,40 @@ class Engine:
             raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
         elif n_ctx == 0:
             n_ctx = self.config.context_length
-        self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-        if split is not None or vram_budget is not None:
-            self._setup_hybrid(exact, predictors, split, vram_budget, activations, device)
+        if exact and predictors:
+            raise HybridInferError("--exact and --predictors exclude each other: choose one")
+        hybrid = split is not None or vram_budget is not None
+        self.backend = backend or ("reference" if hybrid else "packed")
+        if self.backend not in BACKENDS:
+            raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if hybrid and self.backend != "reference":
+            raise HybridInferError("the hybrid runtime (--vram-budget/--split) runs on the reference backend; "
+                                   "drop --backend packed")
+        self.repack_ms = 0.0
+        if self.backend == "packed":
+            self._setup_packed(n_ctx, exact, predictors, float_activations)
         else:
-            self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
+            self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
+            if hybrid:
+                self._setup_hybrid(exact, predictors, split, vram_budget, activations, device)
+            else:
+                self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
 
+    def _setup_packed(self, n_ctx: int, exact: bool, predictors: str | None, float_activations: bool) -> None:
+        """Weights packed for the numba kernels; the sparse FFN over them for --exact or --predictors."""
+        sparse = bool(exact or predictors)
+        if sparse:
+            PackedSparseFFN.check_activation(self.config)
+        weights = load_packed_weights(self.file, self.config, sparse=sparse)
+        self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
+        if sparse:
+            predictor_set = self._load_predictors(predictors) if predictors else None
+            self.model.sparse_ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations)
+        self.repack_ms = weights.repack_seconds * 1000
+
     def _sparse_ffn(self, exact: bool, predictors: str | None):
-        if exact and predictors:
-            raise HybridInferError("--exact and --predictors exclude each other: choose one")
         if exact:
             return ExactSparseFFN(self.config, self.model.weights)
         if predictors:
@@ -74,8 +102,6 @@ class Engine:
         """Hot neurons on `device` (default: cuda when present, else the CPU device), the rest on the CPU.
         Neurons are chosen per token by the predictors, or with neither predictors nor --exact all of them
         are candidates and the activation decides (lossless)."""
-        if exact and predictors:
-            raise HybridInferError("--exact and --predictors exclude each other: choose one")
         from . import hybrid_setup
         device = device or hybrid_setup.default_device()
         predictor_set = self._load_predictors(predictors) if predictors else None
@@ -118,7 +144,7 @@ class Engine:
         logits = None
         for begin in range(reuse, len(tokens), PREFILL_CHUNK):
             chunk = tokens[begin:begin + PREFILL_CHUNK]
-            logits = self.model.forward(torch.tensor(chunk, dtype=torch.long), begin)
+            logits = self.model.forward(torch.tensor(chunk, dtype=torch.long), begin, all_logits=False)
             self.tokens.extend(chunk)
         return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
 
@@ -148,7 +174,7 @@ class Engine:
 
     def generate(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,
                  **sampling) -> GenerationResult:
-        timings = Timings(load_ms=self.load_ms)
+        timings = Timings(load_ms=self.load_ms, repack_ms=self.repack_ms)
         pieces, tokens, finish = [], [], "length"
         for chunk in self.stream(prompt, max_tokens, stop, timings, **sampling):
             pieces.append(chunk.text)
@@ -190,5 +216,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def load(path: str, **options) -> Engine:
     """Load a GGUF model. Options: n_ctx (default: the model's context length, at most 4096; 0 = the model's
     own), n_threads, exact (lossless sparse FFN, ReLU/FATReLU models), predictors (a predictor file: the FFN
-    computes only predicted-active neurons)."""
+    computes only predicted-active neurons), backend ("packed": numba kernels over the file's formats, the
+    default; "reference": torch float32, also what the hybrid options use), float_activations (packed: keep
+    activations float32 instead of llama.cpp's int8 blocks)."""
     return Engine(path, **options)

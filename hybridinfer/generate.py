@@ -18,6 +18,7 @@ from .stop_strings import StopStringMatcher
 @dataclass
 class Timings:
     load_ms: float = 0.0
+    repack_ms: float = 0.0  # part of load_ms: weights rearranged for the CPU kernels
     prompt_ms: float = 0.0
     prompt_tokens: int = 0  # prompt tokens actually evaluated (a cached prefix is not evaluated again)
     eval_ms: float = 0.0
@@ -40,8 +41,9 @@ class Timings:
             per = ms / n if n else 0.0
             return f"{ms:10.2f} ms / {n:5d} {unit} ({per:8.2f} ms per token, {n / ms * 1000 if ms else 0.0:8.2f} tokens per second)"
         total_ms = self.prompt_ms + self.eval_ms
+        repack = f" (repacking weights {self.repack_ms:.2f} ms)" if self.repack_ms else ""
         return [
-            f"hybridinfer_perf:        load time = {self.load_ms:10.2f} ms",
+            f"hybridinfer_perf:        load time = {self.load_ms:10.2f} ms{repack}",
             f"hybridinfer_perf: prompt eval time = {rate(self.prompt_ms, self.prompt_tokens, 'tokens')}",
             f"hybridinfer_perf:        eval time = {rate(self.eval_ms, self.eval_tokens, 'runs  ')}",
             f"hybridinfer_perf:       total time = {total_ms:10.2f} ms / {self.prompt_tokens + self.eval_tokens:5d} tokens",

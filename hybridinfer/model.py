@@ -98,8 +98,9 @@ class Transformer:
         return self.cache.n_ctx
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32."""
+    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
+        """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32, or
+        (1, n_vocab) for the last position when not `all_logits`."""
         c, w = self.config, self.weights
         x = w.token_embd[tokens].to(self.device, self.dtype) * c.embedding_scale  # (T, n_embd)
         timed = self.time_attention and tokens.shape[0] == 1
@@ -109,7 +110,7 @@ class Transformer:
             if timed:
                 self.attention_seconds += self._clock() - start
             x = x + self.ffn_block(index, layer, x) * c.residual_scale
-        x = rms_norm(x, w.output_norm, c.rms_eps)
+        x = rms_norm(x if all_logits else x[-1:], w.output_norm, c.rms_eps)
         return ((x @ w.output.T) / c.logit_scale).float().cpu()
 
     def _clock(self) -> float:

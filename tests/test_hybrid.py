@@ -28,7 +28,7 @@ def relu_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dense_logits(relu_model):
-    return hybridinfer.load(str(relu_model)).logits(IDS)
+    return hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
 
 
 def decode_logits(engine, ids):
@@ -72,7 +72,7 @@ class Oracle:
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("mask", ["exact", "oracle"])
 def test_hybrid_equals_dense(relu_model, dense_logits, placement, mask):
-    engine = hybridinfer.load(str(relu_model))
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     predictors = Oracle(engine) if mask == "oracle" else None
     hybrid = install_hybrid(engine, make_split(engine, PLACEMENTS[placement]), DEVICE, predictors, torch.float32)
     assert relative_error(decode_logits(engine, IDS), dense_logits) < 1e-5
@@ -86,7 +86,7 @@ def test_hybrid_equals_dense(relu_model, dense_logits, placement, mask):
 
 
 def test_vram_budget_from_an_activations_file(relu_model, dense_logits, tmp_path):
-    engine = hybridinfer.load(str(relu_model))
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     profile = profile_activations(engine, [IDS])
     save_profile(profile, tmp_path / "a.gguf")
     for budget in ("0", "100MiB", "1GiB"):
@@ -97,7 +97,7 @@ def test_vram_budget_from_an_activations_file(relu_model, dense_logits, tmp_path
 
 
 def test_split_file_refusals(relu_model, tmp_path):
-    engine = hybridinfer.load(str(relu_model), n_ctx=64)
+    engine = hybridinfer.load(str(relu_model), n_ctx=64, backend="reference")
     split = make_split(engine, PLACEMENTS["mixed"])
     split.n_ctx, split.vram_budget = 64, 2 << 30
     save_split(split, tmp_path / "s.gguf")
@@ -118,7 +118,7 @@ def test_generate_cli_reports_the_hybrid_split(relu_model, tmp_path):
     import json
     from click.testing import CliRunner
     from hybridinfer.cli.main import cli
-    engine = hybridinfer.load(str(relu_model))
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     save_profile(profile_activations(engine, [IDS]), tmp_path / "a.gguf")
     args = ["generate", "-m", str(relu_model), "-p", "the world", "-n", "6", "--temp", "0",
             "--vram-budget", "70MiB", "--activations", str(tmp_path / "a.gguf"), "--device", "cpu"]
@@ -139,14 +139,14 @@ def test_hybrid_with_predictors_equals_the_cpu_sparse_path(relu_model):
     from predictors.model import PredictorSet
     from hybridinfer.sparse_ffn import PredictedSparseFFN
     gen = torch.Generator().manual_seed(3)
-    n_embd = hybridinfer.load(str(relu_model)).config.n_embd
+    n_embd = hybridinfer.load(str(relu_model), backend="reference").config.n_embd
     predictor_set = PredictorSet([torch.randn(16, n_embd, generator=gen) for _ in range(3)],
                                  [torch.randn(N_FF, 16, generator=gen) for _ in range(3)], [0.5, 0.0, -0.5])
-    cpu_only = hybridinfer.load(str(relu_model))
+    cpu_only = hybridinfer.load(str(relu_model), backend="reference")
     cpu_only.model.sparse_ffn = PredictedSparseFFN(cpu_only.config, cpu_only.model.weights, predictor_set)
     expected = decode_logits(cpu_only, IDS)
-    assert relative_error(expected, hybridinfer.load(str(relu_model)).logits(IDS)) > 1e-3  # really approximate
-    engine = hybridinfer.load(str(relu_model))
+    assert relative_error(expected, hybridinfer.load(str(relu_model), backend="reference").logits(IDS)) > 1e-3  # really approximate
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     install_hybrid(engine, make_split(engine, PLACEMENTS["mixed"]), DEVICE, predictor_set, torch.float32)
     assert relative_error(decode_logits(engine, IDS), expected) < 1e-5
     assert relative_error(engine.logits(IDS), cpu_only.logits(IDS)) < 1e-5

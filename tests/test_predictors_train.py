@@ -21,7 +21,8 @@ BUDGETS = {"train": 2400, "validation": 600, "test": 600}
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    engine = hybridinfer.load(str(write_sparse_model(tmp_path_factory.mktemp("m") / "m.gguf", seed=21)), n_ctx=64)
+    engine = hybridinfer.load(str(write_sparse_model(tmp_path_factory.mktemp("m") / "m.gguf", seed=21)), n_ctx=64,
+                               backend="reference")
     chunks = {split: random_chunks(100 + seed, engine.config.n_vocab) for seed, split in enumerate(BUDGETS)}
     return collect(engine.model, chunks, BUDGETS, str(tmp_path_factory.mktemp("work")))
 

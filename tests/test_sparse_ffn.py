@@ -31,8 +31,8 @@ IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 
 
 def test_exact_mode_equals_dense(relu_model):
-    dense = hybridinfer.load(str(relu_model))
-    exact = hybridinfer.load(str(relu_model), exact=True)
+    dense = hybridinfer.load(str(relu_model), backend="reference")
+    exact = hybridinfer.load(str(relu_model), exact=True, backend="reference")
     expected = dense.logits(IDS)
     assert relative_error(decode_logits(exact, IDS), expected) < 1e-5
     assert relative_error(exact.logits(IDS), expected) < 1e-5
@@ -58,8 +58,8 @@ class OraclePredictor:
 
 @pytest.mark.parametrize("extra", [0.0, 0.3])
 def test_oracle_predictor_equals_dense(relu_model, extra):
-    dense = hybridinfer.load(str(relu_model))
-    engine = hybridinfer.load(str(relu_model))
+    dense = hybridinfer.load(str(relu_model), backend="reference")
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     engine.model.sparse_ffn = PredictedSparseFFN(engine.config, engine.model.weights, OraclePredictor(engine, extra))
     expected = dense.logits(IDS)
     assert relative_error(decode_logits(engine, IDS), expected) < 1e-5
@@ -77,7 +77,7 @@ class DropHalf:
 
 
 def test_missed_neurons_change_the_result_identically_in_both_paths(relu_model):
-    engine = hybridinfer.load(str(relu_model))
+    engine = hybridinfer.load(str(relu_model), backend="reference")
     dense = engine.logits(IDS)
     engine.model.sparse_ffn = PredictedSparseFFN(engine.config, engine.model.weights, DropHalf(engine.config.n_ff))
     batched, one_by_one = engine.logits(IDS), decode_logits(engine, IDS)

@@ -30,7 +30,7 @@ def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, 
     runtime = runtime_settings(kwargs)
     prompt = _read_prompt(prompt, prompt_file)
     engine = open_engine(**runtime)
-    timings = Timings(load_ms=engine.load_ms)
+    timings = Timings(load_ms=engine.load_ms, repack_ms=engine.repack_ms)
     pieces, tokens, finish = [], [], "length"
     stream = engine.stream(prompt, max_tokens=max_tokens, stop=list(stop), timings=timings, **sampling)
     if not as_json and not no_display_prompt:

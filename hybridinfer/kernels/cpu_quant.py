@@ -19,7 +19,7 @@ for accumulate_rows, over column ranges), releasing the GIL. Reference twins: `r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -40,9 +40,9 @@ ROW_BATCH = 8  # accumulate_rows: rows summed per pass over the output, the part
 _OPTIONS = dict(nogil=True, fastmath=True, cache=True)
 
 
-@dataclass(frozen=True)
-class Activations:
-    """T tokens' activations, prepared once for any number of matrices with the same column count."""
+class Activations(NamedTuple):
+    """T tokens' activations, prepared once for any number of matrices with the same column count (a named
+    tuple, so that numba code takes it as one argument)."""
 
     x: np.ndarray  # (T, cols) float32, natural order (float formats)
     xp: np.ndarray  # (T, cols) float32, packed lane order (exact quantized path; see packed.py)
@@ -64,14 +64,27 @@ def prepare(x: np.ndarray, blocks: bool = True) -> Activations:
     """Activations of one token (cols,) or T tokens (T, cols), float32. `blocks=False` skips what only the
     quantized formats read (packed order, int8 quantization): enough for F32/F16/BF16 matrices."""
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, np.shape(x)[-1])
-    tokens, cols = x2.shape
+    act = activation_buffers(x2.shape[0], x2.shape[1], blocks, x=x2)
+    if act.qx.shape[1]:
+        _prepare_blocks(x2, act.xp, act.xsum, act.qx, act.dx, act.qsum)
+    return act
+
+
+def activation_buffers(tokens: int, cols: int, blocks: bool = True, x: np.ndarray | None = None) -> Activations:
+    """Empty Activations for `tokens` x `cols` (x itself when given), to be filled by `prepare_into`."""
     nb = cols // BLOCK if blocks and cols % BLOCK == 0 else 0
+    x = aligned_empty((tokens, cols), np.float32) if x is None else x
     xp, qx = aligned_empty((tokens, nb * BLOCK), np.float32), aligned_empty((tokens, nb * BLOCK), np.int8)
     xsum, dx = aligned_empty((tokens, nb), np.float32), aligned_empty((tokens, nb), np.float32)
-    qsum = aligned_empty((tokens, nb), np.int32)
-    if nb:
-        _prepare_blocks(x2, xp, xsum, qx, dx, qsum)
-    return Activations(x2, xp, xsum, qx, dx, qsum)
+    return Activations(x, xp, xsum, qx, dx, aligned_empty((tokens, nb), np.int32))
+
+
+def prepare_into(act: Activations) -> Activations:
+    """Recompute the block data of `act` from its `x` (which the caller has just written): `prepare` without
+    allocating, for buffers made once by `activation_buffers`."""
+    if act.qx.shape[1]:
+        _prepare_blocks(act.x, act.xp, act.xsum, act.qx, act.dx, act.qsum)
+    return act
 
 
 # ---- public kernels --------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ FLOAT_DTYPES = {T.F32: np.float32, T.F16: np.int16, T.BF16: np.uint16}
 # block bytes in GGUF, header bytes (f16 d, then f16 m for Q4_1), quant bytes per block, groups of 4 bytes per tile row
 QUANT_FORMATS = {T.Q8_0: (34, 2, 32, 8), T.Q4_0: (18, 2, 16, 4), T.Q4_1: (20, 4, 16, 4)}
 SUPPORTED = tuple(FLOAT_DTYPES) + tuple(QUANT_FORMATS)
+# the format code numba code branches on (`cpu_layer.py`): float formats first, then the quantized ones
+FORMAT_CODE = {T.F32: 0, T.F16: 1, T.BF16: 2, T.Q8_0: 3, T.Q4_0: 4, T.Q4_1: 5}
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,16 @@ class PackedMatrix:
     def quantized(self) -> bool:
         return self.qtype in QUANT_FORMATS
 
+    @property
+    def code(self) -> int:
+        """FORMAT_CODE of this matrix's format."""
+        return FORMAT_CODE[self.qtype]
+
+    @property
+    def raw(self) -> np.ndarray:
+        """`data` as (rows, bytes) uint8, the one array type numba code takes for every format."""
+        return self.data.view(np.uint8)
+
     def dequantize_rows(self, rows) -> np.ndarray:
         """float32 (len(rows), cols) values of the given rows, decoded back through the GGUF layout."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -100,6 +112,8 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
                                f"not {qtype.name}; re-quantize the model to one of them")
     flat = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
     if qtype in FLOAT_DTYPES:
+        if flat.shape[1] != cols * np.dtype(FLOAT_DTYPES[qtype]).itemsize:
+            raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {cols} {qtype.name} values")
         return PackedMatrix(qtype, rows, cols, flat.view(FLOAT_DTYPES[qtype]))
     if cols % BLOCK:
         raise HybridInferError(f"{name}: {qtype.name} rows must hold whole 32-element blocks (cols {cols})")

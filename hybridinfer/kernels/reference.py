@@ -67,3 +67,20 @@ def quantize_activations(x: np.ndarray) -> np.ndarray:
     scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
     inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
     return (np.rint(blocks * inverse) * scale).astype(np.float32).reshape(np.shape(x))
+
+
+# ---- twins of `cpu_ops.py` (attention; RMSNorm and RoPE have theirs in model.py) ----------------------------
+
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
+    """q (T, n_head, hd) at positions start..; keys, values (n_head_kv, >= start+T, hd) -> (T, n_head, hd):
+    causal softmax attention, KV head h // (n_head // n_head_kv) for query head h, in float64."""
+    tokens, n_head, head_dim = q.shape
+    group = n_head // keys.shape[0]
+    out = np.zeros(q.shape, dtype=np.float64)
+    for h in range(n_head):
+        for t in range(tokens):
+            end = start + t + 1
+            scores = keys[h // group, :end].astype(np.float64) @ q[t, h] / np.sqrt(head_dim)
+            weights = np.exp(scores - scores.max())
+            out[t, h] = weights / weights.sum() @ values[h // group, :end]
+    return out.astype(np.float32)

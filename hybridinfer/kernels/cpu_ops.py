@@ -1,0 +1,141 @@
+"""numba kernels for the parts of a decoder layer that are not weight products: RMSNorm, RoPE, causal attention
+over the KV cache, the FFN activations and the residual add.
+
+All of them write into caller-provided float32 buffers (the packed forward pass allocates them once per
+batch size), so decoding a token allocates nothing here. Reference twins: `model.py` (torch) and
+`reference.py` (numpy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_OPTIONS = dict(nogil=True, cache=True)
+
+
+@njit(**_OPTIONS)
+def rms_norm(x, weight, eps, out):
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight   x, out (T, n); the mean accumulated in float64."""
+    n = x.shape[1]
+    for t in range(x.shape[0]):
+        total = 0.0
+        for i in range(n):
+            total += np.float64(x[t, i]) * x[t, i]
+        inverse = np.float32(1.0 / math.sqrt(total / n + eps))
+        for i in range(n):
+            out[t, i] = x[t, i] * inverse * weight[i]
+
+
+@njit(**_OPTIONS)
+def rope(x, cos, sin, start):
+    """In place: rotate pairs (2j, 2j+1), j < cos.shape[1], of every head of x (T, heads, head_dim) by the angles
+    of positions start..start+T-1 (cos/sin tables (n_ctx, rope_dim // 2))."""
+    for t in range(x.shape[0]):
+        c, s = cos[start + t], sin[start + t]
+        for h in range(x.shape[1]):
+            head = x[t, h]
+            for j in range(c.shape[0]):
+                even, odd = head[2 * j], head[2 * j + 1]
+                head[2 * j] = even * c[j] - odd * s[j]
+                head[2 * j + 1] = even * s[j] + odd * c[j]
+
+
+@njit(parallel=True, fastmath=True, **_OPTIONS)
+def attention(q, k_cache, v_cache, start, scores, out):
+    """Causal attention of T new queries at positions start..start+T-1 over the cache (which already holds
+    their keys and values).   q, out (T, n_head, head_dim); k_cache, v_cache (n_head_kv, n_ctx, head_dim);
+    scores (n_head, n_ctx) scratch. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
+    tokens, n_head, head_dim = q.shape
+    group = n_head // k_cache.shape[0]
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for h in prange(n_head):
+        kv = h // group
+        keys, values, s = k_cache[kv], v_cache[kv], scores[h]
+        for t in range(tokens):
+            end = start + t + 1
+            query = q[t, h]
+            best = -np.inf
+            for p in range(end):
+                key = keys[p]
+                acc = np.float32(0.0)
+                for d in range(head_dim):
+                    acc += query[d] * key[d]
+                acc *= scale
+                s[p] = acc
+                best = max(best, acc)
+            total = np.float32(0.0)
+            for p in range(end):
+                e = np.float32(math.exp(s[p] - best))
+                s[p] = e
+                total += e
+            inverse = np.float32(1.0) / total
+            target = out[t, h]
+            for d in range(head_dim):
+                target[d] = 0.0
+            for p in range(end):
+                weight = s[p] * inverse
+                value = values[p]
+                for d in range(head_dim):
+                    target[d] += weight * value[d]
+
+
+@njit(fastmath=True, **_OPTIONS)
+def silu_times(gate, up, out):
+    """out = silu(gate) * up, elementwise over (T, n) arrays."""
+    for t in range(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            out[t, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, i]
+
+
+@njit(**_OPTIONS)
+def fatrelu(values, threshold, out):
+    """out = v if v >= threshold else 0 (threshold 0: ReLU), elementwise over (T, n) arrays."""
+    for t in range(values.shape[0]):
+        for i in range(values.shape[1]):
+            v = values[t, i]
+            out[t, i] = v if v >= threshold else np.float32(0.0)
+
+
+@njit(**_OPTIONS)
+def add_scaled(x, y, scale):
+    """In place: x += scale * y   (T, n) arrays (the residual add; scale is MiniCPM's residual scale)."""
+    for t in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            x[t, i] += scale * y[t, i]
+
+
+@njit(**_OPTIONS)
+def fatrelu_times(gate, up, threshold, out):
+    """out = FATReLU(gate) * up, elementwise over (T, n) arrays."""
+    for t in range(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            out[t, i] = g * up[t, i] if g >= threshold else np.float32(0.0)
+
+
+@njit(**_OPTIONS)
+def select_rows(values, threshold, candidates, selected):
+    """selected[:k] = the candidates[i] with values[i] >= threshold (in order); returns k. candidates, values
+    (n,); an empty `candidates` array means 0..n-1."""
+    k = 0
+    for i in range(values.shape[0]):
+        if values[i] >= threshold:
+            selected[k] = candidates[i] if candidates.shape[0] else i
+            k += 1
+    return k
+
+
+@njit(**_OPTIONS)
+def compact_products(gate, up, threshold, out):
+    """out[:k] = gate[i] * up[j] over the i with gate[i] >= threshold, j counting those (up holds only their
+    rows, in order): the S2 products of the neurons that fired; returns k."""
+    k = 0
+    for i in range(gate.shape[0]):
+        if gate[i] >= threshold:
+            out[k] = gate[i] * up[k]
+            k += 1
+    return k

@@ -1,0 +1,130 @@
+"""The fast CPU forward pass: numpy buffers and numba kernels over weights packed from the GGUF file.
+
+The same computation as the reference (`model.py`), one short file. Follow one token:
+    embedding row (decoded from the file's format) -> per layer
+      [RMSNorm -> Q, K, V (packed matvec) -> RoPE -> KV cache -> attention -> output proj -> residual,
+       RMSNorm -> gate, up -> activation -> down -> residual (or the sparse FFN: `packed_sparse_ffn.py`)]
+    -> RMSNorm -> output projection -> logits
+Weight products with Q8_0/Q4_0/Q4_1 weights quantize their activations to int8 per 32-block, as llama.cpp
+does (`float_activations=True` keeps them float32). Decoding one token writes into buffers allocated once;
+a batch of T > 1 tokens (prompt) gets its own buffers per call, and each weight row is read once for all T.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .kernels import cpu_layer, cpu_ops
+from .kernels.cpu_quant import activation_buffers, matmul
+from .model import rope_tables
+from .packed_weights import PackedLayer, PackedWeights
+
+
+class Buffers:
+    """Every intermediate of a forward pass over T tokens (float32; activations with their int8 blocks)."""
+
+    def __init__(self, config: ModelConfig, tokens: int, n_ctx: int, n_logits: int):
+        c = config
+        q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        self.x = np.empty((tokens, c.n_embd), np.float32)  # the residual stream
+        self.normed = activation_buffers(tokens, c.n_embd)  # RMSNorm output, input of Q/K/V and gate/up
+        self.q = np.empty((tokens, q_rows), np.float32)
+        self.k = np.empty((tokens, kv_rows), np.float32)
+        self.v = np.empty((tokens, kv_rows), np.float32)
+        self.scores = np.empty((c.n_head, n_ctx), np.float32)
+        self.attended = activation_buffers(tokens, q_rows)  # attention output, input of the output projection
+        self.block_out = np.empty((tokens, c.n_embd), np.float32)  # attention or FFN block output
+        self.gate = np.empty((tokens, c.n_ff), np.float32)
+        self.up = np.empty((tokens, c.n_ff), np.float32)
+        self.hidden = activation_buffers(tokens, c.n_ff)  # act(gate) * up, input of the down projection
+        self.final = activation_buffers(n_logits, c.n_embd)
+        self.logits = np.empty((n_logits, c.n_vocab), np.float32)
+
+
+class PackedTransformer:
+    """LLaMA-family decoder over packed weights with a float32 KV cache; `forward` runs a batch of new positions.
+
+    `sparse_ffn`, when set, computes every layer's FFN (`packed_sparse_ffn.py`). `observers` are called once per
+    layer as observer(layer_index, residual, activation), torch tensors as in `model.Transformer`.
+    """
+
+    def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, float_activations: bool = False):
+        c = config
+        self.config, self.weights = config, weights
+        self.float_activations = float_activations
+        self.k_cache = np.zeros((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), np.float32)
+        self.v_cache = np.zeros_like(self.k_cache)
+        cos, sin = rope_tables(config, n_ctx)
+        self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
+        self.sparse_ffn = None
+        self.observers: list = []
+        self.time_attention = False  # sum single-token attention time into attention_seconds (benchmarks)
+        self.attention_seconds = 0.0
+        self._decode_buffers = Buffers(config, 1, n_ctx, 1)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.k_cache.shape[2]
+
+    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
+        """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns float32 logits (T, n_vocab), or
+        (1, n_vocab) for the last position when not `all_logits`."""
+        c, w = self.config, self.weights
+        ids = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+        n = ids.shape[0]
+        n_logits = n if all_logits else 1
+        b = self._decode_buffers if n == 1 else Buffers(c, n, self.n_ctx, n_logits)
+        b.x[:] = w.token_embd.dequantize_rows(ids)
+        if c.embedding_scale != 1.0:
+            b.x *= np.float32(c.embedding_scale)
+        timed = self.time_attention and n == 1
+        for index, layer in enumerate(w.layers):
+            start = time.perf_counter() if timed else 0.0
+            self._attention(index, layer, b, start_pos)
+            if timed:
+                self.attention_seconds += time.perf_counter() - start
+            self._ffn(index, layer, b)
+        cpu_layer.ffn_input(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
+        matmul(w.output, b.final, b.logits, exact=self.float_activations)
+        if c.logit_scale != 1.0:
+            b.logits /= np.float32(c.logit_scale)
+        return torch.from_numpy(b.logits.copy())
+
+    def _attention(self, index: int, layer: PackedLayer, b: Buffers, start_pos: int) -> None:
+        c = self.config
+        n = b.x.shape[0]
+        cpu_layer.attention_block(
+            b.x, layer.attn_norm, c.rms_eps, layer.attn_q.raw, layer.attn_k.raw, layer.attn_v.raw,
+            layer.attn_output.raw, layer.attention_codes, self.float_activations, b.normed,
+            b.q.reshape(n, c.n_head, c.head_dim), b.k.reshape(n, c.n_head_kv, c.head_dim),
+            b.v.reshape(n, c.n_head_kv, c.head_dim), self.rope_cos, self.rope_sin, start_pos, self.k_cache[index],
+            self.v_cache[index], b.scores, b.attended, b.block_out, np.float32(c.residual_scale))
+
+    def _ffn(self, index: int, layer: PackedLayer, b: Buffers) -> None:
+        c = self.config
+        cpu_layer.ffn_input(b.x, layer.ffn_norm, c.rms_eps, b.normed)
+        if self.observers:
+            self._observe(index, layer, b)
+        if self.sparse_ffn is not None:
+            self.sparse_ffn(index, layer, b.x, b.normed, b.block_out)
+            return
+        cpu_layer.dense_ffn_block(
+            b.x, b.normed, layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down().raw, layer.ffn_codes,
+            self.float_activations, c.activation == "silu", np.float32(c.activation_threshold), b.gate, b.up,
+            b.hidden, b.block_out, np.float32(c.residual_scale))
+
+    def _observe(self, index: int, layer: PackedLayer, b: Buffers) -> None:
+        gate = np.empty_like(b.gate)
+        matmul(layer.ffn_gate, b.normed, gate, exact=self.float_activations)
+        activation = torch.from_numpy(gate)
+        if self.config.activation == "silu":
+            activation = torch.nn.functional.silu(activation)
+        else:
+            cpu_ops.fatrelu(gate, np.float32(self.config.activation_threshold), gate)
+        residual = torch.from_numpy(b.x.copy())
+        for observe in self.observers:
+            observe(index, residual, activation)

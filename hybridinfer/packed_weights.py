@@ -1,0 +1,149 @@
+"""A model's weights in the CPU kernels' layout (`kernels/packed.py`), read straight from the GGUF file.
+
+Float weights (F32/F16/BF16) stay zero-copy views of the memory-mapped file; Q8_0/Q4_0/Q4_1 rows are
+repacked once at load (the same bytes, rearranged). Other GGUF types are decoded to F32 at load, with a
+notice. The sparse FFN also needs each layer's down projection transposed (`down_t`, row i = neuron i's
+output vector): taken from a PowerInfer file's ffn_down_t, or made at load by transposing (and, for quantized
+formats, re-quantizing with the `gguf` package's encoder) the first time a sparse mode asks for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from .config import ModelConfig
+from .dequantize import dequantize
+from .errors import HybridInferError
+from .gguf_file import GGUFFile, GGUFTensor
+from .kernels.packed import FLOAT_DTYPES, FORMAT_CODE, SUPPORTED, PackedMatrix, pack
+
+
+@dataclass
+class PackedLayer:
+    attn_norm: np.ndarray  # (n_embd,) float32
+    attn_q: PackedMatrix  # (n_head * head_dim, n_embd), rows permuted for adjacent-pair RoPE (GGUF convention)
+    attn_k: PackedMatrix  # (n_head_kv * head_dim, n_embd)
+    attn_v: PackedMatrix  # (n_head_kv * head_dim, n_embd)
+    attn_output: PackedMatrix  # (n_embd, n_head * head_dim)
+    ffn_norm: np.ndarray  # (n_embd,) float32
+    ffn_gate: PackedMatrix  # (n_ff, n_embd): row i is neuron i's gate weights
+    ffn_up: PackedMatrix  # (n_ff, n_embd)
+    source_down: GGUFTensor  # the file's down projection: ffn_down (n_embd, n_ff) or ffn_down_t (n_ff, n_embd)
+    _down: PackedMatrix | None = field(default=None, repr=False)
+    _down_t: PackedMatrix | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's
+        self.attention_codes = np.array([m.code for m in (self.attn_q, self.attn_k, self.attn_v, self.attn_output)])
+        down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
+        self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
+
+    @property
+    def transposed_in_file(self) -> bool:
+        return self.source_down.name.endswith("ffn_down_t.weight")
+
+    def ffn_down(self) -> PackedMatrix:
+        """(n_embd, n_ff): the dense down projection."""
+        if self._down is None:
+            self._down = pack_any(self.source_down) if not self.transposed_in_file else transpose(self.source_down)
+        return self._down
+
+    def ffn_down_t(self) -> PackedMatrix:
+        """(n_ff, n_embd): row i is neuron i's output vector (the sparse FFN's S3 reads these rows)."""
+        if self._down_t is None:
+            self._down_t = pack_any(self.source_down) if self.transposed_in_file else transpose(self.source_down)
+        return self._down_t
+
+
+@dataclass
+class PackedWeights:
+    token_embd: PackedMatrix  # (n_vocab, n_embd)
+    layers: list[PackedLayer]
+    output_norm: np.ndarray  # (n_embd,) float32
+    output: PackedMatrix  # (n_vocab, n_embd); token_embd itself when embeddings are tied
+    repack_seconds: float  # time spent rearranging/decoding weights at load
+
+    @property
+    def nbytes(self) -> int:
+        """GGUF bytes of the matrices one dense decoding step reads (embedding lookup excluded)."""
+        total = self.output.nbytes
+        for layer in self.layers:
+            total += sum(m.nbytes for m in (layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_output,
+                                            layer.ffn_gate, layer.ffn_up))
+            total += layer.source_down.n_bytes
+        return total
+
+
+def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False) -> PackedWeights:
+    """Pack every matrix of `model`; with `sparse`, also make each layer's transposed down projection now (so
+    its cost is part of the load, not of the first token)."""
+    start = time.perf_counter()
+    c = config
+    q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+
+    def tensor(name: str, shape: tuple[int, ...]) -> GGUFTensor:
+        found = model.tensor(name)
+        if found.shape != shape:
+            raise HybridInferError(
+                f"{model.path}: tensor {name} has shape {found.shape}, expected {shape} from the metadata")
+        return found
+
+    def matrix(name: str, shape: tuple[int, int]) -> PackedMatrix:
+        return pack_any(tensor(name, shape))
+
+    def vector(name: str) -> np.ndarray:
+        return np.ascontiguousarray(dequantize(tensor(name, (c.n_embd,))), dtype=np.float32)
+
+    layers = []
+    for i in range(c.n_layer):
+        p = f"blk.{i}."
+        if p + "ffn_down_t.weight" in model.tensors:  # PowerInfer
+            down = tensor(p + "ffn_down_t.weight", (c.n_ff, c.n_embd))
+        else:
+            down = tensor(p + "ffn_down.weight", (c.n_embd, c.n_ff))
+        layer = PackedLayer(
+            attn_norm=vector(p + "attn_norm.weight"),
+            attn_q=matrix(p + "attn_q.weight", (q_rows, c.n_embd)),
+            attn_k=matrix(p + "attn_k.weight", (kv_rows, c.n_embd)),
+            attn_v=matrix(p + "attn_v.weight", (kv_rows, c.n_embd)),
+            attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_rows)),
+            ffn_norm=vector(p + "ffn_norm.weight"),
+            ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
+            ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
+            source_down=down)
+        if sparse:
+            layer.ffn_down_t()
+        layers.append(layer)
+    token_embd = matrix("token_embd.weight", (c.n_vocab, c.n_embd))
+    output = token_embd if c.tied_embeddings else matrix("output.weight", (c.n_vocab, c.n_embd))
+    return PackedWeights(token_embd, layers, vector("output_norm.weight"), output, time.perf_counter() - start)
+
+
+def pack_any(tensor: GGUFTensor) -> PackedMatrix:
+    """`pack`, or for a type the kernels do not read, the weight decoded to F32 (with a notice on stderr)."""
+    if tensor.type in SUPPORTED:
+        return pack(tensor)
+    print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
+          "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
+    values = dequantize(tensor)
+    return pack((values, T.F32, values.shape))
+
+
+def transpose(tensor: GGUFTensor) -> PackedMatrix:
+    """The transpose of a 2-D weight, in its own format: float bits are moved exactly; quantized weights are
+    decoded, transposed and encoded again by `gguf.quants` (one more rounding, within the format's tolerance);
+    types the kernels do not read become F32."""
+    rows, cols = tensor.shape
+    if tensor.type in FLOAT_DTYPES:
+        stored = np.ascontiguousarray(tensor.raw).view(FLOAT_DTYPES[tensor.type]).reshape(rows, cols)
+        return pack((np.ascontiguousarray(stored.T), tensor.type, (cols, rows)))
+    values = np.ascontiguousarray(dequantize(tensor).T)
+    if tensor.type not in SUPPORTED:  # decoded to F32, as pack_any does
+        return pack((values, T.F32, (cols, rows)))
+    return pack((quants.quantize(values, tensor.type), tensor.type, (cols, rows)))

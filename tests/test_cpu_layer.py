@@ -1,0 +1,129 @@
+"""The decoder-layer numba kernels (`cpu_ops.py`, `cpu_layer.py`) against their twins: torch's reference pieces
+(`model.py`) and the numpy twins (`reference.py`), on fresh random inputs, every weight format."""
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from hybridinfer.kernels import cpu_layer, cpu_ops, reference
+from hybridinfer.kernels.cpu_quant import INT8_ERROR_BOUND, activation_buffers, prepare
+from hybridinfer.kernels.packed import pack
+from hybridinfer.model import apply_rope, rms_norm
+
+FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+
+
+def random_matrix(rng, qtype, shape):
+    """(packed, float32 values as gguf decodes them)."""
+    values = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[1]))
+    raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+    return pack((raw, qtype, shape)), reference.dequantized(raw, qtype, shape)
+
+
+def test_rms_norm_matches_reference(rng):
+    x = rng.standard_normal((3, 96), dtype=np.float32) * 3
+    weight = rng.standard_normal(96, dtype=np.float32)
+    out = np.empty_like(x)
+    cpu_ops.rms_norm(x, weight, 1e-5, out)
+    expected = rms_norm(torch.from_numpy(x), torch.from_numpy(weight), 1e-5).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rope_dim", [16, 8])
+def test_rope_matches_reference(rng, rope_dim):
+    x = rng.standard_normal((4, 3, 16), dtype=np.float32)
+    angles = np.outer(np.arange(20), 10000.0 ** (-np.arange(0, rope_dim, 2) / rope_dim))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    expected = apply_rope(torch.from_numpy(x), torch.from_numpy(cos[5:9]), torch.from_numpy(sin[5:9])).numpy()
+    cpu_ops.rope(x, cos, sin, 5)
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens,start,n_head,n_kv", [(1, 0, 4, 4), (1, 17, 6, 2), (5, 9, 4, 1), (7, 0, 3, 3)])
+def test_attention_matches_reference(rng, tokens, start, n_head, n_kv):
+    head_dim, n_ctx = 16, 40
+    q = rng.standard_normal((tokens, n_head, head_dim), dtype=np.float32)
+    keys = rng.standard_normal((n_kv, n_ctx, head_dim), dtype=np.float32) * 2
+    values = rng.standard_normal((n_kv, n_ctx, head_dim), dtype=np.float32)
+    out = np.empty_like(q)
+    cpu_ops.attention(q, keys, values, start, np.empty((n_head, n_ctx), np.float32), out)
+    np.testing.assert_allclose(out, reference.attention(q, keys, values, start), rtol=1e-4, atol=1e-5)
+
+
+def test_ffn_activations_and_row_selection(rng):
+    gate = rng.standard_normal((2, 50), dtype=np.float32)
+    up = rng.standard_normal((2, 50), dtype=np.float32)
+    out = np.empty_like(gate)
+    cpu_ops.silu_times(gate, up, out)
+    np.testing.assert_allclose(out, torch.nn.functional.silu(torch.from_numpy(gate)).numpy() * up, rtol=1e-5, atol=1e-6)
+    cpu_ops.fatrelu_times(gate, up, np.float32(0.3), out)
+    np.testing.assert_array_equal(out, reference.fatrelu(gate, 0.3) * up)
+    selected = np.empty(50, np.int64)
+    candidates = rng.permutation(100)[:50].astype(np.int64)
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), candidates, selected)
+    np.testing.assert_array_equal(selected[:k], candidates[gate[0] >= 0.3])
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected)
+    np.testing.assert_array_equal(selected[:k], np.flatnonzero(gate[0] >= 0.3))
+    fired = gate[0] >= 0.3
+    compact = np.empty(50, np.float32)
+    assert cpu_ops.compact_products(gate[0], up[0, :fired.sum()].copy(), np.float32(0.3), compact) == fired.sum()
+    np.testing.assert_allclose(compact[:fired.sum()], gate[0][fired] * up[0, :fired.sum()])
+
+
+@pytest.mark.parametrize("qtype", FORMATS)
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("predicted", [True, False])
+def test_sparse_ffn_block_matches_reference(rng, qtype, exact, predicted):
+    n_embd, n_ff = 128, 200
+    gate, gate_f = random_matrix(rng, qtype, (n_ff, n_embd))
+    up, up_f = random_matrix(rng, qtype, (n_ff, n_embd))
+    down_t, down_t_f = random_matrix(rng, qtype, (n_ff, n_embd))
+    x = rng.standard_normal((1, n_embd), dtype=np.float32)
+    residual = rng.standard_normal((1, n_embd), dtype=np.float32)
+    # what the kernel multiplies: int8 activation blocks, for quantized weights unless exact
+    xq = x[0] if exact or not gate.quantized else reference.quantize_activations(x[0])
+    values = np.sort(gate_f @ xq)
+    threshold = np.float32((values[120] + values[121]) / 2)  # between two values: no neuron sits on it
+    candidates = np.sort(rng.permutation(n_ff)[:60]).astype(np.int64) if predicted else np.arange(n_ff)
+    codes = np.array([gate.code, up.code, down_t.code])
+    out = np.empty((1, n_embd), np.float32)
+    buffers = [np.empty(n_ff, np.float32), np.empty(n_ff, np.int64), np.empty(n_ff, np.float32),
+               np.empty(n_ff, np.float32)]
+    before = residual.copy()
+    fired = cpu_layer.sparse_ffn_block(residual, prepare(x), gate.raw, up.raw, down_t.raw, codes, exact, threshold,
+                                       candidates.copy(), len(candidates) if predicted else -1, *buffers, out,
+                                       np.float32(1.0), 2)
+    assert fired == int(((gate_f[candidates] @ xq) >= threshold).sum())
+    expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold)
+    hidden = reference.fatrelu(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)
+    magnitude = np.abs(hidden) @ np.abs(down_t_f[candidates]) + np.abs(before[0])
+    assert np.all(np.abs(residual[0] - before[0] - expected) <= 1e-4 * magnitude + 1e-6)
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.Q8_0])
+def test_predict_matches_reference(rng, qtype):
+    n_embd, rank, n_ff = 64, 32, 96
+    fc1, fc1_f = random_matrix(rng, qtype, (rank, n_embd))
+    fc2, fc2_f = random_matrix(rng, qtype, (n_ff, rank))
+    x = rng.standard_normal((1, n_embd), dtype=np.float32)
+    selected, logits = np.empty(n_ff, np.int64), np.empty((1, n_ff), np.float32)
+    threshold = np.float32(0.1)
+    m = cpu_layer.predict(x, activation_buffers(1, n_embd), fc1.raw, fc2.raw, np.array([fc1.code, fc2.code]),
+                          True, threshold, activation_buffers(1, rank), logits, selected)
+    expected = fc2_f @ np.maximum(fc1_f @ x[0], 0)
+    np.testing.assert_allclose(logits[0], expected, rtol=1e-4, atol=1e-5)
+    near = np.abs(expected - threshold) < 1e-4  # a neuron exactly at the threshold may go either way
+    chosen = np.zeros(n_ff, bool)
+    chosen[selected[:m]] = True
+    np.testing.assert_array_equal(chosen[~near], (expected >= threshold)[~near])
+
+
+def test_int8_error_bound_is_the_documented_one():
+    assert INT8_ERROR_BOUND == pytest.approx(32 ** 0.5 / 254)

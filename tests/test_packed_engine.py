@@ -1,0 +1,133 @@
+"""The packed backend (numba kernels over the file's formats) against the reference backend (torch float32):
+dense, --exact and --predictors, every weight format, decode and prefill, KV-cache consistency."""
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+import hybridinfer
+from hybridinfer.packed_sparse_ffn import PackedSparseFFN
+from hybridinfer.packed_weights import transpose
+from predictors.file import save_predictors
+from predictors.model import PredictorSet
+from tiny_models import random_weights, write_tiny_gguf
+
+IDS = [1, 100, 200, 17, 270, 5, 66, 9]
+N_FF = 256
+
+
+def relative_error(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def decode_logits(engine, ids):
+    engine.reset()
+    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
+
+
+@pytest.fixture(scope="module", params=[T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+def relu_model(request, tmp_path_factory):
+    weights = random_weights(seed=41, n_ff=N_FF, gate_bias=-8.0)
+    return write_tiny_gguf(tmp_path_factory.mktemp("m") / f"relu-{request.param.name}.gguf", weights,
+                           weight_type=request.param, activation="fatrelu", threshold=0.05)
+
+
+@pytest.fixture(scope="module")
+def silu_model(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "silu.gguf", random_weights(seed=3), weight_type=T.Q4_1)
+
+
+def test_dense_with_float_activations_equals_reference(relu_model):
+    expected = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
+    packed = hybridinfer.load(str(relu_model), float_activations=True)
+    assert relative_error(packed.logits(IDS), expected) < 1e-4
+    assert relative_error(decode_logits(packed, IDS), expected) < 1e-4
+
+
+def test_dense_int8_activations_close_to_reference(relu_model, silu_model):
+    for path in (relu_model, silu_model):
+        expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
+        packed = hybridinfer.load(str(path))
+        assert relative_error(packed.logits(IDS), expected) < 0.1
+        assert relative_error(decode_logits(packed, IDS), packed.logits(IDS)) < 1e-4  # cache == batch
+
+
+# The sparse FFN reads down_t, which a quantized file gets by re-quantizing the transposed down projection at
+# load: one more rounding than the dense path (tiny random models amplify it; float formats transpose exactly).
+REQUANTIZED = {T.Q8_0: 2e-2, T.Q4_0: 0.3, T.Q4_1: 0.3}
+
+
+def sparse_tolerance(path) -> float:
+    return REQUANTIZED.get(hybridinfer.load(str(path)).model.weights.layers[0].source_down.type, 1e-4)
+
+
+def test_exact_sparse_equals_dense(relu_model):
+    dense = hybridinfer.load(str(relu_model), float_activations=True).logits(IDS)
+    exact = hybridinfer.load(str(relu_model), exact=True, float_activations=True)
+    decoded = decode_logits(exact, IDS)
+    assert relative_error(decoded, dense) < sparse_tolerance(relu_model)
+    assert relative_error(exact.logits(IDS), decoded) < 1e-5  # prefill and decode read the same rows
+    stats = exact.model.sparse_ffn.stats
+    assert 0 < stats.active < stats.rows  # really sparse: some neurons were skipped
+
+
+def random_predictors(engine, rank=32, seed=0) -> PredictorSet:
+    """A random predictor per layer with its threshold at the median logit: about half the neurons predicted."""
+    g = torch.Generator().manual_seed(seed)
+    c = engine.config
+    fc1 = [torch.randn(rank, c.n_embd, generator=g) for _ in range(c.n_layer)]
+    fc2 = [torch.randn(c.n_ff, rank, generator=g) for _ in range(c.n_layer)]
+    return PredictorSet(fc1, fc2, [3.0] * c.n_layer)
+
+
+def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path):
+    reference = hybridinfer.load(str(relu_model), backend="reference")
+    path = tmp_path / "p.pred.gguf"
+    save_predictors(str(path), random_predictors(reference), reference.fingerprint)
+    reference = hybridinfer.load(str(relu_model), backend="reference", predictors=str(path))
+    expected = decode_logits(reference, IDS)
+    packed = hybridinfer.load(str(relu_model), float_activations=True)
+    predictors = reference.model.sparse_ffn.predictors
+    packed.model.sparse_ffn = PackedSparseFFN(packed.config, packed.model.weights, predictors, True, T.F32)
+    decoded = decode_logits(packed, IDS)
+    assert relative_error(decoded, expected) < sparse_tolerance(relu_model)
+    assert relative_error(packed.logits(IDS), decoded) < 1e-5
+    dense = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
+    assert relative_error(expected, dense) > 1e-3  # the predictor really changed the result
+    stats = packed.model.sparse_ffn.stats
+    assert 0 < stats.active <= stats.rows < stats.tokens * N_FF
+
+
+def test_predictors_load_through_the_engine_as_q8_0(relu_model, tmp_path):
+    reference = hybridinfer.load(str(relu_model), backend="reference")
+    path = tmp_path / "p.pred.gguf"
+    save_predictors(str(path), random_predictors(reference, seed=1), reference.fingerprint)
+    engine = hybridinfer.load(str(relu_model), predictors=str(path))
+    ffn = engine.model.sparse_ffn
+    assert [m.qtype for m in ffn.fc1] == [T.Q8_0] * engine.config.n_layer
+    out = engine.generate(IDS, max_tokens=4, temperature=0)
+    assert len(out.tokens) == 4 and ffn.stats.tokens > 0
+
+
+def test_transposed_down_projection_matches(relu_model):
+    engine = hybridinfer.load(str(relu_model))
+    layer = engine.model.weights.layers[0]
+    down = layer.ffn_down().dequantize_rows(np.arange(layer.ffn_down().rows))
+    down_t = transpose(layer.source_down)
+    assert down_t.qtype == layer.source_down.type and (down_t.rows, down_t.cols) == (N_FF, down.shape[0])
+    step = {T.Q4_0: 0.2, T.Q4_1: 0.2, T.Q8_0: 0.02}.get(layer.source_down.type, 0.0)  # one more rounding
+    assert np.abs(down_t.dequantize_rows(np.arange(N_FF)) - down.T).max() <= step * np.abs(down).max() + 1e-7
+
+
+def test_sparse_modes_refuse_silu_models_on_both_backends(silu_model):
+    for backend in ("packed", "reference"):
+        with pytest.raises(hybridinfer.HybridInferError, match="SiLU"):
+            hybridinfer.load(str(silu_model), exact=True, backend=backend)
+
+
+def test_unknown_backend_and_hybrid_on_packed_are_refused(relu_model):
+    with pytest.raises(hybridinfer.HybridInferError, match="unknown backend"):
+        hybridinfer.load(str(relu_model), backend="gpu")
+    with pytest.raises(hybridinfer.HybridInferError, match="reference backend"):
+        hybridinfer.load(str(relu_model), backend="packed", vram_budget="1GiB")
