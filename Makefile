@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install demo test bench model reference-model gpu-check clean
+.PHONY: install demo test bench bench-model model reference-model gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: model
 
 bench: model
 	PYTHONPATH=. $(PY) tools/bench.py
+
+# The 7B-shaped synthetic ProSparse model (Q4_0) and its predictors for `make bench` (docs/synthetic-7b.md)
+bench-model: install
+	PYTHONPATH=. $(PY) tools/build_bench_model.py
 
 # The ProSparse-recipe reference model, rebuilt from scratch (docs/prosparse-recipe.md gives the measured time)
 reference-model: install

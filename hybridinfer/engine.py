@@ -123,7 +123,8 @@ class Engine:
     def chat_template(self) -> str | None:
         return self.file.get("tokenizer.chat_template")
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`; BOS first when `add_bos` (None: as the GGUF says, like llama.cpp)."""
         return self.tokenizer.encode(text, add_bos=add_bos)
 
     def detokenize(self, ids: list[int]) -> str:

@@ -1,8 +1,8 @@
 """Kernel benchmark (not a test): packed-weight CPU kernels against this machine's memory bandwidth, measured in the
 same run. llama-bench style table, or --json.
 
-Usage: python tools/bench_kernels.py [--threads 2] [--pool-mb 1024] [--repeats 15] [--formats q4_0,q8_0]
-                                     [--threading-layer workqueue] [--json]
+Usage: hybridinfer bench --kernels [--formats q4_0,q8_0] [--json]   (or: python -m hybridinfer.kernel_bench
+       [--threads 2] [--pool-mb 1024] [--repeats 15] [--formats q4_0,q8_0] [--threading-layer workqueue] [--json])
 
 Machine ceilings (numba 2-thread reductions, before and after the kernels, averaged): sequential read of a ~1 GB
 array; random rows = a fresh random 20% subset (sorted, as an active-neuron mask yields) of the 4 KB rows of a
@@ -26,8 +26,8 @@ import numba
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from hybridinfer.kernels import cpu_quant
-from hybridinfer.kernels.packed import pack
+from .kernels import cpu_quant
+from .kernels.packed import pack
 
 SHAPES = {"11008x4096 (gate/up)": (11008, 4096), "4096x11008 (down)": (4096, 11008), "4096x4096 (attn)": (4096, 4096)}
 SPARSE_SHAPE = (11008, 4096)  # gate/up rows for matvec_rows; down_t (neuron rows) for accumulate_rows
@@ -220,23 +220,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.threading_layer:
         numba.config.THREADING_LAYER = args.threading_layer  # before the first parallel call
-    numba.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    pool_bytes = args.pool_mb * 1_000_000
-    before = measure_machine(rng, pool_bytes, args.repeats)
-    results = []
-    for name in args.formats.split(","):
-        results += bench_format(rng, name, FORMATS[name], pool_bytes, args.repeats, args.warmup)
-    after = measure_machine(rng, pool_bytes, args.repeats)
-    machine = {"pool_mb": before["pool_mb"]}
-    for key in ("sequential_gbs", "random_rows_gbs"):
-        machine[key] = (before[key] + after[key]) / 2
-        machine[key.replace("_gbs", "_runs")] = f"{before[key]:.1f}/{after[key]:.1f}"
+    machine, results = run(args.threads, args.pool_mb, args.repeats, args.warmup, args.formats.split(","))
     if args.json:
         print(json.dumps({"machine": machine, "threads": args.threads, "threading_layer": numba.threading_layer(),
                           "results": results}, indent=1))
     else:
         print_table(machine, results, args.threads)
+
+
+def run(threads: int, pool_mb: int, repeats: int, warmup: int, formats: list[str]) -> tuple[dict, list[dict]]:
+    """(machine bandwidths, measured before and after the kernels; one record per kernel measurement)."""
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    pool_bytes = pool_mb * 1_000_000
+    before = measure_machine(rng, pool_bytes, repeats)
+    results = []
+    for name in formats:
+        results += bench_format(rng, name, FORMATS[name], pool_bytes, repeats, warmup)
+    after = measure_machine(rng, pool_bytes, repeats)
+    machine = {"pool_mb": before["pool_mb"]}
+    for key in ("sequential_gbs", "random_rows_gbs"):
+        machine[key] = (before[key] + after[key]) / 2
+        machine[key.replace("_gbs", "_runs")] = f"{before[key]:.1f}/{after[key]:.1f}"
+    return machine, results
 
 
 if __name__ == "__main__":

@@ -73,4 +73,5 @@ def test_bench_json(tiny):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["mode"] == "dense" and [r["test"] for r in record["results"]] == ["pp8", "tg4"]
+    assert record["backend"] == "packed" and record["llama_cpp"] is None
     assert all(r["tokens_per_second"] > 0 for r in record["results"])

@@ -20,11 +20,14 @@ def text():
 
 
 def test_exact_equals_dense_and_predictors_cost_little(text):
-    dense = hybridinfer.load(str(MODEL), n_ctx=128)
+    dense = hybridinfer.load(str(MODEL), n_ctx=128, backend="reference")
     ids = dense.tokenize(text)[:100]
-    exact = hybridinfer.load(str(MODEL), n_ctx=128, exact=True)
+    exact = hybridinfer.load(str(MODEL), n_ctx=128, exact=True, backend="reference")
     expected = dense.logits(ids)
     assert float(np.abs(exact.logits(ids) - expected).max() / np.abs(expected).max()) < 1e-5
+    # the packed backend: int8 activation blocks and the re-quantized transposed down projection (Q8_0 file)
+    packed = hybridinfer.load(str(MODEL), n_ctx=128, exact=True)
+    assert float(np.abs(packed.logits(ids) - expected).max() / np.abs(expected).max()) < 3e-2
     result = perplexity(hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS)), text, n_chunk=128,
                         max_chunks=12)
     assert result.perplexity < 1.03 * result.dense_perplexity

@@ -50,7 +50,7 @@ def test_last_token_logits_match_transformers(engine, hf_model, prompt):
 
 
 def test_32_greedy_tokens_identical_to_transformers(engine, hf_model):
-    ids = engine.tokenize(PROMPTS[0])
+    ids = engine.tokenize(PROMPTS[0], add_bos=True)
     result = engine.generate(ids, max_tokens=32, temperature=0, repeat_penalty=1.0)
     with torch.no_grad():
         out = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,

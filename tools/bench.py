@@ -1,102 +1,166 @@
-"""`make bench`: decode and prompt speed of the engine's setups, llama-bench style, in one run.
+"""`make bench`: the CPU kernels against this machine's memory bandwidth, and decode speed of the engine next to
+llama.cpp's on the same files, llama-bench style, in one run.
 
-Sections (each printed as a table; numbers are medians of repeated runs on this machine):
-  1. the default model (SmolLM2-135M, SiLU): dense
-  2. a ProSparse-7B-shaped synthetic checkpoint (7B layer shapes, --layers of the 32 layers, FATReLU with
-     gate biases so that ~80-90% of neurons are silent): dense vs --exact vs the hybrid runtime at several
-     budgets, the CPU device standing in for the GPU
-  3. the ProSparse-recipe reference model, when built (`make reference-model`): the same comparison
+Sections (medians of repeated runs; the machine's bandwidths are measured in the same run):
+  1. kernels at 7B layer shapes: sequential and random-row read bandwidth, each dense kernel's GB/s and share
+     of the sequential bandwidth, sparse kernels at active fractions 0.5 / 0.2 / 0.1 against the random-row
+     bandwidth (weights rotated over a pool much larger than L3, a fresh active set per call)
+  2. the default model (SmolLM2-135M Q4_1): packed backend, reference backend, llama.cpp when
+     llama-cpp-python is installed (`pip install -e '.[llama]'`), and the per-token overhead of the layer loop
+  3. the 7B-shaped synthetic ProSparse model (`make bench-model`, docs/synthetic-7b.md): dense, --exact and
+     --predictors, llama.cpp's dense decode of the same file, and the ratios
+  4. the ProSparse-recipe reference model in models/: dense, --exact, --predictors
 
-Usage: PYTHONPATH=. python tools/bench.py [--layers 4] [-n 16] [-r 3] [--skip-7b]
+Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
-import hybridinfer
-from hybridinfer.benchmark import run_bench
-from hybridinfer.calibration import calibration_texts, token_chunks
-from hybridinfer.convert import convert_checkpoint
-from hybridinfer.default_model import ensure_default_model
-from hybridinfer.profiling import profile_activations, save_profile
+import numba
+import torch
 
-REFERENCE_GGUF = Path("models/prosparse-tiny.gguf")
+import hybridinfer
+from hybridinfer import kernel_bench, llamacpp_reference
+from hybridinfer.benchmark import decode_rate, run_bench
+from hybridinfer.default_model import ensure_default_model
+from tools.build_bench_model import DEFAULT_OUT, paths
+
+REFERENCE_GGUF = Path("models/prosparse-tiny.q8_0.gguf")
 REFERENCE_PREDICTORS = Path("models/prosparse-tiny.pred.gguf")
 
 
-def row(label: str, mode: str, results) -> None:
-    for result in results:
-        extra = ""
-        if result.hybrid:
-            h = result.hybrid
-            extra = (f"{100 * h['cpu_ffn_share']:.0f}%/{100 * h['gpu_ffn_share']:.0f}% CPU/GPU; attention "
-                     f"{h['attention_ms_per_token']:.1f} ms, GPU FFN {h['gpu_ffn_ms_per_token']:.1f} ms, "
-                     f"CPU FFN {h['cpu_ffn_ms_per_token']:.1f} ms per token")
-        print(f"| {label} | {mode} | {result.test} | {result.tokens_per_second:.2f} | {extra} |")
-
-
 def header(title: str) -> None:
-    print(f"\n{title}\n\n| model | mode | test | t/s | hybrid split |\n| --- | --- | --- | ---: | --- |")
+    print(f"\n## {title}\n\n| model | mode | test | t/s | notes |\n| --- | --- | --- | ---: | --- |", flush=True)
 
 
-def compare_modes(path: str, label: str, args, predictors: str | None = None) -> None:
-    """Dense, --exact, --predictors (when given) and the hybrid runtime at 0 / half / all of the FFN."""
-    dense = hybridinfer.load(path, n_ctx=256)
-    row(label, "dense", run_bench(dense, args.n_prompt, args.n_gen, args.repetitions))
-    activations = Path(tempfile.mkdtemp()) / "model.act.gguf"
-    chunks = token_chunks(dense.tokenizer, calibration_texts(None, "validation"), 2048, 128)
-    save_profile(profile_activations(dense, chunks), activations)
-    ffn_bytes = dense.config.n_layer * dense.config.n_ff * 3 * dense.config.n_embd * 4
-    del dense
-    row(label, "exact", run_bench(hybridinfer.load(path, n_ctx=256, exact=True), 0, args.n_gen, args.repetitions))
-    if predictors:
-        engine = hybridinfer.load(path, n_ctx=256, predictors=predictors)
-        row(label, "predictors", run_bench(engine, 0, args.n_gen, args.repetitions))
-    probe = hybridinfer.load(path, n_ctx=256, vram_budget="1TiB", activations=str(activations), device="cpu")
-    fixed = probe.split.fixed_bytes
-    del probe
-    for share in (0.0, 0.5, 1.0):
-        budget = 0 if share == 0 else int(fixed + share * ffn_bytes) + 1
-        engine = hybridinfer.load(path, n_ctx=256, vram_budget=str(budget), activations=str(activations),
-                                  device="cpu", predictors=predictors)
-        mode = f"hybrid, {'all CPU' if share == 0 else f'{int(100 * share)}% of FFN bytes on GPU side'}"
-        row(label, mode + (" + predictors" if predictors else ""), run_bench(engine, 0, args.n_gen, args.repetitions))
+def row(label: str, mode: str, test: str, rate: float, notes: str = "") -> None:
+    print(f"| {label} | {mode} | {test} | {rate:.2f} | {notes} |", flush=True)
+
+
+def bench_engine(label: str, mode: str, engine, args, n_prompt: int = 0) -> float:
+    """Rows for pp (when n_prompt) and tg; returns the tg rate."""
+    results = run_bench(engine, n_prompt, args.n_gen, args.repetitions)
+    rate = 0.0
+    for result in results:
+        notes = ""
+        sparse = getattr(engine.model, "sparse_ffn", None)
+        if result.test.startswith("tg"):
+            rate = result.tokens_per_second
+            if sparse is not None and hasattr(sparse, "stats") and sparse.stats.tokens:
+                s, n_ff = sparse.stats, engine.config.n_ff
+                notes = (f"per layer and token: {s.rows / s.tokens / n_ff:.1%} of neurons read, "
+                         f"{s.active / s.tokens / n_ff:.1%} fired")
+        row(label, mode, result.test, result.tokens_per_second, notes)
+    return rate
+
+
+def llama_cpp_rows(label: str, path: str, args, ours: dict[str, float]) -> None:
+    if not llamacpp_reference.available():
+        row(label, "llama.cpp", f"tg{args.n_gen}", 0.0, "not installed: pip install -e '.[llama]'")
+        return
+    for threads in sorted({args.threads, 1}, reverse=True):
+        reference = llamacpp_reference.decode_rate(path, n_threads=threads, n_gen=args.n_gen,
+                                                   repetitions=args.repetitions)
+        rate = reference["tokens_per_second"]
+        ratios = ", ".join(f"{mode}: {value / rate:.2f}x" for mode, value in ours.items()) if threads == \
+            args.threads else "(one thread: llama.cpp's spinning threads suffer most on a busy machine)"
+        row(label, f"llama.cpp {reference['version']} dense, -t {threads}", f"tg{args.n_gen}", rate,
+            f"ours / llama.cpp: {ratios}" if threads == args.threads else ratios)
+
+
+def layer_loop_overhead(n_layer: int, args) -> float:
+    """ms per token of the packed decode loop on a model with `n_layer` layers of negligible width: what
+    Python, numba dispatch and thread launches cost, without the weight reading."""
+    from tests.tiny_models import random_weights, write_tiny_gguf
+    with tempfile.TemporaryDirectory() as scratch:
+        path = write_tiny_gguf(Path(scratch) / "loop.gguf", random_weights(n_layer=n_layer, n_embd=64, n_ff=128),
+                               context_length=256)
+        engine = hybridinfer.load(str(path), n_ctx=256)
+        samples = [decode_rate(engine, 64) for _ in range(args.repetitions)]
+    return 1000 / statistics.median(samples)
+
+
+def kernels(args) -> None:
+    print("## 1. CPU kernels at 7B layer shapes\n", flush=True)
+    start = time.perf_counter()
+    machine, results = kernel_bench.run(args.threads, args.pool_mb, 7, 2, args.formats.split(","))
+    kernel_bench.print_table(machine, results, args.threads)
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
+def default_model(args) -> None:
+    header("2. default model")
+    path = str(ensure_default_model(progress=print))
+    label = "SmolLM2-135M Q4_1"
+    ours = {"packed": bench_engine(label, "dense, packed", hybridinfer.load(path, n_ctx=256), args, 64)}
+    bench_engine(label, "dense, reference (torch f32)", hybridinfer.load(path, n_ctx=256, backend="reference"), args)
+    llama_cpp_rows(label, path, args, ours)
+    n_layer = hybridinfer.load(path, n_ctx=16).config.n_layer
+    overhead = layer_loop_overhead(n_layer, args)
+    print(f"\nlayer loop overhead (Python, numba dispatch, thread launches; {n_layer} layers of width 64): "
+          f"{overhead:.2f} ms per token = {1000 * overhead / n_layer:.0f} us per layer; "
+          f"{overhead * ours['packed'] / 10:.0f}% of a SmolLM2 token", flush=True)
+
+
+def synthetic_7b(args) -> None:
+    model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else (Path(args.model_7b), None)
+    if args.model_7b and Path(args.model_7b.replace(".gguf", ".pred.gguf")).exists():
+        predictors = Path(args.model_7b.replace(".gguf", ".pred.gguf"))
+    if not model.exists():
+        print(f"\n## 3. 7B-shaped synthetic ProSparse model\n\n{model} not built: `make bench-model` "
+              "(~30 min, 31 GB of scratch disk)")
+        return
+    header(f"3. 7B-shaped synthetic ProSparse model, Q4_0 ({model.name})")
+    label = "synthetic ProSparse-7B Q4_0"
+    engine = hybridinfer.load(str(model), n_ctx=256)
+    print(f"(load {engine.load_ms / 1000:.1f} s, of which repacking {engine.repack_ms / 1000:.1f} s)")
+    ours = {"dense": bench_engine(label, "dense", engine, args)}
+    del engine
+    ours["exact"] = bench_engine(label, "--exact", hybridinfer.load(str(model), n_ctx=256, exact=True), args)
+    if predictors is not None and predictors.exists():
+        engine = hybridinfer.load(str(model), n_ctx=256, predictors=str(predictors))
+        ours["predictors"] = bench_engine(label, "--predictors", engine, args)
+        print(f"(predictors: {engine.model.sparse_ffn.nbytes_predictors / 1e6:.0f} MB read per token as Q8_0)")
+        del engine
+    llama_cpp_rows(label, str(model), args, ours)
+
+
+def reference_model(args) -> None:
+    if not REFERENCE_GGUF.exists():
+        return
+    header("4. ProSparse-recipe reference model")
+    label, path = "prosparse-tiny Q8_0", str(REFERENCE_GGUF)
+    bench_engine(label, "dense", hybridinfer.load(path, n_ctx=256), args)
+    bench_engine(label, "--exact", hybridinfer.load(path, n_ctx=256, exact=True), args)
+    if REFERENCE_PREDICTORS.exists():
+        bench_engine(label, "--predictors", hybridinfer.load(path, n_ctx=256, predictors=str(REFERENCE_PREDICTORS)),
+                     args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-p", "--n-prompt", type=int, default=64)
-    parser.add_argument("-n", "--n-gen", type=int, default=16)
+    parser.add_argument("-n", "--n-gen", type=int, default=32)
     parser.add_argument("-r", "--repetitions", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=4, help="layers of the 7B-shaped model (32 in the real one)")
-    parser.add_argument("--skip-7b", action="store_true")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--pool-mb", type=int, default=512, help="kernel benchmark: bytes of distinct matrices")
+    parser.add_argument("--formats", default="f16,bf16,q8_0,q4_0,q4_1", help="kernel benchmark formats")
+    parser.add_argument("--skip-kernels", action="store_true")
+    parser.add_argument("--model-7b", default=None, help="a 7B-shaped GGUF (default: the `make bench-model` build)")
     args = parser.parse_args()
-
-    header("1. default model")
-    smollm = hybridinfer.load(str(ensure_default_model(progress=print)), n_ctx=256)
-    row("SmolLM2-135M Q4_1", "dense", run_bench(smollm, args.n_prompt, args.n_gen, args.repetitions))
-    del smollm
-
-    if not args.skip_7b:
-        from tools.synth_checkpoint import synthesize
-        header(f"2. ProSparse-7B-shaped synthetic model ({args.layers} of 32 layers, F16 file), CPU device as GPU")
-        with tempfile.TemporaryDirectory() as scratch:
-            shape = {"num_hidden_layers": args.layers, "gate_bias": -1.2}
-            hf_dir = synthesize(Path(scratch) / "hf", "prosparse-llama-2-7b", size="full", overrides=shape,
-                                progress=False)
-            gguf_path = convert_checkpoint(hf_dir, Path(scratch) / "7b.gguf", outtype="f16").output
-            compare_modes(gguf_path, f"7B-shaped x{args.layers}", args)
-
-    if REFERENCE_GGUF.exists():
-        header("3. ProSparse-recipe reference model")
-        predictors = str(REFERENCE_PREDICTORS) if REFERENCE_PREDICTORS.exists() else None
-        compare_modes(str(REFERENCE_GGUF), "reference", args, predictors)
-    else:
-        print(f"\n3. reference model: {REFERENCE_GGUF} not built (make reference-model)")
+    numba.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    if not args.skip_kernels:
+        kernels(args)
+    default_model(args)
+    synthetic_7b(args)
+    reference_model(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`hybridinfer bench`: llama-bench style prompt (pp) and generation (tg) rates for one runtime setup."""
+"""`hybridinfer bench`: llama-bench style prompt (pp) and generation (tg) rates for one runtime setup, optionally
+next to llama.cpp's on the same file; or, with --kernels, the CPU kernels against the machine's bandwidth."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from .options import model_options, open_engine, runtime_settings
 @click.option("-p", "--n-prompt", type=int, default=64, show_default=True, help="prompt tokens (0 = skip pp)")
 @click.option("-n", "--n-gen", type=int, default=32, show_default=True, help="generated tokens (0 = skip tg)")
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
+@click.option("--llama-cpp", "llama_cpp", is_flag=True,
+              help="also time llama.cpp's decoding of the same file (needs the optional llama-cpp-python)")
+@click.option("--kernels", is_flag=True, help="benchmark the CPU kernels at 7B layer shapes instead of a model")
+@click.option("--formats", default="f16,bf16,q8_0,q4_0", show_default=True, help="--kernels: weight formats")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def bench(n_prompt, n_gen, repetitions, as_json, **kwargs):
+def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **kwargs):
     """Measure prompt processing and generation speed (medians of -r runs)."""
+    if kernels:
+        _kernels(formats, repetitions, kwargs["n_threads"], as_json)
+        return
     from ..benchmark import run_bench
     runtime = runtime_settings(kwargs)
     if runtime["n_ctx"] is None:
@@ -26,10 +34,42 @@ def bench(n_prompt, n_gen, repetitions, as_json, **kwargs):
     mode = ("hybrid" if engine.hybrid is not None else "predictors" if runtime["predictors_path"]
             else "exact" if runtime["exact"] else "dense")
     name = engine.file.get("general.name") or engine.path
+    reference = _llama_cpp(engine.path, runtime["n_threads"], n_gen, repetitions) if llama_cpp and n_gen else None
     if as_json:
-        click.echo(json.dumps({"model": name, "mode": mode, "results": [r.as_dict() for r in results]}))
+        click.echo(json.dumps({"model": name, "mode": mode, "backend": engine.backend,
+                               "results": [r.as_dict() for r in results],
+                               "llama_cpp": reference}))
         return
     click.echo("| model | mode | test | t/s |")
     click.echo("| --- | --- | --- | ---: |")
     for result in results:
-        click.echo(f"| {name} | {mode} | {result.test} | {result.tokens_per_second:.2f} |")
+        click.echo(f"| {name} | {mode} ({engine.backend}) | {result.test} | {result.tokens_per_second:.2f} |")
+    if reference is not None:
+        ours = next(r.tokens_per_second for r in results if r.test.startswith("tg"))
+        click.echo(f"| {name} | llama.cpp {reference['version']}, dense | tg{n_gen} | "
+                   f"{reference['tokens_per_second']:.2f} |")
+        click.echo(f"\nratio to llama.cpp: {ours / reference['tokens_per_second']:.2f}x")
+
+
+def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -> dict:
+    from .. import llamacpp_reference
+    from ..errors import HybridInferError
+    if not llamacpp_reference.available():
+        raise HybridInferError("--llama-cpp needs llama-cpp-python: pip install 'hybridinfer[llama]'")
+    return llamacpp_reference.decode_rate(path, n_threads=n_threads or 2, n_gen=n_gen, repetitions=repetitions)
+
+
+def _kernels(formats: str, repetitions: int, n_threads: int | None, as_json: bool) -> None:
+    import numba
+
+    from .. import kernel_bench
+    from ..errors import HybridInferError
+    threads = n_threads or numba.config.NUMBA_NUM_THREADS
+    try:
+        machine, results = kernel_bench.run(threads, 1024, max(repetitions, 7), 2, formats.split(","))
+    except ValueError as error:
+        raise HybridInferError(f"--formats: {error}") from None
+    if as_json:
+        click.echo(json.dumps({"machine": machine, "threads": threads, "results": results}))
+    else:
+        kernel_bench.print_table(machine, results, threads)

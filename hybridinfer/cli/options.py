@@ -28,6 +28,9 @@ def model_options(command):
         click.option("--activations", "activations_path", type=click.Path(dir_okay=False), default=None,
                      help="activations file for --vram-budget (default: MODEL.act.gguf beside the model)"),
         click.option("--device", default=None, help="hybrid: GPU side device (default: cuda if present, else cpu)"),
+        click.option("--backend", type=click.Choice(["packed", "reference"]), default=None,
+                     help="packed: numba kernels over the file's own weight formats (default); reference: torch "
+                          "float32, the oracle (the hybrid options always use it)"),
     ]):
         command = option(command)
     return command
@@ -57,7 +60,7 @@ def sampling_settings(kwargs: dict) -> dict:
 
 
 RUNTIME_FLAGS = ("model_path", "n_ctx", "n_threads", "exact", "predictors_path", "vram_budget", "split_path",
-                 "activations_path", "device")
+                 "activations_path", "device", "backend")
 
 
 def runtime_settings(kwargs: dict) -> dict:
@@ -67,8 +70,9 @@ def runtime_settings(kwargs: dict) -> dict:
 
 def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None = None, exact: bool = False,
                 predictors_path: str | None = None, vram_budget: str | None = None, split_path: str | None = None,
-                activations_path: str | None = None, device: str | None = None) -> Engine:
+                activations_path: str | None = None, device: str | None = None, backend: str | None = None) -> Engine:
     if model_path is None:
         model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
     return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path,
-                  split=split_path, vram_budget=vram_budget, activations=activations_path, device=device)
+                  split=split_path, vram_budget=vram_budget, activations=activations_path, device=device,
+                  backend=backend)

@@ -1,0 +1,67 @@
+"""Build the 7B-shaped benchmark model: a synthetic ProSparse-LLaMA-2-7B with ProSparse-like activation
+statistics (docs/synthetic-7b.md), converted to Q4_0, and predictors trained for it with the normal CLI.
+
+Steps (each skipped when its output exists, so an interrupted build resumes):
+  1. synthesize the fp32 checkpoint (27 GB, in a scratch directory beside the output, deleted after step 2)
+  2. `hybridinfer convert --outtype q4_0`                          -> OUT.q4_0.gguf (~3.9 GB)
+  3. `hybridinfer predictors train --rank R --tokens N`           -> OUT.q4_0.pred.gguf
+
+Usage: PYTHONPATH=. python tools/build_bench_model.py [--out ~/.cache/hybridinfer/bench/synthetic-prosparse-7b]
+           [--layers 32] [--rank 256] [--tokens 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / "hybridinfer")) / "bench" / \
+    "synthetic-prosparse-7b"
+
+
+def paths(out: Path) -> tuple[Path, Path]:
+    """(model, predictors) of a build written to `out` (a path prefix)."""
+    return out.with_name(out.name + ".q4_0.gguf"), out.with_name(out.name + ".q4_0.pred.gguf")
+
+
+def step(title: str, command: list[str]) -> None:
+    print(f"== {title}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    print(f"== {title}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path prefix")
+    parser.add_argument("--layers", type=int, default=32, help="layers (32 in LLaMA-2-7B)")
+    parser.add_argument("--rank", type=int, default=256, help="predictor rank")
+    parser.add_argument("--tokens", type=int, default=4096, help="predictor training tokens")
+    args = parser.parse_args()
+    model, predictors = paths(args.out)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "hybridinfer"]
+    if not model.exists():
+        scratch = args.out.with_name(args.out.name + ".hf")
+        if not (scratch / "config.json").exists():
+            from tools.synth_checkpoint import synthesize
+            start = time.perf_counter()
+            shutil.rmtree(scratch, ignore_errors=True)
+            synthesize(scratch, "prosparse-llama-2-7b", size="full", progress=True,
+                       overrides={"sparsity_profile": "prosparse", "num_hidden_layers": args.layers})
+            print(f"== synthesize: {time.perf_counter() - start:.0f} s", flush=True)
+        step("convert", cli + ["convert", str(scratch), "-o", str(model), "--outtype", "q4_0"])
+        shutil.rmtree(scratch)
+    if not predictors.exists():
+        step("predictors", cli + ["predictors", "train", "-m", str(model), "--rank", str(args.rank),
+                                  "--tokens", str(args.tokens), "-o", str(predictors)])
+    print(f"model: {model}\npredictors: {predictors}")
+
+
+if __name__ == "__main__":
+    main()
