@@ -2,7 +2,7 @@
 
 The same computation as the reference (`model.py`), one short file. Follow one token:
     embedding row (decoded from the file's format) -> per layer
-      [RMSNorm -> Q, K, V (packed matvec) -> RoPE -> KV cache -> attention -> output proj -> residual,
+      [RMSNorm -> Q, K, V (one packed matvec) -> RoPE -> KV cache -> attention -> output proj -> residual,
        RMSNorm -> gate, up -> activation -> down -> residual (or the sparse FFN: `packed_sparse_ffn.py`)]
     -> RMSNorm -> output projection -> logits
 Weight products with Q8_0/Q4_0/Q4_1 weights quantize their activations to int8 per 32-block, as llama.cpp
@@ -32,6 +32,7 @@ class Buffers:
         q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         self.x = np.empty((tokens, c.n_embd), np.float32)  # the residual stream
         self.normed = activation_buffers(tokens, c.n_embd)  # RMSNorm output, input of Q/K/V and gate/up
+        self.qkv = np.empty((tokens, q_rows + 2 * kv_rows), np.float32)
         self.q = np.empty((tokens, q_rows), np.float32)
         self.k = np.empty((tokens, kv_rows), np.float32)
         self.v = np.empty((tokens, kv_rows), np.float32)
@@ -98,9 +99,9 @@ class PackedTransformer:
         c = self.config
         n = b.x.shape[0]
         cpu_layer.attention_block(
-            b.x, layer.attn_norm, c.rms_eps, layer.attn_q.raw, layer.attn_k.raw, layer.attn_v.raw,
-            layer.attn_output.raw, layer.attention_codes, self.float_activations, b.normed,
-            b.q.reshape(n, c.n_head, c.head_dim), b.k.reshape(n, c.n_head_kv, c.head_dim),
+            b.x, layer.attn_norm, c.rms_eps, layer.attn_qkv.raw, layer.attn_output.raw, layer.attention_codes,
+            self.float_activations, b.normed, b.qkv, b.q.reshape(n, c.n_head, c.head_dim),
+            b.k.reshape(n, c.n_head_kv, c.head_dim),
             b.v.reshape(n, c.n_head_kv, c.head_dim), self.rope_cos, self.rope_sin, start_pos, self.k_cache[index],
             self.v_cache[index], b.scores, b.attended, b.block_out, np.float32(c.residual_scale))
 

@@ -85,7 +85,8 @@ class PackedSparseFFN:
             self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out,
             np.float32(self.config.residual_scale), numba.get_num_threads())
         self.stats.tokens += 1
-        self.stats.rows += self.config.n_ff if n_candidates < 0 else n_candidates
+        dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
+        self.stats.rows += self.config.n_ff if dense_gate else n_candidates
         self.stats.active += fired
 
     def _several(self, index: int, layer: PackedLayer, x: np.ndarray, normed, out: np.ndarray) -> None:

@@ -27,9 +27,9 @@ from .kernels.packed import FLOAT_DTYPES, FORMAT_CODE, SUPPORTED, PackedMatrix, 
 @dataclass
 class PackedLayer:
     attn_norm: np.ndarray  # (n_embd,) float32
-    attn_q: PackedMatrix  # (n_head * head_dim, n_embd), rows permuted for adjacent-pair RoPE (GGUF convention)
-    attn_k: PackedMatrix  # (n_head_kv * head_dim, n_embd)
-    attn_v: PackedMatrix  # (n_head_kv * head_dim, n_embd)
+    # (q_rows + 2 kv_rows, n_embd): the rows of attn_q (n_head * head_dim), attn_k and attn_v (n_head_kv * head_dim
+    # each) in one matrix, read in one pass; Q and K rows permuted for adjacent-pair RoPE (GGUF convention)
+    attn_qkv: PackedMatrix
     attn_output: PackedMatrix  # (n_embd, n_head * head_dim)
     ffn_norm: np.ndarray  # (n_embd,) float32
     ffn_gate: PackedMatrix  # (n_ff, n_embd): row i is neuron i's gate weights
@@ -40,7 +40,7 @@ class PackedLayer:
 
     def __post_init__(self):
         # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's
-        self.attention_codes = np.array([m.code for m in (self.attn_q, self.attn_k, self.attn_v, self.attn_output)])
+        self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
         down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
         self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
 
@@ -74,8 +74,7 @@ class PackedWeights:
         """GGUF bytes of the matrices one dense decoding step reads (embedding lookup excluded)."""
         total = self.output.nbytes
         for layer in self.layers:
-            total += sum(m.nbytes for m in (layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_output,
-                                            layer.ffn_gate, layer.ffn_up))
+            total += sum(m.nbytes for m in (layer.attn_qkv, layer.attn_output, layer.ffn_gate, layer.ffn_up))
             total += layer.source_down.n_bytes
         return total
 
@@ -109,9 +108,9 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
             down = tensor(p + "ffn_down.weight", (c.n_embd, c.n_ff))
         layer = PackedLayer(
             attn_norm=vector(p + "attn_norm.weight"),
-            attn_q=matrix(p + "attn_q.weight", (q_rows, c.n_embd)),
-            attn_k=matrix(p + "attn_k.weight", (kv_rows, c.n_embd)),
-            attn_v=matrix(p + "attn_v.weight", (kv_rows, c.n_embd)),
+            attn_qkv=stacked([tensor(p + "attn_q.weight", (q_rows, c.n_embd)),
+                              tensor(p + "attn_k.weight", (kv_rows, c.n_embd)),
+                              tensor(p + "attn_v.weight", (kv_rows, c.n_embd))]),
             attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_rows)),
             ffn_norm=vector(p + "ffn_norm.weight"),
             ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
@@ -132,6 +131,21 @@ def pack_any(tensor: GGUFTensor) -> PackedMatrix:
     print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
           "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
     values = dequantize(tensor)
+    return pack((values, T.F32, values.shape))
+
+
+def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
+    """The rows of several weights with the same column count as one packed matrix: their bytes concatenated
+    when they share a format the kernels read, else decoded to F32 (with a notice)."""
+    cols = tensors[0].shape[1]
+    rows = sum(t.shape[0] for t in tensors)
+    qtype = tensors[0].type
+    if qtype in SUPPORTED and all(t.type == qtype for t in tensors):
+        raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
+        return pack((raw, qtype, (rows, cols)))
+    print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
+          "a format the CPU kernels read; decoded to F32 at load", file=sys.stderr)
+    values = np.concatenate([dequantize(t) for t in tensors])
     return pack((values, T.F32, values.shape))
 
 

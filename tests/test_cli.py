@@ -75,3 +75,10 @@ def test_bench_json(tiny):
     assert record["mode"] == "dense" and [r["test"] for r in record["results"]] == ["pp8", "tg4"]
     assert record["backend"] == "packed" and record["llama_cpp"] is None
     assert all(r["tokens_per_second"] > 0 for r in record["results"])
+
+
+def test_bench_kernels_refuses_an_unknown_format_in_one_line():
+    done = run("bench", "--kernels", "--formats", "q4_0,q5_k")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "q5_k" in lines[0], done.stderr

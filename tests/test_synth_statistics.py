@@ -226,3 +226,12 @@ def test_cli_flag_and_errors(tmp_path):
         synthesize(tmp_path / "bad", "relullama-7b", overrides={"sparsity_profile": "dense"}, progress=False)
     with pytest.raises(ValueError, match="gate_rank"):
         synthesize(tmp_path / "rank", "relullama-7b", overrides={**PROFILE, "gate_rank": 64}, progress=False)
+
+
+def test_gate_noise_needs_the_profile_and_a_share_below_one(tmp_path):
+    with pytest.raises(ValueError, match="gate_noise"):
+        synthesize(tmp_path / "a", "prosparse-llama-2-7b", size="tiny", overrides={"gate_noise": 0.02},
+                   progress=False)
+    with pytest.raises(ValueError, match="gate_noise"):
+        synthesize(tmp_path / "b", "prosparse-llama-2-7b", size="tiny",
+                   overrides={"sparsity_profile": "prosparse", "gate_noise": 1.5}, progress=False)

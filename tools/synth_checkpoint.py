@@ -117,7 +117,7 @@ TOKENIZER_VOCAB = {"tiny": 600, "small": 1000, "full": 8000}
 _REDUCED_VOCAB = {"tiny": 600, "small": 1024}
 
 # Keys of `overrides` that steer the synthesis instead of landing in config.json.
-_SYNTH_KEYS = ("gate_bias", "weight_std", "weight_dtype", "sparsity_profile", "gate_rank")
+_SYNTH_KEYS = ("gate_bias", "weight_std", "weight_dtype", "sparsity_profile", "gate_rank", "gate_noise")
 SPARSITY_PROFILES = ("prosparse",)
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -665,6 +665,7 @@ def synthesize(out_dir, variant: str, *, size: str = "tiny", fmt: str | None = N
         gate_bias (see tensor_chunks), weight_std (normal std of matrices), weight_dtype
         ("float32" / "float16" / "bfloat16", the stored dtype), sparsity_profile ("prosparse": ProSparse-like
         FFN activation statistics, see SparsityProfile; ReLU/FATReLU variants only, not with gate_bias) and
+        gate_noise (the share of gate_proj's energy that is full-rank noise, default 0.07),
         gate_rank (the profile's gate_proj rank, default default_gate_rank(hidden_size): 128 at 7B, 16 at
         small).
     With sparsity_profile the weights are written after a calibration pass (calibrate_profile) that generates
@@ -728,8 +729,8 @@ def _profile_from_overrides(overrides: dict, config: dict, gate_bias: float) -> 
     """The (uncalibrated) SparsityProfile the overrides ask for, or None; bad combinations raise here."""
     name = overrides.get("sparsity_profile")
     if name is None:
-        if "gate_rank" in overrides:
-            raise ValueError("gate_rank only applies with sparsity_profile")
+        if "gate_rank" in overrides or "gate_noise" in overrides:
+            raise ValueError("gate_rank and gate_noise only apply with sparsity_profile")
         return None
     if name not in SPARSITY_PROFILES:
         raise ValueError(f"sparsity_profile must be one of {SPARSITY_PROFILES}, got {name!r}")
@@ -739,7 +740,10 @@ def _profile_from_overrides(overrides: dict, config: dict, gate_bias: float) -> 
     rank = int(overrides.get("gate_rank", default_gate_rank(config["hidden_size"])))
     if not 1 <= rank < config["hidden_size"]:
         raise ValueError(f"gate_rank must be between 1 and hidden_size - 1, got {rank}")
-    return SparsityProfile(rank)
+    noise = float(overrides.get("gate_noise", SparsityProfile.noise_share))
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"gate_noise must be in [0, 1), got {noise}")
+    return SparsityProfile(rank, noise)
 
 
 def _parse_override(text: str) -> tuple[str, object]:

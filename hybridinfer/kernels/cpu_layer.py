@@ -61,17 +61,20 @@ _ALL = np.zeros(0, dtype=np.int64)  # `rows` argument of a dense product
 
 
 @njit(**_OPTIONS)
-def attention_block(x, norm, eps, wq, wk, wv, wo, codes, exact, normed, q, k, v, cos, sin, start, k_cache,
-                    v_cache, scores, attended, out, residual_scale):
+def attention_block(x, norm, eps, wqkv, wo, codes, exact, normed, qkv, q, k, v, cos, sin, start, k_cache, v_cache,
+                    scores, attended, out, residual_scale):
     """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens at positions start.., their keys
-    and values written to this layer's cache (n_head_kv, n_ctx, head_dim). wq..wo: raw weights, codes their
-    formats; q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd) buffers."""
+    and values written to this layer's cache (n_head_kv, n_ctx, head_dim). wqkv: the Q, K and V rows in one raw
+    matrix, wo the output projection, codes their formats; buffers qkv (T, q_rows + 2 kv_rows),
+    q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd)."""
     tokens = x.shape[0]
+    q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
     cpu_ops.rms_norm(x, norm, eps, normed.x)
     prepare(normed)
-    product(codes[0], wq, normed, _ALL, True, exact, q.reshape((tokens, -1)))
-    product(codes[1], wk, normed, _ALL, True, exact, k.reshape((tokens, -1)))
-    product(codes[2], wv, normed, _ALL, True, exact, v.reshape((tokens, -1)))
+    product(codes[0], wqkv, normed, _ALL, True, exact, qkv)
+    q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
+    k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
+    v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
     cpu_ops.rope(q, cos, sin, start)
     cpu_ops.rope(k, cos, sin, start)
     for t in range(tokens):
@@ -80,7 +83,7 @@ def attention_block(x, norm, eps, wq, wk, wv, wo, codes, exact, normed, q, k, v,
             v_cache[h, start + t] = v[t, h]
     cpu_ops.attention(q, k_cache, v_cache, start, scores, attended.x.reshape(q.shape))
     prepare(attended)
-    product(codes[3], wo, attended, _ALL, True, exact, out)
+    product(codes[1], wo, attended, _ALL, True, exact, out)
     cpu_ops.add_scaled(x, out, residual_scale)
 
 
@@ -121,15 +124,25 @@ def predict(x, residual, fc1, fc2, codes, exact, threshold, hidden, logits, sele
     return cpu_ops.select_rows(logits[0], threshold, _ALL, selected)
 
 
+DENSE_GATE_SHARE = 0.4  # random gate rows read at ~40-45% of the dense kernel's speed (Q4_0, `make bench`)
+
+
+@njit(**_OPTIONS)
+def dense_gate_above(n_ff):
+    """Above this many candidate neurons, reading all gate rows densely is faster than gathering them."""
+    return int(n_ff * DENSE_GATE_SHARE)
+
+
 @njit(**_OPTIONS)
 def sparse_ffn_block(x, normed, wgate, wup, wdown_t, codes, exact, threshold, candidates, n_candidates, gate,
                      active, up, hidden, out, residual_scale, chunks):
-    """One token's FFN over candidate neurons (candidates[:n_candidates]; n_candidates < 0: all neurons):
+    """One token's FFN over candidate neurons (candidates[:n_candidates]; n_candidates < 0, or more than
+    `dense_gate_above`: every neuron, through the dense gate kernel, which is then faster and loses nothing):
     gate rows -> FATReLU -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled by
     act * up (S3); x += residual_scale * that. Buffers gate, up, hidden (n_ff,), active (n_ff,) int64; chunks:
     threads for S3 (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
     n_embd = x.shape[1]
-    if n_candidates < 0:
+    if n_candidates < 0 or n_candidates > dense_gate_above(gate.shape[0]):
         count = gate.shape[0]
         product(codes[0], wgate, normed, _ALL, True, exact, gate.reshape((1, -1)))
         fired = cpu_ops.select_rows(gate, threshold, _ALL, active)

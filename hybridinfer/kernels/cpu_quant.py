@@ -14,7 +14,8 @@ accumulate_rows always computes in float32 (its inputs are the coefficients, not
 
 x may be a float32 array or `prepare(x)`'s result, so gate and up can share one preparation. Every kernel
 writes into a caller-provided float32 `out`; rows are int32/int64 index arrays. Parallel over output rows (or,
-for accumulate_rows, over column ranges), releasing the GIL. Reference twins: `reference.py`.
+for accumulate_rows, over shares of the rows; F32/F16/BF16 over column ranges), releasing the GIL. Reference
+twins: `reference.py`.
 """
 
 from __future__ import annotations
@@ -407,52 +408,54 @@ def _q4_exact_tile(w, wo, minimums, table, xp, xo, xsum, bo, start, width, total
 
 @njit(parallel=True, **_OPTIONS)
 def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
-    """out[:] = sum_k coeffs[k] * dequant(data[rows[k]]). Each chunk owns a range of tiles (512 columns each) and
-    accumulates them in a small scratch (plus a per-block constant: Q4_1 minimums), ROW_BATCH rows at a time,
-    prefetching the next batch's part of its rows, then writes natural order. The scratch is in packed byte order
-    for Q8_0 (bytes widen straight to floats) and lane order for Q4 (nibbles are looked up one plane at a time)."""
-    tiles = (nb + TILE - 1) // TILE
-    chunks = min(chunks, tiles)
+    """out[:] = sum_k coeffs[k] * dequant(data[rows[k]]). Each chunk (thread) takes a share of the rows, whole
+    (longer forward streams than column ranges of every row: measured 1.2-1.9x faster for Q4), ROW_BATCH at a
+    time, prefetching the next batch, and accumulates them into its own full-width scratch (plus a per-block
+    constant: Q4_1 minimums); the chunks' sums are added at the end, in natural order. The scratch is in packed
+    byte order for Q8_0 (bytes widen straight to floats) and lane order for Q4 (nibbles are looked up one plane
+    at a time)."""
     row_bytes = data.shape[1]
     flat = data.reshape(-1)
     active = np.nonzero(coeffs)[0]
+    n_active = active.shape[0]
     minimums = 1 if kind == Q4_1 else 0
     shift, tile_bytes = 1 - minimums, 512 if kind == Q8_0 else 256
-    table = nibble_table(8 - 8 * minimums)  # Q4 values: q - 8 for Q4_0, q for Q4_1
+    table = nibble_table(8 - 8 * minimums)
+    full = nb - nb % TILE
+    stride = ((nb + TILE - 1) // TILE) * TILE * (4 if kind == Q8_0 else 1)
+    parts = np.zeros((chunks, nb * BLOCK), np.float32)  # per chunk, lane order (Q4) / byte order (Q8_0)
+    constants = np.zeros((chunks, nb), np.float32)
     for chunk in prange(chunks):
         c = np.int64(chunk)
-        first, stop = c * tiles // chunks, (c + 1) * tiles // chunks
-        block_lo, block_hi = first * TILE, min(nb, stop * TILE)
-        full = min(block_hi, nb - nb % TILE)
-        acc = np.zeros((block_hi - block_lo) * BLOCK, np.float32)  # this chunk's columns, lane order
-        constant = np.zeros(block_hi - block_lo, np.float32)  # per block: sum of c_k * m_k
-        stride = (stop - first) * TILE * (4 if kind == Q8_0 else 1)
-        scales = np.empty(ROW_BATCH * stride, np.float32)  # per batch row: c_k * d of the chunk's blocks (Q8_0: x4)
+        lo, hi = c * n_active // chunks, (c + 1) * n_active // chunks
+        acc, constant = parts[c], constants[c]
+        scales = np.empty(ROW_BATCH * stride, np.float32)
         base = np.empty(ROW_BATCH, np.int64)
-        first_byte = _unit_offsets(block_lo, shift, tile_bytes)[0]  # this chunk's bytes of a row: first_byte..
-        size = min(_unit_offsets(block_hi - 1, shift, tile_bytes)[1] + tile_bytes, row_bytes) - first_byte
-        for batch in range(0, active.shape[0], ROW_BATCH):
-            count = min(ROW_BATCH, active.shape[0] - batch)
-            for i in range(batch + ROW_BATCH, min(batch + 2 * ROW_BATCH, active.shape[0])):
-                _prefetch_row(flat, rows[active[i]] * row_bytes + first_byte, size)
+        for batch in range(lo, hi, ROW_BATCH):
+            count = min(ROW_BATCH, hi - batch)
+            for i in range(batch + ROW_BATCH, min(batch + 2 * ROW_BATCH, hi)):
+                _prefetch_row(flat, rows[active[i]] * row_bytes, row_bytes)
             for i in range(count):
                 k = active[batch + i]
                 base[i] = rows[k] * row_bytes
-                _batch_scales(kind, flat, base[i], shift, tile_bytes, minimums, coeffs[k], block_lo, block_hi, scales,
-                              i * stride, constant)
-            for start in range(block_lo, full, TILE):  # whole tiles: constant width, so the masks fold away
+                _batch_scales(kind, flat, base[i], shift, tile_bytes, minimums, coeffs[k], 0, nb, scales, i * stride,
+                              constant)
+            for start in range(0, full, TILE):
                 _accumulate_tile(kind, flat, base, _unit_offsets(start, shift, tile_bytes)[1], table, count, scales,
-                                 stride, start - block_lo, TILE, acc)
-            if full < block_hi:
+                                 stride, start, TILE, acc)
+            if full < nb:
                 _accumulate_tile(kind, flat, base, _unit_offsets(full, shift, tile_bytes)[1], table, count, scales,
-                                 stride, full - block_lo, block_hi - full, acc)
-        for start in range(block_lo, block_hi, TILE):
-            width = min(TILE, nb - start)
-            for e in range(BLOCK):
-                g, j = divmod(e, 4)
-                for b in range(width):
-                    at = (g * width + b) * 4 + j if kind == Q8_0 else e * width + b  # byte order / lane order
-                    out[(start + b) * BLOCK + e] = acc[(start - block_lo) * BLOCK + at] + constant[start - block_lo + b]
+                                 stride, full, nb - full, acc)
+    for start in range(0, nb, TILE):
+        width = min(TILE, nb - start)
+        for e in range(BLOCK):
+            g, j = divmod(e, 4)
+            for b in range(width):
+                at = (g * width + b) * 4 + j if kind == Q8_0 else e * width + b
+                total = np.float32(0.0)
+                for c in range(chunks):
+                    total += parts[c, start * BLOCK + at] + constants[c, start + b]
+                out[(start + b) * BLOCK + e] = total
 
 
 @njit(inline="always", **_OPTIONS)
