@@ -72,19 +72,22 @@ def test_exact_sparse_equals_dense(relu_model):
     assert 0 < stats.active < stats.rows  # really sparse: some neurons were skipped
 
 
-def random_predictors(engine, rank=32, seed=0) -> PredictorSet:
-    """A random predictor per layer with its threshold at the median logit: about half the neurons predicted."""
+def random_predictors(engine, rank=32, seed=0, threshold=3.0) -> PredictorSet:
+    """A random predictor per layer; logits spread ~30, so threshold 3 marks about half the neurons, 20 a
+    quarter or less."""
     g = torch.Generator().manual_seed(seed)
     c = engine.config
     fc1 = [torch.randn(rank, c.n_embd, generator=g) for _ in range(c.n_layer)]
     fc2 = [torch.randn(c.n_ff, rank, generator=g) for _ in range(c.n_layer)]
-    return PredictorSet(fc1, fc2, [3.0] * c.n_layer)
+    return PredictorSet(fc1, fc2, [threshold] * c.n_layer)
 
 
-def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path):
+# threshold 20: few candidates, whose gate rows are gathered; 3: many, taken from the dense gate kernel
+@pytest.mark.parametrize("threshold", [20.0, 3.0])
+def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path, threshold):
     reference = hybridinfer.load(str(relu_model), backend="reference")
     path = tmp_path / "p.pred.gguf"
-    save_predictors(str(path), random_predictors(reference), reference.fingerprint)
+    save_predictors(str(path), random_predictors(reference, threshold=threshold), reference.fingerprint)
     reference = hybridinfer.load(str(relu_model), backend="reference", predictors=str(path))
     expected = decode_logits(reference, IDS)
     packed = hybridinfer.load(str(relu_model), float_activations=True)
@@ -96,7 +99,9 @@ def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path):
     dense = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
     assert relative_error(expected, dense) > 1e-3  # the predictor really changed the result
     stats = packed.model.sparse_ffn.stats
-    assert 0 < stats.active <= stats.rows < stats.tokens * N_FF
+    assert 0 < stats.active <= stats.rows <= stats.tokens * N_FF
+    if threshold > 10:
+        assert stats.rows < stats.tokens * N_FF * 0.4  # gathered: fewer gate rows read than the dense kernel's
 
 
 def test_predictors_load_through_the_engine_as_q8_0(relu_model, tmp_path):

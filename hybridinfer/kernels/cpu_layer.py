@@ -136,19 +136,24 @@ def dense_gate_above(n_ff):
 @njit(**_OPTIONS)
 def sparse_ffn_block(x, normed, wgate, wup, wdown_t, codes, exact, threshold, candidates, n_candidates, gate,
                      active, up, hidden, out, residual_scale, chunks):
-    """One token's FFN over candidate neurons (candidates[:n_candidates]; n_candidates < 0, or more than
-    `dense_gate_above`: every neuron, through the dense gate kernel, which is then faster and loses nothing):
+    """One token's FFN over candidate neurons (candidates[:n_candidates], ascending; n_candidates < 0: every
+    neuron; more than `dense_gate_above`: their gate values are taken from the dense gate kernel, faster then):
     gate rows -> FATReLU -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled by
     act * up (S3); x += residual_scale * that. Buffers gate, up, hidden (n_ff,), active (n_ff,) int64; chunks:
     threads for S3 (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
     n_embd = x.shape[1]
-    if n_candidates < 0 or n_candidates > dense_gate_above(gate.shape[0]):
+    if n_candidates < 0:
         count = gate.shape[0]
         product(codes[0], wgate, normed, _ALL, True, exact, gate.reshape((1, -1)))
         fired = cpu_ops.select_rows(gate, threshold, _ALL, active)
     else:
         count = n_candidates
-        product(codes[0], wgate, normed, candidates[:count], False, exact, gate[:count].reshape((1, -1)))
+        if count > dense_gate_above(gate.shape[0]):  # every gate row (hidden as scratch), then the candidates'
+            product(codes[0], wgate, normed, _ALL, True, exact, hidden.reshape((1, -1)))
+            for j in range(count):
+                gate[j] = hidden[candidates[j]]
+        else:
+            product(codes[0], wgate, normed, candidates[:count], False, exact, gate[:count].reshape((1, -1)))
         fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active)
     product(codes[1], wup, normed, active[:fired], False, exact, up[:fired].reshape((1, -1)))
     cpu_ops.compact_products(gate[:count], up, threshold, hidden)
