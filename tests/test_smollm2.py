@@ -40,13 +40,21 @@ def hf_model(smollm_path):
     return model.eval()
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_last_token_logits_match_transformers(engine, hf_model, prompt):
+def last_logits(engine, hf_model, prompt):
+    """(ours, transformers') logits of the prompt's last position."""
     ids = engine.tokenize(prompt)
     ours = torch.from_numpy(engine.logits(ids)[-1])
     with torch.no_grad():
-        expected = hf_model(torch.tensor([ids])).logits[0, -1]
-    assert float((ours - expected).abs().max() / expected.abs().max()) < 1e-3
+        return ours, hf_model(torch.tensor([ids])).logits[0, -1]
+
+
+def relative_error(ours, expected):
+    return float((ours - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_last_token_logits_match_transformers(engine, hf_model, prompt):
+    assert relative_error(*last_logits(engine, hf_model, prompt)) < 1e-3
 
 
 def test_32_greedy_tokens_identical_to_transformers(engine, hf_model):
@@ -62,21 +70,14 @@ def test_32_greedy_tokens_identical_to_transformers(engine, hf_model):
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
 def test_packed_backend_with_float_activations_matches_transformers(packed_float, hf_model, prompt):
-    ids = packed_float.tokenize(prompt)
-    ours = torch.from_numpy(packed_float.logits(ids)[-1])
-    with torch.no_grad():
-        expected = hf_model(torch.tensor([ids])).logits[0, -1]
-    assert float((ours - expected).abs().max() / expected.abs().max()) < 1e-3
+    assert relative_error(*last_logits(packed_float, hf_model, prompt)) < 1e-3
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_packed_backend_int8_activations_close_to_transformers(packed, hf_model, prompt):
     """llama.cpp's int8 activation blocks: logits move by a few percent of their range, the ranking barely."""
-    ids = packed.tokenize(prompt)
-    ours = torch.from_numpy(packed.logits(ids)[-1])
-    with torch.no_grad():
-        expected = hf_model(torch.tensor([ids])).logits[0, -1]
-    assert float((ours - expected).abs().max() / expected.abs().max()) < 0.15
+    ours, expected = last_logits(packed, hf_model, prompt)
+    assert relative_error(ours, expected) < 0.15
     assert len(set(ours.topk(5).indices.tolist()) & set(expected.topk(5).indices.tolist())) >= 4
 
 
