@@ -19,7 +19,7 @@ from .packed_forward import PackedTransformer
 from .packed_sparse_ffn import PackedSparseFFN
 from .packed_weights import load_packed_weights
 from .sampling import Sampler, SamplerSettings
-from .sparse_ffn import ExactSparseFFN, PredictedSparseFFN
+from .sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
 from .tokenizer import tokenizer_from_metadata
 from .weights import load_weights
 
@@ -79,7 +79,7 @@ class Engine:
         """Weights packed for the numba kernels; the sparse FFN over them for --exact or --predictors."""
         sparse = bool(exact or predictors)
         if sparse:
-            PackedSparseFFN.check_activation(self.config)
+            require_sparse_activation(self.config)
         weights = load_packed_weights(self.file, self.config, sparse=sparse)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
         if sparse:

@@ -19,12 +19,11 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from .config import ModelConfig
-from .errors import HybridInferError
 from .kernels import cpu_layer, cpu_ops
 from .kernels.cpu_quant import activation_buffers, matmul, prepare
 from .kernels.packed import BLOCK, PackedMatrix, pack
 from .packed_weights import PackedLayer, PackedWeights
-from .sparse_ffn import SparseFFNStats
+from .sparse_ffn import SparseFFNStats, require_sparse_activation
 
 
 def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix:
@@ -38,7 +37,7 @@ def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix
 class PackedSparseFFN:
     def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
                  predictor_type: T = T.Q8_0):
-        self.check_activation(config)
+        require_sparse_activation(config)
         self.config, self.exact = config, float_activations
         self.threshold = np.float32(config.activation_threshold)
         self.down_t = [layer.ffn_down_t() for layer in weights.layers]  # (n_ff, n_embd) each
@@ -57,12 +56,6 @@ class PackedSparseFFN:
             self.residual = activation_buffers(1, n_embd)
             self.rank_buffers = {rank: activation_buffers(1, rank) for rank in set(predictors.ranks)}
             self.logits = np.empty((1, n_ff), np.float32)
-
-    @staticmethod
-    def check_activation(config: ModelConfig) -> None:
-        if config.activation == "silu":
-            raise HybridInferError("sparse FFN modes need a ReLU or FATReLU model; this model's FFN uses SiLU "
-                                   "(convert a ReLU/ProSparse model, or drop --exact/--predictors)")
 
     @property
     def nbytes_predictors(self) -> int:

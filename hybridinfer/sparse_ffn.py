@@ -35,11 +35,16 @@ class SparseFFNStats:
         self.__init__()
 
 
+def require_sparse_activation(config: ModelConfig) -> None:
+    """Sparse FFN modes skip neurons whose activation is zero: only ReLU and FATReLU models have them."""
+    if config.activation == "silu":
+        raise HybridInferError("sparse FFN modes need a ReLU or FATReLU model; this model's FFN uses SiLU "
+                               "(convert a ReLU/ProSparse model, or drop --exact/--predictors)")
+
+
 class _CPUSparseFFN:
     def __init__(self, config: ModelConfig, weights: ModelWeights):
-        if config.activation == "silu":
-            raise HybridInferError("sparse FFN modes need a ReLU or FATReLU model; this model's FFN uses SiLU "
-                                   "(convert a ReLU/ProSparse model, or drop --exact/--predictors)")
+        require_sparse_activation(config)
         self.config = config
         self.threshold = np.float32(config.activation_threshold)
         # numpy views share the torch tensors' memory; only the transposed down projection is a new copy
