@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from hybridinfer.errors import HybridInferError
 
+from . import ridge
 from .calibrate import calibrate_layer
 from .collect import Collection, to_torch, unpack_bits
 from .metrics import count, sparsity_at_recall
@@ -71,6 +72,7 @@ class TrainSettings:
     device: str | None = None  # None: "cuda" when available, else "cpu"
     seed: int = 0
     resident_bytes: int = 2 << 30  # training rows held on the device at once
+    method: str = "sgd"  # "sgd": train the network; "ridge": the closed-form reduced-rank fit of ridge.py
 
 
 @dataclass
@@ -256,6 +258,10 @@ def train_predictors(collection: Collection, settings: TrainSettings,
     ranks = rank_ladder(n_embd) if settings.auto_rank else [settings.rank or default_rank(n_embd)]
     if ranks[0] < 1:
         raise HybridInferError(f"--rank must be positive, got {ranks[0]}")
+    if settings.method not in METHODS:
+        raise HybridInferError(f"--method must be one of {', '.join(METHODS)}, got {settings.method!r}")
+    if settings.method == "ridge" and (settings.auto_rank or ranks[0] < 2):
+        raise HybridInferError("--method ridge needs a fixed --rank of at least 2 (its hidden width is even)")
     fc1, fc2, thresholds, reports = [], [], [], []
     for layer in range(collection.n_layer):
         start = time.perf_counter()
@@ -266,6 +272,15 @@ def train_predictors(collection: Collection, settings: TrainSettings,
         val_x = to_torch(collection.residuals("validation", layer), device)
         val_packed = to_torch(collection.packed_masks("validation", layer), device)
         eval_x, eval_packed = val_x[:settings.eval_rows], val_packed[:settings.eval_rows]
+        if settings.method == "ridge":
+            fitted = _ridge_layer(collection, layer, ranks[0], rate, val_x, val_packed, settings, start)
+            fc1.append(fitted.fc1)
+            fc2.append(fitted.fc2)
+            thresholds.append(fitted.report.threshold)
+            reports.append(fitted.report)
+            if progress is not None:
+                progress(fitted.report)
+            continue
         fit, tried = None, {}
         for rank in ranks:
             candidate = train_layer(data, eval_x, eval_packed, n_embd, n_ff, rank, rate, scale, settings,
@@ -286,3 +301,32 @@ def train_predictors(collection: Collection, settings: TrainSettings,
         if progress is not None:
             progress(report)
     return PredictorSet(fc1, fc2, thresholds), reports
+
+
+METHODS = ("sgd", "ridge")
+
+
+@dataclass
+class _RidgeLayer:
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    report: LayerReport
+
+
+def _ridge_layer(collection: Collection, layer: int, rank: int, rate: float, val_x: torch.Tensor,
+                 val_packed: torch.Tensor, settings: TrainSettings, start: float) -> _RidgeLayer:
+    """One layer by the closed-form fit (ridge.py), calibrated and scored like a trained one."""
+    fc1, fc2 = ridge.fit_layer(collection.residuals("train", layer), collection.packed_masks("train", layer),
+                               collection.n_ff, rank, seed=settings.seed * 1000 + layer)
+    fc1, fc2 = fc1.to(val_x.device), fc2.to(val_x.device)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x.float() @ fc1.T) @ fc2.T
+
+    with torch.no_grad():
+        score = sparsity_at_recall(logits, val_x, val_packed, collection.n_ff, settings.target_recall)[1]
+        threshold = calibrate_layer(logits, val_x, val_packed, collection.n_ff, settings.target_recall)
+        recall_at_zero = count(logits, val_x, val_packed, collection.n_ff, 0.0).recall
+    report = LayerReport(layer, fc1.shape[0], threshold, rate, score.predicted_sparsity, recall_at_zero, 0,
+                         time.perf_counter() - start, {})
+    return _RidgeLayer(fc1.cpu(), fc2.cpu(), report)

@@ -108,3 +108,27 @@ def test_bad_settings_are_one_line_errors(collection):
         train_predictors(collection, TrainSettings(target_recall=1.5))
     with pytest.raises(HybridInferError, match="--device"):
         train_predictors(collection, TrainSettings(device="nonsense"))
+
+
+def test_ridge_fit_is_calibrated_and_equals_its_numpy_twin(collection):
+    predictors, reports = train_predictors(collection, TrainSettings(rank=16, target_recall=0.9, method="ridge",
+                                                                     device="cpu"))
+    assert predictors.ranks == [16, 16] and [r.threshold for r in reports] == predictors.thresholds
+    for m in evaluate(predictors, collection, "validation"):
+        assert 0.9 <= m.recall < 0.92
+    # the twin: reduced-rank ridge regression written out in float64 numpy
+    x = collection.residuals("train", 0).astype(np.float64)
+    y = np.unpackbits(collection.packed_masks("train", 0), axis=1, bitorder="little")[:, :N_FF].astype(np.float64)
+    gram = x.T @ x
+    weight = np.linalg.solve(gram + 1e-2 * gram.diagonal().mean() * np.eye(N_EMBD), x.T @ y)
+    v = np.linalg.svd(x @ weight, full_matrices=False)[2][:8].T
+    probe = collection.residuals("validation", 0)[:50].astype(np.float64)
+    expected = probe @ weight @ v @ v.T
+    ours = predictors.logits(0, torch.from_numpy(probe).float()).double().numpy()
+    # torch.svd_lowrank finds the top singular vectors approximately (randomized): a few percent here
+    assert np.abs(ours - expected).max() < 5e-2 * np.abs(expected).max()
+
+
+def test_ridge_needs_a_fixed_even_width(collection):
+    with pytest.raises(HybridInferError, match="ridge"):
+        train_predictors(collection, TrainSettings(auto_rank=True, method="ridge", device="cpu"))

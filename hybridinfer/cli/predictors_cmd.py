@@ -51,6 +51,9 @@ def predictors():
                    "default: a temporary directory, deleted afterwards")
 @click.option("--chunk-tokens", type=int, default=DEFAULT_CHUNK, show_default=True,
               help="tokens per evaluated chunk (each starts with BOS)")
+@click.option("--method", type=click.Choice(["sgd", "ridge"]), default="sgd", show_default=True,
+              help="sgd: train the network; ridge: closed-form reduced-rank fit (better with few tokens on wide "
+                   "models, seconds per layer)")
 @click.option("--epochs", type=int, default=30, show_default=True, help="training epochs at most (early stopping)")
 @click.option("--batch-size", type=int, default=512, show_default=True, help="tokens per training step")
 @click.option("--lr", type=float, default=None, help="Adam step size (default: 0.08 / sqrt(n_embd))")
@@ -62,10 +65,10 @@ def predictors():
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
 def train(model_path, corpus_files, no_default_corpus, tokens, rank, target_recall, output, workdir, chunk_tokens,
-          epochs, batch_size, lr, device, seed, outtype, n_threads, force, as_json):
+          method, epochs, batch_size, lr, device, seed, outtype, n_threads, force, as_json):
     """Collect activations, train and calibrate one predictor per layer, report held-out metrics."""
     settings = TrainSettings(rank=None, auto_rank=False, target_recall=target_recall, epochs=epochs,
-                             batch_size=batch_size, lr=lr, device=device, seed=seed)
+                             batch_size=batch_size, lr=lr, device=device, seed=seed, method=method)
     _parse_rank(rank, settings)
     _check_settings(settings, tokens, chunk_tokens, corpus_files, no_default_corpus)
     _check_output(output, force)
