@@ -89,7 +89,7 @@ class PackedTransformer:
             if timed:
                 self.attention_seconds += time.perf_counter() - start
             self._ffn(index, layer, b)
-        cpu_layer.ffn_input(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
+        cpu_layer.normalize(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
         matmul(w.output, b.final, b.logits, exact=self.float_activations)
         if c.logit_scale != 1.0:
             b.logits /= np.float32(c.logit_scale)
@@ -107,7 +107,7 @@ class PackedTransformer:
 
     def _ffn(self, index: int, layer: PackedLayer, b: Buffers) -> None:
         c = self.config
-        cpu_layer.ffn_input(b.x, layer.ffn_norm, c.rms_eps, b.normed)
+        cpu_layer.normalize(b.x, layer.ffn_norm, c.rms_eps, b.normed)
         if self.observers:
             self._observe(index, layer, b)
         if self.sparse_ffn is not None:

@@ -40,9 +40,7 @@ class PackedSparseFFN:
         require_sparse_activation(config)
         self.config, self.exact = config, float_activations
         self.threshold = np.float32(config.activation_threshold)
-        self.down_t = [layer.ffn_down_t() for layer in weights.layers]  # (n_ff, n_embd) each
-        self.codes = [np.array([layer.ffn_gate.code, layer.ffn_up.code, down_t.code])
-                      for layer, down_t in zip(weights.layers, self.down_t)]
+        self.down_t = [layer.ffn_down_t() for layer in weights.layers]  # (n_ff, n_embd); formats: layer.ffn_codes
         self.stats = SparseFFNStats()
         n_ff, n_embd = config.n_ff, config.n_embd
         self.gate, self.up, self.hidden = (np.empty(n_ff, np.float32) for _ in range(3))
@@ -73,9 +71,8 @@ class PackedSparseFFN:
                 self.predictor_thresholds[index], self.rank_buffers[self.fc1[index].rows], self.logits,
                 self.candidates)
         fired = cpu_layer.sparse_ffn_block(
-            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, self.codes[index], self.exact,
-            self.threshold,
-            self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out,
+            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, layer.ffn_codes, self.exact,
+            self.threshold, self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out,
             np.float32(self.config.residual_scale), numba.get_num_threads())
         self.stats.tokens += 1
         dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)

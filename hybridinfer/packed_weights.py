@@ -39,7 +39,8 @@ class PackedLayer:
     _down_t: PackedMatrix | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's
+        # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's,
+        # dense or transposed alike (a transpose keeps the format)
         self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
         down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
         self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])

@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 import hybridinfer
 from hf_reference import build_reference_model, load_hf_state_dict
+from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture: tiny matmuls on one thread)
 from hybridinfer.calibration import calibration_texts, token_chunks
 from hybridinfer.convert import convert_checkpoint
 from tools import synth_checkpoint as synth
@@ -29,12 +30,6 @@ THRESHOLD = 0.01  # FATReLU of prosparse-llama-2-7b
 N_FF, HIDDEN, RANK = 688, 256, 16  # small shapes; default_gate_rank(256) = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def load_engine(path):

@@ -61,6 +61,13 @@ _ALL = np.zeros(0, dtype=np.int64)  # `rows` argument of a dense product
 
 
 @njit(**_OPTIONS)
+def normalize(x, norm, eps, normed):
+    """normed = RMSNorm(x), with its int8 blocks."""
+    cpu_ops.rms_norm(x, norm, eps, normed.x)
+    prepare(normed)
+
+
+@njit(**_OPTIONS)
 def attention_block(x, norm, eps, wqkv, wo, codes, exact, normed, qkv, q, k, v, cos, sin, start, k_cache, v_cache,
                     scores, attended, out, residual_scale):
     """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens at positions start.., their keys
@@ -69,8 +76,7 @@ def attention_block(x, norm, eps, wqkv, wo, codes, exact, normed, qkv, q, k, v, 
     q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd)."""
     tokens = x.shape[0]
     q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
-    cpu_ops.rms_norm(x, norm, eps, normed.x)
-    prepare(normed)
+    normalize(x, norm, eps, normed)
     product(codes[0], wqkv, normed, _ALL, True, exact, qkv)
     q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
     k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
@@ -85,13 +91,6 @@ def attention_block(x, norm, eps, wqkv, wo, codes, exact, normed, qkv, q, k, v, 
     prepare(attended)
     product(codes[1], wo, attended, _ALL, True, exact, out)
     cpu_ops.add_scaled(x, out, residual_scale)
-
-
-@njit(**_OPTIONS)
-def ffn_input(x, norm, eps, normed):
-    """normed = RMSNorm(x), with its int8 blocks."""
-    cpu_ops.rms_norm(x, norm, eps, normed.x)
-    prepare(normed)
 
 
 @njit(**_OPTIONS)
