@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from hf_reference import hf_reference_logits, load_hf_state_dict
 from tools import synth_checkpoint as synth
+from tools import synth_tensors
 from tools.synth_checkpoint import VARIANTS, synthesize
 
 LLAMA_KEYS = {"architectures", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size", "initializer_range",
@@ -280,7 +281,7 @@ def test_small_streams_into_many_shards_with_sharding_independent_values(tmp_pat
     for path in shards:  # a shard only exceeds the limit when it holds one big tensor
         with safe_open(path, "pt") as f:
             assert path.stat().st_size <= shard_bytes + 4096 or len(list(f.keys())) == 1
-    monkeypatch.setattr(synth, "_CHUNK_ELEMENTS", 10_000)  # many row chunks per tensor
+    monkeypatch.setattr(synth_tensors, "_CHUNK_ELEMENTS", 10_000)  # many row chunks per tensor
     single = synthesize(tmp_path / "single", "prosparse-llama-2-7b", size="small", shard_bytes=10**12,
                         progress=False)
     assert (single / "model.safetensors").exists() and not (single / "model.safetensors.index.json").exists()
@@ -327,5 +328,5 @@ def test_gate_bias_makes_relu_sparser(tmp_path):
 
 def test_bf16_storage_rounds_like_torch():
     chunk = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
-    stored = torch.from_numpy(synth._to_stored(chunk, "bfloat16").copy()).view(torch.bfloat16)
+    stored = torch.from_numpy(synth_tensors.to_stored(chunk, "bfloat16").copy()).view(torch.bfloat16)
     assert torch.equal(stored, torch.from_numpy(chunk).to(torch.bfloat16))

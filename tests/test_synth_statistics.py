@@ -22,6 +22,7 @@ from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture
 from hybridinfer.calibration import calibration_texts, token_chunks
 from hybridinfer.convert import convert_checkpoint
 from tools import synth_checkpoint as synth
+from tools import synth_profile, synth_tensors
 from tools.synth_checkpoint import synthesize
 
 PROFILE = {"sparsity_profile": "prosparse"}
@@ -83,7 +84,7 @@ def test_sparsity_is_prosparse_like_in_every_layer(profiled):
 def test_hot_and_cold_neurons_follow_the_targets(profiled):
     from scipy.stats import spearmanr
     _, _, activations = profiled
-    profile = synth.SparsityProfile(RANK)
+    profile = synth_profile.SparsityProfile(RANK)
     for layer, a in sorted(activations.items()):
         frequency = (a != 0).double().mean(0).numpy()  # (n_ff,)
         ordered = np.sort(frequency)[::-1]
@@ -125,7 +126,7 @@ def test_gate_is_low_rank_plus_a_little_noise(profiled):
         energy = float(s[:RANK].pow(2).sum() / s.pow(2).sum())
         assert 0.9 <= energy <= 0.95 and s[RANK - 1] > 4 * s[RANK]
         row_norm = gate[:, 1:].norm(dim=1)
-        std = synth.default_weight_std(HIDDEN, "small")
+        std = synth_tensors.default_weight_std(HIDDEN, "small")
         assert torch.allclose(row_norm, torch.full_like(row_norm, std * HIDDEN ** 0.5), rtol=0.15)
 
 
@@ -154,14 +155,14 @@ def test_calibration_runs_the_model_like_transformers(tmp_path, variant, size):
     fires each neuron as often as its target: the calibration pass computed the same forward."""
     hf_dir = synthesize(tmp_path / "hf", variant, size=size, overrides=PROFILE, progress=False)
     config = synth.build_config(variant, size)
-    ids = synth.calibration_tokens(config, 0, synth.TOKENIZER_VOCAB[size])
+    ids = synth_profile.calibration_tokens(config, 0, synth.TOKENIZER_VOCAB[size])
     model = build_reference_model(hf_dir)
     fired = []  # per layer: how many non-BOS tokens fire each neuron (BOS is left out of the calibration)
     for layer in model.model.layers:
         layer.mlp.act_fn.register_forward_hook(lambda m, i, o: fired.append((o[:, 1:] != 0).sum((0, 1))))
     with torch.no_grad():
         model(input_ids=torch.from_numpy(ids), use_cache=False)
-    profile = synth.SparsityProfile(synth.default_gate_rank(config["hidden_size"]))
+    profile = synth_profile.SparsityProfile(synth_profile.default_gate_rank(config["hidden_size"]))
     n_tokens = ids[:, 1:].size
     assert len(fired) == config["num_hidden_layers"]
     for layer, count in enumerate(fired):
@@ -177,7 +178,7 @@ def test_same_seed_same_bytes_and_chunking_does_not_matter(tmp_path, monkeypatch
     files = sorted(p.name for p in first.iterdir())
     assert files == sorted(p.name for p in again.iterdir())
     assert all((first / n).read_bytes() == (again / n).read_bytes() for n in files)
-    monkeypatch.setattr(synth, "_CHUNK_ELEMENTS", 10_000)  # many row chunks per gate_proj
+    monkeypatch.setattr(synth_tensors, "_CHUNK_ELEMENTS", 10_000)  # many row chunks per gate_proj
     rechunked = synthesize(tmp_path / "c", "prosparse-llama-2-7b", size="small", overrides=PROFILE,
                            progress=False)
     a, c = load_hf_state_dict(first), load_hf_state_dict(rechunked)
@@ -196,7 +197,7 @@ def test_profile_touches_only_embeddings_gate_and_bias_rows(tmp_path):
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             assert torch.equal(profiled[name][1:], tensor[1:]) and not profiled[name][0].any()
         elif name == "model.embed_tokens.weight":
-            scale = synth.default_weight_std(64, "tiny") * 64  # std^2 d per entry instead of std
+            scale = synth_tensors.default_weight_std(64, "tiny") * 64  # std^2 d per entry instead of std
             assert torch.allclose(profiled[name][:, 1:], tensor[:, 1:] * scale, rtol=1e-6)
             assert profiled[name][:, 0].unique().numel() == 1
         elif not name.endswith("gate_proj.weight"):
