@@ -12,7 +12,8 @@ steadiest measure of how close a kernel comes to reading at memory speed.
 
 Kernels rotate over a pool of distinct matrices much larger than L3 and draw a fresh active set per call; warm-up,
 repeats, median (and best). GB/s = GGUF bytes (of the matrix, or of the selected rows) / time. Quantized formats
-run "int8" (activations quantized per block: the default) and, for matvec, exact (float32 activations) too.
+run "int8" (activations, or accumulate_rows' coefficients, quantized per block: the default) and, for matvec and
+accumulate_rows, exact (float32) too.
 """
 
 from __future__ import annotations
@@ -153,9 +154,11 @@ def bench_sparse(rng, name, pool, act, repeats, warmup, label) -> list[dict]:
                               repeats, warmup)
         results.append(record(label_of(name, pool[0], False), "matvec_rows", label, fraction, k * row_bytes, kernel,
                               reads))
-        kernel, reads = timed([lambda i: cpu_quant.accumulate_rows(pool[i % len(pool)], active[i], coeffs, out_cols),
-                               plain], repeats, warmup)
-        results.append(record(name, "accumulate_rows", label + " as down_t", fraction, k * row_bytes, kernel, reads))
+        for exact in ([False, True] if pool[0].quantized else [True]):
+            kernel, reads = timed([lambda i: cpu_quant.accumulate_rows(pool[i % len(pool)], active[i], coeffs, out_cols,
+                                                                       exact=exact), plain], repeats, warmup)
+            results.append(record(label_of(name, pool[0], exact), "accumulate_rows", label + " as down_t", fraction,
+                                  k * row_bytes, kernel, reads))
     return results
 
 

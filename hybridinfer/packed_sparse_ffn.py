@@ -89,7 +89,8 @@ class PackedSparseFFN:
         if self.predictors is not None:
             hidden *= self._predicted(index, x)
         down_t = self.down_t[index]
-        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, out, numba.get_num_threads())
+        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, out, numba.get_num_threads(),
+                              self.exact)
         cpu_ops.add_scaled(x, out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:

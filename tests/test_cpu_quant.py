@@ -109,18 +109,48 @@ def test_matmul(rng, qtype, exact):
             check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matmul(w, v))
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
-def test_accumulate_rows(rng, qtype):
-    for shape in all_shapes(qtype) + ([(40, 11008)] if qtype in QUANTIZED else [(40, 1000)]):
-        packed_t, values_t, sizes_t = random_weight(rng, qtype, shape)
+def test_accumulate_rows(rng, qtype, exact):
+    """Exact path (and float formats): against the twin. int8 coefficients: tightly against the twin that quantizes
+    them the same way, and near the exact sum."""
+    for shape in all_shapes(qtype) + ([(40, 11008), (300, 4096)] if qtype in QUANTIZED else [(40, 1000)]):
+        values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 2.0)
+        raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+        packed_t, values_t, sizes_t = pack((raw, qtype, shape)), reference.dequantized(raw, qtype, shape), \
+            weight_sizes(raw, qtype, shape)
         for fraction in (0.0, 0.2, 1.0):
             rows = random_rows(rng, shape[0], fraction)
-            coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32)
+            coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32) * rng.exponential(1.0, rows.shape[0])
             coeffs[::3] = 0.0  # zero coefficients are skipped
             out = np.full(shape[1], np.nan, dtype=np.float32)
-            cpu_quant.accumulate_rows(packed_t, rows, coeffs, out)
-            assert_close(out, reference.accumulate_rows(values_t, rows, coeffs),
-                         reference.accumulate_rows(sizes_t, rows, np.abs(coeffs)), EXACT_TOLERANCE[qtype])
+            cpu_quant.accumulate_rows(packed_t, rows, coeffs, out, exact=exact)
+            expected = reference.accumulate_rows(values_t, rows, coeffs)
+            magnitude = reference.accumulate_rows(sizes_t, rows, np.abs(coeffs))
+            if exact or qtype not in QUANTIZED:
+                assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
+                continue
+            assert_close(out, reference.accumulate_rows_int8(raw, qtype, shape, rows, coeffs), magnitude,
+                         EXACT_TOLERANCE[qtype])
+            if np.count_nonzero(coeffs) >= 8:  # int8 coefficients: ~5e-3 relative (RMS) to the exact sum
+                assert np.linalg.norm(out - expected) <= 2e-2 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
+    from hybridinfer.kernels.cpu_accumulate_int8 import quant_accumulate_int8
+
+    shape = (200, 1056)
+    raw = quants.quantize(rng.standard_normal(shape, dtype=np.float32), qtype)
+    packed_t = pack((raw, qtype, shape))
+    rows = random_rows(rng, shape[0], 0.5)
+    coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32)
+    twin = reference.accumulate_rows_int8(raw, qtype, shape, rows, coeffs)
+    magnitude = reference.accumulate_rows(weight_sizes(raw, qtype, shape), rows, np.abs(coeffs))
+    for chunks in (1, 2, 3, 7):
+        out = np.full(shape[1], np.nan, dtype=np.float32)
+        quant_accumulate_int8(QUANTIZED.index(qtype), packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+        assert_close(out, twin, magnitude, EXACT_TOLERANCE[qtype])
 
 
 def check_against_twins(out, values, sizes, x, qtype, exact, twin):

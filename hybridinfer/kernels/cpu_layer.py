@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from . import cpu_ops
+from .cpu_accumulate_int8 import quant_accumulate_int8
 from .cpu_quant import _float_accumulate, _float_dot_rows, _prepare_blocks, _quant_accumulate, _quant_dot_rows
 
 F32, F16, BF16 = 0, 1, 2  # float formats; codes 3, 4, 5 are Q8_0, Q4_0, Q4_1 (cpu_quant's kinds 0, 1, 2)
@@ -44,17 +45,19 @@ def product(code, raw, act, rows, dense, exact, out):
 
 
 @njit(**_OPTIONS)
-def accumulate(code, raw, cols, rows, coeffs, out, chunks):
-    """out (cols,) = sum_k coeffs[k] * W_t[rows[k]] (S3 over the transposed down projection), its columns
-    split in `chunks` ranges (one per thread)."""
+def accumulate(code, raw, cols, rows, coeffs, out, chunks, exact):
+    """out (cols,) = sum_k coeffs[k] * W_t[rows[k]] (S3 over the transposed down projection), the rows shared
+    among `chunks` threads; quantized formats with int8 coefficients unless `exact`."""
     if code == F32:
         _float_accumulate(raw.view(np.float32), rows, coeffs, out, chunks)
     elif code == F16:
         _float_accumulate(raw.view(np.int16), rows, coeffs, out, chunks)
     elif code == BF16:
         _float_accumulate(raw.view(np.uint16), rows, coeffs, out, chunks)
-    else:
+    elif exact:
         _quant_accumulate(code - 3, raw, cols // 32, rows, coeffs, out, chunks)
+    else:
+        quant_accumulate_int8(code - 3, raw, cols // 32, rows, coeffs, out, chunks)
 
 
 _ALL = np.zeros(0, dtype=np.int64)  # `rows` argument of a dense product
@@ -156,13 +159,13 @@ def sparse_ffn_block(x, normed, wgate, wup, wdown_t, codes, exact, threshold, ca
         fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active)
     product(codes[1], wup, normed, active[:fired], False, exact, up[:fired].reshape((1, -1)))
     cpu_ops.compact_products(gate[:count], up, threshold, hidden)
-    accumulate(codes[2], wdown_t, n_embd, active[:fired], hidden[:fired], out[0], chunks)
+    accumulate(codes[2], wdown_t, n_embd, active[:fired], hidden[:fired], out[0], chunks, exact)
     cpu_ops.add_scaled(x, out, residual_scale)
     return fired
 
 
 @njit(**_OPTIONS)
-def sparse_down(hidden, wdown_t, code, active, coeffs, out, chunks):
+def sparse_down(hidden, wdown_t, code, active, coeffs, out, chunks, exact):
     """out[t] = sum over the neurons i with hidden[t, i] != 0 of hidden[t, i] * down_t[i]: the down projection of
     T tokens read from the transposed weight, each token's active rows only. hidden (T, n_ff), out (T, n_embd);
     active (n_ff,) int64 and coeffs (n_ff,) float32 scratch."""
@@ -173,4 +176,4 @@ def sparse_down(hidden, wdown_t, code, active, coeffs, out, chunks):
                 active[k] = i
                 coeffs[k] = hidden[t, i]
                 k += 1
-        accumulate(code, wdown_t, out.shape[1], active[:k], coeffs[:k], out[t], chunks)
+        accumulate(code, wdown_t, out.shape[1], active[:k], coeffs[:k], out[t], chunks, exact)

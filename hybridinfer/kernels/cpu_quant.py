@@ -10,7 +10,8 @@ activations quantized to int8 per 32-block, as llama.cpp does (x^ = dx * round(x
 exact integer dot products per block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32
 rounding, so |out - W @ x| <= ||W_row|| * ||x - x^|| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (in practice
 ~5e-3 of the outputs' RMS). `exact=True` keeps activations in float32 (about half the speed).
-accumulate_rows always computes in float32 (its inputs are the coefficients, not quantized).
+accumulate_rows likewise quantizes its coefficients to int8 per block and batch of 8 rows (`cpu_accumulate_int8.py`,
+~5e-3 relative), or with `exact=True` computes in float32.
 
 x may be a float32 array or `prepare(x)`'s result, so gate and up can share one preparation. Every kernel
 writes into a caller-provided float32 `out`; rows are int32/int64 index arrays. Parallel over output rows (or,
@@ -30,7 +31,7 @@ from numba import njit, prange
 from .packed import BLOCK, TILE, PackedMatrix, aligned_empty
 from .simd import (add, add_i32, as_float32, byte_planes_as_f32, dot_u8s8, expand4, flip_sign_bits, fma, high_nibbles,
                    hsum, load_bytes, load_f16_bytes, load_f32, load_i32, load_s8_as_f32, low_nibbles, mul,
-                   nibble_planes_as_f32, nibble_table, prefetch, scale_i32, splat_f32, store_f32, to_f32, zeros_f32,
+                   nibble_planes_as_f32, nibble_table, prefetch_l2, scale_i32, splat_f32, store_f32, to_f32, zeros_f32,
                    zeros_i32)
 
 INT8_ERROR_BOUND = 32 ** 0.5 / 254  # ||x - x^|| <= this * ||x||: each element is off by at most max|x_block| / 254
@@ -106,15 +107,20 @@ def matmul(packed: PackedMatrix, x, out: np.ndarray, exact: bool = False) -> Non
     _dot_rows(packed, act, None, _checked(out, (act.tokens, packed.rows)), exact)
 
 
-def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray, out: np.ndarray) -> None:
-    """out (cols,) = sum_k coeffs[k] * W_t[rows[k], :]; rows with a zero coefficient are not read."""
+def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray, out: np.ndarray,
+                    exact: bool = False) -> None:
+    """out (cols,) = sum_k coeffs[k] * W_t[rows[k], :]; rows with a zero coefficient are not read. Quantized
+    formats use int8 coefficients per block and batch of rows (`cpu_accumulate_int8.py`) unless `exact`."""
     rows = _checked_rows(rows, packed_t.rows)
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float32)
     if coeffs.shape != rows.shape:
         raise ValueError(f"{coeffs.shape[0]} coefficients for {rows.shape[0]} rows")
     out = _checked(out, (packed_t.cols,))
     chunks = max(1, numba.get_num_threads())
-    if packed_t.quantized:
+    if packed_t.quantized and not exact:
+        from .cpu_accumulate_int8 import quant_accumulate_int8  # (which imports this module's tile helpers)
+        quant_accumulate_int8(_KIND[packed_t.qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+    elif packed_t.quantized:
         _quant_accumulate(_KIND[packed_t.qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
     else:
         _float_accumulate(packed_t.data, rows, coeffs, out, chunks)
@@ -343,12 +349,13 @@ def _prefetch_shares(w, ahead, start, share):
 
 @njit(inline="always", **_OPTIONS)
 def _prefetch_share(w, ahead, start, share):
-    """Prefetch the share of the row at w[ahead:] that matches the tile starting at block `start` (none if
-    ahead < 0); never past the array's end."""
+    """Prefetch into L2 the share of the row at w[ahead:] that matches the tile starting at block `start` (none
+    if ahead < 0); never past the array's end. (Into L1, prefetched rows evict the rows being read: measured
+    10-60% slower.)"""
     if ahead >= 0:
         lo = ahead + (start // TILE) * share
         for o in range(lo, min(lo + share, w.shape[0]), 64):
-            prefetch(w, o)
+            prefetch_l2(w, o)
 
 
 @njit(inline="always", **_OPTIONS)

@@ -55,6 +55,45 @@ def accumulate_rows(weight_t: np.ndarray, rows: np.ndarray, coeffs: np.ndarray) 
     return (coeffs.astype(np.float64) @ weight_t[rows].astype(np.float64)).astype(np.float32)
 
 
+def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: np.ndarray, coeffs: np.ndarray,
+                         batch: int | None = None) -> np.ndarray:
+    """What `cpu_accumulate_int8` computes for a Q8_0/Q4_0/Q4_1 weight_t (`raw` as gguf stores it, `shape` (n, d)):
+    sum_k coeffs[k] * weight_t[rows[k]] with, per batch of `batch` active rows (coeffs != 0, in order) and per
+    block b, s_ib = c_i * d_ib quantized to int8 with the scale S_b = max_i |s_ib| / 127 (float32 as the kernel),
+    then S_b * sum_i k_ib * qv_ib with qv = q - 8 for Q4_x (+ sum_i c_i * (m_ib + 8 d_ib) for Q4_1) accumulated
+    in float64. `batch`: the kernel's INT8_BATCH unless given."""
+    from gguf import GGMLQuantizationType as T
+
+    from .cpu_accumulate_int8 import INT8_BATCH
+
+    batch = batch or INT8_BATCH
+    qtype = T(qtype)
+    n, cols = shape
+    block_bytes, header = {T.Q8_0: (34, 2), T.Q4_0: (18, 2), T.Q4_1: (20, 4)}[qtype]
+    blocks = np.asarray(raw).view(np.uint8).reshape(n, cols // 32, block_bytes)
+    d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)  # (n, nb)
+    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32) if qtype == T.Q4_1 else None
+    quants = blocks[:, :, header:]
+    if qtype == T.Q8_0:
+        qv = quants.view(np.int8).astype(np.int64)
+    else:
+        qv = np.concatenate([quants & 15, quants >> 4], axis=2).astype(np.int64) - 8
+    coeffs = np.asarray(coeffs, dtype=np.float32)
+    active = np.nonzero(coeffs)[0]
+    out = np.zeros((cols // 32, 32), dtype=np.float64)
+    for start in range(0, active.shape[0], batch):
+        picked = np.asarray(rows)[active[start:start + batch]]
+        c = coeffs[active[start:start + batch]]
+        s = c[:, None] * d[picked]  # (batch, nb) float32
+        scale = np.abs(s).max(axis=0) / np.float32(127)
+        inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+        k = np.rint(s * inverse).astype(np.int64)
+        out += scale[:, None].astype(np.float64) * np.einsum("ib,ibe->be", k, qv[picked])
+        if m is not None:
+            out += (c[:, None] * m[picked] + np.float32(8) * s).astype(np.float64).sum(axis=0)[:, None]
+    return out.reshape(-1).astype(np.float32)
+
+
 def matmul(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
     """weight (n, d), x (T, d) -> (T, n) = x @ weight.T."""
     return (x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.float32)
