@@ -42,11 +42,15 @@ def test_really_sparse(text):
 
 
 def test_hybrid_with_predictors_matches_the_cpu_predictor_path():
+    """Greedy tokens of the hybrid runtime (float32) against the CPU predictor path in float32: the reference
+    backend, and the packed kernels with float activations. (The default int8 path moves logits by ~0.5%, and this
+    prompt has a near tie at its fourth token: 0.027 between the top two logits.)"""
     prompt = "Return the number of"
-    cpu = hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS))
+    cpu = hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS), backend="reference")
+    packed = hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS), float_activations=True)
     hybrid = hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS), vram_budget="80MiB",
                               activations=str(ACTIVATIONS), device="cpu")
     assert 0 < hybrid.hybrid.n_hot < 4 * 1024
     expected = cpu.generate(prompt, max_tokens=12, temperature=0)
-    got = hybrid.generate(prompt, max_tokens=12, temperature=0)
-    assert got.tokens == expected.tokens
+    assert hybrid.generate(prompt, max_tokens=12, temperature=0).tokens == expected.tokens
+    assert packed.generate(prompt, max_tokens=12, temperature=0).tokens == expected.tokens
