@@ -123,11 +123,16 @@ def synthetic_7b(args) -> None:
     print(f"(load {engine.load_ms / 1000:.1f} s, of which repacking {engine.repack_ms / 1000:.1f} s)")
     ours = {"dense": bench_engine(label, "dense", engine, args)}
     del engine
-    ours["exact"] = bench_engine(label, "--exact", hybridinfer.load(str(model), n_ctx=256, exact=True), args)
+    engine = hybridinfer.load(str(model), n_ctx=256, exact=True)
+    print(f"(load {engine.load_ms / 1000:.1f} s, of which repacking and transposing the down projection "
+          f"{engine.repack_ms / 1000:.1f} s)")
+    ours["exact"] = bench_engine(label, "--exact", engine, args)
+    del engine
     if predictors is not None and predictors.exists():
         engine = hybridinfer.load(str(model), n_ctx=256, predictors=str(predictors))
         ours["predictors"] = bench_engine(label, "--predictors", engine, args)
-        print(f"(predictors: {engine.model.sparse_ffn.nbytes_predictors / 1e6:.0f} MB read per token as Q8_0)")
+        print(f"(predictors: {engine.model.sparse_ffn.nbytes_predictors / 1e6:.0f} MB read per token as Q8_0; "
+              f"load {engine.load_ms / 1000:.1f} s)")
         del engine
     llama_cpp_rows(label, str(model), args, ours)
 
