@@ -10,7 +10,7 @@ llama.cpp quantizes the hidden activations per block before the down projection:
     out[block b] += sum_i c_i * (m_ib + 8 d_ib)   (Q4_1, whose d q + m is d (q - 8) + m + 8 d; in float32)
 
 (Centring Q4_1's quants keeps the integer sums, and so their rounding, as small as Q4_0's.)
-The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd.interleave4`) so that each
+The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
 (unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
 That is ~2.5x fewer instructions than turning every weight into a float (`cpu_quant._quant_accumulate`, the
@@ -22,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .cpu_quant import Q4_1, Q8_0, _OPTIONS, _prefetch_share, _unit_offsets
 from .packed import BLOCK, TILE
-from .cpu_quant import Q4_0, Q4_1, Q8_0, _OPTIONS, _prefetch_share, _unit_offsets
-from .simd import (abs_max, add_i32, block_lanes, dot_u8s8, flip_sign_bits, fma, high_nibbles, int8_scales,
-                   interleave4, load_bytes, load_f16_bytes, load_f32, load_i32, low_nibbles, mul, pack_bytes4,
-                   round_i32, scale_i32, splat_f32, store_f32, store_i32, to_f32, zeros_f32, zeros_i32, add)
+from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
+                   load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
+from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
 
 INT8_BATCH = 8  # rows whose coefficients share a scale per block (a multiple of 4)
 _QUADS = INT8_BATCH // 4

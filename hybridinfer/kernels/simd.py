@@ -111,76 +111,37 @@ def _splat_i32(word):
 
 # ---- loads and stores (lanes past `count` read as zero; nothing past it is touched) ----------------------
 
-@intrinsic
-def load_bytes(typingctx, array, offset, count):
-    """I32x16 holding array[offset : offset+count] (uint8/int8, count <= 64; later bytes zero)."""
-    if not _is_1d(array, _BYTES):
-        return None
+def _masked_loader(dtypes, loaded_type, suffix, result, convert, doc):
+    """An intrinsic (array, offset, count) -> `result`: a masked load of `loaded_type` (lanes past count zero)
+    at array[offset] (1-D, of one of `dtypes`), then `convert(builder, value)`."""
+    @intrinsic
+    def load(typingctx, array, offset, count):
+        if not _is_1d(array, dtypes):
+            return None
 
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 64)
-        return builder.bitcast(_masked_load(builder, pointer, _V64I8, mask, "v64i8"), _V16I32)
+        def codegen(context, builder, signature, args):
+            pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+            mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), loaded_type.count)
+            return convert(builder, _masked_load(builder, pointer, loaded_type, mask, suffix))
 
-    return I32x16(array, offset, count), codegen
+        return result(array, offset, count), codegen
 
-
-@intrinsic
-def load_f32(typingctx, array, offset, count):
-    """F32x16 from float32 array[offset : offset+count] (count <= 16; later lanes 0)."""
-    if not _is_1d(array, (types.float32,)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
-        return _masked_load(builder, pointer, _V16F32, mask, "v16f32")
-
-    return F32x16(array, offset, count), codegen
+    load.__doc__ = doc
+    return load
 
 
-@intrinsic
-def load_i32(typingctx, array, offset, count):
-    """I32x16 from int32 array[offset : offset+count] (count <= 16; later lanes 0)."""
-    if not _is_1d(array, (types.int32,)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
-        return _masked_load(builder, pointer, _V16I32, mask, "v16i32")
-
-    return I32x16(array, offset, count), codegen
-
-
-@intrinsic
-def load_f16_bytes(typingctx, array, byte_offset, count):
-    """F32x16 from `count` (<= 16) IEEE half floats stored little-endian at array[byte_offset:] (a uint8 array)."""
-    if not _is_1d(array, _BYTES):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
-        halves = builder.bitcast(_masked_load(builder, pointer, _V16I16, mask, "v16i16"), ir.VectorType(_F16, 16))
-        return builder.fpext(halves, _V16F32)
-
-    return F32x16(array, byte_offset, count), codegen
-
-
-@intrinsic
-def load_s8_as_f32(typingctx, array, offset, count):
-    """F32x16 from `count` (<= 16) int8 bytes at array[offset:] (later lanes 0)."""
-    if not _is_1d(array, _BYTES):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), 16)
-        narrow = _masked_load(builder, pointer, ir.VectorType(_I8, 16), mask, "v16i8")
-        return builder.sitofp(builder.sext(narrow, _V16I32), _V16F32)
-
-    return F32x16(array, offset, count), codegen
+load_bytes = _masked_loader(_BYTES, _V64I8, "v64i8", I32x16, lambda b, v: b.bitcast(v, _V16I32),
+                            "I32x16 holding array[offset : offset+count] (uint8/int8, count <= 64; later bytes zero).")
+load_f32 = _masked_loader((types.float32,), _V16F32, "v16f32", F32x16, lambda b, v: v,
+                          "F32x16 from float32 array[offset : offset+count] (count <= 16; later lanes 0).")
+load_i32 = _masked_loader((types.int32,), _V16I32, "v16i32", I32x16, lambda b, v: v,
+                          "I32x16 from int32 array[offset : offset+count] (count <= 16; later lanes 0).")
+load_f16_bytes = _masked_loader(
+    _BYTES, _V16I16, "v16i16", F32x16, lambda b, v: b.fpext(b.bitcast(v, ir.VectorType(_F16, 16)), _V16F32),
+    "F32x16 from `count` (<= 16) IEEE half floats stored little-endian at array[offset:] (a uint8 array).")
+load_s8_as_f32 = _masked_loader(
+    _BYTES, ir.VectorType(_I8, 16), "v16i8", F32x16, lambda b, v: b.sitofp(b.sext(v, _V16I32), _V16F32),
+    "F32x16 from `count` (<= 16) int8 bytes at array[offset:] (later lanes 0).")
 
 
 @intrinsic
@@ -483,126 +444,3 @@ def as_float32(typingctx, value):
 
         return types.float32(value), bf16
     return None
-
-
-# ---- four rows at once: interleaved bytes, per-block lanes, int8 coefficients ------------------------------
-
-def _unpack(builder, x, y, lanes, element_bits, high):
-    """vpunpck{l,h}: within each 128-bit lane, the low (or high) halves of x and y interleaved element by element."""
-    vector_type = ir.VectorType(ir.IntType(element_bits), lanes)
-    per_lane = 128 // element_bits
-    half = per_lane // 2
-    order = []
-    for lane in range(lanes // per_lane):
-        for i in range(half):
-            source = lane * per_lane + i + half * high
-            order += [source, lanes + source]
-    return builder.shuffle_vector(builder.bitcast(x, vector_type), builder.bitcast(y, vector_type),
-                                  ir.Constant(ir.VectorType(_I32, lanes), order))
-
-
-@intrinsic
-def interleave4(typingctx, a, b, c, d):
-    """Four I32x16 from four (rows') I32x16 of bytes: lane l of result m holds byte l % 4 of lane 4 * (l // 4) + m
-    of a, b, c and d, in that order (a 4x4 byte transpose: vpunpck{l,h}bw then vpunpck{l,h}wd). With 16 blocks a
-    64-byte group, lane l of result m belongs to block 4 * (l // 4) + m, byte l % 4, and its 4 bytes to 4 rows."""
-    if not all(arg == I32x16 for arg in (a, b, c, d)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ab = [_unpack(builder, args[0], args[1], 64, 8, high) for high in (0, 1)]
-        cd = [_unpack(builder, args[2], args[3], 64, 8, high) for high in (0, 1)]
-        parts = [builder.bitcast(_unpack(builder, ab[i], cd[i], 32, 16, high), _V16I32) for i in (0, 1) for high in (0, 1)]
-        return context.make_tuple(builder, signature.return_type, parts)
-
-    return types.UniTuple(I32x16, 4)(a, b, c, d), codegen
-
-
-@intrinsic
-def block_lanes(typingctx, value):
-    """Four vectors of value's type (F32x16 or I32x16): result m lane l = value[4 * (l // 4) + m], a per-block
-    value (lane b = block b) laid out as `interleave4`'s result m."""
-    if value not in (F32x16, I32x16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        parts = []
-        for m in range(4):
-            order = ir.Constant(ir.VectorType(_I32, 16), [4 * (lane // 4) + m for lane in range(16)])
-            parts.append(builder.shuffle_vector(args[0], args[0], order))
-        return context.make_tuple(builder, signature.return_type, parts)
-
-    return types.UniTuple(value, 4)(value), codegen
-
-
-@intrinsic
-def pack_bytes4(typingctx, a, b, c, d):
-    """I32x16 whose lane l holds the low bytes of a[l], b[l], c[l], d[l] as its bytes 0, 1, 2, 3."""
-    if not all(arg == I32x16 for arg in (a, b, c, d)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        total = builder.and_(args[0], _splat_i32(0xFF))
-        for shift, arg in ((8, args[1]), (16, args[2])):
-            total = builder.or_(total, builder.shl(builder.and_(arg, _splat_i32(0xFF)), _splat_i32(shift)))
-        return builder.or_(total, builder.shl(args[3], _splat_i32(24)))
-
-    return I32x16(a, b, c, d), codegen
-
-
-@intrinsic
-def abs_max(typingctx, a, b):
-    """max(a, |b|) lane by lane (a >= 0)."""
-    if not (a == F32x16 and b == F32x16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fabs = _function(builder, "llvm.fabs.v16f32", _V16F32, [_V16F32])
-        maxnum = _function(builder, "llvm.maxnum.v16f32", _V16F32, [_V16F32, _V16F32])
-        return builder.call(maxnum, [args[0], builder.call(fabs, [args[1]])])
-
-    return F32x16(a, b), codegen
-
-
-@intrinsic
-def int8_scales(typingctx, amax):
-    """(scale, inverse): scale = amax / 127 and inverse = 1 / scale (0 where scale is 0), each one correctly
-    rounded float32 division whatever the caller's fastmath flags, as numpy computes them."""
-    if amax != F32x16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        scale = builder.fdiv(args[0], ir.Constant(_V16F32, [127.0] * 16))
-        inverse = builder.fdiv(ir.Constant(_V16F32, [1.0] * 16), scale)
-        positive = builder.fcmp_ordered(">", scale, ir.Constant(_V16F32, None))
-        return context.make_tuple(builder, signature.return_type,
-                                  [scale, builder.select(positive, inverse, ir.Constant(_V16F32, None))])
-
-    return types.UniTuple(F32x16, 2)(amax), codegen
-
-
-@intrinsic
-def round_i32(typingctx, value):
-    """F32x16 lanes rounded to the nearest integer (ties to even, as np.rint) as I32x16."""
-    if value != F32x16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        rint = _function(builder, "llvm.rint.v16f32", _V16F32, [_V16F32])
-        return builder.fptosi(builder.call(rint, [args[0]]), _V16I32)
-
-    return I32x16(value), codegen
-
-
-@intrinsic
-def store_i32(typingctx, array, offset, value):
-    """array[offset : offset+16] = value (an int32 array)."""
-    if not (_is_1d(array, (types.int32,)) and value == I32x16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-        builder.store(args[2], builder.bitcast(pointer, ir.PointerType(_V16I32)), align=4)
-        return context.get_dummy_value()
-
-    return types.none(array, offset, value), codegen
