@@ -7,8 +7,9 @@
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (prompt) compute gate and up densely (each row read once for all of them),
 mask, and sum each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
-for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path. Predictor weights are packed as Q8_0 (F32 where a width is not a
-multiple of 32), so they cost about a quarter of their float32 bytes per token.
+for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path.
+Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
+of their float32 bytes per token.
 """
 
 from __future__ import annotations

@@ -29,10 +29,15 @@ def rng(request):
     return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
 
 
-def random_weight(rng, qtype, shape):
-    """(packed, float32 values as gguf decodes them, their sizes) for a random normal matrix quantized to qtype."""
+def random_raw(rng, qtype, shape):
+    """A random normal matrix quantized to qtype, as gguf stores it."""
     values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 2.0)
-    raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+    return values if qtype == T.F32 else quants.quantize(values, qtype)
+
+
+def random_weight(rng, qtype, shape, raw=None):
+    """(packed, float32 values as gguf decodes them, their sizes) for `raw` (default: a fresh `random_raw`)."""
+    raw = random_raw(rng, qtype, shape) if raw is None else raw
     return pack((raw, qtype, shape)), reference.dequantized(raw, qtype, shape), weight_sizes(raw, qtype, shape)
 
 
@@ -115,10 +120,8 @@ def test_accumulate_rows(rng, qtype, exact):
     """Exact path (and float formats): against the twin. int8 coefficients: tightly against the twin that quantizes
     them the same way, and near the exact sum."""
     for shape in all_shapes(qtype) + ([(40, 11008), (300, 4096)] if qtype in QUANTIZED else [(40, 1000)]):
-        values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 2.0)
-        raw = values if qtype == T.F32 else quants.quantize(values, qtype)
-        packed_t, values_t, sizes_t = pack((raw, qtype, shape)), reference.dequantized(raw, qtype, shape), \
-            weight_sizes(raw, qtype, shape)
+        raw = random_raw(rng, qtype, shape)
+        packed_t, values_t, sizes_t = random_weight(rng, qtype, shape, raw)
         for fraction in (0.0, 0.2, 1.0):
             rows = random_rows(rng, shape[0], fraction)
             coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32) * rng.exponential(1.0, rows.shape[0])
@@ -149,7 +152,7 @@ def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
     magnitude = reference.accumulate_rows(weight_sizes(raw, qtype, shape), rows, np.abs(coeffs))
     for chunks in (1, 2, 3, 7):
         out = np.full(shape[1], np.nan, dtype=np.float32)
-        quant_accumulate_int8(QUANTIZED.index(qtype), packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+        quant_accumulate_int8(cpu_quant._KIND[qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
         assert_close(out, twin, magnitude, EXACT_TOLERANCE[qtype])
 
 

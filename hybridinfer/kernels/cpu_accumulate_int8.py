@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu_quant import Q4_1, Q8_0, _OPTIONS, _prefetch_share, _unit_offsets
+from .cpu_quant import Q4_1, Q8_0, _OPTIONS, _prefetch_shares, _share_bytes, _unit_offsets
 from .packed import BLOCK, TILE
 from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
                    load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
@@ -36,7 +36,8 @@ _QUADS = INT8_BATCH // 4
 def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * W_t[rows[k]] (rows with a zero coefficient skipped), W_t packed rows of format
     `kind` with nb blocks; `chunks` threads each take a share of the batches, prefetching the next batch a share of
-    each row per tile into L2 (into L1, the next batch would evict this one), and accumulate into their own scratch (tile-interleaved order), summed at the end."""
+    each row per tile into L2 (into L1, the next batch would evict this one), and accumulate into their own
+    scratch (tile-interleaved order), summed at the end."""
     row_bytes = data.shape[1]
     flat = data.reshape(-1)
     active = np.nonzero(coeffs)[0]
@@ -46,7 +47,7 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
     shift, tile_bytes = 1 - minimums, 512 if kind == Q8_0 else 256
     n_tiles = (nb + TILE - 1) // TILE
     full = nb // TILE
-    share = (row_bytes // n_tiles + 63) // 64 * 64  # bytes of a row prefetched per tile
+    share = _share_bytes(row_bytes, nb)
     offset = -128 if kind == Q8_0 else -8  # the stored byte is qv - offset
     parts = np.zeros((chunks, n_tiles * TILE * BLOCK), np.float32)
     constants = np.zeros((chunks, nb), np.float32)
@@ -68,13 +69,11 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
             _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes,
                             scales, offsets, constant)
             for t in range(full):
-                for i in range(following):
-                    _prefetch_share(flat, ahead[i], t * TILE, share)
+                _prefetch_shares(flat, ahead, following, t * TILE, share)
                 _tile(kind, flat, base, _unit_offsets(t * TILE, shift, tile_bytes)[1], t, TILE, codes, scales,
                       offsets, acc)
             if full < n_tiles:
-                for i in range(following):
-                    _prefetch_share(flat, ahead[i], full * TILE, share)
+                _prefetch_shares(flat, ahead, following, full * TILE, share)
                 _tile(kind, flat, base, _unit_offsets(full * TILE, shift, tile_bytes)[1], full, nb - full * TILE,
                       codes, scales, offsets, acc)
     groups, halves = (8, 1) if kind == Q8_0 else (4, 2)

@@ -280,7 +280,7 @@ def _quant_dot_rows(kind, exact, data, nb, xp, xsum, qx, dx, qsum, dense, rows, 
     minimums = 1 if kind == Q4_1 else 0
     ops = (minimums, nibble_table(8 - 8 * minimums), xp.reshape(-1), xsum.reshape(-1), qx.reshape(-1),
            dx.reshape(-1), qsum.reshape(-1))
-    share = (row_bytes // ((nb + TILE - 1) // TILE) + 63) // 64 * 64  # bytes of a row prefetched per tile
+    share = _share_bytes(row_bytes, nb)
     groups = (count + 3) // 4
     # dense: rows a quarter of the matrix apart, four forward streams (four adjacent rows at a time halve the speed:
     # the hardware prefetcher takes them for random reads); random rows: four consecutive entries of `rows`
@@ -290,8 +290,10 @@ def _quant_dot_rows(kind, exact, data, nb, xp, xsum, qx, dx, qsum, dense, rows, 
         k1, k2, k3 = min(k + step, last), min(k + 2 * step, last), min(k + 3 * step, last)  # past the end: last row
         wo = (_row_offset(rows, dense, k, row_bytes), _row_offset(rows, dense, k1, row_bytes),
               _row_offset(rows, dense, k2, row_bytes), _row_offset(rows, dense, k3, row_bytes))
-        ahead = (_ahead_offset(rows, dense, k + 4, count, row_bytes), _ahead_offset(rows, dense, k + 5, count, row_bytes),
-                 _ahead_offset(rows, dense, k + 6, count, row_bytes), _ahead_offset(rows, dense, k + 7, count, row_bytes))
+        ahead = (_ahead_offset(rows, dense, k + 4, count, row_bytes),
+                 _ahead_offset(rows, dense, k + 5, count, row_bytes),
+                 _ahead_offset(rows, dense, k + 6, count, row_bytes),
+                 _ahead_offset(rows, dense, k + 7, count, row_bytes))
         for t in range(out.shape[0]):
             if t:
                 ahead = (np.int64(-1), np.int64(-1), np.int64(-1), np.int64(-1))  # fetched with the first token
@@ -327,13 +329,13 @@ def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
     full = nb - nb % TILE
     t0, t1, t2, t3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
     for start in range(0, full, TILE):
-        _prefetch_shares(w, ahead, start, share)
+        _prefetch_shares(w, ahead, 4, start, share)
         t0 = tile(w, wo[0], ops, xo, bo, start, TILE, t0)
         t1 = tile(w, wo[1], ops, xo, bo, start, TILE, t1)
         t2 = tile(w, wo[2], ops, xo, bo, start, TILE, t2)
         t3 = tile(w, wo[3], ops, xo, bo, start, TILE, t3)
     if full < nb:
-        _prefetch_shares(w, ahead, full, share)
+        _prefetch_shares(w, ahead, 4, full, share)
         t0 = tile(w, wo[0], ops, xo, bo, full, nb - full, t0)
         t1 = tile(w, wo[1], ops, xo, bo, full, nb - full, t1)
         t2 = tile(w, wo[2], ops, xo, bo, full, nb - full, t2)
@@ -342,8 +344,15 @@ def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
 
 
 @njit(inline="always", **_OPTIONS)
-def _prefetch_shares(w, ahead, start, share):
-    for i in range(len(ahead)):
+def _share_bytes(row_bytes, nb):
+    """Bytes of a row prefetched per tile: the row's share of one tile, in whole cache lines."""
+    return (row_bytes // ((nb + TILE - 1) // TILE) + 63) // 64 * 64
+
+
+@njit(inline="always", **_OPTIONS)
+def _prefetch_shares(w, ahead, count, start, share):
+    """`_prefetch_share` for the rows at w[ahead[i]:], i < count (ahead a tuple or an array)."""
+    for i in range(count):
         _prefetch_share(w, ahead[i], start, share)
 
 
@@ -459,8 +468,8 @@ def _q4_exact_tile(w, wo, ops, xo, bo, start, width, total):
 def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * dequant(data[rows[k]]). Each chunk (thread) takes a share of the rows, whole
     (longer forward streams than column ranges of every row: measured 1.2-1.9x faster for Q4), ROW_BATCH at a
-    time, prefetching the next batch a share per tile, and accumulates them into its own full-width scratch (plus a per-block
-    constant: Q4_1 minimums); the chunks' sums are added at the end, in natural order. The scratch is in packed
+    time, prefetching the next batch a share per tile, and accumulates them into its own full-width scratch
+    (plus a per-block constant: Q4_1 minimums); the chunks' sums are added at the end, in natural order. The scratch is in packed
     byte order for Q8_0 (bytes widen straight to floats) and lane order for Q4 (nibbles are looked up one plane
     at a time)."""
     row_bytes = data.shape[1]
@@ -472,7 +481,7 @@ def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
     table = nibble_table(8 - 8 * minimums)
     full = nb - nb % TILE
     stride = ((nb + TILE - 1) // TILE) * TILE * (4 if kind == Q8_0 else 1)
-    share = (row_bytes // ((nb + TILE - 1) // TILE) + 63) // 64 * 64  # bytes of a row prefetched per tile
+    share = _share_bytes(row_bytes, nb)
     parts = np.zeros((chunks, nb * BLOCK), np.float32)  # per chunk, lane order (Q4) / byte order (Q8_0)
     constants = np.zeros((chunks, nb), np.float32)
     for chunk in prange(chunks):
@@ -492,13 +501,11 @@ def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
                 _batch_scales(kind, flat, base[i], shift, tile_bytes, minimums, coeffs[k], 0, nb, scales, i * stride,
                               constant)
             for start in range(0, full, TILE):
-                for i in range(following):
-                    _prefetch_share(flat, ahead[i], start, share)
+                _prefetch_shares(flat, ahead, following, start, share)
                 _accumulate_tile(kind, flat, base, _unit_offsets(start, shift, tile_bytes)[1], table, count, scales,
                                  stride, start, TILE, acc)
             if full < nb:
-                for i in range(following):
-                    _prefetch_share(flat, ahead[i], full, share)
+                _prefetch_shares(flat, ahead, following, full, share)
                 _accumulate_tile(kind, flat, base, _unit_offsets(full, shift, tile_bytes)[1], table, count, scales,
                                  stride, full, nb - full, acc)
     for start in range(0, nb, TILE):

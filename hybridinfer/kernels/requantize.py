@@ -15,9 +15,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
-BLOCK = 32
-# block bytes, header bytes (f16 d, then f16 m for Q4_1)
-FORMATS = {T.Q8_0: (34, 2), T.Q4_0: (18, 2), T.Q4_1: (20, 4)}
+from .packed import BLOCK, QUANT_FORMATS
+
 _KIND = {T.Q8_0: 0, T.Q4_0: 1, T.Q4_1: 2}
 
 
@@ -26,10 +25,10 @@ def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np
     same format. rows and cols must be multiples of 32."""
     qtype = T(qtype)
     rows, cols = shape
-    if qtype not in FORMATS or rows % BLOCK or cols % BLOCK:
-        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in FORMATS)} weights whose both sides "
-                         f"are multiples of 32, not {qtype.name} {shape}")
-    block_bytes, header = FORMATS[qtype]
+    if qtype not in QUANT_FORMATS or rows % BLOCK or cols % BLOCK:
+        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in QUANT_FORMATS)} weights whose both "
+                         f"sides are multiples of 32, not {qtype.name} {shape}")
+    block_bytes, header = QUANT_FORMATS[qtype][:2]
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // BLOCK, block_bytes)
     scales = _halves(blocks, 0)
     minimums = _halves(blocks, 2) if qtype == T.Q4_1 else np.zeros((0, 0), np.float32)

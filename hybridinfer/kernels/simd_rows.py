@@ -35,7 +35,8 @@ def interleave4(typingctx, a, b, c, d):
     def codegen(context, builder, signature, args):
         ab = [_unpack(builder, args[0], args[1], 64, 8, high) for high in (0, 1)]
         cd = [_unpack(builder, args[2], args[3], 64, 8, high) for high in (0, 1)]
-        parts = [builder.bitcast(_unpack(builder, ab[i], cd[i], 32, 16, high), _V16I32) for i in (0, 1) for high in (0, 1)]
+        parts = [builder.bitcast(_unpack(builder, ab[i], cd[i], 32, 16, high), _V16I32)
+                 for i in (0, 1) for high in (0, 1)]
         return context.make_tuple(builder, signature.return_type, parts)
 
     return types.UniTuple(I32x16, 4)(a, b, c, d), codegen
