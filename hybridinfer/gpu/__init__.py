@@ -1,0 +1,39 @@
+"""The GPU side's weights and kernels, in the GGUF file's own formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+
+    weights.py         DeviceMatrix: a (rows, cols) weight on a torch device as the file's bytes, split by field
+    reference.py       plain torch twins of the kernels (what each must compute; they also run on the CPU device)
+    triton_kernels.py  the same functions as Triton kernels: GEMV per format, the fused S2 (gate, FATReLU, up)
+                       and S3 (down_t rows of the neurons that fired)
+
+Both kernel modules offer matvec, hot_ffn, hidden_dense and down_t_product with the same signatures and
+results; `kernels_for` says which one a device uses. Importing this package never imports triton.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+from ..errors import HybridInferError
+
+KERNELS = ("triton", "torch")
+ENV_VAR = "HYBRIDINFER_GPU_KERNELS"
+
+
+def kernels_for(device: torch.device | str, name: str | None = None) -> ModuleType:
+    """The kernel module for `device`: `name` "triton" (triton_kernels) or "torch" (reference); None -> the
+    environment variable HYBRIDINFER_GPU_KERNELS if set, else "triton" on cuda and "torch" elsewhere."""
+    if name is None:
+        name = os.environ.get(ENV_VAR) or ("triton" if torch.device(device).type == "cuda" else "torch")
+    if name == "triton":
+        from . import triton_kernels
+
+        return triton_kernels
+    if name == "torch":
+        from . import reference
+
+        return reference
+    raise HybridInferError(f"unknown GPU kernels {name!r} (from the argument or ${ENV_VAR}); "
+                           f"choose {' or '.join(KERNELS)}")

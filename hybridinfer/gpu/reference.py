@@ -1,0 +1,75 @@
+"""Plain torch twins of the GPU kernels (`triton_kernels.py`): what each must compute. They also serve the CPU
+device in production, so they dequantize at most `weights.CHUNK_ELEMENTS` elements at a time, never a whole
+quantized matrix.
+
+The FFN over a layer's n_hot hot neurons: gate and up hold the neurons' rows (n_hot, n_embd), down_t the rows of
+the transposed down projection (row i = neuron i's output vector, (n_hot, n_embd)), and
+
+    a = FATReLU(gate . x) restricted to the mask,   h = a * (up . x),   out = sum_i h_i * down_t[i]
+
+(FATReLU(g) = g if g >= threshold else 0; threshold 0 is ReLU). Only the rows that fire need their up rows (S2),
+and only the rows with h != 0 their down_t rows (S3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .weights import CHUNK_ELEMENTS, DeviceMatrix, dequantize_rows, take_rows
+
+
+def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) float32 = x @ W.T."""
+    out = torch.empty((x.shape[0], m.rows), dtype=torch.float32, device=x.device)
+    for start, stop, weight in _chunks(m):
+        out[:, start:stop] = x @ weight.T
+    return out
+
+
+def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
+            threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: x (n_embd,) float32, mask (n_hot,) bool or None (all candidates) -> (out (n_embd,) float32,
+    fired: 0-dim int64, the number of neurons with a != 0)."""
+    g = matvec(gate, x[None])[0]
+    fire = _fires(g, mask, threshold)
+    index = torch.nonzero(fire).flatten()
+    h = g[index] * matvec(take_rows(up, index), x[None])[0]  # S2: up rows of the neurons that fired only
+    live = h != 0
+    index, h = index[live], h[live]  # S3: down_t rows where h != 0 only
+    out = torch.zeros(down_t.cols, dtype=torch.float32, device=x.device)
+    for start, stop, weight in _chunks(down_t, index):
+        out += h[start:stop] @ weight
+    return out, fire.sum()
+
+
+def hidden_dense(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
+                 threshold: float) -> torch.Tensor:
+    """T tokens: x (T, n_embd) float32, mask (T, n_hot) bool or None -> h (T, n_hot) float32 (0 where a == 0)."""
+    g = matvec(gate, x)
+    return torch.where(_fires(g, mask, threshold), g, 0.0) * matvec(up, x)
+
+
+def down_t_product(down_t: DeviceMatrix, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden (T, n_hot) float32 -> (T, n_embd) float32 = hidden @ down_t."""
+    out = torch.zeros((hidden.shape[0], down_t.cols), dtype=torch.float32, device=hidden.device)
+    for start, stop, weight in _chunks(down_t):
+        out += hidden[:, start:stop] @ weight
+    return out
+
+
+def _fires(g: torch.Tensor, mask: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    """bool, g's shape: where FATReLU(g) != 0 and the mask allows."""
+    fire = (g >= threshold) & (g != 0)
+    return fire if mask is None else fire & mask
+
+
+def _chunks(m: DeviceMatrix, index: torch.Tensor | None = None):
+    """(start, stop, float32 rows) covering m's rows (or the rows index[start:stop]), CHUNK_ELEMENTS at most each."""
+    count = m.rows if index is None else int(index.shape[0])
+    step = max(1, CHUNK_ELEMENTS // max(1, m.cols))
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        if index is None:
+            yield start, stop, dequantize_rows(m, start, stop)
+        else:
+            yield start, stop, dequantize_rows(take_rows(m, index[start:stop]))

@@ -1,0 +1,284 @@
+"""hybridinfer.gpu: DeviceMatrix against gguf.quants, the torch twins against numpy, the Triton kernels against the
+twins. Triton runs under TRITON_INTERPRET=1 on CPU tensors, or compiled on cuda with HYBRIDINFER_TEST_DEVICE=cuda."""
+
+import os
+import sys
+
+DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
+# triton.language's own helpers (tl.zeros, ...) are decorated when triton is imported, so the variable must be set
+# before that (torch's CPU build does not import triton)
+LATE_INTERPRETER = DEVICE != "cuda" and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if DEVICE != "cuda":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf import quants  # noqa: E402
+
+from hybridinfer.errors import HybridInferError  # noqa: E402
+from hybridinfer.gpu import kernels_for, reference  # noqa: E402
+from hybridinfer.gpu.weights import dequantize_rows, device_matrix  # noqa: E402
+
+FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
+RTOL = 1e-5  # of the sum of |terms|: float32 accumulation over at most a few hundred terms
+
+
+@pytest.fixture
+def tk():
+    pytest.importorskip("triton", reason="triton is not installed, so the Triton kernels cannot run")
+    if LATE_INTERPRETER:
+        pytest.fail("triton was imported before this module set TRITON_INTERPRET=1: run with it in the environment")
+    from hybridinfer.gpu import triton_kernels
+
+    return triton_kernels
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Make the torch twins dequantize 3 rows at a time, so that the chunk loops take several steps."""
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 3 * 160)
+
+
+def gguf_raw(values: np.ndarray, qtype: T) -> np.ndarray:
+    """float32 values in GGUF's storage of `qtype`, as the gguf reader exposes them."""
+    if qtype == T.F32:
+        return values.astype(np.float32)
+    if qtype == T.F16:
+        return values.astype(np.float16)
+    return quants.quantize(values, qtype)
+
+
+def weight(rng, rows: int, cols: int, qtype: T):
+    """(raw, float64 (rows, cols) dequantized by gguf, DeviceMatrix) of a random weight."""
+    raw = gguf_raw(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+    exact = np.asarray(quants.dequantize(raw, qtype), dtype=np.float32).reshape(rows, cols)
+    return raw, exact.astype(np.float64), device_matrix(raw, qtype, (rows, cols), DEVICE)
+
+
+def tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a)).to(DEVICE)
+
+
+def assert_close(actual: torch.Tensor, expected, scale) -> None:
+    """|actual - expected| <= RTOL * scale elementwise (scale: the sum of |terms| of each result) + 1e-30."""
+    actual = actual.cpu().numpy()
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    np.testing.assert_array_less(np.abs(actual - expected), RTOL * np.asarray(scale) + 1e-30)
+
+
+def ffn_expected(gate, up, down_t, x, mask, threshold):
+    """numpy float64 FFN of tokens x (T, n_embd) over n_hot neurons -> (h (T, n_hot), out, fired, out's scale)."""
+    g = x @ gate.T
+    fire = (g >= threshold) & (g != 0) & (True if mask is None else mask)
+    a = np.where(fire, g, 0)
+    h = a * (x @ up.T)
+    scale = ((np.abs(x) @ np.abs(gate).T) * (np.abs(x) @ np.abs(up).T) * fire) @ np.abs(down_t)
+    return h, h @ down_t, fire.sum(axis=-1), scale
+
+
+# ---- DeviceMatrix --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_device_matrix_holds_the_gguf_bytes(qtype):
+    rng = np.random.default_rng(1234)
+    raw, exact, m = weight(rng, 37, 96, qtype)
+    assert (m.rows, m.cols, m.qtype, m.device.type) == (37, 96, qtype, torch.device(DEVICE).type)
+    assert m.nbytes == raw.nbytes
+    assert m.values is None if m.quantized else (m.scales is None and m.quants is None)
+    if m.quantized:
+        assert m.scales.shape == (37, 3) and m.scales.dtype == torch.float16
+        assert (m.mins is not None) == (qtype == T.Q4_1)
+        assert m.quants.shape == ((37, 96) if qtype == T.Q8_0 else (37, 48))
+    np.testing.assert_array_equal(dequantize_rows(m).cpu().numpy(), exact.astype(np.float32))
+    np.testing.assert_array_equal(dequantize_rows(m, 3, 10).cpu().numpy(), exact[3:10].astype(np.float32))
+    rows = np.array([5, 0, 36, 5], dtype=np.int64)
+    picked = device_matrix(raw, qtype, (37, 96), DEVICE, rows=rows)
+    assert picked.rows == 4 and picked.nbytes == raw[rows].nbytes
+    np.testing.assert_array_equal(dequantize_rows(picked).cpu().numpy(), exact[rows].astype(np.float32))
+    empty = device_matrix(raw, qtype, (37, 96), DEVICE, rows=np.zeros(0, dtype=np.int64))
+    assert empty.rows == 0 and empty.nbytes == 0 and dequantize_rows(empty).shape == (0, 96)
+
+
+def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():
+    rng = np.random.default_rng(7)
+    raw, exact, _ = weight(rng, 5, 64, T.BF16)
+    as_words = device_matrix(raw.view(np.uint16), T.BF16, (5, 64), DEVICE)  # the reader's other BF16 form
+    np.testing.assert_array_equal(dequantize_rows(as_words).cpu().numpy(), exact.astype(np.float32))
+    raw = gguf_raw(rng.standard_normal((5, 64)).astype(np.float32), T.F16)
+    as_bytes = device_matrix(raw.view(np.uint8), T.F16, (5, 64), DEVICE)
+    np.testing.assert_array_equal(dequantize_rows(as_bytes).cpu().numpy(), raw.astype(np.float32))
+    with pytest.raises(HybridInferError, match="Q8_0, Q4_0, Q4_1, not Q4_K"):
+        device_matrix(np.zeros((2, 144), np.uint8), T.Q4_K, (2, 256), DEVICE)
+    with pytest.raises(HybridInferError, match="expected 68"):
+        device_matrix(np.zeros((2, 70), np.uint8), T.Q8_0, (2, 64), DEVICE)
+
+
+# ---- the torch twins against numpy ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_reference_matvec(qtype, small_chunks):
+    rng = np.random.default_rng(2024)
+    _, exact, m = weight(rng, 70, 160, qtype)
+    for tokens in (1, 3):
+        x = rng.standard_normal((tokens, 160)).astype(np.float32)
+        assert_close(reference.matvec(m, tensor(x)), x @ exact.T, np.abs(x) @ np.abs(exact).T)
+
+
+@pytest.mark.parametrize("qtypes", [(T.Q4_0, T.Q8_0, T.F16), (T.Q4_1, T.BF16, T.F32), (T.Q8_0, T.Q4_1, T.Q4_0)],
+                         ids=lambda qs: "-".join(q.name for q in qs))
+def test_reference_hot_ffn(qtypes, small_chunks):
+    rng = np.random.default_rng(31)
+    n_hot, n_embd = 70, 160
+    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in qtypes)
+    for threshold, masked in ((0.0, True), (0.0, False), (0.4, True), (0.4, False)):
+        x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
+        mask = rng.random(n_hot) < 0.6 if masked else None
+        _, out, fired, scale = ffn_expected(gate, up, down_t, x[None], mask, threshold)
+        got, count = reference.hot_ffn(g_m, u_m, d_m, tensor(x), None if mask is None else tensor(mask), threshold)
+        assert count.dtype == torch.int64 and count.shape == () and count.device.type == got.device.type
+        assert int(count) == fired[0] and 0 < fired[0] < n_hot
+        assert_close(got, out[0], scale[0])
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_reference_batched_ffn(masked, small_chunks):
+    rng = np.random.default_rng(99)
+    tokens, n_hot, n_embd = 3, 37, 96
+    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in (T.Q4_1, T.F16, T.Q8_0))
+    x = (rng.standard_normal((tokens, n_embd)) / np.sqrt(n_embd)).astype(np.float32)
+    mask = rng.random((tokens, n_hot)) < 0.6 if masked else None
+    for threshold in (0.0, 0.4):
+        h, out, fired, scale = ffn_expected(gate, up, down_t, x, mask, threshold)
+        hidden = reference.hidden_dense(g_m, u_m, tensor(x), None if mask is None else tensor(mask), threshold)
+        h_scale = (np.abs(x) @ np.abs(gate).T) * (np.abs(x) @ np.abs(up).T)
+        assert_close(hidden, h, h_scale)
+        assert ((hidden.cpu().numpy() != 0).sum(axis=1) == fired).all()
+        assert_close(reference.down_t_product(d_m, hidden), out, scale)
+
+
+def test_reference_with_no_hot_neurons():
+    rng = np.random.default_rng(5)
+    raw = gguf_raw(rng.standard_normal((8, 64)).astype(np.float32), T.Q4_0)
+    m = device_matrix(raw, T.Q4_0, (8, 64), DEVICE, rows=np.zeros(0, dtype=np.int64))
+    x = tensor(rng.standard_normal((2, 64)).astype(np.float32))
+    assert reference.matvec(m, x).shape == (2, 0)
+    out, count = reference.hot_ffn(m, m, m, x[0], tensor(np.zeros(0, dtype=bool)), 0.0)
+    assert out.shape == (64,) and not out.any() and int(count) == 0
+    hidden = reference.hidden_dense(m, m, x, None, 0.0)
+    assert hidden.shape == (2, 0)
+    product = reference.down_t_product(m, hidden)
+    assert product.shape == (2, 64) and not product.any()
+
+
+# ---- the Triton kernels against the twins --------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_triton_matvec(tk, qtype):
+    rng = np.random.default_rng(4321)
+    # 37 rows: 2 tiles and a partial one; 160 columns: a tile and a partial one; (2, 160): the twin's batch matmul
+    for rows, cols, tokens in ((37, 160, 1), (1, 64, 1), (37, 160, 2)):
+        _, exact, m = weight(rng, rows, cols, qtype)
+        x = rng.standard_normal((tokens, cols)).astype(np.float32)
+        expected = reference.matvec(m, tensor(x)).cpu().numpy()
+        assert_close(tk.matvec(m, tensor(x)), expected, np.abs(x) @ np.abs(exact).T)
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_triton_hot_ffn(tk, qtype, monkeypatch):
+    rng = np.random.default_rng(777)
+    n_hot, n_embd = 37, 160
+    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, qtype) for _ in range(3))
+    for threshold, masked in ((0.0, True), (0.0, False), (0.4, True), (0.4, False)):
+        x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
+        mask = rng.random(n_hot) < 0.6 if masked else None
+        _, _, fired, scale = ffn_expected(gate, up, down_t, x[None], mask, threshold)
+        args = (g_m, u_m, d_m, tensor(x), None if mask is None else tensor(mask), threshold)
+        out, count = tk.hot_ffn(*args)
+        expected, expected_count = reference.hot_ffn(*args)
+        assert count.dtype == torch.int64 and count.shape == () and count.device.type == out.device.type
+        assert int(count) == int(expected_count) == fired[0] and 0 < fired[0] < n_hot
+        assert_close(out, expected.cpu().numpy(), scale[0])
+    monkeypatch.setattr(tk, "S3_PROGRAMS", 1)  # S3 with one share of all the rows (several BLOCK_R steps)
+    out, count = tk.hot_ffn(*args)
+    assert int(count) == fired[0]
+    assert_close(out, expected.cpu().numpy(), scale[0])
+
+
+def test_triton_hot_ffn_mixed_formats(tk):
+    rng = np.random.default_rng(8)
+    n_hot, n_embd = 70, 96
+    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in (T.Q4_0, T.Q8_0, T.F16))
+    x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
+    mask = rng.random(n_hot) < 0.5
+    _, out, fired, scale = ffn_expected(gate, up, down_t, x[None], mask, 0.1)
+    got, count = tk.hot_ffn(g_m, u_m, d_m, tensor(x), tensor(mask), 0.1)
+    assert int(count) == fired[0] and 0 < fired[0] < mask.sum()
+    assert_close(got, out[0], scale[0])
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_rows_that_do_not_fire_are_not_read(kernels, request):
+    """NaN in the up and down_t rows of the neurons that do not fire must not reach the output (S2 and S3)."""
+    ops = reference if kernels == "torch" else request.getfixturevalue("tk")
+    rng = np.random.default_rng(11)
+    n_hot, n_embd = 37, 96
+    gate, up, down_t = (rng.standard_normal((n_hot, n_embd)).astype(np.float32) for _ in range(3))
+    x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
+    mask = rng.random(n_hot) < 0.7
+    _, out, fired, scale = ffn_expected(gate.astype(np.float64), up.astype(np.float64), down_t.astype(np.float64),
+                                        x[None], mask, 0.2)
+    idle = ~((x @ gate.T >= 0.2) & mask)
+    assert 0 < idle.sum() < n_hot
+    up[idle], down_t[idle] = np.nan, np.nan
+    g_m, u_m, d_m = (device_matrix(w, T.F32, (n_hot, n_embd), DEVICE) for w in (gate, up, down_t))
+    got, count = ops.hot_ffn(g_m, u_m, d_m, tensor(x), tensor(mask), 0.2)
+    assert int(count) == fired[0] == (~idle).sum()
+    assert_close(got, out[0], scale[0])
+
+
+def test_triton_with_no_hot_neurons(tk):
+    rng = np.random.default_rng(6)
+    raw = gguf_raw(rng.standard_normal((8, 64)).astype(np.float32), T.Q4_1)
+    m = device_matrix(raw, T.Q4_1, (8, 64), DEVICE, rows=np.zeros(0, dtype=np.int64))
+    x = tensor(rng.standard_normal((1, 64)).astype(np.float32))
+    assert tk.matvec(m, x).shape == (1, 0)
+    out, count = tk.hot_ffn(m, m, m, x[0], None, 0.0)
+    assert out.shape == (64,) and not out.any() and int(count) == 0 and count.dtype == torch.int64
+
+
+# ---- choosing the kernels ------------------------------------------------------------------------------------
+
+def test_kernels_for(monkeypatch):
+    monkeypatch.delenv("HYBRIDINFER_GPU_KERNELS", raising=False)
+    assert kernels_for("cpu") is reference and kernels_for(torch.device("cpu")) is reference
+    assert kernels_for("cuda:0", "torch") is reference
+    monkeypatch.setenv("HYBRIDINFER_GPU_KERNELS", "torch")
+    assert kernels_for("cuda") is reference
+    monkeypatch.setenv("HYBRIDINFER_GPU_KERNELS", "cutlass")
+    with pytest.raises(HybridInferError, match="unknown GPU kernels 'cutlass'.*choose triton or torch"):
+        kernels_for("cuda")
+    with pytest.raises(HybridInferError, match="choose triton or torch"):
+        kernels_for("cpu", "numba")
+
+
+def test_kernels_for_triton(monkeypatch, tk):
+    monkeypatch.delenv("HYBRIDINFER_GPU_KERNELS", raising=False)
+    assert kernels_for(torch.device("cuda")) is tk and kernels_for("cuda:1") is tk
+    assert kernels_for("cpu", "triton") is tk
+    monkeypatch.setenv("HYBRIDINFER_GPU_KERNELS", "triton")
+    assert kernels_for("cpu") is tk
+    monkeypatch.setenv("HYBRIDINFER_GPU_KERNELS", "torch")
+    assert kernels_for("cuda", "triton") is tk
+
+
+def test_importing_the_package_does_not_import_triton():
+    code = "import sys, hybridinfer.gpu, hybridinfer.gpu.reference; print('triton' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "False"
