@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .engine import Engine
-from .hybrid_ffn import hybrid_report
+from .hybrid.report import hybrid_report
 
 BENCH_TEXT = ("Once upon a time, in a small village by the sea, there lived an old fisherman who told stories "
               "about the stars, the tides and the ships that never came back. ") * 40
@@ -50,7 +50,9 @@ def decode_rate(engine: Engine, n_gen: int, n_prompt: int = 8, warmup: int = 2) 
         logits, _ = engine.feed(history)
     if engine.hybrid is not None:
         engine.hybrid.stats.reset()
-        engine.model.attention_seconds = 0.0
+    sparse = getattr(engine.model, "sparse_ffn", None)
+    if sparse is not None:
+        sparse.stats.reset()
     start = time.perf_counter()
     for _ in range(n_gen):
         history.append(int(logits.argmax()))

@@ -35,7 +35,7 @@ class Engine:
     def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None, exact: bool = False,
                  predictors: str | None = None, split: str | None = None, vram_budget: str | None = None,
                  activations: str | None = None, device: str | None = None, backend: str | None = None,
-                 float_activations: bool = False):
+                 float_activations: bool = False, n_gpu_layers: int | None = None, gpu_kernels: str | None = None):
         start = time.perf_counter()
         if n_threads is not None:
             if n_threads < 1:
@@ -44,7 +44,7 @@ class Engine:
             numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
         self.path = str(path)
         self._fingerprint: Fingerprint | None = None
-        self.split = self.hybrid = None
+        self.split = None
         self.file = GGUFFile(path)
         self.config = ModelConfig.from_gguf(self.file)
         self.tokenizer = tokenizer_from_metadata(self.file.metadata)
@@ -54,60 +54,71 @@ class Engine:
             raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
         elif n_ctx == 0:
             n_ctx = self.config.context_length
+        self._n_ctx = n_ctx
         if exact and predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
-        hybrid = split is not None or vram_budget is not None
-        self.backend = backend or ("reference" if hybrid else "packed")
+        hybrid = split is not None or vram_budget is not None or bool(n_gpu_layers)
+        self.backend = backend or "packed"
         if self.backend not in BACKENDS:
             raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if hybrid and self.backend != "reference":
-            raise HybridInferError("the hybrid runtime (--vram-budget/--split) runs on the reference backend; "
-                                   "drop --backend packed")
+        if hybrid and self.backend != "packed":
+            raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
+                                   "drop --backend reference (the oracle runs on the CPU only)")
         self.repack_ms = 0.0
+        predictor_set = self._load_predictors(predictors) if predictors else None
         if self.backend == "packed":
-            self._setup_packed(n_ctx, exact, predictors, float_activations)
+            offload = None
+            if hybrid:
+                offload, device = self._plan_offload(split, vram_budget, n_gpu_layers, activations, device,
+                                                     predictor_set)
+                exact = exact or (offload.split_layers and predictor_set is None)  # split FFNs are sparse
+            self._setup_packed(n_ctx, exact, predictor_set, float_activations, offload)
+            if offload is not None and not offload.empty:
+                from .hybrid.setup import install_gpu_side
+                install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None, gpu_kernels)
         else:
             self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-            if hybrid:
-                self._setup_hybrid(exact, predictors, split, vram_budget, activations, device)
-            else:
-                self.model.sparse_ffn = self._sparse_ffn(exact, predictors)
+            self.model.sparse_ffn = self._sparse_ffn(exact, predictor_set)
+        self.file.release_copied()
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
 
-    def _setup_packed(self, n_ctx: int, exact: bool, predictors: str | None, float_activations: bool) -> None:
+    def _plan_offload(self, split, vram_budget, n_gpu_layers, activations, device, predictor_set):
+        """What goes to the GPU side, and on which device (cuda when present, else the CPU stand-in)."""
+        from .hybrid import setup
+        device = device or setup.default_device()
+        if split is not None or vram_budget is not None:
+            require_sparse_activation(self.config, "the hybrid runtime's split FFN (--vram-budget/--split)")
+        offload = setup.resolve_offload(self, split, vram_budget, n_gpu_layers, activations, device, predictor_set)
+        self.split = offload.split
+        return offload, device
+
+    def _setup_packed(self, n_ctx: int, exact: bool, predictor_set, float_activations: bool, offload) -> None:
         """Weights packed for the numba kernels; the sparse FFN over them for --exact or --predictors."""
-        sparse = bool(exact or predictors)
+        sparse = bool(exact or predictor_set is not None)
         if sparse:
             require_sparse_activation(self.config)
-        weights = load_packed_weights(self.file, self.config, sparse=sparse)
+        weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
         if sparse:
-            predictor_set = self._load_predictors(predictors) if predictors else None
             self.model.sparse_ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations)
         self.repack_ms = weights.repack_seconds * 1000
 
-    def _sparse_ffn(self, exact: bool, predictors: str | None):
+    @property
+    def hybrid(self):
+        """The GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`), or None."""
+        return getattr(self.model, "offload", None)
+
+    def _sparse_ffn(self, exact: bool, predictor_set):
         if exact:
             return ExactSparseFFN(self.config, self.model.weights)
-        if predictors:
-            return PredictedSparseFFN(self.config, self.model.weights, self._load_predictors(predictors))
+        if predictor_set is not None:
+            return PredictedSparseFFN(self.config, self.model.weights, predictor_set)
         return None
 
     def _load_predictors(self, path: str):
         from predictors.file import load_predictors
         return load_predictors(path, self.fingerprint)
-
-    def _setup_hybrid(self, exact, predictors, split, vram_budget, activations, device) -> None:
-        """Hot neurons on `device` (default: cuda when present, else the CPU device), the rest on the CPU.
-        Neurons are chosen per token by the predictors, or with neither predictors nor --exact all of them
-        are candidates and the activation decides (lossless)."""
-        from . import hybrid_setup
-        device = device or hybrid_setup.default_device()
-        predictor_set = self._load_predictors(predictors) if predictors else None
-        params = predictor_set.n_params if predictor_set is not None else 0
-        self.split = hybrid_setup.resolve_split(self, split, vram_budget, activations, device, params)
-        self.hybrid = hybrid_setup.install_hybrid(self, self.split, device, predictor_set)
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -117,7 +128,7 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
-        return self.model.n_ctx
+        return self._n_ctx
 
     @property
     def chat_template(self) -> str | None:
@@ -218,6 +229,9 @@ def load(path: str, **options) -> Engine:
     """Load a GGUF model. Options: n_ctx (default: the model's context length, at most 4096; 0 = the model's
     own), n_threads, exact (lossless sparse FFN, ReLU/FATReLU models), predictors (a predictor file: the FFN
     computes only predicted-active neurons), backend ("packed": numba kernels over the file's formats, the
-    default; "reference": torch float32, also what the hybrid options use), float_activations (packed: keep
-    activations float32 instead of llama.cpp's int8 blocks)."""
+    default; "reference": torch float32, the oracle), float_activations (packed: keep activations float32 instead
+    of llama.cpp's int8 blocks); the hybrid runtime: vram_budget (like "6GiB", with activations, an activations
+    file) or split (a split file) for hot neurons on the GPU side, or n_gpu_layers (llama.cpp's -ngl: the last N
+    layers whole on the GPU side); device (default cuda when present, else the CPU stand-in) and gpu_kernels
+    ("triton" or "torch"; default triton on cuda)."""
     return Engine(path, **options)

@@ -7,6 +7,7 @@ file) becomes a one-line `HybridInferError`.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,33 @@ class GGUFFile:
         if key not in self.metadata:
             raise HybridInferError(f"{self.path} lacks the metadata key {key}; the file is incomplete or not a model")
         return self.metadata[key]
+
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor `name` from this process's memory (after copying what it needs out of them):
+        the memory map stays valid, and a later read faults them in again from the page cache. A no-op where the
+        operating system offers no madvise."""
+        raw = self.tensor(name).raw
+        if not hasattr(mmap, "MADV_DONTNEED") or raw.nbytes == 0:
+            return
+        holder = raw
+        while holder is not None and not isinstance(holder, mmap.mmap):
+            holder = getattr(holder, "base", None) if not isinstance(holder, np.memmap) else holder._mmap
+        if holder is None:
+            return
+        base = np.frombuffer(holder, dtype=np.uint8)
+        start = raw.ctypes.data - base.ctypes.data
+        page = mmap.PAGESIZE
+        first = -(-start // page) * page  # whole pages inside the tensor only: neighbours keep theirs
+        last = (start + raw.nbytes) // page * page
+        if last > first:
+            holder.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def release_copied(self) -> None:
+        """`release` every tensor but the float ones, which the kernels may read in place: what a loaded model
+        copied (repacked, decoded, uploaded) needs the file's pages no more."""
+        for name, tensor in self.tensors.items():
+            if tensor.type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+                self.release(name)
 
     def tensor(self, name: str) -> GGUFTensor:
         if name not in self.tensors:

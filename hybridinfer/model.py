@@ -76,23 +76,6 @@ class Transformer:
         self.attention_seconds = 0.0  # summed over single-token forward calls while `time_attention` is set
         self.time_attention = False
 
-    def move_to(self, device: str, dtype: torch.dtype) -> None:
-        """Put attention, norms, output projection, KV cache and RoPE tables on `device` (the GPU side of the
-        hybrid runtime). Token embeddings and FFN weights stay in CPU memory."""
-        self.device, self.dtype = torch.device(device), dtype
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, dtype)
-
-        for layer in self.weights.layers:
-            for name in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"):
-                setattr(layer, name, move(getattr(layer, name)))
-        w = self.weights
-        w.output = move(w.output) if w.output is not w.token_embd else move(w.token_embd)
-        w.output_norm = move(w.output_norm)
-        self.cache.k, self.cache.v = move(self.cache.k), move(self.cache.v)
-        self.rope_cos, self.rope_sin = move(self.rope_cos), move(self.rope_sin)
-
     @property
     def n_ctx(self) -> int:
         return self.cache.n_ctx

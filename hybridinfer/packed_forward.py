@@ -5,6 +5,8 @@ The same computation as the reference (`model.py`), one short file. Follow one t
       [RMSNorm -> Q, K, V (one packed matvec) -> RoPE -> KV cache -> attention -> output proj -> residual,
        RMSNorm -> gate, up -> activation -> down -> residual (or the sparse FFN: `packed_sparse_ffn.py`)]
     -> RMSNorm -> output projection -> logits
+A layer placed on the GPU side (`offload`, the hybrid runtime: `hybrid/gpu_side.py`) is handed the residual
+stream there instead; it moves across the boundary only where a CPU layer meets a GPU layer.
 Weight products with Q8_0/Q4_0/Q4_1 weights quantize their activations to int8 per 32-block, as llama.cpp
 does (`float_activations=True` keeps them float32). Decoding one token writes into buffers allocated once;
 a batch of T > 1 tokens (prompt) gets its own buffers per call, and each weight row is read once for all T.
@@ -62,6 +64,7 @@ class PackedTransformer:
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
         self.sparse_ffn = None
+        self.offload = None  # the GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`)
         self.observers: list = []
         self.time_attention = False  # sum single-token attention time into attention_seconds (benchmarks)
         self.attention_seconds = 0.0
@@ -83,17 +86,38 @@ class PackedTransformer:
         if c.embedding_scale != 1.0:
             b.x *= np.float32(c.embedding_scale)
         timed = self.time_attention and n == 1
+        gpu, on_gpu = self.offload, None  # on_gpu: the residual stream while it is on the GPU side
+        cpu_seconds = 0.0  # the CPU layers' own time, for the hybrid report
         for index, layer in enumerate(w.layers):
-            start = time.perf_counter() if timed else 0.0
+            if gpu is not None and index in gpu.layers:
+                on_gpu = gpu.upload_stream(b.x) if on_gpu is None else on_gpu
+                on_gpu = gpu.layer(index, on_gpu, start_pos)
+                continue
+            if on_gpu is not None:
+                gpu.download_stream(on_gpu, b.x)
+                on_gpu = None
+            start = time.perf_counter()
             self._attention(index, layer, b, start_pos)
             if timed:
                 self.attention_seconds += time.perf_counter() - start
             self._ffn(index, layer, b)
-        cpu_layer.normalize(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
-        matmul(w.output, b.final, b.logits, exact=self.float_activations)
-        if c.logit_scale != 1.0:
-            b.logits /= np.float32(c.logit_scale)
-        return torch.from_numpy(b.logits.copy())
+            cpu_seconds += time.perf_counter() - start
+        if gpu is not None and gpu.output is not None:
+            on_gpu = gpu.upload_stream(b.x) if on_gpu is None else on_gpu
+            logits = gpu.logits(on_gpu[n - n_logits:])
+        else:
+            if on_gpu is not None:
+                gpu.download_stream(on_gpu, b.x)
+            start = time.perf_counter()
+            cpu_layer.normalize(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
+            matmul(w.output, b.final, b.logits, exact=self.float_activations)
+            if c.logit_scale != 1.0:
+                b.logits /= np.float32(c.logit_scale)
+            logits = b.logits.copy()
+            cpu_seconds += time.perf_counter() - start
+        if gpu is not None and n == 1:
+            gpu.finish_token(cpu_seconds)
+        return torch.from_numpy(logits)
 
     def _attention(self, index: int, layer: PackedLayer, b: Buffers, start_pos: int) -> None:
         c = self.config

@@ -41,7 +41,8 @@ class PackedSparseFFN:
         require_sparse_activation(config)
         self.config, self.exact = config, float_activations
         self.threshold = np.float32(config.activation_threshold)
-        self.down_t = [layer.ffn_down_t() for layer in weights.layers]  # (n_ff, n_embd); formats: layer.ffn_codes
+        # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
+        self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
         self.stats = SparseFFNStats()
         n_ff, n_embd = config.n_ff, config.n_embd
         self.gate, self.up, self.hidden = (np.empty(n_ff, np.float32) for _ in range(3))

@@ -30,21 +30,23 @@ class PackedLayer:
     attn_norm: np.ndarray  # (n_embd,) float32
     # (q_rows + 2 kv_rows, n_embd): the rows of attn_q (n_head * head_dim), attn_k and attn_v (n_head_kv * head_dim
     # each) in one matrix, read in one pass; Q and K rows permuted for adjacent-pair RoPE (GGUF convention)
-    attn_qkv: PackedMatrix
-    attn_output: PackedMatrix  # (n_embd, n_head * head_dim)
+    attn_qkv: PackedMatrix | None
+    attn_output: PackedMatrix | None  # (n_embd, n_head * head_dim)
     ffn_norm: np.ndarray  # (n_embd,) float32
-    ffn_gate: PackedMatrix  # (n_ff, n_embd): row i is neuron i's gate weights
-    ffn_up: PackedMatrix  # (n_ff, n_embd)
+    ffn_gate: PackedMatrix | None  # (n_ff, n_embd): row i is neuron i's gate weights
+    ffn_up: PackedMatrix | None  # (n_ff, n_embd)
     source_down: GGUFTensor  # the file's down projection: ffn_down (n_embd, n_ff) or ffn_down_t (n_ff, n_embd)
     _down: PackedMatrix | None = field(default=None, repr=False)
     _down_t: PackedMatrix | None = field(default=None, repr=False)
 
     def __post_init__(self):
         # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's,
-        # dense or transposed alike (a transpose keeps the format)
-        self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
-        down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
-        self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
+        # dense or transposed alike (a transpose keeps the format). A part the GPU side holds is None here.
+        if self.attn_qkv is not None:
+            self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
+        if self.ffn_gate is not None:
+            down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
+            self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
 
     @property
     def transposed_in_file(self) -> bool:
@@ -68,22 +70,28 @@ class PackedWeights:
     token_embd: PackedMatrix  # (n_vocab, n_embd)
     layers: list[PackedLayer]
     output_norm: np.ndarray  # (n_embd,) float32
-    output: PackedMatrix  # (n_vocab, n_embd); token_embd itself when embeddings are tied
+    output: PackedMatrix | None  # (n_vocab, n_embd); token_embd itself when embeddings are tied
     repack_seconds: float  # time spent rearranging/decoding weights at load
 
     @property
     def nbytes(self) -> int:
         """GGUF bytes of the matrices one dense decoding step reads (embedding lookup excluded)."""
-        total = self.output.nbytes
+        total = self.output.nbytes if self.output is not None else 0
         for layer in self.layers:
-            total += sum(m.nbytes for m in (layer.attn_qkv, layer.attn_output, layer.ffn_gate, layer.ffn_up))
-            total += layer.source_down.n_bytes
+            parts = (layer.attn_qkv, layer.attn_output, layer.ffn_gate, layer.ffn_up)
+            total += sum(m.nbytes for m in parts if m is not None)
+            total += layer.source_down.n_bytes if layer.ffn_gate is not None else 0
         return total
 
 
-def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False) -> PackedWeights:
-    """Pack every matrix of `model`; with `sparse`, also make each layer's transposed down projection now (so
-    its cost is part of the load, not of the first token)."""
+def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, on_gpu=None) -> PackedWeights:
+    """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
+    projection now (so its cost is part of the load, not of the first token). `on_gpu` (a `hybrid.setup.Offload`)
+    names what the GPU side holds instead: the attention of its layers, the FFN of its dense layers, the output
+    projection. Each matrix's pages of the memory-mapped file are released once it is packed."""
+    gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
+    dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
+    output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
     start = time.perf_counter()
     c = config
     q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
@@ -96,7 +104,19 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
         return found
 
     def matrix(name: str, shape: tuple[int, int]) -> PackedMatrix:
-        return pack_any(tensor(name, shape))
+        found = tensor(name, shape)
+        packed = pack_any(found)
+        if found.type not in FLOAT_DTYPES:  # float weights are read in place: their pages stay
+            model.release(name)
+        return packed
+
+    def qkv(p: str) -> PackedMatrix:
+        names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+        packed = stacked([tensor(n, shape) for n, shape in zip(names, [(q_rows, c.n_embd)] + [(kv_rows, c.n_embd)] * 2)])
+        if packed.quantized:
+            for name in names:
+                model.release(name)
+        return packed
 
     def vector(name: str) -> np.ndarray:
         return np.ascontiguousarray(dequantize(tensor(name, (c.n_embd,))), dtype=np.float32)
@@ -108,21 +128,23 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
             down = tensor(p + "ffn_down_t.weight", (c.n_ff, c.n_embd))
         else:
             down = tensor(p + "ffn_down.weight", (c.n_embd, c.n_ff))
+        attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
         layer = PackedLayer(
             attn_norm=vector(p + "attn_norm.weight"),
-            attn_qkv=stacked([tensor(p + "attn_q.weight", (q_rows, c.n_embd)),
-                              tensor(p + "attn_k.weight", (kv_rows, c.n_embd)),
-                              tensor(p + "attn_v.weight", (kv_rows, c.n_embd))]),
-            attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_rows)),
+            attn_qkv=qkv(p) if attention_here else None,
+            attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_rows)) if attention_here else None,
             ffn_norm=vector(p + "ffn_norm.weight"),
-            ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
-            ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
+            ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)) if ffn_here else None,
+            ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)) if ffn_here else None,
             source_down=down)
-        if sparse:
-            layer.ffn_down_t()
+        if ffn_here:
+            layer.ffn_down_t() if sparse else layer.ffn_down()
+            if down.type not in FLOAT_DTYPES or sparse:
+                model.release(down.name)
         layers.append(layer)
     token_embd = matrix("token_embd.weight", (c.n_vocab, c.n_embd))
-    output = token_embd if c.tied_embeddings else matrix("output.weight", (c.n_vocab, c.n_embd))
+    output = token_embd if c.tied_embeddings else None if output_on_gpu else \
+        matrix("output.weight", (c.n_vocab, c.n_embd))
     return PackedWeights(token_embd, layers, vector("output_norm.weight"), output, time.perf_counter() - start)
 
 

@@ -1,6 +1,9 @@
 import os
 from pathlib import Path
 
+if os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu") != "cuda":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors (read at `import triton`)
+
 import pytest
 
 from hybridinfer.default_model import default_model_path

@@ -9,7 +9,7 @@ import click
 
 from ..errors import HybridInferError
 from ..generate import Timings
-from ..hybrid_ffn import hybrid_report, report_lines
+from ..hybrid.report import hybrid_report, report_lines
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
 

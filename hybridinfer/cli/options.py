@@ -27,10 +27,14 @@ def model_options(command):
                      help="hybrid: a split file from `hybridinfer split`"),
         click.option("--activations", "activations_path", type=click.Path(dir_okay=False), default=None,
                      help="activations file for --vram-budget (default: MODEL.act.gguf beside the model)"),
+        click.option("-ngl", "--n-gpu-layers", "n_gpu_layers", type=int, default=None,
+                     help="hybrid, as llama.cpp: the last N layers whole on the GPU (N > layers: the output too)"),
         click.option("--device", default=None, help="hybrid: GPU side device (default: cuda if present, else cpu)"),
+        click.option("--gpu-kernels", type=click.Choice(["triton", "torch"]), default=None,
+                     help="hybrid: GPU side kernels (default: triton on cuda, the torch twins on the cpu device)"),
         click.option("--backend", type=click.Choice(["packed", "reference"]), default=None,
-                     help="packed: numba kernels over the file's own weight formats (default); reference: torch "
-                          "float32, the oracle (the hybrid options always use it)"),
+                     help="packed: numba kernels over the file's own weight formats (default, and what the hybrid "
+                          "runtime runs on); reference: torch float32 on the CPU, the oracle"),
     ]):
         command = option(command)
     return command
@@ -60,7 +64,7 @@ def sampling_settings(kwargs: dict) -> dict:
 
 
 RUNTIME_FLAGS = ("model_path", "n_ctx", "n_threads", "exact", "predictors_path", "vram_budget", "split_path",
-                 "activations_path", "device", "backend")
+                 "activations_path", "n_gpu_layers", "device", "gpu_kernels", "backend")
 
 
 def runtime_settings(kwargs: dict) -> dict:
@@ -70,9 +74,10 @@ def runtime_settings(kwargs: dict) -> dict:
 
 def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None = None, exact: bool = False,
                 predictors_path: str | None = None, vram_budget: str | None = None, split_path: str | None = None,
-                activations_path: str | None = None, device: str | None = None, backend: str | None = None) -> Engine:
+                activations_path: str | None = None, n_gpu_layers: int | None = None, device: str | None = None,
+                gpu_kernels: str | None = None, backend: str | None = None) -> Engine:
     if model_path is None:
         model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
     return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path,
                   split=split_path, vram_budget=vram_budget, activations=activations_path, device=device,
-                  backend=backend)
+                  backend=backend, n_gpu_layers=n_gpu_layers, gpu_kernels=gpu_kernels)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def predictor_params(predictors_path: str | None, engine) -> int:
-    """Parameters of the predictors that will run beside the model (they take GPU memory too)."""
+def load_predictor_set(predictors_path: str | None, engine):
+    """The predictors that will run beside the model (they take GPU memory too), or None."""
     if not predictors_path:
-        return 0
+        return None
     from predictors.file import load_predictors
-    return load_predictors(predictors_path, engine.fingerprint).n_params
+    return load_predictors(predictors_path, engine.fingerprint)

@@ -6,13 +6,13 @@ import json
 
 import click
 
-from ..hybrid_setup import default_device, element_bytes_for
+from ..hybrid.setup import default_device, memory_model
 from ..placement.plan import plot_split, solve_split, split_report
 from ..placement.sizes import format_size, parse_size
 from ..placement.split_file import export_powerinfer_gpuidx, save_split
 from ..profiling import load_profile
 from .options import open_engine
-from .runtime_options import predictor_params
+from .runtime_options import load_predictor_set
 
 
 @click.command()
@@ -37,8 +37,9 @@ def split(model_path, activations_path, vram_budget, n_ctx, predictors_path, dev
     budget = parse_size(vram_budget)
     engine = open_engine(model_path, 2, None)
     profile = load_profile(activations_path, engine.fingerprint)
-    params = predictor_params(predictors_path, engine)
-    the_split, memory = solve_split(engine.config, profile, budget, n_ctx, element_bytes_for(device or default_device()), group, params)
+    memory = memory_model(engine.file, engine.config, n_ctx, device or default_device(),
+                          load_predictor_set(predictors_path, engine))
+    the_split = solve_split(engine.config, profile, memory, budget, group)
     save_split(the_split, output)
     report = split_report(the_split, memory, profile, engine.config)
     if plot_path:
@@ -48,15 +49,20 @@ def split(model_path, activations_path, vram_budget, n_ctx, predictors_path, dev
     if as_json:
         click.echo(json.dumps({"output": output, **report}))
         return
-    click.echo(f"GPU memory model ({memory.element_bytes}-byte elements, context {n_ctx}):")
-    for part in ("attention", "output", "predictors", "kv_cache", "workspace"):
-        click.echo(f"  {part:11s} {format_size(getattr(memory, part)):>12s}")
-    click.echo(f"  {'fixed':11s} {format_size(memory.fixed):>12s}   one neuron: {memory.neuron_bytes} B")
+    click.echo(f"GPU memory model (the file's formats, {memory.kv_element_bytes}-byte KV cache, context {n_ctx}):")
+    click.echo(f"  per layer   {format_size(memory.layer[0]):>12s}   attention, norms, KV cache, predictor")
+    click.echo(f"  output      {format_size(memory.output):>12s}")
+    click.echo(f"  workspace   {format_size(memory.workspace):>12s}   one neuron: {memory.neuron[0]} B")
     if report["all_on_cpu"]:
-        click.echo(f"the budget {format_size(budget)} is below the fixed part: everything runs on the CPU")
-    click.echo(f"{'layer':>5} {'hot':>7} {'hot share':>9} {'GPU activations':>15}")
+        click.echo(f"the budget {format_size(budget)} holds no layer's attention: everything runs on the CPU")
+    else:
+        click.echo(f"attention of layers {the_split.gpu_layers[0]}-{the_split.gpu_layers[-1]} on the GPU; output "
+                   f"projection {'on the GPU' if the_split.output_on_gpu else 'on the CPU'}")
+    click.echo(f"{'layer':>5} {'attention':>9} {'hot':>7} {'hot share':>9} {'GPU activations':>15}")
     for row in report["layers"]:
-        click.echo(f"{row['layer']:5d} {row['hot_neurons']:7d} {row['hot_share']:9.3f} {row['gpu_activation_share']:15.3f}")
+        where = "GPU" if row["attention_on_gpu"] else "CPU"
+        click.echo(f"{row['layer']:5d} {where:>9} {row['hot_neurons']:7d} {row['hot_share']:9.3f} "
+                   f"{row['gpu_activation_share']:15.3f}")
     click.echo(f"GPU: {format_size(report['gpu_bytes'])} of {format_size(budget)}; CPU FFN: "
                f"{format_size(report['cpu_ffn_bytes'])}; expected share of FFN activations on the GPU: "
                f"{100 * report['gpu_share']:.1f}%; wrote {output}")

@@ -1,6 +1,5 @@
-"""Compute kernels: `cpu_sparse` (numba, float32 sparse FFN), `packed` + `cpu_quant` (numba, every GGUF
-weight format repacked for fast reading; `simd` and `simd_rows` hold the AVX-512 intrinsics they use),
-`cpu_accumulate_int8` (the sparse down projection with int8 coefficients), `cpu_ops` and `cpu_layer` (a decoder
+"""Compute kernels of the CPU: `packed` + `cpu_quant` (numba, every GGUF weight format repacked for fast
+reading; `simd` and `simd_rows` hold the AVX-512 intrinsics they use), `cpu_accumulate_int8` (the sparse down projection with int8 coefficients), `cpu_ops` and `cpu_layer` (a decoder
 layer's blocks as single numba calls), `requantize` (transposing a quantized weight at load) and `reference`
 (plain numpy twins).
 

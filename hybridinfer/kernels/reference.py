@@ -1,4 +1,4 @@
-"""Plain numpy twins of the CPU kernels (`cpu_sparse.py`, float32 weights; `cpu_quant.py`, packed GGUF weights):
+"""Plain numpy twins of the CPU kernels (`cpu_quant.py`, `cpu_layer.py`'s blocks, over packed GGUF weights):
 what each kernel must compute."""
 
 from __future__ import annotations
@@ -6,19 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def gather_matvec(weight: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """weight (n, d), x (d,), rows (k,) -> (k,): weight[rows] @ x."""
-    return weight[rows] @ x
-
-
 def fatrelu(values: np.ndarray, threshold: float) -> np.ndarray:
     """v if v >= threshold else 0 (threshold 0 is ReLU)."""
     return np.where(values >= threshold, values, np.float32(0)).astype(np.float32)
-
-
-def sparse_down(down_t: np.ndarray, rows: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-    """down_t (n_ff, d) holds neuron i's output vector in row i; -> (d,) = sum_k hidden[k] * down_t[rows[k]]."""
-    return hidden @ down_t[rows]
 
 
 def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarray, rows: np.ndarray,
@@ -29,7 +19,7 @@ def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarr
     return hidden @ down_t[rows]
 
 
-# ---- twins of `cpu_quant.py` (weights of any GGUF format, decoded by the gguf package) ----------------------
+# ---- weights of any GGUF format, decoded by the gguf package ------------------------------------------------
 
 def dequantized(raw: np.ndarray, qtype, shape: tuple[int, int]) -> np.ndarray:
     """float32 (rows, cols) values of a GGUF weight as stored (`raw` as gguf stores it), via gguf.quants."""

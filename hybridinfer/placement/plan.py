@@ -1,4 +1,6 @@
-"""Solve a split: the memory model gives the bytes left for hot neurons, the solver picks them."""
+"""Solve a split for a GPU memory budget: the layers whose attention goes to the GPU (the last ones first, as
+llama.cpp offloads them), then the output projection once every layer is there, then the hot neurons of those
+layers that fit in what is left (the solver picks them by activation frequency)."""
 
 from __future__ import annotations
 
@@ -11,35 +13,55 @@ from .solver import place
 from .split_file import Split
 
 
-def solve_split(config: ModelConfig, profile: ActivationProfile, vram_budget: int, n_ctx: int,
-                element_bytes: int, group: int = 256, predictor_params: int = 0) -> tuple[Split, GPUMemoryModel]:
-    """The split for `vram_budget` bytes. A budget below the fixed part places nothing on the GPU: the
-    runtime then runs everything on the CPU."""
-    memory = GPUMemoryModel.build(config, n_ctx, element_bytes, predictor_params)
-    capacity = vram_budget - memory.fixed
-    placement = place(profile.frequency, memory.neuron_bytes, capacity, group)
-    split = Split(placement.hot, config.n_ff, vram_budget, n_ctx, element_bytes, group,
-                  memory.fixed if capacity >= 0 else 0, placement.hot_bytes, placement.gpu_share,
-                  profile.fingerprint)
-    return split, memory
+def place_layers(memory: GPUMemoryModel, vram_budget: int) -> tuple[list[int], bool, int]:
+    """(GPU layers ascending, output on the GPU, bytes used) for the budget; no layer fits: ([], False, 0)."""
+    used, layers = memory.workspace, []
+    for index in reversed(range(len(memory.layer))):
+        if used + memory.layer[index] > vram_budget:
+            break
+        used += memory.layer[index]
+        layers.append(index)
+    if not layers:
+        return [], False, 0
+    output = len(layers) == len(memory.layer) and used + memory.output <= vram_budget
+    return sorted(layers), output, used + (memory.output if output else 0)
+
+
+def solve_split(config: ModelConfig, profile: ActivationProfile, memory: GPUMemoryModel, vram_budget: int,
+                group: int = 256) -> Split:
+    """The split for `vram_budget` bytes. A budget that holds no layer's attention places nothing on the GPU:
+    the runtime then runs everything on the CPU."""
+    gpu_layers, output, fixed = place_layers(memory, vram_budget)
+    frequency = profile.frequency[gpu_layers] if gpu_layers else np.zeros((0, config.n_ff))
+    placement = place(frequency, [memory.neuron[i] for i in gpu_layers], vram_budget - fixed, group)
+    hot = [np.zeros(0, dtype=np.int64) for _ in range(config.n_layer)]
+    for index, neurons in zip(gpu_layers, placement.hot):
+        hot[index] = neurons
+    total = float(profile.frequency.sum())
+    gpu_share = placement.value / total if total > 0 else 0.0
+    return Split(hot, config.n_ff, vram_budget, memory.n_ctx, memory.kv_element_bytes, group, fixed,
+                 placement.hot_bytes, gpu_share, profile.fingerprint, gpu_layers, output)
 
 
 def split_report(split: Split, memory: GPUMemoryModel, profile: ActivationProfile, config: ModelConfig) -> dict:
-    """Per-layer hot share and GPU coverage, bytes per side (CPU side: cold neurons and token embeddings)."""
+    """Per-layer placement (attention on the GPU, hot share, expected GPU coverage) and bytes per side."""
     frequency = profile.frequency
     layers = []
     for i, hot in enumerate(split.hot):
         total = float(frequency[i].sum())
-        layers.append({"layer": i, "hot_neurons": int(len(hot)), "hot_share": len(hot) / config.n_ff,
+        layers.append({"layer": i, "attention_on_gpu": i in split.gpu_layers, "hot_neurons": int(len(hot)),
+                       "hot_share": len(hot) / config.n_ff,
                        "gpu_activation_share": float(frequency[i][hot].sum()) / total if total else 0.0})
     n_hot = sum(len(h) for h in split.hot)
-    cold_neurons = config.n_layer * config.n_ff - n_hot
+    cold_bytes = sum((config.n_ff - len(hot)) * memory.neuron[i] for i, hot in enumerate(split.hot))
     return {
         "vram_budget": split.vram_budget,
-        "all_on_cpu": split.fixed_bytes == 0,
+        "all_on_cpu": split.all_on_cpu,
+        "gpu_layers": list(split.gpu_layers),
+        "output_on_gpu": split.output_on_gpu,
         "memory_model": memory.as_dict(),
         "gpu_bytes": split.fixed_bytes + split.hot_bytes,
-        "cpu_ffn_bytes": cold_neurons * 3 * config.n_embd * 4,
+        "cpu_ffn_bytes": cold_bytes,
         "hot_neurons": n_hot,
         "gpu_share": split.gpu_share,
         "layers": layers,
@@ -57,7 +79,9 @@ def plot_split(report: dict, path) -> None:
     axis.bar(index - 0.2, [row["hot_share"] for row in layers], width=0.4, label="neurons on GPU (share)")
     axis.bar(index + 0.2, [row["gpu_activation_share"] for row in layers], width=0.4,
              label="activations served by GPU (expected share)")
-    axis.set(xlabel="layer", ylim=(0, 1), title=f"Split for {report['vram_budget'] / 2**30:.2f} GiB: "
+    on_gpu = [row["layer"] for row in layers if row["attention_on_gpu"]]
+    axis.scatter(on_gpu, [1.02] * len(on_gpu), marker="v", color="black", label="attention on GPU")
+    axis.set(xlabel="layer", ylim=(0, 1.06), title=f"Split for {report['vram_budget'] / 2**30:.2f} GiB: "
              f"{100 * report['gpu_share']:.1f}% of FFN activations on the GPU")
     axis.legend()
     figure.tight_layout()

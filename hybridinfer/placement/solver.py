@@ -44,14 +44,18 @@ def _groups(frequency: np.ndarray, group: int):
     return layers
 
 
-def place(frequency: np.ndarray, neuron_bytes: int, capacity: int, group: int = 256) -> Placement:
-    """frequency (n_layer, n_ff): share of tokens each neuron fires for; capacity: bytes for hot neurons."""
+def place(frequency: np.ndarray, neuron_bytes, capacity: int, group: int = 256) -> Placement:
+    """frequency (n_layer, n_ff): share of tokens each neuron fires for; neuron_bytes: one neuron's bytes (an int,
+    or one per layer); capacity: bytes for hot neurons."""
     if group < 1:
         raise HybridInferError(f"--group must be at least 1, got {group}")
     layers = _groups(frequency, group)
-    values = np.concatenate([v for _, v, _ in layers])
-    costs = np.concatenate([s for _, _, s in layers]).astype(np.int64) * neuron_bytes
-    owner = np.concatenate([np.full(len(v), i) for i, (_, v, _) in enumerate(layers)])
+    per_layer = np.broadcast_to(np.asarray(neuron_bytes, dtype=np.int64), (len(layers),))
+    values = np.concatenate([v for _, v, _ in layers]) if layers else np.zeros(0)
+    costs = np.concatenate([s * b for (_, _, s), b in zip(layers, per_layer)]).astype(np.int64) if layers \
+        else np.zeros(0, dtype=np.int64)
+    owner = np.concatenate([np.full(len(v), i) for i, (_, v, _) in enumerate(layers)]) if layers \
+        else np.zeros(0, dtype=np.int64)
     chosen = _solve(values, costs, owner, max(0, capacity))
     hot, offset = [], 0
     for order, group_values, sizes in layers:

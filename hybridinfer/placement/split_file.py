@@ -4,12 +4,15 @@
     hybridinfer.fingerprint.*               the model's fingerprint
     hybridinfer.split.vram_budget           u64: the budget it was solved for, bytes
     hybridinfer.split.n_ctx                 u32: the context size its KV-cache estimate assumed
-    hybridinfer.split.element_bytes         u32: bytes per GPU-side weight element it assumed (2 CUDA, 4 CPU)
+    hybridinfer.split.format_version        u32: 2 (version 1 counted float16 weights and had no layer placement)
+    hybridinfer.split.kv_element_bytes      u32: bytes per KV cache element it assumed (2 CUDA, 4 the CPU stand-in)
+    hybridinfer.split.gpu_layers            u32[]: the layers whose attention (+ KV cache, predictor) is on the GPU
+    hybridinfer.split.output_on_gpu         bool: the output projection is on the GPU
     hybridinfer.split.group                 u32: neurons per placement group
-    hybridinfer.split.fixed_bytes           u64: GPU bytes besides hot neurons (memory_model.py)
+    hybridinfer.split.fixed_bytes           u64: GPU bytes besides hot neurons (memory_model.py); 0: all on the CPU
     hybridinfer.split.hot_bytes             u64: GPU bytes of the hot neurons
     hybridinfer.split.gpu_share             f32: expected share of FFN activations served by the GPU
-    blk.{i}.gpu_idx                         i32 [n_ff]: 1 where neuron j is on the GPU
+    blk.{i}.gpu_idx                         i32 [n_ff]: 1 where neuron j is on the GPU (only in GPU layers)
 
 PowerInfer's `.generated.gpuidx` layout can be exported too: magic PWRI, arch generic.gpu_index, key
 split.vram_capacity, tensors in order blk.0.gpu_idx, blk.0.gpu_bucket (sorted hot indices), blk.1.gpu_idx, ...
@@ -30,6 +33,7 @@ from ..gguf_file import GGUFFile
 
 ARCH = "hybridinfer-split"
 _KEY = "hybridinfer.split."
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -38,12 +42,18 @@ class Split:
     n_ff: int
     vram_budget: int
     n_ctx: int
-    element_bytes: int
+    kv_element_bytes: int
     group: int
     fixed_bytes: int
     hot_bytes: int
     gpu_share: float
     fingerprint: Fingerprint
+    gpu_layers: list[int]  # ascending
+    output_on_gpu: bool
+
+    @property
+    def all_on_cpu(self) -> bool:
+        return not self.gpu_layers
 
     def masks(self) -> list[np.ndarray]:
         out = []
@@ -60,7 +70,11 @@ def save_split(split: Split, path: str | os.PathLike) -> None:
         split.fingerprint.write(writer)
         writer.add_uint64(_KEY + "vram_budget", split.vram_budget)
         writer.add_uint32(_KEY + "n_ctx", split.n_ctx)
-        writer.add_uint32(_KEY + "element_bytes", split.element_bytes)
+        writer.add_uint32(_KEY + "format_version", FORMAT_VERSION)
+        writer.add_uint32(_KEY + "kv_element_bytes", split.kv_element_bytes)
+        if split.gpu_layers:  # (gguf cannot write an empty array: absent means none)
+            writer.add_array(_KEY + "gpu_layers", [int(i) for i in split.gpu_layers])
+        writer.add_bool(_KEY + "output_on_gpu", bool(split.output_on_gpu))
         writer.add_uint32(_KEY + "group", split.group)
         writer.add_uint64(_KEY + "fixed_bytes", split.fixed_bytes)
         writer.add_uint64(_KEY + "hot_bytes", split.hot_bytes)
@@ -76,12 +90,16 @@ def load_split(path: str | os.PathLike, model_fingerprint: Fingerprint) -> Split
         raise HybridInferError(f"{path} is not a split file (made by `hybridinfer split`)")
     fingerprint = Fingerprint.from_metadata(file.metadata, str(path))
     fingerprint.check_matches(model_fingerprint, str(path), "a split file")
+    meta = {k[len(_KEY):]: v for k, v in file.metadata.items() if k.startswith(_KEY)}
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
+        raise HybridInferError(f"{path} is a split file of an older hybridinfer (format {meta.get('format_version', 1)}, "
+                               f"this one reads {FORMAT_VERSION}); re-run `hybridinfer split`")
     n_layer = int(fingerprint.shape.split(":")[1])
     masks = [np.asarray(file.tensor(f"blk.{i}.gpu_idx").raw) != 0 for i in range(n_layer)]
-    meta = {k[len(_KEY):]: v for k, v in file.metadata.items() if k.startswith(_KEY)}
     return Split([np.flatnonzero(m).astype(np.int64) for m in masks], len(masks[0]), int(meta["vram_budget"]),
-                 int(meta["n_ctx"]), int(meta["element_bytes"]), int(meta["group"]), int(meta["fixed_bytes"]),
-                 int(meta["hot_bytes"]), float(meta["gpu_share"]), fingerprint)
+                 int(meta["n_ctx"]), int(meta["kv_element_bytes"]), int(meta["group"]), int(meta["fixed_bytes"]),
+                 int(meta["hot_bytes"]), float(meta["gpu_share"]), fingerprint,
+                 sorted(int(i) for i in meta.get("gpu_layers", [])), bool(meta["output_on_gpu"]))
 
 
 def export_powerinfer_gpuidx(split: Split, path: str | os.PathLike) -> None:

@@ -1,0 +1,276 @@
+"""The GPU side of the hybrid runtime: its layers' weights in the file's own formats on a torch device, and what
+it computes of a layer. On a machine without CUDA the device is the CPU and the kernels are the torch twins, so
+every path runs (and is tested) anywhere.
+
+A GPU layer holds its attention (norms, Q/K/V and output projections, KV cache), its predictor, and either its
+hot neurons (gate rows, up rows, rows of the transposed down projection; the cold ones are the CPU half's) or,
+with -ngl, its whole dense FFN. One token through a GPU layer, x (1, n_embd) staying on the device:
+    x += attention(RMSNorm(x))
+    normed = RMSNorm(x); mask = predictor(x)                   (GPU)
+    normed, mask -> CPU half (worker thread: cold neurons)     (down: n_embd floats + n_ff bytes)
+    hot = S3(S2(hot gate/up rows, normed, mask))               (GPU, meanwhile)
+    x += hot + CPU half                                        (up: n_embd floats)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from ..config import ModelConfig
+from ..dequantize import dequantize
+from ..gguf_file import GGUFFile, GGUFTensor
+from ..gpu import kernels_for
+from ..gpu.weights import DeviceMatrix, device_matrix
+from ..kernels.packed import to_gguf_bytes
+from ..model import apply_rope, rms_norm, rope_tables
+from ..placement.memory_model import GPU_FORMATS
+from .cpu_half import CPUHalf
+from .report import Clock, HybridStats
+
+
+def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = None) -> DeviceMatrix:
+    """A file weight on the device as its own bytes (a type the GPU kernels do not read: decoded to F32)."""
+    if tensor.type in GPU_FORMATS:
+        return device_matrix(tensor.raw, tensor.type, tensor.shape, device, rows)
+    return device_matrix(dequantize(tensor), T.F32, tensor.shape, device, rows)
+
+
+def upload_stacked(tensors: list[GGUFTensor], device: torch.device) -> DeviceMatrix:
+    """The rows of several weights with one column count as one matrix (Q, K and V)."""
+    rows, cols = sum(t.shape[0] for t in tensors), tensors[0].shape[1]
+    qtype = tensors[0].type
+    if qtype in GPU_FORMATS and all(t.type == qtype for t in tensors):
+        raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
+        return device_matrix(raw, qtype, (rows, cols), device)
+    return device_matrix(np.concatenate([dequantize(t) for t in tensors]), T.F32, (rows, cols), device)
+
+
+def upload_predictor_weight(weight: torch.Tensor, device: torch.device) -> DeviceMatrix:
+    """A float32 predictor matrix as Q8_0 (F32 where its width is not a multiple of 32), as the CPU side packs it."""
+    values = np.ascontiguousarray(weight.cpu().numpy(), dtype=np.float32)
+    if values.shape[1] % 32:
+        return device_matrix(values, T.F32, values.shape, device)
+    return device_matrix(quants.quantize(values, T.Q8_0), T.Q8_0, values.shape, device)
+
+
+@dataclass
+class GPULayer:
+    attn_norm: torch.Tensor  # (n_embd,) float32
+    qkv: DeviceMatrix  # (q_rows + 2 kv_rows, n_embd)
+    wo: DeviceMatrix  # (n_embd, q_rows)
+    ffn_norm: torch.Tensor
+    k_cache: torch.Tensor  # (n_ctx, n_head_kv, head_dim), float16 on CUDA, float32 on the CPU device
+    v_cache: torch.Tensor
+    fc1: DeviceMatrix | None = None  # predictor (rank, n_embd)
+    fc2: DeviceMatrix | None = None  # (n_ff, rank)
+    predictor_threshold: float = 0.0
+    hot: np.ndarray | None = None  # sorted hot neuron indices of a split FFN
+    hot_index: torch.Tensor | None = None  # the same on the device
+    gate: DeviceMatrix | None = None  # (n_hot, n_embd) hot gate rows, or (n_ff, n_embd) for a dense layer
+    up: DeviceMatrix | None = None
+    down_t: DeviceMatrix | None = None  # (n_hot, n_embd): hot neurons' output vectors
+    down: DeviceMatrix | None = None  # (n_embd, n_ff): a dense layer's down projection
+
+    @property
+    def dense(self) -> bool:
+        return self.down is not None
+
+    @property
+    def nbytes(self) -> int:
+        parts = [self.qkv, self.wo, self.fc1, self.fc2, self.gate, self.up, self.down_t, self.down]
+        tensors = [self.attn_norm, self.ffn_norm, self.k_cache, self.v_cache]
+        return sum(p.nbytes for p in parts if p is not None) + sum(t.numel() * t.element_size() for t in tensors)
+
+
+class GPUSide:
+    """The layers (and the output projection) placed on `device`; `packed_forward.PackedTransformer` hands
+    them the residual stream."""
+
+    def __init__(self, model: GGUFFile, config: ModelConfig, plan, device: torch.device, n_ctx: int,
+                 kernels: str | None = None, predictors=None, cpu_half: CPUHalf | None = None,
+                 down_t: list | None = None):
+        c = self.config = config
+        self.device = device
+        self.ops = kernels_for(device, kernels)
+        self.kernels_name = self.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
+        self.kv_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.cpu_half = cpu_half
+        self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
+        self.stats = HybridStats()
+        self.clock = Clock(device, self.stats)
+        self.threshold = float(c.activation_threshold)
+        cos, sin = rope_tables(config, n_ctx)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        self._fired = torch.zeros((), dtype=torch.int64, device=device)
+        self.layers: dict[int, GPULayer] = {}
+        for index in plan.gpu_layers:
+            self.layers[index] = self._layer(model, index, plan, n_ctx, predictors, down_t)
+        self.output = self.output_norm = None
+        if plan.output_on_gpu:
+            self.output_norm = _vector(model, "output_norm.weight", device)
+            name = "token_embd.weight" if c.tied_embeddings else "output.weight"
+            self.output = self._upload(model, name)
+
+    def _upload(self, model: GGUFFile, name: str, rows: np.ndarray | None = None) -> DeviceMatrix:
+        """`upload`, then the copied pages of the memory-mapped file released (floats may be read in place)."""
+        tensor = model.tensor(name)
+        matrix = upload(tensor, self.device, rows)
+        if tensor.type not in (T.F32, T.F16, T.BF16):
+            model.release(name)
+        return matrix
+
+    def _layer(self, model: GGUFFile, i: int, plan, n_ctx: int, predictors, down_t) -> GPULayer:
+        c, device = self.config, self.device
+        p = f"blk.{i}."
+        kv_shape = (n_ctx, c.n_head_kv, c.head_dim)
+        qkv_names = [p + n for n in ("attn_q.weight", "attn_k.weight", "attn_v.weight")]
+        layer = GPULayer(
+            attn_norm=_vector(model, p + "attn_norm.weight", device),
+            qkv=upload_stacked([model.tensor(n) for n in qkv_names], device),
+            wo=self._upload(model, p + "attn_output.weight"),
+            ffn_norm=_vector(model, p + "ffn_norm.weight", device),
+            k_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device),
+            v_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device))
+        for name in qkv_names:
+            model.release(name)
+        if i in plan.dense_layers:
+            layer.gate, layer.up = self._upload(model, p + "ffn_gate.weight"), self._upload(model, p + "ffn_up.weight")
+            layer.down = self._upload(model, p + "ffn_down.weight")
+            return layer
+        if predictors is not None:
+            layer.fc1 = upload_predictor_weight(predictors.fc1[i], device)
+            layer.fc2 = upload_predictor_weight(predictors.fc2[i], device)
+            layer.predictor_threshold = float(predictors.thresholds[i])
+        hot = plan.hot[i]
+        layer.hot, layer.hot_index = hot, torch.from_numpy(hot).to(device)
+        layer.gate = self._upload(model, p + "ffn_gate.weight", hot)
+        layer.up = self._upload(model, p + "ffn_up.weight", hot)
+        packed = down_t[i]  # the CPU side's transposed down projection: its hot rows, back in GGUF's layout
+        layer.down_t = device_matrix(to_gguf_bytes(packed, hot), packed.qtype, (len(hot), c.n_embd), device)
+        return layer
+
+    @property
+    def n_hot(self) -> int:
+        return sum(len(layer.hot) for layer in self.layers.values() if layer.hot is not None)
+
+    @property
+    def nbytes(self) -> int:
+        output = self.output.nbytes + self.output_norm.numel() * 4 if self.output is not None else 0
+        return sum(layer.nbytes for layer in self.layers.values()) + output
+
+    def finish_token(self, cpu_layers_seconds: float) -> None:
+        """Close one decoded token's statistics (the logits' copy to the CPU has synchronised the device)."""
+        s = self.stats
+        s.tokens += 1
+        s.cpu_seconds += cpu_layers_seconds
+        if self.cpu_half is not None:
+            s.cpu_seconds += self.cpu_half.seconds
+            s.cpu_fired += self.cpu_half.fired
+            self.cpu_half.seconds, self.cpu_half.fired = 0.0, 0
+        s.gpu_fired += int(self._fired)
+        self._fired.zero_()
+        self.clock.flush()
+
+    # ---- the residual stream across the boundary --------------------------------------------------------
+
+    def upload_stream(self, x: np.ndarray) -> torch.Tensor:
+        started = self.clock.start()
+        on_device = torch.from_numpy(x).to(self.device, non_blocking=True)
+        on_device = on_device.clone() if self.device.type == "cpu" else on_device  # x is a reused buffer
+        self.clock.stop("transfer", started)
+        return on_device
+
+    def download_stream(self, x: torch.Tensor, out: np.ndarray) -> None:
+        started = self.clock.start()
+        out[:] = x.cpu().numpy()
+        self.clock.stop("transfer", started)
+
+    # ---- a layer ----------------------------------------------------------------------------------------
+
+    def layer(self, index: int, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """x (T, n_embd) float32 on the device -> the residual stream after layer `index`."""
+        layer = self.layers[index]
+        started = self.clock.start()
+        x = x + self.attention(layer, rms_norm(x, layer.attn_norm, self.config.rms_eps), start_pos) * \
+            self.config.residual_scale
+        normed = rms_norm(x, layer.ffn_norm, self.config.rms_eps)
+        if layer.dense:
+            out = self.dense_ffn(layer, normed)
+            self.clock.stop("gpu", started)
+            return x + out * self.config.residual_scale
+        mask = self.predict(layer, x) if layer.fc1 is not None else None  # (T, n_ff) bool
+        if x.shape[0] > 1:
+            return x + self._split_ffn_batch(index, layer, normed, mask, started) * self.config.residual_scale
+        self.clock.stop("gpu", started)
+        started = self.clock.start()
+        pending = self.cpu_half.submit(index, normed, None if mask is None else mask[0])
+        self.clock.stop("transfer", started)
+        started = self.clock.start()
+        hot, fired = self.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
+                                      None if mask is None else mask[0, layer.hot_index], self.threshold)
+        self._fired += fired  # summed on the device: reading it here would wait for the GPU
+        self.clock.stop("gpu", started)
+        cold = self.cpu_half.collect(pending)
+        return x + (hot + cold)[None] * self.config.residual_scale
+
+    def _split_ffn_batch(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
+        hot_mask = None if mask is None else mask[:, layer.hot_index]
+        hidden = self.ops.hidden_dense(layer.gate, layer.up, normed, hot_mask, self.threshold)  # (T, n_hot)
+        hot = self.ops.down_t_product(layer.down_t, hidden)
+        self.clock.stop("gpu", started)
+        return hot + self.cpu_half.several(index, normed, mask)
+
+    def attention(self, layer: GPULayer, h: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Causal attention of T new positions over the layer's KV cache; h = RMSNorm(x) (T, n_embd)."""
+        c = self.config
+        n, end = h.shape[0], start_pos + h.shape[0]
+        q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        qkv = self.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
+        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+        q = apply_rope(qkv[:, :q_rows].reshape(n, c.n_head, c.head_dim), cos, sin)
+        k = apply_rope(qkv[:, q_rows:q_rows + kv_rows].reshape(n, c.n_head_kv, c.head_dim), cos, sin)
+        layer.k_cache[start_pos:end] = k.to(self.kv_dtype)
+        layer.v_cache[start_pos:end] = qkv[:, q_rows + kv_rows:].reshape(n, c.n_head_kv, c.head_dim).to(self.kv_dtype)
+        group = c.n_head // c.n_head_kv
+        keys = layer.k_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)  # (n_head, end, hd)
+        values = layer.v_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)
+        scores = (q.transpose(0, 1) @ keys.transpose(1, 2)) / math.sqrt(c.head_dim)  # (n_head, T, end)
+        if n > 1:
+            future = torch.arange(end, device=h.device)[None, :] > torch.arange(start_pos, end, device=h.device)[:, None]
+            scores = scores.masked_fill(future, float("-inf"))
+        attended = (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
+        return self.ops.matvec(layer.wo, attended)
+
+    def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
+        """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""
+        return self.ops.matvec(layer.fc2, torch.relu(self.ops.matvec(layer.fc1, x))) >= layer.predictor_threshold
+
+    def dense_ffn(self, layer: GPULayer, normed: torch.Tensor) -> torch.Tensor:
+        gate, up = self.ops.matvec(layer.gate, normed), self.ops.matvec(layer.up, normed)
+        if self.config.activation == "silu":
+            hidden = torch.nn.functional.silu(gate) * up
+        else:
+            hidden = torch.where(gate >= self.threshold, gate, torch.zeros_like(gate)) * up
+        return self.ops.matvec(layer.down, hidden)
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """(T, n_vocab) float32 on the CPU from the final residual stream on the device."""
+        started = self.clock.start()
+        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, self.config.rms_eps))
+        if self.config.logit_scale != 1.0:
+            logits = logits / self.config.logit_scale
+        self.clock.stop("gpu", started)
+        started = self.clock.start()
+        out = logits.cpu().numpy()
+        self.clock.stop("transfer", started)
+        return out
+
+
+def _vector(model: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(dequantize(model.tensor(name)), dtype=np.float32)).to(device)

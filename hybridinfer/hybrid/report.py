@@ -1,0 +1,104 @@
+"""What the hybrid runtime measures per decoded token: the time of each side and of the transfers between them,
+and how the FFN's work divides between the sides.
+
+On CUDA the GPU side's time is measured with CUDA events (its kernels run asynchronously); on the CPU stand-in
+device every side runs on this machine's cores, so the sides' times include the cores they take from each other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class HybridStats:
+    """Sums over single-token forward passes (decoding)."""
+
+    tokens: int = 0
+    gpu_seconds: float = 0.0  # the GPU side's work: attention, predictors, hot neurons, dense FFNs, output
+    cpu_seconds: float = 0.0  # the CPU side's work: cold neurons of GPU layers, whole CPU layers, CPU output
+    transfer_seconds: float = 0.0  # FFN inputs down, CPU halves up, the residual stream across the boundary
+    gpu_fired: int = 0  # neurons that fired on the GPU side
+    cpu_fired: int = 0  # neurons that fired on the CPU side (cold neurons of GPU layers and CPU layers)
+    _pending: list = field(default_factory=list, repr=False)  # CUDA (kind, start, end) events not yet summed
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+class Clock:
+    """Sections of the GPU side and of the transfers, timed on the device's own clock."""
+
+    def __init__(self, device: torch.device, stats: HybridStats):
+        self.cuda = device.type == "cuda"
+        self.stats = stats
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, kind: str, started) -> None:
+        """Add the time since `started` to `kind` ("gpu" or "transfer")."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.stats._pending.append((kind, started, event))
+            return
+        self._add(kind, time.perf_counter() - started)
+
+    def flush(self) -> None:
+        """Sum the finished CUDA sections (call after a synchronisation, e.g. at the end of a token)."""
+        for kind, start, end in self.stats._pending:
+            self._add(kind, start.elapsed_time(end) / 1000)
+        self.stats._pending.clear()
+
+    def _add(self, kind: str, seconds: float) -> None:
+        if kind == "gpu":
+            self.stats.gpu_seconds += seconds
+        else:
+            self.stats.transfer_seconds += seconds
+
+
+def hybrid_report(engine) -> dict | None:
+    """Per decoded token: ms of each side and of the transfers, the FFN's fired neurons per side."""
+    side = getattr(engine.model, "offload", None)
+    if side is None or side.stats.tokens == 0:
+        return None
+    s = side.stats
+    cpu_fired = s.cpu_fired + (side.cpu_layers_stats.active if side.cpu_layers_stats is not None else 0)
+    fired = max(s.gpu_fired + cpu_fired, 1)
+    cpu_ms = s.cpu_seconds / s.tokens * 1000
+    return {
+        "device": str(side.device),
+        "gpu_kernels": side.kernels_name,
+        "gpu_layers": len(side.layers),
+        "dense_gpu_layers": sum(1 for layer in side.layers.values() if layer.dense),
+        "output_on_gpu": side.output is not None,
+        "hot_neurons": side.n_hot,
+        "gpu_bytes": side.nbytes,
+        "gpu_ffn_share": s.gpu_fired / fired,
+        "cpu_ffn_share": cpu_fired / fired,
+        "gpu_ms_per_token": s.gpu_seconds / s.tokens * 1000,
+        "cpu_ms_per_token": cpu_ms,
+        "transfer_ms_per_token": s.transfer_seconds / s.tokens * 1000,
+        "cpu_bound_tokens_per_second": 1000 / cpu_ms if cpu_ms > 0 else 0.0,
+    }
+
+
+def report_lines(report: dict) -> list[str]:
+    gib = report["gpu_bytes"] / 2**30
+    return [
+        f"hybridinfer_hybrid: {report['gpu_layers']} layers on {report['device']} ({report['dense_gpu_layers']} dense, "
+        f"output {'on' if report['output_on_gpu'] else 'off'} it, {report['hot_neurons']} hot neurons, "
+        f"{gib:.2f} GiB, {report['gpu_kernels']} kernels); FFN activations {100 * report['cpu_ffn_share']:.0f}%/"
+        f"{100 * report['gpu_ffn_share']:.0f}% CPU/GPU",
+        f"hybridinfer_hybrid: per token: GPU side {report['gpu_ms_per_token']:.2f} ms, CPU side "
+        f"{report['cpu_ms_per_token']:.2f} ms (concurrent; {report['cpu_bound_tokens_per_second']:.2f} tokens/s if "
+        f"the GPU side were free), transfers {report['transfer_ms_per_token']:.2f} ms",
+    ]
