@@ -131,8 +131,8 @@ def test_sparse_modes_refuse_silu_models_on_both_backends(silu_model):
             hybridinfer.load(str(silu_model), exact=True, backend=backend)
 
 
-def test_unknown_backend_and_hybrid_on_packed_are_refused(relu_model):
+def test_unknown_backend_and_hybrid_on_reference_are_refused(relu_model):
     with pytest.raises(hybridinfer.HybridInferError, match="unknown backend"):
         hybridinfer.load(str(relu_model), backend="gpu")
-    with pytest.raises(hybridinfer.HybridInferError, match="reference backend"):
-        hybridinfer.load(str(relu_model), backend="packed", vram_budget="1GiB")
+    with pytest.raises(hybridinfer.HybridInferError, match="packed backend"):
+        hybridinfer.load(str(relu_model), backend="reference", vram_budget="1GiB")

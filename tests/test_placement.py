@@ -11,7 +11,7 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.gguf_file import GGUFFile
-from hybridinfer.placement.memory_model import GPUMemoryModel
+from hybridinfer.hybrid.setup import memory_model
 from hybridinfer.placement.plan import solve_split
 from hybridinfer.placement.sizes import parse_size
 from hybridinfer.placement.solver import place
@@ -66,13 +66,16 @@ def relu_engine(tmp_path_factory):
 def test_memory_model_never_exceeds_the_budget(relu_engine, seed):
     rng = np.random.default_rng(seed)
     profile = profile_of(relu_engine.config, relu_engine.fingerprint, seed)
-    for budget in rng.integers(0, 200 << 20, 5):
+    memory = memory_model(relu_engine.file, relu_engine.config, 128, "cpu")
+    every_layer = memory.workspace + sum(memory.layer) + memory.output
+    for budget in rng.integers(0, 2 * every_layer, 5):
         for group in (1, 7, 256):
-            split, memory = solve_split(relu_engine.config, profile, int(budget), 128, 4, group)
+            split = solve_split(relu_engine.config, profile, memory, int(budget), group)
             used = split.fixed_bytes + split.hot_bytes
             assert used <= budget
-            if budget < memory.fixed:
-                assert split.fixed_bytes == 0 and all(len(h) == 0 for h in split.hot)
+            if budget < memory.workspace + memory.layer[-1]:
+                assert split.all_on_cpu and split.fixed_bytes == 0 and all(len(h) == 0 for h in split.hot)
+            assert all(len(h) == 0 for i, h in enumerate(split.hot) if i not in split.gpu_layers)
 
 
 def test_sizes():
@@ -85,8 +88,8 @@ def test_sizes():
 def test_split_cli_json_and_powerinfer_export(relu_engine, tmp_path):
     profile = profile_activations(relu_engine, [[1, 5, 6, 7, 8, 9, 10, 200, 201]])
     save_profile(profile, tmp_path / "a.gguf")
-    memory = GPUMemoryModel.build(relu_engine.config, 64, 4)
-    budget = memory.fixed + 100 * memory.neuron_bytes
+    memory = memory_model(relu_engine.file, relu_engine.config, 64, "cpu")
+    budget = memory.workspace + sum(memory.layer) + memory.output + 100 * memory.neuron[0]
     result = CliRunner().invoke(cli, ["split", "-m", relu_engine.path, "--activations", str(tmp_path / "a.gguf"),
                                       "--vram-budget", str(budget), "-c", "64", "--device", "cpu", "--group", "16",
                                       "-o", str(tmp_path / "s.gguf"), "--powerinfer-gpuidx", str(tmp_path / "g"),
@@ -94,6 +97,8 @@ def test_split_cli_json_and_powerinfer_export(relu_engine, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["hot_neurons"] == 96 and report["gpu_bytes"] <= budget  # six groups of 16 fit in 100 neurons
+    assert report["gpu_layers"] == [0, 1] and report["output_on_gpu"]
+    assert all(layer["attention_on_gpu"] for layer in report["layers"])
     assert 0 < report["gpu_share"] < 1
     exported = GGUFFile(tmp_path / "g")
     assert exported.is_powerinfer and exported.architecture == "generic.gpu_index"

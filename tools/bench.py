@@ -10,6 +10,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
   3. the 7B-shaped synthetic ProSparse model (`make bench-model`, docs/synthetic-7b.md): dense, --exact and
      --predictors, llama.cpp's dense decode of the same file, and the ratios
   4. the ProSparse-recipe reference model in models/: dense, --exact, --predictors
+  5. the hybrid runtime on the 7B-shaped model (`tools/bench_hybrid.py`): per GPU budget the CPU side's own ms
+     per token and the tokens/s it implies, beside -ngl at the same budget; peak RSS of each configuration
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
 """
@@ -149,6 +151,17 @@ def reference_model(args) -> None:
                      args)
 
 
+def hybrid_7b(args) -> None:
+    from tools import bench_hybrid
+    from tools.build_bench_model import activations_path
+    model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else \
+        (Path(args.model_7b), Path(args.model_7b.replace(".gguf", ".pred.gguf")))
+    if not (model.exists() and predictors.exists() and activations_path(model).exists()):
+        print(f"\n## 5. hybrid runtime\n\nneeds {model}, its predictors and activations: `make bench-model`")
+        return
+    bench_hybrid.section(model, predictors, ["0", "1GiB", "2GiB"], args.n_gen, args.repetitions, args.threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -166,6 +179,7 @@ def main() -> None:
     default_model(args)
     synthetic_7b(args)
     reference_model(args)
+    hybrid_7b(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Steps (each skipped when its output exists, so an interrupted build resumes):
   1. synthesize the fp32 checkpoint (27 GB, in a scratch directory beside the output, deleted after step 2)
   2. `hybridinfer convert --outtype q4_0`                          -> OUT.q4_0.gguf (~3.9 GB)
   3. `hybridinfer predictors train --method ridge --rank R --tokens N` -> OUT.q4_0.pred.gguf
+  4. `hybridinfer profile --tokens 1024`                               -> OUT.q4_0.act.gguf (for --vram-budget)
 
 Usage: PYTHONPATH=. python tools/build_bench_model.py [--out ~/.cache/hybridinfer/bench/synthetic-prosparse-7b]
            [--layers 32] [--rank 256] [--tokens 4096] [--method ridge|sgd]
@@ -25,8 +26,13 @@ DEFAULT_OUT = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / 
 
 
 def paths(out: Path) -> tuple[Path, Path]:
-    """(model, predictors) of a build written to `out` (a path prefix)."""
+    """(model, predictors) of a build written to `out` (a path prefix); the activations file is
+    `activations_path(model)`."""
     return out.with_name(out.name + ".q4_0.gguf"), out.with_name(out.name + ".q4_0.pred.gguf")
+
+
+def activations_path(model: Path) -> Path:
+    return model.with_name(model.name.replace(".gguf", ".act.gguf"))
 
 
 def step(title: str, command: list[str]) -> None:
@@ -62,7 +68,10 @@ def main() -> None:
     if not predictors.exists():
         step("predictors", cli + ["predictors", "train", "-m", str(model), "--method", args.method, "--rank",
                                   str(args.rank), "--tokens", str(args.tokens), "-o", str(predictors)])
-    print(f"model: {model}\npredictors: {predictors}")
+    activations = activations_path(model)
+    if not activations.exists():
+        step("profile", cli + ["profile", "-m", str(model), "--tokens", "1024", "-o", str(activations)])
+    print(f"model: {model}\npredictors: {predictors}\nactivations: {activations}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ next to llama.cpp's on the same file; or, with --kernels, the CPU kernels agains
 from __future__ import annotations
 
 import json
+import resource
 
 import click
 
+from ..hybrid.report import report_lines
 from .options import model_options, open_engine, runtime_settings
 
 
@@ -35,15 +37,21 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
             else "exact" if runtime["exact"] else "dense")
     name = engine.file.get("general.name") or engine.path
     reference = _llama_cpp(engine.path, runtime["n_threads"], n_gen, repetitions) if llama_cpp and n_gen else None
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
     if as_json:
-        click.echo(json.dumps({"model": name, "mode": mode, "backend": engine.backend,
-                               "results": [r.as_dict() for r in results],
+        click.echo(json.dumps({"model": name, "mode": mode, "backend": engine.backend, "load_ms": engine.load_ms,
+                               "peak_rss_bytes": peak_rss, "results": [r.as_dict() for r in results],
                                "llama_cpp": reference}))
         return
     click.echo("| model | mode | test | t/s |")
     click.echo("| --- | --- | --- | ---: |")
     for result in results:
         click.echo(f"| {name} | {mode} ({engine.backend}) | {result.test} | {result.tokens_per_second:.2f} |")
+    hybrid = next((r.hybrid for r in results if r.hybrid), None)
+    if hybrid is not None:
+        for line in report_lines(hybrid):
+            click.echo(line)
+    click.echo(f"load {engine.load_ms / 1000:.1f} s; peak RSS {peak_rss / 2**30:.2f} GiB")
     if reference is not None:
         ours = next(r.tokens_per_second for r in results if r.test.startswith("tg"))
         click.echo(f"| {name} | llama.cpp {reference['version']}, dense | tg{n_gen} | "
