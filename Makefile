@@ -21,7 +21,7 @@ demo: model
 	$(CLI) generate -p "The three primary colors are" -n 48 --temp 0
 	@echo "--- the sparse reference model (ProSparse recipe, ~94% of FFN neurons silent) with its predictors:"
 	$(CLI) generate -m models/prosparse-tiny.q8_0.gguf -p "Return the number of" -n 48 --temp 0 \
-		--predictors models/prosparse-tiny.pred.gguf --vram-budget 80MiB --activations models/prosparse-tiny.act.gguf
+		--predictors models/prosparse-tiny.pred.gguf --vram-budget 69MiB --activations models/prosparse-tiny.act.gguf
 
 test: model
 	$(PY) -m pytest
@@ -37,8 +37,10 @@ bench-model: install
 reference-model: install
 	PYTHONPATH=. $(PY) -m tools.prosparse.build_reference --out models/prosparse-tiny
 
-gpu-check: install
-	PYTHONPATH=. $(PY) tools/gpu_check.py
+# On an NVIDIA machine, with its own python3, torch, Triton and numba (installs nothing: gguf, if missing, comes
+# as a carried wheel on PYTHONPATH; docs/hybrid.md)
+gpu-check:
+	PYTHONPATH=.:$(PYTHONPATH) $(PYTHON) tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -42,6 +42,21 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
 
 
+def _dense_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
+    """The logits with every neuron computed: the sparse FFN unplugged, and the GPU side of a hybrid run
+    ignoring its predictors (its split FFN then lets the activation decide, which equals the dense FFN)."""
+    sparse, side = engine.model.sparse_ffn, engine.hybrid
+    engine.model.sparse_ffn = None
+    if side is not None:
+        side.predicting = False
+    try:
+        return engine.logits(tokens)
+    finally:
+        engine.model.sparse_ffn = sparse
+        if side is not None:
+            side.predicting = True
+
+
 def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | None = None,
                on_chunk: Callable[[int, float], None] | None = None) -> PerplexityResult:
     """`on_chunk(index, running_perplexity)` is called after every chunk."""
@@ -64,11 +79,7 @@ def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | 
         targets = np.array(chunk[first + 1:])
         nlls.append(-logp[np.arange(len(targets)), targets])
         if sparse is not None:
-            engine.model.sparse_ffn = None
-            try:
-                dense_logp = _log_softmax(engine.logits(chunk)[first:-1])
-            finally:
-                engine.model.sparse_ffn = sparse
+            dense_logp = _log_softmax(_dense_logits(engine, chunk)[first:-1])
             kls.append((np.exp(dense_logp) * (dense_logp - logp)).sum(-1))
             agree.append(dense_logp.argmax(-1) == logp.argmax(-1))
             dense_nlls.append(-dense_logp[np.arange(len(targets)), targets])

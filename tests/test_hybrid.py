@@ -92,6 +92,16 @@ def test_hybrid_exact_equals_packed_exact(relu_model, kernels):
         assert relative_error(engine.logits(IDS), expected_batch) < 1e-5, name
 
 
+def test_overlapped_halves_give_the_same_logits(relu_model):
+    """On a GPU the CPU half runs on its worker thread while the GPU half is queued; the CPU stand-in runs them
+    one after the other unless told to overlap."""
+    engine = hybrid(relu_model, budgets(relu_model)["mid"], exact=True, float_activations=True)
+    expected = decode_logits(engine)
+    assert not engine.hybrid.overlap or DEVICE != "cpu"
+    engine.hybrid.overlap = True
+    assert relative_error(decode_logits(engine), expected) < 1e-6
+
+
 def test_hybrid_int8_cpu_half_stays_close(relu_model):
     """Default activations: the CPU half quantizes its inputs to int8 blocks, the GPU side keeps floats."""
     packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True)
@@ -214,3 +224,26 @@ def test_generate_cli_reports_both_sides(relu_model):
     ngl = CliRunner().invoke(cli, args + ["-ngl", "2", "--json"])
     assert ngl.exit_code == 0, ngl.output
     assert json.loads(ngl.stdout)["hybrid"]["dense_gpu_layers"] == 2
+
+
+def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model):
+    from hybridinfer.perplexity import perplexity
+    import torch
+
+    from predictors.file import save_predictors
+    from predictors.model import PredictorSet
+    dense = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
+    gen = torch.Generator().manual_seed(9)
+    predictor_set = PredictorSet([torch.randn(32, dense.config.n_embd, generator=gen) for _ in range(N_LAYER)],
+                                 [torch.randn(N_FF, 32, generator=gen) for _ in range(N_LAYER)], [0.3] * N_LAYER)
+    path = relu_model.with_name("ppl.pred.gguf")
+    save_predictors(str(path), predictor_set, dense.fingerprint)
+    text = "the world is a hello and it is the world of a hello " * 8
+    # the split FFN reads the transposed down projection, as --exact does (re-quantized for quantized files)
+    expected = perplexity(hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True, float_activations=True), text,
+                          n_chunk=32)
+    engine = hybrid(relu_model, budgets(relu_model)["mid"], predictors=str(path), float_activations=True)
+    result = perplexity(engine, text, n_chunk=32)
+    assert result.dense_perplexity == pytest.approx(expected.perplexity, rel=1e-4)
+    assert result.kl_to_dense > 0
+    assert engine.hybrid.predicting  # restored

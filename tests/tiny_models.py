@@ -22,6 +22,18 @@ def spm_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
+def add_spm_vocab(writer: gguf.GGUFWriter, vocab: tuple[list[str], list[float], list[int]]) -> None:
+    """The tokenizer keys of an SPM vocabulary (tokens, scores, types) with <unk>, <s>, </s> as ids 0, 1, 2."""
+    tokens, scores, types = vocab
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+
+
 def random_weights(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=96, n_vocab=None, tied=False, seed=0,
                    gate_bias=0.0) -> dict[str, np.ndarray]:
     """float32 weights in GGUF names and torch shapes (out, in). `gate_bias` shifts gate weights so ReLU
@@ -70,14 +82,7 @@ def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_h
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(rope_base)
     writer.add_rope_dimension_count(n_embd // n_head)
-    tokens, scores, types = spm_vocab()
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
+    add_spm_vocab(writer, spm_vocab())
     writer.add_add_bos_token(True)
     if activation is not None:
         writer.add_string(ACTIVATION_KEY, activation)

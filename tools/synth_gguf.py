@@ -33,6 +33,7 @@ from hybridinfer.gguf_file import GGUFFile
 from hybridinfer.profiling import ActivationProfile, save_profile
 from predictors.file import save_predictors
 from predictors.model import PredictorSet
+from tests.tiny_models import add_spm_vocab, spm_vocab
 
 SHAPES = {  # n_embd, n_ff, n_layer, n_head, n_vocab (LLaMA-2)
     "13b": (5120, 13824, 40, 40, 32000),
@@ -104,7 +105,6 @@ def _erfinv(y: np.ndarray) -> np.ndarray:
 
 
 def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    from tests.tiny_models import spm_vocab
     tokens, scores, types = spm_vocab()
     extra = n_vocab - len(tokens)
     return (tokens + [f"▁w{i}" for i in range(extra)], scores + [-100.0 - i for i in range(extra)],
@@ -129,14 +129,7 @@ def synthesize(out: Path, shape: str = "13b", layers: int | None = None, device:
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    tokens, scores, types = vocabulary(n_vocab)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
+    add_spm_vocab(writer, vocabulary(n_vocab))
     writer.add_string(ACTIVATION_KEY, "relu")
     writer.add_float32(THRESHOLD_KEY, 0.0)
     embeddings = torch.randn(n_vocab, n_embd, generator=generator, device=device)

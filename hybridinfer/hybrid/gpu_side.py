@@ -102,6 +102,10 @@ class GPUSide:
         self.kv_dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.cpu_half = cpu_half
         self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
+        self.predicting = True  # False: split FFNs ignore the predictors (every neuron a candidate: exact)
+        # the halves of a split FFN run at once on a GPU; on the CPU stand-in they would only contend for the same
+        # cores, so there the GPU half waits for the CPU half (and each side's time is its own)
+        self.overlap = device.type != "cpu"
         self.stats = HybridStats()
         self.clock = Clock(device, self.stats)
         self.threshold = float(c.activation_threshold)
@@ -204,19 +208,20 @@ class GPUSide:
             out = self.dense_ffn(layer, normed)
             self.clock.stop("gpu", started)
             return x + out * self.config.residual_scale
-        mask = self.predict(layer, x) if layer.fc1 is not None else None  # (T, n_ff) bool
+        mask = self.predict(layer, x) if layer.fc1 is not None and self.predicting else None  # (T, n_ff) bool
         if x.shape[0] > 1:
             return x + self._split_ffn_batch(index, layer, normed, mask, started) * self.config.residual_scale
         self.clock.stop("gpu", started)
         started = self.clock.start()
         pending = self.cpu_half.submit(index, normed, None if mask is None else mask[0])
         self.clock.stop("transfer", started)
+        cold = None if self.overlap else self.cpu_half.collect(pending)
         started = self.clock.start()
         hot, fired = self.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
                                       None if mask is None else mask[0, layer.hot_index], self.threshold)
         self._fired += fired  # summed on the device: reading it here would wait for the GPU
         self.clock.stop("gpu", started)
-        cold = self.cpu_half.collect(pending)
+        cold = self.cpu_half.collect(pending) if cold is None else cold
         return x + (hot + cold)[None] * self.config.residual_scale
 
     def _split_ffn_batch(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:

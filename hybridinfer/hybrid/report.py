@@ -93,12 +93,13 @@ def hybrid_report(engine) -> dict | None:
 
 def report_lines(report: dict) -> list[str]:
     gib = report["gpu_bytes"] / 2**30
+    output = "and the output projection " if report["output_on_gpu"] else ""
     return [
-        f"hybridinfer_hybrid: {report['gpu_layers']} layers on {report['device']} ({report['dense_gpu_layers']} dense, "
-        f"output {'on' if report['output_on_gpu'] else 'off'} it, {report['hot_neurons']} hot neurons, "
-        f"{gib:.2f} GiB, {report['gpu_kernels']} kernels); FFN activations {100 * report['cpu_ffn_share']:.0f}%/"
-        f"{100 * report['gpu_ffn_share']:.0f}% CPU/GPU",
+        f"hybridinfer_hybrid: GPU side on {report['device']} ({report['gpu_kernels']} kernels, {gib:.2f} GiB): "
+        f"{report['gpu_layers']} layers ({report['dense_gpu_layers']} dense) {output}with {report['hot_neurons']} "
+        f"hot neurons; FFN activations {100 * report['cpu_ffn_share']:.0f}%/{100 * report['gpu_ffn_share']:.0f}% "
+        "CPU/GPU",
         f"hybridinfer_hybrid: per token: GPU side {report['gpu_ms_per_token']:.2f} ms, CPU side "
-        f"{report['cpu_ms_per_token']:.2f} ms (concurrent; {report['cpu_bound_tokens_per_second']:.2f} tokens/s if "
-        f"the GPU side were free), transfers {report['transfer_ms_per_token']:.2f} ms",
+        f"{report['cpu_ms_per_token']:.2f} ms ({report['cpu_bound_tokens_per_second']:.2f} tokens/s if the GPU side "
+        f"kept up), transfers {report['transfer_ms_per_token']:.2f} ms",
     ]
