@@ -13,9 +13,11 @@ import os
 import sentencepiece
 from sentencepiece import sentencepiece_model_pb2 as sp_model
 
+from hybridinfer.default_model import default_model_path
 from hybridinfer.tokenizer_bpe import BYTES_TO_UNICODE
 
-SMOLLM2_PATH = os.environ.get("HYBRIDINFER_TEST_MODEL", "/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+# where `make test` fetched the default model (the same place conftest.smollm_path looks)
+SMOLLM2_PATH = os.environ.get("HYBRIDINFER_TEST_MODEL") or str(default_model_path())
 
 EXTRA_TRAINING_LINES = [
     "Un café au lait, s'il vous plaît: the résumé of a naïve coöperative.",

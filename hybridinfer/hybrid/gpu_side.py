@@ -98,7 +98,7 @@ class GPUSide:
         c = self.config = config
         self.device = device
         self.ops = kernels_for(device, kernels)
-        self.kernels_name = self.ops.__name__.rsplit(".", 1)[-1].replace("reference", "torch")
+        self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
         self.kv_dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.cpu_half = cpu_half
         self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
