@@ -15,7 +15,7 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.placement.plan import solve_split
+from hybridinfer.placement.plan import gpu_layers_for, solve_split
 from hybridinfer.placement.split_file import load_split, save_split
 from hybridinfer.profiling import load_profile, profile_activations, save_profile
 from tiny_models import random_weights, write_tiny_gguf
@@ -179,6 +179,10 @@ def test_placement_puts_attention_first_then_the_output_then_neurons(relu_model)
         assert split.fixed_bytes + split.hot_bytes <= budget
     every_layer = m.workspace + sum(m.layer) + m.output
     assert solve_split(engine.config, profile, m, every_layer, group=1).output_on_gpu
+    dense = [m.layer[i] + m.dense_ffn[i] for i in range(N_LAYER)]
+    assert gpu_layers_for(m, m.workspace + dense[-1]) == 1
+    assert gpu_layers_for(m, m.workspace + sum(dense)) == N_LAYER
+    assert gpu_layers_for(m, m.workspace + sum(dense) + m.output) == N_LAYER + 1
     assert sum(len(h) for h in solve_split(engine.config, profile, m, every_layer, group=1).hot) == 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from hybridinfer.config import ModelConfig
 from hybridinfer.gguf_file import GGUFFile
 from hybridinfer.hybrid.setup import memory_model
+from hybridinfer.placement.plan import gpu_layers_for
 from hybridinfer.placement.sizes import parse_size
 
 N_CTX = 256
@@ -37,16 +38,10 @@ def run(model: Path, options: list[str], n_gen: int, repetitions: int, threads: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def gpu_layers_for(model: Path, budget: int) -> int:
-    """The largest -ngl whose dense layers (and output, past the last layer) fit in `budget` on the CPU device."""
+def gpu_layers_for_file(model: Path, budget: int) -> int:
+    """The -ngl that fits `budget` on the CPU device (memory model without predictors: -ngl runs dense)."""
     file = GGUFFile(model)
-    m = memory_model(file, ModelConfig.from_gguf(file), N_CTX, "cpu")
-    used, n = m.workspace, 0
-    for index in reversed(range(len(m.layer))):
-        if used + m.layer[index] + m.dense_ffn[index] > budget:
-            return n
-        used, n = used + m.layer[index] + m.dense_ffn[index], n + 1
-    return n + 1 if used + m.output <= budget else n
+    return gpu_layers_for(memory_model(file, ModelConfig.from_gguf(file), N_CTX, "cpu"), budget)
 
 
 def tg(result: dict) -> dict:
@@ -87,7 +82,7 @@ def section(model: Path, predictors: Path, budgets: list[str], n_gen: int, repet
         limit = files + RSS_MARGIN + parse_size(budget)
         row("hybrid --predictors", budget, run(model, base + ["--vram-budget", budget, "--device", "cpu"], max(
             4, n_gen // 4), 1, threads), limit)
-        n = gpu_layers_for(model, parse_size(budget))
+        n = gpu_layers_for_file(model, parse_size(budget))
         if n:
             row(f"-ngl {n} (dense)", budget, run(model, ["-ngl", str(n), "--device", "cpu"], max(4, n_gen // 4), 1,
                                                  threads), limit)

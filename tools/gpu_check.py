@@ -29,6 +29,7 @@ from hybridinfer.fingerprint import Fingerprint
 from hybridinfer.gguf_file import GGUFFile
 from hybridinfer.hybrid.report import hybrid_report
 from hybridinfer.hybrid.setup import memory_model
+from hybridinfer.placement.plan import gpu_layers_for
 from predictors.file import load_predictors
 from tools.synth_gguf import synthesize
 
@@ -42,17 +43,6 @@ def run_tests(device: str) -> str:
     lines = done.stdout.strip().splitlines()
     failures = [line for line in lines if line.startswith("FAILED")]
     return "\n".join(failures[:10] + lines[-1:]) if lines else done.stderr.strip()[-500:]
-
-
-def gpu_layers_for(memory, budget: int) -> int:
-    """llama.cpp's -ngl that fits `budget`: dense layers from the last, then the output."""
-    used, n = memory.workspace, 0
-    for index in reversed(range(len(memory.layer))):
-        cost = memory.layer[index] + memory.dense_ffn[index]
-        if used + cost > budget:
-            return n
-        used, n = used + cost, n + 1
-    return n + 1 if used + memory.output <= budget else n
 
 
 def measure(label: str, model: Path, n_tokens: int, device: str, **options) -> None:

@@ -50,7 +50,8 @@ def split(model_path, activations_path, vram_budget, n_ctx, predictors_path, dev
         click.echo(json.dumps({"output": output, **report}))
         return
     click.echo(f"GPU memory model (the file's formats, {memory.kv_element_bytes}-byte KV cache, context {n_ctx}):")
-    click.echo(f"  per layer   {format_size(memory.layer[0]):>12s}   attention, norms, KV cache, predictor")
+    click.echo(f"  per layer   {format_size(memory.layer[0]):>12s}   attention, norms, KV cache"
+               f"{', predictor' if predictors_path else ''}")
     click.echo(f"  output      {format_size(memory.output):>12s}")
     click.echo(f"  workspace   {format_size(memory.workspace):>12s}   one neuron: {memory.neuron[0]} B")
     if report["all_on_cpu"]:

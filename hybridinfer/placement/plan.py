@@ -27,6 +27,17 @@ def place_layers(memory: GPUMemoryModel, vram_budget: int) -> tuple[list[int], b
     return sorted(layers), output, used + (memory.output if output else 0)
 
 
+def gpu_layers_for(memory: GPUMemoryModel, vram_budget: int) -> int:
+    """The largest llama.cpp -ngl whose dense layers (the last ones, then the output past the last layer) fit."""
+    used, n = memory.workspace, 0
+    for index in reversed(range(len(memory.layer))):
+        cost = memory.layer[index] + memory.dense_ffn[index]
+        if used + cost > vram_budget:
+            return n
+        used, n = used + cost, n + 1
+    return n + 1 if used + memory.output <= vram_budget else n
+
+
 def solve_split(config: ModelConfig, profile: ActivationProfile, memory: GPUMemoryModel, vram_budget: int,
                 group: int = 256) -> Split:
     """The split for `vram_budget` bytes. A budget that holds no layer's attention places nothing on the GPU:
