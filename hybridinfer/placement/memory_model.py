@@ -58,10 +58,6 @@ class GPUMemoryModel:
     kv_element_bytes: int
     n_ctx: int
 
-    @property
-    def smallest_layer(self) -> int:
-        return min(self.layer)
-
     def as_dict(self) -> dict:
         return asdict(self)
 
