@@ -32,6 +32,7 @@ from ..model import apply_rope, rms_norm, rope_tables
 from ..placement.memory_model import GPU_FORMATS
 from .cpu_half import CPUHalf
 from .report import Clock, HybridStats
+from .setup import kv_element_bytes_for
 
 
 def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = None) -> DeviceMatrix:
@@ -99,7 +100,7 @@ class GPUSide:
         self.device = device
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
-        self.kv_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32  # as the memory model counts
         self.cpu_half = cpu_half
         self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
         self.predicting = True  # False: split FFNs ignore the predictors (every neuron a candidate: exact)
