@@ -100,7 +100,8 @@ class GPUSide:
         self.device = device
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
-        self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32  # as the memory model counts
+        # as the memory model counts it
+        self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32
         self.cpu_half = cpu_half
         self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
         self.predicting = True  # False: split FFNs ignore the predictors (every neuron a candidate: exact)
@@ -248,7 +249,8 @@ class GPUSide:
         values = layer.v_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)
         scores = (q.transpose(0, 1) @ keys.transpose(1, 2)) / math.sqrt(c.head_dim)  # (n_head, T, end)
         if n > 1:
-            future = torch.arange(end, device=h.device)[None, :] > torch.arange(start_pos, end, device=h.device)[:, None]
+            positions = torch.arange(end, device=h.device)
+            future = positions[None, :] > positions[start_pos:end, None]
             scores = scores.masked_fill(future, float("-inf"))
         attended = (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
         return self.ops.matvec(layer.wo, attended)
