@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install demo test bench bench-model model reference-model gpu-check clean
+.PHONY: install demo test bench bench-model model reference-model gpu-check fuzz clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: model
 
 bench: model
 	PYTHONPATH=. $(PY) tools/bench.py
+
+# The CLI on MUTANTS mutated model files (SmolLM2 and the reference model): a table of outcomes (tools/fuzz.py)
+MUTANTS ?= 10000
+fuzz: model
+	PYTHONPATH=. $(PY) tools/fuzz.py --mutants $(MUTANTS)
 
 # The 7B-shaped synthetic ProSparse model (Q4_0) and its predictors for `make bench` (docs/synthetic-7b.md)
 bench-model: install

@@ -14,6 +14,7 @@ from .errors import HybridInferError
 from .fingerprint import Fingerprint
 from .generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .gguf_file import GGUFFile
+from .memory_estimate import check_run_memory
 from .model import Transformer
 from .packed_forward import PackedTransformer
 from .packed_sparse_ffn import PackedSparseFFN
@@ -55,6 +56,10 @@ class Engine:
         elif n_ctx == 0:
             n_ctx = self.config.context_length
         self._n_ctx = n_ctx
+        if self.tokenizer.vocab_size > self.config.n_vocab:
+            raise HybridInferError(f"{self.path}: the vocabulary has {self.tokenizer.vocab_size} tokens but the model "
+                                   f"only {self.config.n_vocab} embeddings; the file is corrupt")
+        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=backend == "reference")
         if exact and predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
         hybrid = split is not None or vram_budget is not None or bool(n_gpu_layers)

@@ -10,6 +10,7 @@ Two parts:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ SHAPE_KEY = "hybridinfer.fingerprint.shape"
 PROBE_KEY = "hybridinfer.fingerprint.probe"
 PROBE_ROWS = 32
 MIN_CORRELATION = 0.98
+SHAPE_PATTERN = re.compile(r"[a-z0-9_]+(:[1-9][0-9]{0,9}){4}")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,21 @@ class Fingerprint:
         return cls(shape, tuple(float(v) for v in probe))
 
     @classmethod
-    def from_metadata(cls, metadata: dict, path: str) -> "Fingerprint":
-        if SHAPE_KEY not in metadata or PROBE_KEY not in metadata:
-            raise HybridInferError(f"{path} has no model fingerprint; it was not made by hybridinfer for a model")
-        return cls(str(metadata[SHAPE_KEY]), tuple(float(v) for v in metadata[PROBE_KEY]))
+    def from_file(cls, file: GGUFFile) -> "Fingerprint":
+        """The fingerprint a per-model artefact stores, checked for form (not yet against any model)."""
+        if SHAPE_KEY not in file.metadata or PROBE_KEY not in file.metadata:
+            raise HybridInferError(f"{file.path} has no model fingerprint; it was not made by hybridinfer for a model")
+        shape = file.text(SHAPE_KEY)
+        if not SHAPE_PATTERN.fullmatch(shape):
+            raise HybridInferError(f"{file.path}: metadata {SHAPE_KEY} is {shape!r:.60}, expected "
+                                   "ARCH:LAYERS:EMBD:FF:VOCAB; the file is corrupt: make it again")
+        return cls(shape, tuple(file.numbers(PROBE_KEY)))
+
+    @property
+    def dimensions(self) -> tuple[int, int, int]:
+        """(n_layer, n_embd, n_ff) of the model this fingerprint is of."""
+        parts = self.shape.split(":")
+        return int(parts[-4]), int(parts[-3]), int(parts[-2])
 
     def write(self, writer) -> None:
         writer.add_string(SHAPE_KEY, self.shape)
@@ -57,6 +70,9 @@ class Fingerprint:
             raise HybridInferError(f"{path} is {what} for a model of shape {self.shape}, but this model is "
                                    f"{model_fingerprint.shape}; make it for this model")
         a, b = np.array(self.probe), np.array(model_fingerprint.probe)
+        if a.shape != b.shape:
+            raise HybridInferError(f"{path} is {what} whose fingerprint has {a.size} probe values, not this model's "
+                                   f"{b.size}: it is corrupt or for another model; make it for this model")
         correlation = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(np.allclose(a, b))
         if correlation < MIN_CORRELATION:
             raise HybridInferError(f"{path} is {what} for another model with the same shape (weights differ); "

@@ -7,35 +7,19 @@ file) becomes a one-line `HybridInferError`.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGMLQuantizationType
-from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC
+from gguf import GGMLQuantizationType
 
 from .errors import HybridInferError
+from .gguf_header import HeaderError, read_header, tensor_view
 
-PWRI_MAGIC = int.from_bytes(b"PWRI", "little")  # PowerInfer's magic; the rest of the file is GGUF v3
-
-
-class _Reader(GGUFReader):
-    """gguf's reader, also accepting PowerInfer's `PWRI` magic in place of `GGUF`.
-
-    It also slices a plain ndarray view of the memory map instead of the np.memmap itself: every memmap
-    slice runs Python-level bookkeeping, which made parsing a 49k-token vocabulary take seconds.
-    """
-
-    def _get(self, offset, dtype, count=1, override_order=None):
-        if type(self.data) is np.memmap:
-            self.data = self.data.view(np.ndarray)  # still backed by (and keeping alive) the memory map
-        values = super()._get(offset, dtype, count, override_order)
-        if offset == 0 and count == 1 and values.dtype == np.uint32 and values[0] == PWRI_MAGIC:
-            self.powerinfer = True
-            return np.array([GGUF_MAGIC], dtype=np.uint32)
-        return values
+MAGICS = (b"GGUF", b"PWRI")  # PWRI: PowerInfer's magic; the rest of its file is GGUF v3
 
 
 @dataclass(frozen=True)
@@ -63,32 +47,28 @@ class GGUFFile:
             raise HybridInferError(f"model file not found: {self.path} (give the path of a .gguf file with -m)")
         if os.path.isdir(self.path):
             raise HybridInferError(f"{self.path} is a directory; give the path of a .gguf file")
-        size = os.path.getsize(self.path)
-        with open(self.path, "rb") as handle:
-            magic = handle.read(4)
-        if magic not in (b"GGUF", b"PWRI"):
-            raise HybridInferError(f"{self.path} is not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
         try:
-            reader = _Reader(self.path, "r")
-        except (ValueError, IndexError, KeyError, OverflowError, TypeError, MemoryError) as exc:
-            raise HybridInferError(f"{self.path} is a corrupt or truncated GGUF file ({exc}); re-download or re-convert it") from None
-        self.is_powerinfer = getattr(reader, "powerinfer", False)
-        self.metadata: dict[str, Any] = {}
-        for key, field in reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            self.metadata[key] = _field_value(field)
-        self.tensors: dict[str, GGUFTensor] = {}
-        for info in reader.tensors:
-            shape = tuple(int(d) for d in reversed(info.shape.tolist()))
-            expected = _expected_bytes(info.tensor_type, shape)
-            end = int(info.data_offset) + expected
-            if end > size or info.data.nbytes != expected:
-                raise HybridInferError(
-                    f"{self.path} is truncated: tensor {info.name} needs bytes up to {end} but the file has {size}; "
-                    "re-download or re-convert it")
-            self.tensors[info.name] = GGUFTensor(info.name, GGMLQuantizationType(info.tensor_type), shape, info.data)
-        self._reader = reader  # keeps the memory map alive
+            with open(self.path, "rb") as handle:
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            raise HybridInferError(f"{self.path} is empty; re-download or re-convert it") from None
+        except OSError as exc:
+            raise HybridInferError(f"cannot read {self.path}: {exc.strerror}") from None
+        magic = self._map[:4]
+        if magic not in MAGICS:
+            raise HybridInferError(f"{self.path} is not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
+        self.is_powerinfer = magic == b"PWRI"
+        try:
+            header = read_header(self._map)
+        except HeaderError as exc:
+            raise HybridInferError(f"{self.path} is corrupt or truncated: {exc}; re-download or re-convert it") from None
+        self.version = header.version
+        self.metadata: dict[str, Any] = header.metadata
+        self.value_types = header.value_types  # key -> (GGUFValueType,) or (ARRAY, item type)
+        self.data_offset = header.data_offset
+        self.tensors: dict[str, GGUFTensor] = {
+            info.name: GGUFTensor(info.name, info.type, tuple(reversed(info.dims)), tensor_view(self._map, info))
+            for info in header.tensors}
 
     @property
     def architecture(self) -> str:
@@ -102,6 +82,41 @@ class GGUFFile:
             raise HybridInferError(f"{self.path} lacks the metadata key {key}; the file is incomplete or not a model")
         return self.metadata[key]
 
+    # typed reads: a value of the wrong type or out of range is one line naming the key and what it must be
+
+    def _bad(self, key: str, value: Any, expected: str) -> HybridInferError:
+        shown = f"an array of {len(value)} items" if isinstance(value, list) else f"{value!r:.60}"
+        return HybridInferError(f"{self.path}: metadata {key} is {shown}, expected {expected}; the file is corrupt "
+                                "or was made by a broken tool: make it again")
+
+    def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        value = self.metadata.get(key, default) if default is not None else self.require(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._bad(key, value, f"an integer from {low} to {high}")
+        return value
+
+    def number(self, key: str, default: float | None = None) -> float:
+        """A finite float (an integer is accepted)."""
+        value = self.metadata.get(key, default) if default is not None else self.require(key)
+        if not _is_finite_number(value):
+            raise self._bad(key, value, "a finite number")
+        return float(value)
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.metadata.get(key, default) if default is not None else self.require(key)
+        if not isinstance(value, str):
+            raise self._bad(key, value, "a string")
+        return value
+
+    def numbers(self, key: str, length: int | None = None, default: list | None = None) -> list[float]:
+        """An array of finite numbers, of `length` items when given."""
+        value = self.metadata.get(key, default) if default is not None else self.require(key)
+        if not isinstance(value, list) or not all(_is_finite_number(v) for v in value):
+            raise self._bad(key, value, "an array of finite numbers")
+        if length is not None and len(value) != length:
+            raise self._bad(key, value, f"an array of {length} numbers")
+        return [float(v) for v in value]
+
     def release(self, name: str) -> None:
         """Drop the pages of tensor `name` from this process's memory (after copying what it needs out of them):
         the memory map stays valid, and a later read faults them in again from the page cache. A no-op where the
@@ -109,18 +124,12 @@ class GGUFFile:
         raw = self.tensor(name).raw
         if not hasattr(mmap, "MADV_DONTNEED") or raw.nbytes == 0:
             return
-        holder = raw
-        while holder is not None and not isinstance(holder, mmap.mmap):
-            holder = getattr(holder, "base", None) if not isinstance(holder, np.memmap) else holder._mmap
-        if holder is None:
-            return
-        base = np.frombuffer(holder, dtype=np.uint8)
-        start = raw.ctypes.data - base.ctypes.data
+        start = raw.ctypes.data - np.frombuffer(self._map, np.uint8, 1).ctypes.data
         page = mmap.PAGESIZE
         first = -(-start // page) * page  # whole pages inside the tensor only: neighbours keep theirs
         last = (start + raw.nbytes) // page * page
         if last > first:
-            holder.madvise(mmap.MADV_DONTNEED, first, last - first)
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def release_copied(self) -> None:
         """`release` every tensor but the float ones, which the kernels may read in place: what a loaded model
@@ -135,14 +144,5 @@ class GGUFFile:
         return self.tensors[name]
 
 
-def _expected_bytes(qtype: int, shape: tuple[int, ...]) -> int:
-    block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-    n_elements = int(np.prod(shape))
-    return n_elements // block_size * type_size
-
-
-def _field_value(field) -> Any:
-    main_type = field.types[0]
-    if main_type == GGUFValueType.ARRAY:
-        return list(field.contents())
-    return field.contents()
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

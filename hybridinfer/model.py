@@ -15,6 +15,7 @@ import time
 import torch
 
 from .config import ModelConfig
+from .finite_check import require_finite
 from .weights import LayerWeights, ModelWeights
 
 
@@ -23,8 +24,8 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, n_ctx: int):
         shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
-        self.k = torch.zeros(shape, dtype=torch.float32)
-        self.v = torch.zeros(shape, dtype=torch.float32)
+        self.k = torch.empty(shape, dtype=torch.float32)  # written before read: not zero-filled
+        self.v = torch.empty(shape, dtype=torch.float32)
         self.n_ctx = n_ctx
 
 
@@ -93,6 +94,7 @@ class Transformer:
             if timed:
                 self.attention_seconds += self._clock() - start
             x = x + self.ffn_block(index, layer, x) * c.residual_scale
+            require_finite(x, f"layer {index} (blk.{index}.*)", start_pos)
         x = rms_norm(x if all_logits else x[-1:], w.output_norm, c.rms_eps)
         return ((x @ w.output.T) / c.logit_scale).float().cpu()
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .finite_check import non_finite_error, require_finite
 from .kernels import cpu_layer, cpu_ops
 from .kernels.cpu_quant import activation_buffers, matmul
 from .model import rope_tables
@@ -59,8 +60,9 @@ class PackedTransformer:
         c = config
         self.config, self.weights = config, weights
         self.float_activations = float_activations
-        self.k_cache = np.zeros((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), np.float32)
-        self.v_cache = np.zeros_like(self.k_cache)
+        # written before read (positions < start_pos + T only): not zero-filled, so pages become resident as used
+        self.k_cache = np.empty((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), np.float32)
+        self.v_cache = np.empty_like(self.k_cache)
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
         self.sparse_ffn = None
@@ -83,6 +85,7 @@ class PackedTransformer:
         n_logits = n if all_logits else 1
         b = self._decode_buffers if n == 1 else Buffers(c, n, self.n_ctx, n_logits)
         b.x[:] = w.token_embd.dequantize_rows(ids)
+        require_finite(b.x, "the token embeddings (token_embd)", start_pos)
         if c.embedding_scale != 1.0:
             b.x *= np.float32(c.embedding_scale)
         timed = self.time_attention and n == 1
@@ -95,12 +98,17 @@ class PackedTransformer:
                 continue
             if on_gpu is not None:
                 gpu.download_stream(on_gpu, b.x)
+                require_finite(b.x, f"the GPU side's layers before layer {index}", start_pos)
                 on_gpu = None
             start = time.perf_counter()
-            self._attention(index, layer, b, start_pos)
-            if timed:
-                self.attention_seconds += time.perf_counter() - start
-            self._ffn(index, layer, b)
+            try:
+                self._attention(index, layer, b, start_pos)
+                if timed:
+                    self.attention_seconds += time.perf_counter() - start
+                self._ffn(index, layer, b)
+            except ZeroDivisionError:  # a kernel divided by a sum (softmax, norm) that NaN/inf values made 0
+                raise non_finite_error(f"layer {index} (blk.{index}.*)", start_pos) from None
+            require_finite(b.x, f"layer {index} (blk.{index}.*)", start_pos)
             cpu_seconds += time.perf_counter() - start
         if gpu is not None and gpu.output is not None:
             on_gpu = gpu.upload_stream(b.x) if on_gpu is None else on_gpu
@@ -115,6 +123,7 @@ class PackedTransformer:
                 b.logits /= np.float32(c.logit_scale)
             logits = b.logits.copy()
             cpu_seconds += time.perf_counter() - start
+        require_finite(logits, "the output projection", start_pos)
         if gpu is not None and n == 1:
             gpu.finish_token(cpu_seconds)
         return torch.from_numpy(logits)

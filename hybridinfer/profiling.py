@@ -104,13 +104,20 @@ def load_profile(path: str | os.PathLike, model_fingerprint: Fingerprint | None 
     file = GGUFFile(path)
     if file.architecture != ARCH:
         raise HybridInferError(f"{path} is not an activations file (made by `hybridinfer profile`)")
-    fingerprint = Fingerprint.from_metadata(file.metadata, str(path))
+    fingerprint = Fingerprint.from_file(file)
     if model_fingerprint is not None:
         fingerprint.check_matches(model_fingerprint, str(path), "an activations file")
-    n_layer = int(fingerprint.shape.split(":")[1])
-    counts = np.stack([np.asarray(file.tensor(f"blk.{i}.activation_count").raw, dtype=np.int64)
-                       for i in range(n_layer)])
-    return ActivationProfile(counts, int(file.require(N_TOKENS_KEY)), fingerprint)
+    n_layer, _, n_ff = fingerprint.dimensions
+    counts = np.stack([_counts(file, i, n_ff) for i in range(n_layer)])
+    return ActivationProfile(counts, file.integer(N_TOKENS_KEY, 0, 2**63 - 1), fingerprint)
+
+
+def _counts(file: GGUFFile, layer: int, n_ff: int) -> np.ndarray:
+    tensor = file.tensor(f"blk.{layer}.activation_count")
+    if tensor.shape != (n_ff,) or tensor.type.name not in ("I8", "I16", "I32", "I64"):
+        raise HybridInferError(f"{file.path}: tensor {tensor.name} is {tensor.type.name} {tensor.shape}, expected "
+                               f"{n_ff} integer counts; the file is corrupt: run `hybridinfer profile` again")
+    return np.asarray(tensor.raw, dtype=np.int64)
 
 
 def export_powerinfer(profile: ActivationProfile, directory: str | os.PathLike) -> Path:

@@ -136,12 +136,13 @@ def read_predictor_file(path: str) -> tuple[PredictorSet, dict[str, Any]]:
     """The predictors and metadata of a predictor file, checked for internal consistency but not against a
     model (`load_predictors` does that)."""
     file = _open(path)
-    n_layer, n_embd, n_ff = (int(file.metadata[k]) for k in (LAYERS_KEY, EMBD_KEY, FF_KEY))
-    ranks = [int(r) for r in file.metadata.get(RANKS_KEY, [])]
-    thresholds = [float(t) for t in file.metadata.get(THRESHOLDS_KEY, [])]
-    if len(ranks) != n_layer or len(thresholds) != n_layer:
-        raise HybridInferError(f"{path} is a corrupt predictor file: {len(ranks)} ranks and {len(thresholds)} "
-                               f"thresholds for {n_layer} layers; make it again")
+    n_layer, n_embd, n_ff = _dimensions(file)
+    ranks = file.numbers(RANKS_KEY, n_layer)
+    thresholds = file.numbers(THRESHOLDS_KEY, n_layer)
+    if not all(r == int(r) and 1 <= r <= n_ff for r in ranks):
+        raise HybridInferError(f"{path} is a corrupt predictor file: its ranks {ranks[:4]}... are not all counts "
+                               f"from 1 to {n_ff}; make it again")
+    ranks = [int(r) for r in ranks]
     fc1, fc2 = [], []
     for i in range(n_layer):
         fc1.append(_tensor(file, fc1_name(i), (ranks[i], n_embd)))
@@ -152,23 +153,21 @@ def read_predictor_file(path: str) -> tuple[PredictorSet, dict[str, Any]]:
 def load_predictors(path: str, model_fingerprint: Fingerprint) -> PredictorSet:
     """The predictors in `path`, refused (one-line HybridInferError) unless they were made for this model."""
     file = _open(path)
-    n_layer, n_embd, n_ff = (int(file.metadata[k]) for k in (LAYERS_KEY, EMBD_KEY, FF_KEY))
-    model_layers, model_embd, model_ff = model_dimensions(model_fingerprint)
+    n_layer, n_embd, n_ff = _dimensions(file)
+    model_layers, model_embd, model_ff = model_fingerprint.dimensions
     if n_layer != model_layers:
         raise HybridInferError(f"{path} holds predictors for {n_layer} layers, but the model has {model_layers}; "
                                "use the predictor file made for this model")
     if (n_embd, n_ff) != (model_embd, model_ff):
         raise HybridInferError(f"{path} holds predictors for n_embd {n_embd}, n_ff {n_ff}, but the model has "
                                f"n_embd {model_embd}, n_ff {model_ff}; use the predictor file made for this model")
-    Fingerprint.from_metadata(file.metadata, path).check_matches(model_fingerprint, path, "a predictor file")
+    Fingerprint.from_file(file).check_matches(model_fingerprint, path, "a predictor file")
     predictors, _ = read_predictor_file(path)
     return predictors
 
 
-def model_dimensions(fingerprint: Fingerprint) -> tuple[int, int, int]:
-    """(n_layer, n_embd, n_ff) from a fingerprint's shape string `arch:n_layer:n_embd:n_ff:n_vocab`."""
-    parts = fingerprint.shape.split(":")
-    return int(parts[-4]), int(parts[-3]), int(parts[-2])
+def _dimensions(file: GGUFFile) -> tuple[int, int, int]:
+    return tuple(file.integer(key, 1, 2**31 - 1) for key in (LAYERS_KEY, EMBD_KEY, FF_KEY))
 
 
 def _open(path: str) -> GGUFFile:
@@ -179,7 +178,7 @@ def _open(path: str) -> GGUFFile:
                 if "blk.0.fc1.weight" in file.tensors else "")
         raise HybridInferError(f"{path} is not a hybridinfer predictor file (its architecture is {arch or 'none'!r})"
                                f"{hint}")
-    version = int(file.metadata.get(VERSION_KEY, 0))
+    version = file.integer(VERSION_KEY, 0, 2**31 - 1, default=0)
     if version != FORMAT_VERSION:
         raise HybridInferError(f"{path} is predictor format version {version}; this hybridinfer reads version "
                                f"{FORMAT_VERSION} (make the file again with this version)")
@@ -200,11 +199,11 @@ def describe_predictor_file(path: str) -> dict[str, Any]:
     """What `hybridinfer predictors info` shows: the file's model, predictors, stored metrics and training."""
     predictors, metadata = read_predictor_file(path)
     file = GGUFFile(path)
-    fingerprint = Fingerprint.from_metadata(metadata, path)
+    fingerprint = Fingerprint.from_file(file)
     layers = [{"layer": i, "rank": predictors.rank(i), "threshold": predictors.thresholds[i]}
               for i in range(predictors.n_layer)]
     for name in ("recall", "predicted_sparsity", "true_sparsity", "prior_recall"):
-        values = metadata.get(METRIC_KEYS[name])
+        values = file.numbers(METRIC_KEYS[name]) if METRIC_KEYS[name] in metadata else None
         if values is not None and len(values) == predictors.n_layer:
             for layer, value in zip(layers, values):
                 layer[name] = float(value)
@@ -214,7 +213,7 @@ def describe_predictor_file(path: str) -> dict[str, Any]:
             average[name] = float(np.mean([layer[name] for layer in layers]))
     summary: dict[str, Any] = {
         "path": path,
-        "source": str(metadata.get(SOURCE_KEY, "")),
+        "source": file.text(SOURCE_KEY, default=""),
         "model_shape": fingerprint.shape,
         "n_layer": predictors.n_layer,
         "n_embd": predictors.n_embd,
@@ -224,9 +223,9 @@ def describe_predictor_file(path: str) -> dict[str, Any]:
         "bytes": sum(t.n_bytes for t in file.tensors.values()),
     }
     if SOURCE_PATH_KEY in metadata:
-        summary["source_path"] = str(metadata[SOURCE_PATH_KEY])
+        summary["source_path"] = file.text(SOURCE_PATH_KEY)
     for name, key in list(TRAIN_KEYS.items()) + [("test_tokens", METRIC_KEYS["tokens"])]:
-        if key in metadata:
+        if key in metadata and isinstance(metadata[key], (str, int, float)):
             value = metadata[key]
             summary[name] = value if isinstance(value, str) else float(f"{value:.6g}") if isinstance(value, float) \
                 else int(value)

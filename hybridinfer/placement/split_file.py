@@ -88,18 +88,31 @@ def load_split(path: str | os.PathLike, model_fingerprint: Fingerprint) -> Split
     file = GGUFFile(path)
     if file.architecture != ARCH:
         raise HybridInferError(f"{path} is not a split file (made by `hybridinfer split`)")
-    fingerprint = Fingerprint.from_metadata(file.metadata, str(path))
+    fingerprint = Fingerprint.from_file(file)
     fingerprint.check_matches(model_fingerprint, str(path), "a split file")
-    meta = {k[len(_KEY):]: v for k, v in file.metadata.items() if k.startswith(_KEY)}
-    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
-        raise HybridInferError(f"{path} is a split file of an older hybridinfer (format {meta.get('format_version', 1)}, "
+    version = file.integer(_KEY + "format_version", 0, 2**31 - 1, default=1)
+    if version != FORMAT_VERSION:
+        raise HybridInferError(f"{path} is a split file of an older hybridinfer (format {version}, "
                                f"this one reads {FORMAT_VERSION}); re-run `hybridinfer split`")
-    n_layer = int(fingerprint.shape.split(":")[1])
-    masks = [np.asarray(file.tensor(f"blk.{i}.gpu_idx").raw) != 0 for i in range(n_layer)]
-    return Split([np.flatnonzero(m).astype(np.int64) for m in masks], len(masks[0]), int(meta["vram_budget"]),
-                 int(meta["n_ctx"]), int(meta["kv_element_bytes"]), int(meta["group"]), int(meta["fixed_bytes"]),
-                 int(meta["hot_bytes"]), float(meta["gpu_share"]), fingerprint,
-                 sorted(int(i) for i in meta.get("gpu_layers", [])), bool(meta["output_on_gpu"]))
+    n_layer, _, n_ff = fingerprint.dimensions
+    masks = [_mask(file, i, n_ff) for i in range(n_layer)]
+    count = lambda name: file.integer(_KEY + name, 0, 2**63 - 1)  # noqa: E731
+    gpu_layers = file.numbers(_KEY + "gpu_layers", default=[]) if _KEY + "gpu_layers" in file.metadata else []
+    if not all(v == int(v) and 0 <= v < n_layer for v in gpu_layers):
+        raise HybridInferError(f"{path}: metadata {_KEY}gpu_layers names layers the model does not have; "
+                               "re-run `hybridinfer split`")
+    share = file.number(_KEY + "gpu_share")
+    return Split([np.flatnonzero(m).astype(np.int64) for m in masks], n_ff, count("vram_budget"), count("n_ctx"),
+                 count("kv_element_bytes"), count("group"), count("fixed_bytes"), count("hot_bytes"), share,
+                 fingerprint, sorted(int(i) for i in gpu_layers), bool(file.metadata.get(_KEY + "output_on_gpu")))
+
+
+def _mask(file: GGUFFile, layer: int, n_ff: int) -> np.ndarray:
+    tensor = file.tensor(f"blk.{layer}.gpu_idx")
+    if tensor.shape != (n_ff,) or tensor.type.name not in ("I8", "I16", "I32", "I64"):
+        raise HybridInferError(f"{file.path}: tensor {tensor.name} is {tensor.type.name} {tensor.shape}, expected "
+                               f"{n_ff} integer flags; the file is corrupt: re-run `hybridinfer split`")
+    return np.asarray(tensor.raw) != 0
 
 
 def export_powerinfer_gpuidx(split: Split, path: str | os.PathLike) -> None:
