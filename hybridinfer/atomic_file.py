@@ -1,5 +1,6 @@
 """Write an output file completely or not at all: a temporary file beside the destination, renamed over it
-only when complete, removed on any error or interrupt."""
+only when complete, removed on any error or interrupt (SIGTERM too: hybridinfer/cli/main.py turns it into
+SystemExit, so the cleanup below runs)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,33 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import HybridInferError
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """Refuse, before any work is done, a destination that cannot be written: a directory, or a parent
+    directory that is missing, not a directory, or not writable."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise HybridInferError(f"{path} is a directory; give the path of the file to write")
+    if not parent.exists():
+        raise HybridInferError(f"the output directory {parent} does not exist; create it or choose another path")
+    if not parent.is_dir():
+        raise HybridInferError(f"{parent} is not a directory, so {path} cannot be written; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HybridInferError(f"the output directory {parent} is not writable; choose another path")
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike):
     """Yield a temporary path to write; on success it becomes `path` (with the usual 0666 & ~umask mode)."""
     path = Path(path)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    check_destination(path)
+    try:
+        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise HybridInferError(f"cannot create a file in {path.parent}: {exc.strerror}; choose another path") from None
     os.close(handle)
     try:
         yield partial

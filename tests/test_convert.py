@@ -179,7 +179,7 @@ def test_cli_json_summary_and_missing_directory(checkpoints, tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr and "not a directory" in done.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_killed_conversion_leaves_no_file_at_the_destination(tmp_path_factory, tmp_path, sig):
     hf_dir = tmp_path_factory.getbasetemp() / "slow-checkpoint"
     if not hf_dir.exists():  # ~200 MB of fp32 weights: long enough to interrupt mid-way
@@ -198,9 +198,10 @@ def test_killed_conversion_leaves_no_file_at_the_destination(tmp_path_factory, t
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert not out.exists()
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:  # SIGINT and SIGTERM unwind: the partial file is removed too
+        assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
         assert "Traceback" not in stderr
-        assert not list(tmp_path.glob(".out.gguf.*"))  # the partial file is removed too
+        assert not list(tmp_path.glob(".out.gguf.*"))
 
 
 def test_output_file_gets_ordinary_permissions(checkpoints, tmp_path):

@@ -13,7 +13,7 @@ from ..convert.quantize import OUTTYPES
 
 @click.command()
 @click.argument("hf_dir", type=click.Path())
-@click.option("-o", "--outfile", "output", required=True, type=click.Path(dir_okay=False), help="GGUF file to write")
+@click.option("-o", "--outfile", "output", required=True, type=click.Path(), help="GGUF file to write")
 @click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="f16", show_default=True,
               help="weight type of the 2-D tensors (norms stay f32; q4_0 keeps the output projection at q8_0)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")

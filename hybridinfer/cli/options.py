@@ -13,7 +13,7 @@ _defaults = SamplerSettings()
 
 def model_options(command):
     for option in reversed([
-        click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
+        click.option("-m", "--model", "model_path", type=click.Path(),
                      help="GGUF model file (default: SmolLM2-135M-Instruct, fetched on first use)"),
         click.option("-c", "--ctx-size", "n_ctx", type=int, default=None,
                      help="context size in tokens (default: the model's, at most 4096; 0 = the model's own)"),

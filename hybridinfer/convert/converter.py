@@ -1,6 +1,7 @@
 """`convert_checkpoint`: a Hugging Face checkpoint directory -> one GGUF file, tensor by tensor.
 
-Flow: read config.json (architecture, activation) and tokenizer.model, list the source tensors (no data),
+Flow: check the output path, read config.json (architecture, activation; every hyper-parameter validated)
+and tokenizer.model, list the source tensors (no data; the index and every file's tensor table validated),
 write the GGUF header, metadata and tensor table, then stream each tensor: read it (a background thread
 reads the next one meanwhile), apply the Q/K permutation, encode it, append it. Output goes to a temporary
 file beside the destination, renamed only when complete; the input is never written to.
@@ -21,7 +22,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..atomic_file import atomic_output
+from ..atomic_file import atomic_output, check_destination
 from ..config import ACTIVATION_KEY, THRESHOLD_KEY
 from ..errors import HybridInferError
 from .hf_config import HFModelSpec, read_spec
@@ -58,14 +59,7 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
     """Convert; `progress(total_bytes)` may return a tqdm-like object whose `update(n)` is called per tensor."""
     start = time.perf_counter()
     hf_dir, output = Path(hf_dir), Path(output)
-    if not hf_dir.is_dir():
-        raise HybridInferError(f"{hf_dir} is not a directory; give a Hugging Face checkpoint directory")
-    if outtype not in OUTTYPES:
-        raise HybridInferError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
-    if output.exists() and not force:
-        raise HybridInferError(f"{output} exists; pass --force to overwrite it")
-    if not output.parent.is_dir():
-        raise HybridInferError(f"the output directory {output.parent} does not exist")
+    _check_arguments(hf_dir, output, outtype, force)
     spec = read_spec(hf_dir)
     vocab = read_vocab(hf_dir, spec)
     plan = _plan(hf_dir, spec)
@@ -100,6 +94,19 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
         input_bytes=input_bytes, output_bytes=output.stat().st_size, seconds=round(seconds, 3),
         input_mb_per_s=round(input_bytes / seconds / 1e6, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+
+
+def _check_arguments(hf_dir: Path, output: Path, outtype: str, force: bool) -> None:
+    """Everything about the paths and flags that can be refused before the checkpoint is read."""
+    if not hf_dir.is_dir():
+        raise HybridInferError(f"{hf_dir} is not a directory; give a Hugging Face checkpoint directory")
+    if outtype not in OUTTYPES:
+        raise HybridInferError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    check_destination(output)
+    if output.exists() and not force:
+        raise HybridInferError(f"{output} exists; pass --force to overwrite it")
+    if output.exists() and output.resolve().parent == hf_dir.resolve() and output.suffix != ".gguf":
+        raise HybridInferError(f"{output} is a file of the checkpoint being converted; write the GGUF file elsewhere")
 
 
 def _plan(hf_dir: Path, spec: HFModelSpec) -> dict[str, SourceTensor]:

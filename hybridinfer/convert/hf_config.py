@@ -6,16 +6,20 @@ architecture is chosen from `model_type` + `hidden_act`:
     SparseLlamaForCausalLM, model_type sparsellama, hidden_act fatrelu/relu/silu -> GGUF arch llama
     LlamaForCausalLM, model_type llama, hidden_act relu/silu/fatrelu              -> GGUF arch llama
     MiniCPMForCausalLM (model_type minicpm or absent), hidden_act fatrelu/relu/silu -> GGUF arch minicpm
+
+Every value the converter uses is read through config_values.ConfigValues (type and range checked, the key
+named on refusal), and the attention shapes are checked against each other, before any output exists.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HybridInferError
+from .config_values import ConfigValues
+from .json_file import read_json_object, shown
 
 SUPPORTED = "SparseLlamaForCausalLM (sparsellama), LlamaForCausalLM (llama), MiniCPMForCausalLM"
 
@@ -43,79 +47,86 @@ class HFModelSpec:
     logit_scale: float = 1.0
 
 
-def read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise HybridInferError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def read_spec(hf_dir: Path) -> HFModelSpec:
+    """The model described by hf_dir/config.json, every value the converter uses checked (config_values.py)."""
     config_path = hf_dir / "config.json"
     if not config_path.exists():
         raise HybridInferError(f"{hf_dir} has no config.json; give a Hugging Face checkpoint directory")
-    config = read_json(config_path)
-    hf_class = (config.get("architectures") or ["(none)"])[0]
-    model_type = config.get("model_type")
-    if hf_class == "MiniCPMForCausalLM" and model_type in (None, "minicpm"):
-        arch = "minicpm"
-    elif hf_class == "SparseLlamaForCausalLM" and model_type == "sparsellama":
-        arch = "llama"
-    elif hf_class == "LlamaForCausalLM" and model_type == "llama":
-        arch = "llama"
-    else:
+    values = ConfigValues(read_json_object(config_path), config_path)
+    arch, hf_class = _architecture(values)
+    if values.config.get("rope_scaling"):
         raise HybridInferError(
-            f"unsupported checkpoint: architectures {hf_class!r} with model_type {model_type!r}; supported: {SUPPORTED}")
-    if config.get("rope_scaling"):
-        raise HybridInferError(f"unsupported checkpoint: rope_scaling {config['rope_scaling']!r} is not implemented")
-    activation, threshold = _activation(config)
-    try:
-        return _spec(config, arch, hf_class, activation, threshold)
-    except KeyError as exc:
-        raise HybridInferError(f"{config_path} lacks the key {exc.args[0]!r}; the checkpoint is incomplete") from None
+            f"unsupported checkpoint: rope_scaling {shown(values.config['rope_scaling'])} is not implemented")
+    activation, threshold = _activation(values)
+    spec = _spec(values, arch, hf_class, activation, threshold)
+    _check_heads(spec, config_path)
+    return spec
 
 
-def _spec(config: dict, arch: str, hf_class: str, activation: str, threshold: float) -> HFModelSpec:
-    n_head = int(config["num_attention_heads"])
-    n_layer = int(config["num_hidden_layers"])
-    n_embd = int(config["hidden_size"])
+def _architecture(values: ConfigValues) -> tuple[str, str]:
+    hf_class = (values.names("architectures") or ["(none)"])[0]
+    model_type = values.text("model_type")
+    if hf_class == "MiniCPMForCausalLM" and model_type in (None, "minicpm"):
+        return "minicpm", hf_class
+    if hf_class == "SparseLlamaForCausalLM" and model_type == "sparsellama":
+        return "llama", hf_class
+    if hf_class == "LlamaForCausalLM" and model_type == "llama":
+        return "llama", hf_class
+    raise HybridInferError(
+        f"unsupported checkpoint: architectures {hf_class!r} with model_type {model_type!r}; supported: {SUPPORTED}")
+
+
+def _spec(values: ConfigValues, arch: str, hf_class: str, activation: str, threshold: float) -> HFModelSpec:
+    n_head = values.count("num_attention_heads")
+    n_layer = values.count("num_hidden_layers")
+    n_embd = values.count("hidden_size")
     minicpm = arch == "minicpm"
     return HFModelSpec(
         gguf_arch=arch,
         hf_class=hf_class,
-        n_vocab=int(config["vocab_size"]),
+        n_vocab=values.count("vocab_size"),
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        n_head_kv=int(config.get("num_key_value_heads") or n_head),
-        n_ff=int(config["intermediate_size"]),
-        context_length=int(config.get("max_position_embeddings", 4096)),
-        rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_base=float(config.get("rope_theta") or 10000.0),
+        # transformers reads an absent or null num_key_value_heads as num_attention_heads (no GQA)
+        n_head_kv=n_head if values.config.get("num_key_value_heads") is None else values.count("num_key_value_heads"),
+        n_ff=values.count("intermediate_size"),
+        context_length=values.count("max_position_embeddings", 4096),
+        rms_eps=values.number("rms_norm_eps", 1e-6),
+        rope_base=values.number("rope_theta", 10000.0),
         activation=activation,
         activation_threshold=threshold,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", minicpm)),
-        bos_token_id=config.get("bos_token_id"),
-        eos_token_id=_first(config.get("eos_token_id")),
-        embedding_scale=float(config.get("scale_emb", 1.0)) if minicpm else 1.0,
-        residual_scale=float(config.get("scale_depth", 1.0)) / math.sqrt(n_layer) if minicpm else 1.0,
-        logit_scale=n_embd / float(config.get("dim_model_base", n_embd)) if minicpm else 1.0,
+        tie_word_embeddings=values.flag("tie_word_embeddings", minicpm),
+        bos_token_id=values.token_id("bos_token_id"),
+        eos_token_id=values.token_id("eos_token_id"),
+        embedding_scale=values.number("scale_emb", 1.0) if minicpm else 1.0,
+        residual_scale=values.number("scale_depth", 1.0) / math.sqrt(n_layer) if minicpm else 1.0,
+        logit_scale=n_embd / values.count("dim_model_base", n_embd) if minicpm else 1.0,
     )
 
 
-def _activation(config: dict) -> tuple[str, float]:
-    act = config.get("hidden_act", "silu")
+def _check_heads(spec: HFModelSpec, config_path: Path) -> None:
+    """The attention shapes the tensor table and the Q/K permutation rely on."""
+    if spec.n_embd % spec.n_head:
+        problem = f"hidden_size {spec.n_embd} is not a multiple of num_attention_heads {spec.n_head}"
+    elif (spec.n_embd // spec.n_head) % 2:
+        head_dim = spec.n_embd // spec.n_head
+        problem = f"the head size hidden_size / num_attention_heads = {head_dim} is odd (RoPE pairs its rows)"
+    elif spec.n_head % spec.n_head_kv:
+        problem = f"num_attention_heads {spec.n_head} is not a multiple of num_key_value_heads {spec.n_head_kv}"
+    else:
+        return
+    raise HybridInferError(f"{config_path}: {problem}; correct config.json or download it again")
+
+
+def _activation(values: ConfigValues) -> tuple[str, float]:
+    act = values.text("hidden_act") if "hidden_act" in values.config else "silu"
     if act in ("silu", "swish"):
         return "silu", 0.0
     if act == "relu":
         return "relu", 0.0
     if act == "fatrelu":
-        threshold = float(config.get("hidden_act_param", 0.0))
+        threshold = values.number("hidden_act_param", 0.0, positive=False)
         return ("fatrelu", threshold) if threshold != 0.0 else ("relu", 0.0)
     raise HybridInferError(
         f"unsupported hidden_act {act!r} (supported: silu, relu, fatrelu with hidden_act_param)")
-
-
-def _first(value):
-    return value[0] if isinstance(value, list) else value

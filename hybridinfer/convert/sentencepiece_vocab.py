@@ -11,7 +11,8 @@ from gguf import GGUFWriter, TokenType
 from sentencepiece import sentencepiece_model_pb2
 
 from ..errors import HybridInferError
-from .hf_config import HFModelSpec, read_json
+from .hf_config import HFModelSpec
+from .json_file import read_json_object, shown
 
 
 @dataclass
@@ -108,13 +109,24 @@ def _pad(tokens: list, scores: list, types: list) -> None:
 
 
 def _optional_json(path: Path) -> dict:
-    return read_json(path) if path.exists() else {}
+    return read_json_object(path) if path.exists() else {}
 
 
 def _added_tokens(hf_dir: Path, tokenizer_config: dict) -> dict[int, dict]:
-    added = {int(i): dict(info) for i, info in (tokenizer_config.get("added_tokens_decoder") or {}).items()}
-    for content, token_id in _optional_json(hf_dir / "added_tokens.json").items():
-        added.setdefault(int(token_id), {"content": content, "special": False})
+    """Token id -> {"content": str, "special": bool} from tokenizer_config.json and added_tokens.json."""
+    decoder = tokenizer_config.get("added_tokens_decoder") or {}
+    listed = _optional_json(hf_dir / "added_tokens.json")
+    try:
+        added = {int(i): {"content": info["content"], "special": bool(info.get("special"))}
+                 for i, info in decoder.items()}
+        for content, token_id in listed.items():
+            added.setdefault(int(token_id), {"content": content, "special": False})
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise HybridInferError(f"{hf_dir}: the added tokens in tokenizer_config.json or added_tokens.json are "
+                               "malformed; download those files again") from None
+    if any(token_id < 0 or not isinstance(info["content"], str) for token_id, info in added.items()):
+        raise HybridInferError(f"{hf_dir}: an added token in tokenizer_config.json has a negative id or non-string "
+                               "content; download it again")
     return added
 
 
@@ -123,4 +135,7 @@ def _chat_template(tokenizer_config: dict) -> str | None:
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
         template = named.get("default") or next(iter(named.values()), None)
+    if template is not None and not isinstance(template, str):
+        raise HybridInferError(
+            f"tokenizer_config.json: chat_template must be a string, got {shown(template)}; download it again")
     return template or None
