@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -20,17 +23,42 @@ from .split_cmd import split
 
 
 class _Group(click.Group):
-    """Turns HybridInferError into `error: ...` on stderr with exit status 1, never a traceback."""
+    """Turns HybridInferError into `error: ...` on stderr with exit status 1 (a usage error: 2), never a
+    traceback or click's usage block; SIGTERM
+    unwinds like Ctrl-C (so temporary files are removed) and exits 143."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
         except HybridInferError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except click.UsageError as exc:  # a bad flag or value: one line, with where to look, not the usage block
+            command = exc.ctx.command_path if exc.ctx is not None else "hybridinfer"
+            click.echo(f"error: {' '.join(exc.format_message().split())} (see `{command} --help`)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("", err=True)
             sys.exit(130)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While a command runs, SIGTERM raises SystemExit(143) in the main thread: `finally` blocks and context
+    managers (atomic_file.atomic_output's cleanup) run, as for SIGINT, instead of the process dying at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def exit_143(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_143)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @click.group(cls=_Group)
