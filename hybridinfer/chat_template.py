@@ -4,8 +4,9 @@ built-in format (llama.cpp's names: "chatml", "llama2", "minicpm").
 Jinja templates render the way transformers' `apply_chat_template` renders them: an immutable sandbox with
 `trim_blocks` / `lstrip_blocks`, the `loopcontrols` extension, a no-op `{% generation %}` block, HF's `tojson`
 (no HTML escaping), `raise_exception(msg)` and `strftime_now(fmt)`. Unlike the plain jinja sandbox, access to
-an unsafe attribute (`''.__class__`, ...) fails instead of rendering as empty. Every template failure becomes
-a one-line `HybridInferError` that suggests `--chat-template NAME`.
+an unsafe attribute (`''.__class__`, ...) fails instead of rendering as empty. A template is untrusted input:
+it renders under the time, size and depth limits of `chat_template_limits`. Every template failure, a broken
+limit included, becomes a one-line `HybridInferError` that suggests `--chat-template NAME`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any, Callable
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import chat_template_limits as limits
 from .errors import HybridInferError
 
 ChatFormatter = Callable[..., str]  # (messages, *, bos_token, eos_token, add_generation_prompt) -> str
@@ -132,7 +133,7 @@ class _GenerationBlock(jinja2.ext.Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
+class _Sandbox(limits.LimitedSandbox):
     def unsafe_undefined(self, obj: Any, attribute: str):
         # The stock sandbox returns an Undefined that renders as "" - fail loudly instead.
         raise jinja2.exceptions.SecurityError(
@@ -140,9 +141,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         )
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> limits.LimitedSandbox:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationBlock])
     env.filters["tojson"] = _tojson
+    env.limit_filters()
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -153,6 +155,8 @@ _ENV = _environment()
 
 def _template_error(detail: str) -> HybridInferError:
     detail = " ".join(str(detail).split()) or "unknown error"
+    if len(detail) > 300:  # e.g. a KeyError that quotes a long key
+        detail = detail[:297] + "..."
     names = ", ".join(BUILTIN_TEMPLATES)
     return HybridInferError(
         f"chat template error: {detail}; pass --chat-template NAME ({names}) to use a built-in format instead"
@@ -167,6 +171,8 @@ def _compile(source: str) -> jinja2.Template:
         raise _template_error(f"{error.message} (line {error.lineno})") from None
     except jinja2.TemplateError as error:
         raise _template_error(str(error)) from None
+    except (SyntaxError, ValueError, TypeError, OverflowError) as error:  # e.g. nesting too deep for Python
+        raise _template_error(f"cannot compile the template: {type(error).__name__}: {error}") from None
 
 
 def _is_jinja(template: str) -> bool:
@@ -205,13 +211,18 @@ def render_chat(
         except (KeyError, TypeError, AttributeError) as error:
             raise HybridInferError(f"invalid chat messages for the {name} format: {error!r}") from None
 
-    compiled = _compile(template)
     context = dict(extra)
     context.update(
         messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt
     )
     try:
-        return compiled.render(**context)
+        return limits.render(functools.partial(_compile, template), context)
+    except limits.TemplateLimitError as error:
+        raise _template_error(str(error)) from None
+    except RecursionError:
+        raise _template_error("the template recursed too deeply") from None
+    except MemoryError:
+        raise _template_error("the template ran out of memory") from None
     except _TemplateRaised as error:
         raise _template_error(f"the template raised: {error}") from None
     except jinja2.TemplateError as error:  # undefined variables, sandbox violations, ...
