@@ -19,8 +19,8 @@ from gguf import quants
 
 from .config import ModelConfig
 from .dequantize import dequantize
-from .errors import HybridInferError
 from .gguf_file import GGUFFile, GGUFTensor
+from .tensor_shapes import down_name, require_tensors
 from .kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack
 from .kernels.requantize import transpose_quantized
 
@@ -94,17 +94,11 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
     start = time.perf_counter()
     c = config
-    q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
+    tensor = model.tensor
 
-    def tensor(name: str, shape: tuple[int, ...]) -> GGUFTensor:
-        found = model.tensor(name)
-        if found.shape != shape:
-            raise HybridInferError(
-                f"{model.path}: tensor {name} has shape {found.shape}, expected {shape} from the metadata")
-        return found
-
-    def matrix(name: str, shape: tuple[int, int]) -> PackedMatrix:
-        found = tensor(name, shape)
+    def matrix(name: str) -> PackedMatrix:
+        found = tensor(name)
         packed = pack_any(found)
         if found.type not in FLOAT_DTYPES:  # float weights are read in place: their pages stay
             model.release(name)
@@ -112,39 +106,36 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
 
     def qkv(p: str) -> PackedMatrix:
         names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
-        packed = stacked([tensor(n, shape) for n, shape in zip(names, [(q_rows, c.n_embd)] + [(kv_rows, c.n_embd)] * 2)])
+        packed = stacked([tensor(n) for n in names])
         if packed.quantized:
             for name in names:
                 model.release(name)
         return packed
 
     def vector(name: str) -> np.ndarray:
-        return np.ascontiguousarray(dequantize(tensor(name, (c.n_embd,))), dtype=np.float32)
+        return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
 
     layers = []
     for i in range(c.n_layer):
         p = f"blk.{i}."
-        if p + "ffn_down_t.weight" in model.tensors:  # PowerInfer
-            down = tensor(p + "ffn_down_t.weight", (c.n_ff, c.n_embd))
-        else:
-            down = tensor(p + "ffn_down.weight", (c.n_embd, c.n_ff))
+        down = tensor(down_name(model, i))  # PowerInfer's ffn_down_t, else ffn_down
         attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
         layer = PackedLayer(
             attn_norm=vector(p + "attn_norm.weight"),
             attn_qkv=qkv(p) if attention_here else None,
-            attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_rows)) if attention_here else None,
+            attn_output=matrix(p + "attn_output.weight") if attention_here else None,
             ffn_norm=vector(p + "ffn_norm.weight"),
-            ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)) if ffn_here else None,
-            ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)) if ffn_here else None,
+            ffn_gate=matrix(p + "ffn_gate.weight") if ffn_here else None,
+            ffn_up=matrix(p + "ffn_up.weight") if ffn_here else None,
             source_down=down)
         if ffn_here:
             layer.ffn_down_t() if sparse else layer.ffn_down()
             if down.type not in FLOAT_DTYPES or sparse:
                 model.release(down.name)
         layers.append(layer)
-    token_embd = matrix("token_embd.weight", (c.n_vocab, c.n_embd))
+    token_embd = matrix("token_embd.weight")
     output = token_embd if c.tied_embeddings else None if output_on_gpu else \
-        matrix("output.weight", (c.n_vocab, c.n_embd))
+        matrix("output.weight")
     return PackedWeights(token_embd, layers, vector("output_norm.weight"), output, time.perf_counter() - start)
 
 

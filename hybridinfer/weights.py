@@ -8,8 +8,8 @@ import torch
 
 from .config import ModelConfig
 from .dequantize import dequantize
-from .errors import HybridInferError
 from .gguf_file import GGUFFile
+from .tensor_shapes import DOWN_T, down_name, require_tensors
 
 
 @dataclass
@@ -35,34 +35,29 @@ class ModelWeights:
 
 def load_weights(model: GGUFFile, config: ModelConfig) -> ModelWeights:
     c = config
-    q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    require_tensors(model, config)
 
-    def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        tensor = model.tensor(name)
-        if tensor.shape != shape:
-            raise HybridInferError(
-                f"{model.path}: tensor {name} has shape {tensor.shape}, expected {shape} from the metadata")
-        return torch.from_numpy(dequantize(tensor))
+    def get(name: str) -> torch.Tensor:
+        return torch.from_numpy(dequantize(model.tensor(name)))  # shapes: checked by tensor_shapes.require_tensors
 
     def down(i: int) -> torch.Tensor:
-        if f"blk.{i}.ffn_down_t.weight" in model.tensors:  # PowerInfer: row j is neuron j's output vector
-            return get(f"blk.{i}.ffn_down_t.weight", (c.n_ff, c.n_embd)).T.contiguous()
-        return get(f"blk.{i}.ffn_down.weight", (c.n_embd, c.n_ff))
+        name = down_name(model, i)
+        return get(name).T.contiguous() if name.endswith(DOWN_T) else get(name)  # PowerInfer: rows are neurons
 
     layers = []
     for i in range(c.n_layer):
         p = f"blk.{i}."
         layers.append(LayerWeights(
-            attn_norm=get(p + "attn_norm.weight", (c.n_embd,)),
-            attn_q=get(p + "attn_q.weight", (q_rows, c.n_embd)),
-            attn_k=get(p + "attn_k.weight", (kv_rows, c.n_embd)),
-            attn_v=get(p + "attn_v.weight", (kv_rows, c.n_embd)),
-            attn_output=get(p + "attn_output.weight", (c.n_embd, q_rows)),
-            ffn_norm=get(p + "ffn_norm.weight", (c.n_embd,)),
-            ffn_gate=get(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
-            ffn_up=get(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
+            attn_norm=get(p + "attn_norm.weight"),
+            attn_q=get(p + "attn_q.weight"),
+            attn_k=get(p + "attn_k.weight"),
+            attn_v=get(p + "attn_v.weight"),
+            attn_output=get(p + "attn_output.weight"),
+            ffn_norm=get(p + "ffn_norm.weight"),
+            ffn_gate=get(p + "ffn_gate.weight"),
+            ffn_up=get(p + "ffn_up.weight"),
             ffn_down=down(i),
         ))
-    token_embd = get("token_embd.weight", (c.n_vocab, c.n_embd))
-    output = token_embd if c.tied_embeddings else get("output.weight", (c.n_vocab, c.n_embd))
-    return ModelWeights(token_embd, layers, get("output_norm.weight", (c.n_embd,)), output)
+    token_embd = get("token_embd.weight")
+    output = token_embd if c.tied_embeddings else get("output.weight")
+    return ModelWeights(token_embd, layers, get("output_norm.weight"), output)

@@ -135,3 +135,15 @@ def test_inf_in_the_embeddings_is_named(tiny_layout, tmp_path):
     start = mutant.data_patches[0][0]
     mutant.data_patches = [(start + row * 64 * 4, b"\x00\x00\x80\x7f") for row in range(n_vocab)]  # +inf in every row
     assert "token_embd" in refused(mutant, tmp_path)
+
+
+def test_tensors_of_the_wrong_shape_are_named_before_any_weight_is_read(tiny_layout, tmp_path):
+    from tools.gguf_mutants import Mutant, _base, _rename, assemble
+    metadata, tensors = _base(tiny_layout)
+    names = [e.name for e in tiny_layout.tensors]
+    i, j = names.index("blk.1.attn_q.weight"), names.index("blk.1.ffn_gate.weight")
+    tensors[i], tensors[j] = _rename(tiny_layout.tensors[i], names[j]), _rename(tiny_layout.tensors[j], names[i])
+    mutant = Mutant("edit", assemble(tiny_layout, metadata, tensors), tiny_layout)
+    for backend in ("packed", "reference"):
+        line = refused(mutant, tmp_path, "--backend", backend)
+        assert "blk.1.attn_q.weight has shape (96, 64), expected (64, 64)" in line

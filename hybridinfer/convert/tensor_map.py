@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 
+from ..tensor_shapes import tensor_shapes
 from .hf_config import HFModelSpec
 
 _GLOBAL = {
@@ -39,25 +40,9 @@ def gguf_name(hf_name: str) -> str | None:
 
 
 def expected_shapes(spec: HFModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every GGUF tensor the model needs, with its torch shape (out, in)."""
-    head_dim = spec.n_embd // spec.n_head
-    shapes = {"token_embd.weight": (spec.n_vocab, spec.n_embd), "output_norm.weight": (spec.n_embd,)}
-    if not spec.tie_word_embeddings:
-        shapes["output.weight"] = (spec.n_vocab, spec.n_embd)
-    for i in range(spec.n_layer):
-        p = f"blk.{i}."
-        shapes.update({
-            p + "attn_norm.weight": (spec.n_embd,),
-            p + "attn_q.weight": (spec.n_head * head_dim, spec.n_embd),
-            p + "attn_k.weight": (spec.n_head_kv * head_dim, spec.n_embd),
-            p + "attn_v.weight": (spec.n_head_kv * head_dim, spec.n_embd),
-            p + "attn_output.weight": (spec.n_embd, spec.n_head * head_dim),
-            p + "ffn_norm.weight": (spec.n_embd,),
-            p + "ffn_gate.weight": (spec.n_ff, spec.n_embd),
-            p + "ffn_up.weight": (spec.n_ff, spec.n_embd),
-            p + "ffn_down.weight": (spec.n_embd, spec.n_ff),
-        })
-    return shapes
+    """Every GGUF tensor the model needs, with its torch shape (out, in): the engine's own table."""
+    return tensor_shapes(spec.n_vocab, spec.n_embd, spec.n_layer, spec.n_head, spec.n_head_kv, spec.n_ff,
+                         spec.tie_word_embeddings)
 
 
 def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
