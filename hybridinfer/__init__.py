@@ -2,7 +2,7 @@
 
 from .engine import Engine, load
 from .errors import HybridInferError
-from .generate import GenerationChunk, GenerationResult, Timings
+from .generation.generate import GenerationChunk, GenerationResult, Timings
 
 __version__ = "0.1.0"
 __all__ = ["Engine", "GenerationChunk", "GenerationResult", "HybridInferError", "Timings", "load"]

@@ -9,20 +9,21 @@ import numba
 import numpy as np
 import torch
 
-from .config import ModelConfig
+from .model_file.config import ModelConfig
 from .errors import HybridInferError
-from .fingerprint import Fingerprint
-from .generate import GenerationChunk, GenerationResult, Timings, stream_generate
-from .gguf_file import GGUFFile
-from .memory_estimate import check_run_memory
-from .model import Transformer
-from .packed_forward import PackedTransformer
-from .packed_sparse_ffn import PackedSparseFFN
-from .packed_weights import load_packed_weights
-from .sampling import Sampler, SamplerSettings
-from .sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
-from .tokenizer import tokenizer_from_metadata
-from .weights import load_weights
+from .options import RunOptions
+from .model_file.fingerprint import Fingerprint
+from .generation.generate import GenerationChunk, GenerationResult, Timings, stream_generate
+from .model_file.gguf_file import GGUFFile
+from .runtime.memory_estimate import check_run_memory
+from .reference.model import Transformer
+from .runtime.decoder import PackedTransformer
+from .runtime.sparse_ffn import PackedSparseFFN
+from .runtime.weights import load_packed_weights
+from .generation.sampling import Sampler, SamplerSettings
+from .reference.sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
+from .text.vocabulary import tokenizer_from_metadata
+from .reference.weights import load_weights
 
 DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the attention scratch memory
@@ -33,22 +34,22 @@ class Engine:
     """One loaded model with its KV cache. `tokens` is what the cache holds, so a later prompt that starts
     with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
 
-    def __init__(self, path: str, n_ctx: int | None = None, n_threads: int | None = None, exact: bool = False,
-                 predictors: str | None = None, split: str | None = None, vram_budget: str | None = None,
-                 activations: str | None = None, device: str | None = None, backend: str | None = None,
-                 float_activations: bool = False, n_gpu_layers: int | None = None, gpu_kernels: str | None = None):
+    def __init__(self, path: str, options: RunOptions | None = None, **fields):
+        """`options`, or its fields as keywords (which override it): see `options.RunOptions`."""
+        o = self.options = RunOptions.of(options, **fields)
         start = time.perf_counter()
-        if n_threads is not None:
-            if n_threads < 1:
-                raise HybridInferError(f"-t/--threads must be at least 1, got {n_threads}")
-            torch.set_num_threads(n_threads)
-            numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        if o.n_threads is not None:
+            if o.n_threads < 1:
+                raise HybridInferError(f"-t/--threads must be at least 1, got {o.n_threads}")
+            torch.set_num_threads(o.n_threads)
+            numba.set_num_threads(min(o.n_threads, numba.config.NUMBA_NUM_THREADS))
         self.path = str(path)
         self._fingerprint: Fingerprint | None = None
         self.split = None
         self.file = GGUFFile(path)
         self.config = ModelConfig.from_gguf(self.file)
         self.tokenizer = tokenizer_from_metadata(self.file.metadata)
+        n_ctx = o.n_ctx
         if n_ctx is None:
             n_ctx = min(DEFAULT_CTX, self.config.context_length)
         elif n_ctx < 0:
@@ -59,28 +60,28 @@ class Engine:
         if self.tokenizer.vocab_size > self.config.n_vocab:
             raise HybridInferError(f"{self.path}: the vocabulary has {self.tokenizer.vocab_size} tokens but the model "
                                    f"only {self.config.n_vocab} embeddings; the file is corrupt")
-        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=backend == "reference")
-        if exact and predictors:
+        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=o.backend == "reference")
+        if o.exact and o.predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
-        hybrid = split is not None or vram_budget is not None or bool(n_gpu_layers)
-        self.backend = backend or "packed"
+        self.backend = o.backend or "packed"
         if self.backend not in BACKENDS:
             raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if hybrid and self.backend != "packed":
+        if o.hybrid and self.backend != "packed":
             raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
                                    "drop --backend reference (the oracle runs on the CPU only)")
         self.repack_ms = 0.0
-        predictor_set = self._load_predictors(predictors) if predictors else None
+        predictor_set = self._load_predictors(o.predictors) if o.predictors else None
+        exact = o.exact
         if self.backend == "packed":
             offload = None
-            if hybrid:
-                offload, device = self._plan_offload(split, vram_budget, n_gpu_layers, activations, device,
-                                                     predictor_set)
+            if o.hybrid:
+                offload, device = self._plan_offload(o, predictor_set)
                 exact = exact or (offload.split_layers and predictor_set is None)  # split FFNs are sparse
-            self._setup_packed(n_ctx, exact, predictor_set, float_activations, offload)
+            self._setup_packed(n_ctx, exact, predictor_set, o.float_activations, offload)
             if offload is not None and not offload.empty:
                 from .hybrid.setup import install_gpu_side
-                install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None, gpu_kernels)
+                install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None,
+                                 o.gpu_kernels)
         else:
             self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
             self.model.sparse_ffn = self._sparse_ffn(exact, predictor_set)
@@ -88,13 +89,14 @@ class Engine:
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
 
-    def _plan_offload(self, split, vram_budget, n_gpu_layers, activations, device, predictor_set):
+    def _plan_offload(self, o: RunOptions, predictor_set):
         """What goes to the GPU side, and on which device (cuda when present, else the CPU stand-in)."""
         from .hybrid import setup
-        device = device or setup.default_device()
-        if split is not None or vram_budget is not None:
+        device = o.device or setup.default_device()
+        if o.split is not None or o.vram_budget is not None:
             require_sparse_activation(self.config, "the hybrid runtime's split FFN (--vram-budget/--split)")
-        offload = setup.resolve_offload(self, split, vram_budget, n_gpu_layers, activations, device, predictor_set)
+        offload = setup.resolve_offload(self, o.split, o.vram_budget, o.n_gpu_layers, o.activations, device,
+                                        predictor_set)
         self.split = offload.split
         return offload, device
 
@@ -122,7 +124,7 @@ class Engine:
         return None
 
     def _load_predictors(self, path: str):
-        from predictors.file import load_predictors
+        from .predictors.file import load_predictors
         return load_predictors(path, self.fingerprint)
 
     @property
@@ -230,13 +232,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def load(path: str, **options) -> Engine:
-    """Load a GGUF model. Options: n_ctx (default: the model's context length, at most 4096; 0 = the model's
-    own), n_threads, exact (lossless sparse FFN, ReLU/FATReLU models), predictors (a predictor file: the FFN
-    computes only predicted-active neurons), backend ("packed": numba kernels over the file's formats, the
-    default; "reference": torch float32, the oracle), float_activations (packed: keep activations float32 instead
-    of llama.cpp's int8 blocks); the hybrid runtime: vram_budget (like "6GiB", with activations, an activations
-    file) or split (a split file) for hot neurons on the GPU side, or n_gpu_layers (llama.cpp's -ngl: the last N
-    layers whole on the GPU side); device (default cuda when present, else the CPU stand-in) and gpu_kernels
-    ("triton" or "torch"; default triton on cuda)."""
-    return Engine(path, **options)
+def load(path: str, options: RunOptions | None = None, **fields) -> Engine:
+    """Load a GGUF model. `options` or its fields as keywords (`options.RunOptions`): n_ctx (default: the
+    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, backend,
+    float_activations; the hybrid runtime: vram_budget (with activations) or split, n_gpu_layers, device,
+    gpu_kernels."""
+    return Engine(path, options, **fields)

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from hybridinfer import chat_template, chat_template_limits
-from hybridinfer.chat_template import BUILTIN_TEMPLATES, render_chat
+from hybridinfer.text import chat_template, chat_template_limits
+from hybridinfer.text.chat_template import BUILTIN_TEMPLATES, render_chat
 from hybridinfer.errors import HybridInferError
 
 SMOLLM2 = (

@@ -19,7 +19,7 @@ import hybridinfer
 from hybridinfer.convert import convert_checkpoint
 from hybridinfer.convert.tensor_map import permute_for_rope
 from hybridinfer.errors import HybridInferError
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.model_file.gguf_file import GGUFFile
 from hf_reference import hf_reference_logits
 from tools.synth_checkpoint import synthesize
 

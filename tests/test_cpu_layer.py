@@ -12,7 +12,7 @@ from gguf import quants
 from hybridinfer.kernels import cpu_layer, cpu_ops, reference
 from hybridinfer.kernels.cpu_quant import INT8_ERROR_BOUND, activation_buffers, prepare
 from hybridinfer.kernels.packed import pack, to_gguf_bytes
-from hybridinfer.model import apply_rope, rms_norm
+from hybridinfer.reference.model import apply_rope, rms_norm
 
 FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
 

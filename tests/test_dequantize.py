@@ -5,8 +5,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from hybridinfer.dequantize import NATIVE_TYPES, dequantize
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.model_file.dequantize import NATIVE_TYPES, dequantize
+from hybridinfer.model_file.gguf_file import GGUFFile
 from tiny_models import random_weights, stored_weights, write_tiny_gguf
 
 

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from hybridinfer.detokenizer import StreamingDetokenizer
-from hybridinfer.tokenizer import BYTE, tokenizer_from_metadata
+from hybridinfer.text.detokenizer import StreamingDetokenizer
+from hybridinfer.text.tokenizer import BYTE
+from hybridinfer.text.vocabulary import tokenizer_from_metadata
 from vocab_fixtures import SMOLLM2_PATH, spm_metadata, tiny_gpt2_metadata
 
 TEXTS = ["Hello world", "  spaced  out ", "emoji 😀👍🏽 and 中文 é", "line\nbreaks\n\n", "12345", "", "x"]
@@ -26,7 +27,7 @@ def tokenizer(request):
         return tokenizer_from_metadata(tiny_gpt2_metadata())
     if not os.path.exists(SMOLLM2_PATH):
         pytest.skip(f"SmolLM2 GGUF not found at {SMOLLM2_PATH} (set HYBRIDINFER_TEST_MODEL)")
-    from hybridinfer.gguf_file import GGUFFile
+    from hybridinfer.model_file.gguf_file import GGUFFile
     return tokenizer_from_metadata(GGUFFile(SMOLLM2_PATH).metadata)
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from hybridinfer.config import ModelConfig
+from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.errors import HybridInferError
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.model_file.gguf_file import GGUFFile
 from tiny_models import random_weights, write_tiny_gguf
 
 

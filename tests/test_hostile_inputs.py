@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from gguf import GGUFValueType as V
 
 from hybridinfer.cli.main import cli
-from hybridinfer.config import ModelConfig
+from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.default_model import default_model_path
-from hybridinfer.gguf_file import GGUFFile
-from hybridinfer.memory_estimate import estimate, require_fits
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.runtime.memory_estimate import estimate, require_fits
 from hybridinfer.errors import HybridInferError
 from tiny_models import random_weights, write_tiny_gguf
 from tools.gguf_mutants import Layout, with_array_length, with_entry, with_key_bytes, with_tensor_values
@@ -37,15 +37,13 @@ def smollm2_layout():
 
 
 def refused(mutant, tmp_path, *extra, command="generate") -> str:
-    """Run the CLI on the mutant; assert one `error:` line, exit 1, no traceback, within 20 s; return the line."""
+    """Run the CLI on the mutant; assert one `error:` line, exit 1, no traceback; return the line."""
     path = tmp_path / "mutant.gguf"
     mutant.write(str(path))
     args = [command, "-m", str(path), "-n", "2", "--temp", "0", *map(str, extra)]
     if command == "generate":
         args += ["-p", "hello"]
-    start = time.monotonic()
     result = CliRunner().invoke(cli, args, input="hello\n")
-    assert time.monotonic() - start < 20
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -94,8 +92,13 @@ def test_chat_template_as_an_array(tiny_layout, tmp_path):
 
 @pytest.mark.parametrize("length", [2**31, 2**63])
 def test_an_array_claiming_billions_of_items_is_refused_at_once(tiny_layout, tmp_path, length):
-    line = refused(with_array_length(tiny_layout, "tokenizer.ggml.token_type", length), tmp_path)
+    mutant = with_array_length(tiny_layout, "tokenizer.ggml.token_type", length)
+    line = refused(mutant, tmp_path)
     assert "tokenizer.ggml.token_type" in line and f"claims {length} items" in line
+    start = time.monotonic()  # the header is refused before anything is read past it (no loop over 2^31 items)
+    with pytest.raises(HybridInferError):
+        GGUFFile(tmp_path / "mutant.gguf")
+    assert time.monotonic() - start < 5
 
 
 def test_context_beyond_memory_is_refused_with_the_numbers_and_a_smaller_c(tiny_layout, tmp_path):

@@ -15,9 +15,9 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.placement.plan import gpu_layers_for, solve_split
-from hybridinfer.placement.split_file import load_split, save_split
-from hybridinfer.profiling import load_profile, profile_activations, save_profile
+from hybridinfer.hybrid.placement.plan import gpu_layers_for, solve_split
+from hybridinfer.hybrid.placement.split_file import load_split, save_split
+from hybridinfer.hybrid.profiling import load_profile, profile_activations, save_profile
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9, 33, 12]
@@ -126,13 +126,13 @@ def test_hybrid_with_predictors_drops_what_the_packed_path_drops(relu_model):
     """A random predictor drops neurons; the split FFN must drop exactly the same ones on both sides."""
     import torch
 
-    from predictors.model import PredictorSet
+    from hybridinfer.predictors.model import PredictorSet
     gen = torch.Generator().manual_seed(3)
     dense = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
     n_embd = dense.config.n_embd
     predictor_set = PredictorSet([torch.randn(32, n_embd, generator=gen) for _ in range(N_LAYER)],
                                  [torch.randn(N_FF, 32, generator=gen) for _ in range(N_LAYER)], [0.5, 0.0, -0.5])
-    from predictors.file import save_predictors
+    from hybridinfer.predictors.file import save_predictors
     path = relu_model.with_name("random.pred.gguf")
     save_predictors(str(path), predictor_set, dense.fingerprint)
     packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, predictors=str(path), float_activations=True)
@@ -231,11 +231,11 @@ def test_generate_cli_reports_both_sides(relu_model):
 
 
 def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model):
-    from hybridinfer.perplexity import perplexity
+    from hybridinfer.eval.perplexity import perplexity
     import torch
 
-    from predictors.file import save_predictors
-    from predictors.model import PredictorSet
+    from hybridinfer.predictors.file import save_predictors
+    from hybridinfer.predictors.model import PredictorSet
     dense = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
     gen = torch.Generator().manual_seed(9)
     predictor_set = PredictorSet([torch.randn(32, dense.config.n_embd, generator=gen) for _ in range(N_LAYER)],

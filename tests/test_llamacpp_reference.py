@@ -7,7 +7,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 
 import hybridinfer  # noqa: E402
-from hybridinfer import llamacpp_reference  # noqa: E402
+from hybridinfer.eval import llamacpp_reference  # noqa: E402
 from hybridinfer.errors import HybridInferError  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    return", "1, 2, 3, 4,"]

@@ -7,10 +7,10 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
-from hybridinfer.packed_sparse_ffn import PackedSparseFFN
-from hybridinfer.packed_weights import transpose
-from predictors.file import save_predictors
-from predictors.model import PredictorSet
+from hybridinfer.runtime.sparse_ffn import PackedSparseFFN
+from hybridinfer.runtime.weights import transpose
+from hybridinfer.predictors.file import save_predictors
+from hybridinfer.predictors.model import PredictorSet
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
-from hybridinfer.perplexity import perplexity
+from hybridinfer.eval.perplexity import perplexity
 from tiny_models import random_weights, write_tiny_gguf
 
 TEXT = "the world is a hello of it and that, " * 30

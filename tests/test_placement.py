@@ -10,12 +10,12 @@ from click.testing import CliRunner
 import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.placement.plan import solve_split
-from hybridinfer.placement.sizes import parse_size
-from hybridinfer.placement.solver import place
-from hybridinfer.profiling import ActivationProfile, profile_activations, save_profile
+from hybridinfer.hybrid.placement.plan import solve_split
+from hybridinfer.hybrid.placement.sizes import parse_size
+from hybridinfer.hybrid.placement.solver import place
+from hybridinfer.hybrid.profiling import ActivationProfile, profile_activations, save_profile
 from tiny_models import random_weights, write_tiny_gguf
 
 

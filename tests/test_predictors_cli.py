@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 
 from hybridinfer.cli.main import cli
-from hybridinfer.config import ModelConfig
-from hybridinfer.fingerprint import Fingerprint
-from hybridinfer.gguf_file import GGUFFile
-from predictors.file import load_predictors
+from hybridinfer.model_file.config import ModelConfig
+from hybridinfer.model_file.fingerprint import Fingerprint
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.predictors.file import load_predictors
 from test_predictors_support import N_EMBD, N_FF, sparse_weights, text_corpus_file, write_sparse_model
 from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture)
 from tiny_models import random_weights, write_tiny_gguf

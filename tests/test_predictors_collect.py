@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import hybridinfer
-from hybridinfer.corpus import Corpus
+from hybridinfer.text.corpus import Corpus
 from hybridinfer.errors import HybridInferError
-from predictors.collect import (MANIFEST, Collection, collect, collect_from_corpus, documents_by_split,
-                                masks_file, residuals_file, split_budgets, token_chunks, unpack_bits)
+from hybridinfer.predictors.collect import (MANIFEST, Collection, collect, collect_from_corpus, documents_by_split,
+                                            masks_file, residuals_file, split_budgets, token_chunks, unpack_bits)
 from test_predictors_support import N_EMBD, N_FF, random_chunks, write_sparse_model
 from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture)
 

@@ -7,14 +7,14 @@ import gguf
 import pytest
 import torch
 
-from hybridinfer.config import ModelConfig
+from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.errors import HybridInferError
-from hybridinfer.fingerprint import Fingerprint
-from hybridinfer.gguf_file import GGUFFile
-from predictors import file as predictor_file
-from predictors.file import (METRIC_KEYS, describe_predictor_file, load_predictors, read_predictor_file,
-                             save_predictors)
-from predictors.model import PredictorSet
+from hybridinfer.model_file.fingerprint import Fingerprint
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.predictors import file as predictor_file
+from hybridinfer.predictors.file import (METRIC_KEYS, describe_predictor_file, load_predictors, read_predictor_file,
+                                         save_predictors)
+from hybridinfer.predictors.model import PredictorSet
 from test_predictors_support import N_EMBD, N_FF, write_sparse_model
 
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from hybridinfer.config import ModelConfig
+from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.errors import HybridInferError
-from hybridinfer.fingerprint import Fingerprint
-from hybridinfer.gguf_file import GGUFFile
-from predictors.powerinfer_import import import_powerinfer
+from hybridinfer.model_file.fingerprint import Fingerprint
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.predictors.powerinfer_import import import_powerinfer
 from test_predictors_support import sparse_weights, write_sparse_model
 from tiny_models import write_tiny_gguf
 

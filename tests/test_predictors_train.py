@@ -8,11 +8,11 @@ import torch
 
 import hybridinfer
 from hybridinfer.errors import HybridInferError
-from predictors.calibrate import calibrate, threshold_for_recall
-from predictors.collect import collect
-from predictors.metrics import averages, evaluate, prior_recall
-from predictors.model import PredictorSet
-from predictors.train import TrainSettings, default_rank, rank_ladder, train_predictors
+from hybridinfer.predictors.calibrate import calibrate, threshold_for_recall
+from hybridinfer.predictors.collect import collect
+from hybridinfer.predictors.metrics import averages, evaluate, prior_recall
+from hybridinfer.predictors.model import PredictorSet
+from hybridinfer.predictors.train import TrainSettings, default_rank, rank_ladder, train_predictors
 from test_predictors_support import N_EMBD, N_FF, random_chunks, write_sparse_model
 from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture)
 

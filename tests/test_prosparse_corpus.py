@@ -1,6 +1,6 @@
 """The stdlib corpus: docstrings and comments in source order, prose-only comments, a fixed split."""
 
-from hybridinfer import corpus
+from hybridinfer.text import corpus
 
 SOURCE = '''#!/usr/bin/env python3
 # -*- coding: utf-8 -*-

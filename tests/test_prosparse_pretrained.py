@@ -31,7 +31,7 @@ def test_loaded_gguf_model_matches_the_reference_forward(smollm_path):
 
 def test_exported_gguf_tokenizer_matches_hybridinfer(smollm_path, tmp_path):
     transformers = __import__("pytest").importorskip("transformers")
-    from hybridinfer.gguf_file import GGUFFile
+    from hybridinfer.model_file.gguf_file import GGUFFile
     from tools.prosparse.pretrained import gguf_corpus_tokenizer
 
     tokenizer = gguf_corpus_tokenizer(GGUFFile(str(smollm_path)))

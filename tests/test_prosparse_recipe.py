@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from hybridinfer.corpus import Corpus
+from hybridinfer.text.corpus import Corpus
 from tools.prosparse.model import SparseLlamaConfig
 from tools.prosparse.recipe import VARIANTS, RecipeSettings, run_recipe
 from tools.prosparse.report import write_report

@@ -6,10 +6,10 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
-from hybridinfer.config import ModelConfig
-from hybridinfer.gguf_file import GGUFFile
-from hybridinfer.model import Transformer
-from hybridinfer.weights import load_weights
+from hybridinfer.model_file.config import ModelConfig
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.reference.model import Transformer
+from hybridinfer.reference.weights import load_weights
 from tiny_models import random_weights, write_tiny_gguf
 
 transformers = pytest.importorskip("transformers")
@@ -100,7 +100,7 @@ def test_minicpm_scalings(tmp_path):
     assert (c.embedding_scale, c.residual_scale, c.logit_scale) == (12.0, 0.5, 6.0)
     ids = tokens(seed=10)
     x = model.weights.token_embd[ids] * 12.0
-    from hybridinfer.model import rms_norm
+    from hybridinfer.reference.model import rms_norm
     for index, layer in enumerate(model.weights.layers):
         x = x + 0.5 * model.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), 0)
         x = x + 0.5 * model.ffn(layer, rms_norm(x, layer.ffn_norm, c.rms_eps))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import hybridinfer
-from hybridinfer.corpus import build_corpus
-from hybridinfer.perplexity import perplexity
+from hybridinfer.text.corpus import build_corpus
+from hybridinfer.eval.perplexity import perplexity
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MODEL, PREDICTORS, ACTIVATIONS = (MODELS / f"prosparse-tiny.{s}.gguf" for s in ("q8_0", "pred", "act"))

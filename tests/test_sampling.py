@@ -5,13 +5,7 @@ import numpy as np
 import pytest
 
 from hybridinfer.errors import HybridInferError
-from hybridinfer.sampling import (
-    Sampler,
-    SamplerSettings,
-    apply_penalties,
-    filter_candidates,
-    make_sampler,
-)
+from hybridinfer.generation.sampling import Sampler, SamplerSettings, apply_penalties, filter_candidates, make_sampler
 
 
 def random_logits(vocab, seed=0, scale=3.0):

@@ -6,8 +6,8 @@ import torch
 
 import hybridinfer
 from hybridinfer.errors import HybridInferError
-from hybridinfer.model import ffn_activation
-from hybridinfer.sparse_ffn import PredictedSparseFFN
+from hybridinfer.reference.model import ffn_activation
+from hybridinfer.reference.sparse_ffn import PredictedSparseFFN
 from tiny_models import random_weights, write_tiny_gguf
 
 
@@ -49,7 +49,7 @@ class OraclePredictor:
 
     def active(self, index, residual):
         layer = self.engine.model.weights.layers[index]
-        from hybridinfer.model import rms_norm
+        from hybridinfer.reference.model import rms_norm
         x = rms_norm(residual, layer.ffn_norm, self.engine.config.rms_eps)
         truth = ffn_activation(x @ layer.ffn_gate.T, self.engine.config) != 0
         noise = torch.from_numpy(self.rng.random(truth.shape) < self.extra)

@@ -1,4 +1,4 @@
-from hybridinfer.stop_strings import StopStringMatcher
+from hybridinfer.generation.stop_strings import StopStringMatcher
 
 
 def run(stops, pieces):

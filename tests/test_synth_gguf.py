@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 import hybridinfer
-from hybridinfer.profiling import load_profile, profile_activations
+from hybridinfer.hybrid.profiling import load_profile, profile_activations
 from tools.synth_gguf import firing_probabilities, quantize_q4_0, synthesize
 
 

@@ -19,7 +19,7 @@ from safetensors import safe_open
 import hybridinfer
 from hf_reference import build_reference_model, load_hf_state_dict
 from test_predictors_support import one_thread  # noqa: F401 (an autouse fixture: tiny matmuls on one thread)
-from hybridinfer.calibration import calibration_texts, token_chunks
+from hybridinfer.text.calibration import calibration_texts, token_chunks
 from hybridinfer.convert import convert_checkpoint
 from tools import synth_checkpoint as synth
 from tools import synth_profile, synth_tensors

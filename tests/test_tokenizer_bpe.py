@@ -7,8 +7,8 @@ import time
 import pytest
 
 from hybridinfer.errors import HybridInferError
-from hybridinfer.tokenizer import tokenizer_from_metadata
-from hybridinfer.tokenizer_bpe import PRE_TOKENIZERS, ByteLevelBPETokenizer
+from hybridinfer.text.vocabulary import tokenizer_from_metadata
+from hybridinfer.text.tokenizer_bpe import PRE_TOKENIZERS, ByteLevelBPETokenizer
 from vocab_fixtures import SMOLLM2_PATH, tiny_gpt2_metadata
 
 TEXTS = [
@@ -26,7 +26,7 @@ TEXTS = [
 def smollm2():
     if not os.path.exists(SMOLLM2_PATH):
         pytest.skip(f"SmolLM2 GGUF not found at {SMOLLM2_PATH} (set HYBRIDINFER_TEST_MODEL)")
-    from hybridinfer.gguf_file import GGUFFile
+    from hybridinfer.model_file.gguf_file import GGUFFile
     metadata = GGUFFile(SMOLLM2_PATH).metadata
     start = time.perf_counter()
     tokenizer = tokenizer_from_metadata(metadata)

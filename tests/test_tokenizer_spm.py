@@ -5,8 +5,9 @@ llama.cpp's merge loop."""
 import pytest
 
 from hybridinfer.errors import HybridInferError
-from hybridinfer.tokenizer import BYTE, tokenizer_from_metadata
-from hybridinfer.tokenizer_spm import SentencePieceTokenizer
+from hybridinfer.text.tokenizer import BYTE
+from hybridinfer.text.vocabulary import tokenizer_from_metadata
+from hybridinfer.text.tokenizer_spm import SentencePieceTokenizer
 from vocab_fixtures import llama_cpp_spm_fragment, spm_metadata, spm_processor
 
 TEXTS = [

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from hybridinfer.config import ACTIVATION_KEY, THRESHOLD_KEY
+from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
 
 SPECIAL = ["<unk>", "<s>", "</s>"]
 WORDS = ["▁the", "▁a", "▁of", "▁and", "▁to", "▁in", "▁is", "▁it", "▁that", "▁hello", "▁world", "he", "ll", "o", "▁"]

@@ -14,7 +14,7 @@ import sentencepiece
 from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 from hybridinfer.default_model import default_model_path
-from hybridinfer.tokenizer_bpe import BYTES_TO_UNICODE
+from hybridinfer.text.tokenizer_bpe import BYTES_TO_UNICODE
 
 # where `make test` fetched the default model (the same place conftest.smollm_path looks)
 SMOLLM2_PATH = os.environ.get("HYBRIDINFER_TEST_MODEL") or str(default_model_path())

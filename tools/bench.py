@@ -29,8 +29,8 @@ import numba
 import torch
 
 import hybridinfer
-from hybridinfer import kernel_bench, llamacpp_reference
-from hybridinfer.benchmark import decode_rate, run_bench
+from hybridinfer.eval import kernel_bench, llamacpp_reference
+from hybridinfer.eval.benchmark import decode_rate, run_bench
 from hybridinfer.default_model import ensure_default_model
 from tools.build_bench_model import DEFAULT_OUT, paths
 

@@ -19,11 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hybridinfer.config import ModelConfig
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.model_file.config import ModelConfig
+from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.placement.plan import gpu_layers_for
-from hybridinfer.placement.sizes import parse_size
+from hybridinfer.hybrid.placement.plan import gpu_layers_for
+from hybridinfer.hybrid.placement.sizes import parse_size
 
 N_CTX = 256
 RSS_MARGIN = 1.5e9  # the allowance over the model and predictor files

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hybridinfer.corpus import build_corpus
+from hybridinfer.text.corpus import build_corpus
 
 MODELS = Path("models")
 

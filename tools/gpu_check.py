@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 import hybridinfer
-from hybridinfer.benchmark import decode_rate
-from hybridinfer.config import ModelConfig
-from hybridinfer.fingerprint import Fingerprint
-from hybridinfer.gguf_file import GGUFFile
+from hybridinfer.eval.benchmark import decode_rate
+from hybridinfer.model_file.config import ModelConfig
+from hybridinfer.model_file.fingerprint import Fingerprint
+from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.hybrid.report import hybrid_report
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.placement.plan import gpu_layers_for
-from predictors.file import load_predictors
+from hybridinfer.hybrid.placement.plan import gpu_layers_for
+from hybridinfer.predictors.file import load_predictors
 from tools.synth_gguf import synthesize
 
 N_CTX = 512

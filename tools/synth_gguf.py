@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from hybridinfer.config import ACTIVATION_KEY, THRESHOLD_KEY, ModelConfig
-from hybridinfer.fingerprint import Fingerprint
-from hybridinfer.gguf_file import GGUFFile
-from hybridinfer.profiling import ActivationProfile, save_profile
-from predictors.file import save_predictors
-from predictors.model import PredictorSet
+from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY, ModelConfig
+from hybridinfer.model_file.fingerprint import Fingerprint
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.hybrid.profiling import ActivationProfile, save_profile
+from hybridinfer.predictors.file import save_predictors
+from hybridinfer.predictors.model import PredictorSet
 from tests.tiny_models import add_spm_vocab, spm_vocab
 
 SHAPES = {  # n_embd, n_ff, n_layer, n_head, n_vocab (LLaMA-2)

@@ -3,6 +3,7 @@ next to llama.cpp's on the same file; or, with --kernels, the CPU kernels agains
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 
@@ -27,16 +28,16 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
     if kernels:
         _kernels(formats, repetitions, kwargs["n_threads"], as_json)
         return
-    from ..benchmark import run_bench
-    runtime = runtime_settings(kwargs)
-    if runtime["n_ctx"] is None:
-        runtime["n_ctx"] = max(n_prompt, 16 + n_gen) + 8
-    engine = open_engine(**runtime)
+    from ..eval.benchmark import run_bench
+    model_path, options = runtime_settings(kwargs)
+    if options.n_ctx is None:
+        options = dataclasses.replace(options, n_ctx=max(n_prompt, 16 + n_gen) + 8)
+    engine = open_engine(model_path, options)
     results = run_bench(engine, n_prompt, n_gen, repetitions)
-    mode = ("hybrid" if engine.hybrid is not None else "predictors" if runtime["predictors_path"]
-            else "exact" if runtime["exact"] else "dense")
+    mode = ("hybrid" if engine.hybrid is not None else "predictors" if options.predictors
+            else "exact" if options.exact else "dense")
     name = engine.file.get("general.name") or engine.path
-    reference = _llama_cpp(engine.path, runtime["n_threads"], n_gen, repetitions) if llama_cpp and n_gen else None
+    reference = _llama_cpp(engine.path, options.n_threads, n_gen, repetitions) if llama_cpp and n_gen else None
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
     if as_json:
         click.echo(json.dumps({"model": name, "mode": mode, "backend": engine.backend, "load_ms": engine.load_ms,
@@ -60,7 +61,7 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
 
 
 def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -> dict:
-    from .. import llamacpp_reference
+    from ..eval import llamacpp_reference
     from ..errors import HybridInferError
     if not llamacpp_reference.available():
         raise HybridInferError("--llama-cpp needs llama-cpp-python: pip install 'hybridinfer[llama]'")
@@ -70,7 +71,7 @@ def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -
 def _kernels(formats: str, repetitions: int, n_threads: int | None, as_json: bool) -> None:
     import numba
 
-    from .. import kernel_bench
+    from ..eval import kernel_bench
     from ..errors import HybridInferError
     threads = n_threads or numba.config.NUMBA_NUM_THREADS
     try:

@@ -11,9 +11,9 @@ import sys
 
 import click
 
-from ..chat_template import render_chat
+from ..text.chat_template import render_chat
 from ..engine import Engine
-from ..generate import Timings
+from ..generation.generate import Timings
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
 HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts a reply"
@@ -30,7 +30,7 @@ HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts 
 def chat(system_prompt, chat_template, max_tokens, show_timings, **kwargs):
     """Chat with a model interactively."""
     sampling = sampling_settings(kwargs)
-    engine = open_engine(**runtime_settings(kwargs))
+    engine = open_engine(*runtime_settings(kwargs))
     template = chat_template or engine.chat_template or ("minicpm" if engine.config.architecture == "minicpm" else None)
     start = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(start)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import HybridInferError
-from ..generate import Timings
+from ..generation.generate import Timings
 from ..hybrid.report import hybrid_report, report_lines
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
@@ -29,7 +29,7 @@ def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, 
     sampling = sampling_settings(kwargs)
     runtime = runtime_settings(kwargs)
     prompt = _read_prompt(prompt, prompt_file)
-    engine = open_engine(**runtime)
+    engine = open_engine(*runtime)
     timings = Timings(load_ms=engine.load_ms, repack_ms=engine.repack_ms)
     pieces, tokens, finish = [], [], "length"
     stream = engine.stream(prompt, max_tokens=max_tokens, stop=list(stop), timings=timings, **sampling)

@@ -7,9 +7,9 @@ from collections import defaultdict
 
 import click
 
-from ..config import ModelConfig
+from ..model_file.config import ModelConfig
 from ..default_model import ensure_default_model
-from ..gguf_file import GGUFFile
+from ..model_file.gguf_file import GGUFFile
 
 
 @click.command()

@@ -32,7 +32,7 @@ class _Group(click.Group):
             with _sigterm_unwinds():
                 return super().invoke(ctx)
         except HybridInferError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(1)
         except click.UsageError as exc:  # a bad flag or value: one line, with where to look, not the usage block
             command = exc.ctx.command_path if exc.ctx is not None else "hybridinfer"
@@ -41,6 +41,11 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("", err=True)
             sys.exit(130)
+
+
+def one_line(message: str) -> str:
+    """`message` with control characters (a newline in a tensor name read from a corrupt file) escaped."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ..default_model import ensure_default_model
 from ..engine import Engine
-from ..sampling import SamplerSettings
+from ..options import RunOptions
+from ..generation.sampling import SamplerSettings
 
 _defaults = SamplerSettings()
 
@@ -19,13 +22,13 @@ def model_options(command):
                      help="context size in tokens (default: the model's, at most 4096; 0 = the model's own)"),
         click.option("-t", "--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)"),
         click.option("--exact", is_flag=True, help="lossless sparse FFN: up/down rows only where the activation passes"),
-        click.option("--predictors", "predictors_path", type=click.Path(dir_okay=False), default=None,
+        click.option("--predictors", "predictors", type=click.Path(dir_okay=False), default=None,
                      help="predictor file (.pred.gguf): compute only the neurons it predicts active"),
         click.option("--vram-budget", default=None,
                      help="hybrid: GPU memory budget (like 6GiB); hot neurons solved from the activations file"),
-        click.option("--split", "split_path", type=click.Path(dir_okay=False), default=None,
+        click.option("--split", "split", type=click.Path(dir_okay=False), default=None,
                      help="hybrid: a split file from `hybridinfer split`"),
-        click.option("--activations", "activations_path", type=click.Path(dir_okay=False), default=None,
+        click.option("--activations", "activations", type=click.Path(dir_okay=False), default=None,
                      help="activations file for --vram-budget (default: MODEL.act.gguf beside the model)"),
         click.option("-ngl", "--n-gpu-layers", "n_gpu_layers", type=int, default=None,
                      help="hybrid, as llama.cpp: the last N layers whole on the GPU (N > layers: the output too)"),
@@ -63,21 +66,16 @@ def sampling_settings(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in names}
 
 
-RUNTIME_FLAGS = ("model_path", "n_ctx", "n_threads", "exact", "predictors_path", "vram_budget", "split_path",
-                 "activations_path", "n_gpu_layers", "device", "gpu_kernels", "backend")
+RUNTIME_FLAGS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name != "float_activations")  # model_options'
 
 
-def runtime_settings(kwargs: dict) -> dict:
-    """Pop the model/runtime flags out of a command's keyword arguments."""
-    return {name: kwargs.pop(name) for name in RUNTIME_FLAGS}
+def runtime_settings(kwargs: dict) -> tuple[str | None, RunOptions]:
+    """Pop the model path and the runtime flags (`model_options`) out of a command's keyword arguments."""
+    return kwargs.pop("model_path"), RunOptions(**{name: kwargs.pop(name) for name in RUNTIME_FLAGS})
 
 
-def open_engine(model_path: str | None, n_ctx: int | None, n_threads: int | None = None, exact: bool = False,
-                predictors_path: str | None = None, vram_budget: str | None = None, split_path: str | None = None,
-                activations_path: str | None = None, n_gpu_layers: int | None = None, device: str | None = None,
-                gpu_kernels: str | None = None, backend: str | None = None) -> Engine:
+def open_engine(model_path: str | None, options: RunOptions) -> Engine:
+    """The engine for `model_path` (default: the default model, fetched on first use)."""
     if model_path is None:
         model_path = str(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
-    return Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, predictors=predictors_path,
-                  split=split_path, vram_budget=vram_budget, activations=activations_path, device=device,
-                  backend=backend, n_gpu_layers=n_gpu_layers, gpu_kernels=gpu_kernels)
+    return Engine(model_path, options)

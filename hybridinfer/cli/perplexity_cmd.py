@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
 
 from ..errors import HybridInferError
-from ..perplexity import perplexity as measure_perplexity
+from ..eval.perplexity import perplexity as measure_perplexity
 from .options import model_options, open_engine, runtime_settings
 
 
@@ -23,10 +24,9 @@ def perplexity(text_file, max_chunks, as_json, **kwargs):
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise HybridInferError(f"cannot read {text_file} as UTF-8 text ({exc})") from None
-    runtime = runtime_settings(kwargs)
-    chunk = runtime["n_ctx"] or 512
-    runtime["n_ctx"] = max(chunk, 4)
-    engine = open_engine(**runtime)
+    model_path, options = runtime_settings(kwargs)
+    chunk = options.n_ctx or 512
+    engine = open_engine(model_path, dataclasses.replace(options, n_ctx=max(chunk, 4)))
 
     def progress(index, running):
         if not as_json:

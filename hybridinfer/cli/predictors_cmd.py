@@ -11,19 +11,19 @@ import time
 import click
 from tqdm import tqdm
 
-from predictors.collect import collect_from_corpus, split_budgets
-from predictors.file import METRIC_KEYS, SOURCE_PATH_KEY, TRAIN_KEYS, describe_predictor_file, save_predictors
-from predictors.metrics import averages, evaluate, model_parameter_count, predictor_share
-from predictors.powerinfer_import import import_powerinfer
-from predictors.train import TrainSettings, pick_device, train_predictors
+from ..predictors.collect import collect_from_corpus, split_budgets
+from ..predictors.file import METRIC_KEYS, SOURCE_PATH_KEY, TRAIN_KEYS, describe_predictor_file, save_predictors
+from ..predictors.metrics import averages, evaluate, model_parameter_count, predictor_share
+from ..predictors.powerinfer_import import import_powerinfer
+from ..predictors.train import TrainSettings, pick_device, train_predictors
 
-from ..config import ModelConfig
-from ..corpus import build_corpus
+from ..model_file.config import ModelConfig
+from ..text.corpus import build_corpus
 from ..default_model import ensure_default_model
 from ..engine import Engine
 from ..errors import HybridInferError
-from ..fingerprint import Fingerprint
-from ..gguf_file import GGUFFile
+from ..model_file.fingerprint import Fingerprint
+from ..model_file.gguf_file import GGUFFile
 
 DEFAULT_TOKENS = 100_000
 DEFAULT_CHUNK = 256

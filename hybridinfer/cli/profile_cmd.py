@@ -7,8 +7,9 @@ import json
 import click
 from tqdm import tqdm
 
-from ..calibration import calibration_texts, token_chunks
-from ..profiling import export_powerinfer, plot_profile, profile_activations, save_profile
+from ..text.calibration import calibration_texts, token_chunks
+from ..hybrid.profiling import export_powerinfer, plot_profile, profile_activations, save_profile
+from ..options import RunOptions
 from .options import open_engine
 
 
@@ -26,7 +27,7 @@ from .options import open_engine
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def profile(model_path, corpus_files, n_tokens, chunk_len, output, plot_path, powerinfer_dir, n_threads, as_json):
     """Per-neuron activation frequencies of a model (the input to `hybridinfer split`)."""
-    engine = open_engine(model_path, max(chunk_len, 2), n_threads)
+    engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     with tqdm(total=sum(map(len, chunks)), unit="tok", desc="profiling", disable=as_json) as bar:
         result = profile_activations(engine, chunks, on_chunk=bar.update)

@@ -7,5 +7,5 @@ def load_predictor_set(predictors_path: str | None, engine):
     """The predictors that will run beside the model (they take GPU memory too), or None."""
     if not predictors_path:
         return None
-    from predictors.file import load_predictors
+    from ..predictors.file import load_predictors
     return load_predictors(predictors_path, engine.fingerprint)

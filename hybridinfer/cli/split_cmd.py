@@ -7,10 +7,11 @@ import json
 import click
 
 from ..hybrid.setup import default_device, memory_model
-from ..placement.plan import plot_split, solve_split, split_report
-from ..placement.sizes import format_size, parse_size
-from ..placement.split_file import export_powerinfer_gpuidx, save_split
-from ..profiling import load_profile
+from ..hybrid.placement.plan import plot_split, solve_split, split_report
+from ..hybrid.placement.sizes import format_size, parse_size
+from ..hybrid.placement.split_file import export_powerinfer_gpuidx, save_split
+from ..hybrid.profiling import load_profile
+from ..options import RunOptions
 from .options import open_engine
 from .runtime_options import load_predictor_set
 
@@ -35,7 +36,7 @@ def split(model_path, activations_path, vram_budget, n_ctx, predictors_path, dev
           powerinfer_gpuidx, as_json):
     """Place the most active FFN neurons on the GPU within --vram-budget."""
     budget = parse_size(vram_budget)
-    engine = open_engine(model_path, 2, None)
+    engine = open_engine(model_path, RunOptions(n_ctx=2))
     profile = load_profile(activations_path, engine.fingerprint)
     memory = memory_model(engine.file, engine.config, n_ctx, device or default_device(),
                           load_predictor_set(predictors_path, engine))

@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..atomic_file import atomic_output, check_destination
-from ..config import ACTIVATION_KEY, THRESHOLD_KEY
+from ..model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
 from ..errors import HybridInferError
 from .hf_config import HFModelSpec, read_spec
 from .hf_weights import SourceTensor, list_tensors

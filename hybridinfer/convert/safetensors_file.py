@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dequantize import bf16_to_f32
+from ..model_file.dequantize import bf16_to_f32
 from ..errors import HybridInferError
 from .json_file import shown
 from .source_tensor import SourceTensor

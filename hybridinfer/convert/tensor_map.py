@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from ..tensor_shapes import tensor_shapes
+from ..model_file.tensor_shapes import tensor_shapes
 from .hf_config import HFModelSpec
 
 _GLOBAL = {

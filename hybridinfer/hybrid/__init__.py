@@ -5,5 +5,5 @@
     cpu_half.py  the CPU half of a split FFN: the cold neurons, on a worker thread, by the packed kernels
     report.py    per-token times of each side and of the transfers
 
-The decoder loop itself stays in `packed_forward.py`: a layer placed on the GPU side is handed to `GPUSide`.
+The decoder loop itself stays in `runtime/decoder.py`: a layer placed on the GPU side is handed to `GPUSide`.
 """

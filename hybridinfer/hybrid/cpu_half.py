@@ -19,11 +19,11 @@ import numba
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..model_file.config import ModelConfig
 from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul
-from ..packed_sparse_ffn import PackedSparseFFN
-from ..packed_weights import PackedLayer
+from ..runtime.sparse_ffn import PackedSparseFFN
+from ..runtime.weights import PackedLayer
 
 
 def _host(shape, dtype, pinned: bool) -> torch.Tensor:

@@ -22,17 +22,16 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from ..config import ModelConfig
-from ..dequantize import dequantize
-from ..gguf_file import GGUFFile, GGUFTensor
+from ..model_file.config import ModelConfig
+from ..model_file.dequantize import dequantize
+from ..model_file.gguf_file import GGUFFile, GGUFTensor
 from ..gpu import kernels_for
 from ..gpu.weights import DeviceMatrix, device_matrix
 from ..kernels.packed import to_gguf_bytes
-from ..model import apply_rope, rms_norm, rope_tables
-from ..placement.memory_model import GPU_FORMATS
+from ..reference.model import apply_rope, rms_norm, rope_tables
+from .placement.memory_model import GPU_FORMATS, kv_element_bytes_for
 from .cpu_half import CPUHalf
 from .report import Clock, HybridStats
-from .setup import kv_element_bytes_for
 
 
 def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = None) -> DeviceMatrix:
@@ -90,7 +89,7 @@ class GPULayer:
 
 
 class GPUSide:
-    """The layers (and the output projection) placed on `device`; `packed_forward.PackedTransformer` hands
+    """The layers (and the output projection) placed on `device`; `runtime.decoder.PackedTransformer` hands
     them the residual stream."""
 
     def __init__(self, model: GGUFFile, config: ModelConfig, plan, device: torch.device, n_ctx: int,

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
-from ..gguf_file import GGUFFile
-from ..placement.memory_model import GPUMemoryModel
-from ..placement.plan import solve_split
-from ..placement.sizes import format_size, parse_size
-from ..placement.split_file import Split, load_split
-from ..profiling import load_profile
+from ..model_file.gguf_file import GGUFFile
+from .placement.memory_model import GPUMemoryModel, kv_element_bytes_for
+from .placement.plan import solve_split
+from .placement.sizes import format_size, parse_size
+from .placement.split_file import Split, load_split
+from .profiling import load_profile
 
 
 @dataclass
@@ -57,11 +57,6 @@ class Offload:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def kv_element_bytes_for(device: str) -> int:
-    """Bytes per KV cache element on the GPU side: float16 on CUDA, float32 on the CPU stand-in."""
-    return 2 if str(device).startswith("cuda") else 4
 
 
 def default_activations_path(model_path: str) -> str:

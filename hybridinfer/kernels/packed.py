@@ -36,9 +36,9 @@ import numba
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..dequantize import dequantize
+from ..model_file.dequantize import dequantize
 from ..errors import HybridInferError
-from ..gguf_file import GGUFTensor
+from ..model_file.gguf_file import GGUFTensor
 
 BLOCK = 32  # elements per quantization block
 TILE = 16  # blocks per tile: 16 lanes of 32 bits in one 512-bit register

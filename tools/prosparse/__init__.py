@@ -8,7 +8,7 @@ ProSparse's three steps, on a tiny model trained from scratch or on a pretrained
 The result is exported as a Hugging Face directory laid out like a published ProSparse checkpoint.
 
 Files, one concern each (the corpus itself, stdlib docstrings/comments + user text files with a fixed
-train/validation/test split, lives in hybridinfer/corpus.py, shared with the engine):
+train/validation/test split, lives in hybridinfer/text/corpus.py, shared with the engine):
   tokenizer_training.py  LLaMA-like SentencePiece BPE tokenizer (byte fallback, unk/bos/eos = 0/1/2)
   data.py                token streams, seeded training batches, evaluation windows
   model.py               small LLaMA with SiLU/ReLU/FATReLU FFNs, HF parameter names, exposes act(gate(x))

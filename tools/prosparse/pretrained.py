@@ -16,10 +16,10 @@ import os
 
 import torch
 
-from hybridinfer.config import ModelConfig
-from hybridinfer.gguf_file import GGUFFile
-from hybridinfer.tokenizer import tokenizer_from_metadata
-from hybridinfer.weights import load_weights
+from hybridinfer.model_file.config import ModelConfig
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.text.vocabulary import tokenizer_from_metadata
+from hybridinfer.reference.weights import load_weights
 
 from .export import write_json
 from .model import SparseLlamaConfig, SparseLlamaForCausalLM
@@ -89,8 +89,8 @@ def byte_level_bpe_tokenizer(gguf: GGUFFile, tokenizer):
     a byte-level decoder, and the control tokens registered as special tokens (never split)."""
     from tokenizers import AddedToken, decoders
 
-    from hybridinfer.tokenizer import CONTROL
-    from hybridinfer.tokenizer_bpe import build_bpe_tokenizer, pre_tokenizer_for
+    from hybridinfer.text.tokenizer import CONTROL
+    from hybridinfer.text.tokenizer_bpe import build_bpe_tokenizer, pre_tokenizer_for
 
     hf = build_bpe_tokenizer(tokenizer.tokens, gguf.get("tokenizer.ggml.merges"),
                              pre_tokenizer_for(gguf.get("tokenizer.ggml.pre")))
@@ -107,7 +107,7 @@ def write_gguf_tokenizer_files(gguf: GGUFFile, tokenizer, out_dir: str, model_ma
             special[role] = tokenizer.tokens[token_id]
     kind = gguf.get("tokenizer.ggml.model")
     if kind == "llama":
-        from hybridinfer.tokenizer_spm import build_sentencepiece_processor
+        from hybridinfer.text.tokenizer_spm import build_sentencepiece_processor
         processor = build_sentencepiece_processor(tokenizer.tokens, gguf.get("tokenizer.ggml.scores") or
                                                   [0.0] * tokenizer.vocab_size, tokenizer.token_types)
         with open(os.path.join(out_dir, "tokenizer.model"), "wb") as handle:

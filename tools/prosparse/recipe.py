@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from hybridinfer import corpus as corpus_module
+from hybridinfer.text import corpus as corpus_module
 from .data import EncodeDocuments, TrainBatches, token_stream, windows
 from .evaluate import EvalResult, evaluate
 from .export import export_hf_directory, write_sentencepiece_files

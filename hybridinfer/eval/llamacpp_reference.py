@@ -1,0 +1,88 @@
+"""llama.cpp's decode speed on the same GGUF file, through the optional `llama-cpp-python` package
+(`pip install hybridinfer[llama]`), so the benchmark can print our tokens/s next to llama.cpp's and their ratio.
+
+What is timed: llama.cpp's forward pass for one token at a time after a short prompt, fed through
+`Llama.eval([token])` with the next token taken as the argmax of the last logits. There is no sampler,
+because llama-bench's `tg` test, the figure llama.cpp reports as its generation speed, is decode without
+sampling; the argmax over one row of logits (a zero-copy view) costs microseconds. One untimed warm-up run
+comes first, then the median of `repetitions` timed runs is reported. Nothing is downloaded.
+llama.cpp's worker threads spin at barriers, so with more threads than idle cores (a busy machine) its rate
+collapses (one loaded 2-core machine: 12 tok/s with 2 threads against 58 with 1); compare on an idle machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+
+import numpy as np
+
+from ..errors import HybridInferError
+
+PROMPT_TEXT = "The quick brown fox jumps over the lazy dog. " * 8
+WARMUP_STEPS = 4
+GGML_LOG_LEVEL_ERROR = 4  # ggml's enum: NONE, DEBUG, INFO, WARN, ERROR, CONT
+
+
+def available() -> bool:
+    """True when llama_cpp imports (its shared library loads)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def load(path: str, n_threads: int = 2, n_ctx: int = 128):
+    """A `llama_cpp.Llama` for `path` on the CPU; a one-line HybridInferError, with llama.cpp's own error
+    message when it logged one, if it cannot be loaded."""
+    try:
+        import llama_cpp
+    except Exception as exc:
+        raise HybridInferError(f"llama-cpp-python is not usable ({exc}); pip install 'hybridinfer[llama]'") from None
+    errors: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):  # llama.cpp's ERROR lines, which verbose=False would hide
+        if level == GGML_LOG_LEVEL_ERROR and text:
+            errors.append(text.decode("utf-8", "replace").strip())
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
+                               n_threads_batch=n_threads, n_gpu_layers=0, use_mlock=False, verbose=False)
+    except Exception as exc:
+        detail = "; ".join(e for e in errors if e) or str(exc)
+        raise HybridInferError(f"llama.cpp cannot load {path}: {' '.join(detail.split())}") from None
+    finally:
+        from llama_cpp import _logger
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def decode_rate(path: str, n_threads: int = 2, n_gen: int = 32, n_prompt: int = 8, repetitions: int = 3) -> dict:
+    """llama.cpp's greedy decode rate on `path`: {"tokens_per_second", "ms_per_token", "n_threads", "version"}."""
+    import llama_cpp
+    if n_gen < 1 or n_prompt < 1 or repetitions < 1 or n_threads < 1:
+        raise HybridInferError("n_gen, n_prompt, repetitions and n_threads must all be at least 1")
+    llm = load(path, n_threads, n_ctx=n_prompt + max(n_gen, WARMUP_STEPS) + 8)
+    try:
+        prompt = llm.tokenize(PROMPT_TEXT.encode(), add_bos=True)
+        prompt = (prompt * (n_prompt // len(prompt) + 1))[:n_prompt]
+        n_vocab = llm.n_vocab()
+
+        def run(steps: int) -> float:
+            llm.reset()
+            llm.eval(prompt)
+            start = time.perf_counter()
+            for _ in range(steps):
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+                llm.eval([int(logits.argmax())])
+            return time.perf_counter() - start
+
+        run(WARMUP_STEPS)
+        seconds = statistics.median(run(n_gen) for _ in range(repetitions))
+    finally:
+        llm.close()
+    return {"tokens_per_second": n_gen / seconds, "ms_per_token": seconds / n_gen * 1000,
+            "n_threads": n_threads, "version": llama_cpp.__version__}

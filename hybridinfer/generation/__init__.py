@@ -1,0 +1,1 @@
+"""The generation loop, sampling and stop strings."""

@@ -1,0 +1,118 @@
+"""The generation loop: prompt prefill, then sample -> decode one token at a time, with llama.cpp-style timings.
+
+Three levels, as in mlx-lm: `generate_step` yields token ids, `stream_generate` yields small records with
+text pieces, and `Engine.generate` (engine.py) collects a whole result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from ..text.detokenizer import StreamingDetokenizer
+from .sampling import Sampler
+from .stop_strings import StopStringMatcher
+
+
+@dataclass
+class Timings:
+    load_ms: float = 0.0
+    repack_ms: float = 0.0  # part of load_ms: weights rearranged for the CPU kernels
+    prompt_ms: float = 0.0
+    prompt_tokens: int = 0  # prompt tokens actually evaluated (a cached prefix is not evaluated again)
+    eval_ms: float = 0.0
+    eval_tokens: int = 0  # single-token decode runs
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_ms * 1000 if self.prompt_ms > 0 else 0.0
+
+    @property
+    def eval_tps(self) -> float:
+        return self.eval_tokens / self.eval_ms * 1000 if self.eval_ms > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "prompt_tps": self.prompt_tps, "eval_tps": self.eval_tps}
+
+    def report_lines(self) -> list[str]:
+        """The timing lines llama.cpp prints after a generation."""
+        def rate(ms, n, unit):
+            per = ms / n if n else 0.0
+            return f"{ms:10.2f} ms / {n:5d} {unit} ({per:8.2f} ms per token, {n / ms * 1000 if ms else 0.0:8.2f} tokens per second)"
+        total_ms = self.prompt_ms + self.eval_ms
+        repack = f" (repacking weights {self.repack_ms:.2f} ms)" if self.repack_ms else ""
+        return [
+            f"hybridinfer_perf:        load time = {self.load_ms:10.2f} ms{repack}",
+            f"hybridinfer_perf: prompt eval time = {rate(self.prompt_ms, self.prompt_tokens, 'tokens')}",
+            f"hybridinfer_perf:        eval time = {rate(self.eval_ms, self.eval_tokens, 'runs  ')}",
+            f"hybridinfer_perf:       total time = {total_ms:10.2f} ms / {self.prompt_tokens + self.eval_tokens:5d} tokens",
+        ]
+
+
+@dataclass
+class GenerationChunk:
+    text: str  # new text since the previous chunk (may be empty while a multi-byte character is incomplete)
+    token: int | None  # the generated token id, None for the final flush
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length" (token limit or context full)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]  # generated ids, without the prompt
+    finish_reason: str
+    timings: Timings = field(default_factory=Timings)
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "tokens": self.tokens, "finish_reason": self.finish_reason,
+                "timings": self.timings.as_dict()}
+
+
+def generate_step(engine, prompt_tokens: list[int], sampler: Sampler, timings: Timings) -> Iterator[int]:
+    """Yield sampled token ids forever (the caller stops); each yielded token is fed back before the next."""
+    start = time.perf_counter()
+    logits, evaluated = engine.feed(prompt_tokens)
+    timings.prompt_ms += (time.perf_counter() - start) * 1000
+    timings.prompt_tokens += evaluated
+    history = list(prompt_tokens)
+    while True:
+        token = sampler.sample(logits, history)
+        history.append(token)
+        yield token
+        start = time.perf_counter()
+        logits, _ = engine.feed(history)
+        timings.eval_ms += (time.perf_counter() - start) * 1000
+        timings.eval_tokens += 1
+
+
+def stream_generate(engine, prompt_tokens: list[int], sampler: Sampler, max_tokens: int = -1,
+                    stop: list[str] | None = None, timings: Timings | None = None) -> Iterator[GenerationChunk]:
+    """Yield text pieces as tokens are generated; the last chunk carries the finish reason.
+
+    max_tokens < 0 means: until end of generation or until the context is full.
+    """
+    timings = timings if timings is not None else Timings()
+    detokenizer = StreamingDetokenizer(engine.tokenizer, strip_leading_space=False)  # text continues the prompt
+    stops = StopStringMatcher(stop or [])
+    room = engine.n_ctx - len(prompt_tokens)
+    limit = room if max_tokens < 0 else min(max_tokens, room)
+    if limit <= 0:
+        yield GenerationChunk("", None, "length")
+        return
+    count = 0
+    for token in generate_step(engine, prompt_tokens, sampler, timings):
+        if engine.tokenizer.is_eog(token):
+            yield GenerationChunk(stops.feed(detokenizer.flush())[0] + stops.flush(), None, "stop")
+            return
+        count += 1
+        text, stopped = stops.feed(detokenizer.add(token))
+        if stopped:
+            yield GenerationChunk(text, token, "stop")
+            return
+        if count >= limit:
+            tail, stopped = stops.feed(detokenizer.flush())
+            yield GenerationChunk(text + tail + ("" if stopped else stops.flush()), token,
+                                  "stop" if stopped else "length")
+            return
+        yield GenerationChunk(text, token)

@@ -1,0 +1,88 @@
+"""What the hybrid runtime keeps on the GPU, in bytes, for a model file, a context size and a device.
+
+Weights live on the GPU side as the file's own bytes (Q4_0/Q4_1/Q8_0 blocks, F16/BF16/F32 values; a type the
+GPU kernels do not read is decoded to F32 there, 4 bytes a weight). Per part:
+
+    layer       a GPU layer's attention: attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, its KV cache
+                (2 x n_ctx x n_head_kv x head_dim elements of `kv_element_bytes`: float16 on CUDA, float32 on the
+                CPU stand-in) and, with predictors, its predictor (fc1 and fc2 as Q8_0, as the CPU side packs them)
+    neuron      a hot neuron of a GPU layer: its gate row, up row and row of the transposed down projection
+    dense_ffn   (-ngl) a layer's whole FFN: gate, up and down
+    output      output_norm and the output projection (token embeddings stay in CPU memory: one row per token
+                is looked up there)
+    workspace   activation buffers (logits, attention scores, FFN buffers, all float32) plus a fixed 64 MiB
+                margin for the allocator and the kernels' scratch
+
+PowerInfer's order when the budget is small: attention layers first (the last layers, as llama.cpp offloads
+them), then the output projection once every layer is on the GPU, then hot neurons of GPU layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from gguf import GGMLQuantizationType as T
+
+from ...model_file.config import ModelConfig
+from ...model_file.gguf_file import GGUFFile, GGUFTensor
+
+WORKSPACE_MARGIN = 64 << 20
+GPU_FORMATS = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1)  # what `hybridinfer/gpu` stores as they are
+Q8_0_BLOCK_BYTES = 34
+
+
+def device_bytes(tensor: GGUFTensor) -> int:
+    """Bytes of a file tensor on the GPU side: its own bytes, or F32 for a type the GPU kernels do not read."""
+    return tensor.n_bytes if tensor.type in GPU_FORMATS else 4 * tensor.n_elements
+
+
+def row_bytes(tensor: GGUFTensor) -> int:
+    """Device bytes of one row of a 2-D weight (one neuron of ffn_gate / ffn_up)."""
+    return device_bytes(tensor) // tensor.shape[0]
+
+
+def predictor_bytes(rank: int, n_embd: int, n_ff: int) -> int:
+    """One layer's predictor packed as Q8_0 (a width that is not a multiple of 32 stays F32)."""
+    def matrix(rows: int, cols: int) -> int:
+        return rows * cols // 32 * Q8_0_BLOCK_BYTES if cols % 32 == 0 else rows * cols * 4
+    return matrix(rank, n_embd) + matrix(n_ff, rank)
+
+
+@dataclass(frozen=True)
+class GPUMemoryModel:
+    layer: list[int]  # per layer: attention weights, norms, KV cache and predictor
+    neuron: list[int]  # per layer: one hot neuron (gate row + up row + down_t row)
+    dense_ffn: list[int]  # per layer: the whole FFN (-ngl)
+    output: int
+    workspace: int
+    kv_element_bytes: int
+    n_ctx: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def build(cls, model: GGUFFile, config: ModelConfig, n_ctx: int, kv_element_bytes: int,
+              predictor_ranks: list[int] | None = None):
+        c = config
+        kv_rows = c.n_head_kv * c.head_dim
+        layers, neurons, dense = [], [], []
+        for i in range(c.n_layer):
+            def tensor(name: str) -> GGUFTensor:
+                return model.tensor(f"blk.{i}.{name}.weight")
+            down = model.tensors.get(f"blk.{i}.ffn_down_t.weight") or tensor("ffn_down")
+            attention = sum(device_bytes(tensor(n)) for n in ("attn_q", "attn_k", "attn_v", "attn_output"))
+            kv = 2 * n_ctx * kv_rows * kv_element_bytes
+            predictor = predictor_bytes(predictor_ranks[i], c.n_embd, c.n_ff) if predictor_ranks else 0
+            layers.append(attention + 2 * c.n_embd * 4 + kv + predictor)
+            ffn = [tensor("ffn_gate"), tensor("ffn_up"), down]
+            neurons.append(sum(device_bytes(t) for t in ffn) // c.n_ff)
+            dense.append(sum(device_bytes(t) for t in ffn))
+        output = model.tensors.get("output.weight") or model.tensor("token_embd.weight")
+        workspace = 4 * (c.n_vocab + c.n_head * n_ctx + 4 * c.n_ff + 8 * c.n_embd) + WORKSPACE_MARGIN
+        return cls(layers, neurons, dense, device_bytes(output) + c.n_embd * 4, workspace, kv_element_bytes, n_ctx)
+
+
+def kv_element_bytes_for(device: str) -> int:
+    """Bytes per KV cache element on the GPU side: float16 on CUDA, float32 on the CPU stand-in."""
+    return 2 if str(device).startswith("cuda") else 4

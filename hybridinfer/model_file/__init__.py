@@ -1,0 +1,1 @@
+"""A model file: the GGUF reader, hyper-parameters, the tensor table, fingerprints, dequantization."""

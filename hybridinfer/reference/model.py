@@ -1,0 +1,135 @@
+"""The reference forward pass: plain torch float32, one short file from token ids to logits.
+
+This is the oracle every faster path is compared against. Follow one token:
+    embedding -> per layer [RMSNorm -> Q/K/V -> RoPE -> KV cache -> attention -> output proj -> residual,
+                            RMSNorm -> gate/up -> activation -> down -> residual]
+    -> RMSNorm -> output projection -> logits
+RoPE rotates adjacent pairs (2j, 2j+1) because llama.cpp's converter permutes the Q/K rows (GGUF convention).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..model_file.config import ModelConfig
+from ..runtime.finite_check import require_finite
+from .weights import LayerWeights, ModelWeights
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, indexed by position."""
+
+    def __init__(self, config: ModelConfig, n_ctx: int):
+        shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
+        self.k = torch.empty(shape, dtype=torch.float32)  # written before read: not zero-filled
+        self.v = torch.empty(shape, dtype=torch.float32)
+        self.n_ctx = n_ctx
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope_tables(config: ModelConfig, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (n_ctx, rope_dim // 2): angle of pair j at position p is p * base^(-2j / rope_dim)."""
+    inv_freq = config.rope_base ** (-torch.arange(0, config.rope_dim, 2, dtype=torch.float64) / config.rope_dim)
+    angles = torch.outer(torch.arange(n_ctx, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (T, heads, head_dim); cos/sin: (T, rope_dim // 2). Rotates pairs (2j, 2j+1) of the first rope_dim."""
+    rope_dim = cos.shape[-1] * 2
+    pairs = x[..., :rope_dim].reshape(*x.shape[:-1], rope_dim // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]
+    rotated = torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2)
+    return torch.cat((rotated, x[..., rope_dim:]), dim=-1)
+
+
+def ffn_activation(gate: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    if config.activation == "silu":
+        return torch.nn.functional.silu(gate)
+    # relu is fatrelu with threshold 0; FATReLU_T(v) = v if v >= T else 0 (as the ProSparse HF code)
+    return torch.where(gate >= config.activation_threshold, gate, torch.zeros_like(gate))
+
+
+class Transformer:
+    """LLaMA-family decoder (llama, minicpm) with a KV cache; `forward` runs a batch of new positions.
+
+    `sparse_ffn`, when set, computes every layer's FFN instead of the dense `ffn` below (see sparse_ffn.py).
+    `observers` are called once per layer as observer(layer_index, residual, activation): the residual stream
+    before ffn_norm (T, n_embd) and the dense FFN activation act(gate) (T, n_ff) — for profiling and
+    predictor training.
+    """
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, n_ctx: int):
+        self.config = config
+        self.weights = weights
+        self.cache = KVCache(config, n_ctx)
+        self.rope_cos, self.rope_sin = rope_tables(config, n_ctx)
+        self.sparse_ffn = None
+        self.observers: list = []
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.attention_seconds = 0.0  # summed over single-token forward calls while `time_attention` is set
+        self.time_attention = False
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cache.n_ctx
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
+        """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32, or
+        (1, n_vocab) for the last position when not `all_logits`."""
+        c, w = self.config, self.weights
+        x = w.token_embd[tokens].to(self.device, self.dtype) * c.embedding_scale  # (T, n_embd)
+        timed = self.time_attention and tokens.shape[0] == 1
+        for index, layer in enumerate(w.layers):
+            start = self._clock() if timed else 0.0
+            x = x + self.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), start_pos) * c.residual_scale
+            if timed:
+                self.attention_seconds += self._clock() - start
+            x = x + self.ffn_block(index, layer, x) * c.residual_scale
+            require_finite(x, f"layer {index} (blk.{index}.*)", start_pos)
+        x = rms_norm(x if all_logits else x[-1:], w.output_norm, c.rms_eps)
+        return ((x @ w.output.T) / c.logit_scale).float().cpu()
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def attention(self, index: int, layer: LayerWeights, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        c = self.config
+        n_new, end = x.shape[0], start_pos + x.shape[0]
+        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+        q = apply_rope((x @ layer.attn_q.T).view(n_new, c.n_head, c.head_dim), cos, sin)
+        k = apply_rope((x @ layer.attn_k.T).view(n_new, c.n_head_kv, c.head_dim), cos, sin)
+        v = (x @ layer.attn_v.T).view(n_new, c.n_head_kv, c.head_dim)
+        self.cache.k[index, start_pos:end] = k
+        self.cache.v[index, start_pos:end] = v
+        keys = self.cache.k[index, :end].repeat_interleave(c.n_head // c.n_head_kv, dim=1)  # (end, n_head, hd)
+        values = self.cache.v[index, :end].repeat_interleave(c.n_head // c.n_head_kv, dim=1)
+        scores = torch.einsum("thd,shd->hts", q, keys) / math.sqrt(c.head_dim)  # (n_head, n_new, end)
+        query_pos = torch.arange(start_pos, end, device=x.device)[:, None]
+        scores = scores.masked_fill(torch.arange(end, device=x.device)[None, :] > query_pos, float("-inf"))
+        out = torch.einsum("hts,shd->thd", scores.softmax(-1), values).reshape(n_new, c.n_head * c.head_dim)
+        return out @ layer.attn_output.T
+
+    def ffn_block(self, index: int, layer: LayerWeights, residual: torch.Tensor) -> torch.Tensor:
+        x = rms_norm(residual, layer.ffn_norm, self.config.rms_eps)
+        if self.observers:
+            activation = ffn_activation(x @ layer.ffn_gate.T, self.config)
+            for observe in self.observers:
+                observe(index, residual, activation)
+        if self.sparse_ffn is not None:
+            return self.sparse_ffn(index, layer, residual, x)
+        return self.ffn(layer, x)
+
+    def ffn(self, layer: LayerWeights, x: torch.Tensor) -> torch.Tensor:
+        hidden = ffn_activation(x @ layer.ffn_gate.T, self.config) * (x @ layer.ffn_up.T)  # (T, n_ff)
+        return hidden @ layer.ffn_down.T

@@ -1,0 +1,105 @@
+"""The sparse FFN over packed weights (`PackedTransformer.sparse_ffn`): compute only the neurons that fire.
+
+  exact (no predictors)  every gate row, then up rows and down_t rows only where FATReLU passed: lossless
+  predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
+                         gate, up and down_t rows are read only for them (a missed active neuron is lost)
+
+One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
+preallocated buffers. Several tokens (prompt) compute gate and up densely (each row read once for all of them),
+mask, and sum each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
+for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path.
+Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
+of their float32 bytes per token.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from ..model_file.config import ModelConfig
+from ..kernels import cpu_layer, cpu_ops
+from ..kernels.cpu_quant import activation_buffers, matmul, prepare
+from ..kernels.packed import BLOCK, PackedMatrix, pack
+from .weights import PackedLayer, PackedWeights
+from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
+
+
+def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix:
+    """A float32 predictor matrix (out, in) as Q8_0 when `in` is a multiple of 32 (else, or with qtype F32, F32)."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    if qtype == T.F32 or weight.shape[1] % BLOCK:
+        return pack((weight, T.F32, weight.shape))
+    return pack((quants.quantize(weight, T.Q8_0), T.Q8_0, weight.shape))
+
+
+class PackedSparseFFN:
+    def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
+                 predictor_type: T = T.Q8_0):
+        require_sparse_activation(config)
+        self.config, self.exact = config, float_activations
+        self.threshold = np.float32(config.activation_threshold)
+        # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
+        self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
+        self.stats = SparseFFNStats()
+        n_ff, n_embd = config.n_ff, config.n_embd
+        self.gate, self.up, self.hidden = (np.empty(n_ff, np.float32) for _ in range(3))
+        self.active, self.candidates = np.empty(n_ff, np.int64), np.empty(n_ff, np.int64)
+        self.predictors = predictors
+        if predictors is not None:
+            self.fc1 = [pack_predictor_weight(w.cpu().numpy(), predictor_type) for w in predictors.fc1]  # (rank, n_embd)
+            self.fc2 = [pack_predictor_weight(w.cpu().numpy(), predictor_type) for w in predictors.fc2]  # (n_ff, rank)
+            self.predictor_codes = [np.array([a.code, b.code]) for a, b in zip(self.fc1, self.fc2)]
+            self.predictor_thresholds = [np.float32(t) for t in predictors.thresholds]
+            self.residual = activation_buffers(1, n_embd)
+            self.rank_buffers = {rank: activation_buffers(1, rank) for rank in set(predictors.ranks)}
+            self.logits = np.empty((1, n_ff), np.float32)
+
+    @property
+    def nbytes_predictors(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in zip(self.fc1, self.fc2)) if self.predictors is not None else 0
+
+    def __call__(self, index: int, layer: PackedLayer, x: np.ndarray, normed, out: np.ndarray) -> None:
+        """x (T, n_embd) += residual_scale * FFN over the active neurons; normed = RMSNorm(x) activations."""
+        if x.shape[0] > 1:
+            self._several(index, layer, x, normed, out)
+            return
+        n_candidates = -1
+        if self.predictors is not None:
+            n_candidates = cpu_layer.predict(
+                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_codes[index], self.exact,
+                self.predictor_thresholds[index], self.rank_buffers[self.fc1[index].rows], self.logits,
+                self.candidates)
+        fired = cpu_layer.sparse_ffn_block(
+            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, layer.ffn_codes, self.exact,
+            self.threshold, self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out,
+            np.float32(self.config.residual_scale), numba.get_num_threads())
+        self.stats.tokens += 1
+        dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
+        self.stats.rows += self.config.n_ff if dense_gate else n_candidates
+        self.stats.active += fired
+
+    def _several(self, index: int, layer: PackedLayer, x: np.ndarray, normed, out: np.ndarray) -> None:
+        """T tokens: act(gate) * up densely, masked by the predictor, then each token's active down_t rows."""
+        tokens, n_ff = x.shape[0], self.config.n_ff
+        gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
+        matmul(layer.ffn_gate, normed, gate, exact=self.exact)
+        matmul(layer.ffn_up, normed, up, exact=self.exact)
+        cpu_ops.fatrelu_times(gate, up, self.threshold, hidden)
+        if self.predictors is not None:
+            hidden *= self._predicted(index, x)
+        down_t = self.down_t[index]
+        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, out, numba.get_num_threads(),
+                              self.exact)
+        cpu_ops.add_scaled(x, out, np.float32(self.config.residual_scale))
+
+    def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:
+        """bool (T, n_ff): the neurons the predictor marks active for each token."""
+        fc1, fc2 = self.fc1[index], self.fc2[index]
+        hidden = np.empty((x.shape[0], fc1.rows), np.float32)
+        matmul(fc1, prepare(x), hidden, exact=self.exact)
+        logits = np.empty((x.shape[0], fc2.rows), np.float32)
+        matmul(fc2, prepare(np.maximum(hidden, 0)), logits, exact=self.exact)
+        return logits >= self.predictor_thresholds[index]

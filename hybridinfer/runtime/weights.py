@@ -1,0 +1,181 @@
+"""A model's weights in the CPU kernels' layout (`kernels/packed.py`), read straight from the GGUF file.
+
+Float weights (F32/F16/BF16) stay zero-copy views of the memory-mapped file; Q8_0/Q4_0/Q4_1 rows are
+repacked once at load (the same bytes, rearranged). Other GGUF types are decoded to F32 at load, with a
+notice. The sparse FFN also needs each layer's down projection transposed (`down_t`, row i = neuron i's
+output vector): taken from a PowerInfer file's ffn_down_t, or made at load by transposing (and, for quantized
+formats, re-quantizing with the `gguf` package's encoder) the first time a sparse mode asks for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from ..model_file.config import ModelConfig
+from ..model_file.dequantize import dequantize
+from ..model_file.gguf_file import GGUFFile, GGUFTensor
+from ..model_file.tensor_shapes import down_name, require_tensors
+from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack
+from ..kernels.requantize import transpose_quantized
+
+
+@dataclass
+class PackedLayer:
+    attn_norm: np.ndarray  # (n_embd,) float32
+    # (q_rows + 2 kv_rows, n_embd): the rows of attn_q (n_head * head_dim), attn_k and attn_v (n_head_kv * head_dim
+    # each) in one matrix, read in one pass; Q and K rows permuted for adjacent-pair RoPE (GGUF convention)
+    attn_qkv: PackedMatrix | None
+    attn_output: PackedMatrix | None  # (n_embd, n_head * head_dim)
+    ffn_norm: np.ndarray  # (n_embd,) float32
+    ffn_gate: PackedMatrix | None  # (n_ff, n_embd): row i is neuron i's gate weights
+    ffn_up: PackedMatrix | None  # (n_ff, n_embd)
+    source_down: GGUFTensor  # the file's down projection: ffn_down (n_embd, n_ff) or ffn_down_t (n_ff, n_embd)
+    _down: PackedMatrix | None = field(default=None, repr=False)
+    _down_t: PackedMatrix | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's,
+        # dense or transposed alike (a transpose keeps the format). A part the GPU side holds is None here.
+        if self.attn_qkv is not None:
+            self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
+        if self.ffn_gate is not None:
+            down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
+            self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
+
+    @property
+    def transposed_in_file(self) -> bool:
+        return self.source_down.name.endswith("ffn_down_t.weight")
+
+    def ffn_down(self) -> PackedMatrix:
+        """(n_embd, n_ff): the dense down projection."""
+        if self._down is None:
+            self._down = pack_any(self.source_down) if not self.transposed_in_file else transpose(self.source_down)
+        return self._down
+
+    def ffn_down_t(self) -> PackedMatrix:
+        """(n_ff, n_embd): row i is neuron i's output vector (the sparse FFN's S3 reads these rows)."""
+        if self._down_t is None:
+            self._down_t = pack_any(self.source_down) if self.transposed_in_file else transpose(self.source_down)
+        return self._down_t
+
+
+@dataclass
+class PackedWeights:
+    token_embd: PackedMatrix  # (n_vocab, n_embd)
+    layers: list[PackedLayer]
+    output_norm: np.ndarray  # (n_embd,) float32
+    output: PackedMatrix | None  # (n_vocab, n_embd); token_embd itself when embeddings are tied
+    repack_seconds: float  # time spent rearranging/decoding weights at load
+
+    @property
+    def nbytes(self) -> int:
+        """GGUF bytes of the matrices one dense decoding step reads (embedding lookup excluded)."""
+        total = self.output.nbytes if self.output is not None else 0
+        for layer in self.layers:
+            parts = (layer.attn_qkv, layer.attn_output, layer.ffn_gate, layer.ffn_up)
+            total += sum(m.nbytes for m in parts if m is not None)
+            total += layer.source_down.n_bytes if layer.ffn_gate is not None else 0
+        return total
+
+
+def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, on_gpu=None) -> PackedWeights:
+    """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
+    projection now (so its cost is part of the load, not of the first token). `on_gpu` (a `hybrid.setup.Offload`)
+    names what the GPU side holds instead: the attention of its layers, the FFN of its dense layers, the output
+    projection. Each matrix's pages of the memory-mapped file are released once it is packed."""
+    gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
+    dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
+    output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
+    start = time.perf_counter()
+    c = config
+    require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
+    tensor = model.tensor
+
+    def matrix(name: str) -> PackedMatrix:
+        found = tensor(name)
+        packed = pack_any(found)
+        if found.type not in FLOAT_DTYPES:  # float weights are read in place: their pages stay
+            model.release(name)
+        return packed
+
+    def qkv(p: str) -> PackedMatrix:
+        names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+        packed = stacked([tensor(n) for n in names])
+        if packed.quantized:
+            for name in names:
+                model.release(name)
+        return packed
+
+    def vector(name: str) -> np.ndarray:
+        return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
+
+    layers = []
+    for i in range(c.n_layer):
+        p = f"blk.{i}."
+        down = tensor(down_name(model, i))  # PowerInfer's ffn_down_t, else ffn_down
+        attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
+        layer = PackedLayer(
+            attn_norm=vector(p + "attn_norm.weight"),
+            attn_qkv=qkv(p) if attention_here else None,
+            attn_output=matrix(p + "attn_output.weight") if attention_here else None,
+            ffn_norm=vector(p + "ffn_norm.weight"),
+            ffn_gate=matrix(p + "ffn_gate.weight") if ffn_here else None,
+            ffn_up=matrix(p + "ffn_up.weight") if ffn_here else None,
+            source_down=down)
+        if ffn_here:
+            layer.ffn_down_t() if sparse else layer.ffn_down()
+            if down.type not in FLOAT_DTYPES or sparse:
+                model.release(down.name)
+        layers.append(layer)
+    token_embd = matrix("token_embd.weight")
+    output = token_embd if c.tied_embeddings else None if output_on_gpu else \
+        matrix("output.weight")
+    return PackedWeights(token_embd, layers, vector("output_norm.weight"), output, time.perf_counter() - start)
+
+
+def pack_any(tensor: GGUFTensor) -> PackedMatrix:
+    """`pack`, or for a type the kernels do not read, the weight decoded to F32 (with a notice on stderr)."""
+    if tensor.type in SUPPORTED:
+        return pack(tensor)
+    print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
+          "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
+    values = dequantize(tensor)
+    return pack((values, T.F32, values.shape))
+
+
+def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
+    """The rows of several weights with the same column count as one packed matrix: their bytes concatenated
+    when they share a format the kernels read, else decoded to F32 (with a notice)."""
+    cols = tensors[0].shape[1]
+    rows = sum(t.shape[0] for t in tensors)
+    qtype = tensors[0].type
+    if qtype in SUPPORTED and all(t.type == qtype for t in tensors):
+        raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
+        return pack((raw, qtype, (rows, cols)))
+    print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
+          "a format the CPU kernels read; decoded to F32 at load", file=sys.stderr)
+    values = np.concatenate([dequantize(t) for t in tensors])
+    return pack((values, T.F32, values.shape))
+
+
+def transpose(tensor: GGUFTensor) -> PackedMatrix:
+    """The transpose of a 2-D weight, in its own format: float bits are moved exactly; quantized weights are
+    decoded, transposed and encoded again (one more rounding, within the format's tolerance): by
+    `kernels/requantize.py`, byte for byte what `gguf.quants` gives, ~10x faster; types the kernels do not
+    read become F32."""
+    rows, cols = tensor.shape
+    if tensor.type in FLOAT_DTYPES:
+        stored = np.ascontiguousarray(tensor.raw).view(FLOAT_DTYPES[tensor.type]).reshape(rows, cols)
+        return pack((np.ascontiguousarray(stored.T), tensor.type, (cols, rows)))
+    if tensor.type in QUANT_FORMATS and rows % 32 == 0:  # numba, byte for byte what gguf.quants would give
+        return pack((transpose_quantized(tensor.raw, tensor.type, (rows, cols)), tensor.type, (cols, rows)))
+    values = np.ascontiguousarray(dequantize(tensor).T)
+    if tensor.type not in SUPPORTED:  # decoded to F32, as pack_any does
+        return pack((values, T.F32, (cols, rows)))
+    return pack((quants.quantize(values, tensor.type), tensor.type, (cols, rows)))

@@ -1,0 +1,1 @@
+"""Text in and out: tokenizers, the streaming detokenizer, chat templates, calibration text."""
