@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..model_file.config import ModelConfig
-from ..runtime.finite_check import require_finite
+from ..finite_check import require_finite
 from .weights import LayerWeights, ModelWeights
 
 

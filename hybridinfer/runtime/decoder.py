@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..model_file.config import ModelConfig
-from .finite_check import non_finite_error, require_finite
+from ..finite_check import non_finite_error, require_finite
 from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul
 from ..reference.model import rope_tables
