@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import HybridInferError
+from .errors import HybridInferError
 
 
 def require_finite(x: np.ndarray | torch.Tensor, where: str, start_pos: int) -> None:

@@ -27,30 +27,21 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, optimizeconst
-from jinja2.runtime import Namespace
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
 from markupsafe import Markup
 
-MAX_SECONDS = 2.0  # wall time of one render, compilation included
-MAX_OUTPUT_CHARS = 1 << 20  # the rendered prompt (~250k tokens)
-MAX_VALUE_CHARS = 1 << 20  # any one string, list or dict the template builds (a container: its repr's length)
-MAX_INT_BITS = 1 << 16  # any one integer (~20k decimal digits)
-MAX_RANGE = 10_000  # numbers in one range(...)
-MAX_CALL_DEPTH = 50  # nested calls: macros, caller(), recursive loops, blocks
-MAX_NESTING = 100  # containers inside containers
+from .chat_template_sizes import (FILTER_SIZE, MAX_CALL_DEPTH, MAX_INT_BITS, MAX_OUTPUT_CHARS, MAX_RANGE, MAX_SECONDS,
+                                  MAX_VALUE_CHARS, READ_TWICE, TemplateLimitError, clamped_int, measure, printf_size,
+                                  size_of, str_method_size, text_length, too_big)
+
 _FOLD_LIMIT = 4096  # jinja folds constant filter calls at compile time; larger results wait for the render
 
 TEMPLATE_FILENAME = "<template>"  # co_filename of jinja-compiled template code (Environment.from_string)
-
-
-class TemplateLimitError(BaseException):
-    """A template went past one of the limits; the message says which."""
 
 
 class _State(threading.local):
@@ -59,10 +50,6 @@ class _State(threading.local):
 
 
 _state = _State()
-
-
-def _too_big(what: str) -> TemplateLimitError:
-    return TemplateLimitError(f"the template built a value larger than {MAX_VALUE_CHARS:,} characters ({what})")
 
 
 def render(compile_template: Callable[[], jinja2.Template], context: dict) -> str:
@@ -123,182 +110,27 @@ class _Deadline:
 # ----------------------------------------------------------------------------------------------------------
 # Sizes
 
-_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
-_CONTAINERS = (list, tuple, set, frozenset, *_VIEWS)
-
-
-def measure(value: Any, limit: int | None = None, per_item: int = 0, per_level: int = 0) -> int:
-    """Roughly len(repr(value)), every reference counted again (as str(), == and hash() walk them); stops
-    once past `limit`. `per_item` / `per_level` add separator / indentation lengths (tojson).
-    Raises TemplateLimitError for containers nested more than MAX_NESTING deep."""
-    limit = MAX_VALUE_CHARS if limit is None else limit
-    total = 0
-    stack: list[Any] = [iter((value,))]
-    while stack:
-        for item in stack[-1]:
-            total += 2 + per_item + per_level * len(stack)
-            child = None
-            if isinstance(item, str):
-                total += len(item)
-            elif isinstance(item, dict):
-                child = itertools.chain.from_iterable(item.items())
-            elif isinstance(item, _CONTAINERS):
-                child = iter(item)
-            elif isinstance(item, Namespace):
-                child = itertools.chain.from_iterable(getattr(item, "_Namespace__attrs", {}).items())
-            elif isinstance(item, int):
-                total += item.bit_length() // 3
-            elif isinstance(item, (bytes, bytearray)):
-                total += len(item)
-            else:
-                total += 6
-            if total > limit:
-                return total
-            if child is not None:
-                if len(stack) > MAX_NESTING:
-                    raise TemplateLimitError(f"the template nested lists or dicts more than {MAX_NESTING} deep")
-                stack.append(child)
-                break
-        else:
-            stack.pop()
-    return total
-
-
-def _size(value: Any) -> int:
-    """len() of a string; measure() of a container; 0 for anything else (numbers, macros, ...)."""
-    if isinstance(value, (str, bytes, bytearray)):
-        return len(value)
-    if isinstance(value, (dict, Namespace, *_CONTAINERS)):
-        return measure(value)
-    return 0
-
-
-def _text_len(value: Any) -> int:  # len(str(value)), roughly
-    return len(value) if isinstance(value, str) else measure(value)
-
-
-def _number(digits: str) -> int:
-    return int(digits) if len(digits) < 10 else 1 << 40
-
-
-_PRINTF_SPEC = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
-
-
-def _printf_size(fmt: str | bytes, args: Any) -> int:
-    """An upper bound on len(fmt % args): widths, precisions, and each value as often as it is named."""
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode("latin-1")
-    size = len(fmt) + measure(args)
-    stars = sum(abs(a) for a in (args if isinstance(args, tuple) else (args,)) if type(a) is int)
-    for key, width, precision in _PRINTF_SPEC.findall(fmt):
-        for number in (width, precision):
-            size += stars if number == "*" else _number(number) if number else 0
-        if key and isinstance(args, Mapping) and key in args:
-            size += measure(args[key])
-        if size > MAX_VALUE_CHARS:
-            break
-    return size
-
-
-def _replace_size(s: Any, old: Any, new: Any, count: Any = -1) -> int:
-    s, old, new = (x if isinstance(x, (str, bytes)) else str(x) for x in (s, old, new))
-    times = s.count(old) if old else len(s) + 1
-    if count is not None and count >= 0:
-        times = min(times, count)
-    return len(s) + times * max(len(new) - len(old), 0)
-
-
-def _join_size(separator: Any, items: Any) -> int:
-    return sum(_text_len(item) for item in items) + len(str(separator)) * max(len(items) - 1, 0)
-
-
-# The filters and str methods whose result can outgrow their input by more than a constant factor: an
-# upper bound on the result's length from the arguments (jinja's signatures, less the context it passes).
-
-
-def _indent_size(s, width=4, first=False, blank=False):
-    return len(s) + (s.count("\n") + 1) * (width if type(width) is int else len(str(width)))
-
-
-def _wordwrap_size(s, width=79, break_long_words=True, wrapstring=None, break_on_hyphens=True):
-    lines = len(s.split()) + len(s) // max(width, 1) + s.count("\n") + 1
-    return len(s) + lines * len(wrapstring or "\n")
-
-
-def _urlize_size(value, trim_url_limit=None, nofollow=False, target=None, rel=None, extra_schemes=None):
-    return 10 * len(value) + (len(value) // 2 + 1) * (len(str(target or "")) + len(str(rel or "")) + 40)
-
-
-def _tojson_size(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    indent = len(indent) if isinstance(indent, str) else indent or 0
-    separator = sum(len(str(part)) for part in separators) if separators else 0
-    return measure(value, per_item=separator + (1 if indent else 0), per_level=indent)
-
-
-def _padding_size(value, count, fill_with=None):  # batch, slice: up to `count` copies of fill_with
-    return 0 if fill_with is None else count * (measure(fill_with) + 2)
-
-
-def _sum_size(iterable, attribute=None, start=0):  # sum(lists, start=[]) concatenates
-    return measure(start) + sum(measure(x) for x in iterable) if isinstance(start, (list, tuple)) else 0
-
-
-_FILTER_SIZE: dict[str, Callable[..., int]] = {
-    "center": lambda value, width=80: max(_text_len(value), width),
-    "indent": _indent_size,
-    "format": lambda value, *args, **kwargs: _printf_size(str(value), kwargs or args),
-    "replace": _replace_size,
-    "join": lambda value, d="", attribute=None: _join_size(d, value),
-    "wordwrap": _wordwrap_size,
-    "truncate": lambda s, length=255, killwords=False, end="...", leeway=None: len(s) + len(end),
-    "urlize": _urlize_size,
-    "tojson": _tojson_size,
-    "pprint": lambda value: measure(value, per_item=2, per_level=1),
-    "batch": _padding_size,
-    "slice": _padding_size,
-    "sum": _sum_size,
-}
-_READ_TWICE = {"join", "sum"}  # filters whose iterable the estimate reads too: made a list first
-
-
-def _str_method_size(name: str, s: str | bytes, args: tuple, kwargs: dict) -> int:
-    if name in ("center", "ljust", "rjust", "zfill"):
-        return max(len(s), args[0])
-    if name == "expandtabs":
-        tab = "\t" if isinstance(s, str) else b"\t"
-        return len(s) + s.count(tab) * (args[0] if args else kwargs.get("tabsize", 8))
-    if name == "replace":
-        return _replace_size(s, *args, **kwargs)
-    if name == "join":
-        return _join_size(s, args[0])
-    if name == "translate" and isinstance(args[0], Mapping):
-        return len(s) * max([1] + [_text_len(v) for v in args[0].values() if v is not None])
-    if name == "encode":
-        return 4 * len(s)
-    return 0
-
-
 def _limit_filter(name: str, func: Callable) -> Callable:
-    estimate = _FILTER_SIZE.get(name)
+    estimate = FILTER_SIZE.get(name)
     skip = 1 if hasattr(func, "jinja_pass_arg") else 0  # the context / environment jinja passes first
     what = f"the {name} filter"
 
     def checked(limit: int, args: tuple, kwargs: dict):
         for arg in itertools.chain(args[skip + 1 :], kwargs.values()):
             if type(arg) is int and arg > limit:  # a width, a count, ...
-                raise _too_big(what)
+                raise too_big(what)
         if estimate is not None and len(args) > skip:
-            if name in _READ_TWICE and not isinstance(args[skip], (str, list, tuple, dict)):
+            if name in READ_TWICE and not isinstance(args[skip], (str, list, tuple, dict)):
                 args = (*args[:skip], list(args[skip]), *args[skip + 1 :])
             try:
                 size = estimate(*args[skip:], **kwargs)
             except (TypeError, ValueError, AttributeError):
                 size = 0  # bad arguments: the filter itself reports them
             if size > limit:
-                raise _too_big(what)
+                raise too_big(what)
         result = func(*args, **kwargs)
-        if _size(result) > limit:
-            raise _too_big(what)
+        if size_of(result) > limit:
+            raise too_big(what)
         return result
 
     @functools.wraps(func)  # keeps jinja_pass_arg
@@ -321,17 +153,17 @@ class _LimitedFormatter(SandboxedFormatter):
     """str.format: widths / precisions, and the length of the fields so far."""
 
     def vformat(self, format_string, args, kwargs):
-        self._size = len(format_string)
+        self.size_of = len(format_string)
         return super().vformat(format_string, args, kwargs)
 
     def format_field(self, value, format_spec):
-        if any(_number(digits) > MAX_VALUE_CHARS for digits in re.findall(r"\d+", format_spec)):
-            raise _too_big("str.format")
-        self._size += measure(value)
-        if self._size > MAX_VALUE_CHARS:
-            raise _too_big("str.format")
+        if any(clamped_int(digits) > MAX_VALUE_CHARS for digits in re.findall(r"\d+", format_spec)):
+            raise too_big("str.format")
+        self.size_of += measure(value)
+        if self.size_of > MAX_VALUE_CHARS:
+            raise too_big("str.format")
         text = super().format_field(value, format_spec)
-        self._size += len(text)
+        self.size_of += len(text)
         return text
 
 
@@ -420,17 +252,17 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         if operator == "+":
             if type(left) is str and type(right) is str:  # the common case: building the prompt
                 if len(left) + len(right) > MAX_VALUE_CHARS:
-                    raise _too_big("+")
+                    raise too_big("+")
                 return left + right
             if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
                 if len(left) + len(right) > MAX_VALUE_CHARS:
-                    raise _too_big("+")
+                    raise too_big("+")
         elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(n, int) and n > 0 and isinstance(seq, (str, bytes, list, tuple)):
                     size = len(seq) if isinstance(seq, (str, bytes)) else measure(seq, MAX_VALUE_CHARS // n + 1)
                     if size * n > MAX_VALUE_CHARS:
-                        raise _too_big("*")
+                        raise too_big("*")
             if isinstance(left, int) and isinstance(right, int):
                 if left.bit_length() + right.bit_length() > MAX_INT_BITS:
                     raise _big_int("*")
@@ -439,11 +271,11 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 if left.bit_length() * right > MAX_INT_BITS:
                     raise _big_int("**")
         elif operator == "%" and isinstance(left, (str, bytes)):
-            if _printf_size(left, right) > MAX_VALUE_CHARS:
-                raise _too_big("%")
+            if printf_size(left, right) > MAX_VALUE_CHARS:
+                raise too_big("%")
         result = self.binop_table[operator](left, right)
         if isinstance(result, (list, tuple)) and measure(result) > MAX_VALUE_CHARS:  # strings: checked above
-            raise _too_big(operator)
+            raise too_big(operator)
         return result
 
     def call(__self, __context, __obj, /, *args, **kwargs):  # every call a template makes
@@ -456,8 +288,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
             result = super().call(__context, __obj, *args, **kwargs)
         finally:
             _state.depth -= 1
-        if _size(result) > MAX_VALUE_CHARS:
-            raise _too_big(_call_name(__obj))
+        if size_of(result) > MAX_VALUE_CHARS:
+            raise too_big(_call_name(__obj))
         return result
 
     @staticmethod
@@ -467,14 +299,14 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         if name == "join" and args and not isinstance(args[0], (list, tuple, str)):
             args = (list(args[0]), *args[1:])  # read twice: by the estimate, then by join
         if any(type(a) is int and a > MAX_VALUE_CHARS for a in itertools.chain(args, kwargs.values())):
-            raise _too_big(f"{name}()")
+            raise too_big(f"{name}()")
         if isinstance(owner, (str, bytes)):
             try:
-                size = _str_method_size(name, owner, args, kwargs)
+                size = str_method_size(name, owner, args, kwargs)
             except (TypeError, ValueError, AttributeError, IndexError):
                 size = 0  # bad arguments: the method itself reports them
             if size > MAX_VALUE_CHARS:
-                raise _too_big(f"{name}()")
+                raise too_big(f"{name}()")
         return args
 
     def wrap_str_format(self, value: Any):
@@ -506,18 +338,18 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         for part in parts:
             size += len(part)
             if size > MAX_VALUE_CHARS:
-                raise _too_big("a macro's or block's output")
+                raise too_big("a macro's or block's output")
             kept.append(part)
         return "".join(kept)
 
     def limited_join(self, join: Callable, parts: tuple) -> str:  # a ~ b
-        if sum(_text_len(part) for part in parts) > MAX_VALUE_CHARS:
-            raise _too_big("~")
+        if sum(text_length(part) for part in parts) > MAX_VALUE_CHARS:
+            raise too_big("~")
         return join(parts)
 
     def limited_value(self, value: Any) -> Any:  # list / tuple / dict literals
-        if _size(value) > MAX_VALUE_CHARS:
-            raise _too_big("a literal")
+        if size_of(value) > MAX_VALUE_CHARS:
+            raise too_big("a literal")
         return value
 
     def checkpoint(self, value: Any) -> Any:
