@@ -10,7 +10,7 @@
 
 The published repositories also carry `auto_map` and remote modeling code; this directory has neither, so
 `transformers` loads it as a plain LlamaForCausalLM whose `mlp.act_fn` must be swapped for FATReLU
-(pick the behaviour from model_type + hidden_act, as DESIGN.md says).
+(pick the behaviour from model_type + hidden_act, as `hybridinfer/convert/hf_config.py` does).
 """
 
 from __future__ import annotations
