@@ -1,8 +1,9 @@
 """Train one predictor per layer on collected (residual, active mask) rows.
 
-The recipe is the published one (PowerInfer's predictors, as in docs/predictors.md): logits = fc2 · ReLU(fc1 · x) trained with a
-weighted binary cross-entropy in which a truly inactive neuron weighs about the layer's activation rate p and
-an active one weighs 1 (implemented as BCE with pos_weight = 1/p, the same loss up to the constant factor p),
+The recipe is the published one (PowerInfer's predictors; docs/predictors.md): logits = fc2 · ReLU(fc1 · x),
+trained with a weighted binary cross-entropy in which a truly inactive neuron weighs about the layer's
+activation rate p and an active one weighs 1 (implemented as BCE with pos_weight = 1/p, the same loss up to the
+constant factor p),
 Adam, shuffled minibatches, and the checkpoint with the best validation score kept.
 
 Validation score (early stopping, and the automatic rank choice): the predicted sparsity at the target recall
