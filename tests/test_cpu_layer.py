@@ -80,17 +80,17 @@ def test_ffn_activations_and_row_selection(rng):
 
 
 @pytest.mark.parametrize("qtype", FORMATS)
-@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("float_activations", [True, False])
 @pytest.mark.parametrize("predicted", [True, False])
-def test_sparse_ffn_block_matches_reference(rng, qtype, exact, predicted):
+def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, predicted):
     n_embd, n_ff = 128, 200
     gate, gate_f = random_matrix(rng, qtype, (n_ff, n_embd))
     up, up_f = random_matrix(rng, qtype, (n_ff, n_embd))
     down_t, down_t_f = random_matrix(rng, qtype, (n_ff, n_embd))
     x = rng.standard_normal((1, n_embd), dtype=np.float32)
     residual = rng.standard_normal((1, n_embd), dtype=np.float32)
-    # what the kernel multiplies: int8 activation blocks, for quantized weights unless exact
-    xq = x[0] if exact or not gate.quantized else reference.quantize_activations(x[0])
+    # what the kernel multiplies: int8 activation blocks, for quantized weights unless float_activations
+    xq = x[0] if float_activations or not gate.quantized else reference.quantize_activations(x[0])
     values = np.sort(gate_f @ xq)
     threshold = np.float32((values[120] + values[121]) / 2)  # between two values: no neuron sits on it
     candidates = np.sort(rng.permutation(n_ff)[:60]).astype(np.int64) if predicted else np.arange(n_ff)
@@ -99,14 +99,15 @@ def test_sparse_ffn_block_matches_reference(rng, qtype, exact, predicted):
     buffers = [np.empty(n_ff, np.float32), np.empty(n_ff, np.int64), np.empty(n_ff, np.float32),
                np.empty(n_ff, np.float32)]
     before = residual.copy()
-    fired = cpu_layer.sparse_ffn_block(residual, prepare(x), gate.raw, up.raw, down_t.raw, codes, exact, threshold,
-                                       candidates.copy(), len(candidates) if predicted else -1, *buffers, out,
-                                       np.float32(1.0), 2)
+    fired = cpu_layer.sparse_ffn_block(residual, prepare(x), gate.raw, up.raw, down_t.raw, codes, float_activations,
+                                       threshold, candidates.copy(), len(candidates) if predicted else -1, *buffers,
+                                       out, np.float32(1.0), 2)
     assert fired == int(((gate_f[candidates] @ xq) >= threshold).sum())
     expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold)
     hidden = reference.fatrelu(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)
     magnitude = np.abs(hidden) @ np.abs(down_t_f[candidates]) + np.abs(before[0])
-    if down_t.quantized and not exact:  # S3 with int8 coefficients: against the twin fed the block's own products
+    # S3 with int8 coefficients: against the twin fed the block's own products
+    if down_t.quantized and not float_activations:
         rows, products = buffers[1][:fired], buffers[3][:fired]
         np.testing.assert_array_equal(rows, candidates[hidden != 0])
         np.testing.assert_allclose(products, hidden[hidden != 0], rtol=1e-4, atol=1e-6)

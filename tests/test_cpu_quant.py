@@ -10,6 +10,7 @@ from gguf import quants
 
 from hybridinfer.errors import HybridInferError
 from hybridinfer.kernels import cpu_quant, reference
+from hybridinfer.kernels.formats import FORMAT_CODE
 from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack
 
 FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
@@ -79,20 +80,20 @@ def test_pack_round_trips_to_the_gguf_values(rng, qtype):
         assert packed.nbytes == raw.nbytes  # a permutation: the same bytes as the file
 
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
-def test_matvec(rng, qtype, exact):
+def test_matvec(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
         x = rng.standard_normal(shape[1], dtype=np.float32)
         out = np.full(shape[0], np.nan, dtype=np.float32)
-        cpu_quant.matvec(packed, x, out, exact=exact)
-        check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matvec(w, v))
+        cpu_quant.matvec(packed, x, out, float_activations=float_activations)
+        check_against_twins(out, values, sizes, x, qtype, float_activations, lambda w, v: reference.matvec(w, v))
 
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
-def test_matvec_rows(rng, qtype, exact):
+def test_matvec_rows(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
         x = rng.standard_normal(shape[1], dtype=np.float32)
@@ -100,27 +101,28 @@ def test_matvec_rows(rng, qtype, exact):
             rows = random_rows(rng, shape[0], fraction)
             for index in (rows, rows.astype(np.int32)):
                 out = np.full(rows.shape[0], np.nan, dtype=np.float32)
-                cpu_quant.matvec_rows(packed, x, index, out, exact=exact)
-                check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matvec_rows(w, v, rows))
+                cpu_quant.matvec_rows(packed, x, index, out, float_activations=float_activations)
+                check_against_twins(out, values, sizes, x, qtype, float_activations,
+                                    lambda w, v: reference.matvec_rows(w, v, rows))
 
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
-def test_matmul(rng, qtype, exact):
+def test_matmul(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
         for tokens in (1, 5):
             x = rng.standard_normal((tokens, shape[1]), dtype=np.float32)
             out = np.full((tokens, shape[0]), np.nan, dtype=np.float32)
-            cpu_quant.matmul(packed, x, out, exact=exact)
-            check_against_twins(out, values, sizes, x, qtype, exact, lambda w, v: reference.matmul(w, v))
+            cpu_quant.matmul(packed, x, out, float_activations=float_activations)
+            check_against_twins(out, values, sizes, x, qtype, float_activations, lambda w, v: reference.matmul(w, v))
 
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "int8"])
+@pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
-def test_accumulate_rows(rng, qtype, exact):
-    """Exact path (and float formats): against the twin. int8 coefficients: tightly against the twin that quantizes
-    them the same way, and near the exact sum."""
+def test_accumulate_rows(rng, qtype, float_activations):
+    """Float coefficients (and float formats): against the twin. int8 coefficients: tightly against the twin that
+    quantizes them the same way, and near the exact sum."""
     for shape in all_shapes(qtype) + ([(40, 11008), (300, 4096)] if qtype in QUANTIZED else [(40, 1000)]):
         raw = random_raw(rng, qtype, shape)
         packed_t, values_t, sizes_t = random_weight(rng, qtype, shape, raw)
@@ -129,10 +131,10 @@ def test_accumulate_rows(rng, qtype, exact):
             coeffs = rng.standard_normal(rows.shape[0], dtype=np.float32) * rng.exponential(1.0, rows.shape[0])
             coeffs[::3] = 0.0  # zero coefficients are skipped
             out = np.full(shape[1], np.nan, dtype=np.float32)
-            cpu_quant.accumulate_rows(packed_t, rows, coeffs, out, exact=exact)
+            cpu_quant.accumulate_rows(packed_t, rows, coeffs, out, float_activations=float_activations)
             expected = reference.accumulate_rows(values_t, rows, coeffs)
             magnitude = reference.accumulate_rows(sizes_t, rows, np.abs(coeffs))
-            if exact or qtype not in QUANTIZED:
+            if float_activations or qtype not in QUANTIZED:
                 assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
                 continue
             assert_close(out, reference.accumulate_rows_int8(raw, qtype, shape, rows, coeffs), magnitude,
@@ -154,15 +156,15 @@ def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
     magnitude = reference.accumulate_rows(weight_sizes(raw, qtype, shape), rows, np.abs(coeffs))
     for chunks in (1, 2, 3, 7):
         out = np.full(shape[1], np.nan, dtype=np.float32)
-        quant_accumulate_int8(cpu_quant._KIND[qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+        quant_accumulate_int8(FORMAT_CODE[qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
         assert_close(out, twin, magnitude, EXACT_TOLERANCE[qtype])
 
 
-def check_against_twins(out, values, sizes, x, qtype, exact, twin):
-    """Exact path: against the twin. int8 path: tightly against the twin fed the same int8 activations, and
+def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
+    """Float activations: against the twin. int8 path: tightly against the twin fed the same int8 activations, and
     within the documented bound against the exact product."""
     expected, magnitude = twin(values, x), twin(sizes, np.abs(x))
-    if exact or qtype not in QUANTIZED:
+    if float_activations or qtype not in QUANTIZED:
         assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
         return
     assert_close(out, twin(values, reference.quantize_activations(x)), magnitude, EXACT_TOLERANCE[qtype])
@@ -197,7 +199,7 @@ def test_read_only_weights_are_packed_and_read(rng):
         raw.setflags(write=False)
         packed = pack((raw, qtype, (5, 64)))
         out = np.empty(5, dtype=np.float32)
-        cpu_quant.matvec(packed, np.ones(64, np.float32), out, exact=True)
+        cpu_quant.matvec(packed, np.ones(64, np.float32), out, float_activations=True)
         values = reference.dequantized(raw, qtype, (5, 64))
         assert_close(out, values.sum(axis=1), np.abs(values).sum(axis=1), EXACT_TOLERANCE[qtype])
 

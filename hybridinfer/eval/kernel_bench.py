@@ -13,7 +13,7 @@ steadiest measure of how close a kernel comes to reading at memory speed.
 Kernels rotate over a pool of distinct matrices much larger than L3 and draw a fresh active set per call; warm-up,
 repeats, median (and best). GB/s = GGUF bytes (of the matrix, or of the selected rows) / time. Quantized formats
 run "int8" (activations, or accumulate_rows' coefficients, quantized per block: the default) and, for matvec and
-accumulate_rows, exact (float32) too.
+accumulate_rows, with float_activations (float32) too.
 """
 
 from __future__ import annotations
@@ -123,12 +123,13 @@ def bench_format(rng, name: str, qtype: T, pool_bytes: int, repeats: int, warmup
         act = cpu_quant.prepare(rng.standard_normal(shape[1], dtype=np.float32))
         out, every = np.empty(shape[0], np.float32), np.arange(shape[0])
         sums = np.empty(shape[0], np.float32)
-        for exact in ([False, True] if pool[0].quantized else [True]):
-            kernel, plain = timed([lambda i: cpu_quant.matvec(pool[i % len(pool)], act, out, exact=exact),
+        for float_activations in ([False, True] if pool[0].quantized else [True]):
+            kernel, plain = timed([lambda i: cpu_quant.matvec(pool[i % len(pool)], act, out,
+                                                              float_activations=float_activations),
                                    lambda i: _row_sums(as_float_rows(pool[far(i, pool)]), every, sums)],
                                   repeats, warmup)
-            results.append(record(label_of(name, pool[0], exact), "matvec", label, 1.0, pool[0].nbytes, kernel, plain,
-                                  pool_mb=len(pool) * pool[0].nbytes / 1e6, pack_mbs=pack_mbs))
+            results.append(record(label_of(name, pool[0], float_activations), "matvec", label, 1.0, pool[0].nbytes,
+                                  kernel, plain, pool_mb=len(pool) * pool[0].nbytes / 1e6, pack_mbs=pack_mbs))
             pack_mbs = None
         if shape == SPARSE_SHAPE:
             results += bench_sparse(rng, name, pool, act, repeats, warmup, label)
@@ -154,11 +155,12 @@ def bench_sparse(rng, name, pool, act, repeats, warmup, label) -> list[dict]:
                               repeats, warmup)
         results.append(record(label_of(name, pool[0], False), "matvec_rows", label, fraction, k * row_bytes, kernel,
                               reads))
-        for exact in ([False, True] if pool[0].quantized else [True]):
+        for float_activations in ([False, True] if pool[0].quantized else [True]):
             kernel, reads = timed([lambda i: cpu_quant.accumulate_rows(pool[i % len(pool)], active[i], coeffs, out_cols,
-                                                                       exact=exact), plain], repeats, warmup)
-            results.append(record(label_of(name, pool[0], exact), "accumulate_rows", label + " as down_t", fraction,
-                                  k * row_bytes, kernel, reads))
+                                                                       float_activations=float_activations), plain],
+                                  repeats, warmup)
+            results.append(record(label_of(name, pool[0], float_activations), "accumulate_rows", label + " as down_t",
+                                  fraction, k * row_bytes, kernel, reads))
     return results
 
 
@@ -171,8 +173,8 @@ def bench_prefill(rng, name, pool, repeats, label) -> list[dict]:
     return [entry]
 
 
-def label_of(name: str, packed, exact: bool) -> str:
-    return name + ("" if exact or not packed.quantized else " int8")
+def label_of(name: str, packed, float_activations: bool) -> str:
+    return name + ("" if float_activations or not packed.quantized else " int8")
 
 
 def record(fmt, kernel, shape, fraction, nbytes, seconds, plain_seconds=None, **extra) -> dict:

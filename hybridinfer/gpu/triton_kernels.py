@@ -20,13 +20,19 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from gguf import GGMLQuantizationType as T
 
+from ..kernels import formats
+from ..kernels.formats import FORMAT_CODE  # the kernels' FMT
 from . import reference
 from .reference import down_t_product, hidden_dense  # noqa: F401  (batched forms: see the module doc)
 from .weights import DeviceMatrix
 
-FORMAT_CODE = {T.F32: 0, T.F16: 1, T.BF16: 2, T.Q8_0: 3, T.Q4_0: 4, T.Q4_1: 5}  # the kernels' FMT
+# formats.py's codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a plain
+# int global passes under TRITON_INTERPRET=1 but fails to compile)
+_BF16 = tl.constexpr(formats.BF16)
+_Q8_0 = tl.constexpr(formats.Q8_0)
+_Q4_0 = tl.constexpr(formats.Q4_0)
+
 BLOCK_R = 16  # rows a program (GEMV, S2) or a loop step (S3) takes
 BLOCK_C = 128  # columns a loop step (GEMV, S2) or a program (S3) takes: 4 whole 32-element blocks
 S3_PROGRAMS = 1024  # about how many S3 programs to launch (column tiles x row shares) to fill the GPU
@@ -35,19 +41,19 @@ S3_PROGRAMS = 1024  # about how many S3 programs to launch (column tiles x row s
 @triton.jit
 def _weights(q_ptr, d_ptr, m_ptr, r, c, live, cols, FMT: tl.constexpr):
     """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere).
-    FMT 0-2: q_ptr = values; 3 Q8_0: q_ptr = int8 quants, d_ptr = f16 scales; 4 Q4_0 / 5 Q4_1: q_ptr = uint8
-    quants (element e of block b: byte 16b + e % 16, low nibble for e < 16), m_ptr = f16 mins (Q4_1)."""
-    if FMT <= 2:
+    FMT (`formats.py`) F32 / F16 / BF16: q_ptr = values; Q8_0: q_ptr = int8 quants, d_ptr = f16 scales; Q4_0 / Q4_1:
+    q_ptr = uint8 quants (element e of block b: byte 16b + e % 16, low nibble for e < 16), m_ptr = f16 mins (Q4_1)."""
+    if FMT <= _BF16:  # the float formats
         w = tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
     else:
         block = r * (cols // 32) + c // 32
         d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
-        if FMT == 3:
+        if FMT == _Q8_0:
             w = d * tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
         else:
             byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
             nibble = tl.where(c % 32 >= 16, byte >> 4, byte & 15).to(tl.float32)
-            if FMT == 4:
+            if FMT == _Q4_0:
                 w = d * (nibble - 8.0)
             else:
                 w = d * nibble + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)

@@ -83,7 +83,7 @@ class CPUHalf:
         self.scratch[:] = 0
         self.fired += cpu_layer.sparse_ffn_block(
             self.scratch, self.normed, layer.ffn_gate.raw, layer.ffn_up.raw, s.down_t[index].raw, layer.ffn_codes,
-            s.exact, s.threshold, self.candidates, count, s.gate, s.active, s.up, s.hidden,
+            s.float_activations, s.threshold, self.candidates, count, s.gate, s.active, s.up, s.hidden,
             self.out_host.numpy(), np.float32(1.0), numba.get_num_threads())
         self.seconds += time.perf_counter() - start
 
@@ -95,8 +95,8 @@ class CPUHalf:
         act = activation_buffers(tokens, x.shape[1], x=x)
         cpu_layer.prepare(act)
         gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
-        matmul(layer.ffn_gate, act, gate, exact=s.exact)
-        matmul(layer.ffn_up, act, up, exact=s.exact)
+        matmul(layer.ffn_gate, act, gate, float_activations=s.float_activations)
+        matmul(layer.ffn_up, act, up, float_activations=s.float_activations)
         cpu_ops.fatrelu_times(gate, up, s.threshold, hidden)
         hidden *= self.cold_mask[index]
         if mask is not None:
@@ -104,5 +104,5 @@ class CPUHalf:
         out = np.empty((tokens, x.shape[1]), np.float32)
         down_t = s.down_t[index]
         cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, s.active, s.hidden, out, numba.get_num_threads(),
-                              s.exact)
+                              s.float_activations)
         return torch.from_numpy(out).to(self.device)

@@ -1,7 +1,8 @@
 """Compute kernels of the CPU: `packed` + `cpu_quant` (numba, every GGUF weight format repacked for fast
-reading; `simd` and `simd_rows` hold the AVX-512 intrinsics they use), `cpu_accumulate_int8` (the sparse down projection with int8 coefficients), `cpu_ops` and `cpu_layer` (a decoder
-layer's blocks as single numba calls), `requantize` (transposing a quantized weight at load) and `reference`
-(plain numpy twins).
+reading; `simd` and `simd_rows` hold the AVX-512 intrinsics they use), `cpu_accumulate_int8` (the sparse down
+projection with int8 coefficients), `row_tiles` (the packed-row helpers both share), `cpu_ops` and `cpu_layer`
+(a decoder layer's blocks as single numba calls), `requantize` (transposing a quantized weight at load) and
+`reference` (plain numpy twins). `formats` numbers the weight formats for every kernel, the GPU's included.
 
 numba caches compiled kernels on disk, but it checks only each function's own source file: a cached block of
 `cpu_layer` that calls a changed `cpu_quant` kernel would be loaded stale (and can crash). So, unless

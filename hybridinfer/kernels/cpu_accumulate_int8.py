@@ -14,7 +14,7 @@ The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
 (unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
 That is ~2.5x fewer instructions than turning every weight into a float (`cpu_quant._quant_accumulate`, the
-exact path), which for Q4 cannot keep up with the memory. Reference twin: `reference.accumulate_rows_int8`.
+float32 path), which for Q4 cannot keep up with the memory. Reference twin: `reference.accumulate_rows_int8`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu_quant import Q4_1, Q8_0, _OPTIONS, _prefetch_shares, _share_bytes, _unit_offsets
+from .formats import Q4_1, Q8_0
 from .packed import BLOCK, TILE
+from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
                    load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
 from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
@@ -32,12 +33,12 @@ INT8_BATCH = 8  # rows whose coefficients share a scale per block (a multiple of
 _QUADS = INT8_BATCH // 4
 
 
-@njit(parallel=True, **_OPTIONS)
+@njit(parallel=True, **OPTIONS)
 def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * W_t[rows[k]] (rows with a zero coefficient skipped), W_t packed rows of format
-    `kind` with nb blocks; `chunks` threads each take a share of the batches, prefetching the next batch a share of
-    each row per tile into L2 (into L1, the next batch would evict this one), and accumulate into their own
-    scratch (tile-interleaved order), summed at the end."""
+    `kind` (`formats.py`) with nb blocks; `chunks` threads each take a share of the batches, prefetching the next
+    batch a share of each row per tile into L2 (into L1, the next batch would evict this one), and accumulate into
+    their own scratch (tile-interleaved order), summed at the end."""
     row_bytes = data.shape[1]
     flat = data.reshape(-1)
     active = np.nonzero(coeffs)[0]
@@ -47,7 +48,7 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
     shift, tile_bytes = 1 - minimums, 512 if kind == Q8_0 else 256
     n_tiles = (nb + TILE - 1) // TILE
     full = nb // TILE
-    share = _share_bytes(row_bytes, nb)
+    share = share_bytes(row_bytes, nb)
     offset = -128 if kind == Q8_0 else -8  # the stored byte is qv - offset
     parts = np.zeros((chunks, n_tiles * TILE * BLOCK), np.float32)
     constants = np.zeros((chunks, nb), np.float32)
@@ -69,12 +70,12 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
             _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes,
                             scales, offsets, constant)
             for t in range(full):
-                _prefetch_shares(flat, ahead, following, t * TILE, share)
-                _tile(kind, flat, base, _unit_offsets(t * TILE, shift, tile_bytes)[1], t, TILE, codes, scales,
+                prefetch_shares(flat, ahead, following, t * TILE, share)
+                _tile(kind, flat, base, unit_offsets(t * TILE, shift, tile_bytes)[1], t, TILE, codes, scales,
                       offsets, acc)
             if full < n_tiles:
-                _prefetch_shares(flat, ahead, following, full * TILE, share)
-                _tile(kind, flat, base, _unit_offsets(full * TILE, shift, tile_bytes)[1], full, nb - full * TILE,
+                prefetch_shares(flat, ahead, following, full * TILE, share)
+                _tile(kind, flat, base, unit_offsets(full * TILE, shift, tile_bytes)[1], full, nb - full * TILE,
                       codes, scales, offsets, acc)
     groups, halves = (8, 1) if kind == Q8_0 else (4, 2)
     for t in range(n_tiles):
@@ -91,7 +92,7 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
                             out[b * BLOCK + h * 16 + 4 * g + lane % 4] = total
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes, scales,
                     offsets, constant):
     """Per tile: scales (16 blocks) = S_b; codes = the quads' int8 k_ib, four rows to a lane, laid out as
@@ -100,7 +101,7 @@ def _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes
     for t in range((nb + TILE - 1) // TILE):
         start = t * TILE
         width = min(TILE, nb - start)
-        header = _unit_offsets(start, shift, tile_bytes)[0]
+        header = unit_offsets(start, shift, tile_bytes)[0]
         amax = zeros_f32()
         for i in range(count):
             amax = abs_max(amax, _scaled(flat, base[i] + header, width, coeffs[active[lo + i]]))
@@ -129,14 +130,14 @@ def _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes
             store_f32(constant, start, add(m, load_f32(constant, start, width)), width)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _scaled(flat, at, width, coeff):
     """coeff * the `width` f16 values at flat[at:] (block scales d, or Q4_1 minimums m), each product exact
     float32 (as the twin computes it)."""
     return mul(splat_f32(coeff), load_f16_bytes(flat, at, width))
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _code(flat, base, coeffs, active, lo, count, i, header, width, inverse):
     """round(c_i d_ib / S_b) for the batch's row i, zeros past its last row."""
     if i >= count:
@@ -144,7 +145,7 @@ def _code(flat, base, coeffs, active, lo, count, i, header, width, inverse):
     return round_i32(mul(_scaled(flat, base[i] + header, width, coeffs[active[lo + i]]), inverse))
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _tile(kind, flat, base, quants, t, width, codes, scales, offsets, acc):
     if kind == Q8_0:
         _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc)
@@ -152,7 +153,7 @@ def _tile(kind, flat, base, quants, t, width, codes, scales, offsets, acc):
         _q4_tile(flat, base, quants, t, width, codes, scales, offsets, acc)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q4_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
     """acc (tile t's 512 floats: group g, result m, low/high nibbles, 16 lanes) += S_b * the batch's integer sums.
     Per group: the four rows of each quad interleaved, low nibbles pair with elements 4g + j, high with 16 + 4g + j."""
@@ -183,7 +184,7 @@ def _q4_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
         _add_scaled(acc, at + 112, h3, s3)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
     """As `_q4_tile` for Q8_0: eight groups of whole bytes (q + 128 against the codes, minus 128 sum(k))."""
     n = width * 4
@@ -207,7 +208,7 @@ def _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
         _add_scaled(acc, at + 48, a3, s3)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _add_scaled(acc, at, sums, scale):
     store_f32(acc, at, fma(to_f32(sums), scale, load_f32(acc, at, 16)), 16)
 

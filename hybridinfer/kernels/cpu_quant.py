@@ -9,9 +9,9 @@ Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0,
 activations quantized to int8 per 32-block, as llama.cpp does (x^ = dx * round(x / dx), dx = max|x|/127), with
 exact integer dot products per block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32
 rounding, so |out - W @ x| <= ||W_row|| * ||x - x^|| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (in practice
-~5e-3 of the outputs' RMS). `exact=True` keeps activations in float32 (about half the speed).
+~5e-3 of the outputs' RMS). `float_activations=True` keeps activations in float32 (about half the speed).
 accumulate_rows likewise quantizes its coefficients to int8 per block and batch of 8 rows (`cpu_accumulate_int8.py`,
-~5e-3 relative), or with `exact=True` computes in float32.
+~5e-3 relative), or with `float_activations=True` computes in float32.
 
 x may be a float32 array or `prepare(x)`'s result, so gate and up can share one preparation. Every kernel
 writes into a caller-provided float32 `out`; rows are int32/int64 index arrays. Parallel over output rows (or,
@@ -25,20 +25,18 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
+from .cpu_accumulate_int8 import quant_accumulate_int8
+from .formats import Q4_1, Q8_0
 from .packed import BLOCK, TILE, PackedMatrix, aligned_empty
+from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, as_float32, byte_planes_as_f32, dot_u8s8, expand4, flip_sign_bits, fma, high_nibbles,
                    hsum, load_bytes, load_f16_bytes, load_f32, load_i32, load_s8_as_f32, low_nibbles, mul,
-                   nibble_planes_as_f32, nibble_table, prefetch_l2, scale_i32, splat_f32, store_f32, to_f32, zeros_f32,
-                   zeros_i32)
+                   nibble_planes_as_f32, nibble_table, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
 
 INT8_ERROR_BOUND = 32 ** 0.5 / 254  # ||x - x^|| <= this * ||x||: each element is off by at most max|x_block| / 254
-_KIND = {T.Q8_0: 0, T.Q4_0: 1, T.Q4_1: 2}
-Q8_0, Q4_0, Q4_1 = 0, 1, 2
 ROW_BATCH = 8  # accumulate_rows: rows summed per pass over the output, the partial sums kept in registers
-_OPTIONS = dict(nogil=True, fastmath=True, cache=True)
 
 
 class Activations(NamedTuple):
@@ -46,7 +44,7 @@ class Activations(NamedTuple):
     tuple, so that numba code takes it as one argument)."""
 
     x: np.ndarray  # (T, cols) float32, natural order (float formats)
-    xp: np.ndarray  # (T, cols) float32, packed lane order (exact quantized path; see packed.py)
+    xp: np.ndarray  # (T, cols) float32, packed lane order (float-activation quantized path; see packed.py)
     xsum: np.ndarray  # (T, nb) float32: sum of each 32-block of x
     qx: np.ndarray  # (T, cols) int8, packed byte order: round(x / dx) per block (int8 path)
     dx: np.ndarray  # (T, nb) float32: max |x| / 127 per block
@@ -90,38 +88,40 @@ def prepare_into(act: Activations) -> Activations:
 
 # ---- public kernels --------------------------------------------------------------------------------------
 
-def matvec(packed: PackedMatrix, x, out: np.ndarray, exact: bool = False) -> None:
+def matvec(packed: PackedMatrix, x, out: np.ndarray, float_activations: bool = False) -> None:
     """out (rows,) = W @ x."""
-    _dot_rows(packed, _prepared(x, packed, 1), None, _checked(out, (packed.rows,)).reshape(1, -1), exact)
+    _dot_rows(packed, _prepared(x, packed, 1), None, _checked(out, (packed.rows,)).reshape(1, -1),
+              float_activations)
 
 
-def matvec_rows(packed: PackedMatrix, x, rows: np.ndarray, out: np.ndarray, exact: bool = False) -> None:
+def matvec_rows(packed: PackedMatrix, x, rows: np.ndarray, out: np.ndarray, float_activations: bool = False) -> None:
     """out (k,) [i] = W[rows[i]] @ x."""
     rows = _checked_rows(rows, packed.rows)
-    _dot_rows(packed, _prepared(x, packed, 1), rows, _checked(out, (rows.shape[0],)).reshape(1, -1), exact)
+    _dot_rows(packed, _prepared(x, packed, 1), rows, _checked(out, (rows.shape[0],)).reshape(1, -1),
+              float_activations)
 
 
-def matmul(packed: PackedMatrix, x, out: np.ndarray, exact: bool = False) -> None:
+def matmul(packed: PackedMatrix, x, out: np.ndarray, float_activations: bool = False) -> None:
     """out (T, rows) = X @ W.T for X (T, cols): each weight row is read from memory once for all T tokens."""
     act = _prepared(x, packed, None)
-    _dot_rows(packed, act, None, _checked(out, (act.tokens, packed.rows)), exact)
+    _dot_rows(packed, act, None, _checked(out, (act.tokens, packed.rows)), float_activations)
 
 
 def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray, out: np.ndarray,
-                    exact: bool = False) -> None:
+                    float_activations: bool = False) -> None:
     """out (cols,) = sum_k coeffs[k] * W_t[rows[k], :]; rows with a zero coefficient are not read. Quantized
-    formats use int8 coefficients per block and batch of rows (`cpu_accumulate_int8.py`) unless `exact`."""
+    formats use int8 coefficients per block and batch of rows (`cpu_accumulate_int8.py`), float32 ones with
+    `float_activations`."""
     rows = _checked_rows(rows, packed_t.rows)
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float32)
     if coeffs.shape != rows.shape:
         raise ValueError(f"{coeffs.shape[0]} coefficients for {rows.shape[0]} rows")
     out = _checked(out, (packed_t.cols,))
     chunks = max(1, numba.get_num_threads())
-    if packed_t.quantized and not exact:
-        from .cpu_accumulate_int8 import quant_accumulate_int8  # (which imports this module's tile helpers)
-        quant_accumulate_int8(_KIND[packed_t.qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+    if packed_t.quantized and not float_activations:
+        quant_accumulate_int8(packed_t.code, packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
     elif packed_t.quantized:
-        _quant_accumulate(_KIND[packed_t.qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+        _quant_accumulate(packed_t.code, packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
     else:
         _float_accumulate(packed_t.data, rows, coeffs, out, chunks)
 
@@ -155,12 +155,12 @@ def _checked_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(rows)
 
 
-def _dot_rows(packed: PackedMatrix, act: Activations, rows, out: np.ndarray, exact: bool) -> None:
+def _dot_rows(packed: PackedMatrix, act: Activations, rows, out: np.ndarray, float_activations: bool) -> None:
     dense = rows is None
     index = _NO_ROWS if dense else rows
     if packed.quantized:
-        _quant_dot_rows(_KIND[packed.qtype], exact, packed.data, packed.n_blocks, act.xp, act.xsum, act.qx, act.dx,
-                        act.qsum, dense, index, out)
+        _quant_dot_rows(packed.code, float_activations, packed.data, packed.n_blocks, act.xp, act.xsum, act.qx,
+                        act.dx, act.qsum, dense, index, out)
     else:
         _float_dot_rows(packed.data, act.x, dense, index, out)
 
@@ -200,7 +200,7 @@ def _prepare_blocks(x, xp, xsum, qx, dx, qsum):
 
 # ---- float formats: F32, F16 (int16 bits), BF16 (uint16 bits) --------------------------------------------
 
-@njit(parallel=True, **_OPTIONS)
+@njit(parallel=True, **OPTIONS)
 def _float_dot_rows(data, x, dense, rows, out):
     """out[t, k] = data[r_k] . x[t] with r_k = k (dense) or rows[k]. Eight rows at a time share each load of x
     (float32: as many bytes as an F32 row, twice an F16 one, and for long rows no longer in L1) and give the
@@ -236,7 +236,7 @@ def _float_dot_rows(data, x, dense, rows, out):
             out[t, k4], out[t, k5], out[t, k6], out[t, k7] = a4, a5, a6, a7
 
 
-@njit(parallel=True, **_OPTIONS)
+@njit(parallel=True, **OPTIONS)
 def _float_accumulate(data, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * data[rows[k], :], columns split into `chunks` ranges of whole 64-byte lines.
     Four rows at a time: four streams in flight and a quarter of the loads and stores of `out`."""
@@ -267,10 +267,11 @@ def _float_accumulate(data, rows, coeffs, out, chunks):
 # A row is handled a tile (16 blocks) at a time: whole tiles with the constant width TILE, so that every masked
 # load folds into a plain one, then the last partial tile. Each tile helper handles one format, without
 # branches: branches around array arguments make numba emit reference counting calls inside the hot loop.
+# `kind`: the format's code (`formats.py`).
 
-@njit(parallel=True, **_OPTIONS)
-def _quant_dot_rows(kind, exact, data, nb, xp, xsum, qx, dx, qsum, dense, rows, out):
-    """out[t, k] = data[r_k] . x[t] with r_k = k (dense) or rows[k]; int8 activations unless `exact`.
+@njit(parallel=True, **OPTIONS)
+def _quant_dot_rows(kind, float_activations, data, nb, xp, xsum, qx, dx, qsum, dense, rows, out):
+    """out[t, k] = data[r_k] . x[t] with r_k = k (dense) or rows[k]; int8 activations unless `float_activations`.
     Four rows at a time (four streams in flight: random rows then run at the speed of a plain read of them, 30-40%
     faster than one at a time); for random rows, the next four rows are prefetched a share per tile. Everything is
     addressed as flat array + offset: a row view per row would cost reference counting."""
@@ -280,7 +281,7 @@ def _quant_dot_rows(kind, exact, data, nb, xp, xsum, qx, dx, qsum, dense, rows, 
     minimums = 1 if kind == Q4_1 else 0
     ops = (minimums, nibble_table(8 - 8 * minimums), xp.reshape(-1), xsum.reshape(-1), qx.reshape(-1),
            dx.reshape(-1), qsum.reshape(-1))
-    share = _share_bytes(row_bytes, nb)
+    share = share_bytes(row_bytes, nb)
     groups = (count + 3) // 4
     # dense: rows a quarter of the matrix apart, four forward streams (four adjacent rows at a time halve the speed:
     # the hardware prefetcher takes them for random reads); random rows: four consecutive entries of `rows`
@@ -297,30 +298,30 @@ def _quant_dot_rows(kind, exact, data, nb, xp, xsum, qx, dx, qsum, dense, rows, 
         for t in range(out.shape[0]):
             if t:
                 ahead = (np.int64(-1), np.int64(-1), np.int64(-1), np.int64(-1))  # fetched with the first token
-            if kind == Q8_0 and not exact:
+            if kind == Q8_0 and not float_activations:
                 d0, d1, d2, d3 = _four_rows(_q8_int8_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
             elif kind == Q8_0:
-                d0, d1, d2, d3 = _four_rows(_q8_exact_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
-            elif not exact:
+                d0, d1, d2, d3 = _four_rows(_q8_float_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
+            elif not float_activations:
                 d0, d1, d2, d3 = _four_rows(_q4_int8_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
             else:
-                d0, d1, d2, d3 = _four_rows(_q4_exact_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
+                d0, d1, d2, d3 = _four_rows(_q4_float_tile, w, wo, nb, ops, t * cols, t * nb, ahead, share)
             out[t, k], out[t, k1], out[t, k2], out[t, k3] = d0, d1, d2, d3
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _row_offset(rows, dense, k, row_bytes):
     return (k if dense else np.int64(rows[k])) * row_bytes
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _ahead_offset(rows, dense, k, count, row_bytes):
     """Offset of random row k, to prefetch; -1 (nothing) for dense rows, which the hardware prefetches, and past
     the end."""
     return np.int64(rows[k]) * row_bytes if not dense and k < count else np.int64(-1)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
     """The dots of the four packed rows at w[wo[i]:] with one token's activations (at xo in xp/qx, at bo in the
     per-block arrays of `ops`), `tile` adding up one tile of one row. Each tile also prefetches a share of the rows
@@ -329,13 +330,13 @@ def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
     full = nb - nb % TILE
     t0, t1, t2, t3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
     for start in range(0, full, TILE):
-        _prefetch_shares(w, ahead, 4, start, share)
+        prefetch_shares(w, ahead, 4, start, share)
         t0 = tile(w, wo[0], ops, xo, bo, start, TILE, t0)
         t1 = tile(w, wo[1], ops, xo, bo, start, TILE, t1)
         t2 = tile(w, wo[2], ops, xo, bo, start, TILE, t2)
         t3 = tile(w, wo[3], ops, xo, bo, start, TILE, t3)
     if full < nb:
-        _prefetch_shares(w, ahead, 4, full, share)
+        prefetch_shares(w, ahead, 4, full, share)
         t0 = tile(w, wo[0], ops, xo, bo, full, nb - full, t0)
         t1 = tile(w, wo[1], ops, xo, bo, full, nb - full, t1)
         t2 = tile(w, wo[2], ops, xo, bo, full, nb - full, t2)
@@ -343,41 +344,7 @@ def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
     return hsum(t0), hsum(t1), hsum(t2), hsum(t3)
 
 
-@njit(inline="always", **_OPTIONS)
-def _share_bytes(row_bytes, nb):
-    """Bytes of a row prefetched per tile: the row's share of one tile, in whole cache lines."""
-    return (row_bytes // ((nb + TILE - 1) // TILE) + 63) // 64 * 64
-
-
-@njit(inline="always", **_OPTIONS)
-def _prefetch_shares(w, ahead, count, start, share):
-    """`_prefetch_share` for the rows at w[ahead[i]:], i < count (ahead a tuple or an array)."""
-    for i in range(count):
-        _prefetch_share(w, ahead[i], start, share)
-
-
-@njit(inline="always", **_OPTIONS)
-def _prefetch_share(w, ahead, start, share):
-    """Prefetch into L2 the share of the row at w[ahead:] that matches the tile starting at block `start` (none
-    if ahead < 0); never past the array's end. (Into L1, prefetched rows evict the rows being read: measured
-    10-60% slower.)"""
-    if ahead >= 0:
-        lo = ahead + (start // TILE) * share
-        for o in range(lo, min(lo + share, w.shape[0]), 64):
-            prefetch_l2(w, o)
-
-
-@njit(inline="always", **_OPTIONS)
-def _unit_offsets(start, shift, tile_bytes):
-    """(header, quants) byte offsets in a packed row of the tile whose first block is `start`, for units of
-    1 << shift tiles of tile_bytes quants each (see packed.py): its 32 bytes of f16 d, and its quants."""
-    tile = start // TILE
-    unit, sub = tile >> shift, tile & ((1 << shift) - 1)
-    base = unit * (64 + (tile_bytes << shift))
-    return base + 32 * sub, base + 64 + sub * tile_bytes
-
-
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
     """(Every tile helper: w[wo:] one packed row, ops = (minimums, table, xp, xsum, qx, dx, qsum) with the
     activations at xo and the per-block arrays at bo; adds the tile whose first block is `start` to `total`.)
@@ -385,7 +352,7 @@ def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
     Four independent sums: one chain would be bound by vpdpbusd's latency, not its throughput."""
     qx, dx, qsum = ops[4], ops[5], ops[6]
     n = width * 4  # bytes per group of 4 elements x `width` blocks
-    header, quants = _unit_offsets(start, 1, 512)
+    header, quants = unit_offsets(start, 1, 512)
     o, x = wo + quants, xo + start * 32
     acc0 = dot_u8s8(scale_i32(load_i32(qsum, bo + start, width), -128), flip_sign_bits(load_bytes(w, o, n)),
                     load_bytes(qx, x, n))
@@ -402,7 +369,7 @@ def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
     return fma(to_f32(acc), scale, total)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q4_int8_tile(w, wo, ops, xo, bo, start, width, total):
     """total + per block: d dx ((q - 8) . qx) for Q4_0 (minimums 0), d dx (q . qx) + m dx sum(qx) for Q4_1."""
     minimums, qx, dx, qsum = ops[0], ops[4], ops[5], ops[6]
@@ -410,7 +377,7 @@ def _q4_int8_tile(w, wo, ops, xo, bo, start, width, total):
     block_qsum = load_i32(qsum, bo + start, width)
     acc0, acc1 = scale_i32(block_qsum, 8 * minimums - 8), zeros_i32()
     acc2, acc3 = zeros_i32(), zeros_i32()  # four independent sums (vpdpbusd latency)
-    header, quants = _unit_offsets(start, 1 - minimums, 256)
+    header, quants = unit_offsets(start, 1 - minimums, 256)
     o, x = wo + quants, xo + start * 32
     for g in range(0, 4, 2):  # low nibbles pair with activation group g, high nibbles with group g + 4
         packed = load_bytes(w, o + g * n, n)
@@ -426,14 +393,14 @@ def _q4_int8_tile(w, wo, ops, xo, bo, start, width, total):
     return fma(minimum, mul(block_dx, to_f32(block_qsum)), total)
 
 
-@njit(inline="always", **_OPTIONS)
-def _q8_exact_tile(w, wo, ops, xo, bo, start, width, total):
+@njit(inline="always", **OPTIONS)
+def _q8_float_tile(w, wo, ops, xo, bo, start, width, total):
     """total + the tile's products in float32, one block a lane: the 4 bytes of each 32-bit lane are split into 4
     planes (element 4g + j of every block), each times its activations (lane order), then times d per lane."""
     xp = ops[2]
     n = width * 4
     p0, p1, p2, p3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
-    header, quants = _unit_offsets(start, 1, 512)
+    header, quants = unit_offsets(start, 1, 512)
     for g in range(8):
         b0, b1, b2, b3 = byte_planes_as_f32(load_bytes(w, wo + quants + g * n, n))
         x = xo + start * 32 + g * n
@@ -444,14 +411,14 @@ def _q8_exact_tile(w, wo, ops, xo, bo, start, width, total):
     return fma(add(add(p0, p1), add(p2, p3)), load_f16_bytes(w, wo + header, width), total)
 
 
-@njit(inline="always", **_OPTIONS)
-def _q4_exact_tile(w, wo, ops, xo, bo, start, width, total):
-    """As `_q8_exact_tile` for 4-bit quants (8 nibble planes a group, looked up in `table`: q - 8 for Q4_0, q for
+@njit(inline="always", **OPTIONS)
+def _q4_float_tile(w, wo, ops, xo, bo, start, width, total):
+    """As `_q8_float_tile` for 4-bit quants (8 nibble planes a group, looked up in `table`: q - 8 for Q4_0, q for
     Q4_1), plus m_b sum(x_b) per block for Q4_1."""
     minimums, table, xp, xsum = ops[0], ops[1], ops[2], ops[3]
     n = width * 4
     p0, p1, p2, p3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
-    header, quants = _unit_offsets(start, 1 - minimums, 256)
+    header, quants = unit_offsets(start, 1 - minimums, 256)
     for g in range(4):
         s0, s1, s2, s3, s4, s5, s6, s7 = nibble_planes_as_f32(load_bytes(w, wo + quants + g * n, n), table)
         lo, hi = xo + start * 32 + g * n, xo + start * 32 + (g + 4) * n  # low nibbles: group g, high: g + 4
@@ -464,7 +431,7 @@ def _q4_exact_tile(w, wo, ops, xo, bo, start, width, total):
     return fma(minimum, load_f32(xsum, bo + start, width), total)
 
 
-@njit(parallel=True, **_OPTIONS)
+@njit(parallel=True, **OPTIONS)
 def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * dequant(data[rows[k]]). Each chunk (thread) takes a share of the rows, whole
     (longer forward streams than column ranges of every row: measured 1.2-1.9x faster for Q4), ROW_BATCH at a
@@ -481,7 +448,7 @@ def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
     table = nibble_table(8 - 8 * minimums)
     full = nb - nb % TILE
     stride = ((nb + TILE - 1) // TILE) * TILE * (4 if kind == Q8_0 else 1)
-    share = _share_bytes(row_bytes, nb)
+    share = share_bytes(row_bytes, nb)
     parts = np.zeros((chunks, nb * BLOCK), np.float32)  # per chunk, lane order (Q4) / byte order (Q8_0)
     constants = np.zeros((chunks, nb), np.float32)
     for chunk in prange(chunks):
@@ -501,12 +468,12 @@ def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
                 _batch_scales(kind, flat, base[i], shift, tile_bytes, minimums, coeffs[k], 0, nb, scales, i * stride,
                               constant)
             for start in range(0, full, TILE):
-                _prefetch_shares(flat, ahead, following, start, share)
-                _accumulate_tile(kind, flat, base, _unit_offsets(start, shift, tile_bytes)[1], table, count, scales,
+                prefetch_shares(flat, ahead, following, start, share)
+                _accumulate_tile(kind, flat, base, unit_offsets(start, shift, tile_bytes)[1], table, count, scales,
                                  stride, start, TILE, acc)
             if full < nb:
-                _prefetch_shares(flat, ahead, following, full, share)
-                _accumulate_tile(kind, flat, base, _unit_offsets(full, shift, tile_bytes)[1], table, count, scales,
+                prefetch_shares(flat, ahead, following, full, share)
+                _accumulate_tile(kind, flat, base, unit_offsets(full, shift, tile_bytes)[1], table, count, scales,
                                  stride, full, nb - full, acc)
     for start in range(0, nb, TILE):
         width = min(TILE, nb - start)
@@ -520,14 +487,14 @@ def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
                 out[(start + b) * BLOCK + e] = total
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _batch_scales(kind, w, wo, shift, tile_bytes, minimums, coeff, block_lo, block_hi, scales, so, constant):
     """scales[so + b] = coeff * d_b for the chunk's blocks b (Q8_0: each repeated 4 times, as `expand4`);
     constant[b] += coeff * m_b for Q4_1."""
     c = splat_f32(coeff)
     for start in range(block_lo, block_hi, TILE):
         width = min(TILE, block_hi - start)
-        header, _ = _unit_offsets(start, shift, tile_bytes)
+        header, _ = unit_offsets(start, shift, tile_bytes)
         scale = mul(c, load_f16_bytes(w, wo + header, width))
         if kind == Q8_0:
             e0, e1, e2, e3 = expand4(scale)
@@ -544,7 +511,7 @@ def _batch_scales(kind, w, wo, shift, tile_bytes, minimums, coeff, block_lo, blo
             store_f32(constant, o, add(minimum, load_f32(constant, o, width)), width)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _accumulate_tile(kind, flat, base, quants, table, count, scales, stride, block, width, acc):
     if kind == Q8_0:
         _q8_accumulate_tile(flat, base, quants, count, scales, stride, block, width, acc)
@@ -552,7 +519,7 @@ def _accumulate_tile(kind, flat, base, quants, table, count, scales, stride, blo
         _q4_accumulate_tile(flat, base, quants, table, count, scales, stride, block, width, acc)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q8_accumulate_tile(flat, base, quants, count, scales, stride, block, width, acc):
     """acc (byte order) += sum over the batch's rows i of scales_i * int8 quants, for one tile whose first block
     is `block` within the chunk: per group, 4 vectors of sums stay in registers across the batch."""
@@ -573,7 +540,7 @@ def _q8_accumulate_tile(flat, base, quants, count, scales, stride, block, width,
         store_f32(acc, s + 48, a3, n - 48)
 
 
-@njit(inline="always", **_OPTIONS)
+@njit(inline="always", **OPTIONS)
 def _q4_accumulate_tile(flat, base, quants, table, count, scales, stride, block, width, acc):
     """As `_q8_accumulate_tile` for 4-bit quants looked up in `table`: low nibbles go to group g, high to g + 4."""
     n = width * 4

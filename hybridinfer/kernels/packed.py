@@ -39,6 +39,7 @@ from gguf import GGMLQuantizationType as T
 from ..model_file.dequantize import dequantize
 from ..errors import HybridInferError
 from ..model_file.gguf_file import GGUFTensor
+from .formats import FORMAT_CODE  # noqa: F401  (re-exported: the format code numba code branches on)
 
 BLOCK = 32  # elements per quantization block
 TILE = 16  # blocks per tile: 16 lanes of 32 bits in one 512-bit register
@@ -46,8 +47,6 @@ FLOAT_DTYPES = {T.F32: np.float32, T.F16: np.int16, T.BF16: np.uint16}
 # block bytes in GGUF, header bytes (f16 d, then f16 m for Q4_1), quant bytes per block, groups of 4 bytes per tile row
 QUANT_FORMATS = {T.Q8_0: (34, 2, 32, 8), T.Q4_0: (18, 2, 16, 4), T.Q4_1: (20, 4, 16, 4)}
 SUPPORTED = tuple(FLOAT_DTYPES) + tuple(QUANT_FORMATS)
-# the format code numba code branches on (`cpu_layer.py`): float formats first, then the quantized ones
-FORMAT_CODE = {T.F32: 0, T.F16: 1, T.BF16: 2, T.Q8_0: 3, T.Q4_0: 4, T.Q4_1: 5}
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class PackedMatrix:
 
     @property
     def code(self) -> int:
-        """FORMAT_CODE of this matrix's format."""
+        """FORMAT_CODE (`formats.py`) of this matrix's format."""
         return FORMAT_CODE[self.qtype]
 
     @property

@@ -15,9 +15,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
+from .formats import FORMAT_CODE, Q4_0, Q4_1, Q8_0
 from .packed import BLOCK, QUANT_FORMATS
-
-_KIND = {T.Q8_0: 0, T.Q4_0: 1, T.Q4_1: 2}
 
 
 def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np.ndarray:
@@ -35,7 +34,7 @@ def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np
     out = np.empty((cols, rows // BLOCK, block_bytes), np.uint8)
     out_scales = np.empty((cols, rows // BLOCK), np.float32)
     out_minimums = np.empty((cols, rows // BLOCK), np.float32)
-    _transpose_blocks(_KIND[qtype], blocks, scales, minimums, header, out, out_scales, out_minimums)
+    _transpose_blocks(FORMAT_CODE[qtype], blocks, scales, minimums, header, out, out_scales, out_minimums)
     out[:, :, 0:2] = out_scales.astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
     if qtype == T.Q4_1:
         out[:, :, 2:4] = out_minimums.astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
@@ -50,7 +49,8 @@ def _halves(blocks: np.ndarray, at: int) -> np.ndarray:
 @njit(parallel=True, cache=True)
 def _transpose_blocks(kind, blocks, scales, minimums, header, out, out_scales, out_minimums):
     """blocks (rows, nb_in, block bytes) -> out (cols, nb_out, block bytes) quants, out_scales / out_minimums
-    (cols, nb_out) float32 d and m. Parallel over input block columns (32 output rows each)."""
+    (cols, nb_out) float32 d and m; kind: the format's code (`formats.py`). Parallel over input block columns (32
+    output rows each)."""
     rows, nb_in = scales.shape
     for c in prange(nb_in):
         tile = np.empty((BLOCK, BLOCK), np.float32)  # [input row within the output block, column within block c]
@@ -59,7 +59,7 @@ def _transpose_blocks(kind, blocks, scales, minimums, header, out, out_scales, o
         for b in range(rows // BLOCK):
             for e in range(BLOCK):
                 _decode(kind, blocks[BLOCK * b + e, c], scales[BLOCK * b + e, c],
-                        minimums[BLOCK * b + e, c] if kind == 2 else np.float32(0.0), header, tile[e])
+                        minimums[BLOCK * b + e, c] if kind == Q4_1 else np.float32(0.0), header, tile[e])
             for j in range(BLOCK):
                 for e in range(BLOCK):
                     column[e] = tile[e, j]
@@ -72,12 +72,12 @@ def _transpose_blocks(kind, blocks, scales, minimums, header, out, out_scales, o
 def _decode(kind, block, d, m, header, values):
     """values (32,) = the block's weights as gguf decodes them: q * d (Q8_0), d * (q - 8) (Q4_0), d * q + m (Q4_1)."""
     for j in range(BLOCK):
-        if kind == 0:
+        if kind == Q8_0:
             values[j] = np.float32(np.int8(block[header + j])) * d
         else:
             byte = block[header + j % 16]
             nibble = np.int32(byte & 15) if j < 16 else np.int32(byte >> 4)
-            if kind == 1:
+            if kind == Q4_0:
                 values[j] = d * np.float32(nibble - 8)
             else:
                 values[j] = d * np.float32(nibble) + m
@@ -87,7 +87,7 @@ def _decode(kind, block, d, m, header, values):
 def _encode(kind, values, quants):
     """gguf's encoder for one block: quants (32,) int32, and returns (d, m) as float32 (m is 0 but for Q4_1)."""
     zero = np.float32(0.0)
-    if kind == 0:  # Q8_0: d = max|x| / 127, q = roundf(x / d) (half away from zero)
+    if kind == Q8_0:  # d = max|x| / 127, q = roundf(x / d) (half away from zero)
         amax = zero
         for e in range(BLOCK):
             amax = max(amax, abs(values[e]))
@@ -100,7 +100,7 @@ def _encode(kind, values, quants):
             rounded = floored + np.floor(np.float32(2) * (a - floored))
             quants[e] = np.int32(np.sign(x) * rounded)
         return d, zero
-    if kind == 1:  # Q4_0: d = (the signed value of largest magnitude, the first one) / -8
+    if kind == Q4_0:  # d = (the signed value of largest magnitude, the first one) / -8
         largest = values[0]
         for e in range(1, BLOCK):
             if abs(values[e]) > abs(largest):
@@ -123,7 +123,7 @@ def _encode(kind, values, quants):
 @njit(cache=True)
 def _store(kind, quants, header, block):
     """The quant bytes of one block: int8 (Q8_0), or element j in the low and j + 16 in the high nibble of byte j."""
-    if kind == 0:
+    if kind == Q8_0:
         for e in range(BLOCK):
             block[header + e] = np.uint8(quants[e] & 0xFF)
     else:

@@ -118,7 +118,7 @@ class PackedTransformer:
                 gpu.download_stream(on_gpu, b.x)
             start = time.perf_counter()
             cpu_layer.normalize(b.x[n - n_logits:], w.output_norm, c.rms_eps, b.final)
-            matmul(w.output, b.final, b.logits, exact=self.float_activations)
+            matmul(w.output, b.final, b.logits, float_activations=self.float_activations)
             if c.logit_scale != 1.0:
                 b.logits /= np.float32(c.logit_scale)
             logits = b.logits.copy()
@@ -153,7 +153,7 @@ class PackedTransformer:
 
     def _observe(self, index: int, layer: PackedLayer, b: Buffers) -> None:
         gate = np.empty_like(b.gate)
-        matmul(layer.ffn_gate, b.normed, gate, exact=self.float_activations)
+        matmul(layer.ffn_gate, b.normed, gate, float_activations=self.float_activations)
         activation = torch.from_numpy(gate)
         if self.config.activation == "silu":
             activation = torch.nn.functional.silu(activation)

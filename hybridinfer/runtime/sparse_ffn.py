@@ -39,7 +39,7 @@ class PackedSparseFFN:
     def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
                  predictor_type: T = T.Q8_0):
         require_sparse_activation(config)
-        self.config, self.exact = config, float_activations
+        self.config, self.float_activations = config, float_activations
         self.threshold = np.float32(config.activation_threshold)
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
@@ -69,13 +69,13 @@ class PackedSparseFFN:
         n_candidates = -1
         if self.predictors is not None:
             n_candidates = cpu_layer.predict(
-                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_codes[index], self.exact,
-                self.predictor_thresholds[index], self.rank_buffers[self.fc1[index].rows], self.logits,
-                self.candidates)
+                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_codes[index],
+                self.float_activations, self.predictor_thresholds[index], self.rank_buffers[self.fc1[index].rows],
+                self.logits, self.candidates)
         fired = cpu_layer.sparse_ffn_block(
-            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, layer.ffn_codes, self.exact,
-            self.threshold, self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out,
-            np.float32(self.config.residual_scale), numba.get_num_threads())
+            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, layer.ffn_codes,
+            self.float_activations, self.threshold, self.candidates, n_candidates, self.gate, self.active, self.up,
+            self.hidden, out, np.float32(self.config.residual_scale), numba.get_num_threads())
         self.stats.tokens += 1
         dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
         self.stats.rows += self.config.n_ff if dense_gate else n_candidates
@@ -85,21 +85,21 @@ class PackedSparseFFN:
         """T tokens: act(gate) * up densely, masked by the predictor, then each token's active down_t rows."""
         tokens, n_ff = x.shape[0], self.config.n_ff
         gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
-        matmul(layer.ffn_gate, normed, gate, exact=self.exact)
-        matmul(layer.ffn_up, normed, up, exact=self.exact)
+        matmul(layer.ffn_gate, normed, gate, float_activations=self.float_activations)
+        matmul(layer.ffn_up, normed, up, float_activations=self.float_activations)
         cpu_ops.fatrelu_times(gate, up, self.threshold, hidden)
         if self.predictors is not None:
             hidden *= self._predicted(index, x)
         down_t = self.down_t[index]
         cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, out, numba.get_num_threads(),
-                              self.exact)
+                              self.float_activations)
         cpu_ops.add_scaled(x, out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:
         """bool (T, n_ff): the neurons the predictor marks active for each token."""
         fc1, fc2 = self.fc1[index], self.fc2[index]
         hidden = np.empty((x.shape[0], fc1.rows), np.float32)
-        matmul(fc1, prepare(x), hidden, exact=self.exact)
+        matmul(fc1, prepare(x), hidden, float_activations=self.float_activations)
         logits = np.empty((x.shape[0], fc2.rows), np.float32)
-        matmul(fc2, prepare(np.maximum(hidden, 0)), logits, exact=self.exact)
+        matmul(fc2, prepare(np.maximum(hidden, 0)), logits, float_activations=self.float_activations)
         return logits >= self.predictor_thresholds[index]
