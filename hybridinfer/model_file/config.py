@@ -104,7 +104,7 @@ def _vocab_size(model: GGUFFile, meta: "_Metadata") -> int:
 
 
 class _Metadata:
-    """Typed, range-checked reads of `ARCH.name` keys; a failure is one line naming the key and what it must be."""
+    """`GGUFFile`'s typed, range-checked reads, of `ARCH.name` keys; a failure is one line naming the key."""
 
     def __init__(self, model: GGUFFile, arch: str):
         self.model, self.arch = model, arch
@@ -113,28 +113,11 @@ class _Metadata:
         return name if "." in name and name.split(".")[0] in ("hybridinfer", "general", "tokenizer") else f"{self.arch}.{name}"
 
     def fail(self, name: str, value, expected: str):
-        shown = f"an array of {len(value)} items" if isinstance(value, list) else repr(value)
-        raise HybridInferError(f"{self.model.path}: metadata {self._full(name)} is {shown}, expected {expected}; "
-                               "the file is corrupt or was written by a broken converter")
-
-    def _get(self, name: str, default):
-        value = self.model.get(self._full(name), default)
-        if value is None:
-            raise HybridInferError(f"{self.model.path} lacks the metadata key {self._full(name)}; the file is incomplete")
-        return value
+        raise self.model.bad_value(self._full(name), value, expected)
 
     def int(self, name: str, low: int, high: int, default: int | None = None) -> int:
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.fail(name, value, f"an integer from {low} to {high}")
-        return value
+        return self.model.integer(self._full(name), low, high, default)
 
     def float(self, name: str, default: float, low: float | None = None, high: float | None = None,
               absolute: bool = False) -> float:
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-                (low is not None and value <= low) or (high is not None and value >= high) or (absolute and value < 0):
-            bounds = f" above {low}" if low is not None else ""
-            bounds += f" and below {high}" if high is not None else ""
-            self.fail(name, value, f"a finite number{bounds}" + (" (not negative)" if absolute else ""))
-        return float(value)
+        return self.model.number(self._full(name), default, above=low, below=high, at_least=0.0 if absolute else None)

@@ -84,7 +84,7 @@ class GGUFFile:
 
     # typed reads: a value of the wrong type or out of range is one line naming the key and what it must be
 
-    def _bad(self, key: str, value: Any, expected: str) -> HybridInferError:
+    def bad_value(self, key: str, value: Any, expected: str) -> HybridInferError:
         shown = f"an array of {len(value)} items" if isinstance(value, list) else f"{value!r:.60}"
         return HybridInferError(f"{self.path}: metadata {key} is {shown}, expected {expected}; the file is corrupt "
                                 "or was made by a broken tool: make it again")
@@ -92,29 +92,34 @@ class GGUFFile:
     def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
         value = self.metadata.get(key, default) if default is not None else self.require(key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self._bad(key, value, f"an integer from {low} to {high}")
+            raise self.bad_value(key, value, f"an integer from {low} to {high}")
         return value
 
-    def number(self, key: str, default: float | None = None) -> float:
-        """A finite float (an integer is accepted)."""
+    def number(self, key: str, default: float | None = None, above: float | None = None,
+               below: float | None = None, at_least: float | None = None) -> float:
+        """A finite float (an integer is accepted), optionally > `above`, < `below`, >= `at_least`."""
         value = self.metadata.get(key, default) if default is not None else self.require(key)
-        if not _is_finite_number(value):
-            raise self._bad(key, value, "a finite number")
+        if not _is_finite_number(value) or (above is not None and value <= above) or \
+                (below is not None and value >= below) or (at_least is not None and value < at_least):
+            bounds = f" above {above}" if above is not None else ""
+            bounds += f" and below {below}" if below is not None else ""
+            bounds += f" (at least {at_least})" if at_least is not None else ""
+            raise self.bad_value(key, value, f"a finite number{bounds}")
         return float(value)
 
     def text(self, key: str, default: str | None = None) -> str:
         value = self.metadata.get(key, default) if default is not None else self.require(key)
         if not isinstance(value, str):
-            raise self._bad(key, value, "a string")
+            raise self.bad_value(key, value, "a string")
         return value
 
     def numbers(self, key: str, length: int | None = None, default: list | None = None) -> list[float]:
         """An array of finite numbers, of `length` items when given."""
         value = self.metadata.get(key, default) if default is not None else self.require(key)
         if not isinstance(value, list) or not all(_is_finite_number(v) for v in value):
-            raise self._bad(key, value, "an array of finite numbers")
+            raise self.bad_value(key, value, "an array of finite numbers")
         if length is not None and len(value) != length:
-            raise self._bad(key, value, f"an array of {length} numbers")
+            raise self.bad_value(key, value, f"an array of {length} numbers")
         return [float(v) for v in value]
 
     def release(self, name: str) -> None:
