@@ -1,7 +1,6 @@
 """`hybridinfer convert` on synthesized checkpoints of every published variant, against Hugging Face's
 LlamaForCausalLM run on the original directory (tests/hf_reference.py)."""
 
-import hashlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 import hybridinfer
+from tiny_models import directory_digest
 from hybridinfer.convert import convert_checkpoint
 from hybridinfer.convert.tensor_map import permute_for_rope
 from hybridinfer.errors import HybridInferError
@@ -116,20 +116,12 @@ def test_tokenizer_and_chat_template_are_carried_over(checkpoints, tmp_path):
     assert engine.chat_template and "<AI>" in engine.chat_template
 
 
-def _digest(directory) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 def test_input_is_never_modified_and_output_is_not_overwritten(checkpoints, tmp_path):
     hf_dir = checkpoints[("prosparse-llama-2-7b", None)]
-    before = _digest(hf_dir)
+    before = directory_digest(hf_dir)
     out = tmp_path / "m.gguf"
     convert_checkpoint(hf_dir, out, outtype="q4_0")
-    assert _digest(hf_dir) == before
+    assert directory_digest(hf_dir) == before
     with pytest.raises(HybridInferError, match="--force"):
         convert_checkpoint(hf_dir, out, outtype="f32")
     convert_checkpoint(hf_dir, out, outtype="f32", force=True)

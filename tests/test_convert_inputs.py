@@ -2,7 +2,6 @@
 `error: ...` line on stderr (no traceback, no click usage block), leaves no output or `.partial` file, and
 does not touch the input. The checkpoints are tiny synthesized ones (tools/synth_checkpoint.py)."""
 
-import hashlib
 import json
 import os
 import pickle
@@ -16,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tiny_models import directory_digest
 from hybridinfer.cli.main import cli
 from tools.synth_checkpoint import synthesize
 
@@ -49,7 +49,7 @@ class Case:
 
     def convert(self, hf_dir, *extra, output=None, in_process=True):
         output = self.out if output is None else output
-        self.digest = _digest(hf_dir)
+        self.digest = directory_digest(hf_dir)
         args = ["convert", str(hf_dir), "-o", str(output), *extra]
         if in_process:
             result = CliRunner().invoke(cli, args)
@@ -68,21 +68,13 @@ class Case:
         assert not self.out.exists()
         assert not [p for p in self.out.parent.iterdir() if p.name.endswith(".partial")]
         assert not list(hf_dir.glob("*.partial")) and not list(hf_dir.glob(".*.partial"))
-        assert _digest(hf_dir) == self.digest, "the input was modified"
+        assert directory_digest(hf_dir) == self.digest, "the input was modified"
         return lines[0]
 
 
 @pytest.fixture
 def case(tmp_path):
     return Case(tmp_path)
-
-
-def _digest(directory) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def _edit_config(hf_dir, **changes):

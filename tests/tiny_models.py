@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import gguf
@@ -114,3 +116,12 @@ def stored_weights(weights: dict[str, np.ndarray], weight_type) -> dict[str, np.
             value = gguf.quants.dequantize(gguf.quants.quantize(value, weight_type), weight_type).astype(np.float32)
         out[name] = value
     return out
+
+
+def directory_digest(directory) -> str:
+    """One hash of every file's name and bytes under `directory` (to show an input was not modified)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
