@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Iterator
 
 import numba
 import numpy as np
 import torch
 
-from .model_file.config import ModelConfig
 from .errors import HybridInferError
-from .options import RunOptions
-from .model_file.fingerprint import Fingerprint
 from .generation.generate import GenerationChunk, GenerationResult, Timings, stream_generate
+from .generation.sampling import Sampler, SamplerSettings
+from .model_file.config import ModelConfig
+from .model_file.fingerprint import Fingerprint
 from .model_file.gguf_file import GGUFFile
-from .runtime.memory_estimate import check_run_memory
+from .options import RunOptions
 from .reference.model import Transformer
+from .reference.sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
+from .reference.weights import load_weights
 from .runtime.decoder import PackedTransformer
+from .runtime.memory_estimate import check_run_memory
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
-from .generation.sampling import Sampler, SamplerSettings
-from .reference.sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
 from .text.vocabulary import tokenizer_from_metadata
-from .reference.weights import load_weights
 
 DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the attention scratch memory
@@ -84,7 +85,7 @@ class Engine:
                                  o.gpu_kernels)
         else:
             self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-            self.model.sparse_ffn = self._sparse_ffn(exact, predictor_set)
+            self.model.sparse = self._reference_sparse(exact, predictor_set)
         self.file.release_copied()
         self.tokens: list[int] = []
         self.load_ms = (time.perf_counter() - start) * 1000
@@ -108,7 +109,7 @@ class Engine:
         weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
         if sparse:
-            self.model.sparse_ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations)
+            self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations)
         self.repack_ms = weights.repack_seconds * 1000
 
     @property
@@ -116,11 +117,33 @@ class Engine:
         """The GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`), or None."""
         return getattr(self.model, "offload", None)
 
-    def _sparse_ffn(self, exact: bool, predictor_set):
+    @property
+    def sparse_ffn(self):
+        """The sparse FFN mode in use (packed: `runtime/sparse_ffn.PackedSparseFFN`, reference: `reference/sparse_ffn`),
+        with its `stats` and `predictors`; None when every CPU layer's FFN is dense."""
+        part = self.model.ffn if self.backend == "packed" else self.model.sparse
+        return part if part is not None and part.stats is not None else None
+
+    @contextmanager
+    def every_neuron(self) -> Iterator[None]:
+        """Every neuron computed for the duration (profiling, the dense side of perplexity): the sparse FFN
+        unplugged, and the GPU side of a hybrid run ignoring its predictors (its split FFN then lets the
+        activation decide, which equals the dense FFN)."""
+        side = self.hybrid
+        if side is not None:
+            side.predicting = False
+        try:
+            with self.model.every_neuron():
+                yield
+        finally:
+            if side is not None:
+                side.predicting = True
+
+    def _reference_sparse(self, exact: bool, predictor_set):
         if exact:
-            return ExactSparseFFN(self.config, self.model.weights)
+            return ExactSparseFFN(self.config)
         if predictor_set is not None:
-            return PredictedSparseFFN(self.config, self.model.weights, predictor_set)
+            return PredictedSparseFFN(self.config, predictor_set)
         return None
 
     def _load_predictors(self, path: str):

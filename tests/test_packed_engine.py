@@ -68,7 +68,7 @@ def test_exact_sparse_equals_dense(relu_model):
     decoded = decode_logits(exact, IDS)
     assert relative_error(decoded, dense) < sparse_tolerance(relu_model)
     assert relative_error(exact.logits(IDS), decoded) < 1e-5  # prefill and decode read the same rows
-    stats = exact.model.sparse_ffn.stats
+    stats = exact.sparse_ffn.stats
     assert 0 < stats.active < stats.rows  # really sparse: some neurons were skipped
 
 
@@ -91,14 +91,14 @@ def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path, thres
     reference = hybridinfer.load(str(relu_model), backend="reference", predictors=str(path))
     expected = decode_logits(reference, IDS)
     packed = hybridinfer.load(str(relu_model), float_activations=True)
-    predictors = reference.model.sparse_ffn.predictors
-    packed.model.sparse_ffn = PackedSparseFFN(packed.config, packed.model.weights, predictors, True, T.F32)
+    predictors = reference.sparse_ffn.predictors
+    packed.model.ffn = PackedSparseFFN(packed.config, packed.model.weights, predictors, True, T.F32)
     decoded = decode_logits(packed, IDS)
     assert relative_error(decoded, expected) < sparse_tolerance(relu_model)
     assert relative_error(packed.logits(IDS), decoded) < 1e-5
     dense = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
     assert relative_error(expected, dense) > 1e-3  # the predictor really changed the result
-    stats = packed.model.sparse_ffn.stats
+    stats = packed.sparse_ffn.stats
     assert 0 < stats.active <= stats.rows <= stats.tokens * N_FF
     if threshold > 10:
         assert stats.rows < stats.tokens * N_FF * 0.4  # gathered: fewer gate rows read than the dense kernel's
@@ -109,7 +109,7 @@ def test_predictors_load_through_the_engine_as_q8_0(relu_model, tmp_path):
     path = tmp_path / "p.pred.gguf"
     save_predictors(str(path), random_predictors(reference, seed=1), reference.fingerprint)
     engine = hybridinfer.load(str(relu_model), predictors=str(path))
-    ffn = engine.model.sparse_ffn
+    ffn = engine.sparse_ffn
     assert [m.qtype for m in ffn.fc1] == [T.Q8_0] * engine.config.n_layer
     out = engine.generate(IDS, max_tokens=4, temperature=0)
     assert len(out.tokens) == 4 and ffn.stats.tokens > 0

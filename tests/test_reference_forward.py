@@ -103,6 +103,6 @@ def test_minicpm_scalings(tmp_path):
     from hybridinfer.reference.model import rms_norm
     for index, layer in enumerate(model.weights.layers):
         x = x + 0.5 * model.attention(index, layer, rms_norm(x, layer.attn_norm, c.rms_eps), 0)
-        x = x + 0.5 * model.ffn(layer, rms_norm(x, layer.ffn_norm, c.rms_eps))
+        x = x + 0.5 * model.ffn_block(index, layer, x)
     expected = rms_norm(x, model.weights.output_norm, c.rms_eps) @ model.weights.output.T / 6.0
     assert relative_error(ours(path).forward(ids, 0), expected) < 1e-6

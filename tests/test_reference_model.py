@@ -37,7 +37,7 @@ def test_exact_equals_dense_and_predictors_cost_little(text):
 def test_really_sparse(text):
     engine = hybridinfer.load(str(MODEL), n_ctx=128, exact=True)
     engine.generate(text[:200], max_tokens=8, temperature=0)
-    stats = engine.model.sparse_ffn.stats
+    stats = engine.sparse_ffn.stats
     assert stats.active / stats.rows < 0.15  # fewer than 15% of the neurons fire
 
 
@@ -50,7 +50,7 @@ def test_hybrid_with_predictors_gives_the_packed_predictor_tokens():
     from hybridinfer.hybrid.setup import memory_model
     prompt = "Return the number of"
     cpu = hybridinfer.load(str(MODEL), n_ctx=128, predictors=str(PREDICTORS), backend="reference")
-    m = memory_model(cpu.file, cpu.config, 128, "cpu", cpu.model.sparse_ffn.predictors)
+    m = memory_model(cpu.file, cpu.config, 128, "cpu", cpu.sparse_ffn.predictors)
     budget = str(m.workspace + sum(m.layer) + m.output + cpu.config.n_layer * cpu.config.n_ff // 2 * m.neuron[0])
 
     def load(float_activations, **hybrid):

@@ -36,7 +36,7 @@ def test_exact_mode_equals_dense(relu_model):
     expected = dense.logits(IDS)
     assert relative_error(decode_logits(exact, IDS), expected) < 1e-5
     assert relative_error(exact.logits(IDS), expected) < 1e-5
-    stats = exact.model.sparse_ffn.stats
+    stats = exact.sparse_ffn.stats
     assert 0 < stats.active < stats.rows  # really sparse: some neurons were skipped
 
 
@@ -60,7 +60,7 @@ class OraclePredictor:
 def test_oracle_predictor_equals_dense(relu_model, extra):
     dense = hybridinfer.load(str(relu_model), backend="reference")
     engine = hybridinfer.load(str(relu_model), backend="reference")
-    engine.model.sparse_ffn = PredictedSparseFFN(engine.config, engine.model.weights, OraclePredictor(engine, extra))
+    engine.model.sparse = PredictedSparseFFN(engine.config, OraclePredictor(engine, extra))
     expected = dense.logits(IDS)
     assert relative_error(decode_logits(engine, IDS), expected) < 1e-5
     assert relative_error(engine.logits(IDS), expected) < 1e-5
@@ -79,7 +79,7 @@ class DropHalf:
 def test_missed_neurons_change_the_result_identically_in_both_paths(relu_model):
     engine = hybridinfer.load(str(relu_model), backend="reference")
     dense = engine.logits(IDS)
-    engine.model.sparse_ffn = PredictedSparseFFN(engine.config, engine.model.weights, DropHalf(engine.config.n_ff))
+    engine.model.sparse = PredictedSparseFFN(engine.config, DropHalf(engine.config.n_ff))
     batched, one_by_one = engine.logits(IDS), decode_logits(engine, IDS)
     assert relative_error(one_by_one, batched) < 1e-5
     assert relative_error(batched, dense) > 1e-3

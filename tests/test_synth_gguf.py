@@ -45,6 +45,6 @@ def test_synthetic_predictors_find_the_active_neurons(synthetic):
     ids = [1] + list(np.random.default_rng(5).integers(3, exact.config.n_vocab, 24))
     for engine in (exact, predicted):
         engine.generate(ids, max_tokens=8, temperature=0)
-    read = predicted.model.sparse_ffn.stats.rows / predicted.model.sparse_ffn.stats.tokens / exact.config.n_ff
-    recall = predicted.model.sparse_ffn.stats.active / exact.model.sparse_ffn.stats.active
+    read = predicted.sparse_ffn.stats.rows / predicted.sparse_ffn.stats.tokens / exact.config.n_ff
+    recall = predicted.sparse_ffn.stats.active / exact.sparse_ffn.stats.active
     assert read < 0.5 and recall > 0.8

@@ -52,10 +52,10 @@ def bench_engine(label: str, mode: str, engine, args, n_prompt: int = 0) -> floa
     rate = 0.0
     for result in results:
         notes = ""
-        sparse = getattr(engine.model, "sparse_ffn", None)
+        sparse = engine.sparse_ffn
         if result.test.startswith("tg"):
             rate = result.tokens_per_second
-            if sparse is not None and hasattr(sparse, "stats") and sparse.stats.tokens:
+            if sparse is not None and sparse.stats.tokens:
                 s, n_ff = sparse.stats, engine.config.n_ff
                 notes = (f"per layer and token: {s.rows / s.tokens / n_ff:.1%} of neurons read, "
                          f"{s.active / s.tokens / n_ff:.1%} fired")
@@ -133,7 +133,7 @@ def synthetic_7b(args) -> None:
     if predictors is not None and predictors.exists():
         engine = hybridinfer.load(str(model), n_ctx=256, predictors=str(predictors))
         ours["predictors"] = bench_engine(label, "--predictors", engine, args)
-        print(f"(predictors: {engine.model.sparse_ffn.nbytes_predictors / 1e6:.0f} MB read per token as Q8_0; "
+        print(f"(predictors: {engine.sparse_ffn.nbytes_predictors / 1e6:.0f} MB read per token as Q8_0; "
               f"load {engine.load_ms / 1000:.1f} s)")
         del engine
     llama_cpp_rows(label, str(model), args, ours)

@@ -50,7 +50,7 @@ def decode_rate(engine: Engine, n_gen: int, n_prompt: int = 8, warmup: int = 2) 
         logits, _ = engine.feed(history)
     if engine.hybrid is not None:
         engine.hybrid.stats.reset()
-    sparse = getattr(engine.model, "sparse_ffn", None)
+    sparse = engine.sparse_ffn
     if sparse is not None:
         sparse.stats.reset()
     start = time.perf_counter()

@@ -43,18 +43,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _dense_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
-    """The logits with every neuron computed: the sparse FFN unplugged, and the GPU side of a hybrid run
-    ignoring its predictors (its split FFN then lets the activation decide, which equals the dense FFN)."""
-    sparse, side = engine.model.sparse_ffn, engine.hybrid
-    engine.model.sparse_ffn = None
-    if side is not None:
-        side.predicting = False
-    try:
+    """The logits with every neuron computed (`Engine.every_neuron`)."""
+    with engine.every_neuron():
         return engine.logits(tokens)
-    finally:
-        engine.model.sparse_ffn = sparse
-        if side is not None:
-            side.predicting = True
 
 
 def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | None = None,
@@ -68,7 +59,7 @@ def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | 
         raise HybridInferError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_chunk}; "
                                "give a longer text or a smaller -c")
     bos = engine.tokenizer.bos_id if engine.tokenizer.bos_id is not None else tokens[0]
-    sparse = engine.model.sparse_ffn
+    sparse = engine.sparse_ffn
     start = time.perf_counter()
     nlls, kls, agree, dense_nlls = [], [], [], []
     first = n_chunk // 2

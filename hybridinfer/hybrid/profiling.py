@@ -73,18 +73,17 @@ def profile_activations(engine: Engine, chunks: list[list[int]],
     def count(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:
         counts[index] += (activation != 0).sum(dim=0)
 
-    sparse, engine.model.sparse_ffn = engine.model.sparse_ffn, None
     engine.model.observers.append(count)
     n_tokens = 0
     try:
-        for chunk in chunks:
-            engine.logits(chunk)
-            n_tokens += len(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
+        with engine.every_neuron():
+            for chunk in chunks:
+                engine.logits(chunk)
+                n_tokens += len(chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
     finally:
         engine.model.observers.remove(count)
-        engine.model.sparse_ffn = sparse
     return ActivationProfile(counts.numpy(), n_tokens, engine.fingerprint)
 
 

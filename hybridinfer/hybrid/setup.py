@@ -111,7 +111,7 @@ def install_gpu_side(engine, offload: Offload, device: str, predictors, kernels:
     from .cpu_half import CPUHalf
     from .gpu_side import GPUSide
     model, device = engine.model, torch.device(device)
-    sparse = model.sparse_ffn
+    sparse = engine.sparse_ffn  # the packed sparse FFN of the CPU layers, or None (-ngl's dense layers)
     cpu_half = None
     if offload.split_layers:
         cpu_half = CPUHalf(engine.config, sparse, model.weights.layers, offload.hot, device)

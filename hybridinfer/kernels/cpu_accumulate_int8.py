@@ -13,8 +13,8 @@ llama.cpp quantizes the hidden activations per block before the down projection:
 The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
 (unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
-That is ~2.5x fewer instructions than turning every weight into a float (`cpu_quant._quant_accumulate`, the
-float32 path), which for Q4 cannot keep up with the memory. Reference twin: `reference.accumulate_rows_int8`.
+That is fewer instructions than turning every weight into a float (`cpu_quant._quant_accumulate`, the float32
+path), which for Q4 cannot keep up with the memory (docs/cpu-decoding.md, "Kernel design choices"). Reference twin: `reference.accumulate_rows_int8`.
 """
 
 from __future__ import annotations

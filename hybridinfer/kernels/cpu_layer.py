@@ -127,7 +127,7 @@ def predict(x, residual, fc1, fc2, codes, float_activations, threshold, hidden, 
     return cpu_ops.select_rows(logits[0], threshold, _ALL, selected)
 
 
-DENSE_GATE_SHARE = 0.4  # random gate rows read at ~40-45% of the dense kernel's speed (Q4_0, `make bench`)
+DENSE_GATE_SHARE = 0.4  # gathered gate rows vs the dense kernel's speed (docs/cpu-decoding.md, "Kernel design choices")
 
 
 @njit(**_OPTIONS)

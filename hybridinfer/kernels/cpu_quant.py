@@ -204,7 +204,7 @@ def _prepare_blocks(x, xp, xsum, qx, dx, qsum):
 def _float_dot_rows(data, x, dense, rows, out):
     """out[t, k] = data[r_k] . x[t] with r_k = k (dense) or rows[k]. Eight rows at a time share each load of x
     (float32: as many bytes as an F32 row, twice an F16 one, and for long rows no longer in L1) and give the
-    memory eight streams in flight (measured: 8 rows beat 4 by ~15%, 4 beat 2 by ~20%)."""
+    memory eight streams in flight (docs/cpu-decoding.md, "Kernel design choices")."""
     count = data.shape[0] if dense else rows.shape[0]
     last = count - 1
     for group in prange((count + 7) // 8):
@@ -434,7 +434,7 @@ def _q4_float_tile(w, wo, ops, xo, bo, start, width, total):
 @njit(parallel=True, **OPTIONS)
 def _quant_accumulate(kind, data, nb, rows, coeffs, out, chunks):
     """out[:] = sum_k coeffs[k] * dequant(data[rows[k]]). Each chunk (thread) takes a share of the rows, whole
-    (longer forward streams than column ranges of every row: measured 1.2-1.9x faster for Q4), ROW_BATCH at a
+    (longer forward streams than column ranges of every row, faster for Q4: docs/cpu-decoding.md), ROW_BATCH at a
     time, prefetching the next batch a share per tile, and accumulates them into its own full-width scratch
     (plus a per-block constant: Q4_1 minimums); the chunks' sums are added at the end, in natural order. The scratch is in packed
     byte order for Q8_0 (bytes widen straight to floats) and lane order for Q4 (nibbles are looked up one plane

@@ -6,7 +6,8 @@ These are zero-copy views when the input is contiguous.
 
 Q8_0 / Q4_0 / Q4_1 rows hold the GGUF row's bytes (`nbytes` equals the file's bytes), rearranged so that 64
 contiguous bytes feed one AVX-512 instruction and a row reads as one forward stream (which the hardware
-prefetches; scales kept apart from their quants made long rows 2.5x slower). A row is a sequence of units:
+prefetches; scales kept apart from their quants make long rows slower: docs/cpu-decoding.md, "Kernel design
+choices"). A row is a sequence of units:
 
     unit = [ 64-byte header | quants of its tiles ]      row = units, then zero padding to 64 bytes
     Q8_0, Q4_0: 2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's

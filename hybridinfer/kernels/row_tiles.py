@@ -29,8 +29,8 @@ def prefetch_shares(w, ahead, count, start, share):
 @njit(inline="always", **OPTIONS)
 def prefetch_share(w, ahead, start, share):
     """Prefetch into L2 the share of the row at w[ahead:] that matches the tile starting at block `start` (none
-    if ahead < 0); never past the array's end. (Into L1, prefetched rows evict the rows being read: measured
-    10-60% slower.)"""
+    if ahead < 0); never past the array's end. (Into L1, prefetched rows evict the rows being read:
+    docs/cpu-decoding.md, "Kernel design choices".)"""
     if ahead >= 0:
         lo = ahead + (start // TILE) * share
         for o in range(lo, min(lo + share, w.shape[0]), 64):

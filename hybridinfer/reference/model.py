@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
-from ..model_file.config import ModelConfig
 from ..finite_check import require_finite
+from ..model_file.config import ModelConfig
 from .weights import LayerWeights, ModelWeights
 
 
@@ -60,10 +62,10 @@ def ffn_activation(gate: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 class Transformer:
     """LLaMA-family decoder (llama, minicpm) with a KV cache; `forward` runs a batch of new positions.
 
-    `sparse_ffn`, when set, computes every layer's FFN instead of the dense `ffn` below (see sparse_ffn.py).
-    `observers` are called once per layer as observer(layer_index, residual, activation): the residual stream
-    before ffn_norm (T, n_embd) and the dense FFN activation act(gate) (T, n_ff) — for profiling and
-    predictor training.
+    `sparse`, when set (`sparse_ffn.py`: exact or predicted), masks each layer's FFN activation: the neurons it
+    drops contribute nothing. `observers` are called once per layer as observer(layer_index, residual,
+    activation): the residual stream before ffn_norm (T, n_embd) and the dense FFN activation act(gate)
+    (T, n_ff) — for profiling and predictor training.
     """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, n_ctx: int):
@@ -71,7 +73,7 @@ class Transformer:
         self.weights = weights
         self.cache = KVCache(config, n_ctx)
         self.rope_cos, self.rope_sin = rope_tables(config, n_ctx)
-        self.sparse_ffn = None
+        self.sparse = None
         self.observers: list = []
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.attention_seconds = 0.0  # summed over single-token forward calls while `time_attention` is set
@@ -80,6 +82,15 @@ class Transformer:
     @property
     def n_ctx(self) -> int:
         return self.cache.n_ctx
+
+    @contextmanager
+    def every_neuron(self) -> Iterator[None]:
+        """The dense FFN for the duration (profiling, perplexity's dense comparison), whatever sparse mode is set."""
+        sparse, self.sparse = self.sparse, None
+        try:
+            yield
+        finally:
+            self.sparse = sparse
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
@@ -121,15 +132,11 @@ class Transformer:
         return out @ layer.attn_output.T
 
     def ffn_block(self, index: int, layer: LayerWeights, residual: torch.Tensor) -> torch.Tensor:
+        """The FFN of (T, n_embd) residual rows: act(gate) * up @ down, with the sparse mode's mask applied."""
         x = rms_norm(residual, layer.ffn_norm, self.config.rms_eps)
-        if self.observers:
-            activation = ffn_activation(x @ layer.ffn_gate.T, self.config)
-            for observe in self.observers:
-                observe(index, residual, activation)
-        if self.sparse_ffn is not None:
-            return self.sparse_ffn(index, layer, residual, x)
-        return self.ffn(layer, x)
-
-    def ffn(self, layer: LayerWeights, x: torch.Tensor) -> torch.Tensor:
-        hidden = ffn_activation(x @ layer.ffn_gate.T, self.config) * (x @ layer.ffn_up.T)  # (T, n_ff)
-        return hidden @ layer.ffn_down.T
+        activation = ffn_activation(x @ layer.ffn_gate.T, self.config)  # (T, n_ff)
+        for observe in self.observers:
+            observe(index, residual, activation)
+        if self.sparse is not None:
+            activation = self.sparse.masked(index, residual, activation)
+        return (activation * (x @ layer.ffn_up.T)) @ layer.ffn_down.T

@@ -1,13 +1,12 @@
-"""Sparse FFNs of the reference backend (the oracle): what the fast sparse paths must compute.
+"""Sparse FFN modes of the reference backend (the oracle): what the fast sparse paths must compute.
 
-Two modes, plugged into `Transformer.sparse_ffn`:
-  ExactSparseFFN      lossless, no predictor: act(gate) * up @ down with the neurons whose activation is zero
-                      contributing nothing (equal to the dense FFN: ReLU/FATReLU zeros are exact zeros).
+Two modes, set as `Transformer.sparse`; each masks a layer's FFN activation act(gate) (T, n_ff), and the
+Transformer computes the one masked dense form, act(gate) * mask * up @ down, in torch float32 for every batch size:
+  ExactSparseFFN      no mask: neurons whose activation is zero contribute nothing (lossless: ReLU/FATReLU zeros
+                      are exact zeros, so this equals the dense FFN; it counts what a sparse kernel would read)
   PredictedSparseFFN  a predictor picks each token's active neurons first; the others are dropped (approximate:
-                      a truly active neuron that was not predicted is lost).
-
-Both are the plain masked dense form, act(gate) * up * mask @ down, in torch float32 for every batch size. The
-fast twins are `runtime/sparse_ffn.py` (CPU) and the hybrid runtime's split FFN (`hybrid/`).
+                      a truly active neuron that was not predicted is lost)
+The fast twins are `runtime/sparse_ffn.py` (CPU) and the hybrid runtime's split FFN (`hybrid/`).
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import torch
 
 from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
-from .model import ffn_activation
-from .weights import LayerWeights, ModelWeights
 
 
 class SparseFFNStats:
@@ -40,37 +37,38 @@ def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes
                                "with -ngl)")
 
 
-class _MaskedFFN:
-    def __init__(self, config: ModelConfig, weights: ModelWeights):
+class ExactSparseFFN:
+    """Lossless sparse FFN: neurons whose activation is zero contribute nothing."""
+
+    predictors = None
+
+    def __init__(self, config: ModelConfig):
         require_sparse_activation(config)
         self.config = config
         self.stats = SparseFFNStats()
 
-    def _masked(self, layer: LayerWeights, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (T, n_embd) -> (T, n_embd); mask (T, n_ff) bool, None = every neuron a candidate."""
-        activation = ffn_activation(x @ layer.ffn_gate.T, self.config)  # (T, n_ff)
+    def mask(self, index: int, residual: torch.Tensor) -> torch.Tensor | None:
+        """bool (T, n_ff): the candidate neurons of each token; None: every neuron."""
+        return None
+
+    def masked(self, index: int, residual: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """activation (T, n_ff) with the neurons outside the mask zeroed; one token's counts go to `stats`."""
+        mask = self.mask(index, residual)
         if mask is not None:
-            activation = activation * mask
-        if x.shape[0] == 1:
+            activation = activation * mask.to(activation.dtype)
+        if activation.shape[0] == 1:
             self.stats.tokens += 1
             self.stats.rows += int(mask.sum()) if mask is not None else self.config.n_ff
             self.stats.active += int((activation != 0).sum())
-        return (activation * (x @ layer.ffn_up.T)) @ layer.ffn_down.T
+        return activation
 
 
-class ExactSparseFFN(_MaskedFFN):
-    """Lossless sparse FFN: neurons whose activation is zero contribute nothing."""
-
-    def __call__(self, index: int, layer: LayerWeights, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._masked(layer, x, None)
-
-
-class PredictedSparseFFN(_MaskedFFN):
+class PredictedSparseFFN(ExactSparseFFN):
     """Sparse FFN over the neurons a predictor marks active for each token."""
 
-    def __init__(self, config: ModelConfig, weights: ModelWeights, predictors):
-        super().__init__(config, weights)
+    def __init__(self, config: ModelConfig, predictors):
+        super().__init__(config)
         self.predictors = predictors
 
-    def __call__(self, index: int, layer: LayerWeights, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._masked(layer, x, self.predictors.active(index, residual).to(x.dtype))
+    def mask(self, index: int, residual: torch.Tensor) -> torch.Tensor:
+        return self.predictors.active(index, residual)

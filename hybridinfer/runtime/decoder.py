@@ -3,7 +3,7 @@
 The same computation as the reference (`model.py`), one short file. Follow one token:
     embedding row (decoded from the file's format) -> per layer
       [RMSNorm -> Q, K, V (one packed matvec) -> RoPE -> KV cache -> attention -> output proj -> residual,
-       RMSNorm -> gate, up -> activation -> down -> residual (or the sparse FFN: `sparse_ffn.py`)]
+       RMSNorm -> the FFN part (`ffn`: dense, exact-sparse or predicted; `dense_ffn.py`) -> residual]
     -> RMSNorm -> output projection -> logits
 A layer placed on the GPU side (`offload`, the hybrid runtime: `hybrid/gpu_side.py`) is handed the residual
 stream there instead; it moves across the boundary only where a CPU layer meets a GPU layer.
@@ -15,15 +15,18 @@ a batch of T > 1 tokens (prompt) gets its own buffers per call, and each weight 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..model_file.config import ModelConfig
 from ..finite_check import non_finite_error, require_finite
 from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul
+from ..model_file.config import ModelConfig
 from ..reference.model import rope_tables
+from .dense_ffn import DenseFFN
 from .weights import PackedLayer, PackedWeights
 
 
@@ -52,8 +55,9 @@ class Buffers:
 class PackedTransformer:
     """LLaMA-family decoder over packed weights with a float32 KV cache; `forward` runs a batch of new positions.
 
-    `sparse_ffn`, when set, computes every layer's FFN (`sparse_ffn.py`). `observers` are called once per
-    layer as observer(layer_index, residual, activation), torch tensors as in `model.Transformer`.
+    `ffn` computes every CPU layer's FFN (a part of `dense_ffn.py`'s protocol: DenseFFN unless a sparse mode is
+    plugged in). `observers` are called once per layer as observer(layer_index, residual, activation), torch
+    tensors as in `reference.model.Transformer`.
     """
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, float_activations: bool = False):
@@ -65,7 +69,7 @@ class PackedTransformer:
         self.v_cache = np.empty_like(self.k_cache)
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
-        self.sparse_ffn = None
+        self.ffn = DenseFFN(config, float_activations)
         self.offload = None  # the GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`)
         self.observers: list = []
         self.time_attention = False  # sum single-token attention time into attention_seconds (benchmarks)
@@ -75,6 +79,15 @@ class PackedTransformer:
     @property
     def n_ctx(self) -> int:
         return self.k_cache.shape[2]
+
+    @contextmanager
+    def every_neuron(self) -> Iterator[None]:
+        """The dense FFN for the duration (profiling, perplexity's dense comparison), whatever part is plugged in."""
+        part, self.ffn = self.ffn, DenseFFN(self.config, self.float_activations)
+        try:
+            yield
+        finally:
+            self.ffn = part
 
     def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
         """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns float32 logits (T, n_vocab), or
@@ -139,17 +152,10 @@ class PackedTransformer:
             self.v_cache[index], b.scores, b.attended, b.block_out, np.float32(c.residual_scale))
 
     def _ffn(self, index: int, layer: PackedLayer, b: Buffers) -> None:
-        c = self.config
-        cpu_layer.normalize(b.x, layer.ffn_norm, c.rms_eps, b.normed)
+        cpu_layer.normalize(b.x, layer.ffn_norm, self.config.rms_eps, b.normed)
         if self.observers:
             self._observe(index, layer, b)
-        if self.sparse_ffn is not None:
-            self.sparse_ffn(index, layer, b.x, b.normed, b.block_out)
-            return
-        cpu_layer.dense_ffn_block(
-            b.x, b.normed, layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down().raw, layer.ffn_codes,
-            self.float_activations, c.activation == "silu", np.float32(c.activation_threshold), b.gate, b.up,
-            b.hidden, b.block_out, np.float32(c.residual_scale))
+        self.ffn(index, layer, b)
 
     def _observe(self, index: int, layer: PackedLayer, b: Buffers) -> None:
         gate = np.empty_like(b.gate)

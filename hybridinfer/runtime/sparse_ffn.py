@@ -1,12 +1,12 @@
-"""The sparse FFN over packed weights (`PackedTransformer.sparse_ffn`): compute only the neurons that fire.
+"""The sparse FFN part over packed weights (`PackedTransformer.ffn`, `dense_ffn.py`): only the neurons that fire.
 
   exact (no predictors)  every gate row, then up rows and down_t rows only where FATReLU passed: lossless
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
-preallocated buffers. Several tokens (prompt) compute gate and up densely (each row read once for all of them),
-mask, and sum each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
+preallocated buffers. Several tokens (prompt) compute gate and up densely into the decoder's buffers (each row
+read once for all of them), mask, and sum each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
 for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path.
 Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
 of their float32 bytes per token.
@@ -19,12 +19,12 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from ..model_file.config import ModelConfig
 from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
-from .weights import PackedLayer, PackedWeights
+from ..model_file.config import ModelConfig
 from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
+from .weights import PackedLayer, PackedWeights
 
 
 def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix:
@@ -61,10 +61,11 @@ class PackedSparseFFN:
     def nbytes_predictors(self) -> int:
         return sum(a.nbytes + b.nbytes for a, b in zip(self.fc1, self.fc2)) if self.predictors is not None else 0
 
-    def __call__(self, index: int, layer: PackedLayer, x: np.ndarray, normed, out: np.ndarray) -> None:
-        """x (T, n_embd) += residual_scale * FFN over the active neurons; normed = RMSNorm(x) activations."""
+    def __call__(self, index: int, layer: PackedLayer, b) -> None:
+        """b.x (T, n_embd) += residual_scale * FFN(b.normed) over the active neurons (`dense_ffn.py`'s protocol)."""
+        x, normed, out = b.x, b.normed, b.block_out
         if x.shape[0] > 1:
-            self._several(index, layer, x, normed, out)
+            self._several(index, layer, b)
             return
         n_candidates = -1
         if self.predictors is not None:
@@ -81,19 +82,18 @@ class PackedSparseFFN:
         self.stats.rows += self.config.n_ff if dense_gate else n_candidates
         self.stats.active += fired
 
-    def _several(self, index: int, layer: PackedLayer, x: np.ndarray, normed, out: np.ndarray) -> None:
+    def _several(self, index: int, layer: PackedLayer, b) -> None:
         """T tokens: act(gate) * up densely, masked by the predictor, then each token's active down_t rows."""
-        tokens, n_ff = x.shape[0], self.config.n_ff
-        gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
-        matmul(layer.ffn_gate, normed, gate, float_activations=self.float_activations)
-        matmul(layer.ffn_up, normed, up, float_activations=self.float_activations)
-        cpu_ops.fatrelu_times(gate, up, self.threshold, hidden)
+        hidden = b.hidden.x  # (T, n_ff)
+        matmul(layer.ffn_gate, b.normed, b.gate, float_activations=self.float_activations)
+        matmul(layer.ffn_up, b.normed, b.up, float_activations=self.float_activations)
+        cpu_ops.fatrelu_times(b.gate, b.up, self.threshold, hidden)
         if self.predictors is not None:
-            hidden *= self._predicted(index, x)
+            hidden *= self._predicted(index, b.x)
         down_t = self.down_t[index]
-        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, out, numba.get_num_threads(),
-                              self.float_activations)
-        cpu_ops.add_scaled(x, out, np.float32(self.config.residual_scale))
+        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, b.block_out,
+                              numba.get_num_threads(), self.float_activations)
+        cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:
         """bool (T, n_ff): the neurons the predictor marks active for each token."""
