@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -13,6 +14,8 @@ import torch
 from .errors import HybridInferError
 from .generation.generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .generation.sampling import Sampler, SamplerSettings
+from .kernels import compile_time
+from .kernels.compile_time import Stopwatch
 from .model_file.config import ModelConfig
 from .model_file.fingerprint import Fingerprint
 from .model_file.gguf_file import GGUFFile
@@ -22,6 +25,7 @@ from .reference.sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sp
 from .reference.weights import load_weights
 from .runtime.decoder import PackedTransformer
 from .runtime.memory_estimate import check_run_memory
+from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
 from .text.vocabulary import tokenizer_from_metadata
@@ -38,7 +42,7 @@ class Engine:
     def __init__(self, path: str, options: RunOptions | None = None, **fields):
         """`options`, or its fields as keywords (which override it): see `options.RunOptions`."""
         o = self.options = RunOptions.of(options, **fields)
-        start = time.perf_counter()
+        start, compiled = time.perf_counter(), compile_time.seconds()
         if o.n_threads is not None:
             if o.n_threads < 1:
                 raise HybridInferError(f"-t/--threads must be at least 1, got {o.n_threads}")
@@ -47,9 +51,11 @@ class Engine:
         self.path = str(path)
         self._fingerprint: Fingerprint | None = None
         self.split = None
-        self.file = GGUFFile(path)
-        self.config = ModelConfig.from_gguf(self.file)
-        self.tokenizer = tokenizer_from_metadata(self.file.metadata)
+        self.startup: dict[str, float | bool] = {}  # ms per stage of the load, compilation apart (`startup_report`)
+        with self._stage("open"):
+            self.file = GGUFFile(path)
+            self.config = ModelConfig.from_gguf(self.file)
+            self.tokenizer = tokenizer_from_metadata(self.file.metadata)
         n_ctx = o.n_ctx
         if n_ctx is None:
             n_ctx = min(DEFAULT_CTX, self.config.context_length)
@@ -71,24 +77,57 @@ class Engine:
             raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
                                    "drop --backend reference (the oracle runs on the CPU only)")
         self.repack_ms = 0.0
-        predictor_set = self._load_predictors(o.predictors) if o.predictors else None
+        self._predictor_cache: RepackCache | None = None
+        with self._stage("predictors"):
+            predictor_set = self._load_predictors(o.predictors) if o.predictors else None
         exact = o.exact
-        if self.backend == "packed":
-            offload = None
-            if o.hybrid:
-                offload, device = self._plan_offload(o, predictor_set)
-                exact = exact or (offload.split_layers and predictor_set is None)  # split FFNs are sparse
-            self._setup_packed(n_ctx, exact, predictor_set, o.float_activations, offload)
-            if offload is not None and not offload.empty:
-                from .hybrid.setup import install_gpu_side
-                install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None,
-                                 o.gpu_kernels)
-        else:
-            self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-            self.model.sparse = self._reference_sparse(exact, predictor_set)
-        self.file.release_copied()
+        with self._stage("weights"):
+            if self.backend == "packed":
+                offload = None
+                if o.hybrid:
+                    offload, device = self._plan_offload(o, predictor_set)
+                    exact = exact or (offload.split_layers and predictor_set is None)  # split FFNs are sparse
+                self._setup_packed(n_ctx, exact, predictor_set, o.float_activations, offload)
+                if offload is not None and not offload.empty:
+                    from .hybrid.setup import install_gpu_side
+                    install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None,
+                                     o.gpu_kernels)
+            else:
+                self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
+                self.model.sparse = self._reference_sparse(exact, predictor_set)
+            self.file.release_copied()
         self.tokens: list[int] = []
-        self.load_ms = (time.perf_counter() - start) * 1000
+        if o.warmup:
+            with self._stage("warmup"):
+                self.warmup()
+        self.compile_ms = (compile_time.seconds() - compiled) * 1000
+        self.load_ms = (time.perf_counter() - start) * 1000 - self.compile_ms
+        self.startup.update(load_ms=self.load_ms, compile_ms=self.compile_ms, repack_ms=self.repack_ms)
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        with Stopwatch() as watch:
+            yield
+        self.startup[f"{name}_ms"] = watch.ms
+
+    def startup_report(self) -> dict:
+        """Where the load went (open, predictors, weights: repacked or mapped from the cache, warmup; compile
+        apart) and this process's peak resident set so far (anonymous and file-backed pages)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+        return {**self.startup, "peak_rss_bytes": peak}
+
+    def warmup(self) -> None:
+        """Evaluate a two-token batch and one token, then forget them: every kernel the prompt and the decoding
+        loop call compiles (or loads from the disk cache) now. The statistics of sparse modes start afresh."""
+        token = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
+        if self.n_ctx >= 3:
+            self.model.forward(torch.tensor([token, token]), 0, all_logits=False)
+            self.model.forward(torch.tensor([token]), 2)
+        self.tokens = []
+        if self.sparse_ffn is not None:
+            self.sparse_ffn.stats.reset()
+        if self.hybrid is not None:
+            self.hybrid.stats.reset()
 
     def _plan_offload(self, o: RunOptions, predictor_set):
         """What goes to the GPU side, and on which device (cuda when present, else the CPU stand-in)."""
@@ -109,8 +148,10 @@ class Engine:
         weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
         if sparse:
-            self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations)
+            self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations,
+                                             cache=self._predictor_cache)
         self.repack_ms = weights.repack_seconds * 1000
+        self.startup["weights_from_cache"] = weights.from_cache
 
     @property
     def hybrid(self):
@@ -147,8 +188,14 @@ class Engine:
         return None
 
     def _load_predictors(self, path: str):
+        """The predictor set of `path`. The packed backend without a GPU side reads only the packed predictors
+        when the repack cache holds them: the set then has the shapes and thresholds but no float weights."""
         from .predictors.file import load_predictors
-        return load_predictors(path, self.fingerprint)
+        self._predictor_cache = RepackCache(path, b"", PackedSparseFFN.PREDICTOR_CACHE_MODE)
+        cached = False
+        if self.backend == "packed" and not self.options.hybrid:
+            cached = PackedSparseFFN.holds_predictors(self._predictor_cache.load(), self.config.n_layer)
+        return load_predictors(path, self.fingerprint, weights=not cached)
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -216,7 +263,7 @@ class Engine:
 
     def generate(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,
                  **sampling) -> GenerationResult:
-        timings = Timings(load_ms=self.load_ms, repack_ms=self.repack_ms)
+        timings = self.new_timings()
         pieces, tokens, finish = [], [], "length"
         for chunk in self.stream(prompt, max_tokens, stop, timings, **sampling):
             pieces.append(chunk.text)
@@ -224,6 +271,10 @@ class Engine:
                 tokens.append(chunk.token)
             finish = chunk.finish_reason or finish
         return GenerationResult("".join(pieces), tokens, finish, timings)
+
+    def new_timings(self) -> Timings:
+        """Timings that start with this engine's load (and the compilation during it)."""
+        return Timings(load_ms=self.load_ms, repack_ms=self.repack_ms, compile_ms=self.compile_ms)
 
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]

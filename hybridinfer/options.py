@@ -21,6 +21,8 @@ class RunOptions:
     gpu_kernels: str | None = None  # hybrid: "triton" or "torch" (default: triton on cuda, torch twins on cpu)
     backend: str | None = None  # "packed" (default: numba kernels over the file's formats) or "reference"
     float_activations: bool = False  # packed: keep activations float32 instead of llama.cpp's int8 blocks
+    warmup: bool = False  # run one token and a two-token batch at load, as llama.cpp does (the CLI's default):
+    #                       kernels compile (or load from their cache) then, not inside the first prompt
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, **fields) -> "RunOptions":

@@ -1,8 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 if os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu") != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors (read at `import triton`)
+
+# the repack cache of the models the tests write lives and dies with the test run (subprocesses inherit it)
+os.environ.setdefault("HYBRIDINFER_REPACK_CACHE", tempfile.mkdtemp(prefix="hybridinfer-repack-"))
 
 import pytest
 

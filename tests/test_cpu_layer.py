@@ -94,14 +94,13 @@ def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, predi
     values = np.sort(gate_f @ xq)
     threshold = np.float32((values[120] + values[121]) / 2)  # between two values: no neuron sits on it
     candidates = np.sort(rng.permutation(n_ff)[:60]).astype(np.int64) if predicted else np.arange(n_ff)
-    codes = np.array([gate.code, up.code, down_t.code])
     out = np.empty((1, n_embd), np.float32)
     buffers = [np.empty(n_ff, np.float32), np.empty(n_ff, np.int64), np.empty(n_ff, np.float32),
                np.empty(n_ff, np.float32)]
     before = residual.copy()
-    fired = cpu_layer.sparse_ffn_block(residual, prepare(x), gate.raw, up.raw, down_t.raw, codes, float_activations,
-                                       threshold, candidates.copy(), len(candidates) if predicted else -1, *buffers,
-                                       out, np.float32(1.0), 2)
+    block = cpu_layer.sparse_ffn_block(gate.code, up.code, down_t.code, float_activations)
+    fired = block(residual, prepare(x), gate.raw, up.raw, down_t.raw, threshold, candidates.copy(),
+                  len(candidates) if predicted else -1, *buffers, out, np.float32(1.0), 2)
     assert fired == int(((gate_f[candidates] @ xq) >= threshold).sum())
     expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold)
     hidden = reference.fatrelu(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)
@@ -124,8 +123,8 @@ def test_predict_matches_reference(rng, qtype):
     x = rng.standard_normal((1, n_embd), dtype=np.float32)
     selected, logits = np.empty(n_ff, np.int64), np.empty((1, n_ff), np.float32)
     threshold = np.float32(0.1)
-    m = cpu_layer.predict(x, activation_buffers(1, n_embd), fc1.raw, fc2.raw, np.array([fc1.code, fc2.code]),
-                          True, threshold, activation_buffers(1, rank), logits, selected)
+    m = cpu_layer.predict(fc1.code, fc2.code, True)(x, activation_buffers(1, n_embd), fc1.raw, fc2.raw, threshold,
+                                                   activation_buffers(1, rank), logits, selected)
     expected = fc2_f @ np.maximum(fc1_f @ x[0], 0)
     np.testing.assert_allclose(logits[0], expected, rtol=1e-4, atol=1e-5)
     near = np.abs(expected - threshold) < 1e-4  # a neuron exactly at the threshold may go either way

@@ -145,7 +145,7 @@ def test_accumulate_rows(rng, qtype, float_activations):
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
 def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
-    from hybridinfer.kernels.cpu_accumulate_int8 import quant_accumulate_int8
+    from hybridinfer.kernels.cpu_accumulate_int8 import int8_accumulate
 
     shape = (200, 1056)
     raw = quants.quantize(rng.standard_normal(shape, dtype=np.float32), qtype)
@@ -156,7 +156,7 @@ def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
     magnitude = reference.accumulate_rows(weight_sizes(raw, qtype, shape), rows, np.abs(coeffs))
     for chunks in (1, 2, 3, 7):
         out = np.full(shape[1], np.nan, dtype=np.float32)
-        quant_accumulate_int8(FORMAT_CODE[qtype], packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
+        int8_accumulate(FORMAT_CODE[qtype])(packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
         assert_close(out, twin, magnitude, EXACT_TOLERANCE[qtype])
 
 

@@ -12,6 +12,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
   4. the ProSparse-recipe reference model in models/: dense, --exact, --predictors
   5. the hybrid runtime on the 7B-shaped model (`tools/bench_hybrid.py`): per GPU budget the CPU side's own ms
      per token and the tokens/s it implies, beside -ngl at the same budget; peak RSS of each configuration
+  6. start-up (`tools/bench_startup.py`): a new process to its first token, first start (repacking) and second
+     (mapping the repack cache), with the start-up breakdown and peak RSS
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
 """
@@ -32,6 +34,7 @@ import hybridinfer
 from hybridinfer.eval import kernel_bench, llamacpp_reference
 from hybridinfer.eval.benchmark import decode_rate, run_bench
 from hybridinfer.default_model import ensure_default_model
+from tools import bench_startup
 from tools.build_bench_model import DEFAULT_OUT, paths
 
 REFERENCE_GGUF = Path("models/prosparse-tiny.q8_0.gguf")
@@ -162,6 +165,15 @@ def hybrid_7b(args) -> None:
     bench_hybrid.section(model, predictors, ["0", "1GiB", "2GiB"], args.n_gen, args.repetitions, args.threads)
 
 
+def startup(args) -> None:
+    bench_startup.header()
+    bench_startup.section("SmolLM2-135M Q4_1", ensure_default_model())
+    model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else (Path(args.model_7b), None)
+    if model.exists():
+        bench_startup.section("synthetic ProSparse-7B Q4_0", model,
+                              predictors if predictors is not None and predictors.exists() else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -180,6 +192,7 @@ def main() -> None:
     synthetic_7b(args)
     reference_model(args)
     hybrid_7b(args)
+    startup(args)
 
 
 if __name__ == "__main__":

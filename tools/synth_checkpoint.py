@@ -27,17 +27,17 @@ Usage: python -m tools.synth_checkpoint OUT_DIR --variant prosparse-llama-2-7b [
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
+from hybridinfer.atomic_file import atomic_output
+from hybridinfer.text.corpus import docstrings
+from tools.prosparse.tokenizer_training import train_tokenizer as train_spm
 from tools.synth_profile import SparsityProfile, calibrate_profile, calibration_tokens, profile_from_overrides
 from tools.synth_tensors import default_weight_std, tensor_chunks, to_stored
 
@@ -181,21 +181,16 @@ TRAINING_MODULES = ("argparse", "ast", "bisect", "calendar", "collections", "con
 
 
 @functools.lru_cache(maxsize=1)
-def training_lines() -> tuple[str, ...]:
-    """Non-empty docstring lines of TRAINING_MODULES (module, class, function docstrings in source order),
-    read with `ast` from the installed standard library without importing anything."""
-    lines = []
+def training_documents() -> tuple[str, ...]:
+    """The module, class and function docstrings of TRAINING_MODULES (`text/corpus.docstrings`), read from the
+    installed standard library without importing anything."""
+    documents = []
     for name in TRAINING_MODULES:
         spec = importlib.util.find_spec(name)
         if spec is None or not (spec.origin or "").endswith(".py"):
             continue
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    lines.extend(line.strip() for line in doc.splitlines() if line.strip())
-    return tuple(lines)
+        documents.extend(text for _, text in docstrings(Path(spec.origin).read_text(encoding="utf-8")))
+    return tuple(documents)
 
 
 def default_cache_dir() -> Path:
@@ -206,31 +201,17 @@ def default_cache_dir() -> Path:
 
 
 def train_tokenizer(vocab_size: int, cache_dir: Path | None = None) -> Path:
-    """Path of a cached SentencePiece BPE model of `vocab_size` pieces; trained (deterministically) if absent.
-
-    Options follow LLaMA's tokenizer: bpe, byte_fallback, split_digits, add_dummy_prefix, identity
-    normalization, no whitespace squeezing, <unk>=0 <s>=1 </s>=2, no pad. The cache name carries a hash of
-    the training text, so another Python installation trains its own model."""
-    import sentencepiece as spm
-
-    lines = training_lines()
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+    """Path of a cached SentencePiece BPE model of `vocab_size` pieces, trained (deterministically, with the
+    LLaMA-like options of `tools/prosparse/tokenizer_training.py`) if absent. The cache name carries a hash of the
+    training text, so another Python installation trains its own model."""
+    documents = training_documents()
+    digest = hashlib.sha256("\n\n".join(documents).encode()).hexdigest()[:12]
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"spm-bpe-{vocab_size}-{digest}.model"
-    if path.exists():
-        return path
-    model = io.BytesIO()  # a model_writer, not a model_prefix: the prefix would be recorded in the model
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", character_coverage=0.9995, allow_whitespace_only_pieces=True,
-        split_by_unicode_script=True, split_by_number=True, max_sentencepiece_length=16,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
-        unk_surface=" \u2047 ", num_threads=1, shuffle_input_sentence=False, input_sentence_size=0,
-        minloglevel=2)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(path, unique=True) as f:  # concurrent trainers write identical bytes
-        f.write(model.getvalue())
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as partial:  # concurrent trainers write identical bytes
+            train_spm(list(documents), vocab_size, partial, num_threads=1)
     return path
 
 
@@ -258,21 +239,8 @@ def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
 # ---------------------------------------------------------------------------------------------------------
 # Writers
 
-@contextmanager
-def _atomic_file(path: Path, unique: bool = False):
-    """Open `path`.tmp (`unique`: plus the process id) for binary writing; rename to `path` only when the
-    block completes."""
-    tmp = path.with_name(path.name + (f".{os.getpid()}.tmp" if unique else ".tmp"))
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    with _atomic_file(path) as f:
+    with atomic_output(path) as partial, open(partial, "wb") as f:
         f.write((json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
@@ -316,7 +284,7 @@ def write_safetensors(path: Path, tensors, dtype: str, seed: int, std: float, ga
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with _atomic_file(path) as f:
+    with atomic_output(path) as partial, open(partial, "wb") as f:
         f.write(len(blob).to_bytes(8, "little") + blob)
         for name, shape in tensors:
             for chunk in tensor_chunks(name, shape, seed, std, gate_bias, profile):
@@ -337,7 +305,7 @@ def write_torch_bin(path: Path, tensors, dtype: str, seed: int, std: float, gate
             flat[pos:pos + chunk.size] = torch.from_numpy(chunk.reshape(-1))
             pos += chunk.size
             bar.update(chunk.size * _DTYPE_BYTES[dtype])
-    with _atomic_file(path) as f:
+    with atomic_output(path) as partial, open(partial, "wb") as f:
         torch.save(state, f)  # file object: the archive's inner name does not depend on the temp name
 
 
@@ -411,7 +379,7 @@ def synthesize(out_dir, variant: str, *, size: str = "tiny", fmt: str | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_no_stale_weights(out_dir, set(files) | {index_name})
     tokenizer_model = train_tokenizer(tokenizer_vocab).read_bytes()
-    with _atomic_file(out_dir / "tokenizer.model") as f:
+    with atomic_output(out_dir / "tokenizer.model") as partial, open(partial, "wb") as f:
         f.write(tokenizer_model)
     _write_json(out_dir / "config.json", config)
     _write_json(out_dir / "generation_config.json", generation_config(config))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 
 import click
 
@@ -38,10 +37,11 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
             else "exact" if options.exact else "dense")
     name = engine.file.get("general.name") or engine.path
     reference = _llama_cpp(engine.path, options.n_threads, n_gen, repetitions) if llama_cpp and n_gen else None
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    startup = engine.startup_report()
+    peak_rss = startup["peak_rss_bytes"]
     if as_json:
         click.echo(json.dumps({"model": name, "mode": mode, "backend": engine.backend, "load_ms": engine.load_ms,
-                               "peak_rss_bytes": peak_rss, "results": [r.as_dict() for r in results],
+                               "peak_rss_bytes": peak_rss, "startup": startup, "results": [r.as_dict() for r in results],
                                "llama_cpp": reference}))
         return
     click.echo("| model | mode | test | t/s |")
@@ -52,7 +52,10 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
     if hybrid is not None:
         for line in report_lines(hybrid):
             click.echo(line)
-    click.echo(f"load {engine.load_ms / 1000:.1f} s; peak RSS {peak_rss / 2**30:.2f} GiB")
+    stages = ", ".join(f"{k[:-3]} {startup[k] / 1000:.2f} s" for k in ("open_ms", "predictors_ms", "weights_ms",
+                                                                       "warmup_ms", "compile_ms") if k in startup)
+    mapped = " (mapped from the repack cache)" if startup.get("weights_from_cache") else ""
+    click.echo(f"load {engine.load_ms / 1000:.1f} s: {stages}{mapped}; peak RSS {peak_rss / 2**30:.2f} GiB")
     if reference is not None:
         ours = next(r.tokens_per_second for r in results if r.test.startswith("tg"))
         click.echo(f"| {name} | llama.cpp {reference['version']}, dense | tg{n_gen} | "

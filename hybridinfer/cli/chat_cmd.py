@@ -65,7 +65,7 @@ def _reply(engine: Engine, messages: list[dict], template, max_tokens: int, samp
     rendered = render_chat(messages, template, bos_token=bos, eos_token=eos, add_generation_prompt=True)
     add_bos = tokenizer.add_bos and not (bos and rendered.startswith(bos))
     prompt = tokenizer.encode(rendered, add_bos=add_bos)
-    timings = Timings(load_ms=engine.load_ms, repack_ms=engine.repack_ms)
+    timings = engine.new_timings()
     pieces = []
     try:
         for chunk in engine.stream(prompt, max_tokens=max_tokens, timings=timings, **sampling):

@@ -8,7 +8,6 @@ import sys
 import click
 
 from ..errors import HybridInferError
-from ..generation.generate import Timings
 from ..hybrid.report import hybrid_report, report_lines
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
 
@@ -30,7 +29,7 @@ def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, 
     runtime = runtime_settings(kwargs)
     prompt = _read_prompt(prompt, prompt_file)
     engine = open_engine(*runtime)
-    timings = Timings(load_ms=engine.load_ms, repack_ms=engine.repack_ms)
+    timings = engine.new_timings()
     pieces, tokens, finish = [], [], "length"
     stream = engine.stream(prompt, max_tokens=max_tokens, stop=list(stop), timings=timings, **sampling)
     if not as_json and not no_display_prompt:
@@ -45,7 +44,8 @@ def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, 
             sys.stdout.flush()
     hybrid = hybrid_report(engine)
     if as_json:
-        record = {"text": "".join(pieces), "tokens": tokens, "finish_reason": finish, "timings": timings.as_dict()}
+        record = {"text": "".join(pieces), "tokens": tokens, "finish_reason": finish, "timings": timings.as_dict(),
+                  "startup": engine.startup_report()}
         if hybrid is not None:
             record["hybrid"] = hybrid
         click.echo(json.dumps(record))

@@ -11,6 +11,7 @@ import threading
 import click
 
 from ..errors import HybridInferError
+from ..kernels import compile_time
 from .bench_cmd import bench
 from .chat_cmd import chat
 from .convert_cmd import convert
@@ -71,6 +72,7 @@ def _sigterm_unwinds():
 def cli():
     """hybridinfer: activation-sparse LLM inference (GGUF models)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    compile_time.announce(True)  # a first run says that it compiles, and how far it is
 
 
 cli.add_command(generate)

@@ -35,6 +35,8 @@ def model_options(command):
         click.option("--device", default=None, help="hybrid: GPU side device (default: cuda if present, else cpu)"),
         click.option("--gpu-kernels", type=click.Choice(["triton", "torch"]), default=None,
                      help="hybrid: GPU side kernels (default: triton on cuda, the torch twins on the cpu device)"),
+        click.option("--warmup/--no-warmup", default=True, show_default=True,
+                     help="run one token at load, so that kernel compilation happens before the prompt"),
         click.option("--backend", type=click.Choice(["packed", "reference"]), default=None,
                      help="packed: numba kernels over the file's own weight formats (default, and what the hybrid "
                           "runtime runs on); reference: torch float32 on the CPU, the oracle"),

@@ -6,10 +6,10 @@ text pieces, and `Engine.generate` (engine.py) collects a whole result.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
+from ..kernels.compile_time import Stopwatch
 from ..text.detokenizer import StreamingDetokenizer
 from .sampling import Sampler
 from .stop_strings import StopStringMatcher
@@ -17,8 +17,9 @@ from .stop_strings import StopStringMatcher
 
 @dataclass
 class Timings:
-    load_ms: float = 0.0
+    load_ms: float = 0.0  # without compilation
     repack_ms: float = 0.0  # part of load_ms: weights rearranged for the CPU kernels
+    compile_ms: float = 0.0  # numba kernels compiled during load and generation (none when cached on disk)
     prompt_ms: float = 0.0
     prompt_tokens: int = 0  # prompt tokens actually evaluated (a cached prefix is not evaluated again)
     eval_ms: float = 0.0
@@ -44,6 +45,7 @@ class Timings:
         repack = f" (repacking weights {self.repack_ms:.2f} ms)" if self.repack_ms else ""
         return [
             f"hybridinfer_perf:        load time = {self.load_ms:10.2f} ms{repack}",
+            f"hybridinfer_perf:     compile time = {self.compile_ms:10.2f} ms (CPU kernels; 0 when cached)",
             f"hybridinfer_perf: prompt eval time = {rate(self.prompt_ms, self.prompt_tokens, 'tokens')}",
             f"hybridinfer_perf:        eval time = {rate(self.eval_ms, self.eval_tokens, 'runs  ')}",
             f"hybridinfer_perf:       total time = {total_ms:10.2f} ms / {self.prompt_tokens + self.eval_tokens:5d} tokens",
@@ -71,18 +73,20 @@ class GenerationResult:
 
 def generate_step(engine, prompt_tokens: list[int], sampler: Sampler, timings: Timings) -> Iterator[int]:
     """Yield sampled token ids forever (the caller stops); each yielded token is fed back before the next."""
-    start = time.perf_counter()
-    logits, evaluated = engine.feed(prompt_tokens)
-    timings.prompt_ms += (time.perf_counter() - start) * 1000
+    with Stopwatch() as watch:
+        logits, evaluated = engine.feed(prompt_tokens)
+    timings.prompt_ms += watch.ms
+    timings.compile_ms += watch.compile_ms
     timings.prompt_tokens += evaluated
     history = list(prompt_tokens)
     while True:
         token = sampler.sample(logits, history)
         history.append(token)
         yield token
-        start = time.perf_counter()
-        logits, _ = engine.feed(history)
-        timings.eval_ms += (time.perf_counter() - start) * 1000
+        with Stopwatch() as watch:
+            logits, _ = engine.feed(history)
+        timings.eval_ms += watch.ms
+        timings.compile_ms += watch.compile_ms
         timings.eval_tokens += 1
 
 

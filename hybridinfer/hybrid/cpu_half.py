@@ -81,10 +81,11 @@ class CPUHalf:
         self.candidates[:count] = chosen
         layer, s = self.layers[index], self.sparse
         self.scratch[:] = 0
-        self.fired += cpu_layer.sparse_ffn_block(
-            self.scratch, self.normed, layer.ffn_gate.raw, layer.ffn_up.raw, s.down_t[index].raw, layer.ffn_codes,
-            s.float_activations, s.threshold, self.candidates, count, s.gate, s.active, s.up, s.hidden,
-            self.out_host.numpy(), np.float32(1.0), numba.get_num_threads())
+        block = cpu_layer.sparse_ffn_block(*layer.ffn_codes, s.float_activations)
+        self.fired += block(
+            self.scratch, self.normed, layer.ffn_gate.raw, layer.ffn_up.raw, s.down_t[index].raw, s.threshold,
+            self.candidates, count, s.gate, s.active, s.up, s.hidden, self.out_host.numpy(), np.float32(1.0),
+            numba.get_num_threads())
         self.seconds += time.perf_counter() - start
 
     def several(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -103,6 +104,6 @@ class CPUHalf:
             hidden *= mask.cpu().numpy()
         out = np.empty((tokens, x.shape[1]), np.float32)
         down_t = s.down_t[index]
-        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, s.active, s.hidden, out, numba.get_num_threads(),
-                              s.float_activations)
+        cpu_layer.sparse_down(down_t.code, s.float_activations)(hidden, down_t.raw, s.active, s.hidden, out,
+                                                              numba.get_num_threads())
         return torch.from_numpy(out).to(self.device)

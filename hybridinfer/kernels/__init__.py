@@ -1,16 +1,27 @@
-"""Compute kernels of the CPU: `packed` + `cpu_quant` (numba, every GGUF weight format repacked for fast
-reading; `simd` and `simd_rows` hold the AVX-512 intrinsics they use), `cpu_accumulate_int8` (the sparse down
-projection with int8 coefficients), `row_tiles` (the packed-row helpers both share), `cpu_ops` and `cpu_layer`
-(a decoder layer's blocks as single numba calls), `requantize` (transposing a quantized weight at load) and
-`reference` (plain numpy twins). `formats` numbers the weight formats for every kernel, the GPU's included.
+"""Compute kernels of the CPU, numba code over weights repacked for fast reading (`packed`):
 
-numba caches compiled kernels on disk, but it checks only each function's own source file: a cached block of
-`cpu_layer` that calls a changed `cpu_quant` kernel would be loaded stale (and can crash). So, unless
-NUMBA_CACHE_DIR is set, the cache lives in a directory named after a hash of this package's sources.
+  quant_dot, float_rows      dense and gathered-row products: one kernel per quantized format and activation
+                             type (Q8_0/Q4_0/Q4_1 x int8/float32), float formats by dtype
+  cpu_accumulate_int8,       the sparse down projection (S3): int8 coefficients (default) or float32, one kernel
+  quant_accumulate           per quantized format
+  dispatch                   picks those kernels for format codes known at compile time (`product`, `accumulate`)
+  cpu_layer                  a decoder layer's blocks as single numba calls, each made for its weights' formats
+  cpu_quant                  activations (`Activations`, int8 blocks) and the Python API over one matrix
+  cpu_ops, requantize        norms, RoPE, attention, activations; transposing a quantized weight at load
+  simd, simd_rows, row_tiles the AVX-512 intrinsics and packed-row helpers the kernels inline
+  formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
+  compile_time               the time spent compiling, reported on its own line
+
+A run compiles (or loads from numba's disk cache) only the kernels of its file's formats and its mode. numba
+checks only each function's own source file: a cached block of `cpu_layer` that calls a changed kernel would be
+loaded stale (and can crash). So, unless NUMBA_CACHE_DIR is set, the cache lives in a directory named after a
+hash of this package's code (comments and docstrings aside).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -18,12 +29,43 @@ from pathlib import Path
 import numba
 
 
+_NO_KERNELS = {"__init__.py", "compile_time.py"}  # files no compiled code depends on: not in the hash
+
+
+def _code_of(path: Path) -> bytes:
+    """A file's code without its comments and docstrings: editing those keeps the cache (numba itself then
+    recompiles only that file's functions, whose modification time changed)."""
+    tree = ast.parse(path.read_bytes())
+    _strip_docstrings(tree)
+    return ast.dump(tree).encode()
+
+
+def _strip_docstrings(node) -> None:
+    first = node.body[0] if node.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        node.body = node.body[1:] or [ast.Pass()]
+    for child in node.body:
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            _strip_docstrings(child)
+
+
 def _cache_dir() -> str:
-    sources = sorted(Path(__file__).parent.glob("*.py"))
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
-    root = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / "hybridinfer"))
-    return str(root / "numba" / f"{numba.__version__}-{digest}")
+    sources = sorted(p for p in Path(__file__).parent.glob("*.py") if p.name not in _NO_KERNELS)
+    root = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / "hybridinfer")) / "numba"
+    # the digest of these exact files, remembered by their paths, sizes and modification times (parsing takes ~0.1 s)
+    stamps = hashlib.sha256(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]).encode())
+    remembered = root / f"sources-{stamps.hexdigest()[:16]}"
+    try:
+        digest = remembered.read_text()
+    except OSError:
+        digest = hashlib.sha256(b"".join(_code_of(path) for path in sources)).hexdigest()[:16]
+        with contextlib.suppress(OSError):
+            root.mkdir(parents=True, exist_ok=True)
+            remembered.write_text(digest)
+    return str(root / f"{numba.__version__}-{digest}")
 
 
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = _cache_dir()  # read when the kernel modules below are decorated
+
+from . import compile_time  # noqa: E402,F401  (counts compilation from the first kernel on)

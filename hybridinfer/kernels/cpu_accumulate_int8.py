@@ -13,11 +13,13 @@ llama.cpp quantizes the hidden activations per block before the down projection:
 The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
 (unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
-That is fewer instructions than turning every weight into a float (`cpu_quant._quant_accumulate`, the float32
+That is fewer instructions than turning every weight into a float (`quant_accumulate.py`, the float32
 path), which for Q4 cannot keep up with the memory (docs/cpu-decoding.md, "Kernel design choices"). Reference twin: `reference.accumulate_rows_int8`.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit, prange
@@ -28,55 +30,62 @@ from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
                    load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
 from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
+from .variants import specialization
 
 INT8_BATCH = 8  # rows whose coefficients share a scale per block (a multiple of 4)
 _QUADS = INT8_BATCH // 4
 
 
-@njit(parallel=True, **OPTIONS)
-def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
-    """out[:] = sum_k coeffs[k] * W_t[rows[k]] (rows with a zero coefficient skipped), W_t packed rows of format
-    `kind` (`formats.py`) with nb blocks; `chunks` threads each take a share of the batches, prefetching the next
-    batch a share of each row per tile into L2 (into L1, the next batch would evict this one), and accumulate into
-    their own scratch (tile-interleaved order), summed at the end."""
+@njit(inline="always", **OPTIONS)
+def _layout(kind, nb):
+    """minimums (Q4_1), the unit shift and tile bytes of `unit_offsets`, the tile count and the stored byte's offset
+    (the byte is qv - offset)."""
+    minimums = 1 if kind == Q4_1 else 0
+    return minimums, 1 - minimums, 512 if kind == Q8_0 else 256, (nb + TILE - 1) // TILE, \
+        -128 if kind == Q8_0 else -8
+
+
+@njit(inline="always", **OPTIONS)
+def _int8_chunk(kind, chunk, chunks, data, nb, rows, coeffs, active, parts, constants):
+    """Chunk (thread) `chunk`'s share of the batches, prefetching the next batch a share of each row per tile into
+    L2 (into L1, the next batch would evict this one), accumulated into parts[chunk] (tile-interleaved order)."""
     row_bytes = data.shape[1]
     flat = data.reshape(-1)
-    active = np.nonzero(coeffs)[0]
     n_active = active.shape[0]
     n_batches = (n_active + INT8_BATCH - 1) // INT8_BATCH
-    minimums = 1 if kind == Q4_1 else 0
-    shift, tile_bytes = 1 - minimums, 512 if kind == Q8_0 else 256
-    n_tiles = (nb + TILE - 1) // TILE
+    minimums, shift, tile_bytes, n_tiles, offset = _layout(kind, nb)
     full = nb // TILE
     share = share_bytes(row_bytes, nb)
-    offset = -128 if kind == Q8_0 else -8  # the stored byte is qv - offset
-    parts = np.zeros((chunks, n_tiles * TILE * BLOCK), np.float32)
-    constants = np.zeros((chunks, nb), np.float32)
-    for chunk in prange(chunks):
-        c = np.int64(chunk)
-        acc, constant = parts[c], constants[c]
-        base, ahead = np.empty(INT8_BATCH, np.int64), np.empty(INT8_BATCH, np.int64)
-        codes = np.empty(n_tiles * _QUADS * 4 * 16, np.int32)  # per tile, quad of rows, result m: 16 lanes
-        scales, offsets = np.empty(n_tiles * 16, np.float32), np.empty(n_tiles * 16, np.int32)
-        last = (c + 1) * n_batches // chunks
-        for batch in range(c * n_batches // chunks, last):
-            lo = batch * INT8_BATCH
-            count = min(INT8_BATCH, n_active - lo)
-            for i in range(INT8_BATCH):  # past the end of the rows: the last row again, with a zero coefficient
-                base[i] = rows[active[lo + min(i, count - 1)]] * row_bytes
-            following = min(INT8_BATCH, n_active - lo - INT8_BATCH) if batch + 1 < last else 0
-            for i in range(following):
-                ahead[i] = rows[active[lo + INT8_BATCH + i]] * row_bytes
-            _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes,
-                            scales, offsets, constant)
-            for t in range(full):
-                prefetch_shares(flat, ahead, following, t * TILE, share)
-                _tile(kind, flat, base, unit_offsets(t * TILE, shift, tile_bytes)[1], t, TILE, codes, scales,
-                      offsets, acc)
-            if full < n_tiles:
-                prefetch_shares(flat, ahead, following, full * TILE, share)
-                _tile(kind, flat, base, unit_offsets(full * TILE, shift, tile_bytes)[1], full, nb - full * TILE,
-                      codes, scales, offsets, acc)
+    c = np.int64(chunk)
+    acc, constant = parts[c], constants[c]
+    base, ahead = np.empty(INT8_BATCH, np.int64), np.empty(INT8_BATCH, np.int64)
+    codes = np.empty(n_tiles * _QUADS * 4 * 16, np.int32)  # per tile, quad of rows, result m: 16 lanes
+    scales, offsets = np.empty(n_tiles * 16, np.float32), np.empty(n_tiles * 16, np.int32)
+    last = (c + 1) * n_batches // chunks
+    for batch in range(c * n_batches // chunks, last):
+        lo = batch * INT8_BATCH
+        count = min(INT8_BATCH, n_active - lo)
+        for i in range(INT8_BATCH):  # past the end of the rows: the last row again, with a zero coefficient
+            base[i] = rows[active[lo + min(i, count - 1)]] * row_bytes
+        following = min(INT8_BATCH, n_active - lo - INT8_BATCH) if batch + 1 < last else 0
+        for i in range(following):
+            ahead[i] = rows[active[lo + INT8_BATCH + i]] * row_bytes
+        _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes,
+                        scales, offsets, constant)
+        for t in range(full):
+            prefetch_shares(flat, ahead, following, t * TILE, share)
+            _tile(kind, flat, base, unit_offsets(t * TILE, shift, tile_bytes)[1], t, TILE, codes, scales,
+                  offsets, acc)
+        if full < n_tiles:
+            prefetch_shares(flat, ahead, following, full * TILE, share)
+            _tile(kind, flat, base, unit_offsets(full * TILE, shift, tile_bytes)[1], full, nb - full * TILE,
+                  codes, scales, offsets, acc)
+
+
+@njit(inline="always", **OPTIONS)
+def _int8_merge(kind, parts, constants, nb, chunks, out):
+    """out = the chunks' sums, from the tile-interleaved order back to the row's element order."""
+    n_tiles = (nb + TILE - 1) // TILE
     groups, halves = (8, 1) if kind == Q8_0 else (4, 2)
     for t in range(n_tiles):
         for g in range(groups):
@@ -90,6 +99,24 @@ def quant_accumulate_int8(kind, data, nb, rows, coeffs, out, chunks):
                             for k in range(chunks):
                                 total += parts[k, at + lane] + constants[k, b]
                             out[b * BLOCK + h * 16 + 4 * g + lane % 4] = total
+
+
+@functools.cache
+def int8_accumulate(kind: int):
+    """The S3 kernel for packed rows of format `kind` with int8 coefficients: kernel(data, nb, rows, coeffs, out,
+    chunks) sets out[:] = sum_k coeffs[k] * W_t[rows[k]] (rows with a zero coefficient skipped), data packed rows
+    of nb blocks; `chunks` threads each take a share of the batches (`_int8_chunk`), summed at the end."""
+
+    @specialization(kind, parallel=True, fastmath=True)
+    def kernel(data, nb, rows, coeffs, out, chunks):
+        active = np.nonzero(coeffs)[0]
+        parts = np.zeros((chunks, ((nb + TILE - 1) // TILE) * TILE * BLOCK), np.float32)
+        constants = np.zeros((chunks, nb), np.float32)
+        for chunk in prange(chunks):
+            _int8_chunk(kind, chunk, chunks, data, nb, rows, coeffs, active, parts, constants)
+        _int8_merge(kind, parts, constants, nb, chunks, out)
+
+    return kernel
 
 
 @njit(inline="always", **OPTIONS)

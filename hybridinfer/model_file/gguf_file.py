@@ -122,6 +122,16 @@ class GGUFFile:
             raise self.bad_value(key, value, f"an array of {length} numbers")
         return [float(v) for v in value]
 
+    def header_bytes(self) -> bytes:
+        """The header: metadata and tensor table, everything before the tensor data."""
+        return self._map[:self.data_offset]
+
+    @property
+    def address_range(self) -> tuple[int, int]:
+        """[low, high) addresses of the memory map: an array whose data lies inside is a view of the file."""
+        low = np.frombuffer(self._map, np.uint8, 1).ctypes.data
+        return low, low + len(self._map)
+
     def release(self, name: str) -> None:
         """Drop the pages of tensor `name` from this process's memory (after copying what it needs out of them):
         the memory map stays valid, and a later read faults them in again from the page cache. A no-op where the

@@ -132,9 +132,10 @@ def _add_array(writer: gguf.GGUFWriter, key: str, values: list, sub_type: GGUFVa
     writer.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=sub_type)
 
 
-def read_predictor_file(path: str) -> tuple[PredictorSet, dict[str, Any]]:
+def read_predictor_file(path: str, weights: bool = True) -> tuple[PredictorSet, dict[str, Any]]:
     """The predictors and metadata of a predictor file, checked for internal consistency but not against a
-    model (`load_predictors` does that)."""
+    model (`load_predictors` does that). Without `weights`, the set's tensors are shapes only (torch's meta
+    device), for a runtime that maps its packed predictors from the repack cache."""
     file = _open(path)
     n_layer, n_embd, n_ff = _dimensions(file)
     ranks = file.numbers(RANKS_KEY, n_layer)
@@ -145,13 +146,14 @@ def read_predictor_file(path: str) -> tuple[PredictorSet, dict[str, Any]]:
     ranks = [int(r) for r in ranks]
     fc1, fc2 = [], []
     for i in range(n_layer):
-        fc1.append(_tensor(file, fc1_name(i), (ranks[i], n_embd)))
-        fc2.append(_tensor(file, fc2_name(i), (n_ff, ranks[i])))
+        fc1.append(_tensor(file, fc1_name(i), (ranks[i], n_embd), weights))
+        fc2.append(_tensor(file, fc2_name(i), (n_ff, ranks[i]), weights))
     return PredictorSet(fc1, fc2, thresholds), file.metadata
 
 
-def load_predictors(path: str, model_fingerprint: Fingerprint) -> PredictorSet:
-    """The predictors in `path`, refused (one-line HybridInferError) unless they were made for this model."""
+def load_predictors(path: str, model_fingerprint: Fingerprint, weights: bool = True) -> PredictorSet:
+    """The predictors in `path`, refused (one-line HybridInferError) unless they were made for this model;
+    `weights`: as `read_predictor_file`."""
     file = _open(path)
     n_layer, n_embd, n_ff = _dimensions(file)
     model_layers, model_embd, model_ff = model_fingerprint.dimensions
@@ -162,7 +164,7 @@ def load_predictors(path: str, model_fingerprint: Fingerprint) -> PredictorSet:
         raise HybridInferError(f"{path} holds predictors for n_embd {n_embd}, n_ff {n_ff}, but the model has "
                                f"n_embd {model_embd}, n_ff {model_ff}; use the predictor file made for this model")
     Fingerprint.from_file(file).check_matches(model_fingerprint, path, "a predictor file")
-    predictors, _ = read_predictor_file(path)
+    predictors, _ = read_predictor_file(path, weights)
     return predictors
 
 
@@ -187,12 +189,12 @@ def _open(path: str) -> GGUFFile:
     return file
 
 
-def _tensor(file: GGUFFile, name: str, shape: tuple[int, int]) -> torch.Tensor:
+def _tensor(file: GGUFFile, name: str, shape: tuple[int, int], weights: bool = True) -> torch.Tensor:
     tensor = file.tensor(name)
     if tensor.shape != shape:
         raise HybridInferError(f"{file.path}: tensor {name} has shape {tensor.shape}, expected {shape}; "
                                "the file is corrupt, make it again")
-    return torch.from_numpy(dequantize(tensor))
+    return torch.from_numpy(dequantize(tensor)) if weights else torch.empty(shape, device="meta")
 
 
 def describe_predictor_file(path: str) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class PackedTransformer:
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, float_activations: bool = False):
         c = config
         self.config, self.weights = config, weights
-        self.float_activations = float_activations
+        self.float_activations = bool(float_activations)
         # written before read (positions < start_pos + T only): not zero-filled, so pages become resident as used
         self.k_cache = np.empty((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), np.float32)
         self.v_cache = np.empty_like(self.k_cache)
@@ -144,9 +144,10 @@ class PackedTransformer:
     def _attention(self, index: int, layer: PackedLayer, b: Buffers, start_pos: int) -> None:
         c = self.config
         n = b.x.shape[0]
-        cpu_layer.attention_block(
-            b.x, layer.attn_norm, c.rms_eps, layer.attn_qkv.raw, layer.attn_output.raw, layer.attention_codes,
-            self.float_activations, b.normed, b.qkv, b.q.reshape(n, c.n_head, c.head_dim),
+        block = cpu_layer.attention_block(*layer.attention_codes, self.float_activations)
+        block(
+            b.x, layer.attn_norm, c.rms_eps, layer.attn_qkv.raw, layer.attn_output.raw, b.normed, b.qkv,
+            b.q.reshape(n, c.n_head, c.head_dim),
             b.k.reshape(n, c.n_head_kv, c.head_dim),
             b.v.reshape(n, c.n_head_kv, c.head_dim), self.rope_cos, self.rope_sin, start_pos, self.k_cache[index],
             self.v_cache[index], b.scores, b.attended, b.block_out, np.float32(c.residual_scale))

@@ -25,11 +25,10 @@ class DenseFFN:
     predictors = None
 
     def __init__(self, config: ModelConfig, float_activations: bool = False):
-        self.config, self.float_activations = config, float_activations
+        self.config, self.float_activations = config, bool(float_activations)
 
     def __call__(self, index: int, layer: PackedLayer, b) -> None:
         c = self.config
-        cpu_layer.dense_ffn_block(
-            b.x, b.normed, layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down().raw, layer.ffn_codes,
-            self.float_activations, c.activation == "silu", np.float32(c.activation_threshold), b.gate, b.up,
-            b.hidden, b.block_out, np.float32(c.residual_scale))
+        block = cpu_layer.dense_ffn_block(*layer.ffn_codes, self.float_activations)
+        block(b.x, b.normed, layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down().raw, c.activation == "silu",
+              np.float32(c.activation_threshold), b.gate, b.up, b.hidden, b.block_out, np.float32(c.residual_scale))

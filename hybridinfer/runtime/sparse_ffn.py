@@ -24,6 +24,7 @@ from ..kernels.cpu_quant import activation_buffers, matmul, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
+from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
 
 
@@ -37,9 +38,11 @@ def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix
 
 class PackedSparseFFN:
     def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
-                 predictor_type: T = T.Q8_0):
+                 predictor_type: T = T.Q8_0, cache: RepackCache | None = None):
+        """`cache`: where the packed predictors are kept between runs (`repack_cache.py`), for the file they came
+        from."""
         require_sparse_activation(config)
-        self.config, self.float_activations = config, float_activations
+        self.config, self.float_activations = config, bool(float_activations)
         self.threshold = np.float32(config.activation_threshold)
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
@@ -49,13 +52,32 @@ class PackedSparseFFN:
         self.active, self.candidates = np.empty(n_ff, np.int64), np.empty(n_ff, np.int64)
         self.predictors = predictors
         if predictors is not None:
-            self.fc1 = [pack_predictor_weight(w.cpu().numpy(), predictor_type) for w in predictors.fc1]  # (rank, n_embd)
-            self.fc2 = [pack_predictor_weight(w.cpu().numpy(), predictor_type) for w in predictors.fc2]  # (n_ff, rank)
-            self.predictor_codes = [np.array([a.code, b.code]) for a, b in zip(self.fc1, self.fc2)]
+            self.fc1, self.fc2 = self._packed_predictors(predictors, predictor_type, cache)
+            self.predictor_codes = [(a.code, b.code) for a, b in zip(self.fc1, self.fc2)]
             self.predictor_thresholds = [np.float32(t) for t in predictors.thresholds]
             self.residual = activation_buffers(1, n_embd)
             self.rank_buffers = {rank: activation_buffers(1, rank) for rank in set(predictors.ranks)}
             self.logits = np.empty((1, n_ff), np.float32)
+
+    PREDICTOR_CACHE_MODE = "predictors q8_0"  # the repack cache entry of a predictor file
+
+    @staticmethod
+    def holds_predictors(stored: dict, n_layer: int) -> bool:
+        """Whether a repack cache entry holds every layer's packed fc1 and fc2."""
+        return all(f"blk.{i}.fc1" in stored and f"blk.{i}.fc2" in stored for i in range(n_layer))
+
+    @classmethod
+    def _packed_predictors(cls, predictors, qtype: T, cache: RepackCache | None) -> tuple[list, list]:
+        """fc1 (rank, n_embd) and fc2 (n_ff, rank) of every layer, packed (or mapped from the cache)."""
+        names = [(f"blk.{i}.fc1", f"blk.{i}.fc2") for i in range(predictors.n_layer)]
+        stored = cache.load() if cache is not None and qtype == T.Q8_0 else {}
+        if not cls.holds_predictors(stored, predictors.n_layer):
+            stored = {}
+            for (a, b), fc1, fc2 in zip(names, predictors.fc1, predictors.fc2):
+                stored[a] = pack_predictor_weight(fc1.cpu().numpy(), qtype)
+                stored[b] = pack_predictor_weight(fc2.cpu().numpy(), qtype)
+            stored = cache.save(stored) if cache is not None and qtype == T.Q8_0 else stored
+        return [stored[a] for a, _ in names], [stored[b] for _, b in names]
 
     @property
     def nbytes_predictors(self) -> int:
@@ -69,14 +91,15 @@ class PackedSparseFFN:
             return
         n_candidates = -1
         if self.predictors is not None:
-            n_candidates = cpu_layer.predict(
-                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_codes[index],
-                self.float_activations, self.predictor_thresholds[index], self.rank_buffers[self.fc1[index].rows],
-                self.logits, self.candidates)
-        fired = cpu_layer.sparse_ffn_block(
-            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, layer.ffn_codes,
-            self.float_activations, self.threshold, self.candidates, n_candidates, self.gate, self.active, self.up,
-            self.hidden, out, np.float32(self.config.residual_scale), numba.get_num_threads())
+            predict = cpu_layer.predict(*self.predictor_codes[index], self.float_activations)
+            n_candidates = predict(
+                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_thresholds[index],
+                self.rank_buffers[self.fc1[index].rows], self.logits, self.candidates)
+        block = cpu_layer.sparse_ffn_block(*layer.ffn_codes, self.float_activations)
+        fired = block(
+            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, self.threshold, self.candidates,
+            n_candidates, self.gate, self.active, self.up, self.hidden, out, np.float32(self.config.residual_scale),
+            numba.get_num_threads())
         self.stats.tokens += 1
         dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
         self.stats.rows += self.config.n_ff if dense_gate else n_candidates
@@ -91,8 +114,8 @@ class PackedSparseFFN:
         if self.predictors is not None:
             hidden *= self._predicted(index, b.x)
         down_t = self.down_t[index]
-        cpu_layer.sparse_down(hidden, down_t.raw, down_t.code, self.active, self.hidden, b.block_out,
-                              numba.get_num_threads(), self.float_activations)
+        cpu_layer.sparse_down(down_t.code, self.float_activations)(hidden, down_t.raw, self.active, self.hidden,
+                                                                 b.block_out, numba.get_num_threads())
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:

@@ -21,8 +21,10 @@ from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
 from ..model_file.tensor_shapes import down_name, require_tensors
+from ..kernels import compile_time
 from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack
 from ..kernels.requantize import transpose_quantized
+from .repack_cache import RepackCache
 
 
 @dataclass
@@ -40,13 +42,13 @@ class PackedLayer:
     _down_t: PackedMatrix | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        # format codes as the numba blocks take them (`kernels/cpu_layer.py`); ffn_codes[2] is the down projection's,
-        # dense or transposed alike (a transpose keeps the format). A part the GPU side holds is None here.
+        # format codes that the numba blocks are made for (`kernels/cpu_layer.py`); ffn_codes[2] is the down
+        # projection's, dense or transposed alike (a transpose keeps the format). A part the GPU side holds is None.
         if self.attn_qkv is not None:
-            self.attention_codes = np.array([self.attn_qkv.code, self.attn_output.code])
+            self.attention_codes = (self.attn_qkv.code, self.attn_output.code)
         if self.ffn_gate is not None:
             down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
-            self.ffn_codes = np.array([self.ffn_gate.code, self.ffn_up.code, down_code])
+            self.ffn_codes = (self.ffn_gate.code, self.ffn_up.code, down_code)
 
     @property
     def transposed_in_file(self) -> bool:
@@ -71,7 +73,8 @@ class PackedWeights:
     layers: list[PackedLayer]
     output_norm: np.ndarray  # (n_embd,) float32
     output: PackedMatrix | None  # (n_vocab, n_embd); token_embd itself when embeddings are tied
-    repack_seconds: float  # time spent rearranging/decoding weights at load
+    repack_seconds: float  # time spent rearranging/decoding weights at load (compilation excluded)
+    from_cache: bool = False  # every packed matrix was mapped from the repack cache
 
     @property
     def nbytes(self) -> int:
@@ -88,29 +91,33 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
     projection now (so its cost is part of the load, not of the first token). `on_gpu` (a `hybrid.setup.Offload`)
     names what the GPU side holds instead: the attention of its layers, the FFN of its dense layers, the output
-    projection. Each matrix's pages of the memory-mapped file are released once it is packed."""
+    projection. Each matrix's pages of the memory-mapped file are released once it is packed. What is packed is
+    kept in the repack cache (`repack_cache.py`) and mapped from there by the next start."""
     gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
     dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
     output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), compile_time.seconds()
     c = config
     require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
+    mode = f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
+    cache = RepackCache(model.path, model.header_bytes(), mode)
+    stored = cache.load()
+    made: dict[str, PackedMatrix] = {}  # packed now, for the cache (zero-copy views of the file are not)
     tensor = model.tensor
 
-    def matrix(name: str) -> PackedMatrix:
-        found = tensor(name)
-        packed = pack_any(found)
-        if found.type not in FLOAT_DTYPES:  # float weights are read in place: their pages stay
-            model.release(name)
+    def kept(name: str, packed: PackedMatrix, *sources: str) -> PackedMatrix:
+        if not _views_file(packed, model):
+            made[name] = packed
+            for source in sources:
+                model.release(source)
         return packed
+
+    def matrix(name: str) -> PackedMatrix:
+        return stored.get(name) or kept(name, pack_any(tensor(name)), name)
 
     def qkv(p: str) -> PackedMatrix:
         names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
-        packed = stacked([tensor(n) for n in names])
-        if packed.quantized:
-            for name in names:
-                model.release(name)
-        return packed
+        return stored.get(p + "attn_qkv") or kept(p + "attn_qkv", stacked([tensor(n) for n in names]), *names)
 
     def vector(name: str) -> np.ndarray:
         return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
@@ -127,16 +134,40 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
             ffn_norm=vector(p + "ffn_norm.weight"),
             ffn_gate=matrix(p + "ffn_gate.weight") if ffn_here else None,
             ffn_up=matrix(p + "ffn_up.weight") if ffn_here else None,
-            source_down=down)
+            source_down=down, _down=stored.get(p + "ffn_down"), _down_t=stored.get(p + "ffn_down_t"))
         if ffn_here:
-            layer.ffn_down_t() if sparse else layer.ffn_down()
-            if down.type not in FLOAT_DTYPES or sparse:
-                model.release(down.name)
+            name = p + ("ffn_down_t" if sparse else "ffn_down")
+            if name not in stored:
+                kept(name, layer.ffn_down_t() if sparse else layer.ffn_down(), down.name)
         layers.append(layer)
     token_embd = matrix("token_embd.weight")
     output = token_embd if c.tied_embeddings else None if output_on_gpu else \
         matrix("output.weight")
-    return PackedWeights(token_embd, layers, vector("output_norm.weight"), output, time.perf_counter() - start)
+    weights = PackedWeights(token_embd, layers, vector("output_norm.weight"), output, 0.0)
+    if made:  # written now, and read from the mapped entry from here on
+        _use(weights, cache.save({**stored, **made}))
+    weights.repack_seconds = time.perf_counter() - start - (compile_time.seconds() - compiled)  # compilation apart
+    weights.from_cache = not made
+    return weights
+
+
+def _views_file(packed: PackedMatrix, model: GGUFFile) -> bool:
+    """Whether `packed` reads the file's own pages in place (float weights): nothing to cache or release."""
+    low, high = model.address_range
+    return low <= packed.data.ctypes.data < high
+
+
+def _use(weights: PackedWeights, mapped: dict[str, PackedMatrix]) -> None:
+    """Point the weights at the cache entry's mapped matrices, dropping the copies made at load."""
+    tied = weights.output is weights.token_embd
+    weights.token_embd = mapped.get("token_embd.weight", weights.token_embd)
+    weights.output = weights.token_embd if tied else mapped.get("output.weight", weights.output)
+    parts = (("attn_qkv", "attn_qkv"), ("attn_output", "attn_output.weight"), ("ffn_gate", "ffn_gate.weight"),
+             ("ffn_up", "ffn_up.weight"), ("_down", "ffn_down"), ("_down_t", "ffn_down_t"))
+    for i, layer in enumerate(weights.layers):
+        for attribute, name in parts:
+            if f"blk.{i}.{name}" in mapped:
+                setattr(layer, attribute, mapped[f"blk.{i}.{name}"])
 
 
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:

@@ -1,0 +1,206 @@
+"""numba dot products over quantized packed rows (Q8_0, Q4_0, Q4_1 in the tiled layout of `packed.py`): the
+dense and gathered-row products of every weight matrix, with int8 activations per 32-block as llama.cpp does
+(exact integer block dots on AVX-512 VNNI, float32 scaling) or float32 activations. `dispatch.py` picks one
+kernel per format; reference twins: `reference.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from .formats import Q4_1, Q8_0
+from .packed import BLOCK, TILE
+from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
+from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, flip_sign_bits, fma, high_nibbles, hsum, load_bytes,
+                   load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
+                   to_f32, zeros_f32, zeros_i32)
+from .variants import specialization
+
+# A row is handled a tile (16 blocks) at a time: whole tiles with the constant width TILE, so that every masked
+# load folds into a plain one, then the last partial tile. Each tile helper handles one format, without
+# branches: branches around array arguments make numba emit reference counting calls inside the hot loop.
+
+
+@njit(inline="always", **OPTIONS)
+def _operands(minimums, xp, xsum, qx, dx, qsum):
+    """The activation operands of the tile helpers: (minimums, nibble table, xp, xsum, qx, dx, qsum), flat."""
+    return (minimums, nibble_table(8 - 8 * minimums), xp.reshape(-1), xsum.reshape(-1), qx.reshape(-1),
+            dx.reshape(-1), qsum.reshape(-1))
+
+
+@njit(inline="always", **OPTIONS)
+def _groups(data, dense, rows):
+    """(rows to compute, groups of four): dense rows come a quarter of the matrix apart in a group (four forward
+    streams; four adjacent rows at a time halve the speed, as the hardware prefetcher takes them for random
+    reads), random rows as four consecutive entries of `rows`."""
+    count = data.shape[0] if dense else rows.shape[0]
+    return count, (count + 3) // 4
+
+
+@njit(inline="always", **OPTIONS)
+def _dot_group(tile, group, w, ops, count, groups, nb, row_bytes, dense, rows, out):
+    """out[t, k..] for the four rows of `group` and every token t: `tile` (one format's helper) adds up each
+    tile. Four rows at a time (four streams in flight: random rows then run at the speed of a plain read of
+    them); for random rows, the next four rows are prefetched a share per tile. Everything is addressed as flat
+    array + offset: a row view per row would cost reference counting."""
+    cols, last, share = nb * BLOCK, count - 1, share_bytes(row_bytes, nb)
+    step = groups if dense else 1
+    k = np.int64(group) * (1 if dense else 4)  # prange's index may be unsigned: with int64 offsets, floats
+    k1, k2, k3 = min(k + step, last), min(k + 2 * step, last), min(k + 3 * step, last)  # past the end: last row
+    wo = (_row_offset(rows, dense, k, row_bytes), _row_offset(rows, dense, k1, row_bytes),
+          _row_offset(rows, dense, k2, row_bytes), _row_offset(rows, dense, k3, row_bytes))
+    ahead = (_ahead_offset(rows, dense, k + 4, count, row_bytes),
+             _ahead_offset(rows, dense, k + 5, count, row_bytes),
+             _ahead_offset(rows, dense, k + 6, count, row_bytes),
+             _ahead_offset(rows, dense, k + 7, count, row_bytes))
+    for t in range(out.shape[0]):
+        if t:
+            ahead = (np.int64(-1), np.int64(-1), np.int64(-1), np.int64(-1))  # fetched with the first token
+        out[t, k], out[t, k1], out[t, k2], out[t, k3] = _four_rows(tile, w, wo, nb, ops, t * cols, t * nb, ahead,
+                                                                   share)
+
+
+@functools.cache
+def dot_rows(kind: int, float_activations: bool):
+    """The product kernel for packed rows of format `kind` (Q8_0, Q4_0, Q4_1) with int8 activations, or float32
+    ones: kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out) sets out[t, k] = data[r_k] . x[t] with
+    r_k = k (dense) or rows[k], data packed rows of nb blocks, x prepared activations (`cpu_quant.Activations`)."""
+    minimums = 1 if kind == Q4_1 else 0
+
+    @specialization(kind, float_activations, parallel=True, fastmath=True)
+    def kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out):
+        w, ops = data.reshape(-1), _operands(minimums, xp, xsum, qx, dx, qsum)
+        count, groups = _groups(data, dense, rows)
+        for group in prange(groups):
+            if kind == Q8_0:  # constants: numba compiles the one branch they leave
+                tile = _q8_float_tile if float_activations else _q8_int8_tile
+            else:
+                tile = _q4_float_tile if float_activations else _q4_int8_tile
+            _dot_group(tile, group, w, ops, count, groups, nb, data.shape[1], dense, rows, out)
+
+    return kernel
+
+
+@njit(inline="always", **OPTIONS)
+def _row_offset(rows, dense, k, row_bytes):
+    return (k if dense else np.int64(rows[k])) * row_bytes
+
+
+@njit(inline="always", **OPTIONS)
+def _ahead_offset(rows, dense, k, count, row_bytes):
+    """Offset of random row k, to prefetch; -1 (nothing) for dense rows, which the hardware prefetches, and past
+    the end."""
+    return np.int64(rows[k]) * row_bytes if not dense and k < count else np.int64(-1)
+
+
+@njit(inline="always", **OPTIONS)
+def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
+    """The dots of the four packed rows at w[wo[i]:] with one token's activations (at xo in xp/qx, at bo in the
+    per-block arrays of `ops`), `tile` adding up one tile of one row. Each tile also prefetches a share of the rows
+    at w[ahead[i]:] (those >= 0): spread over the rows, the prefetches keep the memory busy without a burst of
+    them stalling the loads these rows need."""
+    full = nb - nb % TILE
+    t0, t1, t2, t3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    for start in range(0, full, TILE):
+        prefetch_shares(w, ahead, 4, start, share)
+        t0 = tile(w, wo[0], ops, xo, bo, start, TILE, t0)
+        t1 = tile(w, wo[1], ops, xo, bo, start, TILE, t1)
+        t2 = tile(w, wo[2], ops, xo, bo, start, TILE, t2)
+        t3 = tile(w, wo[3], ops, xo, bo, start, TILE, t3)
+    if full < nb:
+        prefetch_shares(w, ahead, 4, full, share)
+        t0 = tile(w, wo[0], ops, xo, bo, full, nb - full, t0)
+        t1 = tile(w, wo[1], ops, xo, bo, full, nb - full, t1)
+        t2 = tile(w, wo[2], ops, xo, bo, full, nb - full, t2)
+        t3 = tile(w, wo[3], ops, xo, bo, full, nb - full, t3)
+    return hsum(t0), hsum(t1), hsum(t2), hsum(t3)
+
+
+@njit(inline="always", **OPTIONS)
+def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
+    """(Every tile helper: w[wo:] one packed row, ops = (minimums, table, xp, xsum, qx, dx, qsum) with the
+    activations at xo and the per-block arrays at bo; adds the tile whose first block is `start` to `total`.)
+    total + per block b of the tile: d_b dx_b (q_b . qx_b), the dot exact in int32 as (q + 128) . qx - 128 sum(qx).
+    Four independent sums: one chain would be bound by vpdpbusd's latency, not its throughput."""
+    qx, dx, qsum = ops[4], ops[5], ops[6]
+    n = width * 4  # bytes per group of 4 elements x `width` blocks
+    header, quants = unit_offsets(start, 1, 512)
+    o, x = wo + quants, xo + start * 32
+    acc0 = dot_u8s8(scale_i32(load_i32(qsum, bo + start, width), -128), flip_sign_bits(load_bytes(w, o, n)),
+                    load_bytes(qx, x, n))
+    acc1 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + n, n)), load_bytes(qx, x + n, n))
+    acc2 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + 2 * n, n)), load_bytes(qx, x + 2 * n, n))
+    acc3 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + 3 * n, n)), load_bytes(qx, x + 3 * n, n))
+    o, x = o + 4 * n, x + 4 * n
+    acc0 = dot_u8s8(acc0, flip_sign_bits(load_bytes(w, o, n)), load_bytes(qx, x, n))
+    acc1 = dot_u8s8(acc1, flip_sign_bits(load_bytes(w, o + n, n)), load_bytes(qx, x + n, n))
+    acc2 = dot_u8s8(acc2, flip_sign_bits(load_bytes(w, o + 2 * n, n)), load_bytes(qx, x + 2 * n, n))
+    acc3 = dot_u8s8(acc3, flip_sign_bits(load_bytes(w, o + 3 * n, n)), load_bytes(qx, x + 3 * n, n))
+    acc = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    scale = mul(load_f16_bytes(w, wo + header, width), load_f32(dx, bo + start, width))
+    return fma(to_f32(acc), scale, total)
+
+
+@njit(inline="always", **OPTIONS)
+def _q4_int8_tile(w, wo, ops, xo, bo, start, width, total):
+    """total + per block: d dx ((q - 8) . qx) for Q4_0 (minimums 0), d dx (q . qx) + m dx sum(qx) for Q4_1."""
+    minimums, qx, dx, qsum = ops[0], ops[4], ops[5], ops[6]
+    n = width * 4
+    block_qsum = load_i32(qsum, bo + start, width)
+    acc0, acc1 = scale_i32(block_qsum, 8 * minimums - 8), zeros_i32()
+    acc2, acc3 = zeros_i32(), zeros_i32()  # four independent sums (vpdpbusd latency)
+    header, quants = unit_offsets(start, 1 - minimums, 256)
+    o, x = wo + quants, xo + start * 32
+    for g in range(0, 4, 2):  # low nibbles pair with activation group g, high nibbles with group g + 4
+        packed = load_bytes(w, o + g * n, n)
+        acc0 = dot_u8s8(acc0, low_nibbles(packed), load_bytes(qx, x + g * n, n))
+        acc1 = dot_u8s8(acc1, high_nibbles(packed), load_bytes(qx, x + (g + 4) * n, n))
+        packed = load_bytes(w, o + (g + 1) * n, n)
+        acc2 = dot_u8s8(acc2, low_nibbles(packed), load_bytes(qx, x + (g + 1) * n, n))
+        acc3 = dot_u8s8(acc3, high_nibbles(packed), load_bytes(qx, x + (g + 5) * n, n))
+    acc = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    block_dx = load_f32(dx, bo + start, width)
+    total = fma(to_f32(acc), mul(load_f16_bytes(w, wo + header, width), block_dx), total)
+    minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
+    return fma(minimum, mul(block_dx, to_f32(block_qsum)), total)
+
+
+@njit(inline="always", **OPTIONS)
+def _q8_float_tile(w, wo, ops, xo, bo, start, width, total):
+    """total + the tile's products in float32, one block a lane: the 4 bytes of each 32-bit lane are split into 4
+    planes (element 4g + j of every block), each times its activations (lane order), then times d per lane."""
+    xp = ops[2]
+    n = width * 4
+    p0, p1, p2, p3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    header, quants = unit_offsets(start, 1, 512)
+    for g in range(8):
+        b0, b1, b2, b3 = byte_planes_as_f32(load_bytes(w, wo + quants + g * n, n))
+        x = xo + start * 32 + g * n
+        p0 = fma(b0, load_f32(xp, x, width), p0)
+        p1 = fma(b1, load_f32(xp, x + width, width), p1)
+        p2 = fma(b2, load_f32(xp, x + 2 * width, width), p2)
+        p3 = fma(b3, load_f32(xp, x + 3 * width, width), p3)
+    return fma(add(add(p0, p1), add(p2, p3)), load_f16_bytes(w, wo + header, width), total)
+
+
+@njit(inline="always", **OPTIONS)
+def _q4_float_tile(w, wo, ops, xo, bo, start, width, total):
+    """As `_q8_float_tile` for 4-bit quants (8 nibble planes a group, looked up in `table`: q - 8 for Q4_0, q for
+    Q4_1), plus m_b sum(x_b) per block for Q4_1."""
+    minimums, table, xp, xsum = ops[0], ops[1], ops[2], ops[3]
+    n = width * 4
+    p0, p1, p2, p3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    header, quants = unit_offsets(start, 1 - minimums, 256)
+    for g in range(4):
+        s0, s1, s2, s3, s4, s5, s6, s7 = nibble_planes_as_f32(load_bytes(w, wo + quants + g * n, n), table)
+        lo, hi = xo + start * 32 + g * n, xo + start * 32 + (g + 4) * n  # low nibbles: group g, high: g + 4
+        p0 = fma(s1, load_f32(xp, hi, width), fma(s0, load_f32(xp, lo, width), p0))
+        p1 = fma(s3, load_f32(xp, hi + width, width), fma(s2, load_f32(xp, lo + width, width), p1))
+        p2 = fma(s5, load_f32(xp, hi + 2 * width, width), fma(s4, load_f32(xp, lo + 2 * width, width), p2))
+        p3 = fma(s7, load_f32(xp, hi + 3 * width, width), fma(s6, load_f32(xp, lo + 3 * width, width), p3))
+    total = fma(add(add(p0, p1), add(p2, p3)), load_f16_bytes(w, wo + header, width), total)
+    minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
+    return fma(minimum, load_f32(xsum, bo + start, width), total)

@@ -1,0 +1,65 @@
+"""The repack cache (`runtime/repack_cache.py`): a second start maps what the first packed, with the same logits;
+a changed file, a damaged entry or the cache turned off are packed again."""
+
+import mmap
+import os
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+import hybridinfer
+from hybridinfer.runtime.repack_cache import RepackCache
+from tiny_models import random_weights, write_tiny_gguf
+
+IDS = [1, 5, 9, 2, 7]
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "repack"
+    monkeypatch.setenv("HYBRIDINFER_REPACK_CACHE", str(directory))
+    return directory
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_second_start_maps_the_first_ones_packing(tmp_path, cache_dir, exact):
+    path = write_tiny_gguf(tmp_path / "q4.gguf", random_weights(seed=11), weight_type=T.Q4_0, activation="relu")
+    first = hybridinfer.load(str(path), exact=exact)
+    assert not first.model.weights.from_cache and len(list(cache_dir.glob("*.bin"))) == 1
+    second = hybridinfer.load(str(path), exact=exact)
+    assert second.model.weights.from_cache
+    np.testing.assert_array_equal(second.logits(IDS), first.logits(IDS))
+    for engine in (first, second):  # the first run maps the entry it wrote too, dropping its own copies
+        gate = engine.model.weights.layers[0].ffn_gate.data
+        assert gate.flags.writeable and isinstance(memory_owner(gate), mmap.mmap)
+
+
+def memory_owner(array):
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_a_changed_file_or_a_damaged_entry_is_packed_again(tmp_path, cache_dir):
+    path = write_tiny_gguf(tmp_path / "q8.gguf", random_weights(seed=12), weight_type=T.Q8_0)
+    expected = hybridinfer.load(str(path)).logits(IDS)
+    (entry,) = cache_dir.glob("*.bin")
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    damaged = hybridinfer.load(str(path))
+    assert not damaged.model.weights.from_cache
+    np.testing.assert_array_equal(damaged.logits(IDS), expected)
+    write_tiny_gguf(path, random_weights(seed=13), weight_type=T.Q8_0)  # same path, other weights
+    os.utime(path, ns=(1, 1))
+    changed = hybridinfer.load(str(path))
+    assert not changed.model.weights.from_cache
+    assert not np.array_equal(changed.logits(IDS), expected)
+    assert len(list(cache_dir.glob("*.bin"))) == 1  # the stale entry of that file and mode is gone
+
+
+def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRIDINFER_REPACK_CACHE", "off")
+    path = write_tiny_gguf(tmp_path / "q8.gguf", random_weights(seed=14), weight_type=T.Q8_0)
+    assert RepackCache(path, b"", "dense").path is None
+    for _ in range(2):
+        assert not hybridinfer.load(str(path)).model.weights.from_cache
