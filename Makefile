@@ -4,13 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install demo test bench bench-model model reference-model gpu-check fuzz clean
+.PHONY: install install-test demo test bench bench-model model reference-model gpu-check fuzz clean
 
+# the runtime (what `make demo` needs); install-test adds the test tools, Triton (its kernels run on the CPU in
+# the tests) and matplotlib (the --plot options)
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -23,15 +31,15 @@ demo: model
 	$(CLI) generate -m models/prosparse-tiny.q8_0.gguf -p "Return the number of" -n 48 --temp 0 \
 		--predictors models/prosparse-tiny.pred.gguf --vram-budget 69MiB --activations models/prosparse-tiny.act.gguf
 
-test: model
+test: model install-test
 	$(PY) -m pytest
 
-bench: model
+bench: model install-test
 	PYTHONPATH=. $(PY) tools/bench.py
 
 # The CLI on MUTANTS mutated model files (SmolLM2 and the reference model): a table of outcomes (tools/fuzz.py)
 MUTANTS ?= 10000
-fuzz: model
+fuzz: model install-test
 	PYTHONPATH=. $(PY) tools/fuzz.py --mutants $(MUTANTS)
 
 # The 7B-shaped synthetic ProSparse model (Q4_0) and its predictors for `make bench` (docs/synthetic-7b.md)

@@ -28,8 +28,13 @@ def kernels_for(device: torch.device | str, name: str | None = None) -> ModuleTy
     if name is None:
         name = os.environ.get(ENV_VAR) or ("triton" if torch.device(device).type == "cuda" else "torch")
     if name == "triton":
-        from . import triton_kernels
-
+        try:
+            from . import triton_kernels
+        except ModuleNotFoundError as missing:
+            if missing.name != "triton":
+                raise
+            raise HybridInferError("the GPU side's Triton kernels need triton: pip install triton (or "
+                                   "pip install -e '.[gpu]'), or run its torch twins with --gpu-kernels torch") from None
         return triton_kernels
     if name == "torch":
         from . import reference

@@ -130,11 +130,20 @@ def export_powerinfer(profile: ActivationProfile, directory: str | os.PathLike) 
     return target
 
 
-def plot_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
-    """Sorted activation-frequency curves and cumulative coverage per layer, as a PNG."""
-    import matplotlib
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; a one-line error naming the install when it is missing."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise HybridInferError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
+    """Sorted activation-frequency curves and cumulative coverage per layer, as a PNG."""
+    plt = pyplot()
 
     frequency = -np.sort(-profile.frequency, axis=1)
     share = np.arange(1, frequency.shape[1] + 1) / frequency.shape[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...model_file.config import ModelConfig
-from ..profiling import ActivationProfile
+from ..profiling import ActivationProfile, pyplot
 from .memory_model import GPUMemoryModel
 from .solver import place
 from .split_file import Split
@@ -80,9 +80,7 @@ def split_report(split: Split, memory: GPUMemoryModel, profile: ActivationProfil
 
 
 def plot_split(report: dict, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = report["layers"]
     index = np.arange(len(layers))
