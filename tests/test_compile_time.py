@@ -63,3 +63,15 @@ def test_the_cli_reports_compilation_on_its_own_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "compile time =" in done.stderr and "prompt eval time =" in done.stderr
+
+
+def test_warmup_compiles_and_packs_once(tmp_path):
+    path = write_tiny_gguf(tmp_path / "q8.gguf", random_weights(seed=5), weight_type=T.Q8_0)
+    said = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "hybridinfer", "warmup", "-m", str(path)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        said.append(done.stderr.strip().splitlines()[-1])
+    assert said[0].endswith("weights packed")
+    assert "every kernel was already compiled" in said[1] and said[1].endswith("mapped from the repack cache")

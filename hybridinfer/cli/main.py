@@ -21,6 +21,7 @@ from .perplexity_cmd import perplexity
 from .predictors_cmd import predictors
 from .profile_cmd import profile
 from .split_cmd import split
+from .warmup_cmd import warmup
 
 
 class _Group(click.Group):
@@ -85,3 +86,4 @@ cli.add_command(perplexity)
 cli.add_command(profile)
 cli.add_command(split)
 cli.add_command(bench)
+cli.add_command(warmup)

@@ -27,6 +27,11 @@ def seconds() -> float:
         return _state["seconds"]
 
 
+def cache_directory() -> str:
+    """Where numba keeps the compiled kernels (`kernels/__init__.py`)."""
+    return numba.config.CACHE_DIR
+
+
 def announce(enabled: bool = True) -> None:
     """Print compilation notices and progress on stderr."""
     _state["announce"] = enabled
@@ -40,7 +45,7 @@ class _Listener(event.Listener):
                 if _state["announce"] and not _state["announced"]:
                     _state["announced"] = True
                     print(f"note: compiling the CPU kernels this run needs (once for this machine and numba "
-                          f"{numba.__version__}; cached in {numba.config.CACHE_DIR})", file=sys.stderr, flush=True)
+                          f"{numba.__version__}; cached in {cache_directory()})", file=sys.stderr, flush=True)
             _state["depth"] += 1
 
     def on_end(self, ev: event.Event) -> None:
