@@ -65,6 +65,30 @@ def _cache_dir() -> str:
     return str(root / f"{numba.__version__}-{digest}")
 
 
+def _serialize_cache_writes() -> None:
+    """numba saves a cache entry by reading its function's index, taking the first unused data file number and
+    writing both: two processes saving different entries of one function at once (a warmup beside a run, two
+    runs on a fresh machine) can take the same number, leaving an index entry that loads the other's code. A lock
+    file per index makes that step atomic."""
+    try:
+        import fcntl
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:  # not POSIX, or another numba layout: numba's own behaviour
+        return
+    save = IndexDataCacheFile.save
+
+    def locked_save(self, key, data):
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                save(self, key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    IndexDataCacheFile.save = locked_save
+
+
+_serialize_cache_writes()
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = _cache_dir()  # read when the kernel modules below are decorated
 
