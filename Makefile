@@ -43,8 +43,10 @@ demo: model
 	@echo "--- the sparse reference model (ProSparse recipe, ~94% of FFN neurons silent) with its predictors:"
 	$(CLI) generate $(TINY_HYBRID) -p "Return the number of" -n 48 --temp 0
 
+# the tests in TEST_WORKERS processes, a file to each at a time (numba compiles in each; its cache writes are locked)
+TEST_WORKERS ?= 2
 test: model install-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: model install-test
 	PYTHONPATH=. $(PY) tools/bench.py
