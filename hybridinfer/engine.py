@@ -113,8 +113,7 @@ class Engine:
     def startup_report(self) -> dict:
         """Where the load went (open, predictors, weights: repacked or mapped from the cache, warmup; compile
         apart) and this process's peak resident set so far (anonymous and file-backed pages)."""
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-        return {**self.startup, "peak_rss_bytes": peak}
+        return {**self.startup, "peak_rss_bytes": peak_rss_bytes()}
 
     def warmup(self) -> None:
         """Evaluate a two-token batch and one token, then forget them: every kernel the prompt and the decoding
@@ -294,6 +293,19 @@ class Engine:
             raise HybridInferError(
                 f"the prompt is {len(tokens)} tokens, longer than the context size {self.n_ctx}; "
                 "raise -c/--ctx-size or shorten the prompt")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set: /proc's VmHWM, which starts afresh at exec (getrusage's maxrss keeps the
+    peak of the process that forked this one, a benchmark's for instance); getrusage where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

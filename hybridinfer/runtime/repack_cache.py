@@ -57,6 +57,7 @@ class RepackCache:
         directory = cache_directory()
         self.path: Path | None = None
         self._map: mmap.mmap | None = None
+        self._loaded: dict[str, PackedMatrix] | None = None
         if directory is None:
             return
         resolved = Path(source).resolve()
@@ -71,12 +72,15 @@ class RepackCache:
 
     def load(self) -> dict[str, PackedMatrix]:
         """The stored matrices, mapped from disk; {} when there is no entry (or a damaged one, then removed)."""
+        if self._loaded is not None:  # the engine's check and the sparse FFN read one entry once
+            return self._loaded
         if self.path is None or not self.path.exists():
             return {}
         try:
             with open(self.path, "rb") as handle:
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-            return self._matrices(self._map)
+            self._loaded = self._matrices(self._map)
+            return self._loaded
         except (OSError, ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError):
             self._map = None
             self.path.unlink(missing_ok=True)  # damaged or of another layout: packed again and rewritten
@@ -109,6 +113,7 @@ class RepackCache:
             self._trim()
         except (OSError, HybridInferError):
             return matrices  # a read-only or full disk: this run keeps its own copies
+        self._loaded = None  # what was just written, mapped
         return self.load() or matrices
 
     def _trim(self) -> None:
