@@ -3,6 +3,8 @@ a changed file, a damaged entry or the cache turned off are packed again."""
 
 import mmap
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,3 +65,25 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
     assert RepackCache(path, b"", "dense").path is None
     for _ in range(2):
         assert not hybridinfer.load(str(path)).model.weights.from_cache
+
+
+SECOND_START = """
+import sys
+import numpy as np
+import hybridinfer
+engine = hybridinfer.load(sys.argv[1])
+print(engine.model.weights.from_cache, np.round(engine.logits([1, 5, 9, 2, 7])[-1, :4], 4).tolist())
+"""
+
+
+def test_a_fresh_process_runs_on_mapped_weights_and_cached_kernels(tmp_path, cache_dir):
+    """Two processes, the second with every weight mapped and every kernel from numba's cache, so no parallel
+    kernel runs before the first attention block: numba (#8578) starts its threading layer for a cached parallel
+    function, not for a cached serial one that calls it, and such a call crashed until `kernels` starts it."""
+    path = write_tiny_gguf(tmp_path / "q41.gguf", random_weights(seed=15), weight_type=T.Q4_1)
+    runs = [subprocess.run([sys.executable, "-c", SECOND_START, str(path)], capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    (first_mapped, first), (second_mapped, second) = [run.stdout.split(" ", 1) for run in runs]
+    assert (first_mapped, second_mapped) == ("False", "True") and first == second

@@ -35,10 +35,8 @@ def start_once(model: Path, predictors: Path | None, cache: str) -> dict:
 def section(label: str, model: Path, predictors: Path | None = None) -> None:
     files = model.stat().st_size + (predictors.stat().st_size if predictors is not None else 0)
     mode = "--predictors" if predictors is not None else "dense"
-    with tempfile.TemporaryDirectory(prefix="repack-") as directory:
-        # the repack cache only where the user turned it on (runtime/repack_cache.py: off by default)
-        cache = directory if os.environ.get("HYBRIDINFER_REPACK_CACHE", "off") != "off" else "off"
-        for start in ("first (repacks)", "second (maps)" if cache != "off" else "second"):
+    with tempfile.TemporaryDirectory(prefix="repack-") as cache:
+        for start in ("first (repacks)", "second (maps)"):
             s = start_once(model, predictors, cache)
             stages = ", ".join(f"{key[:-3]} {s[key] / 1000:.2f}" for key in
                                ("open_ms", "predictors_ms", "weights_ms", "warmup_ms", "compile_ms") if key in s)

@@ -88,7 +88,16 @@ def _serialize_cache_writes() -> None:
     IndexDataCacheFile.save = locked_save
 
 
+def _start_threading_layer() -> None:
+    """Start numba's threading layer now. numba starts it when it compiles or loads a parallel function, but not
+    when it loads from its cache a serial function that calls one (numba issue #8578): a fresh process whose first
+    kernel is such a block (`cpu_layer`'s attention block, every weight mapped from the repack cache so that no
+    packing kernel ran before) jumped to a null pointer. `get_num_threads` starts the layer (a few ms)."""
+    numba.get_num_threads()
+
+
 _serialize_cache_writes()
+_start_threading_layer()
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = _cache_dir()  # read when the kernel modules below are decorated
 

@@ -1,7 +1,7 @@
 """Repacked weights kept on disk, so that the next start maps them instead of repacking.
 
 What a run packs from a file (quantized rows rearranged for the kernels, Q/K/V stacked, the transposed down
-projection of the sparse modes, predictors as Q8_0) is written once to $HYBRIDINFER_REPACK_CACHE (off when unset) and
+projection of the sparse modes, predictors as Q8_0) is written once to `$HYBRIDINFER_CACHE/repack/` and
 memory-mapped by the next start with the same file and mode: no repacking, and no anonymous copy either, since
 the mapped pages are the page cache's (the run that writes the cache maps it too, and drops its own copies).
 An entry is keyed by the source file's identity (resolved path, size, modification time, inode, a hash of its
@@ -40,13 +40,13 @@ ALIGN = 64
 
 
 def cache_directory() -> Path | None:
-    """The directory HYBRIDINFER_REPACK_CACHE names, or None: the cache is off unless it is set (a mapped second
-    start of SmolLM2 and of the reference model still crashes in the first attention block, cause not found yet;
-    the 7B-shaped Q4_0 model and the tests' models run)."""
     setting = os.environ.get("HYBRIDINFER_REPACK_CACHE", "")
-    if not setting or setting.lower() in ("off", "0", "no"):
+    if setting.lower() in ("off", "0", "no"):
         return None
-    return Path(setting)
+    if setting:
+        return Path(setting)
+    root = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / "hybridinfer"))
+    return root / "repack"
 
 
 class RepackCache:
