@@ -96,7 +96,7 @@ class Engine:
                 self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
                 self.model.sparse = self._reference_sparse(exact, predictor_set)
             self.file.release_copied()
-        self.tokens: list[int] = []
+        self.held: list[list[int]] = [[]]  # the tokens each sequence's KV cache holds (one unless hold_sequences)
         if o.warmup:
             with self._stage("warmup"):
                 self.warmup()
@@ -122,7 +122,7 @@ class Engine:
         if self.n_ctx >= 3:
             self.model.forward(torch.tensor([token, token]), 0, all_logits=False)
             self.model.forward(torch.tensor([token]), 2)
-        self.tokens = []
+        self.held = [[] for _ in self.held]
         if self.sparse_ffn is not None:
             self.sparse_ffn.stats.reset()
         if self.hybrid is not None:
@@ -218,23 +218,48 @@ class Engine:
         return self.tokenizer.decode(list(ids))
 
     def reset(self) -> None:
-        self.tokens = []
+        self.held = [[] for _ in self.held]
 
-    def feed(self, tokens: list[int]) -> tuple[np.ndarray, int]:
-        """Make the cache hold `tokens`; return the last position's logits (float32 [n_vocab]) and how many
-        positions were evaluated. A prefix already in the cache is reused (at least one token is evaluated)."""
+    def hold_sequences(self, n: int) -> None:
+        """Hold `n` sequences (slots) that `feed` and `step` decode, one at a time or together, each with its own
+        KV cache of n_ctx // n positions (as llama.cpp's -np shares -c among its slots); what was held is gone."""
+        if n < 1 or n > self._n_ctx:
+            raise HybridInferError(f"--parallel must be from 1 to the context size {self._n_ctx}, got {n}")
+        if n > 1 and self.backend != "packed":
+            raise HybridInferError("several sequences at once run on the packed backend: drop --backend reference "
+                                   "or use --parallel 1")
+        if n > 1:
+            self._n_ctx //= n
+            self.model.hold_sequences(n, self._n_ctx)
+        self.held = [[] for _ in range(n)]
+
+    def feed(self, tokens: list[int], sequence: int = 0) -> tuple[np.ndarray, int]:
+        """Make `sequence`'s cache hold `tokens`; return the last position's logits (float32 [n_vocab]) and how
+        many positions were evaluated. A prefix already in the cache is reused (at least one token is evaluated)."""
         if not tokens:
             raise HybridInferError("nothing to evaluate: the prompt is empty")
         self._check_fits(tokens)
-        reuse = _common_prefix(self.tokens, tokens)
-        reuse = min(reuse, len(tokens) - 1)
-        self.tokens = self.tokens[:reuse]
+        held = self.held[sequence]
+        reuse = min(_common_prefix(held, tokens), len(tokens) - 1)
+        del held[reuse:]
         logits = None
         for begin in range(reuse, len(tokens), PREFILL_CHUNK):
             chunk = tokens[begin:begin + PREFILL_CHUNK]
-            logits = self.model.forward(torch.tensor(chunk, dtype=torch.long), begin, all_logits=False)
-            self.tokens.extend(chunk)
+            logits = self.model.forward(torch.tensor(chunk, dtype=torch.long), begin, all_logits=False,
+                                        sequence=sequence)
+            held.extend(chunk)
         return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
+
+    def step(self, tokens: list[int], sequences: list[int]) -> np.ndarray:
+        """One more token for each of several distinct sequences, evaluated together (each weight row read once
+        for all); float32 logits (N, n_vocab), row i what `feed` of sequences[i]'s tokens would give."""
+        for s in sequences:
+            self._check_fits(self.held[s] + [0])
+        positions = np.array([len(self.held[s]) for s in sequences])
+        logits = self.model.forward_sequences(np.array(tokens, np.int64), positions, np.array(sequences))
+        for token, s in zip(tokens, sequences):
+            self.held[s].append(int(token))
+        return logits.numpy()
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """float32 [len(token_ids), n_vocab], evaluated from an empty cache."""
@@ -243,12 +268,12 @@ class Engine:
             raise HybridInferError("logits() needs at least one token id")
         self._check_ids(token_ids)
         self._check_fits(token_ids)
-        self.tokens = []
+        self.held[0] = []
         rows = []
         for begin in range(0, len(token_ids), PREFILL_CHUNK):
             chunk = token_ids[begin:begin + PREFILL_CHUNK]
             rows.append(self.model.forward(torch.tensor(chunk, dtype=torch.long), begin).numpy())
-            self.tokens.extend(chunk)
+            self.held[0].extend(chunk)
         return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
 
     def stream(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,

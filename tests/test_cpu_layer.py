@@ -44,19 +44,39 @@ def test_rope_matches_reference(rng, rope_dim):
     angles = np.outer(np.arange(20), 10000.0 ** (-np.arange(0, rope_dim, 2) / rope_dim))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     expected = apply_rope(torch.from_numpy(x), torch.from_numpy(cos[5:9]), torch.from_numpy(sin[5:9])).numpy()
-    cpu_ops.rope(x, cos, sin, 5)
+    cpu_ops.rope(x, cos, sin, np.arange(5, 9))
     np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("tokens,start,n_head,n_kv", [(1, 0, 4, 4), (1, 17, 6, 2), (5, 9, 4, 1), (7, 0, 3, 3)])
 def test_attention_matches_reference(rng, tokens, start, n_head, n_kv):
+    """One sequence's new positions start..start+T-1."""
     head_dim, n_ctx = 16, 40
     q = rng.standard_normal((tokens, n_head, head_dim), dtype=np.float32)
-    keys = rng.standard_normal((n_kv, n_ctx, head_dim), dtype=np.float32) * 2
-    values = rng.standard_normal((n_kv, n_ctx, head_dim), dtype=np.float32)
+    keys = rng.standard_normal((1, n_kv, n_ctx, head_dim), dtype=np.float32) * 2
+    values = rng.standard_normal((1, n_kv, n_ctx, head_dim), dtype=np.float32)
+    positions, sequences = np.arange(start, start + tokens), np.zeros(tokens, np.int64)
     out = np.empty_like(q)
-    cpu_ops.attention(q, keys, values, start, np.empty((n_head, n_ctx), np.float32), out)
-    np.testing.assert_allclose(out, reference.attention(q, keys, values, start), rtol=1e-4, atol=1e-5)
+    cpu_ops.attention(q, keys, values, positions, sequences, np.empty((n_head, n_ctx), np.float32), out)
+    np.testing.assert_allclose(out, reference.attention(q, keys, values, positions, sequences), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_of_several_sequences_is_each_ones_alone(rng):
+    """One query for each of four sequences at their own positions: the reference's result, and bit for bit what
+    each query gives alone (parallel decoding answers as one sequence decoding does)."""
+    n_seq, n_head, n_kv, head_dim, n_ctx = 4, 6, 2, 16, 40
+    q = rng.standard_normal((n_seq, n_head, head_dim), dtype=np.float32)
+    keys = rng.standard_normal((n_seq, n_kv, n_ctx, head_dim), dtype=np.float32) * 2
+    values = rng.standard_normal((n_seq, n_kv, n_ctx, head_dim), dtype=np.float32)
+    positions, sequences = np.array([3, 0, 39, 17]), np.array([2, 0, 3, 1])
+    scores, out = np.empty((n_head, n_ctx), np.float32), np.empty_like(q)
+    cpu_ops.attention(q, keys, values, positions, sequences, scores, out)
+    np.testing.assert_allclose(out, reference.attention(q, keys, values, positions, sequences), rtol=1e-4, atol=1e-5)
+    for t in range(n_seq):
+        alone = np.empty_like(q[t:t + 1])
+        cpu_ops.attention(q[t:t + 1], keys[sequences[t]:sequences[t] + 1], values[sequences[t]:sequences[t] + 1],
+                          positions[t:t + 1], np.zeros(1, np.int64), scores, alone)
+        np.testing.assert_array_equal(alone, out[t:t + 1])
 
 
 def test_ffn_activations_and_row_selection(rng):

@@ -90,6 +90,35 @@ def generate_step(engine, prompt_tokens: list[int], sampler: Sampler, timings: T
         timings.eval_tokens += 1
 
 
+class CompletionText:
+    """The text of a generation, token by token: `add(token)` gives the next chunk, with stop strings held back
+    until they cannot match, and a finish reason on the last one (end of text, a stop string, `limit` tokens)."""
+
+    def __init__(self, tokenizer, stop: list[str] | None, limit: int):
+        self.tokenizer, self.limit, self.count = tokenizer, limit, 0
+        self.detokenizer = StreamingDetokenizer(tokenizer, strip_leading_space=False)  # text continues the prompt
+        self.stops = StopStringMatcher(stop or [])
+
+    def add(self, token: int) -> GenerationChunk:
+        if self.tokenizer.is_eog(token):
+            return GenerationChunk(self.stops.feed(self.detokenizer.flush())[0] + self.stops.flush(), None, "stop")
+        self.count += 1
+        text, stopped = self.stops.feed(self.detokenizer.add(token))
+        if stopped:
+            return GenerationChunk(text, token, "stop")
+        if self.count >= self.limit:
+            tail, stopped = self.stops.feed(self.detokenizer.flush())
+            return GenerationChunk(text + tail + ("" if stopped else self.stops.flush()), token,
+                                   "stop" if stopped else "length")
+        return GenerationChunk(text, token)
+
+
+def token_limit(n_ctx: int, prompt_tokens: int, max_tokens: int) -> int:
+    """Tokens a generation may add: max_tokens (< 0: no limit), and no more than the context has room for."""
+    room = n_ctx - prompt_tokens
+    return room if max_tokens < 0 else min(max_tokens, room)
+
+
 def stream_generate(engine, prompt_tokens: list[int], sampler: Sampler, max_tokens: int = -1,
                     stop: list[str] | None = None, timings: Timings | None = None) -> Iterator[GenerationChunk]:
     """Yield text pieces as tokens are generated; the last chunk carries the finish reason.
@@ -97,26 +126,13 @@ def stream_generate(engine, prompt_tokens: list[int], sampler: Sampler, max_toke
     max_tokens < 0 means: until end of generation or until the context is full.
     """
     timings = timings if timings is not None else Timings()
-    detokenizer = StreamingDetokenizer(engine.tokenizer, strip_leading_space=False)  # text continues the prompt
-    stops = StopStringMatcher(stop or [])
-    room = engine.n_ctx - len(prompt_tokens)
-    limit = room if max_tokens < 0 else min(max_tokens, room)
+    limit = token_limit(engine.n_ctx, len(prompt_tokens), max_tokens)
     if limit <= 0:
         yield GenerationChunk("", None, "length")
         return
-    count = 0
+    text = CompletionText(engine.tokenizer, stop, limit)
     for token in generate_step(engine, prompt_tokens, sampler, timings):
-        if engine.tokenizer.is_eog(token):
-            yield GenerationChunk(stops.feed(detokenizer.flush())[0] + stops.flush(), None, "stop")
+        chunk = text.add(token)
+        yield chunk
+        if chunk.finish_reason is not None:
             return
-        count += 1
-        text, stopped = stops.feed(detokenizer.add(token))
-        if stopped:
-            yield GenerationChunk(text, token, "stop")
-            return
-        if count >= limit:
-            tail, stopped = stops.feed(detokenizer.flush())
-            yield GenerationChunk(text + tail + ("" if stopped else stops.flush()), token,
-                                  "stop" if stopped else "length")
-            return
-        yield GenerationChunk(text, token)

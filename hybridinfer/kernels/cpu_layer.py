@@ -54,12 +54,13 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
     """The attention block for Q/K/V rows of format `qkv_code` and an output projection of `out_code`."""
 
     @specialization(qkv_code, out_code, float_activations)
-    def block(x, norm, eps, wqkv, wo, normed, qkv, q, k, v, cos, sin, start, k_cache, v_cache, scores, attended, out,
-              residual_scale):
-        """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens at positions start.., their keys
-        and values written to this layer's cache (n_head_kv, n_ctx, head_dim). wqkv: the Q, K and V rows in one
-        raw matrix, wo the output projection; buffers qkv (T, q_rows + 2 kv_rows), q (T, n_head, head_dim), k and
-        v (T, n_head_kv, head_dim), out (T, n_embd)."""
+    def block(x, norm, eps, wqkv, wo, normed, qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches,
+              scores, attended, out, residual_scale):
+        """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens, token t at position positions[t]
+        of sequence sequences[t] (one sequence's prompt, or one token of each of several sequences); their keys
+        and values written to this layer's caches (n_seq, n_head_kv, n_ctx, head_dim). wqkv: the Q, K and V rows
+        in one raw matrix, wo the output projection; buffers qkv (T, q_rows + 2 kv_rows), q (T, n_head,
+        head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd)."""
         tokens = x.shape[0]
         q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
         normalize(x, norm, eps, normed)
@@ -67,13 +68,13 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
         q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
         k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
         v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
-        cpu_ops.rope(q, cos, sin, start)
-        cpu_ops.rope(k, cos, sin, start)
+        cpu_ops.rope(q, cos, sin, positions)
+        cpu_ops.rope(k, cos, sin, positions)
         for t in range(tokens):
             for h in range(k.shape[1]):
-                k_cache[h, start + t] = k[t, h]
-                v_cache[h, start + t] = v[t, h]
-        cpu_ops.attention(q, k_cache, v_cache, start, scores, attended.x.reshape(q.shape))
+                k_caches[sequences[t], h, positions[t]] = k[t, h]
+                v_caches[sequences[t], h, positions[t]] = v[t, h]
+        cpu_ops.attention(q, k_caches, v_caches, positions, sequences, scores, attended.x.reshape(q.shape))
         prepare(attended)
         product(out_code, wo, attended, ALL_ROWS, True, float_activations, out)
         cpu_ops.add_scaled(x, out, residual_scale)

@@ -30,11 +30,11 @@ def rms_norm(x, weight, eps, out):
 
 
 @njit(**_OPTIONS)
-def rope(x, cos, sin, start):
+def rope(x, cos, sin, positions):
     """In place: rotate pairs (2j, 2j+1), j < cos.shape[1], of every head of x (T, heads, head_dim) by the angles
-    of positions start..start+T-1 (cos/sin tables (n_ctx, rope_dim // 2))."""
+    of positions[t] (cos/sin tables (n_ctx, rope_dim // 2))."""
     for t in range(x.shape[0]):
-        c, s = cos[start + t], sin[start + t]
+        c, s = cos[positions[t]], sin[positions[t]]
         for h in range(x.shape[1]):
             head = x[t, h]
             for j in range(c.shape[0]):
@@ -44,42 +44,48 @@ def rope(x, cos, sin, start):
 
 
 @njit(parallel=True, fastmath=True, **_OPTIONS)
-def attention(q, k_cache, v_cache, start, scores, out):
-    """Causal attention of T new queries at positions start..start+T-1 over the cache (which already holds
-    their keys and values).   q, out (T, n_head, head_dim); k_cache, v_cache (n_head_kv, n_ctx, head_dim);
-    scores (n_head, n_ctx) scratch. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
+def attention(q, k_caches, v_caches, positions, sequences, scores, out):
+    """Causal attention of T new queries: query t at position positions[t] of sequence sequences[t], over that
+    sequence's cache up to its own position (the cache already holds its key and value): one sequence's prompt
+    (positions start.., sequences 0) or one token of each of several sequences decoded together.
+    q, out (T, n_head, head_dim); k_caches, v_caches (n_seq, n_head_kv, n_ctx, head_dim); scores (n_head, n_ctx)
+    scratch. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
     tokens, n_head, head_dim = q.shape
-    group = n_head // k_cache.shape[0]
+    group = n_head // k_caches.shape[1]
     scale = np.float32(1.0 / math.sqrt(head_dim))
     for h in prange(n_head):
         kv = h // group
-        keys, values, s = k_cache[kv], v_cache[kv], scores[h]
         for t in range(tokens):
-            end = start + t + 1
-            query = q[t, h]
-            best = -np.inf
-            for p in range(end):
-                key = keys[p]
-                acc = np.float32(0.0)
-                for d in range(head_dim):
-                    acc += query[d] * key[d]
-                acc *= scale
-                s[p] = acc
-                best = max(best, acc)
-            total = np.float32(0.0)
-            for p in range(end):
-                e = np.float32(math.exp(s[p] - best))
-                s[p] = e
-                total += e
-            inverse = np.float32(1.0) / total
-            target = out[t, h]
-            for d in range(head_dim):
-                target[d] = 0.0
-            for p in range(end):
-                weight = s[p] * inverse
-                value = values[p]
-                for d in range(head_dim):
-                    target[d] += weight * value[d]
+            s = sequences[t]
+            _attend(q[t, h], k_caches[s, kv], v_caches[s, kv], positions[t] + 1, scale, scores[h], out[t, h])
+
+
+@njit(inline="always", fastmath=True, **_OPTIONS)
+def _attend(query, keys, values, end, scale, s, target):
+    """target (head_dim,) = softmax(scale * keys[:end] . query) . values[:end]; s (>= end,) scratch."""
+    head_dim = query.shape[0]
+    best = -np.inf
+    for p in range(end):
+        key = keys[p]
+        acc = np.float32(0.0)
+        for d in range(head_dim):
+            acc += query[d] * key[d]
+        acc *= scale
+        s[p] = acc
+        best = max(best, acc)
+    total = np.float32(0.0)
+    for p in range(end):
+        e = np.float32(math.exp(s[p] - best))
+        s[p] = e
+        total += e
+    inverse = np.float32(1.0) / total
+    for d in range(head_dim):
+        target[d] = 0.0
+    for p in range(end):
+        weight = s[p] * inverse
+        value = values[p]
+        for d in range(head_dim):
+            target[d] += weight * value[d]
 
 
 @njit(fastmath=True, **_OPTIONS)

@@ -100,16 +100,18 @@ def quantize_activations(x: np.ndarray) -> np.ndarray:
 
 # ---- twins of `cpu_ops.py` (attention; RMSNorm and RoPE have theirs in model.py) ----------------------------
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
-    """q (T, n_head, hd) at positions start..; keys, values (n_head_kv, >= start+T, hd) -> (T, n_head, hd):
-    causal softmax attention, KV head h // (n_head // n_head_kv) for query head h, in float64."""
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray,
+              sequences: np.ndarray) -> np.ndarray:
+    """q (T, n_head, hd), query t at positions[t] of sequence sequences[t]; keys, values (n_seq, n_head_kv, n_ctx,
+    hd) -> (T, n_head, hd): causal softmax attention over that sequence's first positions[t] + 1 keys, KV head
+    h // (n_head // n_head_kv) for query head h, in float64."""
     tokens, n_head, head_dim = q.shape
-    group = n_head // keys.shape[0]
+    group = n_head // keys.shape[1]
     out = np.zeros(q.shape, dtype=np.float64)
     for h in range(n_head):
         for t in range(tokens):
-            end = start + t + 1
-            scores = keys[h // group, :end].astype(np.float64) @ q[t, h] / np.sqrt(head_dim)
+            end, s = positions[t] + 1, sequences[t]
+            scores = keys[s, h // group, :end].astype(np.float64) @ q[t, h] / np.sqrt(head_dim)
             weights = np.exp(scores - scores.max())
-            out[t, h] = weights / weights.sum() @ values[h // group, :end]
+            out[t, h] = weights / weights.sum() @ values[s, h // group, :end]
     return out.astype(np.float32)

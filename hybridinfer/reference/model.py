@@ -93,9 +93,11 @@ class Transformer:
             self.sparse = sparse
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True, sequence: int = 0) -> torch.Tensor:
         """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns logits (T, n_vocab) float32, or
-        (1, n_vocab) for the last position when not `all_logits`."""
+        (1, n_vocab) for the last position when not `all_logits`. One sequence (0) only: the oracle holds one
+        KV cache."""
+        assert sequence == 0, "the reference backend holds one sequence"
         c, w = self.config, self.weights
         x = w.token_embd[tokens].to(self.device, self.dtype) * c.embedding_scale  # (T, n_embd)
         timed = self.time_attention and tokens.shape[0] == 1

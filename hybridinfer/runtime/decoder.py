@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..errors import HybridInferError
 from ..finite_check import non_finite_error, require_finite
 from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul
@@ -50,6 +51,8 @@ class Buffers:
         self.hidden = activation_buffers(tokens, c.n_ff)  # act(gate) * up, input of the down projection
         self.final = activation_buffers(n_logits, c.n_embd)
         self.logits = np.empty((n_logits, c.n_vocab), np.float32)
+        self.positions = np.empty(tokens, np.int64)  # token t is at positions[t] of sequence sequences[t]
+        self.sequences = np.empty(tokens, np.int64)
 
 
 class PackedTransformer:
@@ -64,9 +67,7 @@ class PackedTransformer:
         c = config
         self.config, self.weights = config, weights
         self.float_activations = bool(float_activations)
-        # written before read (positions < start_pos + T only): not zero-filled, so pages become resident as used
-        self.k_cache = np.empty((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), np.float32)
-        self.v_cache = np.empty_like(self.k_cache)
+        self.hold_sequences(1, n_ctx)
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
         self.ffn = DenseFFN(config, float_activations)
@@ -76,9 +77,27 @@ class PackedTransformer:
         self.attention_seconds = 0.0
         self._decode_buffers = Buffers(config, 1, n_ctx, 1)
 
+    def hold_sequences(self, n_seq: int, n_ctx: int) -> None:
+        """KV caches for `n_seq` sequences of up to `n_ctx` positions each (at most the n_ctx it was made for),
+        decoded one at a time (`forward`'s `sequence`) or together (`forward_sequences`); what the caches held
+        is gone."""
+        c = self.config
+        if n_seq > 1 and getattr(self, "offload", None) is not None:
+            raise HybridInferError("the hybrid runtime decodes one sequence at a time: use --parallel 1")
+        # (n_layer, n_seq, n_head_kv, n_ctx, head_dim), written before read (a sequence's positions up to the one
+        # evaluated): not zero-filled, so pages become resident as used
+        self.k_caches = np.empty((c.n_layer, n_seq, c.n_head_kv, n_ctx, c.head_dim), np.float32)
+        self.v_caches = np.empty_like(self.k_caches)
+        self._step_buffers: dict[int, Buffers] = {}  # forward_sequences' buffers, per number of sequences
+
     @property
     def n_ctx(self) -> int:
-        return self.k_cache.shape[2]
+        """Positions of one sequence."""
+        return self.k_caches.shape[3]
+
+    @property
+    def n_seq(self) -> int:
+        return self.k_caches.shape[1]
 
     @contextmanager
     def every_neuron(self) -> Iterator[None]:
@@ -89,14 +108,33 @@ class PackedTransformer:
         finally:
             self.ffn = part
 
-    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True) -> torch.Tensor:
-        """tokens: (T,) int64 at positions start_pos..start_pos+T-1. Returns float32 logits (T, n_vocab), or
-        (1, n_vocab) for the last position when not `all_logits`."""
-        c, w = self.config, self.weights
+    def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True, sequence: int = 0) -> torch.Tensor:
+        """tokens: (T,) int64 at positions start_pos..start_pos+T-1 of `sequence`. Returns float32 logits
+        (T, n_vocab), or (1, n_vocab) for the last position when not `all_logits`."""
         ids = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
         n = ids.shape[0]
-        n_logits = n if all_logits else 1
-        b = self._decode_buffers if n == 1 else Buffers(c, n, self.n_ctx, n_logits)
+        b = self._decode_buffers if n == 1 else Buffers(self.config, n, self.n_ctx, n if all_logits else 1)
+        b.positions[:], b.sequences[:] = np.arange(start_pos, start_pos + n), sequence
+        return self._forward(ids, b, start_pos)
+
+    def forward_sequences(self, tokens: np.ndarray, positions: np.ndarray, sequences: np.ndarray) -> torch.Tensor:
+        """One new token for each of N sequences at once, each weight row read once for all: token i at position
+        positions[i] of sequence sequences[i] (distinct; `hold_sequences`). Returns float32 logits (N, n_vocab);
+        each row is what `forward` gives for that token alone."""
+        if self.offload is not None:
+            raise HybridInferError("the hybrid runtime decodes one sequence at a time: use --parallel 1")
+        n = len(tokens)
+        b = self._step_buffers.get(n)
+        if b is None:
+            b = self._step_buffers[n] = Buffers(self.config, n, self.n_ctx, n)
+        b.positions[:], b.sequences[:] = positions, sequences
+        return self._forward(np.asarray(tokens, np.int64), b, int(np.min(positions)))
+
+    def _forward(self, ids: np.ndarray, b: Buffers, start_pos: int) -> torch.Tensor:
+        """The forward pass of the tokens `ids` at b.positions of b.sequences; logits of the last b.logits rows
+        (`start_pos`: the first position, for messages and the GPU side, which holds one sequence)."""
+        c, w = self.config, self.weights
+        n, n_logits = ids.shape[0], b.logits.shape[0]
         b.x[:] = w.token_embd.dequantize_rows(ids)
         require_finite(b.x, "the token embeddings (token_embd)", start_pos)
         if c.embedding_scale != 1.0:
@@ -149,8 +187,9 @@ class PackedTransformer:
             b.x, layer.attn_norm, c.rms_eps, layer.attn_qkv.raw, layer.attn_output.raw, b.normed, b.qkv,
             b.q.reshape(n, c.n_head, c.head_dim),
             b.k.reshape(n, c.n_head_kv, c.head_dim),
-            b.v.reshape(n, c.n_head_kv, c.head_dim), self.rope_cos, self.rope_sin, start_pos, self.k_cache[index],
-            self.v_cache[index], b.scores, b.attended, b.block_out, np.float32(c.residual_scale))
+            b.v.reshape(n, c.n_head_kv, c.head_dim), self.rope_cos, self.rope_sin, b.positions, b.sequences,
+            self.k_caches[index], self.v_caches[index], b.scores, b.attended, b.block_out,
+            np.float32(c.residual_scale))
 
     def _ffn(self, index: int, layer: PackedLayer, b: Buffers) -> None:
         cpu_layer.normalize(b.x, layer.ffn_norm, self.config.rms_eps, b.normed)
