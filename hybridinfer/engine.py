@@ -63,7 +63,7 @@ class Engine:
             raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
         elif n_ctx == 0:
             n_ctx = self.config.context_length
-        self._n_ctx = n_ctx
+        self._n_ctx = self.total_ctx = n_ctx  # one sequence's positions; all sequences' together
         if self.tokenizer.vocab_size > self.config.n_vocab:
             raise HybridInferError(f"{self.path}: the vocabulary has {self.tokenizer.vocab_size} tokens but the model "
                                    f"only {self.config.n_vocab} embeddings; the file is corrupt")
@@ -223,13 +223,14 @@ class Engine:
     def hold_sequences(self, n: int) -> None:
         """Hold `n` sequences (slots) that `feed` and `step` decode, one at a time or together, each with its own
         KV cache of n_ctx // n positions (as llama.cpp's -np shares -c among its slots); what was held is gone."""
-        if n < 1 or n > self._n_ctx:
-            raise HybridInferError(f"--parallel must be from 1 to the context size {self._n_ctx}, got {n}")
+        total = self.total_ctx
+        if n < 1 or n > total:
+            raise HybridInferError(f"--parallel must be from 1 to the context size {total}, got {n}")
         if n > 1 and self.backend != "packed":
             raise HybridInferError("several sequences at once run on the packed backend: drop --backend reference "
                                    "or use --parallel 1")
-        if n > 1:
-            self._n_ctx //= n
+        if n > 1 or self._n_ctx != total:
+            self._n_ctx = total // n
             self.model.hold_sequences(n, self._n_ctx)
         self.held = [[] for _ in range(n)]
 

@@ -108,6 +108,23 @@ def test_matvec_rows(rng, qtype, float_activations):
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+def test_matmul_rows(rng, qtype, float_activations):
+    """Gathered rows for several tokens: each token's result is the one-token product's, bit for bit."""
+    for shape in all_shapes(qtype):
+        packed, values, sizes = random_weight(rng, qtype, shape)
+        x = rng.standard_normal((5, shape[1]), dtype=np.float32)
+        rows = random_rows(rng, shape[0], 0.3)
+        out = np.full((5, rows.shape[0]), np.nan, dtype=np.float32)
+        cpu_quant.matmul_rows(packed, x, rows, out, float_activations=float_activations)
+        check_against_twins(out, values, sizes, x, qtype, float_activations,
+                            lambda w, v: reference.matmul(w[rows], v))
+        one = np.empty(rows.shape[0], np.float32)
+        cpu_quant.matvec_rows(packed, x[3], rows, one, float_activations=float_activations)
+        np.testing.assert_array_equal(out[3], one)
+
+
+@pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
 def test_matmul(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)

@@ -10,6 +10,8 @@ from gguf import GGMLQuantizationType as T
 
 import hybridinfer
 from hybridinfer.errors import HybridInferError
+from hybridinfer.predictors.file import save_predictors
+from test_packed_engine import random_predictors
 from tiny_models import random_weights, write_tiny_gguf
 
 PROMPTS = [[1, 100, 200, 17], [1, 5], [1, 270, 5, 66, 9, 3, 8], [1, 42, 42]]
@@ -36,9 +38,15 @@ def alone(model, tokens, positions, sequences):
                            for t, p, s in zip(tokens, positions, sequences)])
 
 
-@pytest.mark.parametrize("mode", ["dense", "exact"])
-def test_sequences_decoded_together_equal_each_alone(model, mode):
-    m = prefilled(model, exact=mode == "exact")
+@pytest.mark.parametrize("mode", ["dense", "exact", "predictors"])
+def test_sequences_decoded_together_equal_each_alone(model, mode, tmp_path):
+    options = {"exact": mode == "exact"}
+    if mode == "predictors":  # threshold 20: each token's own few candidates, their union read together
+        path = tmp_path / "p.pred.gguf"
+        reference = hybridinfer.load(str(model), backend="reference")
+        save_predictors(str(path), random_predictors(reference, threshold=20.0), reference.fingerprint)
+        options = {"predictors": str(path)}
+    m = prefilled(model, **options)
     order = np.array([2, 0, 3, 1])  # not in slot order
     tokens = np.array([7, 11, 13, 2])
     positions = np.array([len(PROMPTS[s]) for s in order])

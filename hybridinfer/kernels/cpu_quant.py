@@ -103,6 +103,13 @@ def matmul(packed: PackedMatrix, x, out: np.ndarray, float_activations: bool = F
     _dot_rows(packed, act, None, _checked(out, (act.tokens, packed.rows)), float_activations)
 
 
+def matmul_rows(packed: PackedMatrix, x, rows: np.ndarray, out: np.ndarray, float_activations: bool = False) -> None:
+    """out (T, k) [t, i] = W[rows[i]] . X[t] for X (T, cols): each gathered row is read once for all T tokens."""
+    rows = _checked_rows(rows, packed.rows)
+    act = _prepared(x, packed, None)
+    _dot_rows(packed, act, rows, _checked(out, (act.tokens, rows.shape[0])), float_activations)
+
+
 def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray, out: np.ndarray,
                     float_activations: bool = False) -> None:
     """out (cols,) = sum_k coeffs[k] * W_t[rows[k], :]; rows with a zero coefficient are not read. Quantized

@@ -5,8 +5,9 @@
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
-preallocated buffers. Several tokens (prompt) compute gate and up densely into the decoder's buffers (each row
-read once for all of them), mask, and sum each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
+preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
+and up row they need once for all of them: the gate of every neuron (exact) or of the union of the tokens'
+predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
 for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path.
 Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
 of their float32 bytes per token.
@@ -20,7 +21,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from ..kernels import cpu_layer, cpu_ops
-from ..kernels.cpu_quant import activation_buffers, matmul, prepare
+from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
@@ -106,16 +107,32 @@ class PackedSparseFFN:
         self.stats.active += fired
 
     def _several(self, index: int, layer: PackedLayer, b) -> None:
-        """T tokens: act(gate) * up densely, masked by the predictor, then each token's active down_t rows."""
-        hidden = b.hidden.x  # (T, n_ff)
-        matmul(layer.ffn_gate, b.normed, b.gate, float_activations=self.float_activations)
-        matmul(layer.ffn_up, b.normed, b.up, float_activations=self.float_activations)
-        cpu_ops.fatrelu_times(b.gate, b.up, self.threshold, hidden)
+        """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
+        neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
+        fired, each row read once for all T; then each token's own active rows of down_t."""
+        fa, tokens = self.float_activations, b.x.shape[0]
         if self.predictors is not None:
-            hidden *= self._predicted(index, b.x)
+            predicted = self._predicted(index, b.x)  # (T, n_ff) bool
+            rows = np.flatnonzero(predicted.any(axis=0))
+            gate = np.empty((tokens, rows.shape[0]), np.float32)
+            if rows.shape[0]:
+                matmul_rows(layer.ffn_gate, b.normed, rows, gate, float_activations=fa)
+            gate[~predicted[:, rows]] = -np.inf  # a token's neurons that were not predicted stay off
+        else:
+            matmul(layer.ffn_gate, b.normed, b.gate, float_activations=fa)
+            rows = np.flatnonzero((b.gate >= self.threshold).any(axis=0))
+            gate = np.ascontiguousarray(b.gate[:, rows])
+        up = np.empty(gate.shape, np.float32)
+        if rows.shape[0]:
+            matmul_rows(layer.ffn_up, b.normed, rows, up, float_activations=fa)
+        fired = np.empty(gate.shape, np.float32)
+        cpu_ops.fatrelu_times(gate, up, self.threshold, fired)
+        hidden = b.hidden.x  # (T, n_ff)
+        hidden[:] = 0.0
+        hidden[:, rows] = fired
         down_t = self.down_t[index]
-        cpu_layer.sparse_down(down_t.code, self.float_activations)(hidden, down_t.raw, self.active, self.hidden,
-                                                                 b.block_out, numba.get_num_threads())
+        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.active, self.hidden, b.block_out,
+                                               numba.get_num_threads())
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:

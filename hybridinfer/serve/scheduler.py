@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from ..errors import HybridInferError
 from ..generation.generate import CompletionText, GenerationChunk, Timings, token_limit
 from ..generation.sampling import Sampler, SamplerSettings
@@ -41,6 +43,7 @@ class Completion:
     stop: list[str]
     sampling: SamplerSettings
     on_chunk: Callable[[GenerationChunk], None]
+    ignore_eos: bool = False  # as llama.cpp's server: end-of-text tokens are never sampled (benchmarks)
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose keys and values the slot already held
     error: str | None = None
@@ -200,6 +203,9 @@ class Scheduler:
         self.stats.seconds += time.perf_counter() - started
 
     def _sample(self, slot: _Slot, logits) -> None:
+        if slot.completion.ignore_eos:
+            logits = logits.copy()
+            logits[list(self.engine.tokenizer.eog_ids)] = -np.inf
         token = slot.sampler.sample(logits, slot.history)
         slot.history.append(token)
         chunk = slot.text.add(token)
