@@ -14,8 +14,11 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
      per token and the tokens/s it implies, beside -ngl at the same budget; peak RSS of each configuration
   6. start-up (`tools/bench_startup.py`): a new process to its first token, first start (repacking) and second
      (mapping the repack cache), with the start-up breakdown and peak RSS
+  7. parallel sequences (`eval/parallel_bench.py`, what `serve --parallel N` sustains): aggregate decode rate at
+     1, 2, 4 and 8 sequences decoded together, SmolLM2 dense and the 7B-shaped model dense and --predictors
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
+       [--only 3,7]
 """
 
 from __future__ import annotations
@@ -174,6 +177,26 @@ def startup(args) -> None:
                               predictors if predictors is not None and predictors.exists() else None)
 
 
+def parallel(args) -> None:
+    from hybridinfer.eval.parallel_bench import context_for, parallel_rates
+    counts = [1, 2, 4, 8]
+    print("\n## 7. parallel sequences: aggregate decode rate\n\n| model | mode | sequences | aggregate t/s | "
+          "t/s per sequence | vs 1 |\n| --- | --- | ---: | ---: | ---: | ---: |", flush=True)
+    model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else (Path(args.model_7b), None)
+    runs = [("SmolLM2-135M Q4_1", ensure_default_model(), {})]
+    if model.exists():
+        runs.append(("synthetic ProSparse-7B Q4_0", model, {}))
+        if predictors is not None and predictors.exists():
+            runs.append(("synthetic ProSparse-7B Q4_0", model, {"predictors": str(predictors)}))
+    for label, path, options in runs:
+        engine = hybridinfer.load(str(path), n_ctx=context_for(counts, args.n_gen), **options)
+        mode = "--predictors" if options else "dense"
+        for r in parallel_rates(engine, counts, args.n_gen, args.repetitions):
+            print(f"| {label} | {mode} | {r['n']} | {r['tokens_per_second']:.2f} | {r['per_sequence']:.2f} | "
+                  f"{r['speedup']:.2f}x |", flush=True)
+        del engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -183,16 +206,16 @@ def main() -> None:
     parser.add_argument("--formats", default="f16,bf16,q8_0,q4_0,q4_1", help="kernel benchmark formats")
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--model-7b", default=None, help="a 7B-shaped GGUF (default: the `make bench-model` build)")
+    parser.add_argument("--only", default=None, help="run only these sections, e.g. 3,7")
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    if not args.skip_kernels:
-        kernels(args)
-    default_model(args)
-    synthetic_7b(args)
-    reference_model(args)
-    hybrid_7b(args)
-    startup(args)
+    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel]
+    chosen = range(1, 8) if args.only is None else [int(n) for n in args.only.split(",")]
+    for number in chosen:
+        if number == 1 and args.skip_kernels:
+            continue
+        sections[number - 1](args)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,16 @@ from .options import model_options, open_engine, runtime_settings
               help="also time llama.cpp's decoding of the same file (needs the optional llama-cpp-python)")
 @click.option("--kernels", is_flag=True, help="benchmark the CPU kernels at 7B layer shapes instead of a model")
 @click.option("--formats", default="f16,bf16,q8_0,q4_0", show_default=True, help="--kernels: weight formats")
+@click.option("--parallel", default=None, metavar="N[,N...]",
+              help="aggregate decode rate of N sequences decoded together (as `serve --parallel N`), e.g. 1,2,4,8")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **kwargs):
+def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, parallel, as_json, **kwargs):
     """Measure prompt processing and generation speed (medians of -r runs)."""
     if kernels:
         _kernels(formats, repetitions, kwargs["n_threads"], as_json)
+        return
+    if parallel is not None:
+        _parallel(_counts(parallel), n_gen, repetitions, as_json, kwargs)
         return
     from ..eval.benchmark import run_bench
     model_path, options = runtime_settings(kwargs)
@@ -61,6 +66,35 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, as_json, **
         click.echo(f"| {name} | llama.cpp {reference['version']}, dense | tg{n_gen} | "
                    f"{reference['tokens_per_second']:.2f} |")
         click.echo(f"\nratio to llama.cpp: {ours / reference['tokens_per_second']:.2f}x")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected numbers of sequences like 1,2,4,8, got {text!r}", param_hint="--parallel")
+    return counts
+
+
+def _parallel(counts: list[int], n_gen: int, repetitions: int, as_json: bool, kwargs: dict) -> None:
+    from ..eval.parallel_bench import context_for, parallel_rates
+    model_path, options = runtime_settings(kwargs)
+    if options.n_ctx is None:
+        options = dataclasses.replace(options, n_ctx=context_for(counts, n_gen))
+    engine = open_engine(model_path, options)
+    records = parallel_rates(engine, counts, max(n_gen, 2), repetitions)
+    mode = "predictors" if options.predictors else "exact" if options.exact else "dense"
+    name = engine.file.get("general.name") or engine.path
+    if as_json:
+        click.echo(json.dumps({"model": name, "mode": mode, "n_gen": n_gen, "results": records}))
+        return
+    click.echo("| model | mode | sequences | aggregate t/s | t/s per sequence | vs 1 |")
+    click.echo("| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in records:
+        click.echo(f"| {name} | {mode} | {r['n']} | {r['tokens_per_second']:.2f} | {r['per_sequence']:.2f} | "
+                   f"{r['speedup']:.2f}x |")
 
 
 def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -> dict:
