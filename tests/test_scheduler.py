@@ -3,6 +3,9 @@ prompts share a slot's cached prefix, a full queue refuses, a cancelled completi
 
 import threading
 
+import numba
+import torch
+
 import pytest
 from gguf import GGMLQuantizationType as T
 
@@ -95,4 +98,36 @@ def test_a_full_queue_refuses_and_a_cancelled_completion_leaves_its_slot(model):
     assert waiting_received.done.wait(60) and waiting_received.finish == "length"
     assert len(chunks) == 1  # nothing after the cancel
     assert scheduler.status() == {"slots_busy": 0, "slots": 1, "queued": 0}
+    scheduler.close()
+
+
+@pytest.fixture
+def restored_threads():
+    numba_threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    yield
+    numba.set_num_threads(numba_threads)
+    torch.set_num_threads(torch_threads)
+
+
+def test_a_cancelled_waiting_completion_frees_its_place_and_threads_follow_the_engine(model, restored_threads):
+    engine = hybridinfer.load(str(model), n_ctx=256, n_threads=1)
+    scheduler = Scheduler(engine, n_parallel=1, max_queue=1)
+    holding, release, seen = threading.Event(), threading.Event(), []
+
+    def held_up(chunk):
+        seen.append(numba.get_num_threads())  # on the scheduler's thread
+        holding.set()
+        release.wait(60)
+
+    running = Completion(engine.tokenize("hello"), 1, [], GREEDY, held_up)
+    scheduler.submit(running)
+    assert holding.wait(60)
+    given_up, _ = completion(engine, "a b c")
+    scheduler.submit(given_up)
+    given_up.cancel()  # its client went away while it waited
+    assert scheduler.status()["queued"] == 0
+    waiting, received = completion(engine, "zzz", max_tokens=2)
+    scheduler.submit(waiting)  # not refused: the queue holds no cancelled completion
+    release.set()
+    assert received.done.wait(60) and seen == [1]
     scheduler.close()

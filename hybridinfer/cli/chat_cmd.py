@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..text.chat_template import render_chat
+from ..text.prompts import chat_prompt_tokens, chat_template_for
 from ..engine import Engine
 from ..generation.generate import Timings
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
@@ -31,7 +31,7 @@ def chat(system_prompt, chat_template, max_tokens, show_timings, **kwargs):
     """Chat with a model interactively."""
     sampling = sampling_settings(kwargs)
     engine = open_engine(*runtime_settings(kwargs))
-    template = chat_template or engine.chat_template or ("minicpm" if engine.config.architecture == "minicpm" else None)
+    template = chat_template_for(engine, chat_template)
     start = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(start)
     interactive = sys.stdin.isatty()
@@ -59,12 +59,7 @@ def chat(system_prompt, chat_template, max_tokens, show_timings, **kwargs):
 
 
 def _reply(engine: Engine, messages: list[dict], template, max_tokens: int, sampling: dict) -> tuple[str, Timings]:
-    tokenizer = engine.tokenizer
-    bos = tokenizer.decode([tokenizer.bos_id], skip_special=False) if tokenizer.bos_id is not None else ""
-    eos = tokenizer.decode([tokenizer.eos_id], skip_special=False) if tokenizer.eos_id is not None else ""
-    rendered = render_chat(messages, template, bos_token=bos, eos_token=eos, add_generation_prompt=True)
-    add_bos = tokenizer.add_bos and not (bos and rendered.startswith(bos))
-    prompt = tokenizer.encode(rendered, add_bos=add_bos)
+    prompt = chat_prompt_tokens(engine.tokenizer, messages, template)
     timings = engine.new_timings()
     pieces = []
     try:

@@ -20,6 +20,7 @@ from .info_cmd import fetch, info
 from .perplexity_cmd import perplexity
 from .predictors_cmd import predictors
 from .profile_cmd import profile
+from .serve_cmd import serve
 from .split_cmd import split
 from .warmup_cmd import warmup
 
@@ -87,3 +88,4 @@ cli.add_command(profile)
 cli.add_command(split)
 cli.add_command(bench)
 cli.add_command(warmup)
+cli.add_command(serve)

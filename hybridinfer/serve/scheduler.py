@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numba
 import numpy as np
 
 from ..errors import HybridInferError
@@ -90,6 +91,7 @@ class Scheduler:
         self._waiting: collections.deque[Completion] = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._threads = numba.get_num_threads()  # numba's setting is per thread: -t, as the engine got it
         self._thread = threading.Thread(target=self._run, name="hybridinfer-slots", daemon=True)
         self._thread.start()
 
@@ -97,14 +99,21 @@ class Scheduler:
         with self._wake:
             if self._closed:
                 raise HybridInferError("the server is shutting down")
+            self._prune()
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server is busy: {self.n_parallel} requests running and {len(self._waiting)} "
                                 "waiting; try again later")
             self._waiting.append(completion)
             self._wake.notify()
 
+    def _prune(self) -> None:
+        """Drop the waiting completions whose clients went away (they hold no place in the queue)."""
+        if any(c.cancelled for c in self._waiting):
+            self._waiting = collections.deque(c for c in self._waiting if not c.cancelled)
+
     def status(self) -> dict:
         with self._wake:
+            self._prune()
             busy = sum(slot.completion is not None for slot in self._slots)
             return {"slots_busy": busy, "slots": self.n_parallel, "queued": len(self._waiting)}
 
@@ -116,6 +125,7 @@ class Scheduler:
         self._thread.join()
 
     def _run(self) -> None:
+        numba.set_num_threads(self._threads)
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not self._running():

@@ -1,0 +1,103 @@
+"""`hybridinfer serve`: an OpenAI-compatible HTTP server for one model, as llama.cpp's `llama-server`.
+
+The port is bound before the model loads, so a port in use is a one-line error at once; connections are
+accepted once the model is ready, and one line on stderr says where (`server listening on http://...`).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from ..errors import HybridInferError
+from ..generation.sampling import SamplerSettings
+from ..serve.schemas import OPENAI_SAMPLING
+from .options import model_options, open_engine, runtime_settings, sampling_settings
+
+GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still running may take to finish
+
+
+def request_sampling_options(command):
+    """`generate`'s sampling flags, here the values a request's absent fields take: OpenAI's defaults."""
+    d = OPENAI_SAMPLING
+    for option in reversed([
+        click.option("--temp", "temperature", type=float, default=d.temperature, show_default=True,
+                     help="temperature of requests that give none; <= 0 is greedy"),
+        click.option("--top-k", type=int, default=d.top_k, show_default=True, help="default top-k (0 = off)"),
+        click.option("--top-p", type=float, default=d.top_p, show_default=True, help="default top-p (1.0 = off)"),
+        click.option("--min-p", type=float, default=d.min_p, show_default=True, help="default min-p (0.0 = off)"),
+        click.option("--repeat-penalty", type=float, default=d.repeat_penalty, show_default=True,
+                     help="default penalty for repeated tokens (1.0 = off)"),
+        click.option("--repeat-last-n", type=int, default=d.repeat_last_n, show_default=True,
+                     help="default tokens considered for the repeat penalty (0 = off, -1 = context)"),
+        click.option("-s", "--seed", type=int, default=-1, show_default=True,
+                     help="default RNG seed (-1 = random per request)"),
+    ]):
+        command = option(command)
+    return command
+
+
+@click.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all interfaces)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="port to listen on (0 = any free port; the line on stderr says which)")
+@click.option("--api-key", envvar="HYBRIDINFER_API_KEY", default=None,
+              help="require 'Authorization: Bearer KEY' on every endpoint but /health (env: HYBRIDINFER_API_KEY)")
+@click.option("-np", "--parallel", "n_parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="requests decoded at once; each slot holds -c / N tokens of context")
+@click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
+              help="requests that may wait for a slot; more are answered 503")
+@click.option("--chat-template", default=None,
+              help="a Jinja chat template, or a built-in name (llama2, chatml, minicpm); default: the model's own")
+@request_sampling_options
+def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
+    """Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    defaults = SamplerSettings(**sampling_settings(kwargs))
+    listener = bind_socket(host, port)
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+        from ..text.prompts import chat_prompt_tokens
+        from ..serve.scheduler import Scheduler
+
+        engine = open_engine(*runtime_settings(kwargs))
+        if chat_template:  # a bad name or template fails now, not at every chat request
+            chat_prompt_tokens(engine.tokenizer, [{"role": "user", "content": "hi"}], chat_template)
+        scheduler = Scheduler(engine, n_parallel=n_parallel, max_queue=queue_size)
+        try:
+            app = create_app(engine, scheduler, api_key=api_key or None, chat_template=chat_template,
+                             sampling_defaults=defaults)
+            listener.listen(2048)
+            click.echo(f"server listening on {socket_url(listener)}", err=True)
+            config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+            uvicorn.Server(config).run(sockets=[listener])
+        finally:
+            scheduler.close()
+    finally:
+        listener.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (not yet listening); a one-line error if that cannot be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise HybridInferError(f"cannot listen on --host {host}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise HybridInferError(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running there? "
+                               "choose another --port (0 picks a free one)") from None
+    return listener
+
+
+def socket_url(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"http://[{host}]:{port}" if listener.family == socket.AF_INET6 else f"http://{host}:{port}"

@@ -1,0 +1,1 @@
+"""`hybridinfer serve`: an OpenAI-compatible HTTP server (FastAPI) over the request scheduler."""

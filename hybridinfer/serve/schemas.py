@@ -1,0 +1,216 @@
+"""The request bodies of the OpenAI endpoints, as pydantic models, what they mean for the sampler, and why a
+body is refused (`RequestError`, answered with 400 and the field at fault).
+
+Fields OpenAI's clients send and hybridinfer does not use (`user`, `metadata`, `parallel_tool_calls`, ...) are
+ignored, as OpenAI's server ignores unknown ones; a known field of the wrong type is refused (strict types: no
+"1" for 1, no true for 1). Absent and null fields take their defaults. Features the engine lacks (`n` > 1,
+`logprobs`, `echo`, `tools`, ...) are refused with a message by `unsupported()`, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import HybridInferError
+from ..generation.sampling import SamplerSettings
+
+# What a request that leaves a sampling field out gets (OpenAI's meaning: temperature 1 over the whole
+# distribution; top-k and min-p, which OpenAI lacks, off); `hybridinfer serve --temp ...` replaces these.
+OPENAI_SAMPLING = SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+
+_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
+                    "frequency_penalty", "presence_penalty")
+_FLAG_FIELDS = {"--temp": "temperature", "--top-k": "top_k", "--top-p": "top_p", "--min-p": "min_p",
+                "--repeat-penalty": "repeat_penalty", "--repeat-last-n": "repeat_last_n", "-s/--seed": "seed",
+                "--frequency-penalty": "frequency_penalty", "--presence-penalty": "presence_penalty"}
+
+# How a field whose type is a union is described when a request gets it wrong (pydantic names each member).
+UNION_TYPES = {"prompt": "a string, a list of token ids, or a list of one string",
+               "stop": f"a string or a list of up to {MAX_STOP_STRINGS} strings",
+               "content": "a string or a list of text parts"}
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|dict|list)$|\[|^[A-Z]")  # pydantic's names of union members
+
+
+class RequestError(HybridInferError):
+    """A request the server refuses with 400: `param` names the field at fault, `code` is OpenAI's error code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+Body = TypeVar("Body", bound="_Request")
+
+
+def parse_request(raw: bytes, model: type[Body]) -> Body:
+    """`raw` JSON as `model`; RequestError for malformed JSON, a wrong type or an unsupported feature."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise RequestError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object")
+    try:
+        body = model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_fields(exc.errors()) from None
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        raise RequestError(unsupported[1], param=unsupported[0])
+    return body
+
+
+def invalid_fields(errors: list[dict]) -> RequestError:
+    """The error for pydantic's `errors()`: the first field at fault, named by its path ("messages.0.content")."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return RequestError("the request body is not valid JSON")
+    loc = [part for part in first.get("loc", ()) if not (isinstance(part, str) and _UNION_TAG.search(part))]
+    if loc and loc[0] in ("body", "query", "path"):  # FastAPI's RequestValidationError says where
+        loc = loc[1:]
+    path = ".".join(str(part) for part in loc)
+    name = next((part for part in reversed(loc) if isinstance(part, str)), None)
+    same_field = [e for e in errors if e.get("loc", ())[:1] == first.get("loc", ())[:1]]
+    if name in UNION_TYPES and len(same_field) > 1 and first.get("type") != "missing":
+        return RequestError(f"'{path}' must be {UNION_TYPES[name]}", param=path)
+    if path:
+        return RequestError(f"'{path}': {first.get('msg', 'invalid value')}", param=path)
+    return RequestError(f"the request body: {first.get('msg', 'invalid value')}")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool | None = None
+
+
+class _Request(BaseModel):
+    """Fields both endpoints share: sampling (llama.cpp's extras top_k, min_p, repeat_penalty too), stop, stream."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    model: str | None = None  # ignored: the server has one model
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    ignore_eos: bool | None = None  # llama.cpp's extension: end-of-text tokens are never sampled (benchmarks)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def sampling(self, defaults: SamplerSettings) -> SamplerSettings:
+        """`defaults` with the fields this request gives; raises RequestError naming the field at fault."""
+        given = {name: getattr(self, name) for name in _SAMPLING_FIELDS if getattr(self, name) is not None}
+        try:
+            return dataclasses.replace(defaults, **given)
+        except HybridInferError as exc:
+            message, field = str(exc), None
+            for flag, name in _FLAG_FIELDS.items():
+                if f"invalid {flag} " in message:
+                    message, field = message.replace(f"invalid {flag} ", f"invalid {name} "), name
+                    break
+            raise RequestError(message, param=field) from None
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, message) for the first feature this request asks for that the server lacks, else None."""
+        if self.n not in (None, 1):
+            return "n", "only n=1 is supported: send one request per completion"
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
+        return None
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions."""
+
+    prompt: str | list[int] | Annotated[list[str], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=-1)] | None = None  # None: 16, as OpenAI's default
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) and len(self.prompt) > 1:
+            return "prompt", "only one prompt per request is supported: send a string or a list of one string"
+        if self.echo:
+            return "echo", "echo is not supported"
+        if self.best_of not in (None, 1):
+            return "best_of", "only best_of=1 is supported"
+        if self.suffix:
+            return "suffix", "suffix (fill-in-the-middle) is not supported"
+        return super().unsupported()
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str | None:
+        """The content as one string (its text parts joined, as llama.cpp's server does)."""
+        if not isinstance(self.content, list):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+    @property
+    def text_only(self) -> bool:
+        return not isinstance(self.content, list) or all(part.type == "text" for part in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=-1)] | None = None  # None: until end of text or the context is full
+    max_completion_tokens: Annotated[int, Field(ge=-1)] | None = None  # OpenAI's newer name; wins if both
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+    functions: list[dict] | None = None  # the deprecated form of tools
+    response_format: dict | None = None
+
+    @property
+    def token_limit(self) -> int:
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return -1 if limit is None else limit
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.tools or self.functions:
+            return ("tools" if self.tools else "functions"), "tools (function calling) are not supported"
+        if not all(message.text_only for message in self.messages):
+            return "messages", "only text content parts are supported (no images, audio or files)"
+        if self.top_logprobs:
+            return "top_logprobs", "logprobs are not supported"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format", "only response_format {\"type\": \"text\"} is supported"
+        return super().unsupported()
