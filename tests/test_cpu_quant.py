@@ -133,6 +133,10 @@ def test_matmul(rng, qtype, float_activations):
             out = np.full((tokens, shape[0]), np.nan, dtype=np.float32)
             cpu_quant.matmul(packed, x, out, float_activations=float_activations)
             check_against_twins(out, values, sizes, x, qtype, float_activations, lambda w, v: reference.matmul(w, v))
+            for t in range(tokens):  # tokens go two at a time: each one's result is the one-token product's
+                one = np.empty(shape[0], np.float32)
+                cpu_quant.matvec(packed, x[t], one, float_activations=float_activations)
+                np.testing.assert_array_equal(out[t], one)
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])

@@ -41,9 +41,10 @@ def _groups(data, dense, rows):
 
 
 @njit(inline="always", **OPTIONS)
-def _dot_group(tile, group, w, ops, count, groups, nb, row_bytes, dense, rows, out):
+def _dot_group(tile, pair, pairs, group, w, ops, count, groups, nb, row_bytes, dense, rows, out):
     """out[t, k..] for the four rows of `group` and every token t: `tile` (one format's helper) adds up each
-    tile. Four rows at a time (four streams in flight: random rows then run at the speed of a plain read of
+    tile for one token, `pair` (with `pairs`: int8 activations) for two, each token's arithmetic `tile`'s. (Float
+    activations go one token at a time: with fastmath, a pair of float helpers may round differently.) Four rows at a time (four streams in flight: random rows then run at the speed of a plain read of
     them); for random rows, the next four rows are prefetched a share per tile. Everything is addressed as flat
     array + offset: a row view per row would cost reference counting."""
     cols, last, share = nb * BLOCK, count - 1, share_bytes(row_bytes, nb)
@@ -56,11 +57,20 @@ def _dot_group(tile, group, w, ops, count, groups, nb, row_bytes, dense, rows, o
              _ahead_offset(rows, dense, k + 5, count, row_bytes),
              _ahead_offset(rows, dense, k + 6, count, row_bytes),
              _ahead_offset(rows, dense, k + 7, count, row_bytes))
-    for t in range(out.shape[0]):
-        if t:
-            ahead = (np.int64(-1), np.int64(-1), np.int64(-1), np.int64(-1))  # fetched with the first token
+    none = (np.int64(-1), np.int64(-1), np.int64(-1), np.int64(-1))
+    t, tokens = 0, out.shape[0]
+    while pairs and t + 1 < tokens:  # two tokens at a time: each weight vector loaded (and unpacked) once for both
+        a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows_pair(pair, w, wo, nb, ops, t * cols, t * nb, (t + 1) * cols,
+                                                         (t + 1) * nb, ahead, share)
+        out[t, k], out[t, k1], out[t, k2], out[t, k3] = a0, a1, a2, a3
+        out[t + 1, k], out[t + 1, k1], out[t + 1, k2], out[t + 1, k3] = b0, b1, b2, b3
+        ahead = none  # fetched with the first tokens
+        t += 2
+    while t < tokens:  # the last one, or every one
         out[t, k], out[t, k1], out[t, k2], out[t, k3] = _four_rows(tile, w, wo, nb, ops, t * cols, t * nb, ahead,
                                                                    share)
+        ahead = none
+        t += 1
 
 
 @functools.cache
@@ -76,10 +86,11 @@ def dot_rows(kind: int, float_activations: bool):
         count, groups = _groups(data, dense, rows)
         for group in prange(groups):
             if kind == Q8_0:  # constants: numba compiles the one branch they leave
-                tile = _q8_float_tile if float_activations else _q8_int8_tile
+                tile, pair = (_q8_float_tile if float_activations else _q8_int8_tile), _q8_int8_pair
             else:
-                tile = _q4_float_tile if float_activations else _q4_int8_tile
-            _dot_group(tile, group, w, ops, count, groups, nb, data.shape[1], dense, rows, out)
+                tile, pair = (_q4_float_tile if float_activations else _q4_int8_tile), _q4_int8_pair
+            _dot_group(tile, pair, not float_activations, group, w, ops, count, groups, nb, data.shape[1], dense,
+                       rows, out)
 
     return kernel
 
@@ -117,6 +128,27 @@ def _four_rows(tile, w, wo, nb, ops, xo, bo, ahead, share):
         t2 = tile(w, wo[2], ops, xo, bo, full, nb - full, t2)
         t3 = tile(w, wo[3], ops, xo, bo, full, nb - full, t3)
     return hsum(t0), hsum(t1), hsum(t2), hsum(t3)
+
+
+@njit(inline="always", **OPTIONS)
+def _four_rows_pair(pair, w, wo, nb, ops, xo0, bo0, xo1, bo1, ahead, share):
+    """`_four_rows` for two tokens (activations at xo0/bo0 and xo1/bo1): the first's four dots, the second's."""
+    full = nb - nb % TILE
+    a0, a1, a2, a3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    b0, b1, b2, b3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    for start in range(0, full, TILE):
+        prefetch_shares(w, ahead, 4, start, share)
+        a0, b0 = pair(w, wo[0], ops, xo0, bo0, xo1, bo1, start, TILE, a0, b0)
+        a1, b1 = pair(w, wo[1], ops, xo0, bo0, xo1, bo1, start, TILE, a1, b1)
+        a2, b2 = pair(w, wo[2], ops, xo0, bo0, xo1, bo1, start, TILE, a2, b2)
+        a3, b3 = pair(w, wo[3], ops, xo0, bo0, xo1, bo1, start, TILE, a3, b3)
+    if full < nb:
+        prefetch_shares(w, ahead, 4, full, share)
+        a0, b0 = pair(w, wo[0], ops, xo0, bo0, xo1, bo1, full, nb - full, a0, b0)
+        a1, b1 = pair(w, wo[1], ops, xo0, bo0, xo1, bo1, full, nb - full, a1, b1)
+        a2, b2 = pair(w, wo[2], ops, xo0, bo0, xo1, bo1, full, nb - full, a2, b2)
+        a3, b3 = pair(w, wo[3], ops, xo0, bo0, xo1, bo1, full, nb - full, a3, b3)
+    return hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(b0), hsum(b1), hsum(b2), hsum(b3)
 
 
 @njit(inline="always", **OPTIONS)
@@ -204,3 +236,76 @@ def _q4_float_tile(w, wo, ops, xo, bo, start, width, total):
     total = fma(add(add(p0, p1), add(p2, p3)), load_f16_bytes(w, wo + header, width), total)
     minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
     return fma(minimum, load_f32(xsum, bo + start, width), total)
+
+
+# Two tokens at a time (`_four_rows_pair`, int8 activations): each weight vector is loaded (and unpacked) once
+# for both tokens, then each token gets exactly the one-token helper's arithmetic (integer dots: bit for bit).
+
+@njit(inline="always", **OPTIONS)
+def _q8_int8_pair(w, wo, ops, xo0, bo0, xo1, bo1, start, width, total0, total1):
+    """`_q8_int8_tile` for two tokens."""
+    qx, dx, qsum = ops[4], ops[5], ops[6]
+    n = width * 4
+    header, quants = unit_offsets(start, 1, 512)
+    o, x0, x1 = wo + quants, xo0 + start * 32, xo1 + start * 32
+    w0, w1 = flip_sign_bits(load_bytes(w, o, n)), flip_sign_bits(load_bytes(w, o + n, n))
+    w2, w3 = flip_sign_bits(load_bytes(w, o + 2 * n, n)), flip_sign_bits(load_bytes(w, o + 3 * n, n))
+    acc0 = dot_u8s8(scale_i32(load_i32(qsum, bo0 + start, width), -128), w0, load_bytes(qx, x0, n))
+    acc1 = dot_u8s8(zeros_i32(), w1, load_bytes(qx, x0 + n, n))
+    acc2 = dot_u8s8(zeros_i32(), w2, load_bytes(qx, x0 + 2 * n, n))
+    acc3 = dot_u8s8(zeros_i32(), w3, load_bytes(qx, x0 + 3 * n, n))
+    bcc0 = dot_u8s8(scale_i32(load_i32(qsum, bo1 + start, width), -128), w0, load_bytes(qx, x1, n))
+    bcc1 = dot_u8s8(zeros_i32(), w1, load_bytes(qx, x1 + n, n))
+    bcc2 = dot_u8s8(zeros_i32(), w2, load_bytes(qx, x1 + 2 * n, n))
+    bcc3 = dot_u8s8(zeros_i32(), w3, load_bytes(qx, x1 + 3 * n, n))
+    o, x0, x1 = o + 4 * n, x0 + 4 * n, x1 + 4 * n
+    w0, w1 = flip_sign_bits(load_bytes(w, o, n)), flip_sign_bits(load_bytes(w, o + n, n))
+    w2, w3 = flip_sign_bits(load_bytes(w, o + 2 * n, n)), flip_sign_bits(load_bytes(w, o + 3 * n, n))
+    acc0 = dot_u8s8(acc0, w0, load_bytes(qx, x0, n))
+    acc1 = dot_u8s8(acc1, w1, load_bytes(qx, x0 + n, n))
+    acc2 = dot_u8s8(acc2, w2, load_bytes(qx, x0 + 2 * n, n))
+    acc3 = dot_u8s8(acc3, w3, load_bytes(qx, x0 + 3 * n, n))
+    bcc0 = dot_u8s8(bcc0, w0, load_bytes(qx, x1, n))
+    bcc1 = dot_u8s8(bcc1, w1, load_bytes(qx, x1 + n, n))
+    bcc2 = dot_u8s8(bcc2, w2, load_bytes(qx, x1 + 2 * n, n))
+    bcc3 = dot_u8s8(bcc3, w3, load_bytes(qx, x1 + 3 * n, n))
+    d = load_f16_bytes(w, wo + header, width)
+    a = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    b = add_i32(add_i32(bcc0, bcc1), add_i32(bcc2, bcc3))
+    return (fma(to_f32(a), mul(d, load_f32(dx, bo0 + start, width)), total0),
+            fma(to_f32(b), mul(d, load_f32(dx, bo1 + start, width)), total1))
+
+
+@njit(inline="always", **OPTIONS)
+def _q4_int8_pair(w, wo, ops, xo0, bo0, xo1, bo1, start, width, total0, total1):
+    """`_q4_int8_tile` for two tokens."""
+    minimums, qx, dx, qsum = ops[0], ops[4], ops[5], ops[6]
+    n = width * 4
+    qsum0, qsum1 = load_i32(qsum, bo0 + start, width), load_i32(qsum, bo1 + start, width)
+    acc0, acc1 = scale_i32(qsum0, 8 * minimums - 8), zeros_i32()
+    acc2, acc3 = zeros_i32(), zeros_i32()
+    bcc0, bcc1 = scale_i32(qsum1, 8 * minimums - 8), zeros_i32()
+    bcc2, bcc3 = zeros_i32(), zeros_i32()
+    header, quants = unit_offsets(start, 1 - minimums, 256)
+    o, x0, x1 = wo + quants, xo0 + start * 32, xo1 + start * 32
+    for g in range(0, 4, 2):
+        packed = load_bytes(w, o + g * n, n)
+        low, high = low_nibbles(packed), high_nibbles(packed)
+        acc0 = dot_u8s8(acc0, low, load_bytes(qx, x0 + g * n, n))
+        acc1 = dot_u8s8(acc1, high, load_bytes(qx, x0 + (g + 4) * n, n))
+        bcc0 = dot_u8s8(bcc0, low, load_bytes(qx, x1 + g * n, n))
+        bcc1 = dot_u8s8(bcc1, high, load_bytes(qx, x1 + (g + 4) * n, n))
+        packed = load_bytes(w, o + (g + 1) * n, n)
+        low, high = low_nibbles(packed), high_nibbles(packed)
+        acc2 = dot_u8s8(acc2, low, load_bytes(qx, x0 + (g + 1) * n, n))
+        acc3 = dot_u8s8(acc3, high, load_bytes(qx, x0 + (g + 5) * n, n))
+        bcc2 = dot_u8s8(bcc2, low, load_bytes(qx, x1 + (g + 1) * n, n))
+        bcc3 = dot_u8s8(bcc3, high, load_bytes(qx, x1 + (g + 5) * n, n))
+    d = load_f16_bytes(w, wo + header, width)
+    minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
+    dx0, dx1 = load_f32(dx, bo0 + start, width), load_f32(dx, bo1 + start, width)
+    a = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    b = add_i32(add_i32(bcc0, bcc1), add_i32(bcc2, bcc3))
+    total0 = fma(minimum, mul(dx0, to_f32(qsum0)), fma(to_f32(a), mul(d, dx0), total0))
+    total1 = fma(minimum, mul(dx1, to_f32(qsum1)), fma(to_f32(b), mul(d, dx1), total1))
+    return total0, total1
