@@ -184,9 +184,10 @@ def test_killed_conversion_leaves_no_file_at_the_destination(tmp_path_factory, t
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.gguf.*")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
-    assert process.poll() is None, "conversion finished before it could be interrupted"
-    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGSTOP)  # frozen mid-write: the signal below cannot come after the rename
+    assert process.poll() is None and not out.exists(), "conversion finished before it could be interrupted"
     os.kill(process.pid, sig)
+    os.kill(process.pid, signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert not out.exists()

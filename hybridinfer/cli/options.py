@@ -45,21 +45,32 @@ def model_options(command):
     return command
 
 
-def sampling_options(command):
-    for option in reversed([
-        click.option("--temp", "temperature", type=float, default=_defaults.temperature, show_default=True,
-                     help="temperature; <= 0 is greedy"),
-        click.option("--top-k", type=int, default=_defaults.top_k, show_default=True, help="top-k (0 = off)"),
-        click.option("--top-p", type=float, default=_defaults.top_p, show_default=True, help="top-p (1.0 = off)"),
-        click.option("--min-p", type=float, default=_defaults.min_p, show_default=True, help="min-p (0.0 = off)"),
-        click.option("--repeat-penalty", type=float, default=_defaults.repeat_penalty, show_default=True,
-                     help="penalty for repeated tokens (1.0 = off)"),
-        click.option("--repeat-last-n", type=int, default=_defaults.repeat_last_n, show_default=True,
-                     help="tokens considered for the repeat penalty (0 = off, -1 = context)"),
-        click.option("-s", "--seed", type=int, default=-1, show_default=True, help="RNG seed (-1 = random)"),
-    ]):
-        command = option(command)
-    return command
+def sampling_flags(defaults: SamplerSettings, of_what: str = ""):
+    """llama.cpp's sampling flags with these defaults; `of_what` says whose values they are (serve: the values a
+    request's absent fields take)."""
+    def decorate(command):
+        d = defaults
+        for option in reversed([
+            click.option("--temp", "temperature", type=float, default=d.temperature, show_default=True,
+                         help=f"temperature{of_what}; <= 0 is greedy"),
+            click.option("--top-k", type=int, default=d.top_k, show_default=True, help=f"top-k{of_what} (0 = off)"),
+            click.option("--top-p", type=float, default=d.top_p, show_default=True,
+                         help=f"top-p{of_what} (1.0 = off)"),
+            click.option("--min-p", type=float, default=d.min_p, show_default=True,
+                         help=f"min-p{of_what} (0.0 = off)"),
+            click.option("--repeat-penalty", type=float, default=d.repeat_penalty, show_default=True,
+                         help=f"penalty for repeated tokens{of_what} (1.0 = off)"),
+            click.option("--repeat-last-n", type=int, default=d.repeat_last_n, show_default=True,
+                         help=f"tokens considered for the repeat penalty{of_what} (0 = off, -1 = context)"),
+            click.option("-s", "--seed", type=int, default=-1, show_default=True,
+                         help=f"RNG seed{of_what} (-1 = random)"),
+        ]):
+            command = option(command)
+        return command
+    return decorate
+
+
+sampling_options = sampling_flags(_defaults)
 
 
 def sampling_settings(kwargs: dict) -> dict:

@@ -13,29 +13,9 @@ import click
 from ..errors import HybridInferError
 from ..generation.sampling import SamplerSettings
 from ..serve.schemas import OPENAI_SAMPLING
-from .options import model_options, open_engine, runtime_settings, sampling_settings
+from .options import model_options, open_engine, runtime_settings, sampling_flags, sampling_settings
 
 GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still running may take to finish
-
-
-def request_sampling_options(command):
-    """`generate`'s sampling flags, here the values a request's absent fields take: OpenAI's defaults."""
-    d = OPENAI_SAMPLING
-    for option in reversed([
-        click.option("--temp", "temperature", type=float, default=d.temperature, show_default=True,
-                     help="temperature of requests that give none; <= 0 is greedy"),
-        click.option("--top-k", type=int, default=d.top_k, show_default=True, help="default top-k (0 = off)"),
-        click.option("--top-p", type=float, default=d.top_p, show_default=True, help="default top-p (1.0 = off)"),
-        click.option("--min-p", type=float, default=d.min_p, show_default=True, help="default min-p (0.0 = off)"),
-        click.option("--repeat-penalty", type=float, default=d.repeat_penalty, show_default=True,
-                     help="default penalty for repeated tokens (1.0 = off)"),
-        click.option("--repeat-last-n", type=int, default=d.repeat_last_n, show_default=True,
-                     help="default tokens considered for the repeat penalty (0 = off, -1 = context)"),
-        click.option("-s", "--seed", type=int, default=-1, show_default=True,
-                     help="default RNG seed (-1 = random per request)"),
-    ]):
-        command = option(command)
-    return command
 
 
 @click.command()
@@ -51,7 +31,7 @@ def request_sampling_options(command):
               help="requests that may wait for a slot; more are answered 503")
 @click.option("--chat-template", default=None,
               help="a Jinja chat template, or a built-in name (llama2, chatml, minicpm); default: the model's own")
-@request_sampling_options
+@sampling_flags(OPENAI_SAMPLING, " of requests that give none")
 def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
     """Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models)."""
     defaults = SamplerSettings(**sampling_settings(kwargs))
