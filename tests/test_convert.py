@@ -179,8 +179,10 @@ def test_killed_conversion_leaves_no_file_at_the_destination(tmp_path_factory, t
                    overrides={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
                               "num_attention_heads": 8, "num_key_value_heads": 8})
     out = tmp_path / "out.gguf"
+    # SIGINT as a terminal gives it, even where the tests run in a background job (which starts with it ignored)
     process = subprocess.Popen([sys.executable, "-m", "hybridinfer", "convert", str(hf_dir), "-o", str(out),
-                                "--outtype", "q8_0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--outtype", "q8_0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.gguf.*")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)

@@ -7,6 +7,7 @@ accepted once the model is ready, and one line on stderr says where (`server lis
 from __future__ import annotations
 
 import socket
+import threading
 
 import click
 
@@ -46,16 +47,27 @@ def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
         engine = open_engine(*runtime_settings(kwargs))
         if chat_template:  # a bad name or template fails now, not at every chat request
             chat_prompt_tokens(engine.tokenizer, [{"role": "user", "content": "hi"}], chat_template)
-        scheduler = Scheduler(engine, n_parallel=n_parallel, max_queue=queue_size)
+        scheduler = Scheduler(engine, n_parallel=n_parallel, max_queue=queue_size, start=False)
+        app = create_app(engine, scheduler, api_key=api_key or None, chat_template=chat_template,
+                         sampling_defaults=defaults)
+        listener.listen(2048)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+        server = uvicorn.Server(config)
+
+        def answer_http() -> None:  # uvicorn on a thread of its own: decoding runs faster on the main thread
+            try:
+                server.run(sockets=[listener])
+            finally:
+                scheduler.close()
+
+        http = threading.Thread(target=answer_http, name="hybridinfer-http", daemon=True)
+        http.start()
+        click.echo(f"server listening on {socket_url(listener)}", err=True)
         try:
-            app = create_app(engine, scheduler, api_key=api_key or None, chat_template=chat_template,
-                             sampling_defaults=defaults)
-            listener.listen(2048)
-            click.echo(f"server listening on {socket_url(listener)}", err=True)
-            config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-            uvicorn.Server(config).run(sockets=[listener])
+            scheduler.run()  # until the HTTP side stops, Ctrl-C or SIGTERM
         finally:
-            scheduler.close()
+            server.should_exit = True
+            http.join(GRACEFUL_SHUTDOWN_S + 2)
     finally:
         listener.close()
 

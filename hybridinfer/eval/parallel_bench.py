@@ -3,8 +3,8 @@
 
 Per N: N completions of distinct prompts start together in `serve/scheduler.py`'s slots (greedy, end-of-text
 never sampled, as llama.cpp's `ignore_eos`), and the rate is the tokens of the decoding steps over their time
-(each step evaluates one token of every sequence; the prompts' evaluation is not counted). Median of the
-repetitions.
+(each step evaluates one token of every sequence; the prompts' evaluation is not counted), the loop on the
+main thread as in `serve`. Median of the repetitions.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def parallel_rate(engine: Engine, n: int, n_gen: int, repetitions: int) -> tuple
     """(median tokens/s, samples) of n sequences decoding n_gen tokens each, together."""
     text = prompt_tokens(engine, PROMPT_TOKENS * (n + 1))
     samples = []
-    scheduler = Scheduler(engine, n_parallel=n)
+    scheduler = Scheduler(engine, n_parallel=n, start=False)  # decoding on this thread, as `serve` does
     try:
         for _ in range(repetitions):
             engine.reset()  # no slot holds a prefix: every repetition evaluates its prompts
@@ -41,8 +41,7 @@ def parallel_rate(engine: Engine, n: int, n_gen: int, repetitions: int) -> tuple
                 scheduler.submit(Completion(prompt, n_gen, [], SamplerSettings(temperature=0),
                                             lambda chunk, e=finished: chunk.finish_reason and e.set(),
                                             ignore_eos=True))
-            for event in done:
-                event.wait()
+            scheduler.run(until=lambda: all(event.is_set() for event in done))
             tokens = scheduler.stats.tokens - before_tokens
             samples.append(tokens / (scheduler.stats.seconds - before_seconds))
     finally:

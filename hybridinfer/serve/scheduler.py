@@ -82,7 +82,12 @@ class DecodeStats:
 
 
 class Scheduler:
-    def __init__(self, engine, n_parallel: int = 1, max_queue: int = 64):
+    """`start`: decode on a thread of its own, started now; else the caller runs the loop (`run`) on a thread of
+    its choosing. The main thread decodes faster: numba's OpenMP workers are pooled per calling thread, and on a
+    2-core machine a second thread's pool measured 4 sequences at 10.5 t/s where the main thread's gave 12.6
+    (docs/cpu-decoding.md), so `serve` decodes on the main thread and answers HTTP on another."""
+
+    def __init__(self, engine, n_parallel: int = 1, max_queue: int = 64, start: bool = True):
         engine.hold_sequences(n_parallel)
         self.engine, self.n_parallel, self.max_queue = engine, n_parallel, max_queue
         self.n_ctx = engine.n_ctx  # positions of one slot
@@ -92,8 +97,10 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._threads = numba.get_num_threads()  # numba's setting is per thread: -t, as the engine got it
-        self._thread = threading.Thread(target=self._run, name="hybridinfer-slots", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if start:
+            self._thread = threading.Thread(target=self.run, name="hybridinfer-slots", daemon=True)
+            self._thread.start()
 
     def submit(self, completion: Completion) -> None:
         with self._wake:
@@ -118,13 +125,16 @@ class Scheduler:
             return {"slots_busy": busy, "slots": self.n_parallel, "queued": len(self._waiting)}
 
     def close(self) -> None:
-        """Stop the thread after its current step; waiting and running completions end with an error."""
+        """Stop the loop after its current step (from any thread); waiting and running completions end with an
+        error."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
-    def _run(self) -> None:
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """The decoding loop, on the calling thread: until `close`, or until `until()` holds after a step."""
         numba.set_num_threads(self._threads)
         while True:
             with self._wake:
@@ -142,6 +152,8 @@ class Scheduler:
             for completion in starting:
                 self._start(self._best_slot(completion.prompt), completion)
             self._step()
+            if until is not None and until():
+                return
         for completion in list(self._waiting) + [s.completion for s in self._slots if s.completion is not None]:
             self._fail(completion, "the server is shutting down")
 
