@@ -241,7 +241,7 @@ class Engine:
             raise HybridInferError("nothing to evaluate: the prompt is empty")
         self._check_fits(tokens)
         held = self.held[sequence]
-        reuse = min(_common_prefix(held, tokens), len(tokens) - 1)
+        reuse = min(self.held_prefix(tokens, sequence), len(tokens) - 1)
         del held[reuse:]
         logits = None
         for begin in range(reuse, len(tokens), PREFILL_CHUNK):
@@ -250,6 +250,10 @@ class Engine:
                                         sequence=sequence)
             held.extend(chunk)
         return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
+
+    def held_prefix(self, tokens: list[int], sequence: int = 0) -> int:
+        """How many of `tokens`, from the first, `sequence`'s cache already holds."""
+        return _common_prefix(self.held[sequence], tokens)
 
     def step(self, tokens: list[int], sequences: list[int]) -> np.ndarray:
         """One more token for each of several distinct sequences, evaluated together (each weight row read once

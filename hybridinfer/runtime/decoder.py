@@ -64,7 +64,6 @@ class PackedTransformer:
     """
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, float_activations: bool = False):
-        c = config
         self.config, self.weights = config, weights
         self.float_activations = bool(float_activations)
         self.hold_sequences(1, n_ctx)
@@ -94,10 +93,6 @@ class PackedTransformer:
     def n_ctx(self) -> int:
         """Positions of one sequence."""
         return self.k_caches.shape[3]
-
-    @property
-    def n_seq(self) -> int:
-        return self.k_caches.shape[1]
 
     @contextmanager
     def every_neuron(self) -> Iterator[None]:

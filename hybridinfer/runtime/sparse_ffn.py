@@ -7,8 +7,9 @@
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
 and up row they need once for all of them: the gate of every neuron (exact) or of the union of the tokens'
-predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t. Only down_t is kept (not the dense down projection too):
-for quantized files it is made at load by re-quantizing the transpose, one more rounding than the dense path.
+predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t. Only
+down_t is kept (not the dense down projection too): for quantized files it is made at load by re-quantizing the
+transpose, one more rounding than the dense path.
 Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
 of their float32 bytes per token.
 """

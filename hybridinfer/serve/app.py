@@ -117,7 +117,6 @@ class _Generation:
         """Submit a `Completion` of `fields` (prompt, max_tokens, stop, sampling, ignore_eos); 503 if refused."""
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[GenerationChunk] = asyncio.Queue()
-        self.prompt_tokens, self.completion_tokens, self._cancelled = len(fields["prompt"]), 0, False
 
         def deliver(chunk: GenerationChunk) -> None:  # on the scheduler's thread
             try:
@@ -133,21 +132,15 @@ class _Generation:
         except HybridInferError as exc:  # the scheduler is closing
             raise APIError(503, str(exc)) from None
 
-    async def next_chunk(self) -> GenerationChunk:
-        chunk = await self.queue.get()
-        if chunk.token is not None:
-            self.completion_tokens += 1
-        return chunk
-
     def cancel(self) -> None:
-        if not self._cancelled:
-            self._cancelled = True
-            self.completion.cancel()
+        self.completion.cancel()
 
     def usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.completion.cached_tokens}}
+        """The counts the scheduler kept (final once the last chunk has arrived: it counts before it sends)."""
+        c = self.completion
+        return {"prompt_tokens": len(c.prompt), "completion_tokens": c.completion_tokens,
+                "total_tokens": len(c.prompt) + c.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}
 
     def failure(self) -> str:
         return f"generation failed: {self.completion.error or 'unknown error'}"
@@ -196,7 +189,7 @@ async def _answer(request: Request, generation: _Generation, reply: _Reply, stre
     pieces = []
     try:
         while True:
-            chunk = asyncio.ensure_future(generation.next_chunk())
+            chunk = asyncio.ensure_future(generation.queue.get())
             await asyncio.wait({chunk, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not chunk.done():
                 chunk.cancel()
@@ -220,7 +213,7 @@ async def _events(generation: _Generation, reply: _Reply):
         if reply.chat:
             yield json.dumps(reply.piece("", role=True))
         while True:
-            chunk = await generation.next_chunk()
+            chunk = await generation.queue.get()
             if chunk.finish_reason == "error":
                 yield json.dumps(error_body(500, generation.failure()))
                 return

@@ -1,20 +1,19 @@
 """Errors as OpenAI's API gives them: an HTTP status and `{"error": {"message", "type", "param", "code"}}`.
 
 `install_error_handlers` makes every failure take that shape: `APIError` raised by the routes (401, 413, 503),
-a refused request body (`schemas.RequestError`) and FastAPI's validation errors (400), Starlette's HTTP errors
-(404, 405, ...), any other `HybridInferError` (the user's input: 400) and anything else (500; uvicorn logs its
-traceback). A client's mistake is never a 500.
+a refused request body (`schemas.RequestError`, 400; the routes parse their bodies themselves), Starlette's
+HTTP errors (404, 405, ...), any other `HybridInferError` (the user's input: 400) and anything else (500;
+uvicorn logs its traceback). A client's mistake is never a 500.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import HybridInferError
-from .schemas import RequestError, invalid_fields
+from .schemas import RequestError
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 503: "unavailable_error"}
@@ -47,11 +46,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def refused_request(request: Request, exc: RequestError) -> JSONResponse:
         return error_response(400, str(exc), exc.param, exc.code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = invalid_fields(list(exc.errors()) or [{"msg": "invalid request"}])
-        return error_response(400, str(error), error.param)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

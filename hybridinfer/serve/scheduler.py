@@ -70,15 +70,11 @@ class _Slot:
 
 @dataclass
 class DecodeStats:
-    """Decoding steps (prompts apart): tokens generated, seconds spent, and the steps' sizes."""
+    """Decoding steps (prompts apart): tokens generated, seconds spent, steps taken."""
 
     tokens: int = 0
     seconds: float = 0.0
     steps: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 class Scheduler:
@@ -169,15 +165,7 @@ class Scheduler:
 
     def _best_slot(self, prompt: list[int]) -> _Slot:
         """The free slot whose cache holds the longest prefix of `prompt`."""
-        def shared(slot: _Slot) -> int:
-            held = self.engine.held[slot.index]
-            n = 0
-            for a, b in zip(held, prompt):
-                if a != b:
-                    break
-                n += 1
-            return n
-        return max(self._free_slots(), key=shared)
+        return max(self._free_slots(), key=lambda slot: self.engine.held_prefix(prompt, slot.index))
 
     def _start(self, slot: _Slot, completion: Completion) -> None:
         """Evaluate the prompt (what the slot does not hold of it) and sample the first token."""

@@ -73,8 +73,6 @@ def invalid_fields(errors: list[dict]) -> RequestError:
     if first.get("type") == "json_invalid":
         return RequestError("the request body is not valid JSON")
     loc = [part for part in first.get("loc", ()) if not (isinstance(part, str) and _UNION_TAG.search(part))]
-    if loc and loc[0] in ("body", "query", "path"):  # FastAPI's RequestValidationError says where
-        loc = loc[1:]
     path = ".".join(str(part) for part in loc)
     name = next((part for part in reversed(loc) if isinstance(part, str)), None)
     same_field = [e for e in errors if e.get("loc", ())[:1] == first.get("loc", ())[:1]]
