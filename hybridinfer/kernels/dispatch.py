@@ -11,7 +11,7 @@ A weight is passed as (code, raw): its format code (`formats.py`) and its bytes 
 from __future__ import annotations
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.core import errors
 from numba.extending import overload
 
@@ -46,14 +46,23 @@ def _constants(code, float_activations) -> tuple[int, bool]:
 
 @overload(product, prefer_literal=True)
 def _product(code, raw, act, rows, dense, float_activations, out):
+    """One compiled kernel per format and activation type serves the dense and the gathered products alike: a
+    dense call passes `dense` as a plain bool (`bool()` of the literal its caller wrote) and a writable empty array for
+    the read-only ALL_ROWS, so that both calls have one signature (each compilation of a quantized kernel takes
+    seconds; the `dense` branches cost nothing measurable at run time)."""
     fmt, floats = _constants(code, float_activations)
     if fmt in _FLOAT_VIEWS:
         view = _FLOAT_VIEWS[fmt]
-        return lambda code, raw, act, rows, dense, float_activations, out: float_dot_rows(
-            raw.view(view), act.x, dense, rows, out)
-    kernel = dot_rows(fmt, floats)
-    return lambda code, raw, act, rows, dense, float_activations, out: kernel(
-        raw, act.x.shape[1] // 32, act.xp, act.xsum, act.qx, act.dx, act.qsum, dense, rows, out)
+        kernel = lambda raw, act, dense, rows, out: float_dot_rows(raw.view(view), act.x, dense, rows, out)  # noqa: E731
+    else:
+        quantized = dot_rows(fmt, floats)
+        kernel = lambda raw, act, dense, rows, out: quantized(  # noqa: E731
+            raw, act.x.shape[1] // 32, act.xp, act.xsum, act.qx, act.dx, act.qsum, dense, rows, out)
+    kernel = njit(inline="always")(kernel)
+    if isinstance(rows, types.Array) and not rows.mutable:  # ALL_ROWS: a dense product
+        return lambda code, raw, act, rows, dense, float_activations, out: kernel(
+            raw, act, bool(dense), np.empty(0, np.int64), out)
+    return lambda code, raw, act, rows, dense, float_activations, out: kernel(raw, act, bool(dense), rows, out)
 
 
 @overload(accumulate, prefer_literal=True)
