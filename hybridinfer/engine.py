@@ -21,13 +21,14 @@ from .model_file.fingerprint import Fingerprint
 from .model_file.gguf_file import GGUFFile
 from .options import RunOptions
 from .reference.model import Transformer
-from .reference.sparse_ffn import ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
+from .reference.sparse_ffn import CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
 from .reference.weights import load_weights
 from .runtime.decoder import PackedTransformer
 from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
+from .sparsity.thresholds import load_thresholds, require_silu
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096
@@ -70,6 +71,9 @@ class Engine:
         check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=o.backend == "reference")
         if o.exact and o.predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
+        if o.sparsity_file and (o.exact or o.predictors or o.hybrid):
+            raise HybridInferError("--sparsity-file (CATS, SiLU models) runs on the CPU alone: drop --exact, "
+                                   "--predictors and the hybrid options (--vram-budget/--split/-ngl)")
         self.backend = o.backend or "packed"
         if self.backend not in BACKENDS:
             raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -80,6 +84,9 @@ class Engine:
         self._predictor_cache: RepackCache | None = None
         with self._stage("predictors"):
             predictor_set = self._load_predictors(o.predictors) if o.predictors else None
+            self.sparsity = load_thresholds(o.sparsity_file, self.fingerprint) if o.sparsity_file else None
+            if self.sparsity is not None:
+                require_silu(self.config, f"{o.sparsity_file} (a sparsity file)")
         exact = o.exact
         with self._stage("weights"):
             if self.backend == "packed":
@@ -94,7 +101,7 @@ class Engine:
                                      o.gpu_kernels)
             else:
                 self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
-                self.model.sparse = self._reference_sparse(exact, predictor_set)
+                self.model.sparse = self._reference_sparse(exact, predictor_set, self.sparsity)
             self.file.release_copied()
         self.held: list[list[int]] = [[]]  # the tokens each sequence's KV cache holds (one unless hold_sequences)
         if o.warmup:
@@ -140,15 +147,16 @@ class Engine:
         return offload, device
 
     def _setup_packed(self, n_ctx: int, exact: bool, predictor_set, float_activations: bool, offload) -> None:
-        """Weights packed for the numba kernels; the sparse FFN over them for --exact or --predictors."""
-        sparse = bool(exact or predictor_set is not None)
-        if sparse:
+        """Weights packed for the numba kernels; the sparse FFN over them for --exact, --predictors or
+        --sparsity-file."""
+        sparse = bool(exact or predictor_set is not None or self.sparsity is not None)
+        if exact or predictor_set is not None:
             require_sparse_activation(self.config)
         weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
         if sparse:
             self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations,
-                                             cache=self._predictor_cache)
+                                             cache=self._predictor_cache, sparsity=self.sparsity)
         self.repack_ms = weights.repack_seconds * 1000
         self.startup["weights_from_cache"] = weights.from_cache
 
@@ -156,6 +164,16 @@ class Engine:
     def hybrid(self):
         """The GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`), or None."""
         return getattr(self.model, "offload", None)
+
+    @property
+    def mode(self) -> str:
+        """What computes the FFN, for reports: hybrid, predictors, exact, cats N% (a sparsity file's target) or
+        dense."""
+        if self.hybrid is not None:
+            return "hybrid"
+        if self.options.predictors or self.options.exact:
+            return "predictors" if self.options.predictors else "exact"
+        return f"cats {100 * self.sparsity.target:g}%" if self.sparsity is not None else "dense"
 
     @property
     def sparse_ffn(self):
@@ -179,7 +197,9 @@ class Engine:
             if side is not None:
                 side.predicting = True
 
-    def _reference_sparse(self, exact: bool, predictor_set):
+    def _reference_sparse(self, exact: bool, predictor_set, sparsity):
+        if sparsity is not None:
+            return CalibratedSparseFFN(self.config, sparsity)
         if exact:
             return ExactSparseFFN(self.config)
         if predictor_set is not None:
@@ -350,7 +370,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def load(path: str, options: RunOptions | None = None, **fields) -> Engine:
     """Load a GGUF model. `options` or its fields as keywords (`options.RunOptions`): n_ctx (default: the
-    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, backend,
+    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file (SiLU
+    models' CATS thresholds), backend,
     float_activations; the hybrid runtime: vram_budget (with activations) or split, n_gpu_layers, device,
     gpu_kernels."""
     return Engine(path, options, **fields)

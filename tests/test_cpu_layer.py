@@ -89,20 +89,29 @@ def test_ffn_activations_and_row_selection(rng):
     np.testing.assert_array_equal(out, reference.fatrelu(gate, 0.3) * up)
     selected = np.empty(50, np.int64)
     candidates = rng.permutation(100)[:50].astype(np.int64)
-    k = cpu_ops.select_rows(gate[0], np.float32(0.3), candidates, selected)
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), candidates, selected, False)
     np.testing.assert_array_equal(selected[:k], candidates[gate[0] >= 0.3])
-    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected)
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, False)
     np.testing.assert_array_equal(selected[:k], np.flatnonzero(gate[0] >= 0.3))
-    fired = gate[0] >= 0.3
-    compact = np.empty(50, np.float32)
-    assert cpu_ops.compact_products(gate[0], up[0, :fired.sum()].copy(), np.float32(0.3), compact) == fired.sum()
-    np.testing.assert_allclose(compact[:fired.sum()], gate[0][fired] * up[0, :fired.sum()])
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, True)  # CATS: |value|
+    np.testing.assert_array_equal(selected[:k], np.flatnonzero(np.abs(gate[0]) >= 0.3))
+    for magnitude in (False, True):
+        fired = (np.abs(gate[0]) if magnitude else gate[0]) >= 0.3
+        compact = np.empty(50, np.float32)
+        assert cpu_ops.compact_products(gate[0], up[0, :fired.sum()].copy(), np.float32(0.3), compact,
+                                        magnitude) == fired.sum()
+        np.testing.assert_allclose(compact[:fired.sum()], gate[0][fired] * up[0, :fired.sum()])
+    cpu_ops.silu(gate, out)
+    np.testing.assert_allclose(out, torch.nn.functional.silu(torch.from_numpy(gate)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("qtype", FORMATS)
 @pytest.mark.parametrize("float_activations", [True, False])
-@pytest.mark.parametrize("predicted", [True, False])
-def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, predicted):
+@pytest.mark.parametrize("mode", ["predicted", "exact", "cats"])
+def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, mode):
+    """FATReLU over predicted candidates or every neuron, and CATS (every neuron, |SiLU| >= threshold)."""
+    predicted, silu = mode == "predicted", mode == "cats"
+    activation = reference.cats if silu else reference.fatrelu
     n_embd, n_ff = 128, 200
     gate, gate_f = random_matrix(rng, qtype, (n_ff, n_embd))
     up, up_f = random_matrix(rng, qtype, (n_ff, n_embd))
@@ -111,7 +120,7 @@ def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, predi
     residual = rng.standard_normal((1, n_embd), dtype=np.float32)
     # what the kernel multiplies: int8 activation blocks, for quantized weights unless float_activations
     xq = x[0] if float_activations or not gate.quantized else reference.quantize_activations(x[0])
-    values = np.sort(gate_f @ xq)
+    values = np.sort(np.abs(reference.cats(gate_f @ xq, 0)) if silu else gate_f @ xq)
     threshold = np.float32((values[120] + values[121]) / 2)  # between two values: no neuron sits on it
     candidates = np.sort(rng.permutation(n_ff)[:60]).astype(np.int64) if predicted else np.arange(n_ff)
     out = np.empty((1, n_embd), np.float32)
@@ -119,11 +128,11 @@ def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, predi
                np.empty(n_ff, np.float32)]
     before = residual.copy()
     block = cpu_layer.sparse_ffn_block(gate.code, up.code, down_t.code, float_activations)
-    fired = block(residual, prepare(x), gate.raw, up.raw, down_t.raw, threshold, candidates.copy(),
+    fired = block(residual, prepare(x), gate.raw, up.raw, down_t.raw, threshold, silu, candidates.copy(),
                   len(candidates) if predicted else -1, *buffers, out, np.float32(1.0), 2)
-    assert fired == int(((gate_f[candidates] @ xq) >= threshold).sum())
-    expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold)
-    hidden = reference.fatrelu(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)
+    assert fired == int((activation(gate_f[candidates] @ xq, threshold) != 0).sum())
+    expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold, activation)
+    hidden = activation(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)
     magnitude = np.abs(hidden) @ np.abs(down_t_f[candidates]) + np.abs(before[0])
     # S3 with int8 coefficients: against the twin fed the block's own products
     if down_t.quantized and not float_activations:

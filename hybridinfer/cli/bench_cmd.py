@@ -38,8 +38,7 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, parallel, a
         options = dataclasses.replace(options, n_ctx=max(n_prompt, 16 + n_gen) + 8)
     engine = open_engine(model_path, options)
     results = run_bench(engine, n_prompt, n_gen, repetitions)
-    mode = ("hybrid" if engine.hybrid is not None else "predictors" if options.predictors
-            else "exact" if options.exact else "dense")
+    mode = engine.mode
     name = engine.file.get("general.name") or engine.path
     reference = _llama_cpp(engine.path, options.n_threads, n_gen, repetitions) if llama_cpp and n_gen else None
     startup = engine.startup_report()
@@ -53,6 +52,9 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, parallel, a
     click.echo("| --- | --- | --- | ---: |")
     for result in results:
         click.echo(f"| {name} | {mode} ({engine.backend}) | {result.test} | {result.tokens_per_second:.2f} |")
+    measured = next((r.sparsity for r in results if r.sparsity is not None), None)
+    if measured is not None:
+        click.echo(f"FFN sparsity while decoding: {100 * measured:.1f}% of activations zero")
     hybrid = next((r.hybrid for r in results if r.hybrid), None)
     if hybrid is not None:
         for line in report_lines(hybrid):
@@ -85,7 +87,7 @@ def _parallel(counts: list[int], n_gen: int, repetitions: int, as_json: bool, kw
         options = dataclasses.replace(options, n_ctx=context_for(counts, n_gen))
     engine = open_engine(model_path, options)
     records = parallel_rates(engine, counts, max(n_gen, 2), repetitions)
-    mode = "predictors" if options.predictors else "exact" if options.exact else "dense"
+    mode = engine.mode
     name = engine.file.get("general.name") or engine.path
     if as_json:
         click.echo(json.dumps({"model": name, "mode": mode, "n_gen": n_gen, "results": records}))

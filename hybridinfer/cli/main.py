@@ -21,6 +21,7 @@ from .perplexity_cmd import perplexity
 from .predictors_cmd import predictors
 from .profile_cmd import profile
 from .serve_cmd import serve
+from .sparsify_cmd import sparsify
 from .split_cmd import split
 from .warmup_cmd import warmup
 
@@ -86,6 +87,7 @@ cli.add_command(predictors)
 cli.add_command(perplexity)
 cli.add_command(profile)
 cli.add_command(split)
+cli.add_command(sparsify)
 cli.add_command(bench)
 cli.add_command(warmup)
 cli.add_command(serve)

@@ -24,6 +24,9 @@ def model_options(command):
         click.option("--exact", is_flag=True, help="lossless sparse FFN: up/down rows only where the activation passes"),
         click.option("--predictors", "predictors", type=click.Path(dir_okay=False), default=None,
                      help="predictor file (.pred.gguf): compute only the neurons it predicts active"),
+        click.option("--sparsity-file", "sparsity_file", type=click.Path(dir_okay=False), default=None,
+                     help="SiLU models: a sparsity file from `hybridinfer sparsify`; up/down rows only for neurons "
+                          "whose |SiLU(gate)| passes its calibrated thresholds (CATS)"),
         click.option("--vram-budget", default=None,
                      help="hybrid: GPU memory budget (like 6GiB); hot neurons solved from the activations file"),
         click.option("--split", "split", type=click.Path(dir_okay=False), default=None,

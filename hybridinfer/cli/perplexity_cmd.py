@@ -1,4 +1,5 @@
-"""`hybridinfer perplexity`: perplexity of a text file, and the KL cost of --exact / --predictors."""
+"""`hybridinfer perplexity`: perplexity of a text file, and the KL cost and sparsity of --exact / --predictors /
+--sparsity-file."""
 
 from __future__ import annotations
 
@@ -41,4 +42,5 @@ def perplexity(text_file, max_chunks, as_json, **kwargs):
                f"({result.scored_tokens} tokens scored in {result.chunks} chunks of {result.n_chunk})")
     if result.kl_to_dense is not None:
         click.echo(f"dense PPL = {result.dense_perplexity:.4f}; mean KL(dense || sparse) = {result.kl_to_dense:.6f} "
-                   f"nats; same top token {100 * result.top1_agreement:.2f}%")
+                   f"nats; same top token {100 * result.top1_agreement:.2f}%"
+                   + (f"; FFN sparsity {100 * result.sparsity:.2f}%" if result.sparsity is not None else ""))

@@ -19,6 +19,7 @@ class BenchResult:
     tokens_per_second: float  # median over the repetitions
     samples: list[float]
     hybrid: dict | None = None
+    sparsity: float | None = None  # sparse modes: share of FFN activations that were zero while decoding
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,5 +69,7 @@ def run_bench(engine: Engine, n_prompt: int = 64, n_gen: int = 32, repetitions: 
         results.append(BenchResult(f"pp{n_prompt}", statistics.median(samples), samples))
     if n_gen > 0:
         samples = [decode_rate(engine, n_gen) for _ in range(repetitions)]
-        results.append(BenchResult(f"tg{n_gen}", statistics.median(samples), samples, hybrid_report(engine)))
+        sparse = engine.sparse_ffn
+        sparsity = sparse.stats.sparsity(engine.config.n_ff) if sparse is not None else None
+        results.append(BenchResult(f"tg{n_gen}", statistics.median(samples), samples, hybrid_report(engine), sparsity))
     return results

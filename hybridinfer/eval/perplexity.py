@@ -3,8 +3,9 @@
 The text is tokenized once and cut into chunks of `n_chunk` tokens; each chunk starts from an empty cache
 with BOS in place of its first token, and only the second half of each chunk is scored (every scored token
 then has at least n_chunk/2 tokens of context), as llama.cpp's `perplexity` does. With a sparse mode active
-(--exact or --predictors), the same chunk is also run dense, and the mean KL divergence KL(dense || sparse)
-and the share of positions where both pick the same top token are reported.
+(--exact, --predictors or --sparsity-file), the same chunk is also run dense, and the mean KL divergence
+KL(dense || sparse), the share of positions where both pick the same top token, and the measured sparsity (the
+share of FFN activations that were zero over every evaluated token) are reported.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class PerplexityResult:
     kl_to_dense: float | None = None  # mean KL(dense || this mode) per scored token, in nats
     top1_agreement: float | None = None  # share of scored positions where dense and this mode agree
     dense_perplexity: float | None = None
+    sparsity: float | None = None  # share of FFN activations that were zero, every token, the CPU's sparse layers
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +62,8 @@ def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | 
                                "give a longer text or a smaller -c")
     bos = engine.tokenizer.bos_id if engine.tokenizer.bos_id is not None else tokens[0]
     sparse = engine.sparse_ffn
+    if sparse is not None:
+        sparse.stats.reset()
     start = time.perf_counter()
     nlls, kls, agree, dense_nlls = [], [], [], []
     first = n_chunk // 2
@@ -86,4 +90,5 @@ def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | 
         result.kl_to_dense = float(np.concatenate(kls).mean())
         result.top1_agreement = float(np.concatenate(agree).mean())
         result.dense_perplexity = math.exp(float(np.concatenate(dense_nlls).mean()))
+        result.sparsity = sparse.stats.sparsity(engine.config.n_ff)
     return result

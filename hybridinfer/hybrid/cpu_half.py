@@ -84,7 +84,7 @@ class CPUHalf:
         block = cpu_layer.sparse_ffn_block(*layer.ffn_codes, s.float_activations)
         self.fired += block(
             self.scratch, self.normed, layer.ffn_gate.raw, layer.ffn_up.raw, s.down_t[index].raw, s.threshold,
-            self.candidates, count, s.gate, s.active, s.up, s.hidden, self.out_host.numpy(), np.float32(1.0),
+            False, self.candidates, count, s.gate, s.active, s.up, s.hidden, self.out_host.numpy(), np.float32(1.0),
             numba.get_num_threads())
         self.seconds += time.perf_counter() - start
 

@@ -73,18 +73,23 @@ def profile_activations(engine: Engine, chunks: list[list[int]],
     def count(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:
         counts[index] += (activation != 0).sum(dim=0)
 
-    engine.model.observers.append(count)
-    n_tokens = 0
+    run_observed(engine, chunks, count, on_chunk)
+    return ActivationProfile(counts.numpy(), sum(map(len, chunks)), engine.fingerprint)
+
+
+def run_observed(engine: Engine, chunks: list[list[int]], observer: Callable,
+                 on_chunk: Callable[[int], None] | None = None) -> None:
+    """Run `chunks` (token lists) through the dense model with `observer(layer, residual, activation)` called
+    for every layer (`PackedTransformer.observers`); `on_chunk(tokens)` after each chunk."""
+    engine.model.observers.append(observer)
     try:
         with engine.every_neuron():
             for chunk in chunks:
                 engine.logits(chunk)
-                n_tokens += len(chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
     finally:
-        engine.model.observers.remove(count)
-    return ActivationProfile(counts.numpy(), n_tokens, engine.fingerprint)
+        engine.model.observers.remove(observer)
 
 
 def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:

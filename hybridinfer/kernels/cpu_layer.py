@@ -118,7 +118,7 @@ def predict(fc1_code: int, fc2_code: int, float_activations: bool):
             hidden.x[0, i] = max(hidden.x[0, i], np.float32(0.0))
         prepare(hidden)
         product(fc2_code, fc2, hidden, ALL_ROWS, True, float_activations, logits)
-        return cpu_ops.select_rows(logits[0], threshold, ALL_ROWS, selected)
+        return cpu_ops.select_rows(logits[0], threshold, ALL_ROWS, selected, False)
 
     return block
 
@@ -128,18 +128,22 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
     """One token's sparse FFN for gate, up and transposed down projections of these formats."""
 
     @specialization(gate_code, up_code, down_code, float_activations)
-    def block(x, normed, wgate, wup, wdown_t, threshold, candidates, n_candidates, gate, active, up, hidden, out,
-              residual_scale, chunks):
+    def block(x, normed, wgate, wup, wdown_t, threshold, silu, candidates, n_candidates, gate, active, up, hidden,
+              out, residual_scale, chunks):
         """The FFN over candidate neurons (candidates[:n_candidates], ascending; n_candidates < 0: every neuron;
         more than `dense_gate_above`: their gate values are taken from the dense gate kernel, faster then):
-        gate rows -> FATReLU -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled by
-        act * up (S3); x += residual_scale * that. Buffers gate, up, hidden (n_ff,), active (n_ff,) int64; chunks:
-        threads for S3 (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
+        gate rows -> the activation -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled
+        by act * up (S3); x += residual_scale * that. The activation: FATReLU (gate >= threshold), or with `silu`
+        CATS (every gate row, SiLU, the neurons whose |SiLU(gate)| >= threshold, the layer's calibrated one).
+        Buffers gate, up, hidden (n_ff,), active (n_ff,) int64; chunks: threads for S3 (numba.get_num_threads()
+        from Python). Returns the number of neurons that fired."""
         n_embd = x.shape[1]
         if n_candidates < 0:
             count = gate.shape[0]
             product(gate_code, wgate, normed, ALL_ROWS, True, float_activations, gate.reshape((1, -1)))
-            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active)
+            if silu:
+                cpu_ops.silu(gate.reshape((1, -1)), gate.reshape((1, -1)))
+            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, silu)
         else:
             count = n_candidates
             if count > dense_gate_above(gate.shape[0]):  # every gate row (hidden as scratch), then the candidates'
@@ -149,9 +153,9 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
             else:
                 product(gate_code, wgate, normed, candidates[:count], False, float_activations,
                         gate[:count].reshape((1, -1)))
-            fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active)
+            fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active, False)
         product(up_code, wup, normed, active[:fired], False, float_activations, up[:fired].reshape((1, -1)))
-        cpu_ops.compact_products(gate[:count], up, threshold, hidden)
+        cpu_ops.compact_products(gate[:count], up, threshold, hidden, silu)
         accumulate(down_code, wdown_t, n_embd, active[:fired], hidden[:fired], out[0], chunks, float_activations)
         cpu_ops.add_scaled(x, out, residual_scale)
         return fired

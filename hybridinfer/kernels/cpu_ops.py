@@ -97,6 +97,15 @@ def silu_times(gate, up, out):
             out[t, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, i]
 
 
+@njit(fastmath=True, **_OPTIONS)
+def silu(values, out):
+    """out = silu(v) = v / (1 + exp(-v)), elementwise over (T, n) arrays (out may be values)."""
+    for t in range(values.shape[0]):
+        for i in range(values.shape[1]):
+            v = values[t, i]
+            out[t, i] = v / (np.float32(1.0) + np.float32(math.exp(-v)))
+
+
 @njit(**_OPTIONS)
 def fatrelu(values, threshold, out):
     """out = v if v >= threshold else 0 (threshold 0: ReLU), elementwise over (T, n) arrays."""
@@ -124,24 +133,30 @@ def fatrelu_times(gate, up, threshold, out):
 
 
 @njit(**_OPTIONS)
-def select_rows(values, threshold, candidates, selected):
-    """selected[:k] = the candidates[i] with values[i] >= threshold (in order); returns k. candidates, values
-    (n,); an empty `candidates` array means 0..n-1."""
+def select_rows(values, threshold, candidates, selected, magnitude):
+    """selected[:k] = the candidates[i] with values[i] >= threshold (|values[i]| with `magnitude`: CATS), in
+    order; returns k. candidates, values (n,); an empty `candidates` array means 0..n-1."""
     k = 0
     for i in range(values.shape[0]):
-        if values[i] >= threshold:
+        if _passes(values[i], threshold, magnitude):
             selected[k] = candidates[i] if candidates.shape[0] else i
             k += 1
     return k
 
 
 @njit(**_OPTIONS)
-def compact_products(gate, up, threshold, out):
-    """out[:k] = gate[i] * up[j] over the i with gate[i] >= threshold, j counting those (up holds only their
-    rows, in order): the S2 products of the neurons that fired; returns k."""
+def compact_products(gate, up, threshold, out, magnitude):
+    """out[:k] = gate[i] * up[j] over the i with gate[i] >= threshold (|gate[i]| with `magnitude`), j counting
+    those (up holds only their rows, in order): the S2 products of the neurons that fired; returns k."""
     k = 0
     for i in range(gate.shape[0]):
-        if gate[i] >= threshold:
+        if _passes(gate[i], threshold, magnitude):
             out[k] = gate[i] * up[k]
             k += 1
     return k
+
+
+@njit(inline="always", **_OPTIONS)
+def _passes(value, threshold, magnitude):
+    """Whether a neuron fires: FATReLU's value >= threshold, or CATS's |SiLU value| >= threshold."""
+    return (abs(value) if magnitude else value) >= threshold

@@ -11,11 +11,18 @@ def fatrelu(values: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(values >= threshold, values, np.float32(0)).astype(np.float32)
 
 
+def cats(values: np.ndarray, threshold: float) -> np.ndarray:
+    """CATS: silu(v) where |silu(v)| >= threshold, else 0."""
+    values = np.asarray(values, dtype=np.float64)
+    activation = values / (1 + np.exp(-values))
+    return np.where(np.abs(activation) >= threshold, activation, 0).astype(np.float32)
+
+
 def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarray, rows: np.ndarray,
-               threshold: float) -> np.ndarray:
+               threshold: float, activation=fatrelu) -> np.ndarray:
     """The FFN of one token over the neurons `rows` only: sum over i in rows of
-    FATReLU(gate_i . x) * (up_i . x) * down_t[i]."""
-    hidden = fatrelu(gate[rows] @ x, threshold) * (up[rows] @ x)
+    act(gate_i . x) * (up_i . x) * down_t[i], act = FATReLU (or `cats`) at `threshold`."""
+    hidden = activation(gate[rows] @ x, threshold) * (up[rows] @ x)
     return hidden @ down_t[rows]
 
 

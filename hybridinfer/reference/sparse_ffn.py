@@ -1,11 +1,13 @@
 """Sparse FFN modes of the reference backend (the oracle): what the fast sparse paths must compute.
 
-Two modes, set as `Transformer.sparse`; each masks a layer's FFN activation act(gate) (T, n_ff), and the
+Three modes, set as `Transformer.sparse`; each masks a layer's FFN activation act(gate) (T, n_ff), and the
 Transformer computes the one masked dense form, act(gate) * mask * up @ down, in torch float32 for every batch size:
   ExactSparseFFN      no mask: neurons whose activation is zero contribute nothing (lossless: ReLU/FATReLU zeros
                       are exact zeros, so this equals the dense FFN; it counts what a sparse kernel would read)
   PredictedSparseFFN  a predictor picks each token's active neurons first; the others are dropped (approximate:
                       a truly active neuron that was not predicted is lost)
+  CalibratedSparseFFN SiLU models (CATS): activations whose magnitude is below the layer's calibrated threshold
+                      (`sparsity/`) are zeroed (approximate)
 The fast twins are `runtime/sparse_ffn.py` (CPU) and the hybrid runtime's split FFN (`hybrid/`).
 """
 
@@ -15,6 +17,7 @@ import torch
 
 from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
+from ..sparsity.thresholds import require_silu
 
 
 class SparseFFNStats:
@@ -24,9 +27,15 @@ class SparseFFNStats:
         self.tokens = 0  # layer-token pairs run through the sparse kernels
         self.rows = 0  # neurons whose gate row was read
         self.active = 0  # neurons that passed the activation (their up and down rows were read)
+        self.all_tokens = 0  # layer-token pairs of every batch size (prompts too), for `sparsity`
+        self.all_active = 0  # their neurons that passed the activation
 
     def reset(self) -> None:
         self.__init__()
+
+    def sparsity(self, n_ff: int) -> float | None:
+        """The share of FFN activations that were zero, over every token so far (None before any)."""
+        return 1.0 - self.all_active / (self.all_tokens * n_ff) if self.all_tokens else None
 
 
 def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes (--exact/--predictors)") -> None:
@@ -56,6 +65,8 @@ class ExactSparseFFN:
         mask = self.mask(index, residual)
         if mask is not None:
             activation = activation * mask.to(activation.dtype)
+        self.stats.all_tokens += activation.shape[0]
+        self.stats.all_active += int((activation != 0).sum())
         if activation.shape[0] == 1:
             self.stats.tokens += 1
             self.stats.rows += int(mask.sum()) if mask is not None else self.config.n_ff
@@ -72,3 +83,18 @@ class PredictedSparseFFN(ExactSparseFFN):
 
     def mask(self, index: int, residual: torch.Tensor) -> torch.Tensor:
         return self.predictors.active(index, residual)
+
+
+class CalibratedSparseFFN(ExactSparseFFN):
+    """CATS for SiLU models: activations with |SiLU(gate)| below the layer's calibrated threshold are zeroed."""
+
+    def __init__(self, config: ModelConfig, sparsity):
+        """`sparsity`: a `sparsity.thresholds.SparsityThresholds` made for this model."""
+        require_silu(config)
+        self.config, self.sparsity = config, sparsity
+        self.thresholds = torch.from_numpy(sparsity.thresholds)
+        self.stats = SparseFFNStats()
+
+    def masked(self, index: int, residual: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        kept = activation.abs() >= self.thresholds[index].to(activation.dtype)
+        return super().masked(index, residual, activation * kept.to(activation.dtype))

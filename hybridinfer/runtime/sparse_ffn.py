@@ -3,6 +3,8 @@
   exact (no predictors)  every gate row, then up rows and down_t rows only where FATReLU passed: lossless
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
+  calibrated (CATS)      SiLU models with a sparsity file (`sparsity/`): every gate row, then up rows and down_t
+                         rows only where |SiLU(gate)| passes the layer's calibrated threshold (approximate)
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
@@ -26,6 +28,7 @@ from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
+from ..sparsity.thresholds import require_silu
 from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
 
@@ -40,12 +43,19 @@ def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix
 
 class PackedSparseFFN:
     def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
-                 predictor_type: T = T.Q8_0, cache: RepackCache | None = None):
+                 predictor_type: T = T.Q8_0, cache: RepackCache | None = None, sparsity=None):
         """`cache`: where the packed predictors are kept between runs (`repack_cache.py`), for the file they came
-        from."""
-        require_sparse_activation(config)
+        from. `sparsity`: a SiLU model's CATS thresholds (`sparsity.thresholds.SparsityThresholds`), instead of
+        FATReLU's zeros."""
+        self.silu = sparsity is not None
+        if self.silu:
+            require_silu(config)
+        else:
+            require_sparse_activation(config)
         self.config, self.float_activations = config, bool(float_activations)
-        self.threshold = np.float32(config.activation_threshold)
+        self.threshold = np.float32(config.activation_threshold)  # FATReLU's
+        self.thresholds = [np.float32(t) for t in sparsity.thresholds] if self.silu else \
+            [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
         self.stats = SparseFFNStats()
@@ -99,19 +109,22 @@ class PackedSparseFFN:
                 self.rank_buffers[self.fc1[index].rows], self.logits, self.candidates)
         block = cpu_layer.sparse_ffn_block(*layer.ffn_codes, self.float_activations)
         fired = block(
-            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, self.threshold, self.candidates,
-            n_candidates, self.gate, self.active, self.up, self.hidden, out, np.float32(self.config.residual_scale),
+            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, self.thresholds[index],
+            self.silu, self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out, np.float32(self.config.residual_scale),
             numba.get_num_threads())
         self.stats.tokens += 1
         dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
         self.stats.rows += self.config.n_ff if dense_gate else n_candidates
         self.stats.active += fired
+        self.stats.all_tokens += 1
+        self.stats.all_active += fired
 
     def _several(self, index: int, layer: PackedLayer, b) -> None:
         """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
         neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
-        fired, each row read once for all T; then each token's own active rows of down_t."""
-        fa, tokens = self.float_activations, b.x.shape[0]
+        fired, each row read once for all T; then each token's own active rows of down_t. CATS: every gate row,
+        SiLU, the up rows of the union of the neurons whose |SiLU| passes."""
+        fa, tokens, threshold = self.float_activations, b.x.shape[0], self.thresholds[index]
         if self.predictors is not None:
             predicted = self._predicted(index, b.x)  # (T, n_ff) bool
             rows = np.flatnonzero(predicted.any(axis=0))
@@ -121,13 +134,21 @@ class PackedSparseFFN:
             gate[~predicted[:, rows]] = -np.inf  # a token's neurons that were not predicted stay off
         else:
             matmul(layer.ffn_gate, b.normed, b.gate, float_activations=fa)
-            rows = np.flatnonzero((b.gate >= self.threshold).any(axis=0))
+            if self.silu:
+                cpu_ops.silu(b.gate, b.gate)
+            rows = np.flatnonzero(((np.abs(b.gate) if self.silu else b.gate) >= threshold).any(axis=0))
             gate = np.ascontiguousarray(b.gate[:, rows])
         up = np.empty(gate.shape, np.float32)
         if rows.shape[0]:
             matmul_rows(layer.ffn_up, b.normed, rows, up, float_activations=fa)
         fired = np.empty(gate.shape, np.float32)
-        cpu_ops.fatrelu_times(gate, up, self.threshold, fired)
+        if self.silu:  # CATS: act * up where |act| passes
+            np.multiply(gate, up, out=fired)
+            fired[np.abs(gate) < threshold] = 0.0
+        else:
+            cpu_ops.fatrelu_times(gate, up, threshold, fired)
+        self.stats.all_tokens += tokens
+        self.stats.all_active += int(np.count_nonzero(fired))
         hidden = b.hidden.x  # (T, n_ff)
         hidden[:] = 0.0
         hidden[:, rows] = fired

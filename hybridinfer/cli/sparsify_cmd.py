@@ -1,0 +1,75 @@
+"""`hybridinfer sparsify`: calibrate a SiLU model's per-layer CATS thresholds for a target sparsity."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from tqdm import tqdm
+
+from ..atomic_file import check_destination
+from ..errors import HybridInferError
+from ..options import RunOptions
+from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity
+from ..sparsity.plot import plot_thresholds
+from ..sparsity.thresholds import METHODS, require_silu, save_thresholds
+from ..text.calibration import calibration_texts, token_chunks
+from .options import open_engine
+
+
+@click.command()
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), help="GGUF model (default: SmolLM2)")
+@click.option("--corpus", "corpus_files", multiple=True, type=click.Path(dir_okay=False),
+              help="text files to calibrate on (default: the built-in corpus's training split)")
+@click.option("--tokens", "n_tokens", type=int, default=16384, show_default=True, help="calibration tokens")
+@click.option("--chunk", "chunk_len", type=int, default=256, show_default=True, help="tokens per forward pass")
+@click.option("--held-out", "held_out_files", multiple=True, type=click.Path(dir_okay=False),
+              help="text files to measure the sparsity on (default: the built-in corpus's validation split)")
+@click.option("--held-out-tokens", type=int, default=2048, show_default=True,
+              help="held-out tokens to measure the sparsity the thresholds reach (0: skip)")
+@click.option("--sparsity", "target", type=float, required=True,
+              help="share of FFN activations to zero, between 0 and 1 (like 0.4)")
+@click.option("--method", type=click.Choice(METHODS), default="cats", show_default=True,
+              help="cats: zero |SiLU(gate)| below a per-layer threshold (up/down rows of those neurons skipped)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="sparsity file to write")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the per-layer thresholds and sparsity")
+@click.option("-t", "--threads", "n_threads", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held_out_tokens, target, method, output,
+             plot_path, n_threads, as_json):
+    """Per-layer activation thresholds of a SiLU (SwiGLU) model for --sparsity-file (CATS), and the sparsity they
+    reach on held-out text."""
+    if not 0.0 < target < 1.0:
+        raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
+    for path in [output] + ([plot_path] if plot_path else []):
+        check_destination(path)
+    engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
+    require_silu(engine.config, "sparsify")
+    chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
+    held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
+                            held_out_tokens, chunk_len) if held_out_tokens > 0 else []
+    with tqdm(total=sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
+        result = calibrate_thresholds(engine, chunks, target, on_chunk=bar.update)
+    with tqdm(total=sum(map(len, held_out)), unit="tok", desc="held-out", disable=as_json or not held_out) as bar:
+        measured = measure_sparsity(engine, held_out, result.thresholds, on_chunk=bar.update) if held_out else None
+    save_thresholds(result, output)
+    if plot_path:
+        plot_thresholds(result, plot_path)
+    summary = result.summary()
+    if measured is not None:
+        summary["held_out_tokens"] = sum(map(len, held_out))
+        summary["held_out_sparsity"] = float(measured.mean())
+        for row, share in zip(summary["layers"], measured):
+            row["held_out_sparsity"] = float(share)
+    if as_json:
+        click.echo(json.dumps({"output": output, **summary}))
+        return
+    click.echo(f"{'layer':>5} {'threshold':>11} {'calibration':>12} {'held-out':>9}")
+    for row in summary["layers"]:
+        share = f"{row['held_out_sparsity']:9.4f}" if measured is not None else f"{'-':>9}"
+        click.echo(f"{row['layer']:5d} {row['threshold']:11.5f} {row['sparsity']:12.4f} {share}")
+    held = f", {summary['held_out_sparsity']:.4f} on {summary['held_out_tokens']} held-out tokens" \
+        if measured is not None else ""
+    click.echo(f"{method}: sparsity {summary['average_sparsity']:.4f} on {summary['n_tokens']} calibration tokens{held} "
+               f"(target {target}); wrote {output} (use it with --sparsity-file)")
