@@ -21,14 +21,15 @@ from .model_file.fingerprint import Fingerprint
 from .model_file.gguf_file import GGUFFile
 from .options import RunOptions
 from .reference.model import Transformer
-from .reference.sparse_ffn import CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_sparse_activation
+from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu,
+                                   require_sparse_activation)
 from .reference.weights import load_weights
 from .runtime.decoder import PackedTransformer
 from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
-from .sparsity.thresholds import load_thresholds, require_silu
+from .sparsity.thresholds import load_thresholds
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096

@@ -193,3 +193,15 @@ def test_observers_see_silu_activations(silu_model):
         run_observed(engine, [IDS], lambda i, r, a, name=name: seen.setdefault((name, i), a.clone()))
     for i in range(2):
         torch.testing.assert_close(seen[("packed", i)], seen[("reference", i)], rtol=1e-4, atol=1e-5)
+
+
+def test_the_silu_variant_tool_keeps_the_tensors(tmp_path):
+    """tools/silu_variant.py, which makes the 7B-shaped benchmark model's SiLU variant."""
+    from tools.silu_variant import write_silu_variant
+    relu = write_tiny_gguf(tmp_path / "relu.gguf", random_weights(seed=5, n_ff=N_FF), activation="relu",
+                           weight_type=T.Q8_0)
+    write_silu_variant(str(relu), str(tmp_path / "silu.gguf"))
+    a, b = hybridinfer.load(str(relu)), hybridinfer.load(str(tmp_path / "silu.gguf"))
+    assert (a.config.activation, b.config.activation) == ("relu", "silu")
+    for name in ("blk.0.ffn_gate.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
+        assert np.array_equal(a.file.tensor(name).raw, b.file.tensor(name).raw)

@@ -16,6 +16,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
      (mapping the repack cache), with the start-up breakdown and peak RSS
   7. parallel sequences (`eval/parallel_bench.py`, what `serve --parallel N` sustains): aggregate decode rate at
      1, 2, 4 and 8 sequences decoded together, SmolLM2 dense and the 7B-shaped model dense and --predictors
+  8. CATS sparsity files on SiLU models: SmolLM2 and the 7B-shaped SiLU variant at 0, 25, 40 and 50% target
+     sparsity: decode rate next to dense, measured sparsity, and SmolLM2's held-out perplexity and KL to dense
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
        [--only 3,7]
@@ -197,6 +199,54 @@ def parallel(args) -> None:
         del engine
 
 
+def cats(args) -> None:
+    """SiLU models with CATS sparsity files at 25, 40 and 50%: decode rate side by side with the same engine's
+    dense decode (`Engine.every_neuron`, alternating), the sparsity measured while decoding, and (SmolLM2)
+    perplexity and KL to dense on the corpus's held-out test split."""
+    from hybridinfer.eval.perplexity import perplexity
+    from hybridinfer.sparsity.calibrate import calibrate_thresholds
+    from hybridinfer.sparsity.thresholds import save_thresholds
+    from hybridinfer.text.calibration import calibration_texts, token_chunks
+    from tools.build_bench_model import CATS_TARGETS, silu_paths, sparsity_path
+    print("\n## 8. CATS sparsity files on SiLU models (`hybridinfer sparsify`), dense and CATS alternating in one "
+          "process\n\n| model | mode | test | dense t/s | CATS t/s | CATS / dense | decode sparsity | held-out text |\n"
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
+    smollm2 = ensure_default_model()
+    files = {t: DEFAULT_OUT.parent / sparsity_path(Path(smollm2.name), t).name for t in CATS_TARGETS}
+    if not all(f.exists() for f in files.values()):
+        engine = hybridinfer.load(str(smollm2), n_ctx=256)
+        chunks = token_chunks(engine.tokenizer, calibration_texts(None), 8192, 256)
+        for target, path in files.items():
+            save_thresholds(calibrate_thresholds(engine, chunks, target), path)
+    held_out = "\n\n".join(calibration_texts(None, "test"))
+    runs = [("SmolLM2-135M Q4_1", smollm2, files, True)]
+    silu, silu_files = silu_paths(DEFAULT_OUT) if args.model_7b is None else (None, {})
+    if silu is not None and silu.exists() and all(f.exists() for f in silu_files.values()):
+        runs.append(("synthetic 7B SiLU variant Q4_0", silu, silu_files, False))
+    else:
+        print("(the 7B-shaped SiLU variant and its sparsity files are built by `make bench-model`)")
+    for label, path, sparsity_files, quality in runs:
+        for target in CATS_TARGETS:
+            engine = hybridinfer.load(str(path), n_ctx=512 if quality else 256,
+                                      sparsity_file=str(sparsity_files[target]))
+            dense, sparse, measured = [], [], []
+            for _ in range(args.repetitions):
+                with engine.every_neuron():
+                    dense.append(decode_rate(engine, args.n_gen))
+                sparse.append(decode_rate(engine, args.n_gen))
+                measured.append(engine.sparse_ffn.stats.sparsity(engine.config.n_ff))
+            text = ""
+            if quality:
+                scored = perplexity(engine, held_out, 512, 4)
+                text = (f"PPL {scored.perplexity:.3f} vs dense {scored.dense_perplexity:.3f} "
+                        f"(+{100 * (scored.perplexity / scored.dense_perplexity - 1):.1f}%), KL {scored.kl_to_dense:.4f}, "
+                        f"sparsity {100 * scored.sparsity:.1f}% ({scored.scored_tokens} tokens scored)")
+            d, c = statistics.median(dense), statistics.median(sparse)
+            print(f"| {label} | {engine.mode} | tg{args.n_gen} | {d:.2f} | {c:.2f} | {c / d:.2f}x | "
+                  f"{100 * statistics.median(measured):.1f}% | {text} |", flush=True)
+            del engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -210,8 +260,8 @@ def main() -> None:
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel]
-    chosen = range(1, 8) if args.only is None else [int(n) for n in args.only.split(",")]
+    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, cats]
+    chosen = range(1, 9) if args.only is None else [int(n) for n in args.only.split(",")]
     for number in chosen:
         if number == 1 and args.skip_kernels:
             continue

@@ -6,6 +6,9 @@ Steps (each skipped when its output exists, so an interrupted build resumes):
   2. `hybridinfer convert --outtype q4_0`                          -> OUT.q4_0.gguf (~3.9 GB)
   3. `hybridinfer predictors train --method ridge --rank R --tokens N` -> OUT.q4_0.pred.gguf
   4. `hybridinfer profile --tokens 1024`                               -> OUT.q4_0.act.gguf (for --vram-budget)
+  5. its SiLU variant (tools/silu_variant.py: same tensors, SiLU FFN)  -> OUT.silu.q4_0.gguf
+  6. `hybridinfer sparsify --tokens 1024 --sparsity S` for each S of CATS_TARGETS
+                                                                      -> OUT.silu.q4_0.cats-{25,40,50}.sparsity.gguf
 
 Usage: PYTHONPATH=. python tools/build_bench_model.py [--out ~/.cache/hybridinfer/bench/synthetic-prosparse-7b]
            [--layers 32] [--rank 256] [--tokens 4096] [--method ridge|sgd]
@@ -33,6 +36,19 @@ def paths(out: Path) -> tuple[Path, Path]:
 
 def activations_path(model: Path) -> Path:
     return model.with_name(model.name.replace(".gguf", ".act.gguf"))
+
+
+CATS_TARGETS = (0.25, 0.4, 0.5)  # the sparsity files made for the SiLU variant
+
+
+def silu_paths(out: Path) -> tuple[Path, dict[float, Path]]:
+    """(the SiLU variant, its sparsity file per target) of a build written to `out`."""
+    model = out.with_name(out.name + ".silu.q4_0.gguf")
+    return model, {t: sparsity_path(model, t) for t in CATS_TARGETS}
+
+
+def sparsity_path(model: Path, target: float) -> Path:
+    return model.with_name(model.name.replace(".gguf", f".cats-{round(100 * target)}.sparsity.gguf"))
 
 
 def step(title: str, command: list[str]) -> None:
@@ -71,7 +87,17 @@ def main() -> None:
     activations = activations_path(model)
     if not activations.exists():
         step("profile", cli + ["profile", "-m", str(model), "--tokens", "1024", "-o", str(activations)])
-    print(f"model: {model}\npredictors: {predictors}\nactivations: {activations}")
+    silu, sparsity_files = silu_paths(args.out)
+    if not silu.exists():
+        from tools.silu_variant import write_silu_variant
+        start = time.perf_counter()
+        write_silu_variant(str(model), str(silu))
+        print(f"== SiLU variant: {time.perf_counter() - start:.0f} s", flush=True)
+    for target, path in sparsity_files.items():
+        if not path.exists():
+            step(f"sparsify {target}", cli + ["sparsify", "-m", str(silu), "--tokens", "1024", "--held-out-tokens",
+                                              "512", "--sparsity", str(target), "-o", str(path)])
+    print(f"model: {model}\npredictors: {predictors}\nactivations: {activations}\nSiLU variant: {silu}")
 
 
 if __name__ == "__main__":

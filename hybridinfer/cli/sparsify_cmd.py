@@ -12,7 +12,8 @@ from ..errors import HybridInferError
 from ..options import RunOptions
 from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity
 from ..sparsity.plot import plot_thresholds
-from ..sparsity.thresholds import METHODS, require_silu, save_thresholds
+from ..reference.sparse_ffn import require_silu
+from ..sparsity.thresholds import METHODS, save_thresholds
 from ..text.calibration import calibration_texts, token_chunks
 from .options import open_engine
 

@@ -17,7 +17,6 @@ import torch
 
 from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
-from ..sparsity.thresholds import require_silu
 
 
 class SparseFFNStats:
@@ -42,8 +41,15 @@ def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes
     """Sparse FFN modes skip neurons whose activation is zero: only ReLU and FATReLU models have them."""
     if config.activation == "silu":
         raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses SiLU "
-                               "(convert a ReLU/ProSparse model, drop the sparse options, or offload whole layers "
-                               "with -ngl)")
+                               "(calibrate thresholds with `hybridinfer sparsify` and pass --sparsity-file, convert "
+                               "a ReLU/ProSparse model, drop the sparse options, or offload whole layers with -ngl)")
+
+
+def require_silu(config: ModelConfig, what: str = "a sparsity file") -> None:
+    """Calibrated thresholds (CATS) make SiLU activations sparse; ReLU and FATReLU models have their own zeros."""
+    if config.activation != "silu":
+        raise HybridInferError(f"{what} is for SiLU (SwiGLU) models; this model's FFN is {config.activation.upper()}, "
+                               "whose zeros --exact and --predictors already skip")
 
 
 class ExactSparseFFN:

@@ -27,8 +27,7 @@ from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
-from ..reference.sparse_ffn import SparseFFNStats, require_sparse_activation
-from ..sparsity.thresholds import require_silu
+from ..reference.sparse_ffn import SparseFFNStats, require_silu, require_sparse_activation
 from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
 

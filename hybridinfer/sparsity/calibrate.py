@@ -15,7 +15,8 @@ import torch
 
 from ..errors import HybridInferError
 from ..hybrid.profiling import run_observed
-from .thresholds import SparsityThresholds, require_silu
+from ..reference.sparse_ffn import require_silu
+from .thresholds import SparsityThresholds
 
 if TYPE_CHECKING:
     from ..engine import Engine

@@ -31,12 +31,6 @@ METHODS = ("cats",)
 _KEY = "hybridinfer.sparsity."
 
 
-def require_silu(config, what: str = "a sparsity file") -> None:
-    if config.activation != "silu":
-        raise HybridInferError(f"{what} is for SiLU (SwiGLU) models; this model's FFN is {config.activation.upper()}, "
-                               "whose zeros --exact and --predictors already skip")
-
-
 @dataclass
 class SparsityThresholds:
     method: str
