@@ -24,7 +24,7 @@ import torch
 
 from ..atomic_file import atomic_output
 from ..errors import HybridInferError
-from ..model_file.fingerprint import Fingerprint
+from ..model_file.fingerprint import Fingerprint, open_model_artefact
 from ..model_file.gguf_file import GGUFFile
 
 if TYPE_CHECKING:  # the engine imports the hybrid runtime, which reads profiles: no import back
@@ -107,12 +107,7 @@ def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
 
 def load_profile(path: str | os.PathLike, model_fingerprint: Fingerprint | None = None) -> ActivationProfile:
     """Read an activations file; with `model_fingerprint`, refuse one made for another model."""
-    file = GGUFFile(path)
-    if file.architecture != ARCH:
-        raise HybridInferError(f"{path} is not an activations file (made by `hybridinfer profile`)")
-    fingerprint = Fingerprint.from_file(file)
-    if model_fingerprint is not None:
-        fingerprint.check_matches(model_fingerprint, str(path), "an activations file")
+    file, fingerprint = open_model_artefact(path, ARCH, "an activations file", "hybridinfer profile", model_fingerprint)
     n_layer, _, n_ff = fingerprint.dimensions
     counts = np.stack([_counts(file, i, n_ff) for i in range(n_layer)])
     return ActivationProfile(counts, file.integer(N_TOKENS_KEY, 0, 2**63 - 1), fingerprint)

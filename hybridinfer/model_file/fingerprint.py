@@ -77,3 +77,16 @@ class Fingerprint:
         if correlation < MIN_CORRELATION:
             raise HybridInferError(f"{path} is {what} for another model with the same shape (weights differ); "
                                    "make it for this model")
+
+
+def open_model_artefact(path, arch: str, what: str, command: str,
+                        model_fingerprint: Fingerprint | None = None) -> tuple[GGUFFile, Fingerprint]:
+    """A per-model artefact's GGUF (`general.architecture` `arch`) and its fingerprint; with `model_fingerprint`,
+    one made for another model is refused. `what` names the kind ("a split file"), `command` what makes it."""
+    file = GGUFFile(path)
+    if file.architecture != arch:
+        raise HybridInferError(f"{path} is not {what} (made by `{command}`)")
+    fingerprint = Fingerprint.from_file(file)
+    if model_fingerprint is not None:
+        fingerprint.check_matches(model_fingerprint, str(path), what)
+    return file, fingerprint

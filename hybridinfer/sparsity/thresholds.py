@@ -22,9 +22,7 @@ import gguf
 import numpy as np
 
 from ..atomic_file import atomic_output
-from ..errors import HybridInferError
-from ..model_file.fingerprint import Fingerprint
-from ..model_file.gguf_file import GGUFFile
+from ..model_file.fingerprint import Fingerprint, open_model_artefact
 
 ARCH = "hybridinfer-sparsity"
 METHODS = ("cats",)
@@ -64,12 +62,7 @@ def save_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> No
 
 def load_thresholds(path: str | os.PathLike, model_fingerprint: Fingerprint | None = None) -> SparsityThresholds:
     """Read a sparsity file; with `model_fingerprint`, refuse one made for another model."""
-    file = GGUFFile(path)
-    if file.architecture != ARCH:
-        raise HybridInferError(f"{path} is not a sparsity file (made by `hybridinfer sparsify`)")
-    fingerprint = Fingerprint.from_file(file)
-    if model_fingerprint is not None:
-        fingerprint.check_matches(model_fingerprint, str(path), "a sparsity file")
+    file, fingerprint = open_model_artefact(path, ARCH, "a sparsity file", "hybridinfer sparsify", model_fingerprint)
     method = file.text(_KEY + "method")
     if method not in METHODS:
         raise file.bad_value(_KEY + "method", method, f"one of {', '.join(METHODS)}")

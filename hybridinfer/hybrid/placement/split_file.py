@@ -28,7 +28,7 @@ import numpy as np
 
 from ...atomic_file import atomic_output
 from ...errors import HybridInferError
-from ...model_file.fingerprint import Fingerprint
+from ...model_file.fingerprint import Fingerprint, open_model_artefact
 from ...model_file.gguf_file import GGUFFile
 
 ARCH = "hybridinfer-split"
@@ -85,11 +85,7 @@ def save_split(split: Split, path: str | os.PathLike) -> None:
 
 
 def load_split(path: str | os.PathLike, model_fingerprint: Fingerprint) -> Split:
-    file = GGUFFile(path)
-    if file.architecture != ARCH:
-        raise HybridInferError(f"{path} is not a split file (made by `hybridinfer split`)")
-    fingerprint = Fingerprint.from_file(file)
-    fingerprint.check_matches(model_fingerprint, str(path), "a split file")
+    file, fingerprint = open_model_artefact(path, ARCH, "a split file", "hybridinfer split", model_fingerprint)
     version = file.integer(_KEY + "format_version", 0, 2**31 - 1, default=1)
     if version != FORMAT_VERSION:
         raise HybridInferError(f"{path} is a split file of an older hybridinfer (format {version}, "
