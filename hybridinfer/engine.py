@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
-from .sparsity.thresholds import load_thresholds
+from .sparsity.thresholds import load_thresholds, path_beside
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096
@@ -72,7 +73,8 @@ class Engine:
         check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=o.backend == "reference")
         if o.exact and o.predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
-        if o.sparsity_file and (o.exact or o.predictors or o.hybrid):
+        sparsity_file = self._sparsity_file(o)
+        if sparsity_file and (o.exact or o.predictors or o.hybrid):
             raise HybridInferError("--sparsity-file (CATS, SiLU models) runs on the CPU alone: drop --exact, "
                                    "--predictors and the hybrid options (--vram-budget/--split/-ngl)")
         self.backend = o.backend or "packed"
@@ -85,9 +87,9 @@ class Engine:
         self._predictor_cache: RepackCache | None = None
         with self._stage("predictors"):
             predictor_set = self._load_predictors(o.predictors) if o.predictors else None
-            self.sparsity = load_thresholds(o.sparsity_file, self.fingerprint) if o.sparsity_file else None
+            self.sparsity = load_thresholds(sparsity_file, self.fingerprint) if sparsity_file else None
             if self.sparsity is not None:
-                require_silu(self.config, f"{o.sparsity_file} (a sparsity file)")
+                require_silu(self.config, f"{sparsity_file} (a sparsity file)")
         exact = o.exact
         with self._stage("weights"):
             if self.backend == "packed":
@@ -111,6 +113,20 @@ class Engine:
         self.compile_ms = (compile_time.seconds() - compiled) * 1000
         self.load_ms = (time.perf_counter() - start) * 1000 - self.compile_ms
         self.startup.update(load_ms=self.load_ms, compile_ms=self.compile_ms, repack_ms=self.repack_ms)
+
+    def _sparsity_file(self, o: RunOptions) -> str | None:
+        """--sparsity-file, or for --sparsity S the file `sparsify --sparsity S` wrote beside the model."""
+        if o.sparsity is None:
+            return o.sparsity_file
+        if o.sparsity_file:
+            raise HybridInferError("--sparsity and --sparsity-file exclude each other: give one")
+        if not 0.0 < o.sparsity < 1.0:
+            raise HybridInferError(f"--sparsity must be between 0 and 1, got {o.sparsity}")
+        path = path_beside(self.path, o.sparsity)
+        if not os.path.exists(path):
+            raise HybridInferError(f"no sparsity file {path} for --sparsity {o.sparsity}; make it with "
+                                   f"`hybridinfer sparsify -m {self.path} --sparsity {o.sparsity}`")
+        return path
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -371,8 +387,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def load(path: str, options: RunOptions | None = None, **fields) -> Engine:
     """Load a GGUF model. `options` or its fields as keywords (`options.RunOptions`): n_ctx (default: the
-    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file (SiLU
-    models' CATS thresholds), backend,
+    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file or sparsity
+    (SiLU models' CATS thresholds), backend,
     float_activations; the hybrid runtime: vram_budget (with activations) or split, n_gpu_layers, device,
     gpu_kernels."""
     return Engine(path, options, **fields)

@@ -14,6 +14,7 @@ class RunOptions:
     exact: bool = False  # lossless sparse FFN: up/down rows only where the activation passes (--exact)
     predictors: str | None = None  # a predictor file: compute only the neurons it predicts active (--predictors)
     sparsity_file: str | None = None  # SiLU models: CATS thresholds from `hybridinfer sparsify` (--sparsity-file)
+    sparsity: float | None = None  # SiLU models: the sparsity file for this target beside the model (--sparsity)
     split: str | None = None  # hybrid: a split file from `hybridinfer split` (--split)
     vram_budget: str | None = None  # hybrid: a GPU memory budget like "6GiB", solved from `activations`
     activations: str | None = None  # hybrid: the activations file for vram_budget (default: MODEL.act.gguf)

@@ -205,3 +205,20 @@ def test_the_silu_variant_tool_keeps_the_tensors(tmp_path):
     assert (a.config.activation, b.config.activation) == ("relu", "silu")
     for name in ("blk.0.ffn_gate.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
         assert np.array_equal(a.file.tensor(name).raw, b.file.tensor(name).raw)
+
+
+def test_sparsify_writes_beside_the_model_and_sparsity_finds_it(silu_model, texts, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(silu_model.read_bytes())
+    result = CliRunner().invoke(cli, ["sparsify", "-m", str(model), "--corpus", str(texts[0]), "--tokens", "300",
+                                      "--chunk", "64", "--held-out-tokens", "0", "--sparsity", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.cats-40.sparsity.gguf").exists() and "--sparsity 0.4" in result.stdout
+    engine = hybridinfer.load(str(model), sparsity=0.4)
+    assert engine.mode == "cats 40%" and engine.sparse_ffn is not None
+    for options, message in (({"sparsity": 0.25}, "sparsify -m"),
+                             ({"sparsity": 0.4, "sparsity_file": str(model)}, "exclude each other")):
+        with pytest.raises(hybridinfer.HybridInferError, match=message):
+            hybridinfer.load(str(model), **options)
+    result = CliRunner().invoke(cli, ["generate", "-m", str(model), "-p", "the", "-n", "2", "--sparsity", "0.25"])
+    assert result.exit_code == 1 and "cats-25.sparsity.gguf" in result.output and "Traceback" not in result.output

@@ -48,7 +48,8 @@ def silu_paths(out: Path) -> tuple[Path, dict[float, Path]]:
 
 
 def sparsity_path(model: Path, target: float) -> Path:
-    return model.with_name(model.name.replace(".gguf", f".cats-{round(100 * target)}.sparsity.gguf"))
+    from hybridinfer.sparsity.thresholds import path_beside
+    return Path(path_beside(model, target))
 
 
 def step(title: str, command: list[str]) -> None:

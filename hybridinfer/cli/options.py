@@ -27,6 +27,9 @@ def model_options(command):
         click.option("--sparsity-file", "sparsity_file", type=click.Path(dir_okay=False), default=None,
                      help="SiLU models: a sparsity file from `hybridinfer sparsify`; up/down rows only for neurons "
                           "whose |SiLU(gate)| passes its calibrated thresholds (CATS)"),
+        click.option("--sparsity", "sparsity", type=float, default=None,
+                     help="SiLU models: the sparsity file `hybridinfer sparsify --sparsity S` wrote beside the model "
+                          "(MODEL.cats-S.sparsity.gguf, S in percent)"),
         click.option("--vram-budget", default=None,
                      help="hybrid: GPU memory budget (like 6GiB); hot neurons solved from the activations file"),
         click.option("--split", "split", type=click.Path(dir_okay=False), default=None,

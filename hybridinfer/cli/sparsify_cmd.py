@@ -13,7 +13,7 @@ from ..options import RunOptions
 from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity
 from ..sparsity.plot import plot_thresholds
 from ..reference.sparse_ffn import require_silu
-from ..sparsity.thresholds import METHODS, save_thresholds
+from ..sparsity.thresholds import METHODS, path_beside, save_thresholds
 from ..text.calibration import calibration_texts, token_chunks
 from .options import open_engine
 
@@ -32,7 +32,9 @@ from .options import open_engine
               help="share of FFN activations to zero, between 0 and 1 (like 0.4)")
 @click.option("--method", type=click.Choice(METHODS), default="cats", show_default=True,
               help="cats: zero |SiLU(gate)| below a per-layer threshold (up/down rows of those neurons skipped)")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="sparsity file to write")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="sparsity file to write (default: MODEL.cats-S.sparsity.gguf beside the model, which "
+                   "--sparsity S finds)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="PNG of the per-layer thresholds and sparsity")
 @click.option("-t", "--threads", "n_threads", type=int, default=None)
@@ -43,9 +45,10 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
     reach on held-out text."""
     if not 0.0 < target < 1.0:
         raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
+    engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
+    output = output or path_beside(engine.path, target)
     for path in [output] + ([plot_path] if plot_path else []):
         check_destination(path)
-    engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
     require_silu(engine.config, "sparsify")
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
@@ -70,7 +73,8 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
     for row in summary["layers"]:
         share = f"{row['held_out_sparsity']:9.4f}" if measured is not None else f"{'-':>9}"
         click.echo(f"{row['layer']:5d} {row['threshold']:11.5f} {row['sparsity']:12.4f} {share}")
+    beside = f", or --sparsity {target}" if output == path_beside(engine.path, target) else ""
     held = f", {summary['held_out_sparsity']:.4f} on {summary['held_out_tokens']} held-out tokens" \
         if measured is not None else ""
     click.echo(f"{method}: sparsity {summary['average_sparsity']:.4f} on {summary['n_tokens']} calibration tokens{held} "
-               f"(target {target}); wrote {output} (use it with --sparsity-file)")
+               f"(target {target}); wrote {output} (use it with --sparsity-file{beside})")

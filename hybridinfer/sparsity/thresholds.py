@@ -29,6 +29,13 @@ METHODS = ("cats",)
 _KEY = "hybridinfer.sparsity."
 
 
+def path_beside(model_path: str | os.PathLike, target: float) -> str:
+    """Where `sparsify` writes, and `--sparsity S` looks for, a model's file: MODEL.cats-40.sparsity.gguf."""
+    model_path = str(model_path)
+    base = model_path[:-5] if model_path.endswith(".gguf") else model_path
+    return f"{base}.cats-{100 * target:g}.sparsity.gguf"
+
+
 @dataclass
 class SparsityThresholds:
     method: str
