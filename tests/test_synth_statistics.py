@@ -137,7 +137,9 @@ def test_a_low_rank_predictor_sees_the_active_neurons(profiled, tmp_path):
     state = load_hf_state_dict(hf_dir)
     for layer in range(LAYERS):
         pre = _ffn_pre_activations(state, layer, residuals[layer])
-        assert torch.equal(pre >= THRESHOLD, activations[layer] != 0)  # the engine ran these weights
+        clear = (pre - THRESHOLD).abs() > 1e-4  # away from the threshold, where float32 rounding could decide
+        assert torch.equal((pre >= THRESHOLD)[clear], (activations[layer] != 0)[clear])  # the engine ran these weights
+        assert clear.float().mean() > 0.99
         r2, recall = low_rank_fit(residuals[layer], pre, 2 * RANK)
         assert r2 > 0.9 and recall > 0.8, (layer, r2, recall)
 
