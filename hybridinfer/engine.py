@@ -30,7 +30,7 @@ from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
 from .runtime.weights import load_packed_weights
-from .sparsity.thresholds import load_thresholds, path_beside
+from .sparsity.thresholds import check_target, load_thresholds, path_beside
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096
@@ -75,8 +75,8 @@ class Engine:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
         sparsity_file = self._sparsity_file(o)
         if sparsity_file and (o.exact or o.predictors or o.hybrid):
-            raise HybridInferError("--sparsity-file (CATS, SiLU models) runs on the CPU alone: drop --exact, "
-                                   "--predictors and the hybrid options (--vram-budget/--split/-ngl)")
+            raise HybridInferError("--sparsity-file/--sparsity (CATS, SiLU models) runs on the CPU alone: drop "
+                                   "--exact, --predictors and the hybrid options (--vram-budget/--split/-ngl)")
         self.backend = o.backend or "packed"
         if self.backend not in BACKENDS:
             raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -88,7 +88,7 @@ class Engine:
         with self._stage("predictors"):
             predictor_set = self._load_predictors(o.predictors) if o.predictors else None
             self.sparsity = load_thresholds(sparsity_file, self.fingerprint) if sparsity_file else None
-            if self.sparsity is not None:
+            if self.sparsity is not None:  # before the weights are packed (the sparse FFNs check it again)
                 require_silu(self.config, f"{sparsity_file} (a sparsity file)")
         exact = o.exact
         with self._stage("weights"):
@@ -120,8 +120,7 @@ class Engine:
             return o.sparsity_file
         if o.sparsity_file:
             raise HybridInferError("--sparsity and --sparsity-file exclude each other: give one")
-        if not 0.0 < o.sparsity < 1.0:
-            raise HybridInferError(f"--sparsity must be between 0 and 1, got {o.sparsity}")
+        check_target(o.sparsity)
         path = path_beside(self.path, o.sparsity)
         if not os.path.exists(path):
             raise HybridInferError(f"no sparsity file {path} for --sparsity {o.sparsity}; make it with "

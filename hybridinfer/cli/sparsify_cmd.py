@@ -8,12 +8,11 @@ import click
 from tqdm import tqdm
 
 from ..atomic_file import check_destination
-from ..errors import HybridInferError
 from ..options import RunOptions
 from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity
 from ..sparsity.plot import plot_thresholds
 from ..reference.sparse_ffn import require_silu
-from ..sparsity.thresholds import METHODS, path_beside, save_thresholds
+from ..sparsity.thresholds import METHODS, check_target, path_beside, save_thresholds
 from ..text.calibration import calibration_texts, token_chunks
 from .options import open_engine
 
@@ -43,8 +42,7 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
              plot_path, n_threads, as_json):
     """Per-layer activation thresholds of a SiLU (SwiGLU) model for --sparsity-file (CATS), and the sparsity they
     reach on held-out text."""
-    if not 0.0 < target < 1.0:
-        raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
+    check_target(target)
     engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
     output = output or path_beside(engine.path, target)
     for path in [output] + ([plot_path] if plot_path else []):

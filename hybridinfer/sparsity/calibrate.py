@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..errors import HybridInferError
 from ..hybrid.profiling import run_observed
 from ..reference.sparse_ffn import require_silu
-from .thresholds import SparsityThresholds
+from .thresholds import SparsityThresholds, check_target
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -28,8 +27,7 @@ def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float,
                          on_chunk: Callable[[int], None] | None = None) -> SparsityThresholds:
     """Thresholds that zero the share `target` of each layer's activations over `chunks` (token lists)."""
     require_silu(engine.config, "CATS calibration")
-    if not 0.0 < target < 1.0:
-        raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
+    check_target(target)
     histograms = torch.zeros((engine.config.n_layer, BINS), dtype=torch.float64)
 
     def observe(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:

@@ -22,11 +22,18 @@ import gguf
 import numpy as np
 
 from ..atomic_file import atomic_output
+from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
 
 ARCH = "hybridinfer-sparsity"
 METHODS = ("cats",)
 _KEY = "hybridinfer.sparsity."
+
+
+def check_target(target: float) -> None:
+    """A target sparsity is a share of activations to zero, strictly between 0 and 1."""
+    if not 0.0 < target < 1.0:
+        raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
 
 
 def path_beside(model_path: str | os.PathLike, target: float) -> str:
