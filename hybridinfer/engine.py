@@ -24,13 +24,15 @@ from .options import RunOptions
 from .reference.model import Transformer
 from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu,
                                    require_sparse_activation)
+from .reference.sparse_inputs import CalibratedSparseInputs
 from .reference.weights import load_weights
 from .runtime.decoder import PackedTransformer
 from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import PackedSparseFFN
+from .runtime.teal import PackedTEAL
 from .runtime.weights import load_packed_weights
-from .sparsity.thresholds import check_target, load_thresholds, path_beside
+from .sparsity.thresholds import METHODS, check_target, load_thresholds, path_beside
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096
@@ -75,7 +77,7 @@ class Engine:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
         sparsity_file = self._sparsity_file(o)
         if sparsity_file and (o.exact or o.predictors or o.hybrid):
-            raise HybridInferError("--sparsity-file/--sparsity (CATS, SiLU models) runs on the CPU alone: drop "
+            raise HybridInferError("--sparsity-file/--sparsity (CATS/TEAL, SiLU models) runs on the CPU alone: drop "
                                    "--exact, --predictors and the hybrid options (--vram-budget/--split/-ngl)")
         self.backend = o.backend or "packed"
         if self.backend not in BACKENDS:
@@ -105,6 +107,8 @@ class Engine:
             else:
                 self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
                 self.model.sparse = self._reference_sparse(exact, predictor_set, self.sparsity)
+                if self.sparsity is not None and self.sparsity.method == "teal":
+                    self.model.inputs = CalibratedSparseInputs(self.config, self.sparsity.thresholds)
             self.file.release_copied()
         self.held: list[list[int]] = [[]]  # the tokens each sequence's KV cache holds (one unless hold_sequences)
         if o.warmup:
@@ -117,14 +121,19 @@ class Engine:
     def _sparsity_file(self, o: RunOptions) -> str | None:
         """--sparsity-file, or for --sparsity S the file `sparsify --sparsity S` wrote beside the model."""
         if o.sparsity is None:
+            if o.sparsity_method is not None:
+                raise HybridInferError("--sparsity-method names the method of the --sparsity S file: give --sparsity")
             return o.sparsity_file
         if o.sparsity_file:
             raise HybridInferError("--sparsity and --sparsity-file exclude each other: give one")
         check_target(o.sparsity)
-        path = path_beside(self.path, o.sparsity)
+        method = o.sparsity_method or "cats"
+        if method not in METHODS:
+            raise HybridInferError(f"unknown sparsity method {method!r}; choose one of {', '.join(METHODS)}")
+        path = path_beside(self.path, o.sparsity, method)
         if not os.path.exists(path):
             raise HybridInferError(f"no sparsity file {path} for --sparsity {o.sparsity}; make it with "
-                                   f"`hybridinfer sparsify -m {self.path} --sparsity {o.sparsity}`")
+                                   f"`hybridinfer sparsify -m {self.path} --sparsity {o.sparsity} --method {method}`")
         return path
 
     @contextmanager
@@ -165,11 +174,15 @@ class Engine:
     def _setup_packed(self, n_ctx: int, exact: bool, predictor_set, float_activations: bool, offload) -> None:
         """Weights packed for the numba kernels; the sparse FFN over them for --exact, --predictors or
         --sparsity-file."""
-        sparse = bool(exact or predictor_set is not None or self.sparsity is not None)
+        teal = self.sparsity is not None and self.sparsity.method == "teal"
+        sparse = bool(exact or predictor_set is not None or self.sparsity is not None) and not teal
         if exact or predictor_set is not None:
             require_sparse_activation(self.config)
-        weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload)
+        weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload, teal=teal)
         self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
+        if teal:
+            self.model.ffn = self.model.inputs = PackedTEAL(self.config, weights, self.sparsity.thresholds,
+                                                            float_activations)
         if sparse:
             self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations,
                                              cache=self._predictor_cache, sparsity=self.sparsity)
@@ -183,19 +196,20 @@ class Engine:
 
     @property
     def mode(self) -> str:
-        """What computes the FFN, for reports: hybrid, predictors, exact, cats N% (a sparsity file's target) or
-        dense."""
+        """What computes the FFN, for reports: hybrid, predictors, exact, cats N% or teal N% (a sparsity file's
+        method and target) or dense."""
         if self.hybrid is not None:
             return "hybrid"
         if self.options.predictors or self.options.exact:
             return "predictors" if self.options.predictors else "exact"
-        return f"cats {100 * self.sparsity.target:g}%" if self.sparsity is not None else "dense"
+        return f"{self.sparsity.method} {100 * self.sparsity.target:g}%" if self.sparsity is not None else "dense"
 
     @property
     def sparse_ffn(self):
-        """The sparse FFN mode in use (packed: `runtime/sparse_ffn.PackedSparseFFN`, reference: `reference/sparse_ffn`),
-        with its `stats` and `predictors`; None when every CPU layer's FFN is dense."""
-        part = self.model.ffn if self.backend == "packed" else self.model.sparse
+        """The sparse mode in use (packed: `runtime/sparse_ffn.PackedSparseFFN` or TEAL's `runtime/teal.PackedTEAL`,
+        reference: `reference/sparse_ffn`, `reference/sparse_inputs`), with its `stats` and `predictors`; None when
+        the model is dense."""
+        part = self.model.ffn if self.backend == "packed" else self.model.sparse or self.model.inputs
         return part if part is not None and part.stats is not None else None
 
     @contextmanager
@@ -215,7 +229,7 @@ class Engine:
 
     def _reference_sparse(self, exact: bool, predictor_set, sparsity):
         if sparsity is not None:
-            return CalibratedSparseFFN(self.config, sparsity)
+            return CalibratedSparseFFN(self.config, sparsity) if sparsity.method == "cats" else None
         if exact:
             return ExactSparseFFN(self.config)
         if predictor_set is not None:
@@ -386,8 +400,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def load(path: str, options: RunOptions | None = None, **fields) -> Engine:
     """Load a GGUF model. `options` or its fields as keywords (`options.RunOptions`): n_ctx (default: the
-    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file or sparsity
-    (SiLU models' CATS thresholds), backend,
+    model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file or
+    sparsity with sparsity_method (SiLU models' CATS or TEAL thresholds), backend,
     float_activations; the hybrid runtime: vram_budget (with activations) or split, n_gpu_layers, device,
     gpu_kernels."""
     return Engine(path, options, **fields)

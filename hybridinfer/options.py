@@ -13,8 +13,9 @@ class RunOptions:
     n_threads: int | None = None  # CPU threads (-t); None: all cores
     exact: bool = False  # lossless sparse FFN: up/down rows only where the activation passes (--exact)
     predictors: str | None = None  # a predictor file: compute only the neurons it predicts active (--predictors)
-    sparsity_file: str | None = None  # SiLU models: CATS thresholds from `hybridinfer sparsify` (--sparsity-file)
+    sparsity_file: str | None = None  # SiLU models: CATS/TEAL thresholds from `hybridinfer sparsify` (--sparsity-file)
     sparsity: float | None = None  # SiLU models: the sparsity file for this target beside the model (--sparsity)
+    sparsity_method: str | None = None  # the method of that file beside the model: "cats" (default) or "teal"
     split: str | None = None  # hybrid: a split file from `hybridinfer split` (--split)
     vram_budget: str | None = None  # hybrid: a GPU memory budget like "6GiB", solved from `activations`
     activations: str | None = None  # hybrid: the activations file for vram_budget (default: MODEL.act.gguf)

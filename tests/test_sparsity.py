@@ -66,7 +66,7 @@ def test_thresholds_are_the_quantiles_of_the_activation_magnitudes(silu_model):
 def test_the_file_round_trips(sparsity_file, silu_model):
     engine = hybridinfer.load(str(silu_model), n_ctx=64)
     loaded = load_thresholds(sparsity_file, engine.fingerprint)
-    assert loaded.method == "cats" and loaded.target == TARGET and loaded.thresholds.shape == (2,)
+    assert loaded.method == "cats" and loaded.target == TARGET and loaded.thresholds.shape == (2, 1)
     assert np.all(loaded.thresholds > 0)
 
 
@@ -162,7 +162,7 @@ def test_sparsify_and_perplexity_commands(silu_model, texts, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--sparsity", "1.5"], "between 0 and 1"),
-    (["--sparsity", "0.4", "--method", "teal"], "--method"),
+    (["--sparsity", "0.4", "--method", "deja-vu"], "--method"),
 ])
 def test_sparsify_bad_input_is_one_line_and_writes_nothing(silu_model, texts, tmp_path, flags, message):
     out = tmp_path / "x.sparsity.gguf"

@@ -199,25 +199,27 @@ def parallel(args) -> None:
         del engine
 
 
-def cats(args) -> None:
-    """SiLU models with CATS sparsity files at 25, 40 and 50%: decode rate side by side with the same engine's
-    dense decode (`Engine.every_neuron`, alternating), the sparsity measured while decoding, and (SmolLM2)
+def sparsity(args) -> None:
+    """SiLU models with CATS and TEAL sparsity files at 25, 40 and 50%: decode rate side by side with the same
+    engine's dense decode (`Engine.every_neuron`, alternating), the sparsity measured while decoding, and (SmolLM2)
     perplexity and KL to dense on the corpus's held-out test split."""
     from hybridinfer.eval.perplexity import perplexity
     from hybridinfer.sparsity.calibrate import calibrate_thresholds
     from hybridinfer.sparsity.thresholds import save_thresholds
     from hybridinfer.text.calibration import calibration_texts, token_chunks
-    from tools.build_bench_model import CATS_TARGETS, silu_paths, sparsity_path
-    print("\n## 8. CATS sparsity files on SiLU models (`hybridinfer sparsify`), dense and CATS alternating in one "
-          "process\n\n| model | mode | test | dense t/s | CATS t/s | CATS / dense | decode sparsity | held-out text |\n"
-          "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
+    from tools.build_bench_model import SPARSITY_METHODS, SPARSITY_TARGETS, silu_paths, sparsity_path
+    print("\n## 8. CATS and TEAL sparsity files on SiLU models (`hybridinfer sparsify`), dense and sparse alternating "
+          "in one process\n\n| model | mode | test | dense t/s | sparse t/s | sparse / dense | decode sparsity | "
+          "held-out text |\n| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
     smollm2 = ensure_default_model()
-    files = {t: DEFAULT_OUT.parent / sparsity_path(Path(smollm2.name), t).name for t in CATS_TARGETS}
+    files = {(m, t): DEFAULT_OUT.parent / sparsity_path(Path(smollm2.name), t, m).name
+             for m in SPARSITY_METHODS for t in SPARSITY_TARGETS}
     if not all(f.exists() for f in files.values()):
         engine = hybridinfer.load(str(smollm2), n_ctx=256)
         chunks = token_chunks(engine.tokenizer, calibration_texts(None), 8192, 256)
-        for target, path in files.items():
-            save_thresholds(calibrate_thresholds(engine, chunks, target), path)
+        for (method, target), path in files.items():
+            if not path.exists():
+                save_thresholds(calibrate_thresholds(engine, chunks, target, method), path)
     held_out = "\n\n".join(calibration_texts(None, "test"))
     runs = [("SmolLM2-135M Q4_1", smollm2, files, True)]
     silu, silu_files = silu_paths(DEFAULT_OUT) if args.model_7b is None else (None, {})
@@ -226,9 +228,9 @@ def cats(args) -> None:
     else:
         print("(the 7B-shaped SiLU variant and its sparsity files are built by `make bench-model`)")
     for label, path, sparsity_files, quality in runs:
-        for target in CATS_TARGETS:
+        for key in sparsity_files:
             engine = hybridinfer.load(str(path), n_ctx=512 if quality else 256,
-                                      sparsity_file=str(sparsity_files[target]))
+                                      sparsity_file=str(sparsity_files[key]))
             dense, sparse, measured = [], [], []
             for _ in range(args.repetitions):
                 with engine.every_neuron():
@@ -260,7 +262,7 @@ def main() -> None:
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, cats]
+    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, sparsity]
     chosen = range(1, 9) if args.only is None else [int(n) for n in args.only.split(",")]
     for number in chosen:
         if number == 1 and args.skip_kernels:

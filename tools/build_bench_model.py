@@ -7,8 +7,8 @@ Steps (each skipped when its output exists, so an interrupted build resumes):
   3. `hybridinfer predictors train --method ridge --rank R --tokens N` -> OUT.q4_0.pred.gguf
   4. `hybridinfer profile --tokens 1024`                               -> OUT.q4_0.act.gguf (for --vram-budget)
   5. its SiLU variant (tools/silu_variant.py: same tensors, SiLU FFN)  -> OUT.silu.q4_0.gguf
-  6. `hybridinfer sparsify --tokens 1024 --sparsity S` for each S of CATS_TARGETS
-                                                                      -> OUT.silu.q4_0.cats-{25,40,50}.sparsity.gguf
+  6. `hybridinfer sparsify --tokens 1024 --sparsity S --method M` for each S of SPARSITY_TARGETS and M of
+     SPARSITY_METHODS                                 -> OUT.silu.q4_0.{cats,teal}-{25,40,50}.sparsity.gguf
 
 Usage: PYTHONPATH=. python tools/build_bench_model.py [--out ~/.cache/hybridinfer/bench/synthetic-prosparse-7b]
            [--layers 32] [--rank 256] [--tokens 4096] [--method ridge|sgd]
@@ -38,18 +38,19 @@ def activations_path(model: Path) -> Path:
     return model.with_name(model.name.replace(".gguf", ".act.gguf"))
 
 
-CATS_TARGETS = (0.25, 0.4, 0.5)  # the sparsity files made for the SiLU variant
+SPARSITY_TARGETS = (0.25, 0.4, 0.5)  # the sparsity files made for the SiLU variant, per method
+SPARSITY_METHODS = ("cats", "teal")
 
 
-def silu_paths(out: Path) -> tuple[Path, dict[float, Path]]:
-    """(the SiLU variant, its sparsity file per target) of a build written to `out`."""
+def silu_paths(out: Path) -> tuple[Path, dict[tuple[str, float], Path]]:
+    """(the SiLU variant, its sparsity file per (method, target)) of a build written to `out`."""
     model = out.with_name(out.name + ".silu.q4_0.gguf")
-    return model, {t: sparsity_path(model, t) for t in CATS_TARGETS}
+    return model, {(m, t): sparsity_path(model, t, m) for m in SPARSITY_METHODS for t in SPARSITY_TARGETS}
 
 
-def sparsity_path(model: Path, target: float) -> Path:
+def sparsity_path(model: Path, target: float, method: str) -> Path:
     from hybridinfer.sparsity.thresholds import path_beside
-    return Path(path_beside(model, target))
+    return Path(path_beside(model, target, method))
 
 
 def step(title: str, command: list[str]) -> None:
@@ -94,10 +95,11 @@ def main() -> None:
         start = time.perf_counter()
         write_silu_variant(str(model), str(silu))
         print(f"== SiLU variant: {time.perf_counter() - start:.0f} s", flush=True)
-    for target, path in sparsity_files.items():
+    for (method, target), path in sparsity_files.items():
         if not path.exists():
-            step(f"sparsify {target}", cli + ["sparsify", "-m", str(silu), "--tokens", "1024", "--held-out-tokens",
-                                              "512", "--sparsity", str(target), "-o", str(path)])
+            step(f"sparsify {method} {target}", cli + ["sparsify", "-m", str(silu), "--method", method, "--tokens",
+                                                       "1024", "--held-out-tokens", "512", "--sparsity", str(target),
+                                                       "-o", str(path)])
     print(f"model: {model}\npredictors: {predictors}\nactivations: {activations}\nSiLU variant: {silu}")
 
 

@@ -10,6 +10,7 @@ from ..default_model import ensure_default_model
 from ..engine import Engine
 from ..options import RunOptions
 from ..generation.sampling import SamplerSettings
+from ..sparsity.thresholds import METHODS
 
 _defaults = SamplerSettings()
 
@@ -25,11 +26,14 @@ def model_options(command):
         click.option("--predictors", "predictors", type=click.Path(dir_okay=False), default=None,
                      help="predictor file (.pred.gguf): compute only the neurons it predicts active"),
         click.option("--sparsity-file", "sparsity_file", type=click.Path(dir_okay=False), default=None,
-                     help="SiLU models: a sparsity file from `hybridinfer sparsify`; up/down rows only for neurons "
-                          "whose |SiLU(gate)| passes its calibrated thresholds (CATS)"),
+                     help="SiLU models: a sparsity file from `hybridinfer sparsify`: CATS (up/down rows only for "
+                          "neurons whose |SiLU(gate)| passes) or TEAL (weight columns only for projection inputs "
+                          "that pass)"),
         click.option("--sparsity", "sparsity", type=float, default=None,
                      help="SiLU models: the sparsity file `hybridinfer sparsify --sparsity S` wrote beside the model "
-                          "(MODEL.cats-S.sparsity.gguf, S in percent)"),
+                          "(MODEL.cats-S.sparsity.gguf, S in percent; see --sparsity-method)"),
+        click.option("--sparsity-method", "sparsity_method", type=click.Choice(METHODS), default=None,
+                     help="the method of the --sparsity file beside the model (default: cats)"),
         click.option("--vram-budget", default=None,
                      help="hybrid: GPU memory budget (like 6GiB); hot neurons solved from the activations file"),
         click.option("--split", "split", type=click.Path(dir_okay=False), default=None,

@@ -61,25 +61,32 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
         and values written to this layer's caches (n_seq, n_head_kv, n_ctx, head_dim). wqkv: the Q, K and V rows
         in one raw matrix, wo the output projection; buffers qkv (T, q_rows + 2 kv_rows), q (T, n_head,
         head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd)."""
-        tokens = x.shape[0]
-        q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
         normalize(x, norm, eps, normed)
         product(qkv_code, wqkv, normed, ALL_ROWS, True, float_activations, qkv)
-        q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
-        k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
-        v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
-        cpu_ops.rope(q, cos, sin, positions)
-        cpu_ops.rope(k, cos, sin, positions)
-        for t in range(tokens):
-            for h in range(k.shape[1]):
-                k_caches[sequences[t], h, positions[t]] = k[t, h]
-                v_caches[sequences[t], h, positions[t]] = v[t, h]
-        cpu_ops.attention(q, k_caches, v_caches, positions, sequences, scores, attended.x.reshape(q.shape))
+        attend(qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches, scores, attended.x)
         prepare(attended)
         product(out_code, wo, attended, ALL_ROWS, True, float_activations, out)
         cpu_ops.add_scaled(x, out, residual_scale)
 
     return block
+
+
+@njit(**_OPTIONS)
+def attend(qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches, scores, attended):
+    """attended (T, n_head * head_dim) = causal attention of the T tokens whose Q, K and V rows are qkv (T, q_rows +
+    2 kv_rows): Q and K rotated (RoPE), K and V written to the caches first (see `attention_block`)."""
+    tokens = qkv.shape[0]
+    q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
+    q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
+    k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
+    v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
+    cpu_ops.rope(q, cos, sin, positions)
+    cpu_ops.rope(k, cos, sin, positions)
+    for t in range(tokens):
+        for h in range(k.shape[1]):
+            k_caches[sequences[t], h, positions[t]] = k[t, h]
+            v_caches[sequences[t], h, positions[t]] = v[t, h]
+    cpu_ops.attention(q, k_caches, v_caches, positions, sequences, scores, attended.reshape(q.shape))
 
 
 @functools.cache

@@ -160,3 +160,29 @@ def compact_products(gate, up, threshold, out, magnitude):
 def _passes(value, threshold, magnitude):
     """Whether a neuron fires: FATReLU's value >= threshold, or CATS's |SiLU value| >= threshold."""
     return (abs(value) if magnitude else value) >= threshold
+
+
+@njit(**_OPTIONS)
+def select_inputs(values, threshold, selected, coeffs):
+    """TEAL's input sparsity: selected[:k] = the i with |values[i]| >= threshold, in order, and coeffs[:k] their
+    values (the columns of a projection that are read, and what they are scaled by); returns k. values (n,)."""
+    k = 0
+    for i in range(values.shape[0]):
+        v = values[i]
+        if abs(v) >= threshold:
+            selected[k] = i
+            coeffs[k] = v
+            k += 1
+    return k
+
+
+@njit(**_OPTIONS)
+def zero_below(values, threshold):
+    """In place: entries of values (T, n) whose magnitude is below threshold become 0; returns how many did."""
+    zeroed = 0
+    for t in range(values.shape[0]):
+        for i in range(values.shape[1]):
+            if abs(values[t, i]) < threshold:
+                values[t, i] = 0.0
+                zeroed += 1
+    return zeroed

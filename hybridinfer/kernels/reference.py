@@ -26,6 +26,17 @@ def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarr
     return hidden @ down_t[rows]
 
 
+def select_inputs(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """TEAL: the indices of the entries with |v| >= threshold, and those entries."""
+    rows = np.flatnonzero(np.abs(values) >= threshold)
+    return rows, values[rows]
+
+
+def teal_matvec(weight: np.ndarray, x: np.ndarray, threshold: float) -> np.ndarray:
+    """W (out, in) @ x with the entries of x below threshold in magnitude zeroed (TEAL's column-sparse product)."""
+    return weight @ np.where(np.abs(x) >= threshold, x, np.float32(0))
+
+
 # ---- weights of any GGUF format, decoded by the gguf package ------------------------------------------------
 
 def dequantized(raw: np.ndarray, qtype, shape: tuple[int, int]) -> np.ndarray:

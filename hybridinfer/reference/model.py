@@ -65,7 +65,8 @@ class Transformer:
     `sparse`, when set (`sparse_ffn.py`: exact or predicted), masks each layer's FFN activation: the neurons it
     drops contribute nothing. `observers` are called once per layer as observer(layer_index, residual,
     activation): the residual stream before ffn_norm (T, n_embd) and the dense FFN activation act(gate)
-    (T, n_ff) — for profiling and predictor training.
+    (T, n_ff) — for profiling and predictor training. `inputs`, when set (`sparse_inputs.py`: TEAL), zeroes the
+    small entries of every projection's input.
     """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, n_ctx: int):
@@ -74,6 +75,7 @@ class Transformer:
         self.cache = KVCache(config, n_ctx)
         self.rope_cos, self.rope_sin = rope_tables(config, n_ctx)
         self.sparse = None
+        self.inputs = None
         self.observers: list = []
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.attention_seconds = 0.0  # summed over single-token forward calls while `time_attention` is set
@@ -85,12 +87,16 @@ class Transformer:
 
     @contextmanager
     def every_neuron(self) -> Iterator[None]:
-        """The dense FFN for the duration (profiling, perplexity's dense comparison), whatever sparse mode is set."""
-        sparse, self.sparse = self.sparse, None
+        """The dense model for the duration (profiling, perplexity's dense comparison), whatever sparse mode is set."""
+        sparse, inputs, self.sparse, self.inputs = self.sparse, self.inputs, None, None
         try:
             yield
         finally:
-            self.sparse = sparse
+            self.sparse, self.inputs = sparse, inputs
+
+    def _input(self, index: int, site: int, values: torch.Tensor) -> torch.Tensor:
+        """A projection's input, with `inputs`' zeroing (site: `sparse_inputs.py`'s numbering)."""
+        return values if self.inputs is None else self.inputs.masked(index, site, values)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True, sequence: int = 0) -> torch.Tensor:
@@ -120,6 +126,7 @@ class Transformer:
         c = self.config
         n_new, end = x.shape[0], start_pos + x.shape[0]
         cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+        x = self._input(index, 0, x)
         q = apply_rope((x @ layer.attn_q.T).view(n_new, c.n_head, c.head_dim), cos, sin)
         k = apply_rope((x @ layer.attn_k.T).view(n_new, c.n_head_kv, c.head_dim), cos, sin)
         v = (x @ layer.attn_v.T).view(n_new, c.n_head_kv, c.head_dim)
@@ -131,14 +138,14 @@ class Transformer:
         query_pos = torch.arange(start_pos, end, device=x.device)[:, None]
         scores = scores.masked_fill(torch.arange(end, device=x.device)[None, :] > query_pos, float("-inf"))
         out = torch.einsum("hts,shd->thd", scores.softmax(-1), values).reshape(n_new, c.n_head * c.head_dim)
-        return out @ layer.attn_output.T
+        return self._input(index, 1, out) @ layer.attn_output.T
 
     def ffn_block(self, index: int, layer: LayerWeights, residual: torch.Tensor) -> torch.Tensor:
         """The FFN of (T, n_embd) residual rows: act(gate) * up @ down, with the sparse mode's mask applied."""
-        x = rms_norm(residual, layer.ffn_norm, self.config.rms_eps)
+        x = self._input(index, 2, rms_norm(residual, layer.ffn_norm, self.config.rms_eps))
         activation = ffn_activation(x @ layer.ffn_gate.T, self.config)  # (T, n_ff)
         for observe in self.observers:
             observe(index, residual, activation)
         if self.sparse is not None:
             activation = self.sparse.masked(index, residual, activation)
-        return (activation * (x @ layer.ffn_up.T)) @ layer.ffn_down.T
+        return self._input(index, 3, activation * (x @ layer.ffn_up.T)) @ layer.ffn_down.T

@@ -98,7 +98,7 @@ class CalibratedSparseFFN(ExactSparseFFN):
         """`sparsity`: a `sparsity.thresholds.SparsityThresholds` made for this model."""
         require_silu(config)
         self.config, self.sparsity = config, sparsity
-        self.thresholds = torch.from_numpy(sparsity.thresholds)
+        self.thresholds = torch.from_numpy(sparsity.thresholds[:, 0].copy())  # the one site: the activation
         self.stats = SparseFFNStats()
 
     def masked(self, index: int, residual: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

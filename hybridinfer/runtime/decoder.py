@@ -59,7 +59,7 @@ class PackedTransformer:
     """LLaMA-family decoder over packed weights with a float32 KV cache; `forward` runs a batch of new positions.
 
     `ffn` computes every CPU layer's FFN (a part of `dense_ffn.py`'s protocol: DenseFFN unless a sparse mode is
-    plugged in). `observers` are called once per layer as observer(layer_index, residual, activation), torch
+    plugged in); `inputs`, when set (TEAL, `teal.py`), computes the attention blocks too. `observers` are called once per layer as observer(layer_index, residual, activation), torch
     tensors as in `reference.model.Transformer`.
     """
 
@@ -70,6 +70,7 @@ class PackedTransformer:
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.numpy(), sin.numpy()
         self.ffn = DenseFFN(config, float_activations)
+        self.inputs = None  # TEAL's part (`teal.PackedTEAL`), which is then `ffn` too
         self.offload = None  # the GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`)
         self.observers: list = []
         self.time_attention = False  # sum single-token attention time into attention_seconds (benchmarks)
@@ -96,12 +97,13 @@ class PackedTransformer:
 
     @contextmanager
     def every_neuron(self) -> Iterator[None]:
-        """The dense FFN for the duration (profiling, perplexity's dense comparison), whatever part is plugged in."""
-        part, self.ffn = self.ffn, DenseFFN(self.config, self.float_activations)
+        """The dense model for the duration (profiling, perplexity's dense comparison), whatever part is plugged in."""
+        part, inputs = self.ffn, self.inputs
+        self.ffn, self.inputs = DenseFFN(self.config, self.float_activations), None
         try:
             yield
         finally:
-            self.ffn = part
+            self.ffn, self.inputs = part, inputs
 
     def forward(self, tokens: torch.Tensor, start_pos: int, all_logits: bool = True, sequence: int = 0) -> torch.Tensor:
         """tokens: (T,) int64 at positions start_pos..start_pos+T-1 of `sequence`. Returns float32 logits
@@ -175,6 +177,9 @@ class PackedTransformer:
         return torch.from_numpy(logits)
 
     def _attention(self, index: int, layer: PackedLayer, b: Buffers, start_pos: int) -> None:
+        if self.inputs is not None:
+            self.inputs.attention(self, index, layer, b)
+            return
         c = self.config
         n = b.x.shape[0]
         block = cpu_layer.attention_block(*layer.attention_codes, self.float_activations)

@@ -53,7 +53,7 @@ class PackedSparseFFN:
             require_sparse_activation(config)
         self.config, self.float_activations = config, bool(float_activations)
         self.threshold = np.float32(config.activation_threshold)  # FATReLU's
-        self.thresholds = [np.float32(t) for t in sparsity.thresholds] if self.silu else \
+        self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.silu else \
             [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]

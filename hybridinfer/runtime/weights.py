@@ -4,7 +4,9 @@ Float weights (F32/F16/BF16) stay zero-copy views of the memory-mapped file; Q8_
 repacked once at load (the same bytes, rearranged). Other GGUF types are decoded to F32 at load, with a
 notice. The sparse FFN also needs each layer's down projection transposed (`down_t`, row i = neuron i's
 output vector): taken from a PowerInfer file's ffn_down_t, or made at load by transposing (and, for quantized
-formats, re-quantizing with the `gguf` package's encoder) the first time a sparse mode asks for it.
+formats, re-quantizing with the `gguf` package's encoder) the first time a sparse mode asks for it. TEAL
+(`runtime/teal.py`) needs every projection transposed the same way: Q/K/V as one matrix, the output projection,
+and gate with up as one matrix (`PackedLayer.teal_transposes`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
 from ..model_file.tensor_shapes import down_name, require_tensors
 from ..kernels import compile_time
-from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack
+from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import transpose_quantized
 from .repack_cache import RepackCache
 
@@ -40,6 +42,9 @@ class PackedLayer:
     source_down: GGUFTensor  # the file's down projection: ffn_down (n_embd, n_ff) or ffn_down_t (n_ff, n_embd)
     _down: PackedMatrix | None = field(default=None, repr=False)
     _down_t: PackedMatrix | None = field(default=None, repr=False)
+    _qkv_t: PackedMatrix | None = field(default=None, repr=False)
+    _output_t: PackedMatrix | None = field(default=None, repr=False)
+    _gate_up_t: PackedMatrix | None = field(default=None, repr=False)
 
     def __post_init__(self):
         # format codes that the numba blocks are made for (`kernels/cpu_layer.py`); ffn_codes[2] is the down
@@ -66,6 +71,16 @@ class PackedLayer:
             self._down_t = pack_any(self.source_down) if self.transposed_in_file else transpose(self.source_down)
         return self._down_t
 
+    def teal_transposes(self) -> tuple[PackedMatrix, PackedMatrix, PackedMatrix, PackedMatrix]:
+        """The transposed projections TEAL reads one token's inputs from (made the first time, then kept):
+        Q/K/V (n_embd, q_rows + 2 kv_rows), output (n_head * head_dim, n_embd), gate/up (n_embd, 2 n_ff: gate's
+        columns, then up's) and down (n_ff, n_embd)."""
+        if self._qkv_t is None:
+            self._qkv_t = transposed_rows(self.attn_qkv)
+            self._output_t = transposed_rows(self.attn_output)
+            self._gate_up_t = transposed_rows(self.ffn_gate, self.ffn_up)
+        return self._qkv_t, self._output_t, self._gate_up_t, self.ffn_down_t()
+
 
 @dataclass
 class PackedWeights:
@@ -87,9 +102,11 @@ class PackedWeights:
         return total
 
 
-def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, on_gpu=None) -> PackedWeights:
+def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, on_gpu=None,
+                        teal: bool = False) -> PackedWeights:
     """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
-    projection now (so its cost is part of the load, not of the first token). `on_gpu` (a `hybrid.setup.Offload`)
+    projection now (so its cost is part of the load, not of the first token); with `teal`, every projection's
+    transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `on_gpu` (a `hybrid.setup.Offload`)
     names what the GPU side holds instead: the attention of its layers, the FFN of its dense layers, the output
     projection. Each matrix's pages of the memory-mapped file are released once it is packed. What is packed is
     kept in the repack cache (`repack_cache.py`) and mapped from there by the next start."""
@@ -99,7 +116,9 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     start, compiled = time.perf_counter(), compile_time.seconds()
     c = config
     require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
-    mode = f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
+    if teal and on_gpu is not None:
+        raise ValueError("TEAL runs on the CPU alone")
+    mode = "teal" if teal else f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
     cache = RepackCache(model.path, model.header_bytes(), mode)
     stored = cache.load()
     made: dict[str, PackedMatrix] = {}  # packed now, for the cache (zero-copy views of the file are not)
@@ -139,6 +158,12 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
             name = p + ("ffn_down_t" if sparse else "ffn_down")
             if name not in stored:
                 kept(name, layer.ffn_down_t() if sparse else layer.ffn_down(), down.name)
+        if teal:
+            layer._qkv_t, layer._output_t = stored.get(p + "attn_qkv_t"), stored.get(p + "attn_output_t")
+            layer._gate_up_t = stored.get(p + "ffn_gate_up_t")
+            if layer._qkv_t is None or layer._down_t is None:
+                for name, made_now in zip(TEAL_NAMES, layer.teal_transposes()):
+                    made[p + name] = made_now
         layers.append(layer)
     token_embd = matrix("token_embd.weight")
     output = token_embd if c.tied_embeddings else None if output_on_gpu else \
@@ -163,11 +188,30 @@ def _use(weights: PackedWeights, mapped: dict[str, PackedMatrix]) -> None:
     weights.token_embd = mapped.get("token_embd.weight", weights.token_embd)
     weights.output = weights.token_embd if tied else mapped.get("output.weight", weights.output)
     parts = (("attn_qkv", "attn_qkv"), ("attn_output", "attn_output.weight"), ("ffn_gate", "ffn_gate.weight"),
-             ("ffn_up", "ffn_up.weight"), ("_down", "ffn_down"), ("_down_t", "ffn_down_t"))
+             ("ffn_up", "ffn_up.weight"), ("_down", "ffn_down"), ("_down_t", "ffn_down_t"),
+             ("_qkv_t", "attn_qkv_t"), ("_output_t", "attn_output_t"), ("_gate_up_t", "ffn_gate_up_t"))
     for i, layer in enumerate(weights.layers):
         for attribute, name in parts:
             if f"blk.{i}.{name}" in mapped:
                 setattr(layer, attribute, mapped[f"blk.{i}.{name}"])
+
+
+TEAL_NAMES = ("attn_qkv_t", "attn_output_t", "ffn_gate_up_t", "ffn_down_t")  # repack cache names, per layer
+
+
+def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
+    """The transpose of the rows of `matrices` stacked (same column count), in their format when they share one
+    the kernels read (quantized: decoded and encoded again, as `transpose`), else F32."""
+    cols, qtype = matrices[0].cols, matrices[0].qtype
+    rows = sum(m.rows for m in matrices)
+    if all(m.qtype == qtype for m in matrices):
+        raw = np.concatenate([to_gguf_bytes(m, np.arange(m.rows)) for m in matrices])
+        if qtype in FLOAT_DTYPES:
+            return pack((np.ascontiguousarray(raw.T), qtype, (cols, rows)))
+        if rows % 32 == 0:
+            return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
+    values = np.concatenate([m.dequantize_rows(np.arange(m.rows)) for m in matrices])
+    return pack((np.ascontiguousarray(values.T), T.F32, (cols, rows)))
 
 
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:

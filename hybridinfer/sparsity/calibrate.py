@@ -1,21 +1,27 @@
-"""Calibrate CATS thresholds: per layer, the quantile of |SiLU(gate . x)| at the target sparsity.
+"""Calibrate magnitude thresholds: per layer and site, the quantile of the site's magnitudes at the target sparsity
+(CATS: |SiLU(gate . x)|, one site; TEAL: the inputs of the projections, four sites: `thresholds.SITES`).
 
-The dense model runs over calibration chunks while an observer (`PackedTransformer.observers`) bins every
-activation's magnitude into a fine log-spaced histogram per layer (memory independent of the token count);
-each layer's threshold is then read off its histogram, interpolated within the bin where the target share of
-activations is reached (bins are 0.001 decades, 0.23%, wide: the threshold is that close to the exact quantile).
+The dense model runs over calibration chunks while an observer bins every value's magnitude into a fine
+log-spaced histogram per layer and site (memory independent of the token count): CATS through the models'
+`observers`, TEAL through a TEAL part with zero thresholds (`observe_sites`). Each threshold is then read off its
+histogram, interpolated within the bin where the target share is reached (bins are 0.001 decades, 0.23%, wide:
+the threshold is that close to the exact quantile). TEAL's thresholds are uniform: every site zeroes the target
+share of its entries (the paper's greedy allocation across sites is not done).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..hybrid.profiling import run_observed
 from ..reference.sparse_ffn import require_silu
-from .thresholds import SparsityThresholds, check_target
+from ..reference.sparse_inputs import CalibratedSparseInputs
+from ..runtime.teal import PackedTEAL
+from .thresholds import SITES, SparsityThresholds, check_target
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -23,37 +29,68 @@ if TYPE_CHECKING:
 LOG_LOW, LOG_HIGH, BINS = -12.0, 4.0, 16384  # log10 |activation| range and its bins (smaller go to the first)
 
 
-def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float,
+def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float, method: str = "cats",
                          on_chunk: Callable[[int], None] | None = None) -> SparsityThresholds:
-    """Thresholds that zero the share `target` of each layer's activations over `chunks` (token lists)."""
-    require_silu(engine.config, "CATS calibration")
+    """Thresholds that zero the share `target` of each layer's (and site's) values over `chunks` (token lists)."""
+    require_silu(engine.config, f"{method.upper()} calibration")
     check_target(target)
-    histograms = torch.zeros((engine.config.n_layer, BINS), dtype=torch.float64)
+    histograms = torch.zeros((engine.config.n_layer, len(SITES[method]), BINS), dtype=torch.float64)
 
-    def observe(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:
-        magnitude = torch.log10(activation.abs().float()).clamp(LOG_LOW, LOG_HIGH)
-        histograms[index] += torch.histc(magnitude, BINS, LOG_LOW, LOG_HIGH).double()
+    def observe(index: int, site: int, values) -> None:
+        magnitude = torch.log10(torch.as_tensor(values).abs().float()).clamp(LOG_LOW, LOG_HIGH)
+        histograms[index, site] += torch.histc(magnitude, BINS, LOG_LOW, LOG_HIGH).double()
 
-    run_observed(engine, chunks, observe, on_chunk)
-    thresholds = np.array([quantile(h, target) for h in histograms.numpy()], np.float32)
-    reached = np.array([share_below(h, t) for h, t in zip(histograms.numpy(), thresholds)], np.float32)
-    return SparsityThresholds("cats", float(target), sum(map(len, chunks)), thresholds, reached, engine.fingerprint)
+    observe_sites(engine, method, chunks, observe, on_chunk)
+    thresholds = np.array([[quantile(h, target) for h in layer] for layer in histograms.numpy()], np.float32)
+    reached = np.array([[share_below(h, t) for h, t in zip(layer, limits)]
+                        for layer, limits in zip(histograms.numpy(), thresholds)], np.float32)
+    return SparsityThresholds(method, float(target), sum(map(len, chunks)), thresholds, reached, engine.fingerprint)
 
 
-def measure_sparsity(engine: Engine, chunks: list[list[int]], thresholds: np.ndarray,
+def measure_sparsity(engine: Engine, chunks: list[list[int]], sparsity: SparsityThresholds,
                      on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
-    """(n_layer,): the share of each layer's activations over `chunks` whose magnitude is below its threshold
-    (the dense model's activations: held-out text says how well the calibration carries over)."""
-    below = np.zeros(len(thresholds), np.int64)
-    seen = np.zeros(len(thresholds), np.int64)
-    limits = torch.from_numpy(np.asarray(thresholds, np.float32))
+    """(n_layer, n_sites): the share of each layer's (and site's) values over `chunks` whose magnitude is below its
+    threshold (the dense model's values: held-out text says how well the calibration carries over)."""
+    thresholds = sparsity.thresholds
+    below = np.zeros(thresholds.shape, np.int64)
+    seen = np.zeros(thresholds.shape, np.int64)
 
-    def count(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:
-        below[index] += int((activation.abs() < limits[index]).sum())
-        seen[index] += activation.numel()
+    def count(index: int, site: int, values) -> None:
+        values = torch.as_tensor(values)
+        below[index, site] += int((values.abs() < float(thresholds[index, site])).sum())
+        seen[index, site] += values.numel()
 
-    run_observed(engine, chunks, count, on_chunk)
+    observe_sites(engine, sparsity.method, chunks, count, on_chunk)
     return below / np.maximum(seen, 1)
+
+
+def observe_sites(engine: Engine, method: str, chunks: list[list[int]], observe: Callable,
+                  on_chunk: Callable[[int], None] | None = None) -> None:
+    """Run `chunks` through the dense model with observe(layer, site, values) called at every site of `method`."""
+    if method == "cats":
+        run_observed(engine, chunks, lambda index, residual, activation: observe(index, 0, activation), on_chunk)
+        return
+    with engine.every_neuron(), _observing_inputs(engine, observe):
+        for chunk in chunks:
+            engine.logits(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+
+
+@contextmanager
+def _observing_inputs(engine: Engine, observe: Callable) -> Iterator[None]:
+    """TEAL's sites observed in the (dense) model of either backend: a TEAL part with zero thresholds."""
+    if engine.backend == "packed":
+        with PackedTEAL.observing(engine.model, observe):
+            yield
+        return
+    inputs = engine.model.inputs
+    engine.model.inputs = CalibratedSparseInputs(engine.config, np.zeros((engine.config.n_layer, 4), np.float32))
+    engine.model.inputs.observers.append(observe)
+    try:
+        yield
+    finally:
+        engine.model.inputs = inputs
 
 
 def quantile(histogram: np.ndarray, share: float) -> float:

@@ -1,4 +1,4 @@
-"""A PNG of a sparsity file: each layer's calibrated threshold and the sparsity it reached."""
+"""A PNG of a sparsity file: each layer's calibrated thresholds (per site) and the sparsity they reached."""
 
 from __future__ import annotations
 
@@ -12,16 +12,24 @@ from .thresholds import SparsityThresholds
 
 
 def plot_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> None:
+    """Left: each layer's threshold per site (log scale); right: the share it zeroed on the calibration text."""
     plt = pyplot()
-    layers = np.arange(len(sparsity.thresholds))
+    layers = np.arange(sparsity.thresholds.shape[0])
+    sites = sparsity.sites
+    width = 0.8 / len(sites)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    left.bar(layers, sparsity.thresholds, color="tab:blue")
-    left.set(xlabel="layer", ylabel="|SiLU(gate)| threshold", title=f"{sparsity.method.upper()} thresholds")
-    right.bar(layers, sparsity.calibration_sparsity, color="tab:green")
+    for s, site in enumerate(sites):
+        offset = (s - (len(sites) - 1) / 2) * width
+        left.bar(layers + offset, sparsity.thresholds[:, s], width, label=site)
+        right.bar(layers + offset, sparsity.calibration_sparsity[:, s], width, label=site)
+    what = "|SiLU(gate)| threshold" if sparsity.method == "cats" else "|input| threshold"
+    left.set(xlabel="layer", ylabel=what, title=f"{sparsity.method.upper()} thresholds", yscale="log")
     right.axhline(sparsity.target, color="grey", ls=":", label=f"target {sparsity.target}")
-    right.set(xlabel="layer", ylabel="share of activations zeroed", ylim=(0, 1),
+    right.set(xlabel="layer", ylabel="share of values zeroed", ylim=(0, 1),
               title=f"Sparsity on {sparsity.n_tokens} calibration tokens")
-    right.legend()
+    right.legend(fontsize="small")
+    if len(sites) > 1:
+        left.legend(fontsize="small")
     figure.tight_layout()
     with atomic_output(path) as partial:
         figure.savefig(partial, dpi=110, format="png")

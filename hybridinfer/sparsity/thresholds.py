@@ -1,15 +1,19 @@
-"""A sparsity file: the per-layer CATS thresholds calibrated for one model (`calibrate.py` makes them).
+"""A sparsity file: the magnitude thresholds calibrated for one model (`calibrate.py` makes them), per layer and
+per site (a vector of the forward pass whose small entries are zeroed).
 
-CATS (arXiv 2404.08763) zeroes a SwiGLU neuron's activation SiLU(gate . x) when its magnitude is below its
-layer's threshold, so the up and down rows of that neuron are skipped; the threshold of each layer is the
-quantile of |SiLU(gate . x)| at the target sparsity over calibration text. The file:
+  cats  (arXiv 2404.08763) one site per layer, the FFN activation SiLU(gate . x): a neuron whose |SiLU| is below
+        the threshold is dropped, so its up and down rows are skipped
+  teal  (arXiv 2408.14690) four sites per layer, the inputs of every projection: the normed residual (Q/K/V),
+        the attention output (output projection), the normed residual (gate/up) and SiLU(gate) * up (down);
+        an entry below the threshold is zeroed, so that weight column is skipped
+Each threshold is the quantile of its site's magnitudes at the target sparsity over calibration text. The file:
 
     GGUF, general.architecture = "hybridinfer-sparsity"
-    hybridinfer.sparsity.method                 "cats"
-    hybridinfer.sparsity.target                 f32: the share of FFN activations to zero
+    hybridinfer.sparsity.method                 "cats" or "teal"
+    hybridinfer.sparsity.target                 f32: the share of each site's entries to zero
     hybridinfer.sparsity.n_tokens               u64: calibration tokens
-    hybridinfer.sparsity.thresholds             f32 [n_layer]: |SiLU(gate)| below it is zeroed
-    hybridinfer.sparsity.calibration_sparsity   f32 [n_layer]: the share zeroed on the calibration text
+    hybridinfer.sparsity.thresholds             f32 [n_layer * n_sites] (layer-major): magnitudes below are zeroed
+    hybridinfer.sparsity.calibration_sparsity   f32 [n_layer * n_sites]: the share zeroed on the calibration text
     hybridinfer.fingerprint.*                   the model's fingerprint (fingerprint.py)
 """
 
@@ -26,7 +30,11 @@ from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
 
 ARCH = "hybridinfer-sparsity"
-METHODS = ("cats",)
+SITES = {  # each method's sites, in the order of a layer's thresholds
+    "cats": ("ffn_activation",),
+    "teal": ("attn_input", "attn_output_input", "ffn_input", "ffn_down_input"),
+}
+METHODS = tuple(SITES)
 _KEY = "hybridinfer.sparsity."
 
 
@@ -36,11 +44,12 @@ def check_target(target: float) -> None:
         raise HybridInferError(f"--sparsity must be between 0 and 1 (a share of activations to zero), got {target}")
 
 
-def path_beside(model_path: str | os.PathLike, target: float) -> str:
-    """Where `sparsify` writes, and `--sparsity S` looks for, a model's file: MODEL.cats-40.sparsity.gguf."""
+def path_beside(model_path: str | os.PathLike, target: float, method: str = "cats") -> str:
+    """Where `sparsify` writes, and `--sparsity S` looks for, a model's file: MODEL.cats-40.sparsity.gguf
+    (MODEL.teal-40.sparsity.gguf for TEAL)."""
     model_path = str(model_path)
     base = model_path[:-5] if model_path.endswith(".gguf") else model_path
-    return f"{base}.cats-{100 * target:g}.sparsity.gguf"
+    return f"{base}.{method}-{100 * target:g}.sparsity.gguf"
 
 
 @dataclass
@@ -48,14 +57,23 @@ class SparsityThresholds:
     method: str
     target: float
     n_tokens: int
-    thresholds: np.ndarray  # (n_layer,) float32
-    calibration_sparsity: np.ndarray  # (n_layer,) float32
+    thresholds: np.ndarray  # (n_layer, n_sites) float32: SITES[method]'s thresholds of each layer
+    calibration_sparsity: np.ndarray  # (n_layer, n_sites) float32
     fingerprint: Fingerprint
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return SITES[self.method]
+
     def summary(self) -> dict:
+        """Per layer its threshold and calibration sparsity (CATS), or per site of it (TEAL: "thresholds" and
+        "sparsity" are then {site: value})."""
+        def per_site(row):
+            return float(row[0]) if self.method == "cats" else {s: float(v) for s, v in zip(self.sites, row)}
+
         return {"method": self.method, "target": self.target, "n_tokens": self.n_tokens,
                 "average_sparsity": float(self.calibration_sparsity.mean()),
-                "layers": [{"layer": i, "threshold": float(t), "sparsity": float(s)}
+                "layers": [{"layer": i, "threshold": per_site(t), "sparsity": per_site(s)}
                            for i, (t, s) in enumerate(zip(self.thresholds, self.calibration_sparsity))]}
 
 
@@ -65,8 +83,8 @@ def save_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> No
         writer.add_string(_KEY + "method", sparsity.method)
         writer.add_float32(_KEY + "target", float(sparsity.target))
         writer.add_uint64(_KEY + "n_tokens", int(sparsity.n_tokens))
-        writer.add_array(_KEY + "thresholds", [float(t) for t in sparsity.thresholds])
-        writer.add_array(_KEY + "calibration_sparsity", [float(s) for s in sparsity.calibration_sparsity])
+        writer.add_array(_KEY + "thresholds", [float(t) for t in sparsity.thresholds.reshape(-1)])
+        writer.add_array(_KEY + "calibration_sparsity", [float(s) for s in sparsity.calibration_sparsity.reshape(-1)])
         sparsity.fingerprint.write(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -80,10 +98,10 @@ def load_thresholds(path: str | os.PathLike, model_fingerprint: Fingerprint | No
     method = file.text(_KEY + "method")
     if method not in METHODS:
         raise file.bad_value(_KEY + "method", method, f"one of {', '.join(METHODS)}")
-    n_layer = fingerprint.dimensions[0]
-    thresholds = np.array(file.numbers(_KEY + "thresholds", n_layer), np.float32)
+    shape = (fingerprint.dimensions[0], len(SITES[method]))  # (n_layer, n_sites)
+    thresholds = np.array(file.numbers(_KEY + "thresholds", shape[0] * shape[1]), np.float32).reshape(shape)
     if np.any(thresholds < 0):
-        raise file.bad_value(_KEY + "thresholds", thresholds.tolist(), "non-negative thresholds")
+        raise file.bad_value(_KEY + "thresholds", thresholds.reshape(-1).tolist(), "non-negative thresholds")
+    reached = np.array(file.numbers(_KEY + "calibration_sparsity", shape[0] * shape[1]), np.float32).reshape(shape)
     return SparsityThresholds(method, file.number(_KEY + "target", at_least=0.0, below=1.0),
-                              file.integer(_KEY + "n_tokens", 0, 2**63 - 1), thresholds,
-                              np.array(file.numbers(_KEY + "calibration_sparsity", n_layer), np.float32), fingerprint)
+                              file.integer(_KEY + "n_tokens", 0, 2**63 - 1), thresholds, reached, fingerprint)
