@@ -184,6 +184,9 @@ def test_sparsify_teal_and_the_files_beside_the_model(silu_model, texts, tmp_pat
     assert result.exit_code == 0, result.output
     scored = json.loads(result.stdout)
     assert abs(scored["sparsity"] - 0.4) < 0.1 and scored["kl_to_dense"] > 0
+    text = CliRunner().invoke(cli, ["perplexity", "-m", str(model), "-f", str(held_out), "-c", "64", "--chunks", "1",
+                                    "--sparsity", "0.4", "--sparsity-method", "teal"])
+    assert text.exit_code == 0 and "TEAL sparsity" in text.stdout
     result = CliRunner().invoke(cli, ["generate", "-m", str(model), "-p", "the", "-n", "2", "--sparsity", "0.5",
                                       "--sparsity-method", "teal"])
     assert result.exit_code == 1 and "teal-50.sparsity.gguf" in result.output and "--method teal" in result.output

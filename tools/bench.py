@@ -16,8 +16,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
      (mapping the repack cache), with the start-up breakdown and peak RSS
   7. parallel sequences (`eval/parallel_bench.py`, what `serve --parallel N` sustains): aggregate decode rate at
      1, 2, 4 and 8 sequences decoded together, SmolLM2 dense and the 7B-shaped model dense and --predictors
-  8. CATS sparsity files on SiLU models: SmolLM2 and the 7B-shaped SiLU variant at 0, 25, 40 and 50% target
-     sparsity: decode rate next to dense, measured sparsity, and SmolLM2's held-out perplexity and KL to dense
+  8. CATS and TEAL sparsity files on SiLU models: SmolLM2 and the 7B-shaped SiLU variant at 0, 25, 40 and 50%
+     target sparsity: decode rate next to dense, measured sparsity, and SmolLM2's held-out perplexity and KL to dense
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
        [--only 3,7]

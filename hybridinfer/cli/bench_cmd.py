@@ -54,7 +54,8 @@ def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, parallel, a
         click.echo(f"| {name} | {mode} ({engine.backend}) | {result.test} | {result.tokens_per_second:.2f} |")
     measured = next((r.sparsity for r in results if r.sparsity is not None), None)
     if measured is not None:
-        click.echo(f"FFN sparsity while decoding: {100 * measured:.1f}% of activations zero")
+        what, unit = engine.sparse_ffn.stats.label
+        click.echo(f"{what} while decoding: {100 * measured:.1f}% {unit}")
     hybrid = next((r.hybrid for r in results if r.hybrid), None)
     if hybrid is not None:
         for line in report_lines(hybrid):

@@ -43,4 +43,5 @@ def perplexity(text_file, max_chunks, as_json, **kwargs):
     if result.kl_to_dense is not None:
         click.echo(f"dense PPL = {result.dense_perplexity:.4f}; mean KL(dense || sparse) = {result.kl_to_dense:.6f} "
                    f"nats; same top token {100 * result.top1_agreement:.2f}%"
-                   + (f"; FFN sparsity {100 * result.sparsity:.2f}%" if result.sparsity is not None else ""))
+                   + (f"; {engine.sparse_ffn.stats.label[0]} {100 * result.sparsity:.2f}%"
+                      if result.sparsity is not None else ""))

@@ -22,6 +22,8 @@ from ..errors import HybridInferError
 class SparseFFNStats:
     """Neurons computed per token, summed over layers and tokens (for reports)."""
 
+    label = "FFN sparsity", "of activations zero"  # what `sparsity` measures, for reports
+
     def __init__(self):
         self.tokens = 0  # layer-token pairs run through the sparse kernels
         self.rows = 0  # neurons whose gate row was read

@@ -30,6 +30,8 @@ def site_weights(config: ModelConfig) -> np.ndarray:
 class TEALStats:
     """Input entries seen and zeroed per site, summed over layers and tokens (every batch size), for reports."""
 
+    label = "TEAL sparsity", "of projection weights skipped"  # what `sparsity` measures, for reports
+
     def __init__(self, config: ModelConfig):
         self.weights = site_weights(config)
         self.reset()
