@@ -177,7 +177,8 @@ def test_sparsify_teal_and_the_files_beside_the_model(silu_model, texts, tmp_pat
     assert set(summary["layers"][0]["threshold"]) == set(SITES["teal"])
     assert abs(summary["held_out_sparsity"] - 0.4) < 0.05
     table = CliRunner().invoke(cli, ["sparsify", "-m", str(model), "--method", "teal", "--corpus", str(calibration),
-                                     "--tokens", "300", "--chunk", "64", "--held-out-tokens", "0", "--sparsity", "0.25"])
+                                     "--tokens", "300", "--chunk", "64", "--held-out-tokens", "0",
+                                     "--sparsity", "0.25"])
     assert table.exit_code == 0 and "gate/up" in table.stdout and "--sparsity-method teal" in table.stdout
     result = CliRunner().invoke(cli, ["perplexity", "-m", str(model), "-f", str(held_out), "-c", "64", "--chunks",
                                       "2", "--sparsity", "0.4", "--sparsity-method", "teal", "--json"])

@@ -93,7 +93,8 @@ def print_table(summary: dict, method: str, held_out: bool) -> None:
     sites = SITES[method]
     labels = [SITE_LABELS[s] for s in sites]
     measured = "held_out_sparsity" if held_out else "sparsity"
-    click.echo(f"{'':5} {'thresholds of the inputs of':^{9 * len(sites)}} {measured.replace('_', ' '):^{9 * len(sites)}}")
+    width = 9 * len(sites)
+    click.echo(f"{'':5} {'thresholds of the inputs of':^{width}} {measured.replace('_', ' '):^{width}}")
     click.echo(f"{'layer':>5} " + "".join(f"{s:>9}" for s in labels) + " " + "".join(f"{s:>9}" for s in labels))
     for row in summary["layers"]:
         click.echo(f"{row['layer']:5d} " + "".join(f"{row['threshold'][s]:9.5f}" for s in sites) + " " +

@@ -59,8 +59,8 @@ class PackedTransformer:
     """LLaMA-family decoder over packed weights with a float32 KV cache; `forward` runs a batch of new positions.
 
     `ffn` computes every CPU layer's FFN (a part of `dense_ffn.py`'s protocol: DenseFFN unless a sparse mode is
-    plugged in); `inputs`, when set (TEAL, `teal.py`), computes the attention blocks too. `observers` are called once per layer as observer(layer_index, residual, activation), torch
-    tensors as in `reference.model.Transformer`.
+    plugged in); `inputs`, when set (TEAL, `teal.py`), computes the attention blocks too. `observers` are called
+    once per layer as observer(layer_index, residual, activation), torch tensors as in `reference.model.Transformer`.
     """
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, float_activations: bool = False):

@@ -6,7 +6,9 @@ b.block_out (T, ...) as scratch. `stats` counts neurons read and fired (None: ev
 the predictor set a part reads (or None).
 
   DenseFFN          every neuron: gate, up, act (SiLU or FATReLU), down (this file)
-  PackedSparseFFN   `sparse_ffn.py`: exact (ReLU zeros skipped, lossless) or predicted (a predictor picks first)
+  PackedSparseFFN   `sparse_ffn.py`: exact (ReLU zeros skipped, lossless), predicted (a predictor picks first)
+                    or CATS (SiLU models' calibrated thresholds)
+  PackedTEAL        `teal.py`: TEAL (zeroed projection inputs), which is the decoder's `inputs` part too
 A layer the hybrid runtime places on the GPU side is not run here at all: `decoder.py` hands the residual stream
 to `hybrid/gpu_side.py` for the whole layer, whose split FFN shares the sparse part's CPU buffers and down_t.
 """

@@ -106,10 +106,11 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
                         teal: bool = False) -> PackedWeights:
     """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
     projection now (so its cost is part of the load, not of the first token); with `teal`, every projection's
-    transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `on_gpu` (a `hybrid.setup.Offload`)
-    names what the GPU side holds instead: the attention of its layers, the FFN of its dense layers, the output
-    projection. Each matrix's pages of the memory-mapped file are released once it is packed. What is packed is
-    kept in the repack cache (`repack_cache.py`) and mapped from there by the next start."""
+    transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `on_gpu` (a
+    `hybrid.setup.Offload`) names what the GPU side holds instead: the attention of its layers, the FFN of its
+    dense layers, the output projection. Each matrix's pages of the memory-mapped file are released once it is
+    packed. What is packed is kept in the repack cache (`repack_cache.py`) and mapped from there by the next
+    start."""
     gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
     dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
     output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
@@ -118,7 +119,8 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
     if teal and on_gpu is not None:
         raise ValueError("TEAL runs on the CPU alone")
-    mode = "teal" if teal else f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
+    mode = "teal" if teal else \
+        f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
     cache = RepackCache(model.path, model.header_bytes(), mode)
     stored = cache.load()
     made: dict[str, PackedMatrix] = {}  # packed now, for the cache (zero-copy views of the file are not)

@@ -1,1 +1,2 @@
-"""Training-free activation sparsity for SiLU (SwiGLU) models: calibrated per-layer thresholds (CATS)."""
+"""Training-free activation sparsity for SiLU (SwiGLU) models: calibrated magnitude thresholds, per layer on the
+FFN activation (CATS) or per layer and projection input (TEAL)."""
