@@ -11,19 +11,11 @@ from hybridinfer.runtime.sparse_ffn import PackedSparseFFN
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
+from logit_checks import decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 N_FF = 256
-
-
-def relative_error(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def decode_logits(engine, ids):
-    engine.reset()
-    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
 
 
 @pytest.fixture(scope="module", params=[T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)

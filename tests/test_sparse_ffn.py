@@ -8,6 +8,7 @@ import hybridinfer
 from hybridinfer.errors import HybridInferError
 from hybridinfer.reference.model import ffn_activation
 from hybridinfer.reference.sparse_ffn import PredictedSparseFFN
+from logit_checks import decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
 
@@ -15,16 +16,6 @@ from tiny_models import random_weights, write_tiny_gguf
 def relu_model(tmp_path_factory):
     weights = random_weights(seed=41, n_ff=256, gate_bias=-8.0)
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / "relu.gguf", weights, activation="fatrelu", threshold=0.05)
-
-
-def decode_logits(engine, ids):
-    """Logits of each position computed one token at a time (the sparse kernels' path)."""
-    engine.reset()
-    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
-
-
-def relative_error(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]

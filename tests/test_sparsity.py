@@ -15,30 +15,10 @@ from hybridinfer.hybrid.profiling import run_observed
 from hybridinfer.runtime.dense_ffn import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import load_thresholds, save_thresholds
+from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
-IDS = [1, 100, 200, 17, 260, 5, 66, 9, 31, 140]
-N_FF = 256
 TARGET = 0.5
-
-
-def relative_error(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def decode_logits(engine, ids):
-    engine.reset()
-    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
-
-
-def calibration_chunks(seed=0, n=6, length=40):
-    rng = np.random.default_rng(seed)
-    return [[1] + rng.integers(3, 270, length - 1).tolist() for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def silu_model(tmp_path_factory):
-    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "silu.gguf", random_weights(seed=5, n_ff=N_FF))
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +103,6 @@ def test_calibration_refuses_relu_models_and_bad_targets(tmp_path, silu_model):
         calibrate_thresholds(hybridinfer.load(str(relu), n_ctx=64), calibration_chunks(), 0.4)
     with pytest.raises(hybridinfer.HybridInferError, match="between 0 and 1"):
         calibrate_thresholds(hybridinfer.load(str(silu_model), n_ctx=64), calibration_chunks(), 1.0)
-
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory):
-    rng = np.random.default_rng(7)
-    words = ["the", "model", "sparse", "neuron", "gate", "layer", "token", "of", "a", "runs", "fast", "and"]
-    folder = tmp_path_factory.mktemp("t")
-    paths = []
-    for name in ("calibration.txt", "held_out.txt"):
-        path = folder / name
-        path.write_text(" ".join(rng.choice(words, 3000)))
-        paths.append(path)
-    return paths
 
 
 def test_sparsify_and_perplexity_commands(silu_model, texts, tmp_path):

@@ -16,30 +16,10 @@ from hybridinfer.kernels.packed import pack
 from hybridinfer.runtime.weights import transposed_rows
 from hybridinfer.sparsity.calibrate import calibrate_thresholds, observe_sites
 from hybridinfer.sparsity.thresholds import SITES, load_thresholds, save_thresholds
+from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
-IDS = [1, 100, 200, 17, 260, 5, 66, 9, 31, 140]
-N_FF = 256
 TARGET = 0.5
-
-
-def relative_error(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def decode_logits(engine, ids):
-    engine.reset()
-    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
-
-
-def calibration_chunks(seed=0, n=6, length=40):
-    rng = np.random.default_rng(seed)
-    return [[1] + rng.integers(3, 270, length - 1).tolist() for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def silu_model(tmp_path_factory):
-    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "silu.gguf", random_weights(seed=5, n_ff=N_FF))
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +129,6 @@ def test_teal_runs_with_one_thread(silu_model, teal_file):
     many = decode_logits(hybridinfer.load(str(silu_model), float_activations=True, sparsity_file=str(teal_file)),
                          IDS[:5])
     assert relative_error(single, many) < 1e-5
-
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory):
-    rng = np.random.default_rng(7)
-    words = ["the", "model", "sparse", "neuron", "gate", "layer", "token", "of", "a", "runs", "fast", "and"]
-    folder = tmp_path_factory.mktemp("t")
-    paths = []
-    for name in ("calibration.txt", "held_out.txt"):
-        path = folder / name
-        path.write_text(" ".join(rng.choice(words, 3000)))
-        paths.append(path)
-    return paths
 
 
 def test_sparsify_teal_and_the_files_beside_the_model(silu_model, texts, tmp_path):

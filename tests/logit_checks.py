@@ -1,0 +1,23 @@
+"""What the engine tests share: the comparisons of logits, and the CATS and TEAL tests' token ids and calibration
+chunks (their tiny SiLU model and word texts are fixtures in conftest.py)."""
+
+import numpy as np
+
+IDS = [1, 100, 200, 17, 260, 5, 66, 9, 31, 140]
+N_FF = 256
+
+
+def relative_error(a, b):
+    """max |a - b| over max |b|."""
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def decode_logits(engine, ids):
+    """The logits of each prefix of `ids`, decoded one token at a time."""
+    engine.reset()
+    return np.stack([engine.feed(ids[: i + 1])[0] for i in range(len(ids))])
+
+
+def calibration_chunks(seed=0, n=6, length=40):
+    rng = np.random.default_rng(seed)
+    return [[1] + rng.integers(3, 270, length - 1).tolist() for _ in range(n)]
