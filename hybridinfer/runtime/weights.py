@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf import quants
 
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
@@ -202,18 +201,18 @@ TEAL_NAMES = ("attn_qkv_t", "attn_output_t", "ffn_gate_up_t", "ffn_down_t")  # r
 
 
 def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
-    """The transpose of the rows of `matrices` stacked (same column count), in their format when they share one
-    the kernels read (quantized: decoded and encoded again, as `transpose`), else F32."""
+    """The transpose of the rows of `matrices` stacked (same column count), as `transpose` makes it: in their
+    format when they share one, else F32."""
     cols, qtype = matrices[0].cols, matrices[0].qtype
     rows = sum(m.rows for m in matrices)
-    if all(m.qtype == qtype for m in matrices):
-        raw = np.concatenate([to_gguf_bytes(m, np.arange(m.rows)) for m in matrices])
-        if qtype in FLOAT_DTYPES:
-            return pack((np.ascontiguousarray(raw.T), qtype, (cols, rows)))
-        if rows % 32 == 0:
-            return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
-    values = np.concatenate([m.dequantize_rows(np.arange(m.rows)) for m in matrices])
-    return pack((np.ascontiguousarray(values.T), T.F32, (cols, rows)))
+
+    def decoded() -> np.ndarray:
+        return np.concatenate([m.dequantize_rows(np.arange(m.rows)) for m in matrices])
+
+    if any(m.qtype != qtype for m in matrices):  # no one format: the decoded values, as F32
+        return _transposed(decoded(), T.F32, (rows, cols), decoded)
+    return _transposed(np.concatenate([to_gguf_bytes(m, np.arange(m.rows)) for m in matrices]), qtype, (rows, cols),
+                       decoded)
 
 
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:
@@ -245,14 +244,17 @@ def transpose(tensor: GGUFTensor) -> PackedMatrix:
     """The transpose of a 2-D weight, in its own format: float bits are moved exactly; quantized weights are
     decoded, transposed and encoded again (one more rounding, within the format's tolerance): by
     `kernels/requantize.py`, byte for byte what `gguf.quants` gives, ~10x faster; types the kernels do not
-    read become F32."""
-    rows, cols = tensor.shape
-    if tensor.type in FLOAT_DTYPES:
-        stored = np.ascontiguousarray(tensor.raw).view(FLOAT_DTYPES[tensor.type]).reshape(rows, cols)
-        return pack((np.ascontiguousarray(stored.T), tensor.type, (cols, rows)))
-    if tensor.type in QUANT_FORMATS and rows % 32 == 0:  # numba, byte for byte what gguf.quants would give
-        return pack((transpose_quantized(tensor.raw, tensor.type, (rows, cols)), tensor.type, (cols, rows)))
-    values = np.ascontiguousarray(dequantize(tensor).T)
-    if tensor.type not in SUPPORTED:  # decoded to F32, as pack_any does
-        return pack((values, T.F32, (cols, rows)))
-    return pack((quants.quantize(values, tensor.type), tensor.type, (cols, rows)))
+    read, and quantized weights whose transposed rows are not whole blocks, become F32."""
+    return _transposed(tensor.raw, tensor.type, tensor.shape, lambda: dequantize(tensor))
+
+
+def _transposed(raw, qtype: T, shape: tuple[int, int], values) -> PackedMatrix:
+    """`transpose` of a (rows, cols) weight stored as `raw` in `qtype` (GGUF's layout); values() decodes it to
+    float32 for the F32 fallback."""
+    rows, cols = shape
+    if qtype in FLOAT_DTYPES:
+        stored = np.ascontiguousarray(raw).view(FLOAT_DTYPES[qtype]).reshape(rows, cols)
+        return pack((np.ascontiguousarray(stored.T), qtype, (cols, rows)))
+    if qtype in QUANT_FORMATS and rows % 32 == 0:  # numba, byte for byte what gguf.quants would give
+        return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
+    return pack((np.ascontiguousarray(values().T), T.F32, (cols, rows)))  # decoded to F32, as pack_any does
