@@ -14,9 +14,10 @@ They can also be exported in PowerInfer's layout: activation/activation_{i}.pt, 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import gguf
 import numpy as np
@@ -83,13 +84,20 @@ def run_observed(engine: Engine, chunks: list[list[int]], observer: Callable,
     for every layer (`PackedTransformer.observers`); `on_chunk(tokens)` after each chunk."""
     engine.model.observers.append(observer)
     try:
-        with engine.every_neuron():
-            for chunk in chunks:
-                engine.logits(chunk)
-                if on_chunk is not None:
-                    on_chunk(len(chunk))
+        run_dense(engine, chunks, on_chunk)
     finally:
         engine.model.observers.remove(observer)
+
+
+def run_dense(engine: Engine, chunks: list[list[int]], on_chunk: Callable[[int], None] | None = None,
+              plugged: Callable[[], ContextManager] = nullcontext) -> None:
+    """Run `chunks` (token lists) through the dense model, with `plugged()` entered inside `every_neuron` (a part
+    that observes the dense model: TEAL calibration); `on_chunk(tokens)` after each chunk."""
+    with engine.every_neuron(), plugged():
+        for chunk in chunks:
+            engine.logits(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
 
 
 def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:

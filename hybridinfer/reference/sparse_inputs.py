@@ -12,13 +12,17 @@ An entry below its threshold is zeroed, so its column of the projection contribu
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..model_file.config import ModelConfig
 from .sparse_ffn import require_silu
+
+
+N_SITES = 4  # per layer
 
 
 def site_weights(config: ModelConfig) -> np.ndarray:
@@ -37,8 +41,8 @@ class TEALStats:
         self.reset()
 
     def reset(self) -> None:
-        self.seen = np.zeros(4, np.int64)
-        self.zeroed = np.zeros(4, np.int64)
+        self.seen = np.zeros(N_SITES, np.int64)
+        self.zeroed = np.zeros(N_SITES, np.int64)
 
     def count(self, site: int, seen: int, zeroed: int) -> None:
         self.seen[site] += seen
@@ -68,6 +72,19 @@ class CalibratedSparseInputs:
         self.thresholds = torch.from_numpy(np.ascontiguousarray(thresholds, np.float32))
         self.stats = TEALStats(config)
         self.observers: list[Callable] = []
+
+    @classmethod
+    @contextmanager
+    def observing(cls, transformer, observe: Callable) -> Iterator[None]:
+        """The dense model of `transformer` (a `model.Transformer`; thresholds 0) with observe(layer, site,
+        values) called at every site, for the duration (calibration; the packed twin: `PackedTEAL.observing`)."""
+        part = cls(transformer.config, np.zeros((transformer.config.n_layer, N_SITES), np.float32))
+        part.observers.append(observe)
+        inputs, transformer.inputs = transformer.inputs, part
+        try:
+            yield
+        finally:
+            transformer.inputs = inputs
 
     def masked(self, layer: int, site: int, values: torch.Tensor) -> torch.Tensor:
         """values (T, n) with the entries below the threshold of (layer, site) in magnitude zeroed."""

@@ -20,7 +20,7 @@ from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import matmul
 from ..kernels.teal_layer import teal_attention_block, teal_ffn_block
 from ..model_file.config import ModelConfig
-from ..reference.sparse_inputs import TEALStats
+from ..reference.sparse_inputs import N_SITES, TEALStats
 from ..reference.sparse_ffn import require_silu
 from .weights import PackedLayer, PackedWeights
 
@@ -50,9 +50,9 @@ class PackedTEAL:
     @contextmanager
     def observing(cls, transformer, observe: Callable) -> Iterator[None]:
         """The dense model of `transformer` (thresholds 0) with observe(layer, site, values) called at every
-        site, for the duration (calibration)."""
-        part = cls(transformer.config, transformer.weights, np.zeros((transformer.config.n_layer, 4), np.float32),
-                   transformer.float_activations, transposed=False)
+        site, for the duration (calibration; the reference twin: `CalibratedSparseInputs.observing`)."""
+        zeros = np.zeros((transformer.config.n_layer, N_SITES), np.float32)
+        part = cls(transformer.config, transformer.weights, zeros, transformer.float_activations, transposed=False)
         part.observers.append(observe)
         ffn, inputs = transformer.ffn, transformer.inputs
         transformer.ffn = transformer.inputs = part
@@ -80,8 +80,8 @@ class PackedTEAL:
             self.stats.count(0, c.n_embd, c.n_embd - read_in)
             self.stats.count(1, self.attended.shape[1], self.attended.shape[1] - read_out)
             return
-        cpu_layer.normalize(b.x, layer.attn_norm, c.rms_eps, b.normed)
-        self._zero(index, 0, b.normed)
+        cpu_ops.rms_norm(b.x, layer.attn_norm, c.rms_eps, b.normed.x)
+        self._zero(index, 0, b.normed)  # (which makes its int8 blocks)
         matmul(layer.attn_qkv, b.normed, b.qkv, float_activations=self.float_activations)
         cpu_layer.attend(b.qkv, q, k, v, *caches, b.attended.x)
         self._zero(index, 1, b.attended)

@@ -11,13 +11,12 @@ share of its entries (the paper's greedy allocation across sites is not done).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from ..hybrid.profiling import run_observed
+from ..hybrid.profiling import run_dense, run_observed
 from ..reference.sparse_ffn import require_silu
 from ..reference.sparse_inputs import CalibratedSparseInputs
 from ..runtime.teal import PackedTEAL
@@ -70,27 +69,8 @@ def observe_sites(engine: Engine, method: str, chunks: list[list[int]], observe:
     if method == "cats":
         run_observed(engine, chunks, lambda index, residual, activation: observe(index, 0, activation), on_chunk)
         return
-    with engine.every_neuron(), _observing_inputs(engine, observe):
-        for chunk in chunks:
-            engine.logits(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-
-
-@contextmanager
-def _observing_inputs(engine: Engine, observe: Callable) -> Iterator[None]:
-    """TEAL's sites observed in the (dense) model of either backend: a TEAL part with zero thresholds."""
-    if engine.backend == "packed":
-        with PackedTEAL.observing(engine.model, observe):
-            yield
-        return
-    inputs = engine.model.inputs
-    engine.model.inputs = CalibratedSparseInputs(engine.config, np.zeros((engine.config.n_layer, 4), np.float32))
-    engine.model.inputs.observers.append(observe)
-    try:
-        yield
-    finally:
-        engine.model.inputs = inputs
+    inputs = PackedTEAL if engine.backend == "packed" else CalibratedSparseInputs  # a TEAL part, thresholds 0
+    run_dense(engine, chunks, on_chunk, lambda: inputs.observing(engine.model, observe))
 
 
 def quantile(histogram: np.ndarray, share: float) -> float:
