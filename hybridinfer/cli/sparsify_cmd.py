@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..atomic_file import check_destination
 from ..options import RunOptions
-from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity
+from ..sparsity.calibrate import PASSES, calibrate_thresholds, measure_sparsity
 from ..sparsity.plot import plot_thresholds
 from ..reference.sparse_ffn import require_silu
 from ..sparsity.thresholds import METHODS, SITES, check_target, path_beside, save_thresholds
@@ -52,7 +52,7 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
                             held_out_tokens, chunk_len) if held_out_tokens > 0 else []
-    with tqdm(total=sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
+    with tqdm(total=PASSES[method] * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
         result = calibrate_thresholds(engine, chunks, target, method, on_chunk=bar.update)
     with tqdm(total=sum(map(len, held_out)), unit="tok", desc="held-out", disable=as_json or not held_out) as bar:
         measured = measure_sparsity(engine, held_out, result, on_chunk=bar.update) if held_out else None

@@ -75,10 +75,13 @@ class CalibratedSparseInputs:
 
     @classmethod
     @contextmanager
-    def observing(cls, transformer, observe: Callable) -> Iterator[None]:
-        """The dense model of `transformer` (a `model.Transformer`; thresholds 0) with observe(layer, site,
-        values) called at every site, for the duration (calibration; the packed twin: `PackedTEAL.observing`)."""
-        part = cls(transformer.config, np.zeros((transformer.config.n_layer, N_SITES), np.float32))
+    def observing(cls, transformer, observe: Callable, thresholds: np.ndarray | None = None) -> Iterator[None]:
+        """`transformer` (a `model.Transformer`) with observe(layer, site, values) called at every site before its
+        zeroing, for the duration: sparsified with `thresholds` (n_layer, 4), or dense (none; calibration; the
+        packed twin: `PackedTEAL.observing`)."""
+        if thresholds is None:
+            thresholds = np.zeros((transformer.config.n_layer, N_SITES), np.float32)
+        part = cls(transformer.config, thresholds)
         part.observers.append(observe)
         inputs, transformer.inputs = transformer.inputs, part
         try:

@@ -48,11 +48,14 @@ class PackedTEAL:
 
     @classmethod
     @contextmanager
-    def observing(cls, transformer, observe: Callable) -> Iterator[None]:
-        """The dense model of `transformer` (thresholds 0) with observe(layer, site, values) called at every
-        site, for the duration (calibration; the reference twin: `CalibratedSparseInputs.observing`)."""
-        zeros = np.zeros((transformer.config.n_layer, N_SITES), np.float32)
-        part = cls(transformer.config, transformer.weights, zeros, transformer.float_activations, transposed=False)
+    def observing(cls, transformer, observe: Callable, thresholds: np.ndarray | None = None) -> Iterator[None]:
+        """`transformer` with observe(layer, site, values) called at every site before its zeroing, for the
+        duration: sparsified with `thresholds` (n_layer, 4), or dense (none; calibration; the reference twin:
+        `CalibratedSparseInputs.observing`)."""
+        if thresholds is None:
+            thresholds = np.zeros((transformer.config.n_layer, N_SITES), np.float32)
+        part = cls(transformer.config, transformer.weights, thresholds, transformer.float_activations,
+                   transposed=False)
         part.observers.append(observe)
         ffn, inputs = transformer.ffn, transformer.inputs
         transformer.ffn = transformer.inputs = part
