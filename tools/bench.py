@@ -241,7 +241,7 @@ def sparsity(args) -> None:
             if quality:
                 scored = perplexity(engine, held_out, 512, 4)
                 text = (f"PPL {scored.perplexity:.3f} vs dense {scored.dense_perplexity:.3f} "
-                        f"(+{100 * (scored.perplexity / scored.dense_perplexity - 1):.1f}%), KL {scored.kl_to_dense:.4f}, "
+                        f"({100 * (scored.perplexity / scored.dense_perplexity - 1):+.1f}%), KL {scored.kl_to_dense:.4f}, "
                         f"sparsity {100 * scored.sparsity:.1f}% ({scored.scored_tokens} tokens scored)")
             d, c = statistics.median(dense), statistics.median(sparse)
             print(f"| {label} | {engine.mode} | tg{args.n_gen} | {d:.2f} | {c:.2f} | {c / d:.2f}x | "

@@ -84,7 +84,14 @@ def _int8_chunk(kind, chunk, chunks, data, nb, rows, coeffs, active, parts, cons
 
 @njit(inline="always", **OPTIONS)
 def _int8_merge(kind, parts, constants, nb, chunks, out):
-    """out = the chunks' sums, from the tile-interleaved order back to the row's element order."""
+    """out = the chunks' sums (summed into parts[0] and constants[0]), from the tile-interleaved order back to the
+    row's element order: lanes 4j..4j+3 of result m hold 4 consecutive elements of block 4j + m."""
+    total, constant = parts[0], constants[0]
+    for k in range(1, chunks):  # contiguous: vectorized
+        for i in range(total.shape[0]):
+            total[i] += parts[k, i]
+        for b in range(nb):
+            constant[b] += constants[k, b]
     n_tiles = (nb + TILE - 1) // TILE
     groups, halves = (8, 1) if kind == Q8_0 else (4, 2)
     for t in range(n_tiles):
@@ -92,13 +99,12 @@ def _int8_merge(kind, parts, constants, nb, chunks, out):
             for m in range(4):
                 for h in range(halves):
                     at = (((t * groups + g) * 4 + m) * halves + h) * 16
-                    for lane in range(16):
-                        b = t * TILE + 4 * (lane // 4) + m
+                    for j in range(4):
+                        b = t * TILE + 4 * j + m
                         if b < nb:
-                            total = np.float32(0.0)
-                            for k in range(chunks):
-                                total += parts[k, at + lane] + constants[k, b]
-                            out[b * BLOCK + h * 16 + 4 * g + lane % 4] = total
+                            c, o, a = constant[b], b * BLOCK + h * 16 + 4 * g, at + 4 * j
+                            for i in range(4):
+                                out[o + i] = total[a + i] + c
 
 
 @functools.cache
