@@ -72,7 +72,6 @@ class Engine:
         if self.tokenizer.vocab_size > self.config.n_vocab:
             raise HybridInferError(f"{self.path}: the vocabulary has {self.tokenizer.vocab_size} tokens but the model "
                                    f"only {self.config.n_vocab} embeddings; the file is corrupt")
-        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=o.backend == "reference")
         if o.exact and o.predictors:
             raise HybridInferError("--exact and --predictors exclude each other: choose one")
         sparsity_file = self._sparsity_file(o)
@@ -92,6 +91,9 @@ class Engine:
             self.sparsity = load_thresholds(sparsity_file, self.fingerprint) if sparsity_file else None
             if self.sparsity is not None:  # before the weights are packed (the sparse FFNs check it again)
                 require_silu(self.config, f"{sparsity_file} (a sparsity file)")
+        teal = self.sparsity is not None and self.sparsity.method == "teal"
+        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=self.backend == "reference",
+                         transposed=teal and self.backend == "packed")
         exact = o.exact
         with self._stage("weights"):
             if self.backend == "packed":

@@ -181,3 +181,18 @@ def test_sparsify_teal_and_the_files_beside_the_model(silu_model, texts, tmp_pat
                                       "teal"])
     assert result.exit_code == 1 and "give --sparsity" in result.output
     assert hybridinfer.load(str(model), sparsity=0.4, sparsity_method="teal").mode == "teal 40%"
+
+
+def test_the_memory_estimate_counts_teals_transposes(silu_model):
+    from hybridinfer.model_file.config import ModelConfig
+    from hybridinfer.model_file.gguf_file import GGUFFile
+    from hybridinfer.runtime.memory_estimate import estimate, require_fits
+    file = GGUFFile(silu_model)
+    config = ModelConfig.from_gguf(file)
+    dense, teal = estimate(file, config, 64, 64, False), estimate(file, config, 64, 64, False, transposed=True)
+    projections = [t for name, t in file.tensors.items() if name.startswith("blk.") and "norm" not in name]
+    assert len(projections) == 2 * 7 and dense.transposes == 0
+    assert teal.transposes == sum(t.n_bytes for t in projections) and teal.total == dense.total + teal.transposes
+    require_fits(dense, config, 64, available=dense.total)
+    with pytest.raises(hybridinfer.HybridInferError, match="their TEAL transposes"):
+        require_fits(teal, config, 64, available=dense.total)

@@ -4,7 +4,8 @@ A context size the machine cannot hold (`-c 1000000`, or `-c 0` on a file claimi
 here with the numbers and the largest `-c` that fits, instead of an allocation that ends in MemoryError or the
 kernel's OOM killer. The weights count at their size in the file (the packed layout rearranges the same bytes;
 the reference backend decodes every weight to float32), the KV cache at 4 bytes per value, and the buffers of
-one prompt chunk. What the GPU side of the hybrid runtime holds is its own budget (`hybrid/placement/memory_model.py`).
+one prompt chunk. A TEAL run on the packed backend also holds every projection transposed (`runtime/teal.py`):
+those count once more, at their size in the file. What the GPU side of the hybrid runtime holds is its own budget (`hybrid/placement/memory_model.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ class RunMemory:
     weights: int  # bytes
     kv_cache: int
     buffers: int
+    transposes: int = 0  # TEAL's transposed projections
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.buffers
+        return self.weights + self.kv_cache + self.buffers + self.transposes
 
 
 def kv_bytes_per_position(config: ModelConfig) -> int:
@@ -42,12 +44,19 @@ def buffer_bytes(config: ModelConfig, n_ctx: int, chunk: int) -> int:
     return chunk * per_token + 4 * c.n_head * n_ctx + 2 * 4 * n_ctx * c.rope_dim
 
 
-def estimate(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float32_weights: bool) -> RunMemory:
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")  # blk.N.<name>.weight
+
+
+def estimate(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float32_weights: bool,
+             transposed: bool = False) -> RunMemory:
+    """`transposed`: the run also holds the layers' projections transposed (TEAL on the packed backend)."""
     if float32_weights:
         weights = 4 * sum(t.n_elements for t in file.tensors.values())
     else:
         weights = sum(t.n_bytes for t in file.tensors.values())
-    return RunMemory(weights, n_ctx * kv_bytes_per_position(config), buffer_bytes(config, n_ctx, chunk))
+    transposes = sum(t.n_bytes for name, t in file.tensors.items()
+                     if name.startswith("blk.") and name.split(".")[2] in PROJECTIONS) if transposed else 0
+    return RunMemory(weights, n_ctx * kv_bytes_per_position(config), buffer_bytes(config, n_ctx, chunk), transposes)
 
 
 def available_bytes() -> int | None:
@@ -67,15 +76,17 @@ def require_fits(need: RunMemory, config: ModelConfig, n_ctx: int, available: in
     if available is None or need.total <= available:
         return
     per_position = kv_bytes_per_position(config) + 4 * config.n_head + 8 * config.rope_dim
-    fixed = need.weights + need.buffers - (4 * config.n_head + 8 * config.rope_dim) * n_ctx
+    fixed = need.weights + need.transposes + need.buffers - (4 * config.n_head + 8 * config.rope_dim) * n_ctx
     fits = (available - fixed) // per_position // 256 * 256
     hint = f"use -c {fits} or less" if fits >= 256 else "the weights alone do not fit: use a smaller model"
     raise HybridInferError(
-        f"this run needs about {need.total / GiB:.1f} GiB (weights {need.weights / GiB:.1f}, KV cache "
+        f"this run needs about {need.total / GiB:.1f} GiB (weights {need.weights / GiB:.1f}, "
+        f"{f'their TEAL transposes {need.transposes / GiB:.1f}, ' if need.transposes else ''}KV cache "
         f"{need.kv_cache / GiB:.1f} for -c {n_ctx}, buffers {need.buffers / GiB:.1f}) but {available / GiB:.1f} GiB "
         f"are available; {hint}")
 
 
-def check_run_memory(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float32_weights: bool) -> None:
-    need = estimate(file, config, n_ctx, min(chunk, n_ctx), float32_weights)
+def check_run_memory(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float32_weights: bool,
+                     transposed: bool = False) -> None:
+    need = estimate(file, config, n_ctx, min(chunk, n_ctx), float32_weights, transposed)
     require_fits(need, config, n_ctx, available_bytes())
