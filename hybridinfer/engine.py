@@ -87,13 +87,13 @@ class Engine:
         self.repack_ms = 0.0
         self._predictor_cache: RepackCache | None = None
         with self._stage("predictors"):
-            predictor_set = self._load_predictors(o.predictors) if o.predictors else None
             self.sparsity = load_thresholds(sparsity_file, self.fingerprint) if sparsity_file else None
             if self.sparsity is not None:  # before the weights are packed (the sparse FFNs check it again)
                 require_silu(self.config, f"{sparsity_file} (a sparsity file)")
-        teal = self.sparsity is not None and self.sparsity.method == "teal"
-        check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK, float32_weights=self.backend == "reference",
-                         transposed=teal and self.backend == "packed")
+            teal = self.sparsity is not None and self.sparsity.method == "teal"
+            check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK,  # before anything large is read
+                             float32_weights=self.backend == "reference", transposed=teal and self.backend == "packed")
+            predictor_set = self._load_predictors(o.predictors) if o.predictors else None
         exact = o.exact
         with self._stage("weights"):
             if self.backend == "packed":

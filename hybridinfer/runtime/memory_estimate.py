@@ -5,7 +5,8 @@ here with the numbers and the largest `-c` that fits, instead of an allocation t
 kernel's OOM killer. The weights count at their size in the file (the packed layout rearranges the same bytes;
 the reference backend decodes every weight to float32), the KV cache at 4 bytes per value, and the buffers of
 one prompt chunk. A TEAL run on the packed backend also holds every projection transposed (`runtime/teal.py`):
-those count once more, at their size in the file. What the GPU side of the hybrid runtime holds is its own budget (`hybrid/placement/memory_model.py`).
+those count once more, at their size in the file. What the GPU side of the hybrid runtime holds is its own budget
+(`hybrid/placement/memory_model.py`).
 """
 
 from __future__ import annotations
