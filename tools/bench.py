@@ -17,7 +17,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
   7. parallel sequences (`eval/parallel_bench.py`, what `serve --parallel N` sustains): aggregate decode rate at
      1, 2, 4 and 8 sequences decoded together, SmolLM2 dense and the 7B-shaped model dense and --predictors
   8. CATS and TEAL sparsity files on SiLU models: SmolLM2 and the 7B-shaped SiLU variant at 0, 25, 40 and 50%
-     target sparsity: decode rate next to dense, measured sparsity, and SmolLM2's held-out perplexity and KL to dense
+     target sparsity: decode rate next to dense and llama.cpp's dense decode of the same file, measured sparsity,
+     and SmolLM2's held-out perplexity and KL to dense
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
        [--only 3,7]
@@ -71,18 +72,29 @@ def bench_engine(label: str, mode: str, engine, args, n_prompt: int = 0) -> floa
     return rate
 
 
+LLAMA_CPP_MISSING = "not installed: pip install -e '.[llama]'"
+
+
 def llama_cpp_rows(label: str, path: str, args, ours: dict[str, float]) -> None:
     if not llamacpp_reference.available():
-        row(label, "llama.cpp", f"tg{args.n_gen}", 0.0, "not installed: pip install -e '.[llama]'")
+        row(label, "llama.cpp", f"tg{args.n_gen}", 0.0, LLAMA_CPP_MISSING)
         return
     for threads in sorted({args.threads, 1}, reverse=True):
-        reference = llamacpp_reference.decode_rate(path, n_threads=threads, n_gen=args.n_gen,
-                                                   repetitions=args.repetitions)
-        rate = reference["tokens_per_second"]
-        ratios = ", ".join(f"{mode}: {value / rate:.2f}x" for mode, value in ours.items()) if threads == \
-            args.threads else "(one thread: llama.cpp's spinning threads suffer most on a busy machine)"
-        row(label, f"llama.cpp {reference['version']} dense, -t {threads}", f"tg{args.n_gen}", rate,
-            f"ours / llama.cpp: {ratios}" if threads == args.threads else ratios)
+        mode, rate = llama_cpp_decode(path, threads, args)
+        ratios = ours_over(ours, rate) if threads == args.threads else \
+            "(one thread: llama.cpp's spinning threads suffer most on a busy machine)"
+        row(label, mode, f"tg{args.n_gen}", rate, ratios)
+
+
+def llama_cpp_decode(path: str, threads: int, args) -> tuple[str, float]:
+    """(the mode column, tokens/s) of llama.cpp's dense decode of `path`."""
+    reference = llamacpp_reference.decode_rate(path, n_threads=threads, n_gen=args.n_gen,
+                                               repetitions=args.repetitions)
+    return f"llama.cpp {reference['version']} dense, -t {threads}", reference["tokens_per_second"]
+
+
+def ours_over(ours: dict[str, float], rate: float) -> str:
+    return "ours / llama.cpp: " + ", ".join(f"{mode}: {value / rate:.2f}x" for mode, value in ours.items())
 
 
 def layer_loop_overhead(n_layer: int, args) -> float:
@@ -228,6 +240,7 @@ def sparsity(args) -> None:
     else:
         print("(the 7B-shaped SiLU variant and its sparsity files are built by `make bench-model`)")
     for label, path, sparsity_files, quality in runs:
+        ours, dense_rates = {}, []
         for key in sparsity_files:
             engine = hybridinfer.load(str(path), n_ctx=512 if quality else 256,
                                       sparsity_file=str(sparsity_files[key]))
@@ -246,7 +259,19 @@ def sparsity(args) -> None:
             d, c = statistics.median(dense), statistics.median(sparse)
             print(f"| {label} | {engine.mode} | tg{args.n_gen} | {d:.2f} | {c:.2f} | {c / d:.2f}x | "
                   f"{100 * statistics.median(measured):.1f}% | {text} |", flush=True)
+            dense_rates.append(d)
+            ours[engine.mode] = c
             del engine
+        llama_cpp_sparsity_row(label, str(path), args, {"dense": statistics.median(dense_rates), **ours})
+
+
+def llama_cpp_sparsity_row(label: str, path: str, args, ours: dict[str, float]) -> None:
+    """Section 8's row for llama.cpp's dense decode of the same file, its rate in the dense column."""
+    if not llamacpp_reference.available():
+        print(f"| {label} | llama.cpp | tg{args.n_gen} | | | | | {LLAMA_CPP_MISSING} |", flush=True)
+        return
+    mode, rate = llama_cpp_decode(path, args.threads, args)
+    print(f"| {label} | {mode} | tg{args.n_gen} | {rate:.2f} | | | | {ours_over(ours, rate)} |", flush=True)
 
 
 def main() -> None:
