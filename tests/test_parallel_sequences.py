@@ -1,7 +1,7 @@
 """Several sequences decoded together (`PackedTransformer.forward_sequences`): each sequence's logits are what
 decoding it alone gives, bit for bit for the dense FFN (every product's arithmetic is per token), within the
 sparse path's rounding for --exact and --predictors (their batch path quantizes the down projection's
-coefficients per row set, `sparse_ffn._several`)."""
+coefficients per row set, `sparse_ffn._several`) and for CATS and TEAL sparsity files."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,9 @@ from gguf import GGMLQuantizationType as T
 import hybridinfer
 from hybridinfer.errors import HybridInferError
 from hybridinfer.predictors.file import save_predictors
+from hybridinfer.sparsity.calibrate import calibrate_thresholds
+from hybridinfer.sparsity.thresholds import save_thresholds
+from logit_checks import calibration_chunks, relative_error
 from test_packed_engine import random_predictors
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -57,6 +60,23 @@ def test_sequences_decoded_together_equal_each_alone(model, mode, tmp_path):
     else:
         np.testing.assert_allclose(together, expected, rtol=0, atol=2e-2 * np.abs(expected).max())
     assert not np.allclose(together[0], together[1])  # sequences did not share their caches
+
+
+@pytest.mark.parametrize("method", ["cats", "teal"])
+def test_sequences_decoded_together_with_a_sparsity_file_equal_each_alone(silu_model, method, tmp_path):
+    """What `serve --parallel N --sparsity-file F` decodes: the batch path (CATS: the union of the passing neurons;
+    TEAL: the dense products of the zeroed inputs) against each token's one-token path (TEAL: the column-sparse
+    products over the transposes), float activations so that only the paths differ."""
+    path = tmp_path / f"{method}.sparsity.gguf"
+    save_thresholds(calibrate_thresholds(hybridinfer.load(str(silu_model), n_ctx=64), calibration_chunks(), 0.5,
+                                         method), path)
+    order, tokens = np.array([2, 0, 3, 1]), np.array([7, 11, 13, 2])
+    positions = np.array([len(PROMPTS[s]) for s in order])
+    m = prefilled(silu_model, sparsity_file=str(path), float_activations=True)
+    together = m.forward_sequences(tokens, positions, order).numpy().copy()
+    assert relative_error(together, alone(m, tokens, positions, order)) < 1e-4
+    dense = prefilled(silu_model, float_activations=True).forward_sequences(tokens, positions, order).numpy()
+    assert relative_error(together, dense) > 1e-3  # the thresholds applied
 
 
 def test_two_steps_keep_the_sequences_apart(model):
