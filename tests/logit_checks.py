@@ -1,5 +1,5 @@
-"""What the engine tests share: the comparisons of logits, and the CATS and TEAL tests' token ids and calibration
-chunks (their tiny SiLU model and word texts are fixtures in conftest.py)."""
+"""What the engine tests share: the comparisons of logits, and the CATS and TEAL tests' token ids, calibration
+chunks and sparsity files (their tiny SiLU model and word texts are fixtures in conftest.py)."""
 
 import numpy as np
 
@@ -21,3 +21,13 @@ def decode_logits(engine, ids):
 def calibration_chunks(seed=0, n=6, length=40):
     rng = np.random.default_rng(seed)
     return [[1] + rng.integers(3, 270, length - 1).tolist() for _ in range(n)]
+
+
+def write_sparsity_file(model, path, target, method):
+    """`path`: the sparsity file of `method` at `target` for the GGUF `model`, calibrated on `calibration_chunks()`."""
+    import hybridinfer
+    from hybridinfer.sparsity.calibrate import calibrate_thresholds
+    from hybridinfer.sparsity.thresholds import save_thresholds
+    engine = hybridinfer.load(str(model), n_ctx=64)
+    save_thresholds(calibrate_thresholds(engine, calibration_chunks(), target, method), path)
+    return path

@@ -11,9 +11,7 @@ from gguf import GGMLQuantizationType as T
 import hybridinfer
 from hybridinfer.errors import HybridInferError
 from hybridinfer.predictors.file import save_predictors
-from hybridinfer.sparsity.calibrate import calibrate_thresholds
-from hybridinfer.sparsity.thresholds import save_thresholds
-from logit_checks import calibration_chunks, relative_error
+from logit_checks import relative_error, write_sparsity_file
 from test_packed_engine import random_predictors
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -67,9 +65,7 @@ def test_sequences_decoded_together_with_a_sparsity_file_equal_each_alone(silu_m
     """What `serve --parallel N --sparsity-file F` decodes: the batch path (CATS: the union of the passing neurons;
     TEAL: the dense products of the zeroed inputs) against each token's one-token path (TEAL: the column-sparse
     products over the transposes), float activations so that only the paths differ."""
-    path = tmp_path / f"{method}.sparsity.gguf"
-    save_thresholds(calibrate_thresholds(hybridinfer.load(str(silu_model), n_ctx=64), calibration_chunks(), 0.5,
-                                         method), path)
+    path = write_sparsity_file(silu_model, tmp_path / f"{method}.sparsity.gguf", 0.5, method)
     order, tokens = np.array([2, 0, 3, 1]), np.array([7, 11, 13, 2])
     positions = np.array([len(PROMPTS[s]) for s in order])
     m = prefilled(silu_model, sparsity_file=str(path), float_activations=True)

@@ -14,8 +14,8 @@ from hybridinfer.cli.main import cli
 from hybridinfer.hybrid.profiling import run_observed
 from hybridinfer.runtime.dense_ffn import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
-from hybridinfer.sparsity.thresholds import load_thresholds, save_thresholds
-from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error
+from hybridinfer.sparsity.thresholds import load_thresholds
+from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -23,10 +23,7 @@ TARGET = 0.5
 
 @pytest.fixture(scope="module")
 def sparsity_file(silu_model, tmp_path_factory):
-    engine = hybridinfer.load(str(silu_model), n_ctx=64)
-    path = tmp_path_factory.mktemp("s") / "silu.sparsity.gguf"
-    save_thresholds(calibrate_thresholds(engine, calibration_chunks(), TARGET), path)
-    return path
+    return write_sparsity_file(silu_model, tmp_path_factory.mktemp("s") / "silu.sparsity.gguf", TARGET, "cats")
 
 
 def test_thresholds_are_the_quantiles_of_the_activation_magnitudes(silu_model):

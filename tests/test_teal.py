@@ -15,8 +15,8 @@ from hybridinfer.kernels import cpu_ops, reference
 from hybridinfer.kernels.packed import pack
 from hybridinfer.runtime.weights import transposed_rows
 from hybridinfer.sparsity.calibrate import calibrate_thresholds, measure_sparsity, observe_sites
-from hybridinfer.sparsity.thresholds import SITES, load_thresholds, save_thresholds
-from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error
+from hybridinfer.sparsity.thresholds import SITES, load_thresholds
+from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -24,10 +24,7 @@ TARGET = 0.5
 
 @pytest.fixture(scope="module")
 def teal_file(silu_model, tmp_path_factory):
-    engine = hybridinfer.load(str(silu_model), n_ctx=64)
-    path = tmp_path_factory.mktemp("s") / "silu.teal.sparsity.gguf"
-    save_thresholds(calibrate_thresholds(engine, calibration_chunks(), TARGET, "teal"), path)
-    return path
+    return write_sparsity_file(silu_model, tmp_path_factory.mktemp("s") / "silu.teal.sparsity.gguf", TARGET, "teal")
 
 
 def test_select_inputs_matches_its_twin():
