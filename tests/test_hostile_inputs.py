@@ -150,3 +150,19 @@ def test_tensors_of_the_wrong_shape_are_named_before_any_weight_is_read(tiny_lay
     for backend in ("packed", "reference"):
         line = refused(mutant, tmp_path, "--backend", backend)
         assert "blk.1.attn_q.weight has shape (96, 64), expected (64, 64)" in line
+
+
+@pytest.mark.parametrize("command, value", [("generate", "1e-300"), ("generate", "1e39"), ("chat", "1e-300")])
+def test_a_repeat_penalty_float32_cannot_hold_is_one_line(tiny_layout, command, value):
+    """1e-300 is a positive float64 but 0 in float32, where the sampler divides logits by it."""
+    args = [command, "-m", tiny_layout.path, "-n", "2", "--repeat-penalty", value]
+    result = CliRunner().invoke(cli, args + (["-p", "hello"] if command == "generate" else []), input="hello\n")
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: invalid --repeat-penalty "), result.stderr
+    assert "between 0.01 and 100" in lines[0] and "Traceback" not in result.output
+
+
+def test_a_temperature_float32_cannot_hold_samples_uniformly(tiny_layout):
+    result = CliRunner().invoke(cli, ["generate", "-m", tiny_layout.path, "-n", "2", "-p", "hi", "--temp", "1e39"])
+    assert result.exit_code == 0, (result.output, result.exception)

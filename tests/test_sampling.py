@@ -266,6 +266,14 @@ def test_sample_does_not_modify_callers_logits():
         (dict(min_p=1.2), "--min-p"),
         (dict(repeat_penalty=0.0), "--repeat-penalty"),
         (dict(repeat_penalty=-1.0), "--repeat-penalty"),
+        (dict(repeat_penalty=1e-300), "--repeat-penalty"),  # 0 in float32: the logits would divide by 0
+        (dict(repeat_penalty=1e39), "--repeat-penalty"),  # inf in float32
+        (dict(repeat_penalty=1000.0), "--repeat-penalty"),
+        (dict(frequency_penalty=-1e308), "--frequency-penalty"),
+        (dict(frequency_penalty=2.5), "--frequency-penalty"),
+        (dict(presence_penalty=-1e39), "--presence-penalty"),
+        (dict(presence_penalty=-1e308), "--presence-penalty"),
+        (dict(presence_penalty=float("inf")), "--presence-penalty"),
         (dict(repeat_last_n=-2), "--repeat-last-n"),
         (dict(seed=-5), "--seed"),
         (dict(temperature=float("nan")), "--temp"),
@@ -284,6 +292,39 @@ def test_invalid_settings_raise_one_line_error(settings, flag):
 def test_boundary_settings_are_valid():
     SamplerSettings(top_p=0.0, min_p=0.0, top_k=-1, repeat_last_n=-1, temperature=-1.0)
     SamplerSettings(top_p=1.0, min_p=1.0, repeat_penalty=0.5, seed=0)
+    SamplerSettings(repeat_penalty=0.01, frequency_penalty=-2.0, presence_penalty=2.0)
+    SamplerSettings(repeat_penalty=100.0, frequency_penalty=2.0, presence_penalty=-2.0)
+
+
+def test_the_penalty_ranges_are_in_the_message():
+    with pytest.raises(HybridInferError, match=r"between 0\.01 and 100"):
+        SamplerSettings(repeat_penalty=1e-300)
+    with pytest.raises(HybridInferError, match=r"between -2 and 2"):
+        SamplerSettings(presence_penalty=-1e39)
+
+
+EXTREMES = [5e-324, 1e-300, 1e-39, 1e-3, 0.01, 2.0, 100.0, 1e3, 1e38, 1e39, 1e308]
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
+                                   "presence_penalty"])
+def test_every_accepted_value_samples_without_inf_or_nan(field):
+    """Values finite in float64 but not in float32 (1e-300, 1e39) are refused or computed safely: whatever
+    the settings accept samples finite probabilities, with no float warning, even next to a -inf logit."""
+    logits = random_logits(300, 31, scale=5.0)
+    logits[7] = -np.inf  # as `ignore_eos` masks end-of-text tokens
+    history = list(range(0, 300, 2))
+    for value in EXTREMES + [-v for v in EXTREMES]:
+        for filters in (dict(top_k=0, top_p=1.0, min_p=0.0), dict(top_k=40, top_p=0.9, min_p=0.05)):
+            try:
+                settings = SamplerSettings(**{**filters, "repeat_last_n": -1, "seed": 1, field: value})
+            except HybridInferError:
+                continue
+            with np.errstate(over="raise", divide="raise", invalid="raise"):  # underflow to 0 is fine
+                ids, probs = filter_candidates(apply_penalties(logits, history, settings), settings)
+                token = Sampler(settings).sample(logits, history)
+            assert np.isfinite(probs).all() and math.isclose(probs.sum(), 1.0), (field, value)
+            assert token != 7 and 0 <= token < 300, (field, value)
 
 
 def test_make_sampler_maps_keywords():

@@ -74,28 +74,33 @@ def _integer(value, flag: str) -> int:
     return int(value)
 
 
+# Penalty ranges. The penalties are applied to float32 logits, so a value float64 holds but float32 does not
+# (1e-300 rounds to 0, -1e39 to -inf) would make the logits infinite or NaN. Within these ranges every finite
+# logit a model gives stays finite. Frequency and presence penalties take OpenAI's documented range.
+REPEAT_PENALTY_RANGE = (0.01, 100.0)
+ADDITIVE_PENALTY_RANGE = (-2.0, 2.0)
+
+
+def _within(value, flag: str, bounds: tuple[float, float], meaning: str) -> None:
+    low, high = bounds
+    if not low <= _real(value, flag) <= high:
+        raise HybridInferError(f"invalid {flag} {value}: must be between {low:g} and {high:g} ({meaning})")
+
+
 def _validate(s: SamplerSettings) -> None:
     temperature = _real(s.temperature, "--temp")
     if math.isinf(temperature) and temperature > 0:
         raise HybridInferError("invalid --temp inf: expected a finite number (0 or less means greedy)")
     _integer(s.top_k, "--top-k")
-    top_p = _real(s.top_p, "--top-p")
-    if not 0.0 <= top_p <= 1.0:
-        raise HybridInferError(f"invalid --top-p {s.top_p}: must be between 0 and 1 (1 disables it)")
-    min_p = _real(s.min_p, "--min-p")
-    if not 0.0 <= min_p <= 1.0:
-        raise HybridInferError(f"invalid --min-p {s.min_p}: must be between 0 and 1 (0 disables it)")
-    repeat_penalty = _real(s.repeat_penalty, "--repeat-penalty")
-    if not 0.0 < repeat_penalty < math.inf:
-        raise HybridInferError(f"invalid --repeat-penalty {s.repeat_penalty}: must be greater than 0 (1 disables it)")
+    _within(s.top_p, "--top-p", (0.0, 1.0), "1 disables it")
+    _within(s.min_p, "--min-p", (0.0, 1.0), "0 disables it")
+    _within(s.repeat_penalty, "--repeat-penalty", REPEAT_PENALTY_RANGE, "1 disables it; above 1 discourages repeats")
     if _integer(s.repeat_last_n, "--repeat-last-n") < -1:
         raise HybridInferError(
             f"invalid --repeat-last-n {s.repeat_last_n}: must be 0 (disabled), -1 (whole context) or a positive count"
         )
-    if not math.isfinite(_real(s.frequency_penalty, "--frequency-penalty")):
-        raise HybridInferError(f"invalid --frequency-penalty {s.frequency_penalty}: must be finite")
-    if not math.isfinite(_real(s.presence_penalty, "--presence-penalty")):
-        raise HybridInferError(f"invalid --presence-penalty {s.presence_penalty}: must be finite")
+    _within(s.frequency_penalty, "--frequency-penalty", ADDITIVE_PENALTY_RANGE, "0 disables it")
+    _within(s.presence_penalty, "--presence-penalty", ADDITIVE_PENALTY_RANGE, "0 disables it")
     if _integer(s.seed, "-s/--seed") < -1:
         raise HybridInferError(f"invalid -s/--seed {s.seed}: must be -1 (random) or a non-negative integer")
 
@@ -293,7 +298,7 @@ class Sampler:
         ids, cand = _filter(array, s)
         # unnormalised softmax weights after temperature; the draw scales the uniform by their total
         shifted = cand - cand.max()
-        if s.temperature < 1e-3:  # float32 would overflow (or round the temperature to 0)
+        if not 1e-3 <= s.temperature <= 1e3:  # float32 would overflow, or round the temperature to 0 or inf
             shifted = shifted.astype(np.float64)
         with np.errstate(over="ignore"):
             weights = np.exp(shifted / shifted.dtype.type(s.temperature))
