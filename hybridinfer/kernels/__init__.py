@@ -11,6 +11,7 @@
   simd, simd_rows, row_tiles the AVX-512 intrinsics and packed-row helpers the kernels inline
   formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
   compile_time               the time spent compiling, reported on its own line
+  threads                    numba's threading layer: TBB where present (fork- and thread-safe), started lazily
 
 A run compiles (or loads from numba's disk cache) only the kernels of its file's formats and its mode. numba
 checks only each function's own source file: a cached block of `cpu_layer` that calls a changed kernel would be
@@ -28,8 +29,9 @@ from pathlib import Path
 
 import numba
 
+from . import threads
 
-_NO_KERNELS = {"__init__.py", "compile_time.py"}  # files no compiled code depends on: not in the hash
+_NO_KERNELS = {"__init__.py", "compile_time.py", "threads.py"}  # files no compiled code depends on: not in the hash
 
 
 def _code_of(path: Path) -> bytes:
@@ -88,16 +90,8 @@ def _serialize_cache_writes() -> None:
     IndexDataCacheFile.save = locked_save
 
 
-def _start_threading_layer() -> None:
-    """Start numba's threading layer now. numba starts it when it compiles or loads a parallel function, but not
-    when it loads from its cache a serial function that calls one (numba issue #8578): a fresh process whose first
-    kernel is such a block (`cpu_layer`'s attention block, every weight mapped from the repack cache so that no
-    packing kernel ran before) jumped to a null pointer. `get_num_threads` starts the layer (a few ms)."""
-    numba.get_num_threads()
-
-
 _serialize_cache_writes()
-_start_threading_layer()
+threads.choose()  # the threading layer: chosen now, started at the first kernel (threads.start)
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = _cache_dir()  # read when the kernel modules below are decorated
 

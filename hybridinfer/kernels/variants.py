@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from numba import njit
 
+from . import threads
+
 made: dict[str, object] = {}  # variant name -> numba dispatcher
 
 
 def specialization(*constants, **options):
     """Decorate a closure over `constants` as `njit(nogil=True, cache=True, **options)`, named after them."""
+    threads.start()  # before a cached serial block that calls a parallel kernel can run
     def decorate(function):
         base = function.__qualname__.split(".<locals>")[0]
         function.__qualname__ = f"{base}.{'_'.join(str(c) for c in constants)}"

@@ -22,7 +22,7 @@ from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
 from ..model_file.tensor_shapes import down_name, require_tensors
-from ..kernels import compile_time
+from ..kernels import compile_time, threads
 from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import transpose_quantized
 from .repack_cache import RepackCache
@@ -110,6 +110,7 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     dense layers, the output projection. Each matrix's pages of the memory-mapped file are released once it is
     packed. What is packed is kept in the repack cache (`repack_cache.py`) and mapped from there by the next
     start."""
+    threads.start()  # here, in a child forked after its parent ran GNU OpenMP, a one-line error instead of SIGTERM
     gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
     dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
     output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
