@@ -6,7 +6,8 @@ a run costs what the command itself costs. A run ends as one of:
     ran        exit 0
     refused    exit 1 with exactly one `error:` line on stderr and no traceback
     traceback  a Python traceback, any other exit status, or a signal (a crash)
-    hang       still running after --timeout seconds (killed)
+    hang       still running after --timeout seconds, not counting the time it spent compiling kernels (killed);
+               a child compiling for longer than --compile-timeout counts as a hang too
     memory     resident memory above --max-rss (killed)
 Targets: the default model (SmolLM2), the reference model, its predictor file and its activations file (the
 last two mutated while the model stays intact). Each mutant is a pure function of (--seed, target, index):
@@ -21,9 +22,11 @@ import argparse
 import io
 import json
 import logging
+import mmap
 import os
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
@@ -32,12 +35,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-# GNU OpenMP, numba's default threading layer here, aborts a forked child; its work queue is fork-safe
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-
 import numpy as np  # noqa: E402
 
 from tools.gguf_mutants import Layout, mutate  # noqa: E402
+
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    from importlib.metadata import PackageNotFoundError, distribution
+    try:
+        distribution("tbb")  # the package's threading layer (kernels/threads.py), which survives a fork
+    except PackageNotFoundError:  # numba would take GNU OpenMP, which dies in a forked child; its work queue does not
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "prosparse-tiny.q8_0.gguf"
@@ -70,10 +77,59 @@ def targets() -> dict[str, Target]:
             "tiny-pred": Target("tiny-pred", TINY_PRED), "tiny-act": Target("tiny-act", TINY_ACT)}
 
 
-def _child(args: list[str], stderr_path: str) -> None:
+class CompileClocks:
+    """Per running child, in memory shared with it: seconds it spent compiling numba kernels, and since when it
+    has been compiling (0: not now). The deadline counts the rest: a child that must compile a kernel variant the
+    warm-up did not (a retyped tensor) is not a hang, however busy the machine."""
+
+    SLOT = struct.Struct("dd")
+
+    def __init__(self, slots: int):
+        self.memory = mmap.mmap(-1, self.SLOT.size * slots)
+
+    def read(self, slot: int) -> tuple[float, float]:
+        return self.SLOT.unpack_from(self.memory, slot * self.SLOT.size)
+
+    def write(self, slot: int, done: float, since: float) -> None:
+        self.SLOT.pack_into(self.memory, slot * self.SLOT.size, done, since)
+
+    def compiling_seconds(self, slot: int) -> tuple[float, float]:
+        """(seconds spent compiling so far, seconds of the compilation under way)."""
+        done, since = self.read(slot)
+        return done, (time.monotonic() - since if since else 0.0)
+
+    def listen_in_child(self, slot: int) -> None:
+        """Keep this child's slot up to date from numba's compile events (outermost compilations only)."""
+        from numba.core import event
+        clocks, state = self, {"depth": 0, "done": 0.0, "since": 0.0}
+
+        class Listener(event.Listener):
+            def on_start(self, ev):
+                if state["depth"] == 0:
+                    state["since"] = time.monotonic()
+                    clocks.write(slot, state["done"], state["since"])
+                state["depth"] += 1
+
+            def on_end(self, ev):
+                state["depth"] -= 1
+                if state["depth"] == 0:
+                    state["done"] += time.monotonic() - state["since"]
+                    clocks.write(slot, state["done"], 0.0)
+
+        self.write(slot, 0.0, 0.0)
+        event.register("numba:compile", Listener())
+
+
+def run_cli(args: list[str]) -> None:
+    from hybridinfer.cli.main import cli
+    cli.main(args=args, prog_name="hybridinfer", standalone_mode=True)
+
+
+def _child(args: list[str], stderr_path: str, clocks: CompileClocks, slot: int) -> None:
     """In the forked child: run the CLI as `hybridinfer ARGS` would, stdin holding one chat line."""
     code = 3
     try:
+        clocks.listen_in_child(slot)
         fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
@@ -81,8 +137,7 @@ def _child(args: list[str], stderr_path: str) -> None:
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
         logging.root.handlers = []  # the warm-up's handler wrote to a stream that is gone; cli() makes a new one
-        from hybridinfer.cli.main import cli
-        cli.main(args=args, prog_name="hybridinfer", standalone_mode=True)
+        run_cli(args)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -130,8 +185,10 @@ def classify(status: int, stderr: str) -> str:
 class Campaign:
     """Forks one child per mutant, `jobs` at a time, watching each for time and memory."""
 
-    def __init__(self, workdir: str, timeout: float, max_rss: int, jobs: int):
+    def __init__(self, workdir: str, timeout: float, max_rss: int, jobs: int, compile_timeout: float):
         self.workdir, self.timeout, self.max_rss, self.jobs = workdir, timeout, max_rss, jobs
+        self.compile_timeout = compile_timeout
+        self.clocks = CompileClocks(jobs)
         self.running: dict[int, tuple] = {}
         self.results: list[Run] = []
 
@@ -139,10 +196,12 @@ class Campaign:
         while len(self.running) >= self.jobs:
             self._poll()
         stderr_path = mutant_path + ".stderr"
+        slot = min(set(range(self.jobs)) - {run[-1] for run in self.running.values()})
+        self.clocks.write(slot, 0.0, 0.0)
         pid = os.fork()
         if pid == 0:
-            _child(args, stderr_path)
-        self.running[pid] = (target.name, index, kind, mutant_path, stderr_path, time.monotonic(), 0)
+            _child(args, stderr_path, self.clocks, slot)
+        self.running[pid] = (target.name, index, kind, mutant_path, stderr_path, time.monotonic(), 0, slot)
 
     def finish(self) -> list[Run]:
         while self.running:
@@ -151,17 +210,19 @@ class Campaign:
 
     def _poll(self) -> None:
         time.sleep(0.01)
-        for pid, (target, index, kind, mutant, stderr_path, start, peak) in list(self.running.items()):
+        for pid, (target, index, kind, mutant, stderr_path, start, peak, slot) in list(self.running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             killed = None
             if not done:
                 peak = max(peak, _rss(pid))
+                compiled, compiling = self.clocks.compiling_seconds(slot)
                 if peak > self.max_rss:
                     killed = "memory"
-                elif time.monotonic() - start > self.timeout:
+                elif time.monotonic() - start - compiled - compiling > self.timeout or \
+                        compiled + compiling > self.compile_timeout:
                     killed = "hang"
                 if killed is None:
-                    self.running[pid] = (target, index, kind, mutant, stderr_path, start, peak)
+                    self.running[pid] = (target, index, kind, mutant, stderr_path, start, peak, slot)
                     continue
                 os.kill(pid, signal.SIGKILL)
                 _, status = os.waitpid(pid, 0)
@@ -195,7 +256,7 @@ def warm_up() -> None:
 
 
 def run(names: list[str], n_mutants: int, seed: int, timeout: float, max_rss: int, jobs: int,
-        only: tuple[str, int] | None = None, workdir: str | None = None) -> list[Run]:
+        only: tuple[str, int] | None = None, workdir: str | None = None, compile_timeout: float = 600.0) -> list[Run]:
     """Fuzz each named target with `n_mutants` mutants (split evenly), returning every run."""
     all_targets = targets()
     chosen = [all_targets[n] for n in names if all_targets[n].mutated.exists()]
@@ -205,7 +266,7 @@ def run(names: list[str], n_mutants: int, seed: int, timeout: float, max_rss: in
         started = time.monotonic()
         warm_up()
         print(f"warmed up in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        campaign = Campaign(scratch, timeout, max_rss, jobs)
+        campaign = Campaign(scratch, timeout, max_rss, jobs, compile_timeout)
         layouts = {t.name: Layout.of(str(t.mutated)) for t in chosen}
         per_target = -(-n_mutants // max(1, len(chosen)))
         work = [(only[0], only[1])] if only else [(t.name, i) for i in range(per_target) for t in chosen]
@@ -239,7 +300,10 @@ def main() -> int:
     parser.add_argument("--mutants", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--targets", default="smollm2,tiny,tiny-pred,tiny-act")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a run counts as a hang")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds before a run counts as a hang, the time it spends compiling kernels aside")
+    parser.add_argument("--compile-timeout", type=float, default=600.0,
+                        help="seconds of kernel compilation before a run counts as a hang")
     parser.add_argument("--max-rss", type=float, default=2.0, help="GiB of resident memory a run may use")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", default=None, help="TARGET:INDEX: run one mutant again")
@@ -248,7 +312,7 @@ def main() -> int:
     only = (opts.only.split(":")[0], int(opts.only.split(":")[1])) if opts.only else None
     start = time.monotonic()
     runs = run(opts.targets.split(","), opts.mutants, opts.seed, opts.timeout, int(opts.max_rss * 2**30), opts.jobs,
-               only)
+               only, compile_timeout=opts.compile_timeout)
     failures = [r for r in runs if r.outcome not in ("ran", "refused")]
     print(f"{len(runs)} mutants, seed {opts.seed}, {time.monotonic() - start:.0f} s, timeout {opts.timeout:g} s, "
           f"memory limit {opts.max_rss:g} GiB, peak RSS {max((r.peak_rss for r in runs), default=0) / 2**20:.0f} MiB\n")
