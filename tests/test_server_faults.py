@@ -162,13 +162,54 @@ def test_unsupported_features_are_a_400_naming_the_field(server, path, extra, pa
 
 
 @pytest.mark.parametrize("field, value", [("top_p", 5.0), ("min_p", -1.0), ("repeat_penalty", 0.0),
-                                          ("seed", -5), ("repeat_last_n", -7), ("temperature", float("inf"))])
+                                          ("seed", -5), ("repeat_last_n", -7), ("temperature", float("inf")),
+                                          # finite in float64, not in the sampler's float32: once NaN logits (500)
+                                          ("presence_penalty", -1e39), ("presence_penalty", -1e308),
+                                          ("frequency_penalty", -1e308), ("repeat_penalty", 1e-300),
+                                          ("repeat_penalty", 1e39), ("frequency_penalty", 3.0)])
 def test_bad_sampling_values_are_a_400_naming_the_field(server, field, value):
     body = b'{"prompt": "hi", "%s": %s}' % (field.encode(), b"Infinity" if value == float("inf") else
                                               str(value).encode())
     error = assert_error(post(server, "/v1/completions", body), 400, param=field)
     assert field in error["message"] and "--" not in error["message"]
+    if "penalty" in field:
+        assert "must be between" in error["message"], error
     assert_alive(server)
+
+
+@pytest.mark.parametrize("extreme", [{"temperature": 1e39}, {"temperature": 1e-300}, {"temperature": 1e308},
+                                     {"top_p": 1e-300, "min_p": 1e-300}, {"repeat_penalty": 0.01},
+                                     {"repeat_penalty": 100.0, "presence_penalty": -2.0, "frequency_penalty": 2.0}])
+def test_extreme_sampling_values_in_range_answer(server, extreme):
+    """Accepted values a float32 cannot hold (a temperature of 1e39) are computed safely: an answer, not NaN."""
+    body = {"prompt": "the the the", "max_tokens": 3, "ignore_eos": True, "repeat_last_n": -1, **extreme}
+    answer = post(server, "/v1/completions", body)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3, answer.text
+    chat = {"messages": [{"role": "user", "content": "the the"}], "max_tokens": 2, "ignore_eos": True, **extreme}
+    assert post(server, "/v1/chat/completions", chat).status_code == 200
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", rb'{"prompt": "hi \ud800", "max_tokens": 2}', "prompt"),
+    ("/v1/completions", rb'{"prompt": ["\udc00"], "max_tokens": 2}', "prompt.0"),
+    ("/v1/completions", rb'{"prompt": "hi", "stop": ["a", "\uDBFF"]}', "stop.1"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "hi \ud800"}]}', "messages.0.content"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "us\ud800er", "content": "hi"}]}', "messages.0.role"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}',
+     "messages.0.content.0.text"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "hi"}], "x\ud800": 1}', "x\\ud800"),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(server, path, body, param):
+    """JSON may escape half of a UTF-16 pair (\\ud800) alone: not Unicode, so no tokenizer takes it (raw bytes
+    here: Python's clients refuse to encode such strings)."""
+    error = assert_error(post(server, path, body, headers={"Content-Type": "application/json"}), 400, param=param)
+    assert "surrogate" in error["message"]
+    assert_alive(server)
+
+
+def test_an_escaped_surrogate_pair_is_text(server):
+    body = rb'{"prompt": "hi \ud83d\ude00", "max_tokens": 2, "temperature": 0}'
+    assert post(server, "/v1/completions", body).status_code == 200
 
 
 def test_a_prompt_that_fills_the_context_is_refused_with_context_length_exceeded(server):

@@ -35,6 +35,7 @@ _FLAG_FIELDS = {"--temp": "temperature", "--top-k": "top_k", "--top-p": "top_p",
 UNION_TYPES = {"prompt": "a string, a list of token ids, or a list of one string",
                "stop": f"a string or a list of up to {MAX_STOP_STRINGS} strings",
                "content": "a string or a list of text parts"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|dict|list)$|\[|^[A-Z]")  # pydantic's names of union members
 
 
@@ -57,6 +58,10 @@ def parse_request(raw: bytes, model: type[Body]) -> Body:
         raise RequestError("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
+    where = lone_surrogate(data)
+    if where is not None:
+        raise RequestError(f"'{where}' holds a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), "
+                           "which is not text: send valid Unicode", param=where)
     try:
         body = model.model_validate(data)
     except ValidationError as exc:
@@ -65,6 +70,28 @@ def parse_request(raw: bytes, model: type[Body]) -> Body:
     if unsupported is not None:
         raise RequestError(unsupported[1], param=unsupported[0])
     return body
+
+
+def lone_surrogate(data) -> str | None:
+    """The path ("messages.0.content") of the first string of parsed JSON `data`, or object key, holding a lone
+    surrogate, else None. `json.loads` joins an escaped pair ("\\ud83d\\ude00") into one character, so any
+    surrogate left is alone: not Unicode, and no tokenizer or UTF-8 encoder takes it."""
+    pending = [("", data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                where = f"{path}.{key}" if path else key
+                if not key.isascii() and _SURROGATE.search(key):  # named with the escape, as UTF-8 cannot hold it
+                    return where.encode("utf-8", "backslashreplace").decode()
+                pending.append((where, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}.{i}", item) for i, item in reversed(list(enumerate(value)))
+                           if isinstance(item, (str, list, dict)))
+    return None
 
 
 def invalid_fields(errors: list[dict]) -> RequestError:
