@@ -6,16 +6,20 @@ accepted once the model is ready, and one line on stderr says where (`server lis
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
 import click
+from click.core import ParameterSource
 
 from ..errors import HybridInferError
 from ..generation.sampling import SamplerSettings
+from ..serve.api_key import usable_api_key
 from ..serve.schemas import OPENAI_SAMPLING
 from .options import model_options, open_engine, runtime_settings, sampling_flags, sampling_settings
 
+API_KEY_ENV = "HYBRIDINFER_API_KEY"
 GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still running may take to finish
 
 
@@ -24,8 +28,9 @@ GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still runn
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all interfaces)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="port to listen on (0 = any free port; the line on stderr says which)")
-@click.option("--api-key", envvar="HYBRIDINFER_API_KEY", default=None,
-              help="require 'Authorization: Bearer KEY' on every endpoint but /health (env: HYBRIDINFER_API_KEY)")
+@click.option("--api-key", envvar=API_KEY_ENV, default=None,
+              help=f"require 'Authorization: Bearer KEY' on every endpoint but /health; printable ASCII, no spaces "
+                   f"(env: {API_KEY_ENV})")
 @click.option("-np", "--parallel", "n_parallel", type=click.IntRange(min=1), default=1, show_default=True,
               help="requests decoded at once; each slot holds -c / N tokens of context")
 @click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
@@ -36,6 +41,7 @@ GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still runn
 def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
     """Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models)."""
     defaults = SamplerSettings(**sampling_settings(kwargs))
+    api_key = _api_key(api_key)
     listener = bind_socket(host, port)
     try:
         import uvicorn
@@ -48,7 +54,7 @@ def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
         if chat_template:  # a bad name or template fails now, not at every chat request
             chat_prompt_tokens(engine.tokenizer, [{"role": "user", "content": "hi"}], chat_template)
         scheduler = Scheduler(engine, n_parallel=n_parallel, max_queue=queue_size, start=False)
-        app = create_app(engine, scheduler, api_key=api_key or None, chat_template=chat_template,
+        app = create_app(engine, scheduler, api_key=api_key, chat_template=chat_template,
                          sampling_defaults=defaults)
         listener.listen(2048)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
@@ -70,6 +76,17 @@ def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
             http.join(GRACEFUL_SHUTDOWN_S + 2)
     finally:
         listener.close()
+
+
+def _api_key(flag: str | None) -> str | None:
+    """The key from --api-key or $HYBRIDINFER_API_KEY, refused if empty or unsendable (`serve.api_key`); None if
+    neither is set. Click reads an empty variable as unset: an empty one is refused here, as an empty flag is."""
+    if flag is None:
+        if os.environ.get(API_KEY_ENV) == "":
+            usable_api_key("", API_KEY_ENV)
+        return None
+    from_env = click.get_current_context().get_parameter_source("api_key") == ParameterSource.ENVIRONMENT
+    return usable_api_key(flag, API_KEY_ENV if from_env else "--api-key")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

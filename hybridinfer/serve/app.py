@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import HybridInferError
 from ..generation.generate import GenerationChunk
 from ..generation.sampling import SamplerSettings
+from .api_key import key_check
 from .openai_errors import APIError, error_body, install_error_handlers
 from ..text.prompts import chat_prompt_tokens, chat_template_for, completion_prompt_tokens
 from .scheduler import Completion, QueueFull, Scheduler
@@ -54,7 +54,7 @@ def create_app(engine, scheduler: Scheduler, *, api_key: str | None = None, chat
         return _Generation(scheduler, prompt=prompt, max_tokens=max_tokens, stop=body.stop_strings(),
                            sampling=body.sampling(sampling_defaults), ignore_eos=bool(body.ignore_eos))
 
-    v1 = APIRouter(dependencies=[Depends(_key_check(api_key))])
+    v1 = APIRouter(dependencies=[Depends(key_check(api_key))])
 
     @v1.post("/v1/completions")
     @v1.post("/completions")
@@ -86,18 +86,6 @@ def create_app(engine, scheduler: Scheduler, *, api_key: str | None = None, chat
 
     app.include_router(v1)
     return app
-
-
-def _key_check(api_key: str | None):
-    """A dependency refusing (401) a request without `Authorization: Bearer <api_key>`; none without a key."""
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
-            raise APIError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
-    return check
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:
