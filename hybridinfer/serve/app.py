@@ -4,7 +4,10 @@ server-sent events ending with `data: [DONE]`), `GET /v1/models` and `GET /healt
 A request becomes one `Completion` submitted to the scheduler. Its chunks arrive on the scheduler's thread and
 cross into the event loop through `loop.call_soon_threadsafe` onto an asyncio queue. The completion is
 cancelled (its slot freed before the next decode step) as soon as the client goes away, streamed or not, and
-always when the handler ends. The routes also answer without the `/v1` prefix, as llama.cpp's server does.
+always when the handler ends. A client that half-closes its socket (shutdown(SHUT_WR)) is taken as gone too, as
+nginx takes it (499): TCP cannot tell that from a client that has left, and freeing the slot at once matters
+more, so its connection closes cleanly with no answer. The routes also answer without the `/v1` prefix, as
+llama.cpp's server does.
 """
 
 from __future__ import annotations

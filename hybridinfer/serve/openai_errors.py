@@ -3,14 +3,16 @@
 `install_error_handlers` makes every failure take that shape: `APIError` raised by the routes (401, 413, 503),
 a refused request body (`schemas.RequestError`, 400; the routes parse their bodies themselves), Starlette's
 HTTP errors (404, 405, ...), any other `HybridInferError` (the user's input: 400) and anything else (500;
-uvicorn logs its traceback). A client's mistake is never a 500.
+uvicorn logs its traceback). A client's mistake is never a 500. A client that goes away before its body has
+arrived (`ClientDisconnect`) gets nothing: there is no one to answer, and nothing is logged.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import HybridInferError
 from .schemas import RequestError
@@ -50,6 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; never sent
 
     @app.exception_handler(HybridInferError)
     async def input_error(request: Request, exc: HybridInferError) -> JSONResponse:
