@@ -41,7 +41,8 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 def create_app(engine, scheduler: Scheduler, *, api_key: str | None = None, chat_template: str | None = None,
                sampling_defaults: SamplerSettings = OPENAI_SAMPLING) -> FastAPI:
     """The app serving `engine`'s model through `scheduler`. With `api_key`, every route but /health needs
-    `Authorization: Bearer <api_key>`. `chat_template` overrides the model's; `sampling_defaults` are what a
+    `Authorization: Bearer <api_key>` (an empty key, or one no client can send, raises HybridInferError:
+    `api_key.usable_api_key`). `chat_template` overrides the model's; `sampling_defaults` are what a
     request's absent sampling fields take."""
     app = FastAPI(title="hybridinfer", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
