@@ -1,8 +1,8 @@
 """Open a GGUF (or PowerInfer PWRI) file lazily: metadata as Python values, tensors as memory-mapped views.
 
 Nothing here copies tensor data: `GGUFTensor.raw` is a zero-copy view into the memory map, so opening a
-multi-GB model costs only the header. Every failure a user can cause (missing file, not a GGUF, truncated
-file) becomes a one-line `HybridInferError`.
+multi-GB model costs only the header. Every failure a user can cause (missing file, not a regular file, not a GGUF,
+truncated file) becomes a one-line `HybridInferError`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +44,7 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise HybridInferError(f"model file not found: {self.path} (give the path of a .gguf file with -m)")
-        if os.path.isdir(self.path):
-            raise HybridInferError(f"{self.path} is a directory; give the path of a .gguf file")
+        require_regular_file(self.path)
         try:
             with open(self.path, "rb") as handle:
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -157,6 +155,27 @@ class GGUFFile:
         if name not in self.tensors:
             raise HybridInferError(f"{self.path} has no tensor {name}; the file is incomplete or of another architecture")
         return self.tensors[name]
+
+
+def require_regular_file(path: str) -> None:
+    """Refuse, in one line, a path that is missing or not a regular file, before anything opens it: opening a
+    FIFO blocks until a writer comes, and a device or socket never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        raise HybridInferError(f"file not found: {path} (give the path of a .gguf file)") from None
+    if stat.S_ISDIR(mode):
+        raise HybridInferError(f"{path} is a directory; give the path of a .gguf file")
+    if not stat.S_ISREG(mode):
+        raise HybridInferError(f"{path} is {_special_kind(mode)}, not a regular file; give the path of a .gguf file")
+
+
+def _special_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _is_finite_number(value: Any) -> bool:
