@@ -13,8 +13,10 @@ import click
 
 from ..text.prompts import chat_prompt_tokens, chat_template_for
 from ..engine import Engine
+from ..errors import HybridInferError
 from ..generation.generate import Timings
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
+from .text_files import MAX_PROMPT_BYTES
 
 HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts a reply"
 
@@ -40,7 +42,10 @@ def chat(system_prompt, chat_template, max_tokens, show_timings, **kwargs):
     while True:
         if interactive:
             click.echo("> ", nl=False)
-        line = sys.stdin.readline()
+        line = sys.stdin.readline(MAX_PROMPT_BYTES + 1)
+        if len(line) > MAX_PROMPT_BYTES and not line.endswith("\n"):
+            raise HybridInferError(f"a chat message (one line of input) is longer than {MAX_PROMPT_BYTES // 2**20} Mi "
+                                   "characters, the most hybridinfer reads for one; send shorter lines")
         if not line or line.strip() == "/bye":
             break
         text = line.rstrip("\n")

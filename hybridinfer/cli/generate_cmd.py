@@ -10,6 +10,7 @@ import click
 from ..errors import HybridInferError
 from ..hybrid.report import hybrid_report, report_lines
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
+from .text_files import MAX_PROMPT_BYTES, read_text_file
 
 
 @click.command()
@@ -58,13 +59,7 @@ def generate(prompt, prompt_file, max_tokens, stop, no_display_prompt, as_json, 
 
 def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     if prompt_file is not None:
-        try:
-            with open(prompt_file, encoding="utf-8") as handle:
-                prompt = handle.read()
-        except OSError as exc:
-            raise HybridInferError(f"cannot read the prompt file {prompt_file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise HybridInferError(f"the prompt file {prompt_file} is not UTF-8 text") from None
+        prompt = read_text_file(prompt_file, "the prompt file", MAX_PROMPT_BYTES)
     if not prompt:
         raise HybridInferError("no prompt: give one with -p TEXT or -f FILE")
     return prompt

@@ -8,9 +8,9 @@ import json
 
 import click
 
-from ..errors import HybridInferError
 from ..eval.perplexity import perplexity as measure_perplexity
 from .options import model_options, open_engine, runtime_settings
+from .text_files import MAX_SCORED_TEXT_BYTES, read_text_file
 
 
 @click.command()
@@ -20,11 +20,7 @@ from .options import model_options, open_engine, runtime_settings
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def perplexity(text_file, max_chunks, as_json, **kwargs):
     """Perplexity over chunks of -c tokens (default 512), llama.cpp's method."""
-    try:
-        with open(text_file, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HybridInferError(f"cannot read {text_file} as UTF-8 text ({exc})") from None
+    text = read_text_file(text_file, "the text file", MAX_SCORED_TEXT_BYTES)
     model_path, options = runtime_settings(kwargs)
     chunk = options.n_ctx or 512
     engine = open_engine(model_path, dataclasses.replace(options, n_ctx=max(chunk, 4)))
