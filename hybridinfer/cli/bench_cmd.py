@@ -9,6 +9,7 @@ import json
 import click
 
 from ..hybrid.report import report_lines
+from ..options import thread_count
 from .options import model_options, open_engine, runtime_settings
 
 
@@ -113,7 +114,7 @@ def _kernels(formats: str, repetitions: int, n_threads: int | None, as_json: boo
 
     from ..eval import kernel_bench
     from ..errors import HybridInferError
-    threads = n_threads or numba.config.NUMBA_NUM_THREADS
+    threads = thread_count(n_threads) if n_threads is not None else numba.config.NUMBA_NUM_THREADS
     try:
         machine, results = kernel_bench.run(threads, 1024, max(repetitions, 7), 2, formats.split(","))
     except ValueError as error:

@@ -8,7 +8,26 @@ Pieces must be complete text (the detokenizer's job is to hold back partial UTF-
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
+
+from ..errors import ArgumentTypeError
+
+
+def stop_list(stop: Any) -> list[str]:
+    """The Python API's `stop` argument as a list: None, one string (one stop string, as the server's `stop`
+    takes it) or an iterable of strings; anything else is an ArgumentTypeError."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (bytes, dict)) or not isinstance(stop, Iterable):
+        raise ArgumentTypeError(f"stop must be a string or a list of strings, got {stop!r:.60} ({type(stop).__name__})")
+    stops = list(stop)
+    for item in stops:
+        if not isinstance(item, str):
+            raise ArgumentTypeError(f"stop must be a string or a list of strings; it holds {item!r:.40} "
+                                    f"({type(item).__name__})")
+    return stops
 
 
 class StopStringMatcher:
