@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -15,12 +17,14 @@ import torch
 from .errors import HybridInferError
 from .generation.generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .generation.sampling import Sampler, SamplerSettings
+from .generation.stop_strings import stop_list
 from .kernels import compile_time
 from .kernels.compile_time import Stopwatch
 from .model_file.config import ModelConfig
 from .model_file.fingerprint import Fingerprint
-from .model_file.gguf_file import GGUFFile
-from .options import RunOptions
+from .model_file.gguf_file import GGUFFile, require_regular_file
+from . import options as check
+from .options import RunOptions, thread_count
 from .reference.model import Transformer
 from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu,
                                    require_sparse_activation)
@@ -40,20 +44,69 @@ PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the at
 BACKENDS = ("packed", "reference")  # numba kernels over the file's own formats; plain torch float32 (the oracle)
 
 
+class _OneAtATime:
+    """An engine's lock. The thread that holds it may call in again (the steps of a generation, logits inside
+    `every_neuron`), except while its stream waits for the next request of a chunk: a call then would wait for
+    itself forever (and rewrite the cache the stream reads), so it is refused."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holder: int | None = None
+        self._stream_waiting = False
+
+    @contextmanager
+    def held(self, call: str) -> Iterator[None]:
+        if self._holder == threading.get_ident():
+            if self._stream_waiting:
+                raise HybridInferError(f"{call}() was called while a stream of this engine is still open in the same "
+                                       "thread: iterate that stream to its end or close() it first (or load a "
+                                       "second engine)")
+            yield
+            return
+        with self._lock:
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    @contextmanager
+    def stream_waits(self) -> Iterator[None]:
+        """While the holder's stream has handed out a chunk and waits to be asked for the next."""
+        self._stream_waiting = True
+        try:
+            yield
+        finally:
+            self._stream_waiting = False
+
+
+def _one_at_a_time(method):
+    """`method` run holding its engine's lock (`_OneAtATime`)."""
+    @functools.wraps(method)
+    def holding(engine, *args, **kwargs):
+        with engine._calls.held(method.__name__):
+            return method(engine, *args, **kwargs)
+    return holding
+
+
 class Engine:
-    """One loaded model with its KV cache. `tokens` is what the cache holds, so a later prompt that starts
-    with the same tokens (a chat, a repeated system prompt) only evaluates what is new."""
+    """One loaded model with its KV cache. `held` is what the cache holds, so a later prompt that starts
+    with the same tokens (a chat, a repeated system prompt) only evaluates what is new.
+
+    Threads may share an engine: its calls run one at a time, each waiting for the other threads' (a stream holds
+    the engine from its first chunk until its last, or until it is closed). A call from the thread whose stream is
+    still open raises HybridInferError: finish or close() the stream first."""
 
     def __init__(self, path: str, options: RunOptions | None = None, **fields):
         """`options`, or its fields as keywords (which override it): see `options.RunOptions`."""
         o = self.options = RunOptions.of(options, **fields)
+        self.path = check.path_argument(path, "path")
         start, compiled = time.perf_counter(), compile_time.seconds()
         if o.n_threads is not None:
-            if o.n_threads < 1:
-                raise HybridInferError(f"-t/--threads must be at least 1, got {o.n_threads}")
-            torch.set_num_threads(o.n_threads)
-            numba.set_num_threads(min(o.n_threads, numba.config.NUMBA_NUM_THREADS))
-        self.path = str(path)
+            threads = thread_count(o.n_threads)
+            torch.set_num_threads(threads)
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        self._calls = _OneAtATime()
         self._fingerprint: Fingerprint | None = None
         self.split = None
         self.startup: dict[str, float | bool] = {}  # ms per stage of the load, compilation apart (`startup_report`)
@@ -149,6 +202,7 @@ class Engine:
         apart) and this process's peak resident set so far (anonymous and file-backed pages)."""
         return {**self.startup, "peak_rss_bytes": peak_rss_bytes()}
 
+    @_one_at_a_time
     def warmup(self) -> None:
         """Evaluate a two-token batch and one token, then forget them: every kernel the prompt and the decoding
         loop call compiles (or loads from the disk cache) now. The statistics of sparse modes start afresh."""
@@ -219,15 +273,16 @@ class Engine:
         """Every neuron computed for the duration (profiling, the dense side of perplexity): the sparse FFN
         unplugged, and the GPU side of a hybrid run ignoring its predictors (its split FFN then lets the
         activation decide, which equals the dense FFN)."""
-        side = self.hybrid
-        if side is not None:
-            side.predicting = False
-        try:
-            with self.model.every_neuron():
-                yield
-        finally:
+        with self._calls.held("every_neuron"):
+            side = self.hybrid
             if side is not None:
-                side.predicting = True
+                side.predicting = False
+            try:
+                with self.model.every_neuron():
+                    yield
+            finally:
+                if side is not None:
+                    side.predicting = True
 
     def _reference_sparse(self, exact: bool, predictor_set, sparsity):
         if sparsity is not None:
@@ -242,6 +297,7 @@ class Engine:
         """The predictor set of `path`. The packed backend without a GPU side reads only the packed predictors
         when the repack cache holds them: the set then has the shapes and thresholds but no float weights."""
         from .predictors.file import load_predictors
+        require_regular_file(path)  # before the repack cache looks at it
         self._predictor_cache = RepackCache(path, b"", PackedSparseFFN.PREDICTOR_CACHE_MODE)
         cached = False
         if self.backend == "packed" and not self.options.hybrid:
@@ -264,17 +320,21 @@ class Engine:
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of `text`; BOS first when `add_bos` (None: as the GGUF says, like llama.cpp)."""
-        return self.tokenizer.encode(text, add_bos=add_bos)
+        add_bos = None if add_bos is None else check.flag(add_bos, "add_bos")
+        return self.tokenizer.encode(check.text(text, "text"), add_bos=add_bos)
 
     def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(list(ids))
+        return self.tokenizer.decode(check.token_ids(ids, "ids"))
 
+    @_one_at_a_time
     def reset(self) -> None:
         self.held = [[] for _ in self.held]
 
+    @_one_at_a_time
     def hold_sequences(self, n: int) -> None:
         """Hold `n` sequences (slots) that `feed` and `step` decode, one at a time or together, each with its own
         KV cache of n_ctx // n positions (as llama.cpp's -np shares -c among its slots); what was held is gone."""
+        n = check.integer(n, "n")
         total = self.total_ctx
         if n < 1 or n > total:
             raise HybridInferError(f"--parallel must be from 1 to the context size {total}, got {n}")
@@ -286,6 +346,7 @@ class Engine:
             self.model.hold_sequences(n, self._n_ctx)
         self.held = [[] for _ in range(n)]
 
+    @_one_at_a_time
     def feed(self, tokens: list[int], sequence: int = 0) -> tuple[np.ndarray, int]:
         """Make `sequence`'s cache hold `tokens`; return the last position's logits (float32 [n_vocab]) and how
         many positions were evaluated. A prefix already in the cache is reused (at least one token is evaluated)."""
@@ -303,10 +364,12 @@ class Engine:
             held.extend(chunk)
         return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
 
+    @_one_at_a_time
     def held_prefix(self, tokens: list[int], sequence: int = 0) -> int:
         """How many of `tokens`, from the first, `sequence`'s cache already holds."""
         return _common_prefix(self.held[sequence], tokens)
 
+    @_one_at_a_time
     def step(self, tokens: list[int], sequences: list[int]) -> np.ndarray:
         """One more token for each of several distinct sequences, evaluated together (each weight row read once
         for all); float32 logits (N, n_vocab), row i what `feed` of sequences[i]'s tokens would give."""
@@ -318,9 +381,10 @@ class Engine:
             self.held[s].append(int(token))
         return logits.numpy()
 
+    @_one_at_a_time
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """float32 [len(token_ids), n_vocab], evaluated from an empty cache."""
-        token_ids = [int(t) for t in token_ids]
+        token_ids = check.token_ids(token_ids, "token_ids")
         if not token_ids:
             raise HybridInferError("logits() needs at least one token id")
         self._check_ids(token_ids)
@@ -337,16 +401,28 @@ class Engine:
                timings: Timings | None = None, **sampling) -> Iterator[GenerationChunk]:
         """An iterator of `GenerationChunk`s (text pieces) for a prompt given as text or token ids.
         Sampling options are SamplerSettings' fields (temperature, top_k, top_p, min_p, repeat_penalty, ...).
-        Bad options and prompts raise here, before anything is generated."""
+        Bad options and prompts raise here, before anything is generated. The engine is held from the first chunk
+        until the last, or until the iterator is closed (`Engine`)."""
+        return self._stream("stream", prompt, max_tokens, stop, timings, sampling)
+
+    def _stream(self, call: str, prompt, max_tokens, stop, timings, sampling: dict) -> Iterator[GenerationChunk]:
         prompt_tokens = self._prompt_tokens(prompt)
+        max_tokens, stop = check.integer(max_tokens, "max_tokens"), stop_list(stop)
+        check.known_fields(SamplerSettings, sampling, "sampling option")
         sampler = Sampler(SamplerSettings(**sampling))
-        return stream_generate(self, prompt_tokens, sampler, max_tokens, stop, timings)
+        return self._held_throughout(call, stream_generate(self, prompt_tokens, sampler, max_tokens, stop, timings))
+
+    def _held_throughout(self, call: str, chunks: Iterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+        with self._calls.held(call):
+            for chunk in chunks:
+                with self._calls.stream_waits():
+                    yield chunk
 
     def generate(self, prompt: str | list[int], max_tokens: int = -1, stop: list[str] | None = None,
                  **sampling) -> GenerationResult:
         timings = self.new_timings()
         pieces, tokens, finish = [], [], "length"
-        for chunk in self.stream(prompt, max_tokens, stop, timings, **sampling):
+        for chunk in self._stream("generate", prompt, max_tokens, stop, timings, sampling):
             pieces.append(chunk.text)
             if chunk.token is not None:
                 tokens.append(chunk.token)
@@ -358,7 +434,10 @@ class Engine:
         return Timings(load_ms=self.load_ms, repack_ms=self.repack_ms, compile_ms=self.compile_ms)
 
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
-        tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if isinstance(prompt, str):
+            tokens = self.tokenizer.encode(prompt)
+        else:
+            tokens = check.token_ids(prompt, "prompt", "text (a str) or a list of token ids (ints)")
         if not tokens:
             raise HybridInferError("the prompt is empty; give some text with -p")
         self._check_ids(tokens)
