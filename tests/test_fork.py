@@ -1,7 +1,7 @@
 """A program that imports the package (or loads a model) and then forks, as Python's `multiprocessing` does on
 Linux and pre-forking servers do: the child loads a model and generates. numba's threading layer starts at the
-first kernel, not at import (`kernels/threads.py`); where the only layer is GNU OpenMP, which dies in a child
-forked after its parent ran it, the child gets a one-line error instead of a SIGTERM."""
+first kernel, not at import (`kernels/threads.py`); a child forked after its parent ran GNU OpenMP, which dies in
+such a child, gets a one-line error that says what to do instead of a SIGTERM, and doing it works."""
 
 import os
 import subprocess
@@ -53,13 +53,12 @@ def test_importing_starts_no_thread_pool_and_a_child_forked_after_import_generat
     assert "child: 0" in out, out
 
 
-def test_a_child_forked_after_its_parent_generated_generates_the_same_text():
-    out = run_forking(load_first=True)
+def test_a_child_forked_after_its_parent_generated_on_a_fork_safe_layer_generates_the_same_text():
+    out = run_forking(load_first=True, layer="workqueue")  # what the error below tells a user to do
     assert "child: 0" in out, out
 
 
 def test_a_child_forked_after_gnu_openmp_ran_gets_a_one_line_error_not_a_signal():
-    from numba.np.ufunc import parallel  # noqa: F401  (numba's layers load only when asked)
     try:
         from numba.np.ufunc import omppool
     except ImportError:

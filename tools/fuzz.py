@@ -35,16 +35,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+# GNU OpenMP, numba's default threading layer here, aborts a forked child; its work queue is fork-safe
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+
 import numpy as np  # noqa: E402
 
 from tools.gguf_mutants import Layout, mutate  # noqa: E402
 
-if not os.environ.get("NUMBA_THREADING_LAYER"):
-    from importlib.metadata import PackageNotFoundError, distribution
-    try:
-        distribution("tbb")  # the package's threading layer (kernels/threads.py), which survives a fork
-    except PackageNotFoundError:  # numba would take GNU OpenMP, which dies in a forked child; its work queue does not
-        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "prosparse-tiny.q8_0.gguf"

@@ -11,7 +11,7 @@
   simd, simd_rows, row_tiles the AVX-512 intrinsics and packed-row helpers the kernels inline
   formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
   compile_time               the time spent compiling, reported on its own line
-  threads                    numba's threading layer: TBB where present (fork- and thread-safe), started lazily
+  threads                    numba's threading layer, started at the first kernel; what a forked child gets
 
 A run compiles (or loads from numba's disk cache) only the kernels of its file's formats and its mode. numba
 checks only each function's own source file: a cached block of `cpu_layer` that calls a changed kernel would be
@@ -91,7 +91,7 @@ def _serialize_cache_writes() -> None:
 
 
 _serialize_cache_writes()
-threads.choose()  # the threading layer: chosen now, started at the first kernel (threads.start)
+threads.prepare()  # the threading layer starts at the first kernel (threads.start), not at import
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = _cache_dir()  # read when the kernel modules below are decorated
 

@@ -1,14 +1,13 @@
-"""numba's threading layer: which one runs the parallel kernels, and when it starts.
+"""numba's threading layer: when it starts, and what a forked child gets.
 
-The layer is chosen at import and started at the first kernel variant (`variants.specialization`) or model load,
-never at import, so that a program may import the package and then fork (Python's `multiprocessing` on Linux,
-pre-forking servers).
+The layer starts at the first kernel variant (`variants.specialization`) or model load, never at import, so that a
+program may import the package and then fork (Python's `multiprocessing` on Linux, pre-forking servers).
 
-Choice, unless $NUMBA_THREADING_LAYER says otherwise: Intel TBB (the `tbb` wheel, a dependency on x86-64 Linux),
-the one layer numba documents as both fork-safe and thread-safe, as fast per call as OpenMP. pip puts its library
-in the environment's `lib/`, which the dynamic loader does not search: it is loaded here by its path first, so that
-numba's TBB extension finds it by name. Without it numba falls back to GNU OpenMP, which cannot run in a child
-forked after its parent ran it: such a child gets a `HybridInferError` saying what to do, not a SIGTERM.
+numba picks the layer (GNU OpenMP here, unless $NUMBA_THREADING_LAYER names another). GNU OpenMP cannot run in a
+child forked after its parent ran it: such a child gets a `HybridInferError` saying what to do, not a SIGTERM.
+The fork-safe layers cost decode speed (docs/cpu-decoding.md): the work queue, which is not thread-safe either,
+and Intel TBB. pip puts the `tbb` wheel's library in the environment's `lib/`, which the dynamic loader does not
+search: when $NUMBA_THREADING_LAYER asks for TBB, it is loaded here by its path first, so that numba finds it.
 """
 
 from __future__ import annotations
@@ -41,10 +40,10 @@ def _load_tbb() -> bool:
     return False
 
 
-def choose() -> None:
-    """At import: TBB when present and the user named no layer."""
-    if not os.environ.get("NUMBA_THREADING_LAYER") and _load_tbb():
-        numba.config.THREADING_LAYER = "tbb"
+def prepare() -> None:
+    """At import: make the `tbb` wheel loadable when $NUMBA_THREADING_LAYER asks for TBB (or a layer TBB serves)."""
+    if os.environ.get("NUMBA_THREADING_LAYER", "").lower() in ("tbb", "safe", "threadsafe", "forksafe"):
+        _load_tbb()
 
 
 def start() -> None:
@@ -55,10 +54,16 @@ def start() -> None:
     if _forked_after_openmp:
         raise HybridInferError(
             "this process was forked after its parent ran the CPU kernels on GNU OpenMP threads, which cannot run in "
-            "a forked child: install the `tbb` package, set NUMBA_THREADING_LAYER=workqueue before the parent starts, "
-            "or start children with multiprocessing's 'spawn' method")
+            "a forked child: start children with multiprocessing's 'spawn' or 'forkserver' method, fork before the "
+            "parent loads a model, or start the parent with NUMBA_THREADING_LAYER=workqueue (or =tbb, with the `tbb` "
+            "package installed)")
     if not _started:
-        numba.get_num_threads()
+        try:
+            numba.get_num_threads()
+        except ValueError as exc:  # a layer named by NUMBA_THREADING_LAYER that cannot load
+            raise HybridInferError(f"numba's threading layer {numba.config.THREADING_LAYER!r} cannot start "
+                                   f"({str(exc).splitlines()[0]}): set NUMBA_THREADING_LAYER to tbb, omp or "
+                                   f"workqueue, or unset it") from None
         _started = True
 
 
