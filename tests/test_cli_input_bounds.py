@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 import hybridinfer
+from hybridinfer.text import calibration
 from hybridinfer.cli import chat_cmd, perplexity_cmd
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
@@ -97,6 +98,12 @@ def test_a_prompt_file_reads_as_text_mode_did(tiny, tmp_path):
 def test_the_perplexity_text_has_its_own_bound(tiny, monkeypatch):
     monkeypatch.setattr(perplexity_cmd, "MAX_SCORED_TEXT_BYTES", 2**20)  # the real bound, 256 MiB, reads as long
     assert "the text file /dev/zero is larger than 1 MiB" in refused("perplexity", "-m", tiny, "-f", "/dev/zero")
+
+
+def test_a_corpus_file_has_its_own_bound(tiny, monkeypatch):
+    monkeypatch.setattr(calibration, "MAX_CORPUS_BYTES", 2**20)
+    line = refused("sparsify", "-m", tiny, "--sparsity", "0.4", "--corpus", "/dev/zero", "-o", os.devnull)
+    assert "the corpus file /dev/zero is larger than 1 MiB" in line
 
 
 def test_a_chat_line_that_never_ends_is_refused(tiny, monkeypatch):

@@ -16,7 +16,7 @@ from ..engine import Engine
 from ..errors import HybridInferError
 from ..generation.generate import Timings
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
-from .text_files import MAX_PROMPT_BYTES
+from ..text.files import MAX_PROMPT_BYTES
 
 HELP = "commands: /clear starts over, /bye (or Ctrl-D) quits, Ctrl-C interrupts a reply"
 

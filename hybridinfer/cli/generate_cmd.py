@@ -10,7 +10,7 @@ import click
 from ..errors import HybridInferError
 from ..hybrid.report import hybrid_report, report_lines
 from .options import model_options, open_engine, runtime_settings, sampling_options, sampling_settings
-from .text_files import MAX_PROMPT_BYTES, read_text_file
+from ..text.files import MAX_PROMPT_BYTES, read_text_file
 
 
 @click.command()

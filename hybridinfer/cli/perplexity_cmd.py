@@ -10,7 +10,7 @@ import click
 
 from ..eval.perplexity import perplexity as measure_perplexity
 from .options import model_options, open_engine, runtime_settings
-from .text_files import MAX_SCORED_TEXT_BYTES, read_text_file
+from ..text.files import MAX_SCORED_TEXT_BYTES, read_text_file
 
 
 @click.command()

@@ -4,6 +4,7 @@ corpus.py) or the user's text files, tokenized and cut into chunks that each sta
 from __future__ import annotations
 
 from .corpus import build_corpus
+from .files import MAX_CORPUS_BYTES, read_text_file
 from ..errors import HybridInferError
 
 
@@ -11,14 +12,7 @@ def calibration_texts(files: list[str] | None, split: str = "train") -> list[str
     """The documents of `files` when given (each file one document), else the built-in corpus's `split`."""
     if not files:
         return build_corpus().split(split)
-    texts = []
-    for path in files:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                texts.append(handle.read())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HybridInferError(f"cannot read the corpus file {path} as UTF-8 text ({exc})") from None
-    return texts
+    return [read_text_file(path, "the corpus file", MAX_CORPUS_BYTES) for path in files]
 
 
 def token_chunks(tokenizer, texts: list[str], n_tokens: int, chunk_len: int) -> list[list[int]]:

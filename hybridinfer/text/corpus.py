@@ -24,6 +24,8 @@ import tokenize
 import zlib
 from dataclasses import dataclass, field
 
+from .files import MAX_CORPUS_BYTES, read_text_file
+
 # Top-level stdlib modules and packages read, in this order (those missing from the running Python are
 # skipped and listed in `Corpus.missing_modules`). Test packages, demos and vendored wheels are left out.
 STDLIB_MODULES = (
@@ -173,8 +175,7 @@ def pydoc_topic_documents(stdlib_dir: str) -> list[Document]:
 
 def user_documents(path: str) -> list[Document]:
     """Paragraphs (blank-line separated) of a text file; its split units are blocks of USER_LINES_PER_UNIT lines."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().splitlines()
+    lines = read_text_file(path, "the corpus file", MAX_CORPUS_BYTES, errors="replace").splitlines()
     documents, paragraph, start = [], [], 0
     name = os.path.basename(path)
     for index, line in enumerate(lines + [""]):
