@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import resource
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,6 +22,7 @@ from .model_file.config import ModelConfig
 from .model_file.fingerprint import Fingerprint
 from .model_file.gguf_file import GGUFFile, require_regular_file
 from . import options as check
+from .one_at_a_time import OneAtATime, one_at_a_time
 from .options import RunOptions, thread_count
 from .reference.model import Transformer
 from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu,
@@ -44,51 +43,6 @@ PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the at
 BACKENDS = ("packed", "reference")  # numba kernels over the file's own formats; plain torch float32 (the oracle)
 
 
-class _OneAtATime:
-    """An engine's lock. The thread that holds it may call in again (the steps of a generation, logits inside
-    `every_neuron`), except while its stream waits for the next request of a chunk: a call then would wait for
-    itself forever (and rewrite the cache the stream reads), so it is refused."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._holder: int | None = None
-        self._stream_waiting = False
-
-    @contextmanager
-    def held(self, call: str) -> Iterator[None]:
-        if self._holder == threading.get_ident():
-            if self._stream_waiting:
-                raise HybridInferError(f"{call}() was called while a stream of this engine is still open in the same "
-                                       "thread: iterate that stream to its end or close() it first (or load a "
-                                       "second engine)")
-            yield
-            return
-        with self._lock:
-            self._holder = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._holder = None
-
-    @contextmanager
-    def stream_waits(self) -> Iterator[None]:
-        """While the holder's stream has handed out a chunk and waits to be asked for the next."""
-        self._stream_waiting = True
-        try:
-            yield
-        finally:
-            self._stream_waiting = False
-
-
-def _one_at_a_time(method):
-    """`method` run holding its engine's lock (`_OneAtATime`)."""
-    @functools.wraps(method)
-    def holding(engine, *args, **kwargs):
-        with engine._calls.held(method.__name__):
-            return method(engine, *args, **kwargs)
-    return holding
-
-
 class Engine:
     """One loaded model with its KV cache. `held` is what the cache holds, so a later prompt that starts
     with the same tokens (a chat, a repeated system prompt) only evaluates what is new.
@@ -106,7 +60,7 @@ class Engine:
             threads = thread_count(o.n_threads)
             torch.set_num_threads(threads)
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        self._calls = _OneAtATime()
+        self._calls = OneAtATime()
         self._fingerprint: Fingerprint | None = None
         self.split = None
         self.startup: dict[str, float | bool] = {}  # ms per stage of the load, compilation apart (`startup_report`)
@@ -202,7 +156,7 @@ class Engine:
         apart) and this process's peak resident set so far (anonymous and file-backed pages)."""
         return {**self.startup, "peak_rss_bytes": peak_rss_bytes()}
 
-    @_one_at_a_time
+    @one_at_a_time
     def warmup(self) -> None:
         """Evaluate a two-token batch and one token, then forget them: every kernel the prompt and the decoding
         loop call compiles (or loads from the disk cache) now. The statistics of sparse modes start afresh."""
@@ -326,11 +280,11 @@ class Engine:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(check.token_ids(ids, "ids"))
 
-    @_one_at_a_time
+    @one_at_a_time
     def reset(self) -> None:
         self.held = [[] for _ in self.held]
 
-    @_one_at_a_time
+    @one_at_a_time
     def hold_sequences(self, n: int) -> None:
         """Hold `n` sequences (slots) that `feed` and `step` decode, one at a time or together, each with its own
         KV cache of n_ctx // n positions (as llama.cpp's -np shares -c among its slots); what was held is gone."""
@@ -346,7 +300,7 @@ class Engine:
             self.model.hold_sequences(n, self._n_ctx)
         self.held = [[] for _ in range(n)]
 
-    @_one_at_a_time
+    @one_at_a_time
     def feed(self, tokens: list[int], sequence: int = 0) -> tuple[np.ndarray, int]:
         """Make `sequence`'s cache hold `tokens`; return the last position's logits (float32 [n_vocab]) and how
         many positions were evaluated. A prefix already in the cache is reused (at least one token is evaluated)."""
@@ -364,12 +318,12 @@ class Engine:
             held.extend(chunk)
         return np.ascontiguousarray(logits[-1].numpy(), dtype=np.float32), len(tokens) - reuse
 
-    @_one_at_a_time
+    @one_at_a_time
     def held_prefix(self, tokens: list[int], sequence: int = 0) -> int:
         """How many of `tokens`, from the first, `sequence`'s cache already holds."""
         return _common_prefix(self.held[sequence], tokens)
 
-    @_one_at_a_time
+    @one_at_a_time
     def step(self, tokens: list[int], sequences: list[int]) -> np.ndarray:
         """One more token for each of several distinct sequences, evaluated together (each weight row read once
         for all); float32 logits (N, n_vocab), row i what `feed` of sequences[i]'s tokens would give."""
@@ -381,7 +335,7 @@ class Engine:
             self.held[s].append(int(token))
         return logits.numpy()
 
-    @_one_at_a_time
+    @one_at_a_time
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """float32 [len(token_ids), n_vocab], evaluated from an empty cache."""
         token_ids = check.token_ids(token_ids, "token_ids")
