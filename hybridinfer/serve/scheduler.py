@@ -79,9 +79,8 @@ class DecodeStats:
 
 class Scheduler:
     """`start`: decode on a thread of its own, started now; else the caller runs the loop (`run`) on a thread of
-    its choosing. The main thread decodes faster: numba's OpenMP workers are pooled per calling thread, and on a
-    2-core machine a second thread's pool measured 4 sequences at 10.5 t/s where the main thread's gave 12.6
-    (docs/cpu-decoding.md), so `serve` decodes on the main thread and answers HTTP on another."""
+    its choosing. The main thread decodes faster (numba's OpenMP workers are pooled per calling thread; measured in
+    docs/cpu-decoding.md), so `serve` decodes on the main thread and answers HTTP on another."""
 
     def __init__(self, engine, n_parallel: int = 1, max_queue: int = 64, start: bool = True):
         engine.hold_sequences(n_parallel)
