@@ -1,63 +1,107 @@
 """The one table of a LLaMA-family model's GGUF tensors: names and torch shapes (out, in), from the
-hyper-parameters. The converter writes these, `require_tensors` checks a file against them before any weight is
+hyper-parameters. Every module names a tensor through `tensor_name` (or `block_name` for per-layer data that is
+not a weight); the converter writes these, `require_tensors` checks a file against them before any weight is
 read, and the loaders (reference, packed, GPU side) take their shapes from here."""
 
 from __future__ import annotations
 
 from ..errors import HybridInferError
 
-DOWN = "ffn_down.weight"  # (n_embd, n_ff): llama.cpp's layout
-DOWN_T = "ffn_down_t.weight"  # (n_ff, n_embd): PowerInfer's transposed layout, row i = neuron i's output vector
+# The parts of each block `blk.{layer}.`: `tensor_name(part, layer)` is "blk.{layer}.{part}.weight".
+ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT = "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output"
+FFN_NORM, FFN_GATE, FFN_UP = "ffn_norm", "ffn_gate", "ffn_up"
+FFN_DOWN = "ffn_down"  # (n_embd, n_ff): llama.cpp's layout
+FFN_DOWN_T = "ffn_down_t"  # (n_ff, n_embd): PowerInfer's transposed layout, row i = neuron i's output vector
+FC1, FC2 = "fc1", "fc2"  # a predictor file's layer (PowerInfer's shape): fc1 (rank, n_embd), fc2 (n_ff, rank)
+LAYER_PARTS = (ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT, FFN_NORM, FFN_GATE, FFN_UP, FFN_DOWN, FFN_DOWN_T,
+               FC1, FC2)
+PROJECTIONS = (ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT, FFN_GATE, FFN_UP, FFN_DOWN)  # the matrices a token reads
+
+# The parts outside the blocks: `tensor_name(part)` is "{part}.weight".
+GLOBAL_PARTS = ("token_embd", "output_norm", "output")
+TOKEN_EMBD, OUTPUT_NORM, OUTPUT = (f"{part}.weight" for part in GLOBAL_PARTS)
+
+# Per-layer data that is not a weight, named by `block_name(part, layer)` ("blk.{layer}.{part}", no suffix): an
+# activation file's counts, a split file's masks, and the repack cache's packed matrices (runtime/repack_cache.py).
+ACTIVATION_COUNT = "activation_count"  # (n_ff,) int32
+GPU_IDX, GPU_BUCKET = "gpu_idx", "gpu_bucket"  # (n_ff,) int32: 1 where the neuron is on the GPU; its GPU row
+ATTN_QKV = "attn_qkv"  # attn_q, attn_k and attn_v's rows in one matrix
+ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T = "attn_qkv_t", "attn_output_t", "ffn_gate_up_t"  # TEAL's transposes
+
+
+def tensor_name(part: str, layer: int | None = None) -> str:
+    """A weight's name in a GGUF file: `tensor_name("attn_q", 3)` is "blk.3.attn_q.weight",
+    `tensor_name("output_norm")` is "output_norm.weight"."""
+    if (part in LAYER_PARTS) != (layer is not None) or (layer is None and part not in GLOBAL_PARTS):
+        raise ValueError(f"no tensor {part!r} with layer {layer}: the table (model_file/tensor_shapes.py) has "
+                         f"{', '.join(LAYER_PARTS)} per layer and {', '.join(GLOBAL_PARTS)} without one")
+    return f"{part}.weight" if layer is None else f"{block_name(part, layer)}.weight"
+
+
+def block_name(part: str, layer: int) -> str:
+    """"blk.{layer}.{part}": the prefix of the layer's weights, and the whole name of its data (`ACTIVATION_COUNT`,
+    `GPU_IDX`, ...)."""
+    return f"blk.{layer}.{part}"
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """(part, layer) of a tensor name, the inverse of `tensor_name` and `block_name`: "blk.3.attn_q.weight" gives
+    ("attn_q", 3), "output.weight" ("output", None)."""
+    stem = name.removesuffix(".weight")
+    if not stem.startswith("blk."):
+        return stem, None
+    _, layer, part = stem.split(".", 2)
+    return part, int(layer)
 
 
 def layer_shapes(n_embd: int, n_head: int, n_head_kv: int, head_dim: int, n_ff: int) -> dict[str, tuple[int, ...]]:
-    """Each block's tensors by name within the block (`blk.{i}.` + name)."""
+    """Each block's weights by part (`tensor_name(part, i)`), ffn_down in llama.cpp's layout."""
     q_rows, kv_rows = n_head * head_dim, n_head_kv * head_dim
     return {
-        "attn_norm.weight": (n_embd,),
-        "attn_q.weight": (q_rows, n_embd),  # rows permuted for adjacent-pair RoPE (GGUF convention)
-        "attn_k.weight": (kv_rows, n_embd),  # the same permutation
-        "attn_v.weight": (kv_rows, n_embd),
-        "attn_output.weight": (n_embd, q_rows),
-        "ffn_norm.weight": (n_embd,),
-        "ffn_gate.weight": (n_ff, n_embd),  # row i: neuron i's gate weights
-        "ffn_up.weight": (n_ff, n_embd),
-        DOWN: (n_embd, n_ff),
+        ATTN_NORM: (n_embd,),
+        ATTN_Q: (q_rows, n_embd),  # rows permuted for adjacent-pair RoPE (GGUF convention)
+        ATTN_K: (kv_rows, n_embd),  # the same permutation
+        ATTN_V: (kv_rows, n_embd),
+        ATTN_OUTPUT: (n_embd, q_rows),
+        FFN_NORM: (n_embd,),
+        FFN_GATE: (n_ff, n_embd),  # row i: neuron i's gate weights
+        FFN_UP: (n_ff, n_embd),
+        FFN_DOWN: (n_embd, n_ff),
     }
 
 
 def global_shapes(n_vocab: int, n_embd: int, tied_embeddings: bool) -> dict[str, tuple[int, ...]]:
-    shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    shapes = {TOKEN_EMBD: (n_vocab, n_embd), OUTPUT_NORM: (n_embd,)}
     if not tied_embeddings:
-        shapes["output.weight"] = (n_vocab, n_embd)
+        shapes[OUTPUT] = (n_vocab, n_embd)
     return shapes
 
 
 def tensor_shapes(n_vocab: int, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int,
                   tied_embeddings: bool, head_dim: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the model (ffn_down in llama.cpp's layout)."""
+    """Every tensor of the model by name (ffn_down in llama.cpp's layout)."""
     block = layer_shapes(n_embd, n_head, n_head_kv, head_dim or n_embd // n_head, n_ff)
     shapes = global_shapes(n_vocab, n_embd, tied_embeddings)
     for i in range(n_layer):
-        shapes.update({f"blk.{i}.{name}": shape for name, shape in block.items()})
+        shapes.update({tensor_name(part, i): shape for part, shape in block.items()})
     return shapes
 
 
 def expected_shape(config, name: str) -> tuple[int, ...]:
     """The shape tensor `name` must have in a model of `config` (a `config.ModelConfig`); ffn_down_t included."""
     c = config
-    if not name.startswith("blk."):
+    part, layer = split_name(name)
+    if layer is None:
         return global_shapes(c.n_vocab, c.n_embd, False)[name]
-    suffix = name.split(".", 2)[2]
-    if suffix == DOWN_T:
+    if part == FFN_DOWN_T:
         return (c.n_ff, c.n_embd)
-    return layer_shapes(c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff)[suffix]
+    return layer_shapes(c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff)[part]
 
 
 def down_name(file, layer: int) -> str:
     """The layer's down projection in this file: PowerInfer's transposed one when present."""
-    transposed = f"blk.{layer}.{DOWN_T}"
-    return transposed if transposed in file.tensors else f"blk.{layer}.{DOWN}"
+    transposed = tensor_name(FFN_DOWN_T, layer)
+    return transposed if transposed in file.tensors else tensor_name(FFN_DOWN, layer)
 
 
 def require_tensors(file, config) -> None:
@@ -65,8 +109,9 @@ def require_tensors(file, config) -> None:
     c = config
     for name in tensor_shapes(c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff, c.tied_embeddings,
                               c.head_dim):
-        if name.endswith(DOWN):
-            name = down_name(file, int(name.split(".")[1]))
+        part, layer = split_name(name)
+        if part == FFN_DOWN:
+            name = down_name(file, layer)
         shape = expected_shape(config, name)
         found = file.tensor(name)  # a missing tensor is a one-line error there
         if found.shape != shape:

@@ -9,7 +9,9 @@ import torch
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile
-from ..model_file.tensor_shapes import DOWN_T, down_name, require_tensors
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_DOWN_T, FFN_GATE, FFN_NORM,
+                                        FFN_UP, OUTPUT, OUTPUT_NORM, TOKEN_EMBD, down_name, require_tensors,
+                                        split_name, tensor_name)
 
 
 @dataclass
@@ -42,22 +44,22 @@ def load_weights(model: GGUFFile, config: ModelConfig) -> ModelWeights:
 
     def down(i: int) -> torch.Tensor:
         name = down_name(model, i)
-        return get(name).T.contiguous() if name.endswith(DOWN_T) else get(name)  # PowerInfer: rows are neurons
+        transposed = split_name(name)[0] == FFN_DOWN_T  # PowerInfer's layout: rows are neurons
+        return get(name).T.contiguous() if transposed else get(name)
 
     layers = []
     for i in range(c.n_layer):
-        p = f"blk.{i}."
         layers.append(LayerWeights(
-            attn_norm=get(p + "attn_norm.weight"),
-            attn_q=get(p + "attn_q.weight"),
-            attn_k=get(p + "attn_k.weight"),
-            attn_v=get(p + "attn_v.weight"),
-            attn_output=get(p + "attn_output.weight"),
-            ffn_norm=get(p + "ffn_norm.weight"),
-            ffn_gate=get(p + "ffn_gate.weight"),
-            ffn_up=get(p + "ffn_up.weight"),
+            attn_norm=get(tensor_name(ATTN_NORM, i)),
+            attn_q=get(tensor_name(ATTN_Q, i)),
+            attn_k=get(tensor_name(ATTN_K, i)),
+            attn_v=get(tensor_name(ATTN_V, i)),
+            attn_output=get(tensor_name(ATTN_OUTPUT, i)),
+            ffn_norm=get(tensor_name(FFN_NORM, i)),
+            ffn_gate=get(tensor_name(FFN_GATE, i)),
+            ffn_up=get(tensor_name(FFN_UP, i)),
             ffn_down=down(i),
         ))
-    token_embd = get("token_embd.weight")
-    output = token_embd if c.tied_embeddings else get("output.weight")
-    return ModelWeights(token_embd, layers, get("output_norm.weight"), output)
+    token_embd = get(TOKEN_EMBD)
+    output = token_embd if c.tied_embeddings else get(OUTPUT)
+    return ModelWeights(token_embd, layers, get(OUTPUT_NORM), output)
