@@ -47,11 +47,8 @@ def block_name(part: str, layer: int) -> str:
 def split_name(name: str) -> tuple[str, int | None]:
     """(part, layer) of a tensor name, the inverse of `tensor_name` and `block_name`: "blk.3.attn_q.weight" gives
     ("attn_q", 3), "output.weight" ("output", None)."""
-    stem = name.removesuffix(".weight")
-    if not stem.startswith("blk."):
-        return stem, None
-    _, layer, part = stem.split(".", 2)
-    return part, int(layer)
+    fields = name.split(".")
+    return (fields[2], int(fields[1])) if fields[0] == "blk" else (fields[0], None)
 
 
 def layer_shapes(n_embd: int, n_head: int, n_head_kv: int, head_dim: int, n_ff: int) -> dict[str, tuple[int, ...]]:

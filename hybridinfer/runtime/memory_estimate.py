@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
 from ..model_file.gguf_file import GGUFFile
+from ..model_file.tensor_shapes import PROJECTIONS, split_name
 
 GiB = 2**30
 
@@ -45,9 +46,6 @@ def buffer_bytes(config: ModelConfig, n_ctx: int, chunk: int) -> int:
     return chunk * per_token + 4 * c.n_head * n_ctx + 2 * 4 * n_ctx * c.rope_dim
 
 
-PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")  # blk.N.<name>.weight
-
-
 def estimate(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float32_weights: bool,
              transposed: bool = False) -> RunMemory:
     """`transposed`: the run also holds the layers' projections transposed (TEAL on the packed backend)."""
@@ -56,7 +54,7 @@ def estimate(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float3
     else:
         weights = sum(t.n_bytes for t in file.tensors.values())
     transposes = sum(t.n_bytes for name, t in file.tensors.items()
-                     if name.startswith("blk.") and name.split(".")[2] in PROJECTIONS) if transposed else 0
+                     if split_name(name)[0] in PROJECTIONS) if transposed else 0
     return RunMemory(weights, n_ctx * kv_bytes_per_position(config), buffer_bytes(config, n_ctx, chunk), transposes)
 
 

@@ -21,9 +21,14 @@ from gguf import GGMLQuantizationType as T
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
-from ..model_file.tensor_shapes import down_name, require_tensors
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_OUTPUT_T, ATTN_Q, ATTN_QKV, ATTN_QKV_T,
+                                        ATTN_V, FFN_DOWN, FFN_DOWN_T, FFN_GATE, FFN_GATE_UP_T, FFN_NORM, FFN_UP,
+                                        OUTPUT, OUTPUT_NORM, TOKEN_EMBD, block_name, down_name, require_tensors,
+                                        split_name, tensor_name)
 from ..kernels import compile_time, threads
-from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack, to_gguf_bytes
+from ..model_file.weight_formats import CPU_NATIVE_TYPES
+from ..kernels.formats import FORMAT_CODE
+from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import transpose_quantized
 from .repack_cache import RepackCache
 
@@ -56,7 +61,7 @@ class PackedLayer:
 
     @property
     def transposed_in_file(self) -> bool:
-        return self.source_down.name.endswith("ffn_down_t.weight")
+        return split_name(self.source_down.name)[0] == FFN_DOWN_T
 
     def ffn_down(self) -> PackedMatrix:
         """(n_embd, n_ff): the dense down projection."""
@@ -136,41 +141,41 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     def matrix(name: str) -> PackedMatrix:
         return stored.get(name) or kept(name, pack_any(tensor(name)), name)
 
-    def qkv(p: str) -> PackedMatrix:
-        names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
-        return stored.get(p + "attn_qkv") or kept(p + "attn_qkv", stacked([tensor(n) for n in names]), *names)
+    def qkv(i: int) -> PackedMatrix:
+        names, key = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)], block_name(ATTN_QKV, i)
+        return stored.get(key) or kept(key, stacked([tensor(n) for n in names]), *names)
 
     def vector(name: str) -> np.ndarray:
         return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
 
     layers = []
     for i in range(c.n_layer):
-        p = f"blk.{i}."
         down = tensor(down_name(model, i))  # PowerInfer's ffn_down_t, else ffn_down
         attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
         layer = PackedLayer(
-            attn_norm=vector(p + "attn_norm.weight"),
-            attn_qkv=qkv(p) if attention_here else None,
-            attn_output=matrix(p + "attn_output.weight") if attention_here else None,
-            ffn_norm=vector(p + "ffn_norm.weight"),
-            ffn_gate=matrix(p + "ffn_gate.weight") if ffn_here else None,
-            ffn_up=matrix(p + "ffn_up.weight") if ffn_here else None,
-            source_down=down, _down=stored.get(p + "ffn_down"), _down_t=stored.get(p + "ffn_down_t"))
+            attn_norm=vector(tensor_name(ATTN_NORM, i)),
+            attn_qkv=qkv(i) if attention_here else None,
+            attn_output=matrix(tensor_name(ATTN_OUTPUT, i)) if attention_here else None,
+            ffn_norm=vector(tensor_name(FFN_NORM, i)),
+            ffn_gate=matrix(tensor_name(FFN_GATE, i)) if ffn_here else None,
+            ffn_up=matrix(tensor_name(FFN_UP, i)) if ffn_here else None,
+            source_down=down, _down=stored.get(block_name(FFN_DOWN, i)),
+            _down_t=stored.get(block_name(FFN_DOWN_T, i)))
         if ffn_here:
-            name = p + ("ffn_down_t" if sparse else "ffn_down")
+            name = block_name(FFN_DOWN_T if sparse else FFN_DOWN, i)
             if name not in stored:
                 kept(name, layer.ffn_down_t() if sparse else layer.ffn_down(), down.name)
         if teal:
-            layer._qkv_t, layer._output_t = stored.get(p + "attn_qkv_t"), stored.get(p + "attn_output_t")
-            layer._gate_up_t = stored.get(p + "ffn_gate_up_t")
+            layer._qkv_t = stored.get(block_name(ATTN_QKV_T, i))
+            layer._output_t = stored.get(block_name(ATTN_OUTPUT_T, i))
+            layer._gate_up_t = stored.get(block_name(FFN_GATE_UP_T, i))
             if layer._qkv_t is None or layer._down_t is None:
-                for name, made_now in zip(TEAL_NAMES, layer.teal_transposes()):
-                    made[p + name] = made_now
+                for part, made_now in zip(TEAL_TRANSPOSES, layer.teal_transposes()):
+                    made[block_name(part, i)] = made_now
         layers.append(layer)
-    token_embd = matrix("token_embd.weight")
-    output = token_embd if c.tied_embeddings else None if output_on_gpu else \
-        matrix("output.weight")
-    weights = PackedWeights(token_embd, layers, vector("output_norm.weight"), output, 0.0)
+    token_embd = matrix(TOKEN_EMBD)
+    output = token_embd if c.tied_embeddings else None if output_on_gpu else matrix(OUTPUT)
+    weights = PackedWeights(token_embd, layers, vector(OUTPUT_NORM), output, 0.0)
     if made:  # written now, and read from the mapped entry from here on
         _use(weights, cache.save({**stored, **made}))
     weights.repack_seconds = time.perf_counter() - start - (compile_time.seconds() - compiled)  # compilation apart
@@ -187,18 +192,21 @@ def _views_file(packed: PackedMatrix, model: GGUFFile) -> bool:
 def _use(weights: PackedWeights, mapped: dict[str, PackedMatrix]) -> None:
     """Point the weights at the cache entry's mapped matrices, dropping the copies made at load."""
     tied = weights.output is weights.token_embd
-    weights.token_embd = mapped.get("token_embd.weight", weights.token_embd)
-    weights.output = weights.token_embd if tied else mapped.get("output.weight", weights.output)
-    parts = (("attn_qkv", "attn_qkv"), ("attn_output", "attn_output.weight"), ("ffn_gate", "ffn_gate.weight"),
-             ("ffn_up", "ffn_up.weight"), ("_down", "ffn_down"), ("_down_t", "ffn_down_t"),
-             ("_qkv_t", "attn_qkv_t"), ("_output_t", "attn_output_t"), ("_gate_up_t", "ffn_gate_up_t"))
+    weights.token_embd = mapped.get(TOKEN_EMBD, weights.token_embd)
+    weights.output = weights.token_embd if tied else mapped.get(OUTPUT, weights.output)
     for i, layer in enumerate(weights.layers):
-        for attribute, name in parts:
-            if f"blk.{i}.{name}" in mapped:
-                setattr(layer, attribute, mapped[f"blk.{i}.{name}"])
+        layer.attn_qkv = mapped.get(block_name(ATTN_QKV, i), layer.attn_qkv)
+        layer.attn_output = mapped.get(tensor_name(ATTN_OUTPUT, i), layer.attn_output)
+        layer.ffn_gate = mapped.get(tensor_name(FFN_GATE, i), layer.ffn_gate)
+        layer.ffn_up = mapped.get(tensor_name(FFN_UP, i), layer.ffn_up)
+        layer._down = mapped.get(block_name(FFN_DOWN, i), layer._down)
+        layer._down_t = mapped.get(block_name(FFN_DOWN_T, i), layer._down_t)
+        layer._qkv_t = mapped.get(block_name(ATTN_QKV_T, i), layer._qkv_t)
+        layer._output_t = mapped.get(block_name(ATTN_OUTPUT_T, i), layer._output_t)
+        layer._gate_up_t = mapped.get(block_name(FFN_GATE_UP_T, i), layer._gate_up_t)
 
 
-TEAL_NAMES = ("attn_qkv_t", "attn_output_t", "ffn_gate_up_t", "ffn_down_t")  # repack cache names, per layer
+TEAL_TRANSPOSES = (ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T, FFN_DOWN_T)  # repack cache parts, per layer
 
 
 def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
@@ -218,7 +226,7 @@ def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
 
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:
     """`pack`, or for a type the kernels do not read, the weight decoded to F32 (with a notice on stderr)."""
-    if tensor.type in SUPPORTED:
+    if tensor.type in CPU_NATIVE_TYPES:
         return pack(tensor)
     print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
           "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
@@ -232,7 +240,7 @@ def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
     cols = tensors[0].shape[1]
     rows = sum(t.shape[0] for t in tensors)
     qtype = tensors[0].type
-    if qtype in SUPPORTED and all(t.type == qtype for t in tensors):
+    if qtype in CPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
         raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
         return pack((raw, qtype, (rows, cols)))
     print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
@@ -256,6 +264,6 @@ def _transposed(raw, qtype: T, shape: tuple[int, int], values) -> PackedMatrix:
     if qtype in FLOAT_DTYPES:
         stored = np.ascontiguousarray(raw).view(FLOAT_DTYPES[qtype]).reshape(rows, cols)
         return pack((np.ascontiguousarray(stored.T), qtype, (cols, rows)))
-    if qtype in QUANT_FORMATS and rows % 32 == 0:  # numba, byte for byte what gguf.quants would give
+    if qtype in CPU_NATIVE_TYPES and rows % 32 == 0:  # quantized: numba, byte for byte what gguf.quants would give
         return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
     return pack((np.ascontiguousarray(values().T), T.F32, (cols, rows)))  # decoded to F32, as pack_any does
