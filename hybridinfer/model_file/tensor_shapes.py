@@ -31,7 +31,7 @@ ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T = "attn_qkv_t", "attn_output_t", "ffn_g
 
 def tensor_name(part: str, layer: int | None = None) -> str:
     """A weight's name in a GGUF file: `tensor_name("attn_q", 3)` is "blk.3.attn_q.weight",
-    `tensor_name("output_norm")` is "output_norm.weight"."""
+    `tensor_name("output_norm")` is "output_norm.weight"; a message's placeholder layer ("N") gives the pattern."""
     if (part in LAYER_PARTS) != (layer is not None) or (layer is None and part not in GLOBAL_PARTS):
         raise ValueError(f"no tensor {part!r} with layer {layer}: the table (model_file/tensor_shapes.py) has "
                          f"{', '.join(LAYER_PARTS)} per layer and {', '.join(GLOBAL_PARTS)} without one")
@@ -48,7 +48,9 @@ def split_name(name: str) -> tuple[str, int | None]:
     """(part, layer) of a tensor name, the inverse of `tensor_name` and `block_name`: "blk.3.attn_q.weight" gives
     ("attn_q", 3), "output.weight" ("output", None)."""
     fields = name.split(".")
-    return (fields[2], int(fields[1])) if fields[0] == "blk" else (fields[0], None)
+    if fields[0] == "blk" and len(fields) > 2 and fields[1].isdigit():
+        return fields[2], int(fields[1])
+    return fields[0], None
 
 
 def layer_shapes(n_embd: int, n_head: int, n_head_kv: int, head_dim: int, n_ff: int) -> dict[str, tuple[int, ...]]:

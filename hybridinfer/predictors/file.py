@@ -44,6 +44,7 @@ from ..atomic_file import atomic_output
 from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint
 from ..model_file.gguf_file import GGUFFile
+from ..model_file.tensor_shapes import FC1, FC2, tensor_name
 
 from .model import PredictorSet
 
@@ -63,14 +64,6 @@ METRIC_KEYS = {name: PREFIX + "metrics." + name
 TRAIN_KEYS = {name: PREFIX + "train." + name
               for name in ("target_recall", "tokens", "validation_tokens", "corpus", "seconds")}
 TENSOR_TYPES = {"f32": np.float32, "f16": np.float16}
-
-
-def fc1_name(index: int) -> str:
-    return f"blk.{index}.fc1.weight"
-
-
-def fc2_name(index: int) -> str:
-    return f"blk.{index}.fc2.weight"
 
 
 def save_predictors(path: str, predictors: PredictorSet, fingerprint: Fingerprint,
@@ -99,8 +92,8 @@ def save_predictors(path: str, predictors: PredictorSet, fingerprint: Fingerprin
                 _add_value(writer, key, value)
             dtype = TENSOR_TYPES[outtype]
             for i in range(predictors.n_layer):
-                writer.add_tensor(fc1_name(i), predictors.fc1[i].cpu().numpy().astype(dtype))
-                writer.add_tensor(fc2_name(i), predictors.fc2[i].cpu().numpy().astype(dtype))
+                writer.add_tensor(tensor_name(FC1, i), predictors.fc1[i].cpu().numpy().astype(dtype))
+                writer.add_tensor(tensor_name(FC2, i), predictors.fc2[i].cpu().numpy().astype(dtype))
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
@@ -146,8 +139,8 @@ def read_predictor_file(path: str, weights: bool = True) -> tuple[PredictorSet, 
     ranks = [int(r) for r in ranks]
     fc1, fc2 = [], []
     for i in range(n_layer):
-        fc1.append(_tensor(file, fc1_name(i), (ranks[i], n_embd), weights))
-        fc2.append(_tensor(file, fc2_name(i), (n_ff, ranks[i]), weights))
+        fc1.append(_tensor(file, tensor_name(FC1, i), (ranks[i], n_embd), weights))
+        fc2.append(_tensor(file, tensor_name(FC2, i), (n_ff, ranks[i]), weights))
     return PredictorSet(fc1, fc2, thresholds), file.metadata
 
 
@@ -177,7 +170,7 @@ def _open(path: str) -> GGUFFile:
     arch = file.architecture
     if arch != ARCH:
         hint = (" (a PowerInfer model with predictors inside: run `hybridinfer predictors import` on it)"
-                if "blk.0.fc1.weight" in file.tensors else "")
+                if tensor_name(FC1, 0) in file.tensors else "")
         raise HybridInferError(f"{path} is not a hybridinfer predictor file (its architecture is {arch or 'none'!r})"
                                f"{hint}")
     version = file.integer(VERSION_KEY, 0, 2**31 - 1, default=0)
@@ -221,7 +214,7 @@ def describe_predictor_file(path: str) -> dict[str, Any]:
         "n_embd": predictors.n_embd,
         "n_ff": predictors.n_ff,
         "parameters": predictors.n_params,
-        "tensor_type": file.tensor(fc1_name(0)).type.name,
+        "tensor_type": file.tensor(tensor_name(FC1, 0)).type.name,
         "bytes": sum(t.n_bytes for t in file.tensors.values()),
     }
     if SOURCE_PATH_KEY in metadata:

@@ -21,13 +21,14 @@ from ..model_file.dequantize import dequantize
 from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint
 from ..model_file.gguf_file import GGUFFile
+from ..model_file.tensor_shapes import FC1, FC2, FFN_GATE, split_name, tensor_name
 
 from .model import PredictorSet
 
 THRESHOLD_KEY = "powerinfer.sparse_threshold"
 CONFIG_FILE = "config.json"
 LAYER_FILE = re.compile(r"^model_(\d+)\.pt$")
-GGUF_TENSOR = re.compile(r"^blk\.(\d+)\.fc([12])\.weight$")
+STATE_DICT_KEYS = (f"{FC1}.weight", f"{FC2}.weight")  # a predictor module's torch keys (nn.Linear's)
 
 
 def import_powerinfer(source: str, config: ModelConfig, fingerprint: Fingerprint | None = None
@@ -55,8 +56,8 @@ def import_directory(path: str, config: ModelConfig) -> PredictorSet:
     fc1, fc2 = [], []
     for i in layers:
         state = _load_state_dict(numbered[i])
-        fc1.append(_weight(state, "fc1.weight", numbered[i]))
-        fc2.append(_weight(state, "fc2.weight", numbered[i]))
+        fc1.append(_weight(state, STATE_DICT_KEYS[0], numbered[i]))
+        fc2.append(_weight(state, STATE_DICT_KEYS[1], numbered[i]))
     _check_shapes(path, fc1, fc2, config)
     threshold = _directory_threshold(path)
     return PredictorSet(fc1, fc2, [threshold] * len(fc1))
@@ -66,18 +67,18 @@ def import_gguf(path: str, config: ModelConfig, fingerprint: Fingerprint | None 
     file = GGUFFile(path)
     found: dict[int, dict[str, str]] = {}
     for name in file.tensors:
-        match = GGUF_TENSOR.match(name)
-        if match:
-            found.setdefault(int(match.group(1)), {})[match.group(2)] = name
+        part, layer = split_name(name)
+        if part in (FC1, FC2) and layer is not None and name == tensor_name(part, layer):
+            found.setdefault(layer, {})[part] = name
     if not found:
-        raise HybridInferError(f"{path} has no blk.N.fc1.weight / fc2.weight tensors; "
+        raise HybridInferError(f"{path} has no {tensor_name(FC1, 'N')} / {tensor_name(FC2, 'N')} tensors; "
                                "it holds no PowerInfer predictors")
     layers = sorted(found)
     for i in layers:
-        if set(found[i]) != {"1", "2"}:
-            raise HybridInferError(f"{path}: layer {i} has only fc{''.join(found[i])}; the file is incomplete")
+        if set(found[i]) != {FC1, FC2}:
+            raise HybridInferError(f"{path}: layer {i} has only {''.join(found[i])}; the file is incomplete")
     _check_layers(path, layers, config)
-    if fingerprint is not None and "blk.0.ffn_gate.weight" in file.tensors:
+    if fingerprint is not None and tensor_name(FFN_GATE, 0) in file.tensors:
         try:
             file_config = ModelConfig.from_gguf(file)
         except HybridInferError:
@@ -85,8 +86,8 @@ def import_gguf(path: str, config: ModelConfig, fingerprint: Fingerprint | None 
         if file_config is not None:
             Fingerprint.of_model(file, file_config).check_matches(
                 fingerprint, path, "a PowerInfer model whose predictors were made")
-    fc1 = [torch.from_numpy(dequantize(file.tensor(found[i]["1"]))) for i in layers]
-    fc2 = [torch.from_numpy(dequantize(file.tensor(found[i]["2"]))) for i in layers]
+    fc1 = [torch.from_numpy(dequantize(file.tensor(found[i][FC1]))) for i in layers]
+    fc2 = [torch.from_numpy(dequantize(file.tensor(found[i][FC2]))) for i in layers]
     _check_shapes(path, fc1, fc2, config)
     threshold = float(file.get(THRESHOLD_KEY, 0.0))
     return PredictorSet(fc1, fc2, [threshold] * len(fc1))
@@ -106,10 +107,10 @@ def _check_layers(path: str, layers: list[int], config: ModelConfig) -> None:
 def _check_shapes(path: str, fc1: list[torch.Tensor], fc2: list[torch.Tensor], config: ModelConfig) -> None:
     for i, (a, b) in enumerate(zip(fc1, fc2)):
         if a.ndim != 2 or a.shape[1] != config.n_embd:
-            raise HybridInferError(f"{path}: layer {i} fc1.weight has shape {tuple(a.shape)}, expected (D, "
+            raise HybridInferError(f"{path}: layer {i} {STATE_DICT_KEYS[0]} has shape {tuple(a.shape)}, expected (D, "
                                    f"{config.n_embd}) for this model's n_embd; the predictors are for another model")
         if b.ndim != 2 or b.shape != (config.n_ff, a.shape[0]):
-            raise HybridInferError(f"{path}: layer {i} fc2.weight has shape {tuple(b.shape)}, expected "
+            raise HybridInferError(f"{path}: layer {i} {STATE_DICT_KEYS[1]} has shape {tuple(b.shape)}, expected "
                                    f"({config.n_ff}, {a.shape[0]}) for this model's n_ff and fc1's D; the predictors "
                                    "are for another model")
 
@@ -123,8 +124,8 @@ def _load_state_dict(path: str) -> dict:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise HybridInferError(f"{path} holds a {type(state).__name__}, not a state dict with fc1.weight and "
-                               "fc2.weight")
+        raise HybridInferError(f"{path} holds a {type(state).__name__}, not a state dict with "
+                               f"{' and '.join(STATE_DICT_KEYS)}")
     return state
 
 
