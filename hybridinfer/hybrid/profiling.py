@@ -27,6 +27,7 @@ from ..atomic_file import atomic_output
 from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
 from ..model_file.gguf_file import GGUFFile
+from ..model_file.tensor_shapes import ACTIVATION_COUNT, block_name
 
 if TYPE_CHECKING:  # the engine imports the hybrid runtime, which reads profiles: no import back
     from ..engine import Engine
@@ -106,7 +107,7 @@ def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
         writer.add_uint64(N_TOKENS_KEY, profile.n_tokens)
         profile.fingerprint.write(writer)
         for i, layer_counts in enumerate(profile.counts):
-            writer.add_tensor(f"blk.{i}.activation_count", layer_counts.astype(np.int32))
+            writer.add_tensor(block_name(ACTIVATION_COUNT, i), layer_counts.astype(np.int32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -122,7 +123,7 @@ def load_profile(path: str | os.PathLike, model_fingerprint: Fingerprint | None 
 
 
 def _counts(file: GGUFFile, layer: int, n_ff: int) -> np.ndarray:
-    tensor = file.tensor(f"blk.{layer}.activation_count")
+    tensor = file.tensor(block_name(ACTIVATION_COUNT, layer))
     if tensor.shape != (n_ff,) or tensor.type.name not in ("I8", "I16", "I32", "I64"):
         raise HybridInferError(f"{file.path}: tensor {tensor.name} is {tensor.type.name} {tensor.shape}, expected "
                                f"{n_ff} integer counts; the file is corrupt: run `hybridinfer profile` again")

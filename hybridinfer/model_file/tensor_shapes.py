@@ -24,7 +24,8 @@ TOKEN_EMBD, OUTPUT_NORM, OUTPUT = (f"{part}.weight" for part in GLOBAL_PARTS)
 # Per-layer data that is not a weight, named by `block_name(part, layer)` ("blk.{layer}.{part}", no suffix): an
 # activation file's counts, a split file's masks, and the repack cache's packed matrices (runtime/repack_cache.py).
 ACTIVATION_COUNT = "activation_count"  # (n_ff,) int32
-GPU_IDX, GPU_BUCKET = "gpu_idx", "gpu_bucket"  # (n_ff,) int32: 1 where the neuron is on the GPU; its GPU row
+GPU_IDX = "gpu_idx"  # (n_ff,) int32: 1 where the neuron is on the GPU
+GPU_BUCKET = "gpu_bucket"  # int32: the GPU's neurons, sorted (PowerInfer's gpuidx files only)
 ATTN_QKV = "attn_qkv"  # attn_q, attn_k and attn_v's rows in one matrix
 ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T = "attn_qkv_t", "attn_output_t", "ffn_gate_up_t"  # TEAL's transposes
 

@@ -30,6 +30,7 @@ from ...atomic_file import atomic_output
 from ...errors import HybridInferError
 from ...model_file.fingerprint import Fingerprint, open_model_artefact
 from ...model_file.gguf_file import GGUFFile
+from ...model_file.tensor_shapes import GPU_BUCKET, GPU_IDX, block_name
 
 ARCH = "hybridinfer-split"
 _KEY = "hybridinfer.split."
@@ -80,7 +81,7 @@ def save_split(split: Split, path: str | os.PathLike) -> None:
         writer.add_uint64(_KEY + "hot_bytes", split.hot_bytes)
         writer.add_float32(_KEY + "gpu_share", split.gpu_share)
         for i, mask in enumerate(split.masks()):
-            writer.add_tensor(f"blk.{i}.gpu_idx", mask.astype(np.int32))
+            writer.add_tensor(block_name(GPU_IDX, i), mask.astype(np.int32))
         _finish(writer)
 
 
@@ -104,7 +105,7 @@ def load_split(path: str | os.PathLike, model_fingerprint: Fingerprint) -> Split
 
 
 def _mask(file: GGUFFile, layer: int, n_ff: int) -> np.ndarray:
-    tensor = file.tensor(f"blk.{layer}.gpu_idx")
+    tensor = file.tensor(block_name(GPU_IDX, layer))
     if tensor.shape != (n_ff,) or tensor.type.name not in ("I8", "I16", "I32", "I64"):
         raise HybridInferError(f"{file.path}: tensor {tensor.name} is {tensor.type.name} {tensor.shape}, expected "
                                f"{n_ff} integer flags; the file is corrupt: re-run `hybridinfer split`")
@@ -116,8 +117,8 @@ def export_powerinfer_gpuidx(split: Split, path: str | os.PathLike) -> None:
         writer = gguf.GGUFWriter(partial, "generic.gpu_index")
         writer.add_uint64("split.vram_capacity", split.vram_budget)
         for i, (mask, hot) in enumerate(zip(split.masks(), split.hot)):
-            writer.add_tensor(f"blk.{i}.gpu_idx", mask.astype(np.int32))
-            writer.add_tensor(f"blk.{i}.gpu_bucket", hot.astype(np.int32))
+            writer.add_tensor(block_name(GPU_IDX, i), mask.astype(np.int32))
+            writer.add_tensor(block_name(GPU_BUCKET, i), hot.astype(np.int32))
         _finish(writer)
         with open(partial, "r+b") as handle:
             handle.write(b"PWRI")
