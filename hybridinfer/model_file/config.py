@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import HybridInferError
 from .gguf_file import GGUFFile
+from .tensor_shapes import OUTPUT, TOKEN_EMBD
 
 ACTIVATION_KEY = "hybridinfer.ffn_activation"
 THRESHOLD_KEY = "hybridinfer.ffn_activation_threshold"
@@ -84,7 +85,7 @@ class ModelConfig:
             context_length=meta.int("context_length", 1, 2**31 - 1, default=2048),
             activation=activation,
             activation_threshold=meta.float(THRESHOLD_KEY, 0.0, absolute=True) if activation == "fatrelu" else 0.0,
-            tied_embeddings="output.weight" not in model.tensors,
+            tied_embeddings=OUTPUT not in model.tensors,
             embedding_scale=meta.float("embedding_scale", 12.0) if is_minicpm else 1.0,
             residual_scale=meta.float("residual_scale", 1.4 / math.sqrt(n_layer)) if is_minicpm else 1.0,
             logit_scale=meta.float("logit_scale", 1.0, low=1e-30) if is_minicpm else 1.0,
@@ -98,8 +99,8 @@ MAX_LAYERS = 4096
 def _vocab_size(model: GGUFFile, meta: "_Metadata") -> int:
     tokens = model.get("tokenizer.ggml.tokens")
     default = len(tokens) if isinstance(tokens, list) and tokens else None
-    if default is None and "token_embd.weight" in model.tensors:
-        default = model.tensor("token_embd.weight").shape[0]
+    if default is None and TOKEN_EMBD in model.tensors:
+        default = model.tensor(TOKEN_EMBD).shape[0]
     return meta.int("vocab_size", 1, 2**31 - 1, default=default)
 
 

@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .dequantize import dequantize_rows
 from ..errors import HybridInferError
 from .gguf_file import GGUFFile
+from .tensor_shapes import FFN_GATE, tensor_name
 
 SHAPE_KEY = "hybridinfer.fingerprint.shape"
 PROBE_KEY = "hybridinfer.fingerprint.probe"
@@ -39,7 +40,7 @@ class Fingerprint:
         direction /= np.linalg.norm(direction)
         probe = []
         for layer in sorted({0, config.n_layer - 1}):
-            rows = dequantize_rows(model.tensor(f"blk.{layer}.ffn_gate.weight"), PROBE_ROWS)
+            rows = dequantize_rows(model.tensor(tensor_name(FFN_GATE, layer)), PROBE_ROWS)
             probe.extend((rows @ direction).tolist())
         return cls(shape, tuple(float(v) for v in probe))
 
