@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType as T
 from ..atomic_file import atomic_output, check_destination
 from ..model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
 from ..errors import HybridInferError
+from ..model_file.tensor_shapes import OUTPUT
 from .hf_config import HFModelSpec, read_spec
 from .hf_weights import SourceTensor, list_tensors
 from .quantize import OUTTYPES, encode, encoded_nbytes, stored_type
@@ -121,7 +122,7 @@ def _plan(hf_dir: Path, spec: HFModelSpec) -> dict[str, SourceTensor]:
             raise HybridInferError(f"{hf_dir}: unexpected tensor {hf_name}; this checkpoint is not a supported variant")
         by_gguf[name] = source
     if spec.tie_word_embeddings:
-        by_gguf.pop("output.weight", None)
+        by_gguf.pop(OUTPUT, None)
     plan = {}
     for name, shape in expected_shapes(spec).items():
         if name not in by_gguf:

@@ -11,6 +11,8 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
+from ..model_file.tensor_shapes import OUTPUT, TOKEN_EMBD
+
 OUTTYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
 CHUNK_BYTES = 32 << 20  # float32 input per quantization call
 
@@ -21,7 +23,7 @@ def stored_type(name: str, shape: tuple[int, ...], outtype: T, tied: bool) -> T:
     product. Rows whose length is not a multiple of the block size fall back to F16."""
     if len(shape) == 1 or outtype == T.F32:
         return T.F32
-    if outtype == T.Q4_0 and (name == "output.weight" or (tied and name == "token_embd.weight")):
+    if outtype == T.Q4_0 and (name == OUTPUT or (tied and name == TOKEN_EMBD)):
         outtype = T.Q8_0
     block_size = GGML_QUANT_SIZES[outtype][0]
     if shape[-1] % block_size:

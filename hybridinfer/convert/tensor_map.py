@@ -6,24 +6,26 @@ import re
 
 import numpy as np
 
-from ..model_file.tensor_shapes import tensor_shapes
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_DOWN, FFN_GATE, FFN_NORM,
+                                        FFN_UP, OUTPUT, OUTPUT_NORM, TOKEN_EMBD, split_name, tensor_name,
+                                        tensor_shapes)
 from .hf_config import HFModelSpec
 
 _GLOBAL = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
+    "model.embed_tokens.weight": TOKEN_EMBD,
+    "model.norm.weight": OUTPUT_NORM,
+    "lm_head.weight": OUTPUT,
 }
-_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+_LAYER = {  # the HF name within a layer -> the GGUF part (`tensor_name(part, layer)`)
+    "input_layernorm.weight": ATTN_NORM,
+    "self_attn.q_proj.weight": ATTN_Q,
+    "self_attn.k_proj.weight": ATTN_K,
+    "self_attn.v_proj.weight": ATTN_V,
+    "self_attn.o_proj.weight": ATTN_OUTPUT,
+    "post_attention_layernorm.weight": FFN_NORM,
+    "mlp.gate_proj.weight": FFN_GATE,
+    "mlp.up_proj.weight": FFN_UP,
+    "mlp.down_proj.weight": FFN_DOWN,
 }
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.bias)$")  # buffers some checkpoints store; never used
@@ -35,7 +37,7 @@ def gguf_name(hf_name: str) -> str | None:
         return _GLOBAL[hf_name]
     match = _LAYER_NAME.match(hf_name)
     if match and match.group(2) in _LAYER:
-        return f"blk.{match.group(1)}.{_LAYER[match.group(2)]}"
+        return tensor_name(_LAYER[match.group(2)], int(match.group(1)))
     return None
 
 
@@ -55,8 +57,9 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 def prepare(name: str, values: np.ndarray, spec: HFModelSpec) -> np.ndarray:
     """Apply the GGUF conventions to one tensor's float32 values."""
-    if name.endswith("attn_q.weight"):
+    part = split_name(name)[0]
+    if part == ATTN_Q:
         return permute_for_rope(values, spec.n_head)
-    if name.endswith("attn_k.weight"):
+    if part == ATTN_K:
         return permute_for_rope(values, spec.n_head_kv)
     return values
