@@ -18,6 +18,7 @@ import torch
 
 from ..finite_check import require_finite
 from ..model_file.config import ModelConfig
+from ..model_file.tensor_shapes import block_name
 from .weights import LayerWeights, ModelWeights
 
 
@@ -113,7 +114,7 @@ class Transformer:
             if timed:
                 self.attention_seconds += self._clock() - start
             x = x + self.ffn_block(index, layer, x) * c.residual_scale
-            require_finite(x, f"layer {index} (blk.{index}.*)", start_pos)
+            require_finite(x, f"layer {index} ({block_name('*', index)})", start_pos)
         x = rms_norm(x if all_logits else x[-1:], w.output_norm, c.rms_eps)
         return ((x @ w.output.T) / c.logit_scale).float().cpu()
 
