@@ -33,15 +33,15 @@ ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T = "attn_qkv_t", "attn_output_t", "ffn_g
 def tensor_name(part: str, layer: int | None = None) -> str:
     """A weight's name in a GGUF file: `tensor_name("attn_q", 3)` is "blk.3.attn_q.weight",
     `tensor_name("output_norm")` is "output_norm.weight"; a message's placeholder layer ("N") gives the pattern."""
-    if (part in LAYER_PARTS) != (layer is not None) or (layer is None and part not in GLOBAL_PARTS):
+    if part not in (GLOBAL_PARTS if layer is None else LAYER_PARTS):
         raise ValueError(f"no tensor {part!r} with layer {layer}: the table (model_file/tensor_shapes.py) has "
                          f"{', '.join(LAYER_PARTS)} per layer and {', '.join(GLOBAL_PARTS)} without one")
     return f"{part}.weight" if layer is None else f"{block_name(part, layer)}.weight"
 
 
 def block_name(part: str, layer: int) -> str:
-    """"blk.{layer}.{part}": the prefix of the layer's weights, and the whole name of its data (`ACTIVATION_COUNT`,
-    `GPU_IDX`, ...)."""
+    """The name "blk.{layer}.{part}": a layer's weight without its ".weight" suffix, or the whole name of a layer's
+    data (`ACTIVATION_COUNT`, `GPU_IDX`, the repack cache's `ATTN_QKV`, ...)."""
     return f"blk.{layer}.{part}"
 
 
