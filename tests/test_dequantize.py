@@ -1,16 +1,18 @@
-"""The loader's native decoders against the `gguf` package's dequantization, for every native type."""
+"""The loader's native decoders (`weight_formats.py`) against the `gguf` package's dequantization, for every
+format of the registry."""
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from hybridinfer.model_file.dequantize import NATIVE_TYPES, dequantize
+from hybridinfer.model_file.dequantize import dequantize
 from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.model_file.weight_formats import FORMATS
 from tiny_models import random_weights, stored_weights, write_tiny_gguf
 
 
-@pytest.mark.parametrize("weight_type", NATIVE_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("weight_type", tuple(FORMATS), ids=lambda t: t.name)
 def test_native_types_match_gguf_reference(tmp_path, weight_type):
     weights = random_weights(seed=int(weight_type) + 1)
     path = write_tiny_gguf(tmp_path / "m.gguf", weights, weight_type=weight_type)
