@@ -17,7 +17,8 @@ from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
 from hybridinfer.hybrid.placement.plan import gpu_layers_for, solve_split
 from hybridinfer.hybrid.placement.split_file import load_split, save_split
-from hybridinfer.hybrid.profiling import load_profile, profile_activations, save_profile
+from hybridinfer.runtime.activations import profile_activations
+from hybridinfer.hybrid.activations_file import load_profile, save_profile
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9, 33, 12]

@@ -9,7 +9,7 @@ import hybridinfer.gpu
 
 from hybridinfer.errors import HybridInferError
 from hybridinfer.gpu import kernels_for
-from hybridinfer.hybrid.profiling import pyplot
+from hybridinfer.plotting import pyplot
 
 
 def test_triton_kernels_without_triton_name_the_install(monkeypatch):

@@ -15,7 +15,8 @@ from hybridinfer.hybrid.setup import memory_model
 from hybridinfer.hybrid.placement.plan import solve_split
 from hybridinfer.hybrid.placement.sizes import parse_size
 from hybridinfer.hybrid.placement.solver import place
-from hybridinfer.hybrid.profiling import ActivationProfile, profile_activations, save_profile
+from hybridinfer.hybrid.activations_file import save_profile
+from hybridinfer.runtime.activations import ActivationProfile, profile_activations
 from tiny_models import random_weights, write_tiny_gguf
 
 

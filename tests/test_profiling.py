@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
-from hybridinfer.hybrid.profiling import (export_powerinfer, load_profile, plot_profile, profile_activations,
-                                          save_profile)
+from hybridinfer.runtime.activations import profile_activations
+from hybridinfer.hybrid.activations_file import export_powerinfer, load_profile, plot_profile, save_profile
 from tiny_models import random_weights, write_tiny_gguf
 
 THRESHOLD = 0.05

@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as T
 
 import hybridinfer
 from hybridinfer.cli.main import cli
-from hybridinfer.hybrid.profiling import run_observed
+from hybridinfer.runtime.activations import run_observed
 from hybridinfer.runtime.dense_ffn import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import load_thresholds

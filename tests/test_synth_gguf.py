@@ -8,7 +8,8 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 import hybridinfer
-from hybridinfer.hybrid.profiling import load_profile, profile_activations
+from hybridinfer.runtime.activations import profile_activations
+from hybridinfer.hybrid.activations_file import load_profile
 from tools.synth_gguf import firing_probabilities, quantize_q4_0, synthesize
 
 

@@ -30,7 +30,8 @@ from gguf import GGMLQuantizationType as T
 from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY, ModelConfig
 from hybridinfer.model_file.fingerprint import Fingerprint
 from hybridinfer.model_file.gguf_file import GGUFFile
-from hybridinfer.hybrid.profiling import ActivationProfile, save_profile
+from hybridinfer.hybrid.activations_file import save_profile
+from hybridinfer.runtime.activations import ActivationProfile
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
 from tests.tiny_models import add_spm_vocab, spm_vocab

@@ -8,7 +8,8 @@ import click
 from tqdm import tqdm
 
 from ..text.calibration import calibration_texts, token_chunks
-from ..hybrid.profiling import export_powerinfer, plot_profile, profile_activations, save_profile
+from ..runtime.activations import profile_activations
+from ..hybrid.activations_file import export_powerinfer, plot_profile, save_profile
 from ..options import RunOptions
 from .options import open_engine
 

@@ -10,7 +10,7 @@ from ..hybrid.setup import default_device, memory_model
 from ..hybrid.placement.plan import plot_split, solve_split, split_report
 from ..hybrid.placement.sizes import format_size, parse_size
 from ..hybrid.placement.split_file import export_powerinfer_gpuidx, save_split
-from ..hybrid.profiling import load_profile
+from ..hybrid.activations_file import load_profile
 from ..options import RunOptions
 from .options import open_engine
 from .runtime_options import load_predictor_set

@@ -18,7 +18,7 @@ from .placement.memory_model import GPUMemoryModel, kv_element_bytes_for
 from .placement.plan import solve_split
 from .placement.sizes import format_size, parse_size
 from .placement.split_file import Split, load_split
-from .profiling import load_profile
+from .activations_file import load_profile
 
 
 @dataclass

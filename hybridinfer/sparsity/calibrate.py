@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import HybridInferError
-from ..hybrid.profiling import run_dense, run_observed
+from ..runtime.activations import run_dense, run_observed
 from ..reference.sparse_ffn import require_silu
 from ..reference.sparse_inputs import CalibratedSparseInputs
 from ..runtime.teal import PackedTEAL

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..atomic_file import atomic_output
-from ..hybrid.profiling import pyplot
+from ..plotting import pyplot
 from .thresholds import SparsityThresholds
 
 

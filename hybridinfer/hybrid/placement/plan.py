@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...model_file.config import ModelConfig
-from ..profiling import ActivationProfile, pyplot
+from ...plotting import pyplot
+from ...runtime.activations import ActivationProfile
 from .memory_model import GPUMemoryModel
 from .solver import place
 from .split_file import Split

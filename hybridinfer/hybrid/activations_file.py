@@ -1,4 +1,4 @@
-"""Per-neuron activation frequencies: how often each FFN neuron fires, counted over calibration text.
+"""The activations file: per-neuron activation counts (`runtime/activations.py` counts them) on disk.
 
 A neuron fires for a token when its activation act(gate . x) is non-zero, i.e. above the FATReLU threshold.
 The counts decide which neurons are hot (kept on the GPU) and are stored in an activations file:
@@ -14,10 +14,7 @@ They can also be exported in PowerInfer's layout: activation/activation_{i}.pt, 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ContextManager
 
 import gguf
 import numpy as np
@@ -28,77 +25,11 @@ from ..errors import HybridInferError
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
 from ..model_file.gguf_file import GGUFFile
 from ..model_file.tensor_shapes import ACTIVATION_COUNT, block_name
-
-if TYPE_CHECKING:  # the engine imports the hybrid runtime, which reads profiles: no import back
-    from ..engine import Engine
+from ..plotting import pyplot
+from ..runtime.activations import ActivationProfile
 
 ARCH = "hybridinfer-activations"
 N_TOKENS_KEY = "hybridinfer.activations.n_tokens"
-
-
-@dataclass
-class ActivationProfile:
-    counts: np.ndarray  # (n_layer, n_ff) int64
-    n_tokens: int
-    fingerprint: Fingerprint
-
-    @property
-    def frequency(self) -> np.ndarray:
-        """(n_layer, n_ff): share of tokens for which each neuron fired."""
-        return self.counts / max(self.n_tokens, 1)
-
-    def layer_sparsity(self) -> np.ndarray:
-        """(n_layer,): share of (token, neuron) activations that were zero."""
-        return 1.0 - self.frequency.mean(axis=1)
-
-    def layer_skew(self, top_share: float = 0.2) -> np.ndarray:
-        """(n_layer,): share of all activations covered by the `top_share` most active neurons of each layer."""
-        ordered = -np.sort(-self.counts, axis=1)
-        top = max(1, int(round(top_share * self.counts.shape[1])))
-        totals = np.maximum(ordered.sum(axis=1), 1)
-        return ordered[:, :top].sum(axis=1) / totals
-
-    def summary(self) -> dict:
-        sparsity, skew = self.layer_sparsity(), self.layer_skew()
-        return {"n_tokens": self.n_tokens, "average_sparsity": float(sparsity.mean()),
-                "average_top20_coverage": float(skew.mean()),
-                "layers": [{"layer": i, "sparsity": float(s), "top20_coverage": float(k)}
-                           for i, (s, k) in enumerate(zip(sparsity, skew))]}
-
-
-def profile_activations(engine: Engine, chunks: list[list[int]],
-                        on_chunk: Callable[[int], None] | None = None) -> ActivationProfile:
-    """Run `chunks` (token lists) through the dense model, counting firing neurons per layer."""
-    config = engine.config
-    counts = torch.zeros((config.n_layer, config.n_ff), dtype=torch.int64)
-
-    def count(index: int, residual: torch.Tensor, activation: torch.Tensor) -> None:
-        counts[index] += (activation != 0).sum(dim=0)
-
-    run_observed(engine, chunks, count, on_chunk)
-    return ActivationProfile(counts.numpy(), sum(map(len, chunks)), engine.fingerprint)
-
-
-def run_observed(engine: Engine, chunks: list[list[int]], observer: Callable,
-                 on_chunk: Callable[[int], None] | None = None) -> None:
-    """Run `chunks` (token lists) through the dense model with `observer(layer, residual, activation)` called
-    for every layer (`PackedTransformer.observers`); `on_chunk(tokens)` after each chunk."""
-    engine.model.observers.append(observer)
-    try:
-        run_dense(engine, chunks, on_chunk)
-    finally:
-        engine.model.observers.remove(observer)
-
-
-def run_dense(engine: Engine, chunks: list[list[int]], on_chunk: Callable[[int], None] | None = None,
-              plugged: Callable[[], ContextManager] = nullcontext) -> None:
-    """Run `chunks` (token lists) through the dense model, with `plugged()` entered inside `every_neuron` (a part
-    that observes the dense model: TEAL calibration); `on_chunk(tokens)` after each chunk."""
-    with engine.every_neuron(), plugged():
-        for chunk in chunks:
-            engine.logits(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
 
 
 def save_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
@@ -137,17 +68,6 @@ def export_powerinfer(profile: ActivationProfile, directory: str | os.PathLike) 
     for i, layer_counts in enumerate(profile.counts):
         torch.save(torch.from_numpy(layer_counts.copy()), target / f"activation_{i}.pt")
     return target
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend; a one-line error naming the install when it is missing."""
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        raise HybridInferError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_profile(profile: ActivationProfile, path: str | os.PathLike) -> None:
