@@ -12,9 +12,8 @@ from gguf import quants
 from hybridinfer.kernels import cpu_layer, cpu_ops, reference
 from hybridinfer.kernels.cpu_quant import INT8_ERROR_BOUND, activation_buffers, prepare
 from hybridinfer.kernels.packed import pack, to_gguf_bytes
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
 from hybridinfer.reference.model import apply_rope, rms_norm
-
-FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
 
 
 @pytest.fixture
@@ -105,7 +104,7 @@ def test_ffn_activations_and_row_selection(rng):
     np.testing.assert_allclose(out, torch.nn.functional.silu(torch.from_numpy(gate)).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", FORMATS)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES)
 @pytest.mark.parametrize("float_activations", [True, False])
 @pytest.mark.parametrize("mode", ["predicted", "exact", "cats"])
 def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, mode):

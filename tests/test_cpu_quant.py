@@ -12,13 +12,13 @@ from hybridinfer.errors import HybridInferError
 from hybridinfer.kernels import cpu_quant, reference
 from hybridinfer.kernels.formats import FORMAT_CODE
 from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
 
-FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
-QUANTIZED = [T.Q8_0, T.Q4_0, T.Q4_1]
-# Every tolerance in one place. Float32 accumulation against the twin's float64, on the same decoded weights:
-# |kernel - twin| <= tolerance * magnitude, per output, where magnitude is the twin applied to |weights| and |x|
-# (the sum of the absolute terms, which sets the size of rounding errors however much the terms cancel).
-EXACT_TOLERANCE = {T.F32: 1e-5, T.F16: 1e-5, T.BF16: 1e-5, T.Q8_0: 1e-5, T.Q4_0: 1e-5, T.Q4_1: 1e-5}
+QUANTIZED = [f.type for f in CPU_NATIVE_FORMATS if f.quantized]
+# Every tolerance in one place. Float32 accumulation against the twin's float64, on the same decoded weights, for
+# every format: |kernel - twin| <= tolerance * magnitude, per output, where magnitude is the twin applied to |weights|
+# and |x| (the sum of the absolute terms, which sets the size of rounding errors however much the terms cancel).
+EXACT_TOLERANCE = 1e-5
 # The int8-activation path against the exact product: |out - W x| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (a bound,
 # documented in cpu_quant), plus the float tolerance.
 INT8_ERROR_BOUND = cpu_quant.INT8_ERROR_BOUND
@@ -45,12 +45,14 @@ def random_weight(rng, qtype, shape, raw=None):
 
 
 def weight_sizes(raw, qtype, shape):
-    """|w|, except |d| q + |m| for Q4_1 (value d q + m): the size of what a kernel adds up for each weight."""
-    if qtype != T.Q4_1:
+    """|w|, except |d| q + |m| where blocks have a minimum (value d q + m): the size of what a kernel adds up for
+    each weight."""
+    fmt = FORMATS[qtype]
+    if not fmt.has_minimum:
         return np.abs(reference.dequantized(raw, qtype, shape))
-    blocks = raw.reshape(-1, 20).copy()
-    blocks[:, 1] &= 0x7F  # clear the sign bits of the little-endian f16 d (bytes 0-1) and m (bytes 2-3)
-    blocks[:, 3] &= 0x7F
+    blocks = raw.reshape(-1, fmt.block_bytes).copy()
+    for field in fmt.fields:  # clear the sign bits of the little-endian f16 d and m
+        blocks[:, fmt.field_at(field) + 1] &= 0x7F
     return reference.dequantized(blocks.reshape(raw.shape), qtype, shape)
 
 
@@ -69,7 +71,7 @@ def random_rows(rng, n, fraction):
     return rng.choice(n, int(round(fraction * n)), replace=False).astype(np.int64)
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_pack_round_trips_to_the_gguf_values(rng, qtype):
     for shape in all_shapes(qtype):
         values = rng.standard_normal(shape, dtype=np.float32)
@@ -81,7 +83,7 @@ def test_pack_round_trips_to_the_gguf_values(rng, qtype):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_matvec(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
@@ -92,7 +94,7 @@ def test_matvec(rng, qtype, float_activations):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_matvec_rows(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
@@ -107,7 +109,7 @@ def test_matvec_rows(rng, qtype, float_activations):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_matmul_rows(rng, qtype, float_activations):
     """Gathered rows for several tokens: each token's result is the one-token product's, bit for bit."""
     for shape in all_shapes(qtype):
@@ -124,7 +126,7 @@ def test_matmul_rows(rng, qtype, float_activations):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_matmul(rng, qtype, float_activations):
     for shape in all_shapes(qtype):
         packed, values, sizes = random_weight(rng, qtype, shape)
@@ -140,7 +142,7 @@ def test_matmul(rng, qtype, float_activations):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_accumulate_rows(rng, qtype, float_activations):
     """Float coefficients (and float formats): against the twin. int8 coefficients: tightly against the twin that
     quantizes them the same way, and near the exact sum."""
@@ -156,10 +158,10 @@ def test_accumulate_rows(rng, qtype, float_activations):
             expected = reference.accumulate_rows(values_t, rows, coeffs)
             magnitude = reference.accumulate_rows(sizes_t, rows, np.abs(coeffs))
             if float_activations or qtype not in QUANTIZED:
-                assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
+                assert_close(out, expected, magnitude, EXACT_TOLERANCE)
                 continue
             assert_close(out, reference.accumulate_rows_int8(raw, qtype, shape, rows, coeffs), magnitude,
-                         EXACT_TOLERANCE[qtype])
+                         EXACT_TOLERANCE)
             if np.count_nonzero(coeffs) >= 8:  # int8 coefficients: ~5e-3 relative (RMS) to the exact sum
                 assert np.linalg.norm(out - expected) <= 2e-2 * np.linalg.norm(expected)
 
@@ -178,7 +180,7 @@ def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
     for chunks in (1, 2, 3, 7):
         out = np.full(shape[1], np.nan, dtype=np.float32)
         int8_accumulate(FORMAT_CODE[qtype])(packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
-        assert_close(out, twin, magnitude, EXACT_TOLERANCE[qtype])
+        assert_close(out, twin, magnitude, EXACT_TOLERANCE)
 
 
 def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
@@ -186,12 +188,12 @@ def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
     within the documented bound against the exact product."""
     expected, magnitude = twin(values, x), twin(sizes, np.abs(x))
     if float_activations or qtype not in QUANTIZED:
-        assert_close(out, expected, magnitude, EXACT_TOLERANCE[qtype])
+        assert_close(out, expected, magnitude, EXACT_TOLERANCE)
         return
-    assert_close(out, twin(values, reference.quantize_activations(x)), magnitude, EXACT_TOLERANCE[qtype])
+    assert_close(out, twin(values, reference.quantize_activations(x)), magnitude, EXACT_TOLERANCE)
     row_norms = np.sqrt(twin(values ** 2, np.ones_like(x)))  # ||W_row|| in the twin's output layout
     x_norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    assert np.all(np.abs(out - expected) <= INT8_ERROR_BOUND * row_norms * x_norms + EXACT_TOLERANCE[qtype] * magnitude)
+    assert np.all(np.abs(out - expected) <= INT8_ERROR_BOUND * row_norms * x_norms + EXACT_TOLERANCE * magnitude)
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
@@ -209,7 +211,7 @@ def test_prepared_activations_are_shared_across_matrices(rng, qtype):
         out = np.empty(packed.rows, dtype=np.float32)
         cpu_quant.matvec(packed, prepared, out)
         assert_close(out, reference.matvec(values, reference.quantize_activations(x)),
-                      reference.matvec(sizes, np.abs(x)), EXACT_TOLERANCE[qtype])
+                      reference.matvec(sizes, np.abs(x)), EXACT_TOLERANCE)
 
 
 def test_read_only_weights_are_packed_and_read(rng):
@@ -222,7 +224,7 @@ def test_read_only_weights_are_packed_and_read(rng):
         out = np.empty(5, dtype=np.float32)
         cpu_quant.matvec(packed, np.ones(64, np.float32), out, float_activations=True)
         values = reference.dequantized(raw, qtype, (5, 64))
-        assert_close(out, values.sum(axis=1), np.abs(values).sum(axis=1), EXACT_TOLERANCE[qtype])
+        assert_close(out, values.sum(axis=1), np.abs(values).sum(axis=1), EXACT_TOLERANCE)
 
 
 def test_errors_say_what_to_do(rng):

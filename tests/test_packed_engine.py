@@ -8,6 +8,7 @@ from gguf import GGMLQuantizationType as T
 
 import hybridinfer
 from hybridinfer.runtime.sparse_ffn import PackedSparseFFN
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
@@ -18,7 +19,7 @@ IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 N_FF = 256
 
 
-@pytest.fixture(scope="module", params=[T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.fixture(scope="module", params=CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def relu_model(request, tmp_path_factory):
     weights = random_weights(seed=41, n_ff=N_FF, gate_bias=-8.0)
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / f"relu-{request.param.name}.gguf", weights,

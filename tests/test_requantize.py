@@ -10,6 +10,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from hybridinfer.kernels.requantize import transpose_quantized
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.name.encode()))  # the same every run
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [f.type for f in CPU_NATIVE_FORMATS if f.quantized], ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", [(32, 32), (64, 96), (96, 64), (128, 4128)])
 def test_transpose_quantized_gives_gguf_bytes(rng, qtype, shape):
     values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 3.0)

@@ -13,6 +13,7 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.kernels import cpu_ops, reference
 from hybridinfer.kernels.packed import pack
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS
 from hybridinfer.runtime.weights import transposed_rows
 from hybridinfer.sparsity.calibrate import calibrate_thresholds, measure_sparsity, observe_sites
 from hybridinfer.sparsity.thresholds import SITES, load_thresholds
@@ -39,7 +40,7 @@ def test_select_inputs_matches_its_twin():
     assert np.array_equal(zeroed.reshape(-1), np.where(np.abs(values) >= 0.7, values, 0))
 
 
-@pytest.mark.parametrize("qtype", [T.F32, T.Q8_0, T.Q4_0, T.Q4_1])
+@pytest.mark.parametrize("qtype", [T.F32] + [f.type for f in CPU_NATIVE_FORMATS if f.quantized])
 def test_a_column_sparse_product_over_stacked_transposes_matches_its_twin(qtype):
     """The transposed stacked weights (gate/up as one matrix) read only the rows of the inputs that pass."""
     from gguf import quants

@@ -28,13 +28,14 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..kernels import cpu_quant
-from ..kernels.packed import QUANT_FORMATS, pack
+from ..kernels.packed import pack
+from ..model_file import weight_formats
 
 SHAPES = {"11008x4096 (gate/up)": (11008, 4096), "4096x11008 (down)": (4096, 11008), "4096x4096 (attn)": (4096, 4096)}
 SPARSE_SHAPE = (11008, 4096)  # gate/up rows for matvec_rows; down_t (neuron rows) for accumulate_rows
 FRACTIONS = (0.5, 0.2, 0.1)
 PREFILL_TOKENS = 32
-FORMATS = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
+FORMATS = {qtype.name.lower(): qtype for qtype in weight_formats.CPU_NATIVE_TYPES}
 
 
 @numba.njit(parallel=True, nogil=True, fastmath=True, cache=True)
@@ -74,7 +75,7 @@ def random_weight_bytes(rng, qtype: T, shape: tuple[int, int]) -> np.ndarray:
     if qtype in (T.F16, T.BF16):
         sign_mantissa, exponent = (0x83FF, 0x3800) if qtype == T.F16 else (0x807F, 0x3F00)
         return ((random_bits(rng, shape, np.uint16) & sign_mantissa) | exponent).view(np.uint8).reshape(rows, -1)
-    block_bytes, header = QUANT_FORMATS[qtype][:2]
+    block_bytes, header = weight_formats.FORMATS[qtype].block_bytes, weight_formats.FORMATS[qtype].header_bytes
     raw = random_bits(rng, (rows, cols // 32, block_bytes), np.uint8)
     halves = raw[:, :, :header].copy().view(np.uint16)
     raw[:, :, :header] = ((halves & 0x03FF) | 0x1C00).view(np.uint8)  # f16 scales (and minimums) ~ 2^-8

@@ -24,8 +24,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .formats import Q4_1, Q8_0
-from .packed import BLOCK, TILE
+from .formats import Q8_0
+from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
                    load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
@@ -40,9 +40,8 @@ _QUADS = INT8_BATCH // 4
 def _layout(kind, nb):
     """minimums (Q4_1), the unit shift and tile bytes of `unit_offsets`, the tile count and the stored byte's offset
     (the byte is qv - offset)."""
-    minimums = 1 if kind == Q4_1 else 0
-    return minimums, 1 - minimums, 512 if kind == Q8_0 else 256, (nb + TILE - 1) // TILE, \
-        -128 if kind == Q8_0 else -8
+    layout = QUANT_LAYOUTS[kind]
+    return layout.minimums, layout.shift, layout.tile_bytes, (nb + TILE - 1) // TILE, -layout.centre
 
 
 @njit(inline="always", **OPTIONS)
@@ -93,7 +92,7 @@ def _int8_merge(kind, parts, constants, nb, chunks, out):
         for b in range(nb):
             constant[b] += constants[k, b]
     n_tiles = (nb + TILE - 1) // TILE
-    groups, halves = (8, 1) if kind == Q8_0 else (4, 2)
+    groups, halves = QUANT_LAYOUTS[kind].groups, QUANT_LAYOUTS[kind].per_byte
     for t in range(n_tiles):
         for g in range(groups):
             for m in range(4):

@@ -17,11 +17,12 @@ from numba.extending import overload
 
 from .cpu_accumulate_int8 import int8_accumulate
 from .float_rows import float_accumulate, float_dot_rows
-from .formats import BF16, F16, F32
+from .formats import FORMAT_CODE
+from .packed import FLOAT_DTYPES
 from .quant_accumulate import quant_float_accumulate
 from .quant_dot import dot_rows
 
-_FLOAT_VIEWS = {F32: np.float32, F16: np.int16, BF16: np.uint16}  # how float weights' bytes are read
+_FLOAT_VIEWS = {FORMAT_CODE[qtype]: dtype for qtype, dtype in FLOAT_DTYPES.items()}  # how float weights' bytes are read
 ALL_ROWS = np.zeros(0, dtype=np.int64)  # the `rows` argument of a dense product
 
 

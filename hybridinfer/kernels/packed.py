@@ -4,14 +4,14 @@ Float formats keep GGUF's row-major layout; only the element type says how to re
 every kernel by dtype): F32 as float32, F16 as int16 holding the IEEE half bits, BF16 as uint16 bits.
 These are zero-copy views when the input is contiguous.
 
-Q8_0 / Q4_0 / Q4_1 rows hold the GGUF row's bytes (`nbytes` equals the file's bytes), rearranged so that 64
-contiguous bytes feed one AVX-512 instruction and a row reads as one forward stream (which the hardware
-prefetches; scales kept apart from their quants make long rows slower: docs/cpu-decoding.md, "Kernel design
-choices"). A row is a sequence of units:
+Quantized rows (Q8_0 / Q4_0 / Q4_1: the CPU-native formats of `model_file/weight_formats.py`) hold the GGUF
+row's bytes (`nbytes` equals the file's bytes), rearranged so that 64 contiguous bytes feed one AVX-512
+instruction and a row reads as one forward stream (which the hardware prefetches; scales kept apart from their
+quants make long rows slower: docs/cpu-decoding.md, "Kernel design choices"). A row is a sequence of units:
 
     unit = [ 64-byte header | quants of its tiles ]      row = units, then zero padding to 64 bytes
-    Q8_0, Q4_0: 2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
-    Q4_1:       1 tile a unit,  header = f16 d of the 16 blocks | f16 m of the 16 blocks
+    one f16 field (d: Q8_0, Q4_0):   2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
+    two f16 fields (d, m: Q4_1):     1 tile a unit,  header = f16 d of the 16 blocks | f16 m of the 16 blocks
 
 (slots of a short last tile are zero-padded to 32 bytes). Rows, units and groups of quants all start on
 64-byte boundaries, except the groups of a short last tile, so no load straddles two cache lines.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -40,14 +41,37 @@ from gguf import GGMLQuantizationType as T
 from ..model_file.dequantize import dequantize
 from ..errors import HybridInferError
 from ..model_file.gguf_file import GGUFTensor
-from .formats import FORMAT_CODE  # noqa: F401  (re-exported: the format code numba code branches on)
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
+from .formats import FORMAT_CODE, FORMAT_OF_CODE
 
 BLOCK = 32  # elements per quantization block
 TILE = 16  # blocks per tile: 16 lanes of 32 bits in one 512-bit register
-FLOAT_DTYPES = {T.F32: np.float32, T.F16: np.int16, T.BF16: np.uint16}
-# block bytes in GGUF, header bytes (f16 d, then f16 m for Q4_1), quant bytes per block, groups of 4 bytes per tile row
-QUANT_FORMATS = {T.Q8_0: (34, 2, 32, 8), T.Q4_0: (18, 2, 16, 4), T.Q4_1: (20, 4, 16, 4)}
-SUPPORTED = tuple(FLOAT_DTYPES) + tuple(QUANT_FORMATS)
+# how the kernels read a float format's stored values (numba specializes every kernel by dtype)
+FLOAT_DTYPES = {f.type: np.dtype(f.cpu_bits_type).type for f in CPU_NATIVE_FORMATS if not f.quantized}
+
+
+class QuantLayout(NamedTuple):
+    """A quantized format's packed rows as the numba kernels address them (see the module doc)."""
+
+    minimums: int  # 1 where blocks have a minimum m (its f16s follow the scales' in a unit's header), else 0
+    shift: int  # a unit holds 1 << shift tiles
+    tile_bytes: int  # quant bytes of a whole tile
+    groups: int  # groups of 4 quant bytes in a block
+    per_byte: int  # quants a byte holds: 1 (int8) or 2 (nibbles)
+    centre: int  # 2 ** (bits - 1), taken off a quant read as unsigned (an int8 with its sign bit flipped)
+
+
+def quant_layout(code: int) -> QuantLayout:
+    """The packed layout of the quantized format with kernel code `code` (zeros for a float format)."""
+    fmt = FORMAT_OF_CODE[code]
+    if not fmt.quantized:
+        return QuantLayout(0, 0, 0, 0, 0, 0)
+    tiles_per_unit = 32 // (TILE * len(fmt.fields))  # the header's 32 f16 slots: each tile's fields
+    return QuantLayout(int(fmt.has_minimum), tiles_per_unit.bit_length() - 1, TILE * fmt.quant_bytes,
+                       fmt.quant_bytes // 4, 8 // fmt.bits, 1 << (fmt.bits - 1))
+
+
+QUANT_LAYOUTS = tuple(quant_layout(code) for code in range(len(FORMAT_OF_CODE)))  # by code, as numba code reads them
 
 
 @dataclass(frozen=True)
@@ -70,7 +94,7 @@ class PackedMatrix:
         """GGUF bytes of one row."""
         if self.qtype in FLOAT_DTYPES:
             return self.cols * self.data.itemsize
-        return self.n_blocks * QUANT_FORMATS[self.qtype][0]
+        return self.n_blocks * FORMATS[self.qtype].block_bytes
 
     @property
     def n_blocks(self) -> int:
@@ -78,7 +102,7 @@ class PackedMatrix:
 
     @property
     def quantized(self) -> bool:
-        return self.qtype in QUANT_FORMATS
+        return FORMATS[self.qtype].quantized
 
     @property
     def code(self) -> int:
@@ -107,8 +131,8 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
     if len(shape) != 2:
         raise HybridInferError(f"{name}: only 2-D weights can be packed for the CPU kernels (shape {shape})")
     rows, cols = (int(s) for s in shape)
-    if qtype not in SUPPORTED:
-        raise HybridInferError(f"{name}: the CPU kernels read {', '.join(t.name for t in SUPPORTED)}, "
+    if qtype not in CPU_NATIVE_TYPES:
+        raise HybridInferError(f"{name}: the CPU kernels read {', '.join(t.name for t in CPU_NATIVE_TYPES)}, "
                                f"not {qtype.name}; re-quantize the model to one of them")
     flat = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
     if qtype in FLOAT_DTYPES:
@@ -118,7 +142,7 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
     if cols % BLOCK:
         raise HybridInferError(f"{name}: {qtype.name} rows must hold whole 32-element blocks (cols {cols})")
     order = byte_order(qtype, cols // BLOCK)
-    expected = cols // BLOCK * QUANT_FORMATS[qtype][0]
+    expected = cols // BLOCK * FORMATS[qtype].block_bytes
     if flat.shape[1] != expected:
         raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {expected} for {qtype.name}")
     data = aligned_empty((rows, order.shape[0]), np.uint8)
@@ -146,21 +170,17 @@ def to_gguf_bytes(packed: PackedMatrix, rows: np.ndarray) -> np.ndarray:
     return gguf_rows
 
 
-def unit_layout(qtype: T) -> tuple[int, int]:
-    """(tiles per unit, quant bytes per whole tile) of a quantized format's packed rows."""
-    return (1 if qtype == T.Q4_1 else 2), TILE * QUANT_FORMATS[qtype][2]
-
-
 @lru_cache(maxsize=64)
 def byte_order(qtype: T, n_blocks: int) -> np.ndarray:
     """int32 (row_stride,): packed byte i of a row is GGUF row byte order[i], or zero padding where order[i] < 0."""
-    block_bytes, header, quant_bytes, groups = QUANT_FORMATS[qtype]
-    tiles_per_unit, _ = unit_layout(qtype)
+    fmt, layout = FORMATS[qtype], quant_layout(FORMAT_CODE[qtype])
+    block_bytes, header, groups = fmt.block_bytes, fmt.header_bytes, layout.groups
+    tiles_per_unit = 1 << layout.shift
     starts = list(range(0, n_blocks, TILE))
     parts = []
     for unit in range(0, len(starts), tiles_per_unit):
         tiles = [np.arange(start, min(start + TILE, n_blocks)) for start in starts[unit:unit + tiles_per_unit]]
-        slots = [(tile, 0) for tile in tiles] if header == 2 else [(tiles[0], 0), (tiles[0], 2)]  # (blocks, f16 at)
+        slots = [(tile, fmt.field_at(field)) for tile in tiles for field in fmt.fields]  # (blocks, f16 at)
         for blocks, at in slots + [(np.zeros(0, np.int64), 0)] * (2 - len(slots)):
             parts.append((blocks[:, None] * block_bytes + at + np.arange(2)).ravel())
             parts.append(np.full(32 - 2 * len(blocks), -1))

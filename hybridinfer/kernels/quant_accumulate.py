@@ -11,8 +11,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .formats import Q4_1, Q8_0
-from .packed import BLOCK, TILE
+from .formats import Q8_0
+from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, expand4, fma, load_bytes, load_f16_bytes, load_f32, load_s8_as_f32, mul, nibble_planes_as_f32,
                    nibble_table, splat_f32, store_f32)
@@ -24,9 +24,9 @@ ROW_BATCH = 8  # rows summed per pass over the output, the partial sums kept in 
 @njit(inline="always", **OPTIONS)
 def _layout(kind, nb):
     """minimums (Q4_1), the unit shift and tile bytes of `unit_offsets`, and the per-row stride of `scales`."""
-    minimums = 1 if kind == Q4_1 else 0
+    layout = QUANT_LAYOUTS[kind]
     stride = ((nb + TILE - 1) // TILE) * TILE * (4 if kind == Q8_0 else 1)
-    return minimums, 1 - minimums, 512 if kind == Q8_0 else 256, stride
+    return layout.minimums, layout.shift, layout.tile_bytes, stride
 
 
 @njit(inline="always", **OPTIONS)

@@ -11,8 +11,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .formats import Q4_1, Q8_0
-from .packed import BLOCK, TILE
+from .formats import Q8_0
+from .packed import BLOCK, TILE, quant_layout
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, flip_sign_bits, fma, high_nibbles, hsum, load_bytes,
                    load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
@@ -78,7 +78,7 @@ def dot_rows(kind: int, float_activations: bool):
     """The product kernel for packed rows of format `kind` (Q8_0, Q4_0, Q4_1) with int8 activations, or float32
     ones: kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out) sets out[t, k] = data[r_k] . x[t] with
     r_k = k (dense) or rows[k], data packed rows of nb blocks, x prepared activations (`cpu_quant.Activations`)."""
-    minimums = 1 if kind == Q4_1 else 0
+    minimums = quant_layout(kind).minimums
 
     @specialization(kind, float_activations, parallel=True, fastmath=True)
     def kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out):

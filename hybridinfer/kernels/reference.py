@@ -72,16 +72,22 @@ def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: n
     in float64. `batch`: the kernel's INT8_BATCH unless given."""
     from gguf import GGMLQuantizationType as T
 
+    from ..model_file.weight_formats import FORMATS
     from .cpu_accumulate_int8 import INT8_BATCH
 
     batch = batch or INT8_BATCH
     qtype = T(qtype)
+    fmt = FORMATS[qtype]
     n, cols = shape
-    block_bytes, header = {T.Q8_0: (34, 2), T.Q4_0: (18, 2), T.Q4_1: (20, 4)}[qtype]
-    blocks = np.asarray(raw).view(np.uint8).reshape(n, cols // 32, block_bytes)
-    d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)  # (n, nb)
-    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32) if qtype == T.Q4_1 else None
-    quants = blocks[:, :, header:]
+    blocks = np.asarray(raw).view(np.uint8).reshape(n, cols // 32, fmt.block_bytes)
+
+    def f16_field(name: str) -> np.ndarray:  # (n, nb) float32
+        at = fmt.field_at(name)
+        return blocks[:, :, at:at + 2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+
+    d = f16_field("scale")
+    m = f16_field("minimum") if fmt.has_minimum else None
+    quants = blocks[:, :, fmt.header_bytes:]
     if qtype == T.Q8_0:
         qv = quants.view(np.int8).astype(np.int64)
     else:

@@ -15,8 +15,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, FORMATS
 from .formats import FORMAT_CODE, Q4_0, Q4_1, Q8_0
-from .packed import BLOCK, QUANT_FORMATS
+from .packed import BLOCK
+
+QUANTIZED_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS if f.quantized)  # each has its encoder below
 
 
 def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np.ndarray:
@@ -24,20 +27,22 @@ def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np
     same format. rows and cols must be multiples of 32."""
     qtype = T(qtype)
     rows, cols = shape
-    if qtype not in QUANT_FORMATS or rows % BLOCK or cols % BLOCK:
-        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in QUANT_FORMATS)} weights whose both "
+    if qtype not in QUANTIZED_TYPES or rows % BLOCK or cols % BLOCK:
+        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in QUANTIZED_TYPES)} weights whose both "
                          f"sides are multiples of 32, not {qtype.name} {shape}")
-    block_bytes, header = QUANT_FORMATS[qtype][:2]
+    fmt = FORMATS[qtype]
+    block_bytes, header = fmt.block_bytes, fmt.header_bytes
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // BLOCK, block_bytes)
-    scales = _halves(blocks, 0)
-    minimums = _halves(blocks, 2) if qtype == T.Q4_1 else np.zeros((0, 0), np.float32)
+    scales = _halves(blocks, fmt.field_at("scale"))
+    minimums = _halves(blocks, fmt.field_at("minimum")) if fmt.has_minimum else np.zeros((0, 0), np.float32)
     out = np.empty((cols, rows // BLOCK, block_bytes), np.uint8)
     out_scales = np.empty((cols, rows // BLOCK), np.float32)
     out_minimums = np.empty((cols, rows // BLOCK), np.float32)
     _transpose_blocks(FORMAT_CODE[qtype], blocks, scales, minimums, header, out, out_scales, out_minimums)
-    out[:, :, 0:2] = out_scales.astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
-    if qtype == T.Q4_1:
-        out[:, :, 2:4] = out_minimums.astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
+    computed = {"scale": out_scales, "minimum": out_minimums}
+    for field in fmt.fields:
+        at = fmt.field_at(field)
+        out[:, :, at:at + 2] = computed[field].astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
     return out.reshape(cols, -1)
 
 

@@ -26,7 +26,9 @@ from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_OUT
                                         OUTPUT, OUTPUT_NORM, TOKEN_EMBD, block_name, down_name, require_tensors,
                                         split_name, tensor_name)
 from ..kernels import compile_time, threads
-from ..kernels.packed import FLOAT_DTYPES, FORMAT_CODE, QUANT_FORMATS, SUPPORTED, PackedMatrix, pack, to_gguf_bytes
+from ..model_file.weight_formats import CPU_NATIVE_TYPES
+from ..kernels.formats import FORMAT_CODE
+from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import transpose_quantized
 from .repack_cache import RepackCache
 
@@ -224,7 +226,7 @@ def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
 
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:
     """`pack`, or for a type the kernels do not read, the weight decoded to F32 (with a notice on stderr)."""
-    if tensor.type in SUPPORTED:
+    if tensor.type in CPU_NATIVE_TYPES:
         return pack(tensor)
     print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
           "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
@@ -238,7 +240,7 @@ def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
     cols = tensors[0].shape[1]
     rows = sum(t.shape[0] for t in tensors)
     qtype = tensors[0].type
-    if qtype in SUPPORTED and all(t.type == qtype for t in tensors):
+    if qtype in CPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
         raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
         return pack((raw, qtype, (rows, cols)))
     print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
@@ -262,6 +264,6 @@ def _transposed(raw, qtype: T, shape: tuple[int, int], values) -> PackedMatrix:
     if qtype in FLOAT_DTYPES:
         stored = np.ascontiguousarray(raw).view(FLOAT_DTYPES[qtype]).reshape(rows, cols)
         return pack((np.ascontiguousarray(stored.T), qtype, (cols, rows)))
-    if qtype in QUANT_FORMATS and rows % 32 == 0:  # numba, byte for byte what gguf.quants would give
+    if qtype in CPU_NATIVE_TYPES and rows % 32 == 0:  # quantized: numba, byte for byte what gguf.quants would give
         return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
     return pack((np.ascontiguousarray(values().T), T.F32, (cols, rows)))  # decoded to F32, as pack_any does
