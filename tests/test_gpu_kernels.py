@@ -23,8 +23,7 @@ from gguf import quants  # noqa: E402
 from hybridinfer.errors import HybridInferError  # noqa: E402
 from hybridinfer.gpu import kernels_for, reference  # noqa: E402
 from hybridinfer.gpu.weights import dequantize_rows, device_matrix  # noqa: E402
-
-FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
+from hybridinfer.model_file.weight_formats import FORMATS, GPU_NATIVE_TYPES  # noqa: E402
 RTOL = 1e-5  # of the sum of |terms|: float32 accumulation over at most a few hundred terms
 
 
@@ -84,7 +83,7 @@ def ffn_expected(gate, up, down_t, x, mask, threshold):
 
 # ---- DeviceMatrix --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_device_matrix_holds_the_gguf_bytes(qtype):
     rng = np.random.default_rng(1234)
     raw, exact, m = weight(rng, 37, 96, qtype)
@@ -93,8 +92,8 @@ def test_device_matrix_holds_the_gguf_bytes(qtype):
     assert m.values is None if m.quantized else (m.scales is None and m.quants is None)
     if m.quantized:
         assert m.scales.shape == (37, 3) and m.scales.dtype == torch.float16
-        assert (m.mins is not None) == (qtype == T.Q4_1)
-        assert m.quants.shape == ((37, 96) if qtype == T.Q8_0 else (37, 48))
+        assert (m.mins is not None) == FORMATS[qtype].has_minimum
+        assert m.quants.shape == (37, 96 * FORMATS[qtype].bits // 8)
     np.testing.assert_array_equal(dequantize_rows(m).cpu().numpy(), exact.astype(np.float32))
     np.testing.assert_array_equal(dequantize_rows(m, 3, 10).cpu().numpy(), exact[3:10].astype(np.float32))
     rows = np.array([5, 0, 36, 5], dtype=np.int64)
@@ -121,7 +120,7 @@ def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():
 
 # ---- the torch twins against numpy ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_reference_matvec(qtype, small_chunks):
     rng = np.random.default_rng(2024)
     _, exact, m = weight(rng, 70, 160, qtype)
@@ -178,7 +177,7 @@ def test_reference_with_no_hot_neurons():
 
 # ---- the Triton kernels against the twins --------------------------------------------------------------------
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_triton_matvec(tk, qtype):
     rng = np.random.default_rng(4321)
     # 37 rows: 2 tiles and a partial one; 160 columns: a tile and a partial one; (2, 160): the twin's batch matmul
@@ -189,7 +188,7 @@ def test_triton_matvec(tk, qtype):
         assert_close(tk.matvec(m, tensor(x)), expected, np.abs(x) @ np.abs(exact).T)
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_triton_hot_ffn(tk, qtype, monkeypatch):
     rng = np.random.default_rng(777)
     n_hot, n_embd = 37, 160

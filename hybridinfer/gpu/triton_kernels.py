@@ -21,17 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ..kernels import formats
-from ..kernels.formats import FORMAT_CODE  # the kernels' FMT
+from ..model_file import weight_formats
+from ..model_file.weight_formats import FORMATS
 from . import reference
 from .reference import down_t_product, hidden_dense  # noqa: F401  (batched forms: see the module doc)
 from .weights import DeviceMatrix
 
-# formats.py's codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a plain
-# int global passes under TRITON_INTERPRET=1 but fails to compile)
-_BF16 = tl.constexpr(formats.BF16)
-_Q8_0 = tl.constexpr(formats.Q8_0)
-_Q4_0 = tl.constexpr(formats.Q4_0)
+# the formats' kernel codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a
+# plain int global passes under TRITON_INTERPRET=1 but fails to compile)
+_BF16 = tl.constexpr(weight_formats.BF16.code)
+_Q8_0 = tl.constexpr(weight_formats.Q8_0.code)
+_Q4_0 = tl.constexpr(weight_formats.Q4_0.code)
 
 BLOCK_R = 16  # rows a program (GEMV, S2) or a loop step (S3) takes
 BLOCK_C = 128  # columns a loop step (GEMV, S2) or a program (S3) takes: 4 whole 32-element blocks
@@ -125,7 +125,7 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     x = x.to(torch.float32).contiguous()
     out = torch.zeros((1, m.rows), dtype=torch.float32, device=x.device)
     if m.rows:
-        _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R),)](*_fields(m), x, out, m.rows, m.cols, FMT=FORMAT_CODE[m.qtype],
+        _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R),)](*_fields(m), x, out, m.rows, m.cols, FMT=FORMATS[m.qtype].code,
                                                       BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
     return out
 
@@ -144,15 +144,15 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     counts = torch.empty(programs, dtype=torch.int32, device=x.device)
     mask_bytes = h if mask is None else mask.contiguous().view(torch.uint8)
     _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, mask_bytes, h, counts, n, gate.cols, float(threshold),
-                            HAS_MASK=mask is not None, GATE_FMT=FORMAT_CODE[gate.qtype], UP_FMT=FORMAT_CODE[up.qtype],
-                            BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+                            HAS_MASK=mask is not None, GATE_FMT=FORMATS[gate.qtype].code,
+                            UP_FMT=FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
     column_tiles = triton.cdiv(cols, BLOCK_C)
     shares = max(1, min(programs, S3_PROGRAMS // column_tiles))
     rows_per_share = triton.cdiv(programs, shares) * BLOCK_R  # whole BLOCK_R steps
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
     _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, partial, n, cols, rows_per_share,
-                                      FMT=FORMAT_CODE[down_t.qtype], BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+                                      FMT=FORMATS[down_t.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
     return partial.sum(dim=0), counts.sum(dtype=torch.int64)
 
 

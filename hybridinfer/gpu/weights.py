@@ -22,12 +22,9 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from ..errors import HybridInferError
+from ..model_file.weight_formats import FORMATS, GPU_NATIVE_TYPES
 
 BLOCK = 32  # elements per quantization block
-FLOAT_DTYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
-NUMPY_DTYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.int16}  # bfloat16 bits as int16 in numpy
-BLOCK_BYTES = {T.Q8_0: 34, T.Q4_0: 18, T.Q4_1: 20}  # GGUF bytes of one block
-SUPPORTED = tuple(FLOAT_DTYPES) + tuple(BLOCK_BYTES)
 CHUNK_ELEMENTS = 1 << 24  # the most elements a torch twin dequantizes at once
 
 
@@ -55,7 +52,7 @@ class DeviceMatrix:
 
     @property
     def quantized(self) -> bool:
-        return self.qtype in BLOCK_BYTES
+        return FORMATS[self.qtype].quantized
 
 
 def device_matrix(raw: np.ndarray, qtype, shape: tuple[int, int], device: torch.device | str,
@@ -65,37 +62,39 @@ def device_matrix(raw: np.ndarray, qtype, shape: tuple[int, int], device: torch.
     copies: the file's memory map is never shared or written."""
     qtype = T(qtype)
     n, cols = (int(s) for s in shape)
-    if qtype not in SUPPORTED:
-        raise HybridInferError(f"the GPU kernels read {', '.join(t.name for t in SUPPORTED)}, not {qtype.name}; "
-                               f"re-quantize the model to one of them")
+    if qtype not in GPU_NATIVE_TYPES:
+        raise HybridInferError(f"the GPU kernels read {', '.join(t.name for t in GPU_NATIVE_TYPES)}, not "
+                               f"{qtype.name}; re-quantize the model to one of them")
+    fmt = FORMATS[qtype]
     flat = np.ascontiguousarray(raw).view(np.uint8)
     if n == 0:  # no rows: nothing to infer the row length from
-        itemsize = np.dtype(NUMPY_DTYPES[qtype]).itemsize if qtype in FLOAT_DTYPES else 0
-        flat = flat.reshape(0, cols * itemsize if itemsize else cols // BLOCK * BLOCK_BYTES[qtype])
+        flat = flat.reshape(0, cols // fmt.block_size * fmt.block_bytes)
     else:
         flat = flat.reshape(n, -1)
     if rows is not None:
         flat = flat[np.asarray(rows, dtype=np.int64)]
     taken = flat.shape[0]
-    if qtype in FLOAT_DTYPES:
-        stored = NUMPY_DTYPES[qtype]
-        _check_row_bytes(flat, cols * np.dtype(stored).itemsize, qtype)
+    if not fmt.quantized:
+        stored = np.dtype(f"i{fmt.block_bytes}")  # the values' bits, viewed as the torch type below
+        _check_row_bytes(flat, cols * fmt.block_bytes, qtype)
         values = torch.from_numpy((flat if rows is not None else flat.copy()).view(stored))
-        return DeviceMatrix(qtype, taken, cols, values=values.view(FLOAT_DTYPES[qtype]).to(device))
+        return DeviceMatrix(qtype, taken, cols, values=values.view(getattr(torch, fmt.value_type)).to(device))
     if cols % BLOCK:
         raise HybridInferError(f"{qtype.name} rows must hold whole 32-element blocks (cols {cols})")
     n_blocks = cols // BLOCK
-    _check_row_bytes(flat, n_blocks * BLOCK_BYTES[qtype], qtype)
-    blocks = flat.reshape(taken, n_blocks, BLOCK_BYTES[qtype])
+    _check_row_bytes(flat, n_blocks * fmt.block_bytes, qtype)
+    blocks = flat.reshape(taken, n_blocks, fmt.block_bytes)
 
     def field(start: int, stop: int, dtype) -> torch.Tensor:
         part = np.ascontiguousarray(blocks[:, :, start:stop]).reshape(taken, n_blocks * (stop - start))
         return torch.from_numpy(part.view(dtype)).to(device)
 
-    header = 4 if qtype == T.Q4_1 else 2
-    return DeviceMatrix(qtype, taken, cols, scales=field(0, 2, np.float16),
-                        mins=field(2, 4, np.float16) if qtype == T.Q4_1 else None,
-                        quants=field(header, BLOCK_BYTES[qtype], np.int8 if qtype == T.Q8_0 else np.uint8))
+    def f16_field(name: str) -> torch.Tensor:
+        return field(fmt.field_at(name), fmt.field_at(name) + 2, np.float16)
+
+    return DeviceMatrix(qtype, taken, cols, scales=f16_field("scale"),
+                        mins=f16_field("minimum") if fmt.has_minimum else None,
+                        quants=field(fmt.header_bytes, fmt.block_bytes, np.int8 if fmt.bits == 8 else np.uint8))
 
 
 def take_rows(m: DeviceMatrix, index: torch.Tensor) -> DeviceMatrix:

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from gguf import GGMLQuantizationType as T
-
 from ...model_file.config import ModelConfig
 from ...model_file.gguf_file import GGUFFile, GGUFTensor
+from ...model_file.weight_formats import GPU_NATIVE_TYPES, Q8_0
 
 WORKSPACE_MARGIN = 64 << 20
-GPU_FORMATS = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1)  # what `hybridinfer/gpu` stores as they are
-Q8_0_BLOCK_BYTES = 34
+GPU_FORMATS = GPU_NATIVE_TYPES  # gpu_side.py's name for them: it should import GPU_NATIVE_TYPES itself
 
 
 def device_bytes(tensor: GGUFTensor) -> int:
     """Bytes of a file tensor on the GPU side: its own bytes, or F32 for a type the GPU kernels do not read."""
-    return tensor.n_bytes if tensor.type in GPU_FORMATS else 4 * tensor.n_elements
+    return tensor.n_bytes if tensor.type in GPU_NATIVE_TYPES else 4 * tensor.n_elements
 
 
 def row_bytes(tensor: GGUFTensor) -> int:
@@ -44,7 +42,7 @@ def row_bytes(tensor: GGUFTensor) -> int:
 def predictor_bytes(rank: int, n_embd: int, n_ff: int) -> int:
     """One layer's predictor packed as Q8_0 (a width that is not a multiple of 32 stays F32)."""
     def matrix(rows: int, cols: int) -> int:
-        return rows * cols // 32 * Q8_0_BLOCK_BYTES if cols % 32 == 0 else rows * cols * 4
+        return rows * cols // Q8_0.block_size * Q8_0.block_bytes if cols % Q8_0.block_size == 0 else rows * cols * 4
     return matrix(rank, n_embd) + matrix(n_ff, rank)
 
 
