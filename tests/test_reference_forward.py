@@ -4,10 +4,10 @@ loading the same GGUF file (it dequantizes with `gguf` and undoes the Q/K permut
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T
 
 from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.model_file.weight_formats import FORMATS
 from hybridinfer.reference.model import Transformer
 from hybridinfer.reference.weights import load_weights
 from tiny_models import random_weights, write_tiny_gguf
@@ -47,7 +47,7 @@ def tokens(n=12, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(3, 270, n))
 
 
-@pytest.mark.parametrize("weight_type", [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("weight_type", tuple(FORMATS), ids=lambda t: t.name)
 def test_logits_match_transformers_for_each_weight_type(tmp_path, weight_type):
     path = write_tiny_gguf(tmp_path / "m.gguf", random_weights(seed=int(weight_type)), weight_type=weight_type)
     ids = tokens(seed=int(weight_type))
