@@ -3,12 +3,17 @@
 One thread owns the engine. Each turn it
   1. starts waiting completions in free slots: in the free slot whose cache holds the longest prefix of the
      prompt (that prefix is not evaluated again, as llama.cpp picks slots by prompt similarity), evaluating the
-     rest of the prompt and sampling the first token;
+     rest of the prompt and sampling the first token. A completion that scores its prompt (echo with logprobs)
+     needs the logits of every prompt position: it is evaluated whole by `Engine.logits`, which works in slot 0
+     (sequence 0), so it waits for slot 0 (other completions take slot 0 last);
   2. evaluates one new token of every running completion in one forward pass (`Engine.step`: each weight row
      is read once for all of them; the sparse FFN takes each one's active neurons) and samples each one's next
      token with its own sampler, stop strings and limit (`generation.generate.CompletionText`).
 A cancelled completion (its client went away) leaves its slot before the next step. Completions beyond N wait
 in a bounded queue; a full queue refuses new ones (`QueueFull`: the server answers 503).
+
+With `logprobs`, each chunk carries the scores (`serve.logprobs.TokenScore`) of the tokens sampled for it, an end
+of text included, and an echoed prompt's scores come first in a chunk of their own (`ScoredChunk.prompt`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from ..errors import HybridInferError
 from ..generation.generate import CompletionText, GenerationChunk, Timings, token_limit
 from ..generation.sampling import Sampler, SamplerSettings
+from .logprobs import TokenScore, prompt_scores, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,12 @@ class Completion:
     max_tokens: int  # < 0: until end of text or a full context
     stop: list[str]
     sampling: SamplerSettings
-    on_chunk: Callable[[GenerationChunk], None]
+    on_chunk: Callable[[ScoredChunk], None]
     ignore_eos: bool = False  # as llama.cpp's server: end-of-text tokens are never sampled (benchmarks)
+    logprobs: int | None = None  # score each sampled token with this many alternatives (None: no scores)
+    score_prompt: bool = False  # score the prompt's own tokens too (echo: one forward pass, from an empty cache)
+    hidden: int = 0  # leading prompt tokens the server added (a BOS): evaluated, never scored for the client
+    logit_bias: dict[int, float] | None = None  # added to the logits before sampling; -inf bans
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose keys and values the slot already held
     error: str | None = None
@@ -57,6 +67,15 @@ class Completion:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
+
+
+@dataclass
+class ScoredChunk(GenerationChunk):
+    """A chunk with the scores of its tokens (empty without `logprobs`); `prompt`: the scores are the echoed
+    prompt's (text "", sent before any generated text)."""
+
+    scores: list[TokenScore] = field(default_factory=list)
+    prompt: bool = False
 
 
 @dataclass(eq=False)
@@ -97,15 +116,16 @@ class Scheduler:
             self._thread = threading.Thread(target=self.run, name="hybridinfer-slots", daemon=True)
             self._thread.start()
 
-    def submit(self, completion: Completion) -> None:
+    def submit(self, *completions: Completion) -> None:
+        """Queue `completions` (one request's prompts): all of them, or none if the queue has no room for all."""
         with self._wake:
             if self._closed:
                 raise HybridInferError("the server is shutting down")
             self._prune()
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + len(completions) > self.max_queue:
                 raise QueueFull(f"the server is busy: {self.n_parallel} requests running and {len(self._waiting)} "
                                 "waiting; try again later")
-            self._waiting.append(completion)
+            self._waiting.extend(completions)
             self._wake.notify()
 
     def _prune(self) -> None:
@@ -137,15 +157,9 @@ class Scheduler:
                     self._wake.wait()
                 if self._closed:
                     break
-                starting = []
-                for slot in self._free_slots():
-                    while self._waiting and self._waiting[0].cancelled:
-                        self._waiting.popleft()
-                    if not self._waiting:
-                        break
-                    starting.append(self._waiting.popleft())
-            for completion in starting:
-                self._start(self._best_slot(completion.prompt), completion)
+                starting = self._take_waiting()
+            for slot, completion in starting:
+                self._start(slot, completion)
             self._step()
             if until is not None and until():
                 return
@@ -162,26 +176,55 @@ class Scheduler:
     def _free_slots(self) -> list[_Slot]:
         return [slot for slot in self._slots if slot.completion is None]
 
-    def _best_slot(self, prompt: list[int]) -> _Slot:
-        """The free slot whose cache holds the longest prefix of `prompt`."""
-        return max(self._free_slots(), key=lambda slot: self.engine.held_prefix(prompt, slot.index))
+    def _take_waiting(self) -> list[tuple[_Slot, Completion]]:
+        """Waiting completions and the free slots they start in, in the queue's order: one scoring its prompt in
+        slot 0 or not yet (later ones may start before it), any other in the free slot holding the longest prefix of its
+        prompt, slot 0 last among equals."""
+        self._running()  # cancelled completions leave their slots
+        free, starting, still = self._free_slots(), [], collections.deque()
+        for completion in self._waiting:
+            if completion.cancelled:
+                continue
+            slot = None
+            if completion.score_prompt:
+                slot = next((s for s in free if s.index == 0), None)
+            elif free:
+                slot = max(free, key=lambda s: (self.engine.held_prefix(completion.prompt, s.index), s.index != 0))
+            if slot is None:
+                still.append(completion)
+            else:
+                free.remove(slot)
+                starting.append((slot, completion))
+        self._waiting = still
+        return starting
 
     def _start(self, slot: _Slot, completion: Completion) -> None:
-        """Evaluate the prompt (what the slot does not hold of it) and sample the first token."""
+        """Evaluate the prompt (what the slot does not hold of it; all of it, in slot 0, to score it) and sample
+        the first token."""
         slot.completion = completion
         try:
             limit = token_limit(self.n_ctx, len(completion.prompt), completion.max_tokens)
-            if limit <= 0:
-                self._emit(slot, GenerationChunk("", None, "length"))
+            if limit <= 0 and not completion.score_prompt:
+                self._emit(slot, ScoredChunk("", None, "length"))
                 return
-            slot.sampler = Sampler(completion.sampling)
-            slot.text = CompletionText(self.engine.tokenizer, completion.stop, limit)
-            slot.history = list(completion.prompt)
             started = time.perf_counter()
-            logits, evaluated = self.engine.feed(completion.prompt, sequence=slot.index)
+            if completion.score_prompt:
+                rows = self.engine.logits(completion.prompt)  # sequence 0 = slot 0, which now holds the prompt
+                logits, evaluated = rows[-1].copy(), len(completion.prompt)
+                scores = prompt_scores(rows, completion.prompt, completion.logprobs or 0)[completion.hidden:]
+                del rows
+            else:
+                logits, evaluated = self.engine.feed(completion.prompt, sequence=slot.index)
             completion.timings.prompt_ms = (time.perf_counter() - started) * 1000
             completion.timings.prompt_tokens = evaluated
             completion.cached_tokens = len(completion.prompt) - evaluated
+            if completion.score_prompt:
+                self._emit(slot, ScoredChunk("", None, "length" if limit <= 0 else None, scores, prompt=True))
+                if limit <= 0:
+                    return
+            slot.sampler = Sampler(completion.sampling)
+            slot.text = CompletionText(self.engine.tokenizer, completion.stop, limit)
+            slot.history = list(completion.prompt)
             self._sample(slot, logits)
         except Exception as exc:  # noqa: BLE001 (a bad request or a broken model must not stop the other slots)
             self._fail_slot(slot, exc)
@@ -211,16 +254,24 @@ class Scheduler:
             self._sample(slot, logits)
         self.stats.seconds += time.perf_counter() - started
 
-    def _sample(self, slot: _Slot, logits) -> None:
-        if slot.completion.ignore_eos:
-            logits = logits.copy()
-            logits[list(self.engine.tokenizer.eog_ids)] = -np.inf
-        token = slot.sampler.sample(logits, slot.history)
+    def _sample(self, slot: _Slot, logits: np.ndarray) -> None:
+        """Sample the next token from `logits` (biased as the completion asks; scored unbiased)."""
+        completion = slot.completion
+        biased = logits
+        if completion.ignore_eos or completion.logit_bias:
+            biased = logits.copy()
+            if completion.logit_bias:
+                ids = list(completion.logit_bias)
+                biased[ids] += np.array(list(completion.logit_bias.values()), np.float32)
+            if completion.ignore_eos:
+                biased[list(self.engine.tokenizer.eog_ids)] = -np.inf
+        token = slot.sampler.sample(biased, slot.history)
         slot.history.append(token)
         chunk = slot.text.add(token)
         if chunk.token is not None:
-            slot.completion.completion_tokens += 1
-        self._emit(slot, chunk)
+            completion.completion_tokens += 1
+        scores = score_rows(logits, [token], completion.logprobs) if completion.logprobs is not None else []
+        self._emit(slot, ScoredChunk(chunk.text, chunk.token, chunk.finish_reason, scores))
 
     def _emit(self, slot: _Slot, chunk: GenerationChunk) -> None:
         completion = slot.completion
@@ -242,6 +293,6 @@ class Scheduler:
         completion.error = message
         if not completion.cancelled:
             try:
-                completion.on_chunk(GenerationChunk("", None, "error"))
+                completion.on_chunk(ScoredChunk("", None, "error"))
             except Exception:  # noqa: BLE001
                 log.exception("a completion's receiver failed")

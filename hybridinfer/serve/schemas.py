@@ -4,13 +4,16 @@ body is refused (`RequestError`, answered with 400 and the field at fault).
 Fields OpenAI's clients send and hybridinfer does not use (`user`, `metadata`, `parallel_tool_calls`, ...) are
 ignored, as OpenAI's server ignores unknown ones; a known field of the wrong type is refused (strict types: no
 "1" for 1, no true for 1). Absent and null fields take their defaults. Features the engine lacks (`n` > 1,
-`logprobs`, `echo`, `tools`, ...) are refused with a message by `unsupported()`, never silently dropped.
+`best_of`, `suffix`, `tools`, ...) are refused with a message by `refusal()`, never silently dropped, and so is a
+value out of its range (`logprobs` above MAX_LOGPROBS, a `logit_bias` id outside the vocabulary: checked by the
+app, which knows the vocabulary).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from typing import Annotated, TypeVar
 
@@ -18,12 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import HybridInferError
 from ..generation.sampling import SamplerSettings
+from .logprobs import MAX_LOGPROBS
 
 # What a request that leaves a sampling field out gets (OpenAI's meaning: temperature 1 over the whole
 # distribution; top-k and min-p, which OpenAI lacks, off); `hybridinfer serve --temp ...` replaces these.
 OPENAI_SAMPLING = SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 
-MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; lm-eval's local-completions sends a task's stop strings and the EOS
+LOGIT_BIAS_RANGE = (-100.0, 100.0)  # as OpenAI's; -100 bans the token
 
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
                     "frequency_penalty", "presence_penalty")
@@ -32,7 +37,7 @@ _FLAG_FIELDS = {"--temp": "temperature", "--top-k": "top_k", "--top-p": "top_p",
                 "--frequency-penalty": "frequency_penalty", "--presence-penalty": "presence_penalty"}
 
 # How a field whose type is a union is described when a request gets it wrong (pydantic names each member).
-UNION_TYPES = {"prompt": "a string, a list of token ids, or a list of one string",
+UNION_TYPES = {"prompt": "a string, a list of token ids, or a list of prompts (strings or lists of token ids)",
                "stop": f"a string or a list of up to {MAX_STOP_STRINGS} strings",
                "content": "a string or a list of text parts"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -47,7 +52,7 @@ class RequestError(HybridInferError):
         self.param, self.code = param, code
 
 
-Body = TypeVar("Body", bound="_Request")
+Body = TypeVar("Body", bound="_Body")
 
 
 def parse_request(raw: bytes, model: type[Body]) -> Body:
@@ -66,9 +71,9 @@ def parse_request(raw: bytes, model: type[Body]) -> Body:
         body = model.model_validate(data)
     except ValidationError as exc:
         raise invalid_fields(exc.errors()) from None
-    unsupported = body.unsupported()
-    if unsupported is not None:
-        raise RequestError(unsupported[1], param=unsupported[0])
+    refused = body.refusal()
+    if refused is not None:
+        raise RequestError(refused[1], param=refused[0])
     return body
 
 
@@ -115,10 +120,18 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class _Request(BaseModel):
-    """Fields both endpoints share: sampling (llama.cpp's extras top_k, min_p, repeat_penalty too), stop, stream."""
-
+class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    def refusal(self) -> tuple[str, str] | None:
+        """(field, message) for the first thing the server refuses in this body, else None."""
+        return None
+
+
+class _Request(_Body):
+    """Fields both endpoints share: sampling (llama.cpp's extras top_k, min_p, repeat_penalty too), stop, stream,
+    logit_bias."""
+
     model: str | None = None  # ignored: the server has one model
     temperature: float | None = None
     top_p: float | None = None
@@ -134,8 +147,7 @@ class _Request(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = None
-    logprobs: bool | int | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias added to its logit
 
     def sampling(self, defaults: SamplerSettings) -> SamplerSettings:
         """`defaults` with the fields this request gives; raises RequestError naming the field at fault."""
@@ -159,36 +171,62 @@ class _Request(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def unsupported(self) -> tuple[str, str] | None:
-        """(field, message) for the first feature this request asks for that the server lacks, else None."""
+    def token_bias(self, n_vocab: int) -> dict[int, float] | None:
+        """`logit_bias` by token id (-100 as -inf: a ban); RequestError for an id that is not one of the
+        vocabulary's or a bias outside -100..100."""
+        if not self.logit_bias:
+            return None
+        bias = {}
+        low, high = LOGIT_BIAS_RANGE
+        for key, value in self.logit_bias.items():
+            if not re.fullmatch(r"[0-9]{1,12}", key) or int(key) >= n_vocab:
+                raise RequestError(f"logit_bias key {key!r} is not a token id: give ids from 0 to {n_vocab - 1} "
+                                   "(as strings)", param="logit_bias")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise RequestError(f"logit_bias for token {key} is {value}: it must be between {low:g} and "
+                                   f"{high:g} (-100 bans the token)", param="logit_bias")
+            bias[int(key)] = -math.inf if value == low else value
+        if len([v for v in bias.values() if v == -math.inf]) >= n_vocab:
+            raise RequestError("logit_bias bans every token of the vocabulary", param="logit_bias")
+        return bias
+
+    def refusal(self) -> tuple[str, str] | None:
         if self.n not in (None, 1):
             return "n", "only n=1 is supported: send one request per completion"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported"
-        if self.logit_bias:
-            return "logit_bias", "logit_bias is not supported"
         return None
+
+
+def _logprobs_range(field: str, value: int | None) -> tuple[str, str] | None:
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        return field, f"{field} must be from 0 to {MAX_LOGPROBS}, got {value}"
+    return None
 
 
 class CompletionRequest(_Request):
     """POST /v1/completions."""
 
-    prompt: str | list[int] | Annotated[list[str], Field(min_length=1)]
+    prompt: (str | list[int] | Annotated[list[str], Field(min_length=1)]
+             | Annotated[list[list[int]], Field(min_length=1)])
     max_tokens: Annotated[int, Field(ge=-1)] | None = None  # None: 16, as OpenAI's default
-    echo: bool | None = None
+    logprobs: int | None = None  # alternatives per token, 0..MAX_LOGPROBS; the chosen token's logprob always
+    echo: bool | None = None  # the answer starts with the prompt (and its tokens' logprobs)
+    add_special_tokens: bool | None = None  # vLLM's extension; false: no BOS added to the prompt (default true)
     best_of: int | None = None
     suffix: str | None = None
 
-    def unsupported(self) -> tuple[str, str] | None:
-        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) and len(self.prompt) > 1:
-            return "prompt", "only one prompt per request is supported: send a string or a list of one string"
-        if self.echo:
-            return "echo", "echo is not supported"
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts: each its own choice."""
+        if isinstance(self.prompt, str) or not self.prompt or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
+
+    def refusal(self) -> tuple[str, str] | None:
         if self.best_of not in (None, 1):
             return "best_of", "only best_of=1 is supported"
         if self.suffix:
             return "suffix", "suffix (fill-in-the-middle) is not supported"
-        return super().unsupported()
+        return _logprobs_range("logprobs", self.logprobs) or super().refusal()
 
 
 class TextPart(BaseModel):
@@ -219,7 +257,8 @@ class ChatCompletionRequest(_Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=-1)] | None = None  # None: until end of text or the context is full
     max_completion_tokens: Annotated[int, Field(ge=-1)] | None = None  # OpenAI's newer name; wins if both
-    top_logprobs: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # alternatives per token, 0..MAX_LOGPROBS (needs logprobs)
     tools: list[dict] | None = None
     functions: list[dict] | None = None  # the deprecated form of tools
     response_format: dict | None = None
@@ -229,13 +268,43 @@ class ChatCompletionRequest(_Request):
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         return -1 if limit is None else limit
 
-    def unsupported(self) -> tuple[str, str] | None:
+    @property
+    def n_logprobs(self) -> int | None:
+        """Alternatives per token when logprobs are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def refusal(self) -> tuple[str, str] | None:
         if self.tools or self.functions:
             return ("tools" if self.tools else "functions"), "tools (function calling) are not supported"
         if not all(message.text_only for message in self.messages):
             return "messages", "only text content parts are supported (no images, audio or files)"
-        if self.top_logprobs:
-            return "top_logprobs", "logprobs are not supported"
         if self.response_format and self.response_format.get("type", "text") != "text":
             return "response_format", "only response_format {\"type\": \"text\"} is supported"
-        return super().unsupported()
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
+        return _logprobs_range("top_logprobs", self.top_logprobs) or super().refusal()
+
+
+class TokenizeRequest(_Body):
+    """POST /tokenize (vLLM's shape): a text `prompt`, or chat `messages` rendered with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool | None = None  # prompt: BOS as the model says unless false; messages: default false
+    add_generation_prompt: bool | None = None  # messages: default true
+    return_token_strs: bool | None = None
+
+    def refusal(self) -> tuple[str, str] | None:
+        if (self.prompt is None) == (self.messages is None):
+            return "prompt", "give either prompt (a string) or messages (a chat)"
+        if self.messages is not None and not all(message.text_only for message in self.messages):
+            return "messages", "only text content parts are supported (no images, audio or files)"
+        return None
+
+
+class DetokenizeRequest(_Body):
+    """POST /detokenize (vLLM's shape)."""
+
+    model: str | None = None
+    tokens: list[int]
