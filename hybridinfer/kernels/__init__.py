@@ -16,7 +16,7 @@
 A run compiles (or loads from numba's disk cache) only the kernels of its file's formats and its mode. numba
 checks only each function's own source file: a cached block of `cpu_layer` that calls a changed kernel would be
 loaded stale (and can crash). So, unless NUMBA_CACHE_DIR is set, the cache lives in a directory named after a
-hash of this package's code (comments and docstrings aside).
+hash of this package's code and of the format registry it reads constants from (comments and docstrings aside).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _strip_docstrings(node) -> None:
 
 
 def _cache_dir() -> str:
-    sources = sorted(p for p in Path(__file__).parent.glob("*.py") if p.name not in _NO_KERNELS)
+    here = Path(__file__).parent
+    sources = sorted(p for p in here.glob("*.py") if p.name not in _NO_KERNELS)
+    sources.append(here.parent / "model_file" / "weight_formats.py")  # the layout constants the kernels read
     root = Path(os.environ.get("HYBRIDINFER_CACHE", Path.home() / ".cache" / "hybridinfer")) / "numba"
     # the digest of these exact files, remembered by their paths, sizes and modification times (parsing takes ~0.1 s)
     stamps = hashlib.sha256(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]).encode())
