@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install install-test demo test bench bench-model model reference-model gpu-check fuzz clean
+.PHONY: install install-test demo test eval bench bench-model model reference-model gpu-check fuzz clean
 
 # the runtime (what `make demo` needs); install-test adds the test tools, Triton (its kernels run on the CPU in
-# the tests) and matplotlib (the --plot options)
+# the tests), matplotlib (the --plot options) and lm-eval (the eval extra, which tests/test_lm_eval.py runs)
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet --no-compile -e '.[test]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,eval]'
 	$(COMPILE)
 	touch $@
 
@@ -47,6 +47,11 @@ demo: model
 TEST_WORKERS ?= 2
 test: model install-test
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# lm-eval's local-completions against `hybridinfer serve` on a local multiple-choice task: accuracy dense, CATS 40%
+# and TEAL 40% side by side (docs/evaluation.md; EVAL_ARGS passes options, e.g. "-m model.gguf --modes dense")
+eval: model install-test
+	PYTHONPATH=. $(PY) tools/lm_eval_recipe.py $(EVAL_ARGS)
 
 bench: model install-test
 	PYTHONPATH=. $(PY) tools/bench.py
