@@ -30,6 +30,7 @@ from gguf import GGMLQuantizationType as T
 from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY, ModelConfig
 from hybridinfer.model_file.fingerprint import Fingerprint
 from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.model_file.weight_formats import FORMATS
 from hybridinfer.hybrid.activations_file import save_profile
 from hybridinfer.runtime.activations import ActivationProfile
 from hybridinfer.predictors.file import save_predictors
@@ -65,7 +66,7 @@ def quantize_q4_0(values: torch.Tensor) -> np.ndarray:
 def random_blocks(rows: int, cols: int, qtype: T, scale: float, generator: torch.Generator, device,
                   zero_rows: int = 0) -> np.ndarray:
     """Random Q4_0 / Q8_0 blocks with block scale `scale` as bytes; the first `zero_rows` rows all zero."""
-    block_bytes, quant_bytes = (18, 16) if qtype == T.Q4_0 else (34, 32)
+    block_bytes, quant_bytes = FORMATS[qtype].block_bytes, FORMATS[qtype].quant_bytes
     n_blocks = cols // 32
     quants = torch.randint(0, 256, (rows, n_blocks, quant_bytes), generator=generator, device=device,
                            dtype=torch.int32).to(torch.uint8)

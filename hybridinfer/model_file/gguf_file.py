@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType
 
 from ..errors import HybridInferError
 from .gguf_header import HeaderError, read_header, tensor_view
+from .weight_formats import FLOAT_TYPES
 
 MAGICS = (b"GGUF", b"PWRI")  # PWRI: PowerInfer's magic; the rest of its file is GGUF v3
 
@@ -148,7 +149,7 @@ class GGUFFile:
         """`release` every tensor but the float ones, which the kernels may read in place: what a loaded model
         copied (repacked, decoded, uploaded) needs the file's pages no more."""
         for name, tensor in self.tensors.items():
-            if tensor.type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            if tensor.type not in FLOAT_TYPES:
                 self.release(name)
 
     def tensor(self, name: str) -> GGUFTensor:

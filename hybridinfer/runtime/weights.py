@@ -26,7 +26,7 @@ from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_OUT
                                         OUTPUT, OUTPUT_NORM, TOKEN_EMBD, block_name, down_name, require_tensors,
                                         split_name, tensor_name)
 from ..kernels import compile_time, threads
-from ..model_file.weight_formats import CPU_NATIVE_TYPES
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES
 from ..kernels.formats import FORMAT_CODE
 from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import transpose_quantized
@@ -224,12 +224,15 @@ def transposed_rows(*matrices: PackedMatrix) -> PackedMatrix:
                        decoded)
 
 
+QUANTIZED_NAMES = "/".join(f.type.name for f in CPU_NATIVE_FORMATS if f.quantized)
+
+
 def pack_any(tensor: GGUFTensor) -> PackedMatrix:
     """`pack`, or for a type the kernels do not read, the weight decoded to F32 (with a notice on stderr)."""
     if tensor.type in CPU_NATIVE_TYPES:
         return pack(tensor)
     print(f"note: {tensor.name} is {tensor.type.name}, which the CPU kernels do not read; decoded to F32 at load "
-          "(4 bytes per weight: re-quantize to Q4_0/Q4_1/Q8_0 for speed)", file=sys.stderr)
+          f"(4 bytes per weight: re-quantize to {QUANTIZED_NAMES} for speed)", file=sys.stderr)
     values = dequantize(tensor)
     return pack((values, T.F32, values.shape))
 

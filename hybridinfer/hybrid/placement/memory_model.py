@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 from ...model_file.config import ModelConfig
 from ...model_file.gguf_file import GGUFFile, GGUFTensor
+from ...model_file.tensor_shapes import (ATTN_K, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_GATE, FFN_UP, OUTPUT, TOKEN_EMBD,
+                                        down_name, tensor_name)
 from ...model_file.weight_formats import GPU_NATIVE_TYPES, Q8_0
 
 WORKSPACE_MARGIN = 64 << 20
@@ -66,17 +68,17 @@ class GPUMemoryModel:
         kv_rows = c.n_head_kv * c.head_dim
         layers, neurons, dense = [], [], []
         for i in range(c.n_layer):
-            def tensor(name: str) -> GGUFTensor:
-                return model.tensor(f"blk.{i}.{name}.weight")
-            down = model.tensors.get(f"blk.{i}.ffn_down_t.weight") or tensor("ffn_down")
-            attention = sum(device_bytes(tensor(n)) for n in ("attn_q", "attn_k", "attn_v", "attn_output"))
+            def tensor(part: str) -> GGUFTensor:
+                return model.tensor(tensor_name(part, i))
+            down = model.tensor(down_name(model, i))
+            attention = sum(device_bytes(tensor(part)) for part in (ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT))
             kv = 2 * n_ctx * kv_rows * kv_element_bytes
             predictor = predictor_bytes(predictor_ranks[i], c.n_embd, c.n_ff) if predictor_ranks else 0
             layers.append(attention + 2 * c.n_embd * 4 + kv + predictor)
-            ffn = [tensor("ffn_gate"), tensor("ffn_up"), down]
+            ffn = [tensor(FFN_GATE), tensor(FFN_UP), down]
             neurons.append(sum(device_bytes(t) for t in ffn) // c.n_ff)
             dense.append(sum(device_bytes(t) for t in ffn))
-        output = model.tensors.get("output.weight") or model.tensor("token_embd.weight")
+        output = model.tensors.get(OUTPUT) or model.tensor(TOKEN_EMBD)
         workspace = 4 * (c.n_vocab + c.n_head * n_ctx + 4 * c.n_ff + 8 * c.n_embd) + WORKSPACE_MARGIN
         return cls(layers, neurons, dense, device_bytes(output) + c.n_embd * 4, workspace, kv_element_bytes, n_ctx)
 
