@@ -140,7 +140,7 @@ class Server:
 
 def lm_eval_command(url: str, name: str, task_dir: Path, output: Path, limit: int | None = None) -> list[str]:
     model_args = (f"base_url={url}/v1/completions,model={name},tokenizer_backend=remote,num_concurrent=1,"
-                  "max_retries=1,batch_size=1,max_length=2047")
+                  "max_retries=1,max_length=2047")
     command = [str(Path(sys.executable).with_name("lm_eval")), "--model", "local-completions",
                "--model_args", model_args, "--tasks", TASK, "--include_path", str(task_dir),
                "--output_path", str(output)]

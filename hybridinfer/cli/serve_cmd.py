@@ -39,7 +39,8 @@ GRACEFUL_SHUTDOWN_S = 3  # after Ctrl-C or SIGTERM, how long requests still runn
               help="a Jinja chat template, or a built-in name (llama2, chatml, minicpm); default: the model's own")
 @sampling_flags(OPENAI_SAMPLING, " of requests that give none")
 def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
-    """Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    """Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models) and vLLM's
+    tokenizer endpoints (/tokenizer_info, /tokenize, /detokenize)."""
     defaults = SamplerSettings(**sampling_settings(kwargs))
     api_key = _api_key(api_key)
     listener = bind_socket(host, port)

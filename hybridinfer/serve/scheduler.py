@@ -158,7 +158,7 @@ class Scheduler:
                 if self._closed:
                     break
                 starting = self._take_waiting()
-            for slot, completion in starting:
+            for slot, completion in self._place(starting):
                 self._start(slot, completion)
             self._step()
             if until is not None and until():
@@ -176,27 +176,37 @@ class Scheduler:
     def _free_slots(self) -> list[_Slot]:
         return [slot for slot in self._slots if slot.completion is None]
 
-    def _take_waiting(self) -> list[tuple[_Slot, Completion]]:
-        """Waiting completions and the free slots they start in, in the queue's order: one scoring its prompt in
-        slot 0 or not yet (later ones may start before it), any other in the free slot holding the longest prefix of its
-        prompt, slot 0 last among equals."""
+    def _take_waiting(self) -> list[Completion]:
+        """The waiting completions that start now (under the lock), in the queue's order, one per free slot: one
+        that scores its prompt only if slot 0 is free and no other such one starts (later ones may start before
+        it); `_place` gives them their slots."""
         self._running()  # cancelled completions leave their slots
-        free, starting, still = self._free_slots(), [], collections.deque()
+        free = self._free_slots()
+        slot0_free = any(slot.index == 0 for slot in free)
+        starting, still = [], collections.deque()
         for completion in self._waiting:
             if completion.cancelled:
                 continue
-            slot = None
-            if completion.score_prompt:
-                slot = next((s for s in free if s.index == 0), None)
-            elif free:
-                slot = max(free, key=lambda s: (self.engine.held_prefix(completion.prompt, s.index), s.index != 0))
-            if slot is None:
-                still.append(completion)
+            if len(starting) < len(free) and (not completion.score_prompt or slot0_free):
+                starting.append(completion)
+                slot0_free = slot0_free and not completion.score_prompt
             else:
-                free.remove(slot)
-                starting.append((slot, completion))
+                still.append(completion)
         self._waiting = still
         return starting
+
+    def _place(self, starting: list[Completion]) -> list[tuple[_Slot, Completion]]:
+        """Slots for `starting`: slot 0 for one that scores its prompt, for each other the free slot holding the
+        longest prefix of its prompt (slot 0 last among equals)."""
+        free, placed = self._free_slots(), []
+        for completion in sorted(starting, key=lambda c: not c.score_prompt):
+            if completion.score_prompt:
+                slot = next(s for s in free if s.index == 0)
+            else:
+                slot = max(free, key=lambda s: (self.engine.held_prefix(completion.prompt, s.index), s.index != 0))
+            free.remove(slot)
+            placed.append((slot, completion))
+        return sorted(placed, key=lambda pair: starting.index(pair[1]))
 
     def _start(self, slot: _Slot, completion: Completion) -> None:
         """Evaluate the prompt (what the slot does not hold of it; all of it, in slot 0, to score it) and sample
