@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import HybridInferError
@@ -29,20 +29,23 @@ def check_destination(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike):
-    """Yield a temporary path to write; on success it becomes `path` (with the usual 0666 & ~umask mode)."""
+    """Yield a temporary path to write; on success it becomes `path` (with the usual 0666 & ~umask mode). The
+    temporary name is chosen before the file is created, inside the block that removes it: an interrupt at any
+    point leaves nothing behind."""
     path = Path(path)
     check_destination(path)
+    partial = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
-        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        raise HybridInferError(f"cannot create a file in {path.parent}: {exc.strerror}; choose another path") from None
-    os.close(handle)
-    try:
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise HybridInferError(f"cannot create a file in {path.parent}: {exc.strerror}; choose another path") \
+                from None
         yield partial
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
     finally:
-        if os.path.exists(partial):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
