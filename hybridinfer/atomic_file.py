@@ -27,6 +27,11 @@ def check_destination(path: str | os.PathLike) -> None:
         raise HybridInferError(f"the output directory {parent} is not writable; choose another path")
 
 
+def create_empty(path: str) -> None:
+    """Create `path` empty, readable by its owner alone until it is complete; an existing file is an error."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike):
     """Yield a temporary path to write; on success it becomes `path` (with the usual 0666 & ~umask mode). The
@@ -37,7 +42,7 @@ def atomic_output(path: str | os.PathLike):
     partial = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
         try:
-            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            create_empty(partial)
         except OSError as exc:
             raise HybridInferError(f"cannot create a file in {path.parent}: {exc.strerror}; choose another path") \
                 from None

@@ -9,13 +9,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from tiny_models import directory_digest
+from hybridinfer import atomic_file
 from hybridinfer.cli.main import cli
 from tools.synth_checkpoint import synthesize
 
@@ -372,7 +372,7 @@ def test_output_whose_parent_is_not_writable(checkpoint, case, monkeypatch):
 def test_temporary_file_that_cannot_be_created(checkpoint, case, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic_file, "create_empty", refuse)
     case.refused(case.convert(checkpoint()), "cannot create a file in")
 
 
