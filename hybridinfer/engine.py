@@ -29,18 +29,15 @@ from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, Predicte
                                    require_sparse_activation)
 from .reference.sparse_inputs import CalibratedSparseInputs
 from .reference.weights import load_weights
-from .runtime.decoder import PackedTransformer
+from .runtime.build import Choices, build_decoder
 from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
-from .runtime.sparse_ffn import PackedSparseFFN
-from .runtime.teal import PackedTEAL
-from .runtime.weights import load_packed_weights
-from .sparsity.thresholds import METHODS, check_target, load_thresholds, path_beside
+from .runtime.sparse_ffn import SparseFFN
+from .sparsity.thresholds import load_thresholds, path_beside
 from .text.vocabulary import tokenizer_from_metadata
 
 DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # prompt tokens evaluated per forward call, bounding the attention scratch memory
-BACKENDS = ("packed", "reference")  # numba kernels over the file's own formats; plain torch float32 (the oracle)
 
 
 class Engine:
@@ -68,29 +65,18 @@ class Engine:
             self.file = GGUFFile(path)
             self.config = ModelConfig.from_gguf(self.file)
             self.tokenizer = tokenizer_from_metadata(self.file.metadata)
+        o.check()
         n_ctx = o.n_ctx
         if n_ctx is None:
             n_ctx = min(DEFAULT_CTX, self.config.context_length)
-        elif n_ctx < 0:
-            raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {n_ctx}")
         elif n_ctx == 0:
             n_ctx = self.config.context_length
         self._n_ctx = self.total_ctx = n_ctx  # one sequence's positions; all sequences' together
         if self.tokenizer.vocab_size > self.config.n_vocab:
             raise HybridInferError(f"{self.path}: the vocabulary has {self.tokenizer.vocab_size} tokens but the model "
                                    f"only {self.config.n_vocab} embeddings; the file is corrupt")
-        if o.exact and o.predictors:
-            raise HybridInferError("--exact and --predictors exclude each other: choose one")
         sparsity_file = self._sparsity_file(o)
-        if sparsity_file and (o.exact or o.predictors or o.hybrid):
-            raise HybridInferError("--sparsity-file/--sparsity (CATS/TEAL, SiLU models) runs on the CPU alone: drop "
-                                   "--exact, --predictors and the hybrid options (--vram-budget/--split/-ngl)")
         self.backend = o.backend or "packed"
-        if self.backend not in BACKENDS:
-            raise HybridInferError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if o.hybrid and self.backend != "packed":
-            raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
-                                   "drop --backend reference (the oracle runs on the CPU only)")
         self.repack_ms = 0.0
         self._predictor_cache: RepackCache | None = None
         with self._stage("predictors"):
@@ -104,15 +90,16 @@ class Engine:
         exact = o.exact
         with self._stage("weights"):
             if self.backend == "packed":
-                offload = None
-                if o.hybrid:
-                    offload, device = self._plan_offload(o, predictor_set)
-                    exact = exact or (offload.split_layers and predictor_set is None)  # split FFNs are sparse
-                self._setup_packed(n_ctx, exact, predictor_set, o.float_activations, offload)
-                if offload is not None and not offload.empty:
-                    from .hybrid.setup import install_gpu_side
-                    install_gpu_side(self, offload, device, predictor_set if offload.split_layers else None,
-                                     o.gpu_kernels)
+                placement, device = self._placement(o, predictor_set) if o.hybrid else (None, None)
+                if placement is not None and placement.split_ffn_layers and predictor_set is None:
+                    exact = True  # split FFNs are sparse, and so then are the CPU layers'
+                if exact or predictor_set is not None:
+                    require_sparse_activation(self.config)
+                choices = Choices(exact, predictor_set, self.sparsity, o.float_activations,
+                                  predictor_cache=self._predictor_cache, device=device, gpu_kernels=o.gpu_kernels)
+                self.model = build_decoder(self.file, self.config, n_ctx, choices, placement)
+                self.repack_ms = self.model.weights.repack_seconds * 1000
+                self.startup["weights_from_cache"] = self.model.weights.from_cache
             else:
                 self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
                 self.model.sparse = self._reference_sparse(exact, predictor_set, self.sparsity)
@@ -130,15 +117,8 @@ class Engine:
     def _sparsity_file(self, o: RunOptions) -> str | None:
         """--sparsity-file, or for --sparsity S the file `sparsify --sparsity S` wrote beside the model."""
         if o.sparsity is None:
-            if o.sparsity_method is not None:
-                raise HybridInferError("--sparsity-method names the method of the --sparsity S file: give --sparsity")
             return o.sparsity_file
-        if o.sparsity_file:
-            raise HybridInferError("--sparsity and --sparsity-file exclude each other: give one")
-        check_target(o.sparsity)
         method = o.sparsity_method or "cats"
-        if method not in METHODS:
-            raise HybridInferError(f"unknown sparsity method {method!r}; choose one of {', '.join(METHODS)}")
         path = path_beside(self.path, o.sparsity, method)
         if not os.path.exists(path):
             raise HybridInferError(f"no sparsity file {path} for --sparsity {o.sparsity}; make it with "
@@ -167,48 +147,31 @@ class Engine:
         self.held = [[] for _ in self.held]
         if self.sparse_ffn is not None:
             self.sparse_ffn.stats.reset()
-        if self.hybrid is not None:
-            self.hybrid.stats.reset()
+        if self.gpu_side is not None:
+            self.gpu_side.stats.reset()
 
-    def _plan_offload(self, o: RunOptions, predictor_set):
-        """What goes to the GPU side, and on which device (cuda when present, else the CPU stand-in)."""
+    def _placement(self, o: RunOptions, predictor_set):
+        """What goes to the GPU side (`hybrid/placement/placement.Placement`), and on which device (cuda when
+        present, else the CPU stand-in)."""
         from .hybrid import setup
         device = o.device or setup.default_device()
         if o.split is not None or o.vram_budget is not None:
             require_sparse_activation(self.config, "the hybrid runtime's split FFN (--vram-budget/--split)")
-        offload = setup.resolve_offload(self, o.split, o.vram_budget, o.n_gpu_layers, o.activations, device,
-                                        predictor_set)
-        self.split = offload.split
-        return offload, device
-
-    def _setup_packed(self, n_ctx: int, exact: bool, predictor_set, float_activations: bool, offload) -> None:
-        """Weights packed for the numba kernels; the sparse FFN over them for --exact, --predictors or
-        --sparsity-file."""
-        teal = self.sparsity is not None and self.sparsity.method == "teal"
-        sparse = bool(exact or predictor_set is not None or self.sparsity is not None) and not teal
-        if exact or predictor_set is not None:
-            require_sparse_activation(self.config)
-        weights = load_packed_weights(self.file, self.config, sparse=sparse, on_gpu=offload, teal=teal)
-        self.model = PackedTransformer(self.config, weights, n_ctx, float_activations)
-        if teal:
-            self.model.ffn = self.model.inputs = PackedTEAL(self.config, weights, self.sparsity.thresholds,
-                                                            float_activations)
-        if sparse:
-            self.model.ffn = PackedSparseFFN(self.config, weights, predictor_set, float_activations,
-                                             cache=self._predictor_cache, sparsity=self.sparsity)
-        self.repack_ms = weights.repack_seconds * 1000
-        self.startup["weights_from_cache"] = weights.from_cache
+        placement = setup.resolve_placement(self, o.split, o.vram_budget, o.n_gpu_layers, o.activations, device,
+                                            predictor_set)
+        self.split = placement.split
+        return placement, device
 
     @property
-    def hybrid(self):
+    def gpu_side(self):
         """The GPU side of the hybrid runtime (`hybrid/gpu_side.GPUSide`), or None."""
-        return getattr(self.model, "offload", None)
+        return self.model.gpu_side if self.backend == "packed" else None
 
     @property
     def mode(self) -> str:
         """What computes the FFN, for reports: hybrid, predictors, exact, cats N% or teal N% (a sparsity file's
         method and target) or dense."""
-        if self.hybrid is not None:
+        if self.gpu_side is not None:
             return "hybrid"
         if self.options.predictors or self.options.exact:
             return "predictors" if self.options.predictors else "exact"
@@ -216,27 +179,19 @@ class Engine:
 
     @property
     def sparse_ffn(self):
-        """The sparse mode in use (packed: `runtime/sparse_ffn.PackedSparseFFN` or TEAL's `runtime/teal.PackedTEAL`,
+        """The sparse mode in use (packed: `runtime/sparse_ffn.SparseFFN` or TEAL's `runtime/teal.TEALFFN`,
         reference: `reference/sparse_ffn`, `reference/sparse_inputs`), with its `stats` and `predictors`; None when
         the model is dense."""
-        part = self.model.ffn if self.backend == "packed" else self.model.sparse or self.model.inputs
+        part = self.model.sparse_mode if self.backend == "packed" else self.model.sparse or self.model.inputs
         return part if part is not None and part.stats is not None else None
 
     @contextmanager
     def every_neuron(self) -> Iterator[None]:
-        """Every neuron computed for the duration (profiling, the dense side of perplexity): the sparse FFN
-        unplugged, and the GPU side of a hybrid run ignoring its predictors (its split FFN then lets the
-        activation decide, which equals the dense FFN)."""
+        """Every neuron computed for the duration (profiling, the dense side of perplexity): each part's dense twin
+        (a split FFN's ignores its predictors: the activation then decides, which equals the dense FFN)."""
         with self._calls.held("every_neuron"):
-            side = self.hybrid
-            if side is not None:
-                side.predicting = False
-            try:
-                with self.model.every_neuron():
-                    yield
-            finally:
-                if side is not None:
-                    side.predicting = True
+            with self.model.every_neuron():
+                yield
 
     def _reference_sparse(self, exact: bool, predictor_set, sparsity):
         if sparsity is not None:
@@ -252,10 +207,10 @@ class Engine:
         when the repack cache holds them: the set then has the shapes and thresholds but no float weights."""
         from .predictors.file import load_predictors
         require_regular_file(path)  # before the repack cache looks at it
-        self._predictor_cache = RepackCache(path, b"", PackedSparseFFN.PREDICTOR_CACHE_MODE)
+        self._predictor_cache = RepackCache(path, b"", SparseFFN.PREDICTOR_CACHE_MODE)
         cached = False
         if self.backend == "packed" and not self.options.hybrid:
-            cached = PackedSparseFFN.holds_predictors(self._predictor_cache.load(), self.config.n_layer)
+            cached = SparseFFN.holds_predictors(self._predictor_cache.load(), self.config.n_layer)
         return load_predictors(path, self.fingerprint, weights=not cached)
 
     @property

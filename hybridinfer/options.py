@@ -17,6 +17,7 @@ from .errors import ArgumentTypeError, HybridInferError
 
 MAX_THREADS = 512  # llama.cpp's GGML_MAX_N_THREADS: more -t than this (and than the cores) is a mistake
 PATH_FIELDS = ("predictors", "sparsity_file", "split", "activations")
+BACKENDS = ("packed", "reference")  # numba kernels over the file's own formats; plain torch float32 (the oracle)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,38 @@ class RunOptions:
     def hybrid(self) -> bool:
         """Whether any part runs on the GPU side."""
         return self.split is not None or self.vram_budget is not None or bool(self.n_gpu_layers)
+
+    def check(self) -> None:
+        """Refuse values and combinations that no model runs (the checks of the options alone; what depends on
+        the model, the engine checks)."""
+        from .sparsity.thresholds import METHODS, check_target
+        if self.n_ctx is not None and self.n_ctx < 0:
+            raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {self.n_ctx}")
+        if self.exact and self.predictors:
+            raise HybridInferError("--exact and --predictors exclude each other: choose one")
+        if self.sparsity is None and self.sparsity_method is not None:
+            raise HybridInferError("--sparsity-method names the method of the --sparsity S file: give --sparsity")
+        if self.sparsity is not None:
+            if self.sparsity_file:
+                raise HybridInferError("--sparsity and --sparsity-file exclude each other: give one")
+            check_target(self.sparsity)
+            method = self.sparsity_method or "cats"
+            if method not in METHODS:
+                raise HybridInferError(f"unknown sparsity method {method!r}; choose one of {', '.join(METHODS)}")
+        if (self.sparsity is not None or self.sparsity_file) and (self.exact or self.predictors or self.hybrid):
+            raise HybridInferError("--sparsity-file/--sparsity (CATS/TEAL, SiLU models) runs on the CPU alone: drop "
+                                   "--exact, --predictors and the hybrid options (--vram-budget/--split/-ngl)")
+        backend = self.backend or "packed"
+        if backend not in BACKENDS:
+            raise HybridInferError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.hybrid and backend != "packed":
+            raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
+                                   "drop --backend reference (the oracle runs on the CPU only)")
+        chosen = [name for name, value in (("--split", self.split), ("--vram-budget", self.vram_budget),
+                                            ("-ngl", self.n_gpu_layers)) if value is not None]
+        if len(chosen) > 1 and chosen != ["--split", "--vram-budget"]:
+            raise HybridInferError(f"{' and '.join(chosen)} exclude each other: -ngl offloads whole dense layers, "
+                                   "--vram-budget/--split place hot neurons; choose one")
 
 
 def thread_count(requested: int) -> int:

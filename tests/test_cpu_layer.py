@@ -9,6 +9,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
+from hybridinfer.kernels.block_args import FFNWeights, SparseFFNScratch
 from hybridinfer.kernels import cpu_layer, cpu_ops, reference
 from hybridinfer.kernels.cpu_quant import INT8_ERROR_BOUND, activation_buffers, prepare
 from hybridinfer.kernels.packed import pack, to_gguf_bytes
@@ -123,12 +124,13 @@ def test_sparse_ffn_block_matches_reference(rng, qtype, float_activations, mode)
     threshold = np.float32((values[120] + values[121]) / 2)  # between two values: no neuron sits on it
     candidates = np.sort(rng.permutation(n_ff)[:60]).astype(np.int64) if predicted else np.arange(n_ff)
     out = np.empty((1, n_embd), np.float32)
-    buffers = [np.empty(n_ff, np.float32), np.empty(n_ff, np.int64), np.empty(n_ff, np.float32),
-               np.empty(n_ff, np.float32)]
+    scratch = SparseFFNScratch(np.empty(n_ff, np.float32), np.empty(n_ff, np.float32), np.empty(n_ff, np.float32),
+                               np.empty(n_ff, np.int64), out)
+    buffers = [scratch.gate, scratch.active, scratch.up, scratch.hidden]
     before = residual.copy()
     block = cpu_layer.sparse_ffn_block(gate.code, up.code, down_t.code, float_activations)
-    fired = block(residual, prepare(x), gate.raw, up.raw, down_t.raw, threshold, silu, candidates.copy(),
-                  len(candidates) if predicted else -1, *buffers, out, np.float32(1.0), 2)
+    weights = FFNWeights(gate.raw, up.raw, down_t.raw, threshold, silu, np.float32(1.0))
+    fired = block(residual, prepare(x), weights, candidates.copy(), len(candidates) if predicted else -1, scratch, 2)
     assert fired == int((activation(gate_f[candidates] @ xq, threshold) != 0).sum())
     expected = reference.sparse_ffn(gate_f, up_f, down_t_f, xq, candidates, threshold, activation)
     hidden = activation(gate_f[candidates] @ xq, threshold) * (up_f[candidates] @ xq)

@@ -15,6 +15,7 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
+from hybridinfer.hybrid.split_ffn import SplitFFN
 from hybridinfer.hybrid.placement.plan import gpu_layers_for, solve_split
 from hybridinfer.hybrid.placement.split_file import load_split, save_split
 from hybridinfer.runtime.activations import profile_activations
@@ -83,7 +84,7 @@ def test_hybrid_exact_equals_packed_exact(relu_model, kernels):
     expected, expected_batch = decode_logits(packed), packed.logits(IDS)
     for name, budget in budgets(relu_model).items():
         engine = hybrid(relu_model, budget, kernels, exact=True, float_activations=True)
-        side = engine.hybrid
+        side = engine.gpu_side
         assert (side is None) == (name == "0")
         if side is not None:
             assert sorted(side.layers) == ([N_LAYER - 1] if name.startswith("one-layer") else list(range(N_LAYER)))
@@ -98,8 +99,9 @@ def test_overlapped_halves_give_the_same_logits(relu_model):
     one after the other unless told to overlap."""
     engine = hybrid(relu_model, budgets(relu_model)["mid"], exact=True, float_activations=True)
     expected = decode_logits(engine)
-    assert not engine.hybrid.overlap or DEVICE != "cpu"
-    engine.hybrid.overlap = True
+    split = next(part for parts in engine.model.layers for part in parts if isinstance(part, SplitFFN))
+    assert not split.overlap or DEVICE != "cpu"
+    split.overlap = True
     assert relative_error(decode_logits(engine), expected) < 1e-6
 
 
@@ -107,7 +109,7 @@ def test_hybrid_int8_cpu_half_stays_close(relu_model):
     """Default activations: the CPU half quantizes its inputs to int8 blocks, the GPU side keeps floats."""
     packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True)
     engine = hybrid(relu_model, budgets(relu_model)["mid"])
-    assert 0 < engine.hybrid.n_hot < N_LAYER * N_FF
+    assert 0 < engine.gpu_side.n_hot < N_LAYER * N_FF
     assert relative_error(decode_logits(engine), decode_logits(packed)) < 3e-2
 
 
@@ -115,10 +117,10 @@ def test_vram_budget_solves_the_split_at_load(relu_model):
     """--vram-budget with the activations file beside the model, groups of 256 neurons (a whole tiny layer)."""
     engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, vram_budget=str(budgets(relu_model)["two-layers"]),
                               device=DEVICE, exact=True)
-    assert engine.hybrid.n_hot == 2 * N_FF
+    assert engine.gpu_side.n_hot == 2 * N_FF
     decode_logits(engine)
-    s = engine.hybrid.stats
-    s = engine.hybrid.stats
+    s = engine.gpu_side.stats
+    s = engine.gpu_side.stats
     assert s.tokens == len(IDS) and s.gpu_fired > 0 and s.cpu_fired > 0
     assert s.gpu_seconds > 0 and s.cpu_seconds > 0 and s.transfer_seconds > 0
 
@@ -149,7 +151,7 @@ def test_gpu_layers_equal_the_dense_packed_engine(relu_model, n_gpu_layers):
     packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
     engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device=DEVICE,
                               gpu_kernels="torch", float_activations=True)
-    side = engine.hybrid
+    side = engine.gpu_side
     assert sorted(side.layers) == list(range(N_LAYER - min(n_gpu_layers, N_LAYER), N_LAYER))
     assert all(layer.dense for layer in side.layers.values())
     assert (side.output is not None) == (n_gpu_layers > N_LAYER)
@@ -197,7 +199,7 @@ def test_split_file_round_trip_and_refusals(relu_model, tmp_path):
     assert [h.tolist() for h in loaded.hot] == [h.tolist() for h in split.hot]
     assert loaded.gpu_layers == split.gpu_layers == [N_LAYER - 1] and not loaded.output_on_gpu
     from_file = hybridinfer.load(str(relu_model), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), device=DEVICE)
-    assert sorted(from_file.hybrid.layers) == [N_LAYER - 1] and from_file.hybrid.n_hot == len(split.hot[-1])
+    assert sorted(from_file.gpu_side.layers) == [N_LAYER - 1] and from_file.gpu_side.n_hot == len(split.hot[-1])
     with pytest.raises(HybridInferError, match="budget"):
         hybridinfer.load(str(relu_model), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), vram_budget="1000")
     with pytest.raises(HybridInferError, match="context"):
@@ -251,4 +253,4 @@ def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model):
     result = perplexity(engine, text, n_chunk=32)
     assert result.dense_perplexity == pytest.approx(expected.perplexity, rel=1e-4)
     assert result.kl_to_dense > 0
-    assert engine.hybrid.predicting  # restored
+    assert all(part.predicting for parts in engine.model.layers for part in parts if isinstance(part, SplitFFN))

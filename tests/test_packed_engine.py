@@ -7,8 +7,8 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
-from hybridinfer.runtime.sparse_ffn import PackedSparseFFN
 from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
+from hybridinfer.runtime.build import Choices, build_decoder
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
@@ -85,7 +85,8 @@ def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path, thres
     expected = decode_logits(reference, IDS)
     packed = hybridinfer.load(str(relu_model), float_activations=True)
     predictors = reference.sparse_ffn.predictors
-    packed.model.ffn = PackedSparseFFN(packed.config, packed.model.weights, predictors, True, T.F32)
+    choices = Choices(predictors=predictors, float_activations=True, predictor_type=T.F32)  # float32 predictors
+    packed.model = build_decoder(packed.file, packed.config, packed.n_ctx, choices)
     decoded = decode_logits(packed, IDS)
     assert relative_error(decoded, expected) < sparse_tolerance(relu_model)
     assert relative_error(packed.logits(IDS), decoded) < 1e-5

@@ -1,4 +1,4 @@
-"""Several sequences decoded together (`PackedTransformer.forward_sequences`): each sequence's logits are what
+"""Several sequences decoded together (`Decoder.forward_sequences`): each sequence's logits are what
 decoding it alone gives, bit for bit for the dense FFN (every product's arithmetic is per token), within the
 sparse path's rounding for --exact and --predictors (their batch path quantizes the down projection's
 coefficients per row set, `sparse_ffn._several`) and for CATS and TEAL sparsity files."""
@@ -89,7 +89,7 @@ def test_two_steps_keep_the_sequences_apart(model):
 
 def test_the_hybrid_runtime_refuses_several_sequences(model):
     m = prefilled(model)
-    m.offload = object()
+    m.gpu_side = object()  # as the builder makes a hybrid run's decoder
     with pytest.raises(HybridInferError, match="--parallel 1"):
         m.forward_sequences(np.array([1, 2]), np.array([4, 2]), np.array([0, 1]))
     with pytest.raises(HybridInferError, match="--parallel 1"):

@@ -61,7 +61,7 @@ def test_hybrid_with_predictors_gives_the_packed_predictor_tokens():
     expected = cpu.generate(prompt, max_tokens=12, temperature=0).tokens
     assert load(True).generate(prompt, max_tokens=12, temperature=0).tokens == expected
     engine = load(True, **hybrid)
-    assert 0 < engine.hybrid.n_hot < cpu.config.n_layer * cpu.config.n_ff
+    assert 0 < engine.gpu_side.n_hot < cpu.config.n_layer * cpu.config.n_ff
     assert engine.generate(prompt, max_tokens=12, temperature=0).tokens == expected
     packed, engine = load(False), load(False, **hybrid)
     ids = packed.tokenize(prompt) + packed.generate(prompt, max_tokens=12, temperature=0).tokens

@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType as T
 import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.runtime.activations import run_observed
-from hybridinfer.runtime.dense_ffn import DenseFFN
+from hybridinfer.runtime.parts import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import load_thresholds
 from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
@@ -73,7 +73,7 @@ def test_a_quantization_of_the_model_takes_its_file_with_int8_activations(sparsi
 
 def test_a_silu_model_without_a_sparsity_file_runs_dense(silu_model):
     engine = hybridinfer.load(str(silu_model))
-    assert isinstance(engine.model.ffn, DenseFFN) and engine.sparse_ffn is None
+    assert all(isinstance(ffn, DenseFFN) for _, ffn in engine.model.layers) and engine.sparse_ffn is None
     expected = hybridinfer.load(str(silu_model), backend="reference", float_activations=True).logits(IDS)
     assert relative_error(hybridinfer.load(str(silu_model), float_activations=True).logits(IDS), expected) < 1e-4
 

@@ -49,8 +49,8 @@ def decode_rate(engine: Engine, n_gen: int, n_prompt: int = 8, warmup: int = 2) 
     for _ in range(warmup):
         history.append(int(logits.argmax()))
         logits, _ = engine.feed(history)
-    if engine.hybrid is not None:
-        engine.hybrid.stats.reset()
+    if engine.gpu_side is not None:
+        engine.gpu_side.stats.reset()
     sparse = engine.sparse_ffn
     if sparse is not None:
         sparse.stats.reset()

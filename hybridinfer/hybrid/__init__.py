@@ -1,9 +1,10 @@
 """The hybrid CPU+GPU runtime on the packed engine.
 
-    setup.py     which layers, neurons and output go to the GPU side (a split, a --vram-budget, or -ngl N)
-    gpu_side.py  the GPU side: weights in the file's own formats on a torch device, and its part of each layer
-    cpu_half.py  the CPU half of a split FFN: the cold neurons, on a worker thread, by the packed kernels
-    report.py    per-token times of each side and of the transfers
+    setup.py       the placement the options ask for (a split, a --vram-budget, or -ngl N; `placement/`)
+    gpu_side.py    the GPU side: its layers' weights in the file's own formats on a torch device, the clock
+    gpu_parts.py   its parts: attention, the dense FFN of -ngl, the boundary, the output; CPU parts timed
+    split_ffn.py   the split FFN: hot neurons on the GPU, cold neurons on a CPU worker, the only overlap
+    report.py      per-token times of each side and of the transfers
 
-The decoder loop itself stays in `runtime/decoder.py`: a layer placed on the GPU side is handed to `GPUSide`.
+`runtime/build.py` assembles the decoder from these parts and the CPU's.
 """

@@ -1,20 +1,16 @@
-"""The GPU side of the hybrid runtime: its layers' weights in the file's own formats on a torch device, and what
-it computes of a layer. On a machine without CUDA the device is the CPU and the kernels are the torch twins, so
-every path runs (and is tested) anywhere.
+"""The GPU side of the hybrid runtime: its layers' weights in the file's own formats on a torch device (with their
+KV caches), the output projection when placed there, the kernels (`ops`) and the one clock of a hybrid run. The
+parts that compute with them are `gpu_parts.py` (attention, dense FFN, the boundary, output) and `split_ffn.py`.
+On a machine without CUDA the device is the CPU and the kernels are the torch twins, so every path runs (and is
+tested) anywhere.
 
 A GPU layer holds its attention (norms, Q/K/V and output projections, KV cache), its predictor, and either its
-hot neurons (gate rows, up rows, rows of the transposed down projection; the cold ones are the CPU half's) or,
-with -ngl, its whole dense FFN. One token through a GPU layer, x (1, n_embd) staying on the device:
-    x += attention(RMSNorm(x))
-    normed = RMSNorm(x); mask = predictor(x)                   (GPU)
-    normed, mask -> CPU half (worker thread: cold neurons)     (down: n_embd floats + n_ff bytes)
-    hot = S3(S2(hot gate/up rows, normed, mask))               (GPU, meanwhile)
-    x += hot + CPU half                                        (up: n_embd floats)
+hot neurons (gate rows, up rows, rows of the transposed down projection; the cold ones stay in the CPU's packed
+weights) or, with -ngl, its whole dense FFN.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +24,8 @@ from ..model_file.gguf_file import GGUFFile, GGUFTensor
 from ..gpu import kernels_for
 from ..gpu.weights import DeviceMatrix, device_matrix
 from ..kernels.packed import to_gguf_bytes
-from ..reference.model import apply_rope, rms_norm, rope_tables
+from ..reference.model import rms_norm, rope_tables
 from .placement.memory_model import GPU_FORMATS, kv_element_bytes_for
-from .cpu_half import CPUHalf
 from .report import Clock, HybridStats
 
 
@@ -89,35 +84,30 @@ class GPULayer:
 
 
 class GPUSide:
-    """The layers (and the output projection) placed on `device`; `runtime.decoder.PackedTransformer` hands
-    them the residual stream."""
+    """The layers (and the output projection) `placement` puts on `device`, with what their parts share."""
 
-    def __init__(self, model: GGUFFile, config: ModelConfig, plan, device: torch.device, n_ctx: int,
-                 kernels: str | None = None, predictors=None, cpu_half: CPUHalf | None = None,
-                 down_t: list | None = None):
+    def __init__(self, model: GGUFFile, config: ModelConfig, placement, device: torch.device, n_ctx: int,
+                 kernels: str | None = None, predictors=None, down_t: list | None = None, cpu_layers_stats=None):
+        """`down_t`: the CPU's transposed down projections (n_ff, n_embd) per layer, whose hot rows a split FFN's
+        GPU half reads; `cpu_layers_stats`: the CPU layers' sparse FFN statistics (the report's CPU share)."""
         c = self.config = config
         self.device = device
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
         # as the memory model counts it
         self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32
-        self.cpu_half = cpu_half
-        self.cpu_layers_stats = None  # the packed sparse FFN's statistics (CPU layers), set by `setup`
-        self.predicting = True  # False: split FFNs ignore the predictors (every neuron a candidate: exact)
-        # the halves of a split FFN run at once on a GPU; on the CPU stand-in they would only contend for the same
-        # cores, so there the GPU half waits for the CPU half (and each side's time is its own)
-        self.overlap = device.type != "cpu"
+        self.cpu_layers_stats = cpu_layers_stats
         self.stats = HybridStats()
         self.clock = Clock(device, self.stats)
         self.threshold = float(c.activation_threshold)
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
-        self._fired = torch.zeros((), dtype=torch.int64, device=device)
+        self.fired = torch.zeros((), dtype=torch.int64, device=device)  # hot neurons fired, summed on the device
         self.layers: dict[int, GPULayer] = {}
-        for index in plan.gpu_layers:
-            self.layers[index] = self._layer(model, index, plan, n_ctx, predictors, down_t)
+        for index in placement.gpu_layers:
+            self.layers[index] = self._layer(model, index, placement, n_ctx, predictors, down_t)
         self.output = self.output_norm = None
-        if plan.output_on_gpu:
+        if placement.output_on_gpu:
             self.output_norm = _vector(model, "output_norm.weight", device)
             name = "token_embd.weight" if c.tied_embeddings else "output.weight"
             self.output = self._upload(model, name)
@@ -130,7 +120,7 @@ class GPUSide:
             model.release(name)
         return matrix
 
-    def _layer(self, model: GGUFFile, i: int, plan, n_ctx: int, predictors, down_t) -> GPULayer:
+    def _layer(self, model: GGUFFile, i: int, placement, n_ctx: int, predictors, down_t) -> GPULayer:
         c, device = self.config, self.device
         p = f"blk.{i}."
         kv_shape = (n_ctx, c.n_head_kv, c.head_dim)
@@ -144,7 +134,7 @@ class GPUSide:
             v_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device))
         for name in qkv_names:
             model.release(name)
-        if i in plan.dense_layers:
+        if i in placement.dense_layers:
             layer.gate, layer.up = self._upload(model, p + "ffn_gate.weight"), self._upload(model, p + "ffn_up.weight")
             layer.down = self._upload(model, p + "ffn_down.weight")
             return layer
@@ -152,7 +142,7 @@ class GPUSide:
             layer.fc1 = upload_predictor_weight(predictors.fc1[i], device)
             layer.fc2 = upload_predictor_weight(predictors.fc2[i], device)
             layer.predictor_threshold = float(predictors.thresholds[i])
-        hot = plan.hot[i]
+        hot = placement.hot[i]
         layer.hot, layer.hot_index = hot, torch.from_numpy(hot).to(device)
         layer.gate = self._upload(model, p + "ffn_gate.weight", hot)
         layer.up = self._upload(model, p + "ffn_up.weight", hot)
@@ -169,17 +159,11 @@ class GPUSide:
         output = self.output.nbytes + self.output_norm.numel() * 4 if self.output is not None else 0
         return sum(layer.nbytes for layer in self.layers.values()) + output
 
-    def finish_token(self, cpu_layers_seconds: float) -> None:
+    def token_done(self) -> None:
         """Close one decoded token's statistics (the logits' copy to the CPU has synchronised the device)."""
-        s = self.stats
-        s.tokens += 1
-        s.cpu_seconds += cpu_layers_seconds
-        if self.cpu_half is not None:
-            s.cpu_seconds += self.cpu_half.seconds
-            s.cpu_fired += self.cpu_half.fired
-            self.cpu_half.seconds, self.cpu_half.fired = 0.0, 0
-        s.gpu_fired += int(self._fired)
-        self._fired.zero_()
+        self.stats.tokens += 1
+        self.stats.gpu_fired += int(self.fired)
+        self.fired.zero_()
         self.clock.flush()
 
     # ---- the residual stream across the boundary --------------------------------------------------------
@@ -195,76 +179,6 @@ class GPUSide:
         started = self.clock.start()
         out[:] = x.cpu().numpy()
         self.clock.stop("transfer", started)
-
-    # ---- a layer ----------------------------------------------------------------------------------------
-
-    def layer(self, index: int, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """x (T, n_embd) float32 on the device -> the residual stream after layer `index`."""
-        layer = self.layers[index]
-        started = self.clock.start()
-        x = x + self.attention(layer, rms_norm(x, layer.attn_norm, self.config.rms_eps), start_pos) * \
-            self.config.residual_scale
-        normed = rms_norm(x, layer.ffn_norm, self.config.rms_eps)
-        if layer.dense:
-            out = self.dense_ffn(layer, normed)
-            self.clock.stop("gpu", started)
-            return x + out * self.config.residual_scale
-        mask = self.predict(layer, x) if layer.fc1 is not None and self.predicting else None  # (T, n_ff) bool
-        if x.shape[0] > 1:
-            return x + self._split_ffn_batch(index, layer, normed, mask, started) * self.config.residual_scale
-        self.clock.stop("gpu", started)
-        started = self.clock.start()
-        pending = self.cpu_half.submit(index, normed, None if mask is None else mask[0])
-        self.clock.stop("transfer", started)
-        cold = None if self.overlap else self.cpu_half.collect(pending)
-        started = self.clock.start()
-        hot, fired = self.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
-                                      None if mask is None else mask[0, layer.hot_index], self.threshold)
-        self._fired += fired  # summed on the device: reading it here would wait for the GPU
-        self.clock.stop("gpu", started)
-        cold = self.cpu_half.collect(pending) if cold is None else cold
-        return x + (hot + cold)[None] * self.config.residual_scale
-
-    def _split_ffn_batch(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
-        hot_mask = None if mask is None else mask[:, layer.hot_index]
-        hidden = self.ops.hidden_dense(layer.gate, layer.up, normed, hot_mask, self.threshold)  # (T, n_hot)
-        hot = self.ops.down_t_product(layer.down_t, hidden)
-        self.clock.stop("gpu", started)
-        return hot + self.cpu_half.several(index, normed, mask)
-
-    def attention(self, layer: GPULayer, h: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """Causal attention of T new positions over the layer's KV cache; h = RMSNorm(x) (T, n_embd)."""
-        c = self.config
-        n, end = h.shape[0], start_pos + h.shape[0]
-        q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
-        qkv = self.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
-        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
-        q = apply_rope(qkv[:, :q_rows].reshape(n, c.n_head, c.head_dim), cos, sin)
-        k = apply_rope(qkv[:, q_rows:q_rows + kv_rows].reshape(n, c.n_head_kv, c.head_dim), cos, sin)
-        layer.k_cache[start_pos:end] = k.to(self.kv_dtype)
-        layer.v_cache[start_pos:end] = qkv[:, q_rows + kv_rows:].reshape(n, c.n_head_kv, c.head_dim).to(self.kv_dtype)
-        group = c.n_head // c.n_head_kv
-        keys = layer.k_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)  # (n_head, end, hd)
-        values = layer.v_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)
-        scores = (q.transpose(0, 1) @ keys.transpose(1, 2)) / math.sqrt(c.head_dim)  # (n_head, T, end)
-        if n > 1:
-            positions = torch.arange(end, device=h.device)
-            future = positions[None, :] > positions[start_pos:end, None]
-            scores = scores.masked_fill(future, float("-inf"))
-        attended = (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
-        return self.ops.matvec(layer.wo, attended)
-
-    def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
-        """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""
-        return self.ops.matvec(layer.fc2, torch.relu(self.ops.matvec(layer.fc1, x))) >= layer.predictor_threshold
-
-    def dense_ffn(self, layer: GPULayer, normed: torch.Tensor) -> torch.Tensor:
-        gate, up = self.ops.matvec(layer.gate, normed), self.ops.matvec(layer.up, normed)
-        if self.config.activation == "silu":
-            hidden = torch.nn.functional.silu(gate) * up
-        else:
-            hidden = torch.where(gate >= self.threshold, gate, torch.zeros_like(gate)) * up
-        return self.ops.matvec(layer.down, hidden)
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """(T, n_vocab) float32 on the CPU from the final residual stream on the device."""

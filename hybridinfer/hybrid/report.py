@@ -30,7 +30,8 @@ class HybridStats:
 
 
 class Clock:
-    """Sections of the GPU side and of the transfers, timed on the device's own clock."""
+    """The one clock of a hybrid run: sections of the GPU side and of the transfers, timed on the device's own
+    clock, and the CPU side's time (`add("cpu", seconds)`: the CPU parts, the split FFNs' CPU halves)."""
 
     def __init__(self, device: torch.device, stats: HybridStats):
         self.cuda = device.type == "cuda"
@@ -50,24 +51,27 @@ class Clock:
             event.record()
             self.stats._pending.append((kind, started, event))
             return
-        self._add(kind, time.perf_counter() - started)
+        self.add(kind, time.perf_counter() - started)
 
     def flush(self) -> None:
         """Sum the finished CUDA sections (call after a synchronisation, e.g. at the end of a token)."""
         for kind, start, end in self.stats._pending:
-            self._add(kind, start.elapsed_time(end) / 1000)
+            self.add(kind, start.elapsed_time(end) / 1000)
         self.stats._pending.clear()
 
-    def _add(self, kind: str, seconds: float) -> None:
+    def add(self, kind: str, seconds: float) -> None:
+        """Add `seconds` to `kind`: "gpu", "transfer" or "cpu"."""
         if kind == "gpu":
             self.stats.gpu_seconds += seconds
+        elif kind == "cpu":
+            self.stats.cpu_seconds += seconds
         else:
             self.stats.transfer_seconds += seconds
 
 
 def hybrid_report(engine) -> dict | None:
     """Per decoded token: ms of each side and of the transfers, the FFN's fired neurons per side."""
-    side = getattr(engine.model, "offload", None)
+    side = engine.gpu_side
     if side is None or side.stats.tokens == 0:
         return None
     s = side.stats

@@ -5,8 +5,9 @@ instead of dozens (each Python -> numba call costs microseconds; a 7B token make
 Each block is made for its weights' formats: `attention_block(qkv_code, out_code, float_activations)` returns
 the numba function for those (cached, on disk too), whose weights are then passed as raw (rows, bytes) uint8
 arrays (`PackedMatrix.raw`); `dispatch.py` resolves each product to one kernel at compile time, so a run compiles
-only what its file's formats and its mode need. Activations are `cpu_quant.Activations` named tuples of
-preallocated buffers. Every block writes into caller-provided float32 buffers and returns counts, never arrays.
+only what its file's formats and its mode need. Their arguments are named tuples (`block_args.py`: weights, KV
+state, scratch; activations are `cpu_quant.Activations`) of preallocated buffers. Every block writes into
+caller-provided float32 buffers and returns counts, never arrays.
 `float_activations`: quantized weights multiply float32 activations (and S3 float32 coefficients) instead of
 llama.cpp's int8 blocks.
 
@@ -54,39 +55,39 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
     """The attention block for Q/K/V rows of format `qkv_code` and an output projection of `out_code`."""
 
     @specialization(qkv_code, out_code, float_activations)
-    def block(x, norm, eps, wqkv, wo, normed, qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches,
-              scores, attended, out, residual_scale):
-        """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens, token t at position positions[t]
-        of sequence sequences[t] (one sequence's prompt, or one token of each of several sequences); their keys
-        and values written to this layer's caches (n_seq, n_head_kv, n_ctx, head_dim). wqkv: the Q, K and V rows
-        in one raw matrix, wo the output projection; buffers qkv (T, q_rows + 2 kv_rows), q (T, n_head,
-        head_dim), k and v (T, n_head_kv, head_dim), out (T, n_embd)."""
-        normalize(x, norm, eps, normed)
-        product(qkv_code, wqkv, normed, ALL_ROWS, True, float_activations, qkv)
-        attend(qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches, scores, attended.x)
-        prepare(attended)
-        product(out_code, wo, attended, ALL_ROWS, True, float_activations, out)
-        cpu_ops.add_scaled(x, out, residual_scale)
+    def block(x, weights, kv, scratch):
+        """x (T, n_embd) += residual_scale * attention(RMSNorm(x)) for T tokens, token t at position
+        kv.positions[t] of sequence kv.sequences[t] (one sequence's prompt, or one token of each of several
+        sequences); their keys and values written to the layer's caches first. weights: `AttentionWeights`,
+        kv: `KVState`, scratch: `AttentionScratch` (`block_args.py`)."""
+        s = scratch
+        normalize(x, weights.norm, weights.eps, s.normed)
+        product(qkv_code, weights.qkv, s.normed, ALL_ROWS, True, float_activations, s.qkv)
+        attend(s.qkv, s.q, s.k, s.v, kv, s.attended.x)
+        prepare(s.attended)
+        product(out_code, weights.output, s.attended, ALL_ROWS, True, float_activations, s.out)
+        cpu_ops.add_scaled(x, s.out, weights.residual_scale)
 
     return block
 
 
 @njit(**_OPTIONS)
-def attend(qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches, scores, attended):
+def attend(qkv, q, k, v, kv, attended):
     """attended (T, n_head * head_dim) = causal attention of the T tokens whose Q, K and V rows are qkv (T, q_rows +
-    2 kv_rows): Q and K rotated (RoPE), K and V written to the caches first (see `attention_block`)."""
+    2 kv_rows), q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim) their scratch: Q and K rotated (RoPE),
+    K and V written to the caches of `kv` (`KVState`) first."""
     tokens = qkv.shape[0]
     q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
     q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
     k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
     v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
-    cpu_ops.rope(q, cos, sin, positions)
-    cpu_ops.rope(k, cos, sin, positions)
+    cpu_ops.rope(q, kv.cos, kv.sin, kv.positions)
+    cpu_ops.rope(k, kv.cos, kv.sin, kv.positions)
     for t in range(tokens):
         for h in range(k.shape[1]):
-            k_caches[sequences[t], h, positions[t]] = k[t, h]
-            v_caches[sequences[t], h, positions[t]] = v[t, h]
-    cpu_ops.attention(q, k_caches, v_caches, positions, sequences, scores, attended.reshape(q.shape))
+            kv.k_cache[kv.sequences[t], h, kv.positions[t]] = k[t, h]
+            kv.v_cache[kv.sequences[t], h, kv.positions[t]] = v[t, h]
+    cpu_ops.attention(q, kv.k_cache, kv.v_cache, kv.positions, kv.sequences, kv.scores, attended.reshape(q.shape))
 
 
 @functools.cache
@@ -94,17 +95,19 @@ def dense_ffn_block(gate_code: int, up_code: int, down_code: int, float_activati
     """The dense FFN block for gate, up and down projections of these formats."""
 
     @specialization(gate_code, up_code, down_code, float_activations)
-    def block(x, normed, wgate, wup, wdown, silu, threshold, gate, up, hidden, out, residual_scale):
-        """x += residual_scale * down(act(gate(normed)) * up(normed)), act = SiLU or FATReLU(threshold)."""
-        product(gate_code, wgate, normed, ALL_ROWS, True, float_activations, gate)
-        product(up_code, wup, normed, ALL_ROWS, True, float_activations, up)
-        if silu:
-            cpu_ops.silu_times(gate, up, hidden.x)
+    def block(x, normed, weights, scratch):
+        """x += residual_scale * down(act(gate(normed)) * up(normed)), act = SiLU or FATReLU(threshold).
+        weights: `FFNWeights` (down row-major), scratch: `DenseFFNScratch`."""
+        w, s = weights, scratch
+        product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, s.gate)
+        product(up_code, w.up, normed, ALL_ROWS, True, float_activations, s.up)
+        if w.silu:
+            cpu_ops.silu_times(s.gate, s.up, s.hidden.x)
         else:
-            cpu_ops.fatrelu_times(gate, up, threshold, hidden.x)
-        prepare(hidden)
-        product(down_code, wdown, hidden, ALL_ROWS, True, float_activations, out)
-        cpu_ops.add_scaled(x, out, residual_scale)
+            cpu_ops.fatrelu_times(s.gate, s.up, w.threshold, s.hidden.x)
+        prepare(s.hidden)
+        product(down_code, w.down, s.hidden, ALL_ROWS, True, float_activations, s.out)
+        cpu_ops.add_scaled(x, s.out, w.residual_scale)
 
     return block
 
@@ -135,36 +138,37 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
     """One token's sparse FFN for gate, up and transposed down projections of these formats."""
 
     @specialization(gate_code, up_code, down_code, float_activations)
-    def block(x, normed, wgate, wup, wdown_t, threshold, silu, candidates, n_candidates, gate, active, up, hidden,
-              out, residual_scale, chunks):
+    def block(x, normed, weights, candidates, n_candidates, scratch, chunks):
         """The FFN over candidate neurons (candidates[:n_candidates], ascending; n_candidates < 0: every neuron;
         more than `dense_gate_above`: their gate values are taken from the dense gate kernel, faster then):
         gate rows -> the activation -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled
         by act * up (S3); x += residual_scale * that. The activation: FATReLU (gate >= threshold), or with `silu`
         CATS (every gate row, SiLU, the neurons whose |SiLU(gate)| >= threshold, the layer's calibrated one).
-        Buffers gate, up, hidden (n_ff,), active (n_ff,) int64; chunks: threads for S3 (numba.get_num_threads()
-        from Python). Returns the number of neurons that fired."""
+        weights: `FFNWeights` (down transposed), scratch: `SparseFFNScratch`; chunks: threads for S3
+        (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
+        w, s = weights, scratch
+        gate, up, hidden, active, threshold = s.gate, s.up, s.hidden, s.active, w.threshold
         n_embd = x.shape[1]
         if n_candidates < 0:
             count = gate.shape[0]
-            product(gate_code, wgate, normed, ALL_ROWS, True, float_activations, gate.reshape((1, -1)))
-            if silu:
+            product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, gate.reshape((1, -1)))
+            if w.silu:
                 cpu_ops.silu(gate.reshape((1, -1)), gate.reshape((1, -1)))
-            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, silu)
+            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, w.silu)
         else:
             count = n_candidates
             if count > dense_gate_above(gate.shape[0]):  # every gate row (hidden as scratch), then the candidates'
-                product(gate_code, wgate, normed, ALL_ROWS, True, float_activations, hidden.reshape((1, -1)))
+                product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, hidden.reshape((1, -1)))
                 for j in range(count):
                     gate[j] = hidden[candidates[j]]
             else:
-                product(gate_code, wgate, normed, candidates[:count], False, float_activations,
+                product(gate_code, w.gate, normed, candidates[:count], False, float_activations,
                         gate[:count].reshape((1, -1)))
             fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active, False)
-        product(up_code, wup, normed, active[:fired], False, float_activations, up[:fired].reshape((1, -1)))
-        cpu_ops.compact_products(gate[:count], up, threshold, hidden, silu)
-        accumulate(down_code, wdown_t, n_embd, active[:fired], hidden[:fired], out[0], chunks, float_activations)
-        cpu_ops.add_scaled(x, out, residual_scale)
+        product(up_code, w.up, normed, active[:fired], False, float_activations, up[:fired].reshape((1, -1)))
+        cpu_ops.compact_products(gate[:count], up, threshold, hidden, w.silu)
+        accumulate(down_code, w.down, n_embd, active[:fired], hidden[:fired], s.out[0], chunks, float_activations)
+        cpu_ops.add_scaled(x, s.out, w.residual_scale)
         return fired
 
     return block

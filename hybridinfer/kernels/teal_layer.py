@@ -28,23 +28,24 @@ def teal_attention_block(qkv_code: int, out_code: int, float_activations: bool):
     """The attention block for transposed Q/K/V (format `qkv_code`) and output projection (`out_code`)."""
 
     @specialization(qkv_code, out_code, float_activations)
-    def block(x, norm, eps, wqkv_t, wo_t, input_threshold, output_threshold, normed, selected, coeffs, qkv, q, k, v,
-              cos, sin, positions, sequences, k_caches, v_caches, scores, attended, out, residual_scale, chunks):
+    def block(x, weights, thresholds, kv, scratch, selection, chunks):
         """x (1, n_embd) += residual_scale * attention(RMSNorm(x)) for one token, as `cpu_layer.attention_block`,
-        with the entries of RMSNorm(x) below input_threshold and of the attention output below output_threshold
-        (in magnitude) zeroed. wqkv_t (n_embd, q_rows + 2 kv_rows) and wo_t (n_head * head_dim, n_embd):
-        transposed raw matrices; normed (1, n_embd), attended (1, n_head * head_dim) float32; selected (int64)
-        and coeffs (float32) scratch of at least either width. Returns the inputs read by Q/K/V and by the
+        with the entries of RMSNorm(x) below thresholds[0] and of the attention output below thresholds[1] (in
+        magnitude) zeroed. weights: `AttentionWeights` whose qkv (n_embd, q_rows + 2 kv_rows) and output
+        (n_head * head_dim, n_embd) are transposed raw matrices; thresholds: the layer's four (n_sites,) float32;
+        kv: `KVState`; scratch: `AttentionScratch` with float32 normed (1, n_embd) and attended (1, n_head *
+        head_dim); selection: `Selection` of at least either width. Returns the inputs read by Q/K/V and by the
         output projection."""
-        cpu_ops.rms_norm(x, norm, eps, normed)
-        read_in = cpu_ops.select_inputs(normed[0], input_threshold, selected, coeffs)
-        accumulate(qkv_code, wqkv_t, qkv.shape[1], selected[:read_in], coeffs[:read_in], qkv[0], chunks,
+        s, selected, coeffs = scratch, selection.selected, selection.coeffs
+        cpu_ops.rms_norm(x, weights.norm, weights.eps, s.normed)
+        read_in = cpu_ops.select_inputs(s.normed[0], thresholds[0], selected, coeffs)
+        accumulate(qkv_code, weights.qkv, s.qkv.shape[1], selected[:read_in], coeffs[:read_in], s.qkv[0], chunks,
                    float_activations)
-        attend(qkv, q, k, v, cos, sin, positions, sequences, k_caches, v_caches, scores, attended)
-        read_out = cpu_ops.select_inputs(attended[0], output_threshold, selected, coeffs)
-        accumulate(out_code, wo_t, out.shape[1], selected[:read_out], coeffs[:read_out], out[0], chunks,
+        attend(s.qkv, s.q, s.k, s.v, kv, s.attended)
+        read_out = cpu_ops.select_inputs(s.attended[0], thresholds[1], selected, coeffs)
+        accumulate(out_code, weights.output, s.out.shape[1], selected[:read_out], coeffs[:read_out], s.out[0], chunks,
                    float_activations)
-        cpu_ops.add_scaled(x, out, residual_scale)
+        cpu_ops.add_scaled(x, s.out, weights.residual_scale)
         return read_in, read_out
 
     return block
@@ -55,23 +56,22 @@ def teal_ffn_block(gate_up_code: int, down_code: int, float_activations: bool):
     """The SwiGLU FFN block for transposed gate/up (format `gate_up_code`) and down (`down_code`) projections."""
 
     @specialization(gate_up_code, down_code, float_activations)
-    def block(x, normed, wgate_up_t, wdown_t, input_threshold, down_threshold, selected, coeffs, gate_up, hidden,
-              out, residual_scale, chunks):
+    def block(x, normed, weights, thresholds, selection, scratch, chunks):
         """x (1, n_embd) += residual_scale * down(SiLU(gate(n)) * up(n)), n = normed (1, n_embd) with its entries
-        below input_threshold zeroed, and the down projection's input entries below down_threshold zeroed (in
-        magnitude). wgate_up_t (n_embd, 2 n_ff): gate's columns then up's; wdown_t (n_ff, n_embd); gate_up
-        (2 n_ff,) and hidden (n_ff,) float32; selected (int64) and coeffs (float32) scratch of at least n_ff.
-        Returns the inputs read by gate/up and by down."""
-        n_ff = hidden.shape[0]
-        read_in = cpu_ops.select_inputs(normed[0], input_threshold, selected, coeffs)
-        accumulate(gate_up_code, wgate_up_t, 2 * n_ff, selected[:read_in], coeffs[:read_in], gate_up, chunks,
-                   float_activations)
-        cpu_ops.silu_times(gate_up[:n_ff].reshape((1, n_ff)), gate_up[n_ff:].reshape((1, n_ff)),
-                           hidden.reshape((1, n_ff)))
-        read_down = cpu_ops.select_inputs(hidden, down_threshold, selected, coeffs)
-        accumulate(down_code, wdown_t, out.shape[1], selected[:read_down], coeffs[:read_down], out[0], chunks,
-                   float_activations)
-        cpu_ops.add_scaled(x, out, residual_scale)
+        below thresholds[2] zeroed, and the down projection's input entries below thresholds[3] zeroed (in
+        magnitude). weights: `TEALFFNWeights`; thresholds: the layer's four (n_sites,) float32; selection:
+        `Selection` of at least n_ff; scratch: `TEALFFNScratch`. Returns the inputs read by gate/up and by down."""
+        s, selected, coeffs = scratch, selection.selected, selection.coeffs
+        n_ff = s.hidden.shape[0]
+        read_in = cpu_ops.select_inputs(normed[0], thresholds[2], selected, coeffs)
+        accumulate(gate_up_code, weights.gate_up_t, 2 * n_ff, selected[:read_in], coeffs[:read_in], s.gate_up,
+                   chunks, float_activations)
+        cpu_ops.silu_times(s.gate_up[:n_ff].reshape((1, n_ff)), s.gate_up[n_ff:].reshape((1, n_ff)),
+                           s.hidden.reshape((1, n_ff)))
+        read_down = cpu_ops.select_inputs(s.hidden, thresholds[3], selected, coeffs)
+        accumulate(down_code, weights.down_t, s.out.shape[1], selected[:read_down], coeffs[:read_down], s.out[0],
+                   chunks, float_activations)
+        cpu_ops.add_scaled(x, s.out, weights.residual_scale)
         return read_in, read_down
 
     return block

@@ -78,7 +78,7 @@ class CalibratedSparseInputs:
     def observing(cls, transformer, observe: Callable, thresholds: np.ndarray | None = None) -> Iterator[None]:
         """`transformer` (a `model.Transformer`) with observe(layer, site, values) called at every site before its
         zeroing, for the duration: sparsified with `thresholds` (n_layer, 4), or dense (none; calibration; the
-        packed twin: `PackedTEAL.observing`)."""
+        packed twin: `runtime.teal.observing`)."""
         if thresholds is None:
             thresholds = np.zeros((transformer.config.n_layer, N_SITES), np.float32)
         part = cls(transformer.config, thresholds)

@@ -65,7 +65,7 @@ def profile_activations(engine, chunks: list[list[int]],
 def run_observed(engine, chunks: list[list[int]], observer: Callable,
                  on_chunk: Callable[[int], None] | None = None) -> None:
     """Run `chunks` (token lists) through the dense model with `observer(layer, residual, activation)` called
-    for every layer (`PackedTransformer.observers`); `on_chunk(tokens)` after each chunk."""
+    for every CPU layer (`Decoder.observers`); `on_chunk(tokens)` after each chunk."""
     engine.model.observers.append(observer)
     try:
         run_dense(engine, chunks, on_chunk)

@@ -39,7 +39,7 @@ def kv_bytes_per_position(config: ModelConfig) -> int:
 
 
 def buffer_bytes(config: ModelConfig, n_ctx: int, chunk: int) -> int:
-    """The forward pass's buffers for a chunk of `chunk` tokens (`runtime/decoder.Buffers`) and the RoPE tables."""
+    """The forward pass's buffers for a chunk of `chunk` tokens (`runtime/run_state.RunState`) and the RoPE tables."""
     c = config
     q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
     per_token = 4 * (6 * c.n_embd + 3 * q_rows + 6 * kv_rows + 4 * c.n_ff + c.n_vocab)

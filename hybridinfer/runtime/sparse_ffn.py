@@ -1,4 +1,5 @@
-"""The sparse FFN part over packed weights (`PackedTransformer.ffn`, `dense_ffn.py`): only the neurons that fire.
+"""The sparse FFN part (`parts.py`'s protocol): only the neurons that fire. The modes differ in the candidate
+neurons they choose:
 
   exact (no predictors)  every gate row, then up rows and down_t rows only where FATReLU passed: lossless
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
@@ -28,6 +29,8 @@ from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..reference.sparse_ffn import SparseFFNStats, require_silu, require_sparse_activation
+from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
+from .parts import CPUFFN
 from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
 
@@ -40,18 +43,19 @@ def pack_predictor_weight(weight: np.ndarray, qtype: T = T.Q8_0) -> PackedMatrix
     return pack((quants.quantize(weight, T.Q8_0), T.Q8_0, weight.shape))
 
 
-class PackedSparseFFN:
+class SparseFFN(CPUFFN):
     def __init__(self, config: ModelConfig, weights: PackedWeights, predictors=None, float_activations: bool = False,
-                 predictor_type: T = T.Q8_0, cache: RepackCache | None = None, sparsity=None):
+                 observers: list | None = None, predictor_type: T = T.Q8_0, cache: RepackCache | None = None,
+                 sparsity=None):
         """`cache`: where the packed predictors are kept between runs (`repack_cache.py`), for the file they came
         from. `sparsity`: a SiLU model's CATS thresholds (`sparsity.thresholds.SparsityThresholds`), instead of
         FATReLU's zeros."""
+        super().__init__(config, weights, float_activations, [] if observers is None else observers)
         self.silu = sparsity is not None
         if self.silu:
             require_silu(config)
         else:
             require_sparse_activation(config)
-        self.config, self.float_activations = config, bool(float_activations)
         self.threshold = np.float32(config.activation_threshold)  # FATReLU's
         self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.silu else \
             [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
@@ -59,8 +63,11 @@ class PackedSparseFFN:
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
         self.stats = SparseFFNStats()
         n_ff, n_embd = config.n_ff, config.n_embd
-        self.gate, self.up, self.hidden = (np.empty(n_ff, np.float32) for _ in range(3))
-        self.active, self.candidates = np.empty(n_ff, np.int64), np.empty(n_ff, np.int64)
+        self.scratch = SparseFFNScratch(*(np.empty(n_ff, np.float32) for _ in range(3)), np.empty(n_ff, np.int64),
+                                        np.empty((1, n_embd), np.float32))  # this part's own (one token)
+        self.candidates = np.empty(n_ff, np.int64)
+        self._weights: dict[int, FFNWeights] = {}
+        self._blocks: dict[int, BoundCall] = {}
         self.predictors = predictors
         if predictors is not None:
             self.fc1, self.fc2 = self._packed_predictors(predictors, predictor_type, cache)
@@ -69,6 +76,7 @@ class PackedSparseFFN:
             self.residual = activation_buffers(1, n_embd)
             self.rank_buffers = {rank: activation_buffers(1, rank) for rank in set(predictors.ranks)}
             self.logits = np.empty((1, n_ff), np.float32)
+            self._predict: dict[int, tuple] = {}  # per layer: the block and its weights' raw arrays
 
     PREDICTOR_CACHE_MODE = "predictors q8_0"  # the repack cache entry of a predictor file
 
@@ -94,23 +102,30 @@ class PackedSparseFFN:
     def nbytes_predictors(self) -> int:
         return sum(a.nbytes + b.nbytes for a, b in zip(self.fc1, self.fc2)) if self.predictors is not None else 0
 
-    def __call__(self, index: int, layer: PackedLayer, b) -> None:
-        """b.x (T, n_embd) += residual_scale * FFN(b.normed) over the active neurons (`dense_ffn.py`'s protocol)."""
-        x, normed, out = b.x, b.normed, b.block_out
-        if x.shape[0] > 1:
-            self._several(index, layer, b)
+    def compute(self, index: int, s) -> None:
+        """s.x (T, n_embd) += residual_scale * FFN(s.normed) over the active neurons."""
+        if s.tokens > 1:
+            self._several(index, self.weights.layers[index], s)
             return
         n_candidates = -1
         if self.predictors is not None:
-            predict = cpu_layer.predict(*self.predictor_codes[index], self.float_activations)
-            n_candidates = predict(
-                x, self.residual, self.fc1[index].raw, self.fc2[index].raw, self.predictor_thresholds[index],
-                self.rank_buffers[self.fc1[index].rows], self.logits, self.candidates)
-        block = cpu_layer.sparse_ffn_block(*layer.ffn_codes, self.float_activations)
-        fired = block(
-            x, normed, layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw, self.thresholds[index],
-            self.silu, self.candidates, n_candidates, self.gate, self.active, self.up, self.hidden, out, np.float32(self.config.residual_scale),
-            numba.get_num_threads())
+            predict = self._predict.get(index)
+            if predict is None:
+                block = cpu_layer.predict(*self.predictor_codes[index], self.float_activations)
+                fc1, fc2 = self.fc1[index], self.fc2[index]
+                predict = self._predict[index] = (BoundCall(block), fc1.raw, fc2.raw, self.rank_buffers[fc1.rows])
+            block, fc1, fc2, hidden = predict
+            n_candidates = block(s.x, self.residual, fc1, fc2, self.predictor_thresholds[index], hidden, self.logits,
+                                 self.candidates)
+        block = self._blocks.get(index)
+        if block is None:
+            layer, c = self.weights.layers[index], self.config
+            self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw,
+                                              self.thresholds[index], self.silu, np.float32(c.residual_scale))
+            block = self._blocks[index] = BoundCall(
+                cpu_layer.sparse_ffn_block(*layer.ffn_codes, self.float_activations))
+        fired = block(s.x, s.normed, self._weights[index], self.candidates, n_candidates, self.scratch,
+                      numba.get_num_threads())
         self.stats.tokens += 1
         dense_gate = n_candidates < 0 or n_candidates > cpu_layer.dense_gate_above(self.config.n_ff)
         self.stats.rows += self.config.n_ff if dense_gate else n_candidates
@@ -118,7 +133,7 @@ class PackedSparseFFN:
         self.stats.all_tokens += 1
         self.stats.all_active += fired
 
-    def _several(self, index: int, layer: PackedLayer, b) -> None:
+    def _several(self, index: int, layer: PackedLayer, b) -> None:  # b: the run state
         """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
         neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
         fired, each row read once for all T; then each token's own active rows of down_t. CATS: every gate row,
@@ -152,8 +167,8 @@ class PackedSparseFFN:
         hidden[:] = 0.0
         hidden[:, rows] = fired
         down_t = self.down_t[index]
-        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.active, self.hidden, b.block_out,
-                                               numba.get_num_threads())
+        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
+                                               b.block_out, numba.get_num_threads())
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:

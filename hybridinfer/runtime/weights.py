@@ -106,23 +106,23 @@ class PackedWeights:
         return total
 
 
-def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, on_gpu=None,
+def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = False, placement=None,
                         teal: bool = False) -> PackedWeights:
     """Pack every matrix of `model` the CPU computes with; with `sparse`, also make each layer's transposed down
     projection now (so its cost is part of the load, not of the first token); with `teal`, every projection's
-    transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `on_gpu` (a
-    `hybrid.setup.Offload`) names what the GPU side holds instead: the attention of its layers, the FFN of its
-    dense layers, the output projection. Each matrix's pages of the memory-mapped file are released once it is
+    transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `placement` (a
+    `hybrid/placement/placement.Placement`) names what the GPU side holds instead: the attention of its layers, the
+    FFN of its dense layers, the output projection. Each matrix's pages of the memory-mapped file are released once it is
     packed. What is packed is kept in the repack cache (`repack_cache.py`) and mapped from there by the next
     start."""
     threads.start()  # here, in a child forked after its parent ran GNU OpenMP, a one-line error instead of SIGTERM
-    gpu_layers = set(on_gpu.gpu_layers) if on_gpu is not None else set()
-    dense_layers = set(on_gpu.dense_layers) if on_gpu is not None else set()
-    output_on_gpu = on_gpu is not None and on_gpu.output_on_gpu
+    gpu_layers = set(placement.gpu_layers) if placement is not None else set()
+    dense_layers = set(placement.dense_layers) if placement is not None else set()
+    output_on_gpu = placement is not None and placement.output_on_gpu
     start, compiled = time.perf_counter(), compile_time.seconds()
     c = config
     require_tensors(model, config)  # every shape below is the table's (tensor_shapes.py)
-    if teal and on_gpu is not None:
+    if teal and placement is not None:
         raise ValueError("TEAL runs on the CPU alone")
     mode = "teal" if teal else \
         f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"

@@ -25,7 +25,7 @@ from ..errors import HybridInferError
 from ..runtime.activations import run_dense, run_observed
 from ..reference.sparse_ffn import require_silu
 from ..reference.sparse_inputs import CalibratedSparseInputs
-from ..runtime.teal import PackedTEAL
+from ..runtime import teal
 from .thresholds import SITES, SparsityThresholds, check_target
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ def observe_sites(engine: Engine, method: str, chunks: list[list[int]], observe:
     if method == "cats":
         run_observed(engine, chunks, lambda index, residual, activation: observe(index, 0, activation), on_chunk)
         return
-    inputs = PackedTEAL if engine.backend == "packed" else CalibratedSparseInputs  # a TEAL part
-    run_dense(engine, chunks, on_chunk, lambda: inputs.observing(engine.model, observe, thresholds))
+    observing = teal.observing if engine.backend == "packed" else CalibratedSparseInputs.observing  # TEAL's parts
+    run_dense(engine, chunks, on_chunk, lambda: observing(engine.model, observe, thresholds))
 
 
 def quantile(histogram: np.ndarray, share: float) -> float:

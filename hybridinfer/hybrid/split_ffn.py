@@ -1,0 +1,188 @@
+"""The split FFN part (`runtime/parts.py`'s protocol, over s.on_device): a GPU layer's hot neurons on the GPU, its
+cold neurons on the CPU, summed. The only code that knows that the two halves may overlap.
+
+One token, x (1, n_embd) on the device:
+    normed = RMSNorm(x); mask = predictor(x)                      (GPU)
+    normed, mask -> the CPU worker (cold neurons)                 (down: n_embd floats + n_ff bytes, pinned)
+    hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU, meanwhile)
+    x += residual_scale * (hot + the CPU half)                    (up: n_embd floats)
+The CPU worker (`CPUWorker`, a thread) waits for the copy, picks its candidates (the cold neurons, or the predicted
+cold ones) and runs the packed sparse FFN block over the CPU's packed weights (the hot rows are simply never read),
+releasing the GIL, in its own scratch: nothing it writes is shared with a CPU layer's part. On the CPU stand-in
+device the halves would only contend for the same cores, so there the GPU half waits for the CPU half (`overlap`
+False) and each side's time is its own.
+
+Several tokens (a prompt) run on the main thread: the hot neurons' gate and up densely on the device, the cold
+ones' by the packed kernels, masked to the cold (and predicted) neurons, and each token's active rows of down_t.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+
+from ..kernels import cpu_layer, cpu_ops
+from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
+from ..kernels.cpu_quant import activation_buffers, matmul
+from ..model_file.config import ModelConfig
+from ..reference.model import rms_norm
+from ..runtime.weights import PackedWeights
+from .gpu_side import GPULayer, GPUSide
+
+
+def _host(shape, dtype, pinned: bool) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+
+
+class CPUWorker:
+    """The cold neurons of the split layers, by the packed kernels on a worker thread, in their own scratch."""
+
+    def __init__(self, config: ModelConfig, weights: PackedWeights, hot: dict[int, np.ndarray],
+                 device: torch.device, float_activations: bool):
+        n_ff, n_embd = config.n_ff, config.n_embd
+        self.config, self.weights, self.device = config, weights, device
+        self.float_activations = bool(float_activations)
+        self.threshold = np.float32(config.activation_threshold)
+        self.cold_mask, self.cold = {}, {}
+        for index, neurons in hot.items():
+            mask = np.ones(n_ff, dtype=bool)
+            mask[neurons] = False
+            self.cold_mask[index], self.cold[index] = mask, np.flatnonzero(mask).astype(np.int64)
+        pinned = device.type == "cuda"
+        self.normed_host = _host((1, n_embd), torch.float32, pinned)  # the FFN input, sent down
+        self.mask_host = _host((n_ff,), torch.bool, pinned)  # the predicted mask, sent down
+        self.out_host = _host((1, n_embd), torch.float32, pinned)  # the CPU half's output, sent up
+        self.normed = activation_buffers(1, n_embd)  # the kernels' aligned copy, with its int8 blocks
+        self.unused_x = np.zeros((1, n_embd), np.float32)  # the block adds its output here too; unused
+        self.candidates = np.empty(n_ff, np.int64)
+        self.scratch = SparseFFNScratch(*(np.empty(n_ff, np.float32) for _ in range(3)), np.empty(n_ff, np.int64),
+                                        self.out_host.numpy())
+        self._weights: dict[int, FFNWeights] = {}
+        self._blocks: dict[int, BoundCall] = {}
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-ffn-cpu")
+        self.ready = torch.cuda.Event() if pinned else None
+        self.fired = 0  # since the last `take_counts`
+        self.seconds = 0.0
+
+    def submit(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> Future:
+        """Send one token's FFN input (1, n_embd) and mask (n_ff,) down and start the cold neurons' FFN."""
+        self.normed_host.copy_(normed, non_blocking=True)
+        if mask is not None:
+            self.mask_host.copy_(mask, non_blocking=True)
+        if self.ready is not None:
+            self.ready.record()
+        return self.worker.submit(self._one_token, index, mask is not None)
+
+    def collect(self, pending: Future) -> torch.Tensor:
+        """Wait for the CPU half and send its output (n_embd,) up."""
+        pending.result()
+        return self.out_host[0].to(self.device, non_blocking=True)
+
+    def take_counts(self) -> tuple[float, int]:
+        """(seconds, neurons fired) since the last call."""
+        counts = self.seconds, self.fired
+        self.seconds, self.fired = 0.0, 0
+        return counts
+
+    def _one_token(self, index: int, predicted: bool) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+        start = time.perf_counter()
+        self.normed.x[:] = self.normed_host.numpy()
+        cpu_layer.prepare(self.normed)
+        if predicted:
+            chosen = np.flatnonzero(self.mask_host.numpy() & self.cold_mask[index])
+        else:
+            chosen = self.cold[index]
+        count = chosen.shape[0]
+        self.candidates[:count] = chosen
+        self.unused_x[:] = 0
+        block = self._blocks.get(index)
+        if block is None:
+            layer = self.weights.layers[index]
+            self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down_t().raw,
+                                              self.threshold, False, np.float32(1.0))
+            block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(*layer.ffn_codes,
+                                                                                self.float_activations))
+        self.fired += block(self.unused_x, self.normed, self._weights[index], self.candidates, count, self.scratch,
+                            numba.get_num_threads())
+        self.seconds += time.perf_counter() - start
+
+    def several(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """T tokens' cold neurons: normed (T, n_embd), mask (T, n_ff) bool or None -> (T, n_embd) on the device."""
+        layer, fa = self.weights.layers[index], self.float_activations
+        x = np.ascontiguousarray(normed.float().cpu().numpy())
+        tokens, n_ff = x.shape[0], self.config.n_ff
+        act = activation_buffers(tokens, x.shape[1], x=x)
+        cpu_layer.prepare(act)
+        gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
+        matmul(layer.ffn_gate, act, gate, float_activations=fa)
+        matmul(layer.ffn_up, act, up, float_activations=fa)
+        cpu_ops.fatrelu_times(gate, up, self.threshold, hidden)
+        hidden *= self.cold_mask[index]
+        if mask is not None:
+            hidden *= mask.cpu().numpy()
+        out = np.empty((tokens, x.shape[1]), np.float32)
+        down_t = layer.ffn_down_t()
+        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden, out,
+                                               numba.get_num_threads())
+        return torch.from_numpy(out).to(self.device)
+
+
+class SplitFFN:
+    """x += residual_scale * (hot half on the GPU + cold half on the CPU worker). `predicting` False: every neuron
+    is a candidate (the predictors ignored: the dense twin, exact)."""
+
+    def __init__(self, side: GPUSide, worker: CPUWorker, predicting: bool = True):
+        self.side, self.worker, self.config = side, worker, side.config
+        self.predicting = predicting
+        self.overlap = side.device.type != "cpu"  # see the module's docstring
+
+    def __call__(self, index: int, s) -> None:
+        side, layer, c = self.side, self.side.layers[index], self.config
+        clock = side.clock
+        started = clock.start()
+        x = s.on_device
+        normed = rms_norm(x, layer.ffn_norm, c.rms_eps)
+        mask = self.predict(layer, x) if layer.fc1 is not None and self.predicting else None  # (T, n_ff) bool
+        if x.shape[0] > 1:
+            s.on_device = x + self._several(index, layer, normed, mask, started) * c.residual_scale
+            return
+        clock.stop("gpu", started)
+        started = clock.start()
+        pending = self.worker.submit(index, normed, None if mask is None else mask[0])
+        clock.stop("transfer", started)
+        cold = None if self.overlap else self.worker.collect(pending)
+        started = clock.start()
+        hot, fired = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
+                                      None if mask is None else mask[0, layer.hot_index], side.threshold)
+        side.fired += fired  # summed on the device: reading it here would wait for the GPU
+        clock.stop("gpu", started)
+        cold = self.worker.collect(pending) if cold is None else cold
+        seconds, cpu_fired = self.worker.take_counts()
+        clock.add("cpu", seconds)
+        side.stats.cpu_fired += cpu_fired
+        s.on_device = x + (hot + cold)[None] * c.residual_scale
+
+    def _several(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
+        side = self.side
+        hot_mask = None if mask is None else mask[:, layer.hot_index]
+        hidden = side.ops.hidden_dense(layer.gate, layer.up, normed, hot_mask, side.threshold)  # (T, n_hot)
+        hot = side.ops.down_t_product(layer.down_t, hidden)
+        side.clock.stop("gpu", started)
+        return hot + self.worker.several(index, normed, mask)
+
+    def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
+        """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""
+        ops = self.side.ops
+        return ops.matvec(layer.fc2, torch.relu(ops.matvec(layer.fc1, x))) >= layer.predictor_threshold
+
+    def every_neuron(self) -> SplitFFN:
+        twin = copy.copy(self)
+        twin.predicting = False
+        return twin
