@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
+from hybridinfer.model_file.weight_formats import GPU_NATIVE_FORMATS
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
@@ -27,7 +28,8 @@ DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
 N_LAYER, N_FF, N_CTX = 3, 192, 64
 
 
-@pytest.fixture(scope="module", params=[T.F32, T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.fixture(scope="module", params=[T.F32] + [f.type for f in GPU_NATIVE_FORMATS if f.quantized],
+                ids=lambda t: t.name)
 def relu_model(request, tmp_path_factory):
     """A FATReLU model in one weight format, with its activation counts beside it (MODEL.act.gguf)."""
     weights = random_weights(seed=71, n_layer=N_LAYER, n_ff=N_FF, gate_bias=-8.0)

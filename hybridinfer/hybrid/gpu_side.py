@@ -21,17 +21,20 @@ from gguf import quants
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_DOWN, FFN_GATE, FFN_NORM,
+                                        FFN_UP, OUTPUT, OUTPUT_NORM, TOKEN_EMBD, tensor_name)
+from ..model_file.weight_formats import FLOAT_TYPES, GPU_NATIVE_TYPES
 from ..gpu import kernels_for
 from ..gpu.weights import DeviceMatrix, device_matrix
 from ..kernels.packed import to_gguf_bytes
 from ..reference.model import rms_norm, rope_tables
-from .placement.memory_model import GPU_FORMATS, kv_element_bytes_for
+from .placement.memory_model import kv_element_bytes_for
 from .report import Clock, HybridStats
 
 
 def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = None) -> DeviceMatrix:
     """A file weight on the device as its own bytes (a type the GPU kernels do not read: decoded to F32)."""
-    if tensor.type in GPU_FORMATS:
+    if tensor.type in GPU_NATIVE_TYPES:
         return device_matrix(tensor.raw, tensor.type, tensor.shape, device, rows)
     return device_matrix(dequantize(tensor), T.F32, tensor.shape, device, rows)
 
@@ -40,7 +43,7 @@ def upload_stacked(tensors: list[GGUFTensor], device: torch.device) -> DeviceMat
     """The rows of several weights with one column count as one matrix (Q, K and V)."""
     rows, cols = sum(t.shape[0] for t in tensors), tensors[0].shape[1]
     qtype = tensors[0].type
-    if qtype in GPU_FORMATS and all(t.type == qtype for t in tensors):
+    if qtype in GPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
         raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
         return device_matrix(raw, qtype, (rows, cols), device)
     return device_matrix(np.concatenate([dequantize(t) for t in tensors]), T.F32, (rows, cols), device)
@@ -108,35 +111,35 @@ class GPUSide:
             self.layers[index] = self._layer(model, index, placement, n_ctx, predictors, down_t)
         self.output = self.output_norm = None
         if placement.output_on_gpu:
-            self.output_norm = _vector(model, "output_norm.weight", device)
-            name = "token_embd.weight" if c.tied_embeddings else "output.weight"
+            self.output_norm = _vector(model, OUTPUT_NORM, device)
+            name = TOKEN_EMBD if c.tied_embeddings else OUTPUT
             self.output = self._upload(model, name)
 
     def _upload(self, model: GGUFFile, name: str, rows: np.ndarray | None = None) -> DeviceMatrix:
         """`upload`, then the copied pages of the memory-mapped file released (floats may be read in place)."""
         tensor = model.tensor(name)
         matrix = upload(tensor, self.device, rows)
-        if tensor.type not in (T.F32, T.F16, T.BF16):
+        if tensor.type not in FLOAT_TYPES:
             model.release(name)
         return matrix
 
     def _layer(self, model: GGUFFile, i: int, placement, n_ctx: int, predictors, down_t) -> GPULayer:
         c, device = self.config, self.device
-        p = f"blk.{i}."
         kv_shape = (n_ctx, c.n_head_kv, c.head_dim)
-        qkv_names = [p + n for n in ("attn_q.weight", "attn_k.weight", "attn_v.weight")]
+        qkv_names = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)]
         layer = GPULayer(
-            attn_norm=_vector(model, p + "attn_norm.weight", device),
+            attn_norm=_vector(model, tensor_name(ATTN_NORM, i), device),
             qkv=upload_stacked([model.tensor(n) for n in qkv_names], device),
-            wo=self._upload(model, p + "attn_output.weight"),
-            ffn_norm=_vector(model, p + "ffn_norm.weight", device),
+            wo=self._upload(model, tensor_name(ATTN_OUTPUT, i)),
+            ffn_norm=_vector(model, tensor_name(FFN_NORM, i), device),
             k_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device),
             v_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device))
         for name in qkv_names:
             model.release(name)
         if i in placement.dense_layers:
-            layer.gate, layer.up = self._upload(model, p + "ffn_gate.weight"), self._upload(model, p + "ffn_up.weight")
-            layer.down = self._upload(model, p + "ffn_down.weight")
+            layer.gate = self._upload(model, tensor_name(FFN_GATE, i))
+            layer.up = self._upload(model, tensor_name(FFN_UP, i))
+            layer.down = self._upload(model, tensor_name(FFN_DOWN, i))
             return layer
         if predictors is not None:
             layer.fc1 = upload_predictor_weight(predictors.fc1[i], device)
@@ -144,8 +147,8 @@ class GPUSide:
             layer.predictor_threshold = float(predictors.thresholds[i])
         hot = placement.hot[i]
         layer.hot, layer.hot_index = hot, torch.from_numpy(hot).to(device)
-        layer.gate = self._upload(model, p + "ffn_gate.weight", hot)
-        layer.up = self._upload(model, p + "ffn_up.weight", hot)
+        layer.gate = self._upload(model, tensor_name(FFN_GATE, i), hot)
+        layer.up = self._upload(model, tensor_name(FFN_UP, i), hot)
         packed = down_t[i]  # the CPU side's transposed down projection: its hot rows, back in GGUF's layout
         layer.down_t = device_matrix(to_gguf_bytes(packed, hot), packed.qtype, (len(hot), c.n_embd), device)
         return layer

@@ -22,6 +22,7 @@ import torch
 from ..errors import HybridInferError
 from ..finite_check import non_finite_error, require_finite
 from ..model_file.config import ModelConfig
+from ..model_file.tensor_shapes import block_name
 from .run_state import KVCaches, RunState
 from .weights import PackedWeights
 
@@ -109,9 +110,9 @@ class Decoder:
                 for part in parts:
                     part(index, s)
             except ZeroDivisionError:  # a kernel divided by a sum (softmax, norm) that NaN/inf values made 0
-                raise non_finite_error(f"layer {index} (blk.{index}.*)", start_pos) from None
+                raise non_finite_error(f"layer {index} ({block_name('*', index)})", start_pos) from None
             if s.on_device is None:
-                require_finite(s.x, f"layer {index} (blk.{index}.*)", start_pos)
+                require_finite(s.x, f"layer {index} ({block_name('*', index)})", start_pos)
         logits = self.output(s)
         require_finite(logits, "the output projection", start_pos)
         if s.tokens == 1:

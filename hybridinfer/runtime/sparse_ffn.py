@@ -28,6 +28,7 @@ from ..kernels import cpu_layer, cpu_ops
 from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
+from ..model_file.tensor_shapes import FC1, FC2, block_name
 from ..reference.sparse_ffn import SparseFFNStats, require_silu, require_sparse_activation
 from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from .parts import CPUFFN
@@ -83,12 +84,12 @@ class SparseFFN(CPUFFN):
     @staticmethod
     def holds_predictors(stored: dict, n_layer: int) -> bool:
         """Whether a repack cache entry holds every layer's packed fc1 and fc2."""
-        return all(f"blk.{i}.fc1" in stored and f"blk.{i}.fc2" in stored for i in range(n_layer))
+        return all(block_name(FC1, i) in stored and block_name(FC2, i) in stored for i in range(n_layer))
 
     @classmethod
     def _packed_predictors(cls, predictors, qtype: T, cache: RepackCache | None) -> tuple[list, list]:
         """fc1 (rank, n_embd) and fc2 (n_ff, rank) of every layer, packed (or mapped from the cache)."""
-        names = [(f"blk.{i}.fc1", f"blk.{i}.fc2") for i in range(predictors.n_layer)]
+        names = [(block_name(FC1, i), block_name(FC2, i)) for i in range(predictors.n_layer)]
         stored = cache.load() if cache is not None and qtype == T.Q8_0 else {}
         if not cls.holds_predictors(stored, predictors.n_layer):
             stored = {}

@@ -28,7 +28,6 @@ from ...model_file.tensor_shapes import (ATTN_K, ATTN_OUTPUT, ATTN_Q, ATTN_V, FF
 from ...model_file.weight_formats import GPU_NATIVE_TYPES, Q8_0
 
 WORKSPACE_MARGIN = 64 << 20
-GPU_FORMATS = GPU_NATIVE_TYPES  # gpu_side.py's name for them: it should import GPU_NATIVE_TYPES itself
 
 
 def device_bytes(tensor: GGUFTensor) -> int:
