@@ -10,8 +10,10 @@ os.environ.setdefault("HYBRIDINFER_REPACK_CACHE", tempfile.mkdtemp(prefix="hybri
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as T
 
 from hybridinfer.default_model import default_model_path
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
 from logit_checks import N_FF
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -23,6 +25,28 @@ def smollm_path() -> Path:
     if not path.exists():
         pytest.skip(f"default model not present at {path} (run `hybridinfer fetch`)")
     return path
+
+
+RELU_N_FF = 256
+
+
+def write_relu_model(folder: Path, weight_type=T.F32) -> Path:
+    """The tiny FATReLU model of the sparse-FFN tests: most neurons silent for most tokens (gate bias -8)."""
+    weights = random_weights(seed=41, n_ff=RELU_N_FF, gate_bias=-8.0)
+    return write_tiny_gguf(folder / f"relu-{weight_type.name}.gguf", weights, weight_type=weight_type,
+                           activation="fatrelu", threshold=0.05)
+
+
+@pytest.fixture(scope="module")
+def relu_model(tmp_path_factory):
+    """The tiny FATReLU model, F32."""
+    return write_relu_model(tmp_path_factory.mktemp("m"))
+
+
+@pytest.fixture(scope="module", params=CPU_NATIVE_TYPES, ids=lambda t: t.name)
+def relu_model_each_format(request, tmp_path_factory):
+    """The tiny FATReLU model in each format the CPU kernels read natively."""
+    return write_relu_model(tmp_path_factory.mktemp("m"), request.param)
 
 
 @pytest.fixture(scope="module")

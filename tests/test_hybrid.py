@@ -30,7 +30,7 @@ N_LAYER, N_FF, N_CTX = 3, 192, 64
 
 @pytest.fixture(scope="module", params=[T.F32] + [f.type for f in GPU_NATIVE_FORMATS if f.quantized],
                 ids=lambda t: t.name)
-def relu_model(request, tmp_path_factory):
+def relu_model_with_counts(request, tmp_path_factory):
     """A FATReLU model in one weight format, with its activation counts beside it (MODEL.act.gguf)."""
     weights = random_weights(seed=71, n_layer=N_LAYER, n_ff=N_FF, gate_bias=-8.0)
     folder = tmp_path_factory.mktemp("m")
@@ -80,12 +80,12 @@ def hybrid(path, budget: int, kernels: str = "torch", **options):
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_hybrid_exact_equals_packed_exact(relu_model, kernels):
+def test_hybrid_exact_equals_packed_exact(relu_model_with_counts, kernels):
     """float activations on both sides: the same sums in another order."""
-    packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True, float_activations=True)
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True, float_activations=True)
     expected, expected_batch = decode_logits(packed), packed.logits(IDS)
-    for name, budget in budgets(relu_model).items():
-        engine = hybrid(relu_model, budget, kernels, exact=True, float_activations=True)
+    for name, budget in budgets(relu_model_with_counts).items():
+        engine = hybrid(relu_model_with_counts, budget, kernels, exact=True, float_activations=True)
         side = engine.gpu_side
         assert (side is None) == (name == "0")
         if side is not None:
@@ -96,10 +96,10 @@ def test_hybrid_exact_equals_packed_exact(relu_model, kernels):
         assert relative_error(engine.logits(IDS), expected_batch) < 1e-5, name
 
 
-def test_overlapped_halves_give_the_same_logits(relu_model):
+def test_overlapped_halves_give_the_same_logits(relu_model_with_counts):
     """On a GPU the CPU half runs on its worker thread while the GPU half is queued; the CPU stand-in runs them
     one after the other unless told to overlap."""
-    engine = hybrid(relu_model, budgets(relu_model)["mid"], exact=True, float_activations=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], exact=True, float_activations=True)
     expected = decode_logits(engine)
     split = next(part for parts in engine.model.layers for part in parts if isinstance(part, SplitFFN))
     assert not split.overlap or DEVICE != "cpu"
@@ -107,17 +107,17 @@ def test_overlapped_halves_give_the_same_logits(relu_model):
     assert relative_error(decode_logits(engine), expected) < 1e-6
 
 
-def test_hybrid_int8_cpu_half_stays_close(relu_model):
+def test_hybrid_int8_cpu_half_stays_close(relu_model_with_counts):
     """Default activations: the CPU half quantizes its inputs to int8 blocks, the GPU side keeps floats."""
-    packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True)
-    engine = hybrid(relu_model, budgets(relu_model)["mid"])
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"])
     assert 0 < engine.gpu_side.n_hot < N_LAYER * N_FF
     assert relative_error(decode_logits(engine), decode_logits(packed)) < 3e-2
 
 
-def test_vram_budget_solves_the_split_at_load(relu_model):
+def test_vram_budget_solves_the_split_at_load(relu_model_with_counts):
     """--vram-budget with the activations file beside the model, groups of 256 neurons (a whole tiny layer)."""
-    engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, vram_budget=str(budgets(relu_model)["two-layers"]),
+    engine = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, vram_budget=str(budgets(relu_model_with_counts)["two-layers"]),
                               device=DEVICE, exact=True)
     assert engine.gpu_side.n_hot == 2 * N_FF
     decode_logits(engine)
@@ -127,31 +127,31 @@ def test_vram_budget_solves_the_split_at_load(relu_model):
     assert s.gpu_seconds > 0 and s.cpu_seconds > 0 and s.transfer_seconds > 0
 
 
-def test_hybrid_with_predictors_drops_what_the_packed_path_drops(relu_model):
+def test_hybrid_with_predictors_drops_what_the_packed_path_drops(relu_model_with_counts):
     """A random predictor drops neurons; the split FFN must drop exactly the same ones on both sides."""
     import torch
 
     from hybridinfer.predictors.model import PredictorSet
     gen = torch.Generator().manual_seed(3)
-    dense = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
+    dense = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, float_activations=True)
     n_embd = dense.config.n_embd
     predictor_set = PredictorSet([torch.randn(32, n_embd, generator=gen) for _ in range(N_LAYER)],
                                  [torch.randn(N_FF, 32, generator=gen) for _ in range(N_LAYER)], [0.5, 0.0, -0.5])
     from hybridinfer.predictors.file import save_predictors
-    path = relu_model.with_name("random.pred.gguf")
+    path = relu_model_with_counts.with_name("random.pred.gguf")
     save_predictors(str(path), predictor_set, dense.fingerprint)
-    packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, predictors=str(path), float_activations=True)
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, predictors=str(path), float_activations=True)
     expected = decode_logits(packed)
     assert relative_error(expected, decode_logits(dense)) > 1e-3  # the predictor really drops neurons
-    engine = hybrid(relu_model, budgets(relu_model)["mid"], predictors=str(path), float_activations=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path), float_activations=True)
     assert relative_error(decode_logits(engine), expected) < 1e-5
     assert relative_error(engine.logits(IDS), packed.logits(IDS)) < 1e-5
 
 
 @pytest.mark.parametrize("n_gpu_layers", [1, N_LAYER, N_LAYER + 1])
-def test_gpu_layers_equal_the_dense_packed_engine(relu_model, n_gpu_layers):
-    packed = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
-    engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device=DEVICE,
+def test_gpu_layers_equal_the_dense_packed_engine(relu_model_with_counts, n_gpu_layers):
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, float_activations=True)
+    engine = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device=DEVICE,
                               gpu_kernels="torch", float_activations=True)
     side = engine.gpu_side
     assert sorted(side.layers) == list(range(N_LAYER - min(n_gpu_layers, N_LAYER), N_LAYER))
@@ -171,9 +171,9 @@ def test_gpu_layers_run_silu_models_too(tmp_path):
         hybridinfer.load(str(path), n_ctx=N_CTX, vram_budget="1GiB", activations=str(tmp_path / "none.gguf"))
 
 
-def test_placement_puts_attention_first_then_the_output_then_neurons(relu_model):
-    engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, backend="reference")
-    profile = load_profile(str(relu_model.with_name("relu.act.gguf")), engine.fingerprint)
+def test_placement_puts_attention_first_then_the_output_then_neurons(relu_model_with_counts):
+    engine = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, backend="reference")
+    profile = load_profile(str(relu_model_with_counts.with_name("relu.act.gguf")), engine.fingerprint)
     m = memory_model(engine.file, engine.config, N_CTX, DEVICE)
     for n_layers in range(N_LAYER + 1):
         budget = m.workspace + sum(m.layer[N_LAYER - n_layers:]) + m.neuron[0] * 10
@@ -191,21 +191,21 @@ def test_placement_puts_attention_first_then_the_output_then_neurons(relu_model)
     assert sum(len(h) for h in solve_split(engine.config, profile, m, every_layer, group=1).hot) == 0
 
 
-def test_split_file_round_trip_and_refusals(relu_model, tmp_path):
-    engine = hybridinfer.load(str(relu_model), n_ctx=N_CTX, backend="reference")
-    profile = load_profile(str(relu_model.with_name("relu.act.gguf")), engine.fingerprint)
+def test_split_file_round_trip_and_refusals(relu_model_with_counts, tmp_path):
+    engine = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, backend="reference")
+    profile = load_profile(str(relu_model_with_counts.with_name("relu.act.gguf")), engine.fingerprint)
     m = memory_model(engine.file, engine.config, N_CTX, DEVICE)
-    split = solve_split(engine.config, profile, m, budgets(relu_model)["one-layer-hot"], group=1)
+    split = solve_split(engine.config, profile, m, budgets(relu_model_with_counts)["one-layer-hot"], group=1)
     save_split(split, tmp_path / "s.gguf")
     loaded = load_split(tmp_path / "s.gguf", engine.fingerprint)
     assert [h.tolist() for h in loaded.hot] == [h.tolist() for h in split.hot]
     assert loaded.gpu_layers == split.gpu_layers == [N_LAYER - 1] and not loaded.output_on_gpu
-    from_file = hybridinfer.load(str(relu_model), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), device=DEVICE)
+    from_file = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), device=DEVICE)
     assert sorted(from_file.gpu_side.layers) == [N_LAYER - 1] and from_file.gpu_side.n_hot == len(split.hot[-1])
     with pytest.raises(HybridInferError, match="budget"):
-        hybridinfer.load(str(relu_model), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), vram_budget="1000")
+        hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, split=str(tmp_path / "s.gguf"), vram_budget="1000")
     with pytest.raises(HybridInferError, match="context"):
-        hybridinfer.load(str(relu_model), n_ctx=2 * N_CTX, split=str(tmp_path / "s.gguf"), device=DEVICE)
+        hybridinfer.load(str(relu_model_with_counts), n_ctx=2 * N_CTX, split=str(tmp_path / "s.gguf"), device=DEVICE)
     other = write_tiny_gguf(tmp_path / "other.gguf", random_weights(seed=72, n_layer=N_LAYER, n_ff=N_FF),
                             activation="relu")
     with pytest.raises(HybridInferError, match="another model"):
@@ -213,15 +213,15 @@ def test_split_file_round_trip_and_refusals(relu_model, tmp_path):
     with pytest.raises(HybridInferError, match="activation counts"):
         hybridinfer.load(str(other), vram_budget="1GiB")
     with pytest.raises(HybridInferError, match="exclude each other"):
-        hybridinfer.load(str(relu_model), n_ctx=N_CTX, vram_budget="1GiB", n_gpu_layers=1)
+        hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, vram_budget="1GiB", n_gpu_layers=1)
     with pytest.raises(HybridInferError, match="packed backend"):
-        hybridinfer.load(str(relu_model), n_ctx=N_CTX, n_gpu_layers=1, backend="reference")
+        hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, n_gpu_layers=1, backend="reference")
 
 
-def test_generate_cli_reports_both_sides(relu_model):
-    args = ["generate", "-m", str(relu_model), "-p", "the world", "-n", "6", "--temp", "0", "-c", str(N_CTX),
+def test_generate_cli_reports_both_sides(relu_model_with_counts):
+    args = ["generate", "-m", str(relu_model_with_counts), "-p", "the world", "-n", "6", "--temp", "0", "-c", str(N_CTX),
             "--device", DEVICE]
-    hybrid_args = args + ["--vram-budget", str(budgets(relu_model)["two-layers"])]
+    hybrid_args = args + ["--vram-budget", str(budgets(relu_model_with_counts)["two-layers"])]
     result = CliRunner().invoke(cli, hybrid_args + ["--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)["hybrid"]
@@ -235,23 +235,23 @@ def test_generate_cli_reports_both_sides(relu_model):
     assert json.loads(ngl.stdout)["hybrid"]["dense_gpu_layers"] == 2
 
 
-def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model):
+def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model_with_counts):
     from hybridinfer.eval.perplexity import perplexity
     import torch
 
     from hybridinfer.predictors.file import save_predictors
     from hybridinfer.predictors.model import PredictorSet
-    dense = hybridinfer.load(str(relu_model), n_ctx=N_CTX, float_activations=True)
+    dense = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, float_activations=True)
     gen = torch.Generator().manual_seed(9)
     predictor_set = PredictorSet([torch.randn(32, dense.config.n_embd, generator=gen) for _ in range(N_LAYER)],
                                  [torch.randn(N_FF, 32, generator=gen) for _ in range(N_LAYER)], [0.3] * N_LAYER)
-    path = relu_model.with_name("ppl.pred.gguf")
+    path = relu_model_with_counts.with_name("ppl.pred.gguf")
     save_predictors(str(path), predictor_set, dense.fingerprint)
     text = "the world is a hello and it is the world of a hello " * 8
     # the split FFN reads the transposed down projection, as --exact does (re-quantized for quantized files)
-    expected = perplexity(hybridinfer.load(str(relu_model), n_ctx=N_CTX, exact=True, float_activations=True), text,
+    expected = perplexity(hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True, float_activations=True), text,
                           n_chunk=32)
-    engine = hybrid(relu_model, budgets(relu_model)["mid"], predictors=str(path), float_activations=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path), float_activations=True)
     result = perplexity(engine, text, n_chunk=32)
     assert result.dense_perplexity == pytest.approx(expected.perplexity, rel=1e-4)
     assert result.kl_to_dense > 0

@@ -7,7 +7,6 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
-from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
 from hybridinfer.runtime.build import Choices, build_decoder
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
@@ -19,27 +18,20 @@ IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 N_FF = 256
 
 
-@pytest.fixture(scope="module", params=CPU_NATIVE_TYPES, ids=lambda t: t.name)
-def relu_model(request, tmp_path_factory):
-    weights = random_weights(seed=41, n_ff=N_FF, gate_bias=-8.0)
-    return write_tiny_gguf(tmp_path_factory.mktemp("m") / f"relu-{request.param.name}.gguf", weights,
-                           weight_type=request.param, activation="fatrelu", threshold=0.05)
-
-
 @pytest.fixture(scope="module")
-def silu_model(tmp_path_factory):
+def q4_1_silu_model(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / "silu.gguf", random_weights(seed=3), weight_type=T.Q4_1)
 
 
-def test_dense_with_float_activations_equals_reference(relu_model):
-    expected = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
-    packed = hybridinfer.load(str(relu_model), float_activations=True)
+def test_dense_with_float_activations_equals_reference(relu_model_each_format):
+    expected = hybridinfer.load(str(relu_model_each_format), backend="reference").logits(IDS)
+    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True)
     assert relative_error(packed.logits(IDS), expected) < 1e-4
     assert relative_error(decode_logits(packed, IDS), expected) < 1e-4
 
 
-def test_dense_int8_activations_close_to_reference(relu_model, silu_model):
-    for path in (relu_model, silu_model):
+def test_dense_int8_activations_close_to_reference(relu_model_each_format, q4_1_silu_model):
+    for path in (relu_model_each_format, q4_1_silu_model):
         expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
         packed = hybridinfer.load(str(path))
         assert relative_error(packed.logits(IDS), expected) < 0.1
@@ -55,11 +47,11 @@ def sparse_tolerance(path) -> float:
     return REQUANTIZED.get(hybridinfer.load(str(path)).model.weights.layers[0].source_down.type, 1e-4)
 
 
-def test_exact_sparse_equals_dense(relu_model):
-    dense = hybridinfer.load(str(relu_model), float_activations=True).logits(IDS)
-    exact = hybridinfer.load(str(relu_model), exact=True, float_activations=True)
+def test_exact_sparse_equals_dense(relu_model_each_format):
+    dense = hybridinfer.load(str(relu_model_each_format), float_activations=True).logits(IDS)
+    exact = hybridinfer.load(str(relu_model_each_format), exact=True, float_activations=True)
     decoded = decode_logits(exact, IDS)
-    assert relative_error(decoded, dense) < sparse_tolerance(relu_model)
+    assert relative_error(decoded, dense) < sparse_tolerance(relu_model_each_format)
     assert relative_error(exact.logits(IDS), decoded) < 1e-5  # prefill and decode read the same rows
     stats = exact.sparse_ffn.stats
     assert 0 < stats.active < stats.rows  # really sparse: some neurons were skipped
@@ -77,20 +69,20 @@ def random_predictors(engine, rank=32, seed=0, threshold=3.0) -> PredictorSet:
 
 # threshold 20: few candidates, whose gate rows are gathered; 3: many, taken from the dense gate kernel
 @pytest.mark.parametrize("threshold", [20.0, 3.0])
-def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path, threshold):
-    reference = hybridinfer.load(str(relu_model), backend="reference")
+def test_predicted_sparse_equals_reference_predicted(relu_model_each_format, tmp_path, threshold):
+    reference = hybridinfer.load(str(relu_model_each_format), backend="reference")
     path = tmp_path / "p.pred.gguf"
     save_predictors(str(path), random_predictors(reference, threshold=threshold), reference.fingerprint)
-    reference = hybridinfer.load(str(relu_model), backend="reference", predictors=str(path))
+    reference = hybridinfer.load(str(relu_model_each_format), backend="reference", predictors=str(path))
     expected = decode_logits(reference, IDS)
-    packed = hybridinfer.load(str(relu_model), float_activations=True)
+    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True)
     predictors = reference.sparse_ffn.predictors
     choices = Choices(predictors=predictors, float_activations=True, predictor_type=T.F32)  # float32 predictors
     packed.model = build_decoder(packed.file, packed.config, packed.n_ctx, choices)
     decoded = decode_logits(packed, IDS)
-    assert relative_error(decoded, expected) < sparse_tolerance(relu_model)
+    assert relative_error(decoded, expected) < sparse_tolerance(relu_model_each_format)
     assert relative_error(packed.logits(IDS), decoded) < 1e-5
-    dense = hybridinfer.load(str(relu_model), backend="reference").logits(IDS)
+    dense = hybridinfer.load(str(relu_model_each_format), backend="reference").logits(IDS)
     assert relative_error(expected, dense) > 1e-3  # the predictor really changed the result
     stats = packed.sparse_ffn.stats
     assert 0 < stats.active <= stats.rows <= stats.tokens * N_FF
@@ -98,19 +90,19 @@ def test_predicted_sparse_equals_reference_predicted(relu_model, tmp_path, thres
         assert stats.rows < stats.tokens * N_FF * 0.4  # gathered: fewer gate rows read than the dense kernel's
 
 
-def test_predictors_load_through_the_engine_as_q8_0(relu_model, tmp_path):
-    reference = hybridinfer.load(str(relu_model), backend="reference")
+def test_predictors_load_through_the_engine_as_q8_0(relu_model_each_format, tmp_path):
+    reference = hybridinfer.load(str(relu_model_each_format), backend="reference")
     path = tmp_path / "p.pred.gguf"
     save_predictors(str(path), random_predictors(reference, seed=1), reference.fingerprint)
-    engine = hybridinfer.load(str(relu_model), predictors=str(path))
+    engine = hybridinfer.load(str(relu_model_each_format), predictors=str(path))
     ffn = engine.sparse_ffn
     assert [m.qtype for m in ffn.fc1] == [T.Q8_0] * engine.config.n_layer
     out = engine.generate(IDS, max_tokens=4, temperature=0)
     assert len(out.tokens) == 4 and ffn.stats.tokens > 0
 
 
-def test_transposed_down_projection_matches(relu_model):
-    engine = hybridinfer.load(str(relu_model))
+def test_transposed_down_projection_matches(relu_model_each_format):
+    engine = hybridinfer.load(str(relu_model_each_format))
     layer = engine.model.weights.layers[0]
     down = layer.ffn_down().dequantize_rows(np.arange(layer.ffn_down().rows))
     down_t = transpose(layer.source_down)
@@ -119,14 +111,14 @@ def test_transposed_down_projection_matches(relu_model):
     assert np.abs(down_t.dequantize_rows(np.arange(N_FF)) - down.T).max() <= step * np.abs(down).max() + 1e-7
 
 
-def test_sparse_modes_refuse_silu_models_on_both_backends(silu_model):
+def test_sparse_modes_refuse_silu_models_on_both_backends(q4_1_silu_model):
     for backend in ("packed", "reference"):
         with pytest.raises(hybridinfer.HybridInferError, match="SiLU"):
-            hybridinfer.load(str(silu_model), exact=True, backend=backend)
+            hybridinfer.load(str(q4_1_silu_model), exact=True, backend=backend)
 
 
-def test_unknown_backend_and_hybrid_on_reference_are_refused(relu_model):
+def test_unknown_backend_and_hybrid_on_reference_are_refused(relu_model_each_format):
     with pytest.raises(hybridinfer.HybridInferError, match="unknown backend"):
-        hybridinfer.load(str(relu_model), backend="gpu")
+        hybridinfer.load(str(relu_model_each_format), backend="gpu")
     with pytest.raises(hybridinfer.HybridInferError, match="packed backend"):
-        hybridinfer.load(str(relu_model), backend="reference", vram_budget="1GiB")
+        hybridinfer.load(str(relu_model_each_format), backend="reference", vram_budget="1GiB")

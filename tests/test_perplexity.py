@@ -12,15 +12,8 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.eval.perplexity import perplexity
-from tiny_models import random_weights, write_tiny_gguf
 
 TEXT = "the world is a hello of it and that, " * 30
-
-
-@pytest.fixture(scope="module")
-def relu_model(tmp_path_factory):
-    weights = random_weights(seed=61, n_ff=128, gate_bias=-6.0)
-    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "relu.gguf", weights, activation="relu")
 
 
 def test_matches_a_direct_computation(relu_model):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hybridinfer.default_model import default_model_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_seeded_mutants_never_crash_hang_or_run_away():

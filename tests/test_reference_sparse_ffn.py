@@ -12,12 +12,6 @@ from logit_checks import decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
 
-@pytest.fixture(scope="module")
-def relu_model(tmp_path_factory):
-    weights = random_weights(seed=41, n_ff=256, gate_bias=-8.0)
-    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "relu.gguf", weights, activation="fatrelu", threshold=0.05)
-
-
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 
 
