@@ -1,7 +1,7 @@
 """The transpose of a Q8_0 / Q4_0 / Q4_1 weight, re-quantized in its own format: the bytes
-`gguf.quants.quantize(dequantize(W).T, qtype)` gives (its twin, which the tests compare byte for byte), ~20x
-faster. The sparse FFN needs the down projection transposed (`down_t`) and makes it at load; with gguf's numpy
-encoders that took ~0.65 s per 7B layer.
+`gguf.quants.quantize(dequantize(W).T, qtype)` gives (its twin, which the tests compare byte for byte), in
+numba. The sparse FFN needs the down projection transposed (`down_t`) and makes it at load, where gguf's numpy
+encoders were slow (load times: docs/cpu-decoding.md).
 
 Work goes by tiles of 32 x 32 weights: the 32 blocks of one input block column and 32 input rows are decoded
 (float32, as gguf decodes), then each of the tile's 32 columns is encoded as one output block, with gguf's

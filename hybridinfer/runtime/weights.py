@@ -255,7 +255,7 @@ def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
 def transpose(tensor: GGUFTensor) -> PackedMatrix:
     """The transpose of a 2-D weight, in its own format: float bits are moved exactly; quantized weights are
     decoded, transposed and encoded again (one more rounding, within the format's tolerance): by
-    `kernels/requantize.py`, byte for byte what `gguf.quants` gives, ~10x faster; types the kernels do not
+    `kernels/requantize.py`, byte for byte what `gguf.quants` gives, in numba; types the kernels do not
     read, and quantized weights whose transposed rows are not whole blocks, become F32."""
     return _transposed(tensor.raw, tensor.type, tensor.shape, lambda: dequantize(tensor))
 
