@@ -8,10 +8,6 @@ lm-eval is the optional extra `.[eval]` (`make test` installs it); without it th
 
 import importlib.util
 import os
-import subprocess
-import sys
-import threading
-import time
 
 import numba
 import numpy as np
@@ -21,13 +17,13 @@ import torch
 import hybridinfer
 from tiny_models import random_weights, write_tiny_gguf
 from tools.lm_eval_recipe import TASK, offline_environment, questions, write_task
+from server_process import running_server
 
 if importlib.util.find_spec("lm_eval") is None:  # not imported here: the offline settings must come first
     pytest.skip("lm-eval is not installed: pip install -e '.[eval]' (make test does)", allow_module_level=True)
 
 N_CTX = 512
 LIMIT = 12  # questions scored (4 choices each: 48 requests)
-START_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +41,8 @@ def engine(model):
 
 @pytest.fixture(scope="module")
 def server(model):
-    process = subprocess.Popen([sys.executable, "-m", "hybridinfer", "serve", "-m", str(model), "--port", "0",
-                                "-c", str(N_CTX), "-t", "1"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True)
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def drain():
-        for line in process.stderr:
-            lines.append(line)
-            if line.startswith("server listening on "):
-                listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while not listening.wait(0.1):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        yield next(line for line in lines if line.startswith("server listening on ")).split()[-1]
-    finally:
-        process.terminate()
-        process.wait(30)
-    assert "Traceback" not in "".join(lines), "".join(lines)
+    with running_server(["-m", model, "-c", N_CTX, "-t", "1"]) as process:
+        yield process.url
 
 
 @pytest.fixture(scope="module")

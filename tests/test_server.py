@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,10 +26,10 @@ import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.text.prompts import chat_prompt_tokens
 from tiny_models import random_weights, write_tiny_gguf
+from server_process import running_server
 
 N_CTX, N_PARALLEL = 1024, 4  # each slot holds 256 tokens
 PROMPTS = ["hello world", "the", "a story of the world", "it is", "and to the"]
-START_TIMEOUT_S = 180  # a first run on a fresh machine compiles the CPU kernels
 
 
 @pytest.fixture(scope="module")
@@ -57,31 +56,9 @@ def engine(model):
 @pytest.fixture(scope="module")
 def server(model):
     """The base URL of a running `hybridinfer serve`; its stderr must hold no traceback at the end."""
-    command = [sys.executable, "-m", "hybridinfer", "serve", "-m", str(model), "--port", "0", "-c", str(N_CTX),
-               "--parallel", str(N_PARALLEL), "-t", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def drain():
-        for line in process.stderr:
-            lines.append(line)
-            if line.startswith("server listening on "):
-                listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while not listening.wait(0.1):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        url = next(line for line in lines if line.startswith("server listening on ")).split()[-1]
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url) and not url.endswith(":0")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-    log = "".join(lines)
-    assert "Traceback" not in log and "ERROR" not in log, log
+    with running_server(["-m", model, "-c", N_CTX, "--parallel", N_PARALLEL, "-t", "1"]) as process:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", process.url) and not process.url.endswith(":0")
+        yield process.url
 
 
 @pytest.fixture(scope="module")

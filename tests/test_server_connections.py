@@ -5,18 +5,15 @@ against a real server on an ephemeral port; the key comes from $HYBRIDINFER_API_
 
 import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
 import pytest
 
 from tiny_models import random_weights, write_tiny_gguf
+from server_process import running_server
 
 KEY = "sk-connections"
-START_TIMEOUT_S = 180  # a first run on a fresh machine compiles the CPU kernels
 BODY = b'{"prompt": "hello", "max_tokens": 3, "temperature": 0}'
 
 
@@ -24,28 +21,9 @@ BODY = b'{"prompt": "hello", "max_tokens": 3, "temperature": 0}'
 def server(tmp_path_factory):
     """(host, port, the server's stderr lines so far)."""
     path = write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", random_weights(seed=31), context_length=512)
-    command = [sys.executable, "-m", "hybridinfer", "serve", "-m", str(path), "--port", "0", "-t", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "HYBRIDINFER_API_KEY": KEY})
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def drain():
-        for line in process.stderr:
-            lines.append(line)
-            if line.startswith("server listening on "):
-                listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while not listening.wait(0.1):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        host, port = lines[-1].split("//")[-1].strip().rsplit(":", 1)
-        yield host, int(port), lines
-    finally:
-        process.terminate()
-        process.wait(30)
+    with running_server(["-m", path, "-t", "1"], env={**os.environ, "HYBRIDINFER_API_KEY": KEY},
+                        clean_log=False) as process:
+        yield (*process.host_and_port, process.lines)
 
 
 def request(body: bytes, length: int | None = None) -> bytes:

@@ -9,10 +9,6 @@ SentencePiece model whose file asks for BOS. The sparse modes and the hybrid run
 """
 
 import math
-import subprocess
-import sys
-import threading
-import time
 
 import httpx
 import numba
@@ -29,9 +25,9 @@ from hybridinfer.serve.scheduler import Scheduler
 from hybridinfer.text.prompts import chat_prompt_tokens
 from logit_checks import write_sparsity_file
 from tiny_models import random_weights, write_tiny_gguf
+from server_process import running_server
 
 N_CTX, N_PARALLEL = 512, 2  # each slot holds 256 tokens
-START_TIMEOUT_S = 180
 TOLERANCE = 1e-4  # the server's numbers against this process's engine: the same kernels, one thread each
 
 
@@ -55,29 +51,9 @@ def engine(model):
 
 @pytest.fixture(scope="module")
 def server(model):
-    command = [sys.executable, "-m", "hybridinfer", "serve", "-m", str(model), "--port", "0", "-c", str(N_CTX),
-               "--parallel", str(N_PARALLEL), "-t", "1", "--queue-size", "8"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def drain():
-        for line in process.stderr:
-            lines.append(line)
-            if line.startswith("server listening on "):
-                listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while not listening.wait(0.1):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        yield next(line for line in lines if line.startswith("server listening on ")).split()[-1]
-    finally:
-        process.terminate()
-        process.wait(30)
-    log = "".join(lines)
-    assert "Traceback" not in log and "ERROR" not in log, log
+    with running_server(["-m", model, "-c", N_CTX, "--parallel", N_PARALLEL, "-t", "1", "--queue-size", "8"]) \
+            as process:
+        yield process.url
 
 
 @pytest.fixture(scope="module")
