@@ -67,3 +67,15 @@ def texts(tmp_path_factory):
         path.write_text(" ".join(rng.choice(words, 3000)))
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def threads_restored():
+    """For files whose engines run on one CPU thread (the suite runs two files at once on two cores, where numba's
+    threads, oversubscribed, wait for each other): the thread counts are restored for the next file."""
+    import numba
+    import torch
+    counts = torch.get_num_threads(), numba.get_num_threads()
+    yield
+    torch.set_num_threads(counts[0])
+    numba.set_num_threads(counts[1])

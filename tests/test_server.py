@@ -16,10 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numba
 import openai
 import pytest
-import torch
 from click.testing import CliRunner
 
 import hybridinfer
@@ -37,14 +35,7 @@ def model(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", random_weights(seed=31), context_length=N_CTX)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads_restored():
-    """This file's engines run on one CPU thread (the suite runs two files at once on two cores, where numba's
-    threads, oversubscribed, wait for each other); the thread counts are restored for the next file."""
-    counts = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(counts[0])
-    numba.set_num_threads(counts[1])
+pytestmark = pytest.mark.usefixtures("threads_restored")
 
 
 @pytest.fixture(scope="module")

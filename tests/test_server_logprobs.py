@@ -11,7 +11,6 @@ SentencePiece model whose file asks for BOS. The sparse modes and the hybrid run
 import math
 
 import httpx
-import numba
 import numpy as np
 import openai
 import pytest
@@ -36,12 +35,7 @@ def model(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", random_weights(seed=31), context_length=N_CTX)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads_restored():
-    counts = torch.get_num_threads(), numba.get_num_threads()
-    yield
-    torch.set_num_threads(counts[0])
-    numba.set_num_threads(counts[1])
+pytestmark = pytest.mark.usefixtures("threads_restored")
 
 
 @pytest.fixture(scope="module")
