@@ -7,7 +7,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from hybridinfer.model_file.dequantize import dequantize
-from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.model_file.gguf_file import GGUFFile, GGUFTensor
 from hybridinfer.model_file.weight_formats import FORMATS
 from tiny_models import random_weights, stored_weights, write_tiny_gguf
 
@@ -21,18 +21,19 @@ def test_native_types_match_gguf_reference(tmp_path, weight_type):
     for name, tensor in model.tensors.items():
         assert tensor.type == (weight_type if expected[name].ndim == 2 else T.F32)
         ours = dequantize(tensor)
+        assert ours.dtype == np.float32
         reference = quants.dequantize(np.asarray(tensor.raw), tensor.type).reshape(tensor.shape)
         np.testing.assert_array_equal(ours, reference)
         np.testing.assert_array_equal(ours, expected[name])
 
 
-def test_other_types_are_dequantized_through_gguf_with_a_notice(tmp_path, caplog):
-    weights = random_weights(n_embd=256, n_head=4, n_ff=256, seed=3)
-    path = write_tiny_gguf(tmp_path / "m.gguf", weights, weight_type=T.Q5_0)
-    tensor = GGUFFile(path).tensor("blk.0.ffn_up.weight")
+def test_other_types_are_dequantized_through_gguf_with_a_notice(caplog):
+    rng = np.random.default_rng(3)  # random Q4_K blocks (gguf cannot encode K-quants) with small f16 d and dmin
+    blocks = rng.integers(0, 256, (4 * 2, 144), dtype=np.uint8)
+    blocks[:, 0:4] = np.full((4 * 2, 2), 0.01, np.float16).view(np.uint8)
+    tensor = GGUFTensor("blk.0.ffn_up.weight", T.Q4_K, (4, 512), blocks.reshape(4, -1))
     with caplog.at_level("WARNING"):
         values = dequantize(tensor)
-    assert "Q5_0" in caplog.text
-    reference = quants.dequantize(np.asarray(tensor.raw), T.Q5_0).reshape(tensor.shape)
+    assert "Q4_K" in caplog.text
+    reference = quants.dequantize(blocks.reshape(4, -1), T.Q4_K).reshape(tensor.shape)
     np.testing.assert_array_equal(values, reference)
-    assert np.abs(values - weights["blk.0.ffn_up.weight"]).max() < 0.1

@@ -9,8 +9,11 @@ A float format stores one value an element. A quantized block of `block_size` el
     Q8_0  d | 32 int8 q                   value = d * q
     Q4_0  d | 16 bytes of nibbles         value = d * (q - 8)
     Q4_1  d | m | 16 bytes of nibbles     value = d * q + m
+    Q5_0  d | qh | 16 bytes of nibbles    value = d * (q - 16)
+    Q5_1  d | m | qh | 16 bytes           value = d * q + m
 
-Nibble byte j of a block holds element j in its low nibble and element j + 16 in its high nibble. Any other type
+Nibble byte j of a block holds element j in its low nibble and element j + 16 in its high nibble. The Q5 formats
+add each element's fifth (top) bit: qh, a little-endian uint32 whose bit j belongs to element j. Any other type
 the gguf package knows is decoded through it (`dequantize.py`), to F32.
 
 Adding a format: declare it below with its decoder (native decoding then follows), then set `cpu_native` once the
@@ -107,6 +110,20 @@ def _q4_1(blocks: np.ndarray) -> np.ndarray:
     return _f16_field(blocks, 0) * _nibbles(blocks[:, 4:]) + _f16_field(blocks, 2)
 
 
+def _five_bits(blocks: np.ndarray, at: int) -> np.ndarray:
+    """(n, 32) float32 quants 0..31 of Q5 blocks whose qh word is at byte `at` (the nibbles follow it)."""
+    high = np.unpackbits(blocks[:, at:at + 4], axis=1, bitorder="little")  # bit j of the word: element j
+    return _nibbles(blocks[:, at + 4:]) + np.float32(16) * high.astype(np.float32)
+
+
+def _q5_0(blocks: np.ndarray) -> np.ndarray:
+    return _f16_field(blocks, 0) * (_five_bits(blocks, 2) - np.float32(16))
+
+
+def _q5_1(blocks: np.ndarray) -> np.ndarray:
+    return _f16_field(blocks, 0) * _five_bits(blocks, 4) + _f16_field(blocks, 2)
+
+
 F32 = WeightFormat(T.F32, 0, lambda raw: np.array(raw, dtype=np.float32), cpu_native=True, gpu_native=True,
                    value_type="float32", cpu_bits_type="float32")
 F16 = WeightFormat(T.F16, 1, lambda raw: np.asarray(raw).view(np.float16).astype(np.float32), cpu_native=True,
@@ -116,8 +133,11 @@ BF16 = WeightFormat(T.BF16, 2, lambda raw: bf16_to_f32(np.asarray(raw).view(np.u
 Q8_0 = WeightFormat(T.Q8_0, 3, _q8_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_0 = WeightFormat(T.Q4_0, 4, _q4_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_1 = WeightFormat(T.Q4_1, 5, _q4_1, cpu_native=True, gpu_native=True, fields=("scale", "minimum"))
+Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=False, gpu_native=False, fields=("scale",), high_bits=True)
+Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=False, gpu_native=False, fields=("scale", "minimum"),
+                    high_bits=True)
 
-FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1)}  # decoded natively
+FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}  # decoded natively
 CPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.cpu_native)
 GPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.gpu_native)
 CPU_NATIVE_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS)
