@@ -30,6 +30,14 @@ def test_dense_with_float_activations_equals_reference(relu_model_each_format):
     assert relative_error(decode_logits(packed, IDS), expected) < 1e-4
 
 
+def test_greedy_tokens_equal_the_float32_decode(relu_model_each_format):
+    """The file's weights read as stored give the tokens of the same weights decoded to float32 (the reference)."""
+    expected = hybridinfer.load(str(relu_model_each_format), backend="reference").generate(IDS, max_tokens=8,
+                                                                                          temperature=0)
+    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True)
+    assert packed.generate(IDS, max_tokens=8, temperature=0).tokens == expected.tokens
+
+
 def test_dense_int8_activations_close_to_reference(relu_model_each_format, q4_1_silu_model):
     for path in (relu_model_each_format, q4_1_silu_model):
         expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
@@ -40,7 +48,7 @@ def test_dense_int8_activations_close_to_reference(relu_model_each_format, q4_1_
 
 # The sparse FFN reads down_t, which a quantized file gets by re-quantizing the transposed down projection at
 # load: one more rounding than the dense path (tiny random models amplify it; float formats transpose exactly).
-REQUANTIZED = {T.Q8_0: 2e-2, T.Q4_0: 0.3, T.Q4_1: 0.3}
+REQUANTIZED = {T.Q8_0: 2e-2, T.Q4_0: 0.3, T.Q4_1: 0.3, T.Q5_0: 0.15, T.Q5_1: 0.15}
 
 
 def sparse_tolerance(path) -> float:
@@ -107,7 +115,7 @@ def test_transposed_down_projection_matches(relu_model_each_format):
     down = layer.ffn_down().dequantize_rows(np.arange(layer.ffn_down().rows))
     down_t = transpose(layer.source_down)
     assert down_t.qtype == layer.source_down.type and (down_t.rows, down_t.cols) == (N_FF, down.shape[0])
-    step = {T.Q4_0: 0.2, T.Q4_1: 0.2, T.Q8_0: 0.02}.get(layer.source_down.type, 0.0)  # one more rounding
+    step = {T.Q4_0: 0.2, T.Q4_1: 0.2, T.Q5_0: 0.1, T.Q5_1: 0.1, T.Q8_0: 0.02}.get(layer.source_down.type, 0.0)  # one more rounding
     assert np.abs(down_t.dequantize_rows(np.arange(N_FF)) - down.T).max() <= step * np.abs(down).max() + 1e-7
 
 

@@ -1,14 +1,15 @@
 """Compute kernels of the CPU, numba code over weights repacked for fast reading (`packed`):
 
   quant_dot, float_rows      dense and gathered-row products: one kernel per quantized format and activation
-                             type (Q8_0/Q4_0/Q4_1 x int8/float32), float formats by dtype
+                             type (Q8_0/Q4_x/Q5_x x int8/float32), float formats by dtype
   cpu_accumulate_int8,       the sparse down projection (S3): int8 coefficients (default) or float32, one kernel
   quant_accumulate           per quantized format
   dispatch                   picks those kernels for format codes known at compile time (`product`, `accumulate`)
   cpu_layer                  a decoder layer's blocks as single numba calls, each made for its weights' formats
   cpu_quant                  activations (`Activations`, int8 blocks) and the Python API over one matrix
   cpu_ops, requantize        norms, RoPE, attention, activations; transposing a quantized weight at load
-  simd, simd_rows, row_tiles the AVX-512 intrinsics and packed-row helpers the kernels inline
+  simd, simd_rows, simd_bits, the AVX-512 intrinsics and packed-row helpers the kernels inline
+  row_tiles
   formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
   compile_time               the time spent compiling, reported on its own line
   threads                    numba's threading layer, started at the first kernel; what a forked child gets

@@ -1,4 +1,4 @@
-"""S3 over quantized rows with int8 coefficients: out = sum_k coeffs[k] * W_t[rows[k]] for Q8_0, Q4_0 and Q4_1
+"""S3 over quantized rows with int8 coefficients: out = sum_k coeffs[k] * W_t[rows[k]] for Q8_0, Q4_x and Q5_x
 packed rows (`packed.py`), as exact integer dot products over four rows at a time.
 
 The active rows (coeffs != 0, in order) are cut into batches of INT8_BATCH, whatever the thread count. In a batch,
@@ -6,10 +6,10 @@ each row's coefficient times its block scale, s_ib = c_i * d_ib, is quantized pe
 llama.cpp quantizes the hidden activations per block before the down projection:
 
     S_b = max_i |s_ib| / 127,   k_ib = round(s_ib / S_b)        (int8; each off by at most S_b / 2)
-    out[block b] += S_b * sum_i k_ib * qv_ib      (qv = q for Q8_0, q - 8 for Q4_0 and Q4_1; exact in int32)
-    out[block b] += sum_i c_i * (m_ib + 8 d_ib)   (Q4_1, whose d q + m is d (q - 8) + m + 8 d; in float32)
+    out[block b] += S_b * sum_i k_ib * qv_ib      (qv = q for Q8_0, q - 8 for Q4_x, q - 16 for Q5_x; exact in int32)
+    out[block b] += sum_i c_i * (m_ib + 8 d_ib)   (Q4_1, whose d q + m is d (q - 8) + m + 8 d; Q5_1: m + 16 d)
 
-(Centring Q4_1's quants keeps the integer sums, and so their rounding, as small as Q4_0's.)
+(Centring Q4_1's and Q5_1's quants keeps the integer sums, and so their rounding, as small as Q4_0's.)
 The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
 (unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
@@ -29,6 +29,7 @@ from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
                    load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
+from .simd_bits import five_bit_quants
 from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
 from .variants import specialization
 
@@ -128,8 +129,8 @@ def int8_accumulate(kind: int):
 def _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes, minimums, offset, codes, scales,
                     offsets, constant):
     """Per tile: scales (16 blocks) = S_b; codes = the quads' int8 k_ib, four rows to a lane, laid out as
-    `interleave4`'s results (via `block_lanes`); offsets = offset * sum_i k_ib; constant += c_i (m_ib + 8 d_ib)
-    (Q4_1)."""
+    `interleave4`'s results (via `block_lanes`); offsets = offset * sum_i k_ib; constant += c_i (m_ib - offset d_ib)
+    (Q4_1, Q5_1)."""
     for t in range((nb + TILE - 1) // TILE):
         start = t * TILE
         width = min(TILE, nb - start)
@@ -157,7 +158,7 @@ def _quantize_batch(flat, base, coeffs, active, lo, count, nb, shift, tile_bytes
             m = zeros_f32()
             for i in range(count):
                 coeff = coeffs[active[lo + i]]
-                m = add(m, fma(splat_f32(8.0), _scaled(flat, base[i] + header, width, coeff),
+                m = add(m, fma(splat_f32(-offset), _scaled(flat, base[i] + header, width, coeff),
                                _scaled(flat, base[i] + header + 32, width, coeff)))
             store_f32(constant, start, add(m, load_f32(constant, start, width)), width)
 
@@ -181,6 +182,8 @@ def _code(flat, base, coeffs, active, lo, count, i, header, width, inverse):
 def _tile(kind, flat, base, quants, t, width, codes, scales, offsets, acc):
     if kind == Q8_0:
         _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc)
+    elif QUANT_LAYOUTS[kind].high_bits:
+        _q5_tile(flat, base, quants, t, width, codes, scales, offsets, acc)
     else:
         _q4_tile(flat, base, quants, t, width, codes, scales, offsets, acc)
 
@@ -205,6 +208,44 @@ def _q4_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
             l1, h1 = dot_u8s8(l1, low_nibbles(r1), c1), dot_u8s8(h1, high_nibbles(r1), c1)
             l2, h2 = dot_u8s8(l2, low_nibbles(r2), c2), dot_u8s8(h2, high_nibbles(r2), c2)
             l3, h3 = dot_u8s8(l3, low_nibbles(r3), c3), dot_u8s8(h3, high_nibbles(r3), c3)
+        at = (t * 4 + g) * 128
+        _add_scaled(acc, at, l0, s0)
+        _add_scaled(acc, at + 16, h0, s0)
+        _add_scaled(acc, at + 32, l1, s1)
+        _add_scaled(acc, at + 48, h1, s1)
+        _add_scaled(acc, at + 64, l2, s2)
+        _add_scaled(acc, at + 80, h2, s2)
+        _add_scaled(acc, at + 96, l3, s3)
+        _add_scaled(acc, at + 112, h3, s3)
+
+
+@njit(inline="always", **OPTIONS)
+def _q5_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
+    """As `_q4_tile` for 5-bit quants: each quad's fifth bits (the group after the nibbles) are interleaved as its
+    nibbles are, and complete them byte by byte."""
+    n = width * 4
+    s0, s1, s2, s3 = block_lanes(load_f32(scales, t * 16, 16))
+    o0, o1, o2, o3 = block_lanes(load_i32(offsets, t * 16, 16))
+    for g in range(4):
+        l0, l1, l2, l3, h0, h1, h2, h3 = o0, o1, o2, o3, o0, o1, o2, o3
+        for quad in range(_QUADS):
+            at, i = quants + g * n, 4 * quad
+            r0, r1, r2, r3 = interleave4(load_bytes(flat, base[i] + at, n), load_bytes(flat, base[i + 1] + at, n),
+                                         load_bytes(flat, base[i + 2] + at, n), load_bytes(flat, base[i + 3] + at, n))
+            at = quants + 4 * n
+            f0, f1, f2, f3 = interleave4(load_bytes(flat, base[i] + at, n), load_bytes(flat, base[i + 1] + at, n),
+                                         load_bytes(flat, base[i + 2] + at, n), load_bytes(flat, base[i + 3] + at, n))
+            c = (t * _QUADS + quad) * 64
+            c0, c1 = load_i32(codes, c, 16), load_i32(codes, c + 16, 16)
+            c2, c3 = load_i32(codes, c + 32, 16), load_i32(codes, c + 48, 16)
+            low, high = five_bit_quants(r0, f0, g)
+            l0, h0 = dot_u8s8(l0, low, c0), dot_u8s8(h0, high, c0)
+            low, high = five_bit_quants(r1, f1, g)
+            l1, h1 = dot_u8s8(l1, low, c1), dot_u8s8(h1, high, c1)
+            low, high = five_bit_quants(r2, f2, g)
+            l2, h2 = dot_u8s8(l2, low, c2), dot_u8s8(h2, high, c2)
+            low, high = five_bit_quants(r3, f3, g)
+            l3, h3 = dot_u8s8(l3, low, c3), dot_u8s8(h3, high, c3)
         at = (t * 4 + g) * 128
         _add_scaled(acc, at, l0, s0)
         _add_scaled(acc, at + 16, h0, s0)

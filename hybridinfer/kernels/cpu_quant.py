@@ -5,7 +5,7 @@
     accumulate_rows(W_t, rows, c, out)     out = sum_k c[k] * W_t[rows[k], :]           S3 over down_t (row = neuron)
     matmul(W, X, out)                      out = X @ W.T   X (T, cols), out (T, rows)   prefill, each row read once
 
-Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0, Q4_0, Q4_1) by default use
+Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0, Q4_x, Q5_x) by default use
 activations quantized to int8 per 32-block, as llama.cpp does (x^ = dx * round(x / dx), dx = max|x|/127), with
 exact integer dot products per block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32
 rounding, so |out - W @ x| <= ||W_row|| * ||x - x^|| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (in practice

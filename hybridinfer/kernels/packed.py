@@ -4,14 +4,14 @@ Float formats keep GGUF's row-major layout; only the element type says how to re
 every kernel by dtype): F32 as float32, F16 as int16 holding the IEEE half bits, BF16 as uint16 bits.
 These are zero-copy views when the input is contiguous.
 
-Quantized rows (Q8_0 / Q4_0 / Q4_1: the CPU-native formats of `model_file/weight_formats.py`) hold the GGUF
-row's bytes (`nbytes` equals the file's bytes), rearranged so that 64 contiguous bytes feed one AVX-512
+Quantized rows (Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1: the CPU-native formats of `model_file/weight_formats.py`) hold the
+GGUF row's bytes (`nbytes` equals the file's bytes), rearranged so that 64 contiguous bytes feed one AVX-512
 instruction and a row reads as one forward stream (which the hardware prefetches; scales kept apart from their
 quants make long rows slower: docs/cpu-decoding.md, "Kernel design choices"). A row is a sequence of units:
 
     unit = [ 64-byte header | quants of its tiles ]      row = units, then zero padding to 64 bytes
-    one f16 field (d: Q8_0, Q4_0):   2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
-    two f16 fields (d, m: Q4_1):     1 tile a unit,  header = f16 d of the 16 blocks | f16 m of the 16 blocks
+    one f16 field (d: Q8_0, Q4_0, Q5_0):  2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
+    two f16 fields (d, m: Q4_1, Q5_1):    1 tile a unit,  header = f16 d of the 16 blocks | f16 m of the 16 blocks
 
 (slots of a short last tile are zero-padded to 32 bytes). Rows, units and groups of quants all start on
 64-byte boundaries, except the groups of a short last tile, so no load straddles two cache lines.
@@ -21,6 +21,9 @@ quants are stored group-major: group g, then block b, then 4 consecutive bytes j
 64-byte group belongs to block b:
     Q8_0  byte (g < 8, b, j)  =  int8 q of element 4g+j of block b
     Q4_x  byte (g < 4, b, j)  =  GGUF byte 4g+j of block b: low nibble element 4g+j, high nibble 16+4g+j
+    Q5_x  as Q4_x, then a fifth group (g = 4) of the blocks' fifth bits: byte (4, b, j) holds, in bit g, the
+          fifth bit of element 4g+j and, in bit 4+g, that of element 16+4g+j (the GGUF word qh with its bits
+          moved, `FIFTH_BIT_SOURCES`), so that group g's fifth bits are one shift and one mask away, in place
 Activations follow one of two orders, both per tile (start block t0) and for Q8_0 and Q4 alike (a Q4 high
 nibble of group g pairs with activation group g+4):
     `byte_element_order` (int8 activations, for vpdpbusd):  position t0*32 + (g*nbt + b)*4 + j
@@ -59,16 +62,19 @@ class QuantLayout(NamedTuple):
     groups: int  # groups of 4 quant bytes in a block
     per_byte: int  # quants a byte holds: 1 (int8) or 2 (nibbles)
     centre: int  # 2 ** (bits - 1), taken off a quant read as unsigned (an int8 with its sign bit flipped)
+    high_bits: int  # 1 where a tile's quants end with a group of the fifth bits (Q5_x), else 0
 
 
 def quant_layout(code: int) -> QuantLayout:
     """The packed layout of the quantized format with kernel code `code` (zeros for a float format)."""
     fmt = FORMAT_OF_CODE[code]
     if not fmt.quantized:
-        return QuantLayout(0, 0, 0, 0, 0, 0)
+        return QuantLayout(0, 0, 0, 0, 0, 0, 0)
     tiles_per_unit = 32 // (TILE * len(fmt.fields))  # the header's 32 f16 slots: each tile's fields
-    return QuantLayout(int(fmt.has_minimum), tiles_per_unit.bit_length() - 1, TILE * fmt.quant_bytes,
-                       fmt.quant_bytes // 4, 8 // fmt.bits, 1 << (fmt.bits - 1))
+    high_bytes = fmt.block_size // 8 if fmt.high_bits else 0
+    return QuantLayout(int(fmt.has_minimum), tiles_per_unit.bit_length() - 1, TILE * (fmt.quant_bytes + high_bytes),
+                       fmt.quant_bytes // 4, fmt.block_size // fmt.quant_bytes, 1 << (fmt.bits - 1),
+                       int(fmt.high_bits))
 
 
 QUANT_LAYOUTS = tuple(quant_layout(code) for code in range(len(FORMAT_OF_CODE)))  # by code, as numba code reads them
@@ -147,6 +153,8 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
         raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {expected} for {qtype.name}")
     data = aligned_empty((rows, order.shape[0]), np.uint8)
     _gather_columns(flat, order, data)
+    if FORMATS[qtype].high_bits:
+        _move_bits(data.view(np.uint32), fifth_bit_words(qtype, cols // BLOCK), FIFTH_BIT_SOURCES)
     return PackedMatrix(qtype, rows, cols, data)
 
 
@@ -165,8 +173,11 @@ def to_gguf_bytes(packed: PackedMatrix, rows: np.ndarray) -> np.ndarray:
         return packed.data[rows]
     order = byte_order(packed.qtype, packed.n_blocks)
     stored = order >= 0
+    data = packed.data[rows]
+    if FORMATS[packed.qtype].high_bits:  # the fifth bits back in GGUF's order
+        _move_bits(data.view(np.uint32), fifth_bit_words(packed.qtype, packed.n_blocks), FIFTH_BIT_TARGETS)
     gguf_rows = np.empty((len(rows), packed.row_bytes), dtype=np.uint8)
-    gguf_rows[:, order[stored]] = packed.data[rows][:, stored]
+    gguf_rows[:, order[stored]] = data[:, stored]
     return gguf_rows
 
 
@@ -187,11 +198,41 @@ def byte_order(qtype: T, n_blocks: int) -> np.ndarray:
         for blocks in tiles:
             g, b, j = np.meshgrid(np.arange(groups), blocks, np.arange(4), indexing="ij")
             parts.append((b * block_bytes + header + 4 * g + j).ravel())
+            if layout.high_bits:  # the qh words, just before the nibbles in a GGUF block
+                b, j = np.meshgrid(blocks, np.arange(4), indexing="ij")
+                parts.append((b * block_bytes + header - 4 + j).ravel())
     used = sum(part.shape[0] for part in parts)
     parts.append(np.full(-used % 64, -1))
     order = np.concatenate(parts).astype(np.int32)
     order.setflags(write=False)
     return order
+
+
+# Q5_x fifth bits: packed bit i of a block's word is bit FIFTH_BIT_SOURCES[i] of GGUF's qh (see the module doc)
+FIFTH_BIT_SOURCES = np.array([4 * g + j if low else 16 + 4 * g + j for j in range(4) for low in (1, 0) for g in range(4)],
+                             dtype=np.int64)
+FIFTH_BIT_TARGETS = np.argsort(FIFTH_BIT_SOURCES)  # the inverse: GGUF bit i is packed bit FIFTH_BIT_TARGETS[i]
+
+
+@lru_cache(maxsize=64)
+def fifth_bit_words(qtype: T, n_blocks: int) -> np.ndarray:
+    """int64: the 32-bit words of a packed Q5_x row that hold fifth bits (byte offset / 4)."""
+    fmt = FORMATS[qtype]
+    order = byte_order(qtype, n_blocks)
+    words = np.flatnonzero((order >= 0) & (order % fmt.block_bytes == fmt.header_bytes - 4)) // 4
+    words.setflags(write=False)
+    return words
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _move_bits(words, columns, sources):
+    """Each words[r, c] for c in columns, in place, becomes the word whose bit i is its bit sources[i]."""
+    for r in numba.prange(words.shape[0]):
+        for c in columns:
+            word, moved = words[r, c], np.uint32(0)
+            for i in range(32):
+                moved |= ((word >> np.uint32(sources[i])) & np.uint32(1)) << np.uint32(i)
+            words[r, c] = moved
 
 
 @lru_cache(maxsize=64)

@@ -1,5 +1,5 @@
 """The sparse down projection (S3) over quantized packed rows with float32 coefficients (`float_activations`):
-out = sum_k coeffs[k] * W_t[rows[k]] for Q8_0, Q4_0 and Q4_1 rows of `packed.py`, each weight widened to float32.
+out = sum_k coeffs[k] * W_t[rows[k]] for Q8_0, Q4_x and Q5_x rows of `packed.py`, each weight widened to float32.
 The default path, int8 coefficients, is `cpu_accumulate_int8.py`; `dispatch.py` picks one kernel per format;
 reference twin: `reference.accumulate_rows`.
 """
@@ -14,8 +14,9 @@ from numba import njit, prange
 from .formats import Q8_0
 from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (add, expand4, fma, load_bytes, load_f16_bytes, load_f32, load_s8_as_f32, mul, nibble_planes_as_f32,
-                   nibble_table, splat_f32, store_f32)
+from .simd import (add, byte_planes_as_f32, expand4, fma, load_bytes, load_f16_bytes, load_f32, load_s8_as_f32, mul,
+                   nibble_planes_as_f32, nibble_table, splat_f32, store_f32)
+from .simd_bits import five_bit_quants
 from .variants import specialization
 
 ROW_BATCH = 8  # rows summed per pass over the output, the partial sums kept in registers
@@ -103,7 +104,7 @@ def quant_float_accumulate(kind: int):
 @njit(inline="always", **OPTIONS)
 def _batch_scales(kind, w, wo, shift, tile_bytes, minimums, coeff, block_lo, block_hi, scales, so, constant):
     """scales[so + b] = coeff * d_b for the chunk's blocks b (Q8_0: each repeated 4 times, as `expand4`);
-    constant[b] += coeff * m_b for Q4_1."""
+    constant[b] += coeff * m_b for Q4_1 and Q5_1, -16 coeff * d_b for Q5_0 (whose quants are read unsigned)."""
     c = splat_f32(coeff)
     for start in range(block_lo, block_hi, TILE):
         width = min(TILE, block_hi - start)
@@ -122,12 +123,17 @@ def _batch_scales(kind, w, wo, shift, tile_bytes, minimums, coeff, block_lo, blo
             o = start - block_lo
             minimum = mul(c, load_f16_bytes(w, wo + header + 32, width))
             store_f32(constant, o, add(minimum, load_f32(constant, o, width)), width)
+        elif QUANT_LAYOUTS[kind].high_bits:
+            o = start - block_lo
+            store_f32(constant, o, fma(splat_f32(-16.0), scale, load_f32(constant, o, width)), width)
 
 
 @njit(inline="always", **OPTIONS)
 def _accumulate_tile(kind, flat, base, quants, table, count, scales, stride, block, width, acc):
     if kind == Q8_0:
         _q8_accumulate_tile(flat, base, quants, count, scales, stride, block, width, acc)
+    elif QUANT_LAYOUTS[kind].high_bits:
+        _q5_accumulate_tile(flat, base, quants, count, scales, stride, block, width, acc)
     else:
         _q4_accumulate_tile(flat, base, quants, table, count, scales, stride, block, width, acc)
 
@@ -168,6 +174,34 @@ def _q4_accumulate_tile(flat, base, quants, table, count, scales, stride, block,
             p0, p1, p2, p3, p4, p5, p6, p7 = nibble_planes_as_f32(load_bytes(flat, base[i] + quants + g * n, n), table)
             a0, b0, a1, b1 = fma(e, p0, a0), fma(e, p1, b0), fma(e, p2, a1), fma(e, p3, b1)
             a2, b2, a3, b3 = fma(e, p4, a2), fma(e, p5, b2), fma(e, p6, a3), fma(e, p7, b3)
+        store_f32(acc, s, a0, width)
+        store_f32(acc, s + width, a1, width)
+        store_f32(acc, s + 2 * width, a2, width)
+        store_f32(acc, s + 3 * width, a3, width)
+        store_f32(acc, s2, b0, width)
+        store_f32(acc, s2 + width, b1, width)
+        store_f32(acc, s2 + 2 * width, b2, width)
+        store_f32(acc, s2 + 3 * width, b3, width)
+
+
+@njit(inline="always", **OPTIONS)
+def _q5_accumulate_tile(flat, base, quants, count, scales, stride, block, width, acc):
+    """As `_q4_accumulate_tile` for 5-bit quants q (0..31, completed by the tile's fifth bits and widened as bytes)."""
+    n = width * 4
+    for g in range(4):
+        s, s2 = block * BLOCK + g * n, block * BLOCK + (g + 4) * n
+        a0, a1 = load_f32(acc, s, width), load_f32(acc, s + width, width)
+        a2, a3 = load_f32(acc, s + 2 * width, width), load_f32(acc, s + 3 * width, width)
+        b0, b1 = load_f32(acc, s2, width), load_f32(acc, s2 + width, width)
+        b2, b3 = load_f32(acc, s2 + 2 * width, width), load_f32(acc, s2 + 3 * width, width)
+        for i in range(count):
+            e = load_f32(scales, i * stride + block, 16)
+            at = base[i] + quants
+            low, high = five_bit_quants(load_bytes(flat, at + g * n, n), load_bytes(flat, at + 4 * n, n), g)
+            l0, l1, l2, l3 = byte_planes_as_f32(low)
+            h0, h1, h2, h3 = byte_planes_as_f32(high)
+            a0, b0, a1, b1 = fma(e, l0, a0), fma(e, h0, b0), fma(e, l1, a1), fma(e, h1, b1)
+            a2, b2, a3, b3 = fma(e, l2, a2), fma(e, h2, b2), fma(e, l3, a3), fma(e, h3, b3)
         store_f32(acc, s, a0, width)
         store_f32(acc, s + width, a1, width)
         store_f32(acc, s + 2 * width, a2, width)

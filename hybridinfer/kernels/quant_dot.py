@@ -1,4 +1,4 @@
-"""numba dot products over quantized packed rows (Q8_0, Q4_0, Q4_1 in the tiled layout of `packed.py`): the
+"""numba dot products over quantized packed rows (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 in the tiled layout of `packed.py`): the
 dense and gathered-row products of every weight matrix, with int8 activations per 32-block as llama.cpp does
 (exact integer block dots on AVX-512 VNNI, float32 scaling) or float32 activations. `dispatch.py` picks one
 kernel per format; reference twins: `reference.py`.
@@ -16,7 +16,8 @@ from .packed import BLOCK, TILE, quant_layout
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, flip_sign_bits, fma, high_nibbles, hsum, load_bytes,
                    load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
-                   to_f32, zeros_f32, zeros_i32)
+                   splat_f32, to_f32, zeros_f32, zeros_i32)
+from .simd_bits import five_bit_quants
 from .variants import specialization
 
 # A row is handled a tile (16 blocks) at a time: whole tiles with the constant width TILE, so that every masked
@@ -75,10 +76,10 @@ def _dot_group(tile, pair, pairs, group, w, ops, count, groups, nb, row_bytes, d
 
 @functools.cache
 def dot_rows(kind: int, float_activations: bool):
-    """The product kernel for packed rows of format `kind` (Q8_0, Q4_0, Q4_1) with int8 activations, or float32
+    """The product kernel for packed rows of format `kind` (Q8_0, Q4_x, Q5_x) with int8 activations, or float32
     ones: kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out) sets out[t, k] = data[r_k] . x[t] with
     r_k = k (dense) or rows[k], data packed rows of nb blocks, x prepared activations (`cpu_quant.Activations`)."""
-    minimums = quant_layout(kind).minimums
+    minimums, high_bits = quant_layout(kind).minimums, quant_layout(kind).high_bits
 
     @specialization(kind, float_activations, parallel=True, fastmath=True)
     def kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out):
@@ -87,6 +88,8 @@ def dot_rows(kind: int, float_activations: bool):
         for group in prange(groups):
             if kind == Q8_0:  # constants: numba compiles the one branch they leave
                 tile, pair = (_q8_float_tile if float_activations else _q8_int8_tile), _q8_int8_pair
+            elif high_bits:
+                tile, pair = (_q5_float_tile if float_activations else _q5_int8_tile), _q5_int8_pair
             else:
                 tile, pair = (_q4_float_tile if float_activations else _q4_int8_tile), _q4_int8_pair
             _dot_group(tile, pair, not float_activations, group, w, ops, count, groups, nb, data.shape[1], dense,
@@ -201,6 +204,32 @@ def _q4_int8_tile(w, wo, ops, xo, bo, start, width, total):
 
 
 @njit(inline="always", **OPTIONS)
+def _q5_int8_tile(w, wo, ops, xo, bo, start, width, total):
+    """As `_q4_int8_tile` for 5-bit quants (each group's nibbles completed by the tile's fifth bits, the group after
+    the nibbles): d dx ((q - 16) . qx) for Q5_0, d dx (q . qx) + m dx sum(qx) for Q5_1."""
+    minimums, qx, dx, qsum = ops[0], ops[4], ops[5], ops[6]
+    n = width * 4
+    block_qsum = load_i32(qsum, bo + start, width)
+    acc0, acc1 = scale_i32(block_qsum, 16 * minimums - 16), zeros_i32()
+    acc2, acc3 = zeros_i32(), zeros_i32()  # four independent sums (vpdpbusd latency)
+    header, quants = unit_offsets(start, 1 - minimums, 320)
+    o, x = wo + quants, xo + start * 32
+    fifth = load_bytes(w, o + 4 * n, n)
+    for g in range(0, 4, 2):  # low nibbles pair with activation group g, high nibbles with group g + 4
+        low, high = five_bit_quants(load_bytes(w, o + g * n, n), fifth, g)
+        acc0 = dot_u8s8(acc0, low, load_bytes(qx, x + g * n, n))
+        acc1 = dot_u8s8(acc1, high, load_bytes(qx, x + (g + 4) * n, n))
+        low, high = five_bit_quants(load_bytes(w, o + (g + 1) * n, n), fifth, g + 1)
+        acc2 = dot_u8s8(acc2, low, load_bytes(qx, x + (g + 1) * n, n))
+        acc3 = dot_u8s8(acc3, high, load_bytes(qx, x + (g + 5) * n, n))
+    acc = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    block_dx = load_f32(dx, bo + start, width)
+    total = fma(to_f32(acc), mul(load_f16_bytes(w, wo + header, width), block_dx), total)
+    minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q5_0
+    return fma(minimum, mul(block_dx, to_f32(block_qsum)), total)
+
+
+@njit(inline="always", **OPTIONS)
 def _q8_float_tile(w, wo, ops, xo, bo, start, width, total):
     """total + the tile's products in float32, one block a lane: the 4 bytes of each 32-bit lane are split into 4
     planes (element 4g + j of every block), each times its activations (lane order), then times d per lane."""
@@ -236,6 +265,30 @@ def _q4_float_tile(w, wo, ops, xo, bo, start, width, total):
     total = fma(add(add(p0, p1), add(p2, p3)), load_f16_bytes(w, wo + header, width), total)
     minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
     return fma(minimum, load_f32(xsum, bo + start, width), total)
+
+
+@njit(inline="always", **OPTIONS)
+def _q5_float_tile(w, wo, ops, xo, bo, start, width, total):
+    """As `_q4_float_tile` for 5-bit quants: q (0..31, widened as bytes) per element, then per block
+    d_b (q_b . x_b) + c_b sum(x_b), c = m for Q5_1 and -16 d for Q5_0."""
+    minimums, xp, xsum = ops[0], ops[2], ops[3]
+    n = width * 4
+    p0, p1, p2, p3 = zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+    header, quants = unit_offsets(start, 1 - minimums, 320)
+    fifth = load_bytes(w, wo + quants + 4 * n, n)
+    for g in range(4):
+        low, high = five_bit_quants(load_bytes(w, wo + quants + g * n, n), fifth, g)
+        l0, l1, l2, l3 = byte_planes_as_f32(low)
+        h0, h1, h2, h3 = byte_planes_as_f32(high)
+        lo, hi = xo + start * 32 + g * n, xo + start * 32 + (g + 4) * n  # low nibbles: group g, high: g + 4
+        p0 = fma(h0, load_f32(xp, hi, width), fma(l0, load_f32(xp, lo, width), p0))
+        p1 = fma(h1, load_f32(xp, hi + width, width), fma(l1, load_f32(xp, lo + width, width), p1))
+        p2 = fma(h2, load_f32(xp, hi + 2 * width, width), fma(l2, load_f32(xp, lo + 2 * width, width), p2))
+        p3 = fma(h3, load_f32(xp, hi + 3 * width, width), fma(l3, load_f32(xp, lo + 3 * width, width), p3))
+    d = load_f16_bytes(w, wo + header, width)
+    total = fma(add(add(p0, p1), add(p2, p3)), d, total)
+    constant = fma(d, splat_f32(16 * minimums - 16), load_f16_bytes(w, wo + header + 32, width * minimums))
+    return fma(constant, load_f32(xsum, bo + start, width), total)
 
 
 # Two tokens at a time (`_four_rows_pair`, int8 activations): each weight vector is loaded (and unpacked) once
@@ -303,6 +356,40 @@ def _q4_int8_pair(w, wo, ops, xo0, bo0, xo1, bo1, start, width, total0, total1):
         bcc3 = dot_u8s8(bcc3, high, load_bytes(qx, x1 + (g + 5) * n, n))
     d = load_f16_bytes(w, wo + header, width)
     minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q4_0
+    dx0, dx1 = load_f32(dx, bo0 + start, width), load_f32(dx, bo1 + start, width)
+    a = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
+    b = add_i32(add_i32(bcc0, bcc1), add_i32(bcc2, bcc3))
+    total0 = fma(minimum, mul(dx0, to_f32(qsum0)), fma(to_f32(a), mul(d, dx0), total0))
+    total1 = fma(minimum, mul(dx1, to_f32(qsum1)), fma(to_f32(b), mul(d, dx1), total1))
+    return total0, total1
+
+
+@njit(inline="always", **OPTIONS)
+def _q5_int8_pair(w, wo, ops, xo0, bo0, xo1, bo1, start, width, total0, total1):
+    """`_q5_int8_tile` for two tokens."""
+    minimums, qx, dx, qsum = ops[0], ops[4], ops[5], ops[6]
+    n = width * 4
+    qsum0, qsum1 = load_i32(qsum, bo0 + start, width), load_i32(qsum, bo1 + start, width)
+    acc0, acc1 = scale_i32(qsum0, 16 * minimums - 16), zeros_i32()
+    acc2, acc3 = zeros_i32(), zeros_i32()
+    bcc0, bcc1 = scale_i32(qsum1, 16 * minimums - 16), zeros_i32()
+    bcc2, bcc3 = zeros_i32(), zeros_i32()
+    header, quants = unit_offsets(start, 1 - minimums, 320)
+    o, x0, x1 = wo + quants, xo0 + start * 32, xo1 + start * 32
+    fifth = load_bytes(w, o + 4 * n, n)
+    for g in range(0, 4, 2):
+        low, high = five_bit_quants(load_bytes(w, o + g * n, n), fifth, g)
+        acc0 = dot_u8s8(acc0, low, load_bytes(qx, x0 + g * n, n))
+        acc1 = dot_u8s8(acc1, high, load_bytes(qx, x0 + (g + 4) * n, n))
+        bcc0 = dot_u8s8(bcc0, low, load_bytes(qx, x1 + g * n, n))
+        bcc1 = dot_u8s8(bcc1, high, load_bytes(qx, x1 + (g + 4) * n, n))
+        low, high = five_bit_quants(load_bytes(w, o + (g + 1) * n, n), fifth, g + 1)
+        acc2 = dot_u8s8(acc2, low, load_bytes(qx, x0 + (g + 1) * n, n))
+        acc3 = dot_u8s8(acc3, high, load_bytes(qx, x0 + (g + 5) * n, n))
+        bcc2 = dot_u8s8(bcc2, low, load_bytes(qx, x1 + (g + 1) * n, n))
+        bcc3 = dot_u8s8(bcc3, high, load_bytes(qx, x1 + (g + 5) * n, n))
+    d = load_f16_bytes(w, wo + header, width)
+    minimum = load_f16_bytes(w, wo + header + 32, width * minimums)  # zeros for Q5_0
     dx0, dx1 = load_f32(dx, bo0 + start, width), load_f32(dx, bo1 + start, width)
     a = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
     b = add_i32(add_i32(bcc0, bcc1), add_i32(bcc2, bcc3))

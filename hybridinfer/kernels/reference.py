@@ -65,10 +65,11 @@ def accumulate_rows(weight_t: np.ndarray, rows: np.ndarray, coeffs: np.ndarray) 
 
 def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: np.ndarray, coeffs: np.ndarray,
                          batch: int | None = None) -> np.ndarray:
-    """What `cpu_accumulate_int8` computes for a Q8_0/Q4_0/Q4_1 weight_t (`raw` as gguf stores it, `shape` (n, d)):
+    """What `cpu_accumulate_int8` computes for a Q8_0/Q4_x/Q5_x weight_t (`raw` as gguf stores it, `shape` (n, d)):
     sum_k coeffs[k] * weight_t[rows[k]] with, per batch of `batch` active rows (coeffs != 0, in order) and per
     block b, s_ib = c_i * d_ib quantized to int8 with the scale S_b = max_i |s_ib| / 127 (float32 as the kernel),
-    then S_b * sum_i k_ib * qv_ib with qv = q - 8 for Q4_x (+ sum_i c_i * (m_ib + 8 d_ib) for Q4_1) accumulated
+    then S_b * sum_i k_ib * qv_ib with qv = q - 8 for Q4_x, q - 16 for Q5_x (+ sum_i c_i * (m_ib + 8 d_ib) for Q4_1,
+    m_ib + 16 d_ib for Q5_1) accumulated
     in float64. `batch`: the kernel's INT8_BATCH unless given."""
     from gguf import GGMLQuantizationType as T
 
@@ -88,10 +89,14 @@ def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: n
     d = f16_field("scale")
     m = f16_field("minimum") if fmt.has_minimum else None
     quants = blocks[:, :, fmt.header_bytes:]
+    centre = 2 ** (fmt.bits - 1)
     if qtype == T.Q8_0:
         qv = quants.view(np.int8).astype(np.int64)
     else:
-        qv = np.concatenate([quants & 15, quants >> 4], axis=2).astype(np.int64) - 8
+        qv = np.concatenate([quants & 15, quants >> 4], axis=2).astype(np.int64) - centre
+    if fmt.high_bits:  # qh, the word before the nibbles: bit e is element e's fifth bit
+        qv += 16 * np.unpackbits(blocks[:, :, fmt.header_bytes - 4:fmt.header_bytes], axis=2,
+                                 bitorder="little").astype(np.int64)
     coeffs = np.asarray(coeffs, dtype=np.float32)
     active = np.nonzero(coeffs)[0]
     out = np.zeros((cols // 32, 32), dtype=np.float64)
@@ -104,7 +109,7 @@ def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: n
         k = np.rint(s * inverse).astype(np.int64)
         out += scale[:, None].astype(np.float64) * np.einsum("ib,ibe->be", k, qv[picked])
         if m is not None:
-            out += (c[:, None] * m[picked] + np.float32(8) * s).astype(np.float64).sum(axis=0)[:, None]
+            out += (c[:, None] * m[picked] + np.float32(centre) * s).astype(np.float64).sum(axis=0)[:, None]
     return out.reshape(-1).astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""The transpose of a Q8_0 / Q4_0 / Q4_1 weight, re-quantized in its own format: the bytes
+"""The transpose of a Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 weight, re-quantized in its own format: the bytes
 `gguf.quants.quantize(dequantize(W).T, qtype)` gives (its twin, which the tests compare byte for byte), in
 numba. The sparse FFN needs the down projection transposed (`down_t`) and makes it at load, where gguf's numpy
 encoders were slow (load times: docs/cpu-decoding.md).
@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from ..model_file.weight_formats import CPU_NATIVE_FORMATS, FORMATS
-from .formats import FORMAT_CODE, Q4_0, Q4_1, Q8_0
+from .formats import FORMAT_CODE, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from .packed import BLOCK
 
 QUANTIZED_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS if f.quantized)  # each has its encoder below
@@ -64,7 +64,8 @@ def _transpose_blocks(kind, blocks, scales, minimums, header, out, out_scales, o
         for b in range(rows // BLOCK):
             for e in range(BLOCK):
                 _decode(kind, blocks[BLOCK * b + e, c], scales[BLOCK * b + e, c],
-                        minimums[BLOCK * b + e, c] if kind == Q4_1 else np.float32(0.0), header, tile[e])
+                        minimums[BLOCK * b + e, c] if kind == Q4_1 or kind == Q5_1 else np.float32(0.0), header,
+                        tile[e])
             for j in range(BLOCK):
                 for e in range(BLOCK):
                     column[e] = tile[e, j]
@@ -75,15 +76,20 @@ def _transpose_blocks(kind, blocks, scales, minimums, header, out, out_scales, o
 
 @njit(cache=True)
 def _decode(kind, block, d, m, header, values):
-    """values (32,) = the block's weights as gguf decodes them: q * d (Q8_0), d * (q - 8) (Q4_0), d * q + m (Q4_1)."""
+    """values (32,) = the block's weights as gguf decodes them: q * d (Q8_0), d * (q - 8) (Q4_0), d * (q - 16)
+    (Q5_0), d * q + m (Q4_1, Q5_1)."""
     for j in range(BLOCK):
         if kind == Q8_0:
             values[j] = np.float32(np.int8(block[header + j])) * d
         else:
             byte = block[header + j % 16]
             nibble = np.int32(byte & 15) if j < 16 else np.int32(byte >> 4)
+            if kind == Q5_0 or kind == Q5_1:  # the fifth bit: bit j of the little-endian word before the nibbles
+                nibble += 16 * np.int32((block[header - 4 + j // 8] >> (j % 8)) & 1)
             if kind == Q4_0:
                 values[j] = d * np.float32(nibble - 8)
+            elif kind == Q5_0:
+                values[j] = d * np.float32(nibble - 16)
             else:
                 values[j] = d * np.float32(nibble) + m
 
@@ -105,32 +111,41 @@ def _encode(kind, values, quants):
             rounded = floored + np.floor(np.float32(2) * (a - floored))
             quants[e] = np.int32(np.sign(x) * rounded)
         return d, zero
-    if kind == Q4_0:  # d = (the signed value of largest magnitude, the first one) / -8
+    top = 31 if kind == Q5_0 or kind == Q5_1 else 15  # the largest quant
+    if kind == Q4_0 or kind == Q5_0:  # d = (the signed value of largest magnitude, the first one) / -8 (Q5_0: -16)
         largest = values[0]
         for e in range(1, BLOCK):
             if abs(values[e]) > abs(largest):
                 largest = values[e]
-        d = largest / np.float32(-8)
+        centre = np.float32((top + 1) // 2)
+        d = largest / -centre
         inverse = zero if d == 0 else np.float32(1) / d
         for e in range(BLOCK):
-            quants[e] = min(np.int32(np.trunc(values[e] * inverse + np.float32(8.5))), 15)
+            quants[e] = min(np.int32(np.trunc(values[e] * inverse + (centre + np.float32(0.5)))), top)
         return d, zero
-    high, low = values[0], values[0]  # Q4_1: d = (max - min) / 15, m = min
+    high, low = values[0], values[0]  # Q4_1: d = (max - min) / 15, m = min (Q5_1: / 31)
     for e in range(1, BLOCK):
         high, low = max(high, values[e]), min(low, values[e])
-    d = (high - low) / np.float32(15)
+    d = (high - low) / np.float32(top)
     inverse = zero if d == 0 else np.float32(1) / d
     for e in range(BLOCK):
-        quants[e] = min(np.int32(np.trunc((values[e] - low) * inverse + np.float32(0.5))), 15)
+        quants[e] = min(np.int32(np.trunc((values[e] - low) * inverse + np.float32(0.5))), top)
     return d, low
 
 
 @njit(cache=True)
 def _store(kind, quants, header, block):
-    """The quant bytes of one block: int8 (Q8_0), or element j in the low and j + 16 in the high nibble of byte j."""
+    """The quant bytes of one block: int8 (Q8_0), or element j in the low and j + 16 in the high nibble of byte j,
+    after (Q5_x) the word of fifth bits, bit j for element j."""
     if kind == Q8_0:
         for e in range(BLOCK):
             block[header + e] = np.uint8(quants[e] & 0xFF)
     else:
         for j in range(16):
-            block[header + j] = np.uint8(quants[j] | (quants[j + 16] << 4))
+            block[header + j] = np.uint8((quants[j] & 15) | ((quants[j + 16] & 15) << 4))
+        if kind == Q5_0 or kind == Q5_1:
+            for k in range(4):
+                byte = 0
+                for i in range(8):
+                    byte |= ((quants[8 * k + i] >> 4) & 1) << i
+                block[header - 4 + k] = np.uint8(byte)

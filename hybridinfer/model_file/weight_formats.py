@@ -133,8 +133,8 @@ BF16 = WeightFormat(T.BF16, 2, lambda raw: bf16_to_f32(np.asarray(raw).view(np.u
 Q8_0 = WeightFormat(T.Q8_0, 3, _q8_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_0 = WeightFormat(T.Q4_0, 4, _q4_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_1 = WeightFormat(T.Q4_1, 5, _q4_1, cpu_native=True, gpu_native=True, fields=("scale", "minimum"))
-Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=False, gpu_native=False, fields=("scale",), high_bits=True)
-Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=False, gpu_native=False, fields=("scale", "minimum"),
+Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=True, gpu_native=False, fields=("scale",), high_bits=True)
+Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=True, gpu_native=False, fields=("scale", "minimum"),
                     high_bits=True)
 
 FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}  # decoded natively

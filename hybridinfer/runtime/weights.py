@@ -1,6 +1,6 @@
 """A model's weights in the CPU kernels' layout (`kernels/packed.py`), read straight from the GGUF file.
 
-Float weights (F32/F16/BF16) stay zero-copy views of the memory-mapped file; Q8_0/Q4_0/Q4_1 rows are
+Float weights (F32/F16/BF16) stay zero-copy views of the memory-mapped file; Q8_0/Q4_x/Q5_x rows are
 repacked once at load (the same bytes, rearranged). Other GGUF types are decoded to F32 at load, with a
 notice. The sparse FFN also needs each layer's down projection transposed (`down_t`, row i = neuron i's
 output vector): taken from a PowerInfer file's ffn_down_t, or made at load by transposing (and, for quantized
