@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
-from hybridinfer.model_file.weight_formats import GPU_NATIVE_FORMATS
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, GPU_NATIVE_FORMATS
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
@@ -32,10 +32,20 @@ N_LAYER, N_FF, N_CTX = 3, 192, 64
                 ids=lambda t: t.name)
 def relu_model_with_counts(request, tmp_path_factory):
     """A FATReLU model in one weight format, with its activation counts beside it (MODEL.act.gguf)."""
+    return write_model_with_counts(tmp_path_factory.mktemp("m"), request.param)
+
+
+@pytest.fixture(scope="module", params=[f.type for f in CPU_NATIVE_FORMATS if f.quantized and not f.gpu_native],
+                ids=lambda t: t.name)
+def relu_model_decoded_on_gpu(request, tmp_path_factory):
+    """`relu_model_with_counts` in a format the CPU kernels read and the GPU side decodes to F32 at load."""
+    return write_model_with_counts(tmp_path_factory.mktemp("m"), request.param)
+
+
+def write_model_with_counts(folder, weight_type):
     weights = random_weights(seed=71, n_layer=N_LAYER, n_ff=N_FF, gate_bias=-8.0)
-    folder = tmp_path_factory.mktemp("m")
     path = write_tiny_gguf(folder / "relu.gguf", weights, activation="fatrelu", threshold=0.02,
-                           weight_type=request.param)
+                           weight_type=weight_type)
     engine = hybridinfer.load(str(path), n_ctx=N_CTX, backend="reference")
     save_profile(profile_activations(engine, [IDS]), folder / "relu.act.gguf")
     return path
@@ -94,6 +104,17 @@ def test_hybrid_exact_equals_packed_exact(relu_model_with_counts, kernels):
             assert (side.n_hot == N_LAYER * N_FF) == (name == "all")
         assert relative_error(decode_logits(engine), expected) < 1e-5, name
         assert relative_error(engine.logits(IDS), expected_batch) < 1e-5, name
+
+
+def test_formats_the_gpu_side_decodes_give_the_packed_logits(relu_model_decoded_on_gpu):
+    """The GPU side holds these weights as F32 (and the memory model counts them so), the CPU side as stored."""
+    path = relu_model_decoded_on_gpu
+    packed = hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, float_activations=True)
+    expected = decode_logits(packed)
+    for name in ("mid", "all"):
+        engine = hybrid(path, budgets(path)[name], exact=True, float_activations=True)
+        assert engine.gpu_side.n_hot > 0
+        assert relative_error(decode_logits(engine), expected) < 1e-5, name
 
 
 def test_overlapped_halves_give_the_same_logits(relu_model_with_counts):

@@ -1,7 +1,7 @@
 """What the hybrid runtime keeps on the GPU, in bytes, for a model file, a context size and a device.
 
 Weights live on the GPU side as the file's own bytes (Q4_0/Q4_1/Q8_0 blocks, F16/BF16/F32 values; a type the
-GPU kernels do not read is decoded to F32 there, 4 bytes a weight). Per part:
+GPU kernels do not read, Q5_x included, is decoded to F32 there, 4 bytes a weight). Per part:
 
     layer       a GPU layer's attention: attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, its KV cache
                 (2 x n_ctx x n_head_kv x head_dim elements of `kv_element_bytes`: float16 on CUDA, float32 on the
