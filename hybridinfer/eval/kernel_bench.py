@@ -75,10 +75,11 @@ def random_weight_bytes(rng, qtype: T, shape: tuple[int, int]) -> np.ndarray:
     if qtype in (T.F16, T.BF16):
         sign_mantissa, exponent = (0x83FF, 0x3800) if qtype == T.F16 else (0x807F, 0x3F00)
         return ((random_bits(rng, shape, np.uint16) & sign_mantissa) | exponent).view(np.uint8).reshape(rows, -1)
-    block_bytes, header = weight_formats.FORMATS[qtype].block_bytes, weight_formats.FORMATS[qtype].header_bytes
-    raw = random_bits(rng, (rows, cols // 32, block_bytes), np.uint8)
-    halves = raw[:, :, :header].copy().view(np.uint16)
-    raw[:, :, :header] = ((halves & 0x03FF) | 0x1C00).view(np.uint8)  # f16 scales (and minimums) ~ 2^-8
+    fmt = weight_formats.FORMATS[qtype]
+    fields = 2 * len(fmt.fields)  # the f16 header fields (Q5_x's word of fifth bits stays random)
+    raw = random_bits(rng, (rows, cols // 32, fmt.block_bytes), np.uint8)
+    halves = raw[:, :, :fields].copy().view(np.uint16)
+    raw[:, :, :fields] = ((halves & 0x03FF) | 0x1C00).view(np.uint8)  # f16 scales (and minimums) ~ 2^-8
     return raw.reshape(rows, -1)
 
 

@@ -154,7 +154,7 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
     data = aligned_empty((rows, order.shape[0]), np.uint8)
     _gather_columns(flat, order, data)
     if FORMATS[qtype].high_bits:
-        _move_bits(data.view(np.uint32), fifth_bit_words(qtype, cols // BLOCK), FIFTH_BIT_SOURCES)
+        _move_bits(data.view(np.uint32), fifth_bit_words(qtype, cols // BLOCK), _TO_PACKED)
     return PackedMatrix(qtype, rows, cols, data)
 
 
@@ -175,7 +175,7 @@ def to_gguf_bytes(packed: PackedMatrix, rows: np.ndarray) -> np.ndarray:
     stored = order >= 0
     data = packed.data[rows]
     if FORMATS[packed.qtype].high_bits:  # the fifth bits back in GGUF's order
-        _move_bits(data.view(np.uint32), fifth_bit_words(packed.qtype, packed.n_blocks), FIFTH_BIT_TARGETS)
+        _move_bits(data.view(np.uint32), fifth_bit_words(packed.qtype, packed.n_blocks), _TO_GGUF)
     gguf_rows = np.empty((len(rows), packed.row_bytes), dtype=np.uint8)
     gguf_rows[:, order[stored]] = data[:, stored]
     return gguf_rows
@@ -214,6 +214,20 @@ FIFTH_BIT_SOURCES = np.array([4 * g + j if low else 16 + 4 * g + j for j in rang
 FIFTH_BIT_TARGETS = np.argsort(FIFTH_BIT_SOURCES)  # the inverse: GGUF bit i is packed bit FIFTH_BIT_TARGETS[i]
 
 
+def _bit_tables(sources: np.ndarray) -> np.ndarray:
+    """uint32 (4, 256): table[k, v] = the bits that byte k of a word, of value v, gives the word whose bit i is
+    bit sources[i] of it (a word is then moved with four lookups)."""
+    tables = np.zeros((4, 256), np.uint32)
+    values = np.arange(256, dtype=np.uint32)
+    for i, source in enumerate(sources):
+        k, bit = divmod(int(source), 8)
+        tables[k] |= ((values >> np.uint32(bit)) & np.uint32(1)) << np.uint32(i)
+    return tables
+
+
+_TO_PACKED, _TO_GGUF = _bit_tables(FIFTH_BIT_SOURCES), _bit_tables(FIFTH_BIT_TARGETS)
+
+
 @lru_cache(maxsize=64)
 def fifth_bit_words(qtype: T, n_blocks: int) -> np.ndarray:
     """int64: the 32-bit words of a packed Q5_x row that hold fifth bits (byte offset / 4)."""
@@ -225,14 +239,14 @@ def fifth_bit_words(qtype: T, n_blocks: int) -> np.ndarray:
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _move_bits(words, columns, sources):
-    """Each words[r, c] for c in columns, in place, becomes the word whose bit i is its bit sources[i]."""
+def _move_bits(words, columns, tables):
+    """Each words[r, c] for c in columns, in place, has its bits moved by `tables` (`_bit_tables`)."""
     for r in numba.prange(words.shape[0]):
-        for c in columns:
-            word, moved = words[r, c], np.uint32(0)
-            for i in range(32):
-                moved |= ((word >> np.uint32(sources[i])) & np.uint32(1)) << np.uint32(i)
-            words[r, c] = moved
+        row = words[r]
+        for k in range(columns.shape[0]):
+            word = row[columns[k]]
+            row[columns[k]] = (tables[0, word & 255] | tables[1, (word >> 8) & 255] | tables[2, (word >> 16) & 255]
+                               | tables[3, word >> 24])
 
 
 @lru_cache(maxsize=64)
