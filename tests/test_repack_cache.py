@@ -24,9 +24,11 @@ def cache_dir(tmp_path, monkeypatch):
     return directory
 
 
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q5_0], ids=lambda t: t.name)  # Q5_0: its fifth bits moved
 @pytest.mark.parametrize("exact", [False, True])
-def test_second_start_maps_the_first_ones_packing(tmp_path, cache_dir, exact):
-    path = write_tiny_gguf(tmp_path / "q4.gguf", random_weights(seed=11), weight_type=T.Q4_0, activation="relu")
+def test_second_start_maps_the_first_ones_packing(tmp_path, cache_dir, exact, weight_type):
+    path = write_tiny_gguf(tmp_path / f"{weight_type.name}.gguf", random_weights(seed=11), weight_type=weight_type,
+                           activation="relu")
     first = hybridinfer.load(str(path), exact=exact)
     assert not first.model.weights.from_cache and len(list(cache_dir.glob("*.bin"))) == 1
     second = hybridinfer.load(str(path), exact=exact)
