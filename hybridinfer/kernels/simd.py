@@ -32,6 +32,7 @@ VNNI_256 = not VNNI_512 and TARGET.has("avx2", "avxvnni")
 MADD_512 = not VNNI_512 and TARGET.has("avx512f", "avx512bw")
 MADD_256 = not (VNNI_512 or VNNI_256 or MADD_512) and TARGET.has("avx2")
 PERMUTE_512, PERMUTE_256 = TARGET.has("avx512f"), TARGET.has("avx2")
+BYTE_MASKS = TARGET.has("avx512bw")  # masked loads of 8- and 16-bit lanes in one instruction
 SIGNED_DOT_BY_BIAS = VNNI_512 or VNNI_256  # dot_s8s8 runs as (w + 128) . x: a sum starts at -128 sum(x)
 
 _I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -101,6 +102,28 @@ def _masked_load(builder, pointer, vector_type, mask, suffix):
     return builder.call(fn, [pointer, ir.Constant(_I32, 1), mask, ir.Constant(vector_type, None)])
 
 
+def _masked_load_by_words(builder, pointer, vector_type, suffix, count):
+    """A masked load of 8- or 16-bit lanes where the target masks only 32-bit lanes (AVX2's vpmaskmovd; a byte mask
+    would become one branch and insert per byte): when `count` lanes are whole words, a word-masked load, else
+    (rare: an odd tail) the byte-masked one."""
+    per_word = 32 // vector_type.element.width
+    word_type = ir.VectorType(_I32, vector_type.count // per_word)
+    whole = builder.icmp_signed("==", builder.and_(count, ir.Constant(_I64, per_word - 1)), ir.Constant(_I64, 0))
+    with builder.if_else(whole, likely=True) as (in_words, otherwise):
+        with in_words:
+            words = builder.ashr(count, ir.Constant(_I64, per_word.bit_length() - 1))
+            by_words = builder.bitcast(_masked_load(builder, pointer, word_type, _lane_mask(
+                builder, words, word_type.count), f"v{word_type.count}i32"), vector_type)
+            words_block = builder.basic_block
+        with otherwise:
+            by_lanes = _masked_load(builder, pointer, vector_type, _lane_mask(builder, count, vector_type.count), suffix)
+            lanes_block = builder.basic_block
+    loaded = builder.phi(vector_type)
+    loaded.add_incoming(by_words, words_block)
+    loaded.add_incoming(by_lanes, lanes_block)
+    return loaded
+
+
 def _splat(builder, value, vector_type):
     undef = ir.Constant(vector_type, ir.Undefined)
     one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
@@ -131,8 +154,11 @@ def _masked_loader(dtypes, loaded_type, suffix, result, convert, doc):
 
         def codegen(context, builder, signature, args):
             pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-            mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), loaded_type.count)
-            return convert(builder, _masked_load(builder, pointer, loaded_type, mask, suffix))
+            count = _as_i64(context, builder, args[2], signature.args[2])
+            if isinstance(loaded_type.element, ir.IntType) and loaded_type.element.width < 32 and not BYTE_MASKS:
+                return convert(builder, _masked_load_by_words(builder, pointer, loaded_type, suffix, count))
+            return convert(builder, _masked_load(builder, pointer, loaded_type, _lane_mask(builder, count,
+                                                                                             loaded_type.count), suffix))
 
         return result(array, offset, count), codegen
 
