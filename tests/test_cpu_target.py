@@ -66,3 +66,38 @@ def test_an_unknown_instruction_set_is_a_one_line_error(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: HYBRIDINFER_CPU='avx9000' is not an instruction set: use one of host, avx512-vnni, avx512, avx-vnni, "
         "avx2, generic"]
+
+
+HALVES = """
+import numpy as np
+from numba import njit
+from hybridinfer.kernels.simd import as_float32, load_f16_bytes, store_f32
+
+@njit
+def widened(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = as_float32(bits[i])
+
+@njit
+def widened_vectors(raw, out):
+    for i in range(0, out.shape[0], 16):
+        store_f32(out, i, load_f16_bytes(raw, 2 * i, 16), 16)
+
+bits = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
+expected = bits.view(np.float16).astype(np.float32)
+scalar, vector = np.empty(bits.shape, np.float32), np.empty(bits.shape, np.float32)
+widened(bits, scalar)
+widened_vectors(bits.view(np.uint8), vector)
+for got in (scalar, vector):
+    assert np.array_equal(got, expected, equal_nan=True), np.flatnonzero(~((got == expected) | np.isnan(expected)))[:5]
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("level", ["generic", "host"])
+def test_every_half_float_widens_exactly(level):
+    """Every one of the 65536 f16 bit patterns (subnormals, infinities, NaNs) as numpy widens it, scalar and 16 at
+    a time: by vcvtph2ps on the host, by integer arithmetic on the generic target (no libcall to link)."""
+    env = {**os.environ, "HYBRIDINFER_CPU": level}
+    done = subprocess.run([sys.executable, "-c", HALVES], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -32,6 +32,7 @@ VNNI_256 = not VNNI_512 and TARGET.has("avx2", "avxvnni")
 MADD_512 = not VNNI_512 and TARGET.has("avx512f", "avx512bw")
 MADD_256 = not (VNNI_512 or VNNI_256 or MADD_512) and TARGET.has("avx2")
 PERMUTE_512, PERMUTE_256 = TARGET.has("avx512f"), TARGET.has("avx2")
+NATIVE_HALF = TARGET.has("f16c") or TARGET.has("neon")  # half -> float in hardware (vcvtph2ps, fcvtl)
 BYTE_MASKS = TARGET.has("avx512bw")  # masked loads of 8- and 16-bit lanes in one instruction
 SIGNED_DOT_BY_BIAS = VNNI_512 or VNNI_256  # dot_s8s8 runs as (w + 128) . x: a sum starts at -128 sum(x)
 
@@ -124,6 +125,29 @@ def _masked_load_by_words(builder, pointer, vector_type, suffix, count):
     return loaded
 
 
+def _half_to_float(builder, bits):
+    """float32 of IEEE half bits (an i16 or a vector of them): one instruction where the target converts halves,
+    else integer arithmetic (LLVM would call __extendhfsf2, which numba's JIT cannot link)."""
+    count = bits.type.count if isinstance(bits.type, ir.VectorType) else None
+
+    def typed(element):
+        return ir.VectorType(element, count) if count else element
+
+    def constant(element, value):
+        return ir.Constant(typed(element), [value] * count if count else value)
+
+    if NATIVE_HALF:
+        return builder.fpext(builder.bitcast(bits, typed(_F16)), typed(_F32))
+    word = builder.zext(bits, typed(_I32))
+    sign = builder.shl(builder.and_(word, constant(_I32, 0x8000)), constant(_I32, 16))
+    magnitude = builder.and_(word, constant(_I32, 0x7FFF))
+    shifted = builder.shl(magnitude, constant(_I32, 13))  # exponent and mantissa in float32's places
+    finite = builder.fmul(builder.bitcast(shifted, typed(_F32)), constant(_F32, 2.0 ** 112))  # rebias 15 -> 127
+    special = builder.bitcast(builder.or_(shifted, constant(_I32, 0x7F800000)), typed(_F32))  # inf, NaN
+    value = builder.select(builder.icmp_unsigned(">=", magnitude, constant(_I32, 0x7C00)), special, finite)
+    return builder.bitcast(builder.or_(builder.bitcast(value, typed(_I32)), sign), typed(_F32))
+
+
 def _splat(builder, value, vector_type):
     undef = ir.Constant(vector_type, ir.Undefined)
     one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
@@ -173,7 +197,7 @@ load_f32 = _masked_loader((types.float32,), _V16F32, "v16f32", F32x16, lambda b,
 load_i32 = _masked_loader((types.int32,), _V16I32, "v16i32", I32x16, lambda b, v: v,
                           "I32x16 from int32 array[offset : offset+count] (count <= 16; later lanes 0).")
 load_f16_bytes = _masked_loader(
-    _BYTES, _V16I16, "v16i16", F32x16, lambda b, v: b.fpext(b.bitcast(v, ir.VectorType(_F16, 16)), _V16F32),
+    _BYTES, _V16I16, "v16i16", F32x16, _half_to_float,
     "F32x16 from `count` (<= 16) IEEE half floats stored little-endian at array[offset:] (a uint8 array).")
 load_s8_as_f32 = _masked_loader(
     _BYTES, ir.VectorType(_I8, 16), "v16i8", F32x16, lambda b, v: b.sitofp(b.sext(v, _V16I32), _V16F32),
@@ -568,7 +592,7 @@ def as_float32(typingctx, value):
         return types.float32(value), lambda context, builder, signature, args: args[0]
     if value == types.int16:
         def f16(context, builder, signature, args):
-            return builder.fpext(builder.bitcast(args[0], _F16), _F32)
+            return _half_to_float(builder, args[0])
 
         return types.float32(value), f16
     if value == types.uint16:
