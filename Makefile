@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/hybridinfer
 
-.PHONY: install install-test demo test eval bench bench-model model reference-model gpu-check fuzz clean
+.PHONY: install install-test demo test test-targets eval bench bench-model model reference-model gpu-check fuzz clean
 
 # the runtime (what `make demo` needs); install-test adds the test tools, Triton (its kernels run on the CPU in
 # the tests), matplotlib (the --plot options) and lm-eval (the eval extra, which tests/test_lm_eval.py runs)
@@ -47,6 +47,13 @@ demo: model
 TEST_WORKERS ?= 2
 test: model install-test
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# the kernels' twin tests again, compiled for a desktop CPU without AVX-512 (AVX2) and for any LLVM target (generic,
+# as on ARM): HYBRIDINFER_CPU picks the instruction set (docs/cpu-decoding.md)
+KERNEL_TESTS = tests/test_cpu_quant.py tests/test_requantize.py tests/test_cpu_layer.py
+test-targets: model install-test
+	HYBRIDINFER_CPU=avx2 $(PY) -m pytest -q -n $(TEST_WORKERS) $(KERNEL_TESTS)
+	HYBRIDINFER_CPU=generic $(PY) -m pytest -q -n $(TEST_WORKERS) $(KERNEL_TESTS)
 
 # lm-eval's local-completions against `hybridinfer serve` on a local multiple-choice task: accuracy dense, CATS 40%
 # and TEAL 40% side by side (docs/evaluation.md; EVAL_ARGS passes options, e.g. "-m model.gguf --modes dense")

@@ -16,7 +16,7 @@ from .errors import HybridInferError
 from .generation.generate import GenerationChunk, GenerationResult, Timings, stream_generate
 from .generation.sampling import Sampler, SamplerSettings
 from .generation.stop_strings import stop_list
-from .kernels import compile_time
+from .kernels import compile_time, cpu_target
 from .kernels.compile_time import Stopwatch
 from .model_file.config import ModelConfig
 from .model_file.fingerprint import Fingerprint
@@ -50,6 +50,7 @@ class Engine:
 
     def __init__(self, path: str, options: RunOptions | None = None, **fields):
         """`options`, or its fields as keywords (which override it): see `options.RunOptions`."""
+        cpu_target.require_valid_switch()
         o = self.options = RunOptions.of(options, **fields)
         self.path = check.path_argument(path, "path")
         start, compiled = time.perf_counter(), compile_time.seconds()

@@ -19,6 +19,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
   8. CATS and TEAL sparsity files on SiLU models: SmolLM2 and the 7B-shaped SiLU variant at 0, 25, 40 and 50%
      target sparsity: decode rate next to dense and llama.cpp's dense decode of the same file, measured sparsity,
      and SmolLM2's held-out perplexity and KL to dense
+  9. instruction sets (`tools/bench_targets.py`): the dense int8 kernels and decode rates of this machine's build
+     next to the AVX2 build (HYBRIDINFER_CPU=avx2, a desktop CPU without AVX-512) and the generic one (ARM)
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
        [--only 3,7]
@@ -274,6 +276,14 @@ def llama_cpp_sparsity_row(label: str, path: str, args, ours: dict[str, float]) 
     print(f"| {label} | {mode} | tg{args.n_gen} | {rate:.2f} | | | | {ours_over(ours, rate)} |", flush=True)
 
 
+def targets(args) -> None:
+    from tools import bench_targets
+    model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else \
+        (Path(args.model_7b), Path(args.model_7b.replace(".gguf", ".pred.gguf")))
+    bench_targets.section(["host", "avx2", "generic"], args.threads, args.repetitions, args.n_gen, args.pool_mb,
+                          bench_targets.models(ensure_default_model(), model, predictors))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -287,8 +297,8 @@ def main() -> None:
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, sparsity]
-    chosen = range(1, 9) if args.only is None else [int(n) for n in args.only.split(",")]
+    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, sparsity, targets]
+    chosen = range(1, 10) if args.only is None else [int(n) for n in args.only.split(",")]
     for number in chosen:
         if number == 1 and args.skip_kernels:
             continue

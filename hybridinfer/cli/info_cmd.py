@@ -9,6 +9,7 @@ import click
 
 from ..model_file.config import ModelConfig
 from ..default_model import ensure_default_model
+from ..kernels.cpu_target import SWITCH, TARGET
 from ..model_file.gguf_file import GGUFFile
 
 
@@ -59,6 +60,7 @@ def describe(model: GGUFFile) -> dict:
         "chat_template": bool(model.get("tokenizer.chat_template")),
         "total_bytes": sum(t.n_bytes for t in model.tensors.values()),
         "weight_types": dict(types),
+        "cpu_kernels": f"{TARGET.name}: {TARGET.instructions} ({SWITCH} picks another)",
     }
 
 

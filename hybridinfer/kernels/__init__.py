@@ -8,8 +8,9 @@
   cpu_layer                  a decoder layer's blocks as single numba calls, each made for its weights' formats
   cpu_quant                  activations (`Activations`, int8 blocks) and the Python API over one matrix
   cpu_ops, requantize        norms, RoPE, attention, activations; transposing a quantized weight at load
-  simd, simd_rows, simd_bits, the AVX-512 intrinsics and packed-row helpers the kernels inline
-  row_tiles
+  simd, simd_rows, row_tiles the vector intrinsics (AVX-512, AVX2, generic) and packed-row helpers the kernels inline
+  simd_bits                  the Q5 formats' 5-bit quants from nibbles and fifth bits (plain IR, any target)
+  cpu_target                 the CPU and instruction set the kernels are compiled for (HYBRIDINFER_CPU)
   formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
   compile_time               the time spent compiling, reported on its own line
   threads                    numba's threading layer, started at the first kernel; what a forked child gets
@@ -17,7 +18,8 @@
 A run compiles (or loads from numba's disk cache) only the kernels of its file's formats and its mode. numba
 checks only each function's own source file: a cached block of `cpu_layer` that calls a changed kernel would be
 loaded stale (and can crash). So, unless NUMBA_CACHE_DIR is set, the cache lives in a directory named after a
-hash of this package's code and of the format registry it reads constants from (comments and docstrings aside).
+hash of this package's code and of the format registry it reads constants from (comments and docstrings aside),
+and after the target (`cpu_target.TARGET.name`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numba
 
 from . import threads
+from .cpu_target import TARGET
 
 _NO_KERNELS = {"__init__.py", "compile_time.py", "threads.py"}  # files no compiled code depends on: not in the hash
 
@@ -67,7 +70,7 @@ def _cache_dir() -> str:
         with contextlib.suppress(OSError):
             root.mkdir(parents=True, exist_ok=True)
             remembered.write_text(digest)
-    return str(root / f"{numba.__version__}-{digest}")
+    return str(root / f"{numba.__version__}-{TARGET.name}-{digest}")
 
 
 def _serialize_cache_writes() -> None:

@@ -16,6 +16,8 @@ import time
 import numba
 from numba.core import event
 
+from .cpu_target import TARGET
+
 _lock = threading.Lock()
 _state = {"seconds": 0.0, "depth": 0, "start": 0.0, "announce": False, "announced": False, "count": 0}
 PROGRESS_SECONDS = 2.0  # kernels that compile at least this long get a progress line when announcing
@@ -44,8 +46,9 @@ class _Listener(event.Listener):
                 _state["start"] = time.perf_counter()
                 if _state["announce"] and not _state["announced"]:
                     _state["announced"] = True
-                    print(f"note: compiling the CPU kernels this run needs (once for this machine and numba "
-                          f"{numba.__version__}; cached in {cache_directory()})", file=sys.stderr, flush=True)
+                    print(f"note: compiling the CPU kernels this run needs (once for this machine, its "
+                          f"{TARGET.instructions} build, and numba {numba.__version__}; cached in "
+                          f"{cache_directory()})", file=sys.stderr, flush=True)
             _state["depth"] += 1
 
     def on_end(self, ev: event.Event) -> None:

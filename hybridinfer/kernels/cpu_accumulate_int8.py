@@ -12,7 +12,8 @@ llama.cpp quantizes the hidden activations per block before the down projection:
 (Centring Q4_1's and Q5_1's quants keeps the integer sums, and so their rounding, as small as Q4_0's.)
 The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
-(unsigned weights times signed coefficients: Q8_0 weights as q + 128, their offset subtracted once per block).
+(unsigned weights times signed coefficients; Q8_0 weights as `simd.dot_s8s8` takes them, its start subtracted
+once per block).
 That is fewer instructions than turning every weight into a float (`quant_accumulate.py`, the float32
 path), which for Q4 cannot keep up with the memory (docs/cpu-decoding.md, "Kernel design choices"). Reference twin: `reference.accumulate_rows_int8`.
 """
@@ -27,8 +28,8 @@ from numba import njit, prange
 from .formats import Q8_0
 from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (add, add_i32, dot_u8s8, flip_sign_bits, fma, high_nibbles, load_bytes, load_f16_bytes, load_f32,
-                   load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
+from .simd import (SIGNED_DOT_BY_BIAS, add, add_i32, dot_s8s8, dot_u8s8, fma, high_nibbles, load_bytes, load_f16_bytes,
+                   load_f32, load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
 from .simd_bits import five_bit_quants
 from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
 from .variants import specialization
@@ -42,7 +43,8 @@ def _layout(kind, nb):
     """minimums (Q4_1), the unit shift and tile bytes of `unit_offsets`, the tile count and the stored byte's offset
     (the byte is qv - offset)."""
     layout = QUANT_LAYOUTS[kind]
-    return layout.minimums, layout.shift, layout.tile_bytes, (nb + TILE - 1) // TILE, -layout.centre
+    offset = -layout.centre if kind != Q8_0 or SIGNED_DOT_BY_BIAS else 0  # Q8_0: `dot_s8s8`'s start
+    return layout.minimums, layout.shift, layout.tile_bytes, (nb + TILE - 1) // TILE, offset
 
 
 @njit(inline="always", **OPTIONS)
@@ -259,7 +261,8 @@ def _q5_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
 
 @njit(inline="always", **OPTIONS)
 def _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
-    """As `_q4_tile` for Q8_0: eight groups of whole bytes (q + 128 against the codes, minus 128 sum(k))."""
+    """As `_q4_tile` for Q8_0: eight groups of whole bytes, signed dots against the codes (`simd.dot_s8s8`, whose
+    start, 0 or -128 sum(k), the offsets hold)."""
     n = width * 4
     s0, s1, s2, s3 = block_lanes(load_f32(scales, t * 16, 16))
     o0, o1, o2, o3 = block_lanes(load_i32(offsets, t * 16, 16))
@@ -270,10 +273,10 @@ def _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
             r0, r1, r2, r3 = interleave4(load_bytes(flat, base[i] + at, n), load_bytes(flat, base[i + 1] + at, n),
                                          load_bytes(flat, base[i + 2] + at, n), load_bytes(flat, base[i + 3] + at, n))
             c = (t * _QUADS + quad) * 64
-            a0 = dot_u8s8(a0, flip_sign_bits(r0), load_i32(codes, c, 16))
-            a1 = dot_u8s8(a1, flip_sign_bits(r1), load_i32(codes, c + 16, 16))
-            a2 = dot_u8s8(a2, flip_sign_bits(r2), load_i32(codes, c + 32, 16))
-            a3 = dot_u8s8(a3, flip_sign_bits(r3), load_i32(codes, c + 48, 16))
+            a0 = dot_s8s8(a0, r0, load_i32(codes, c, 16))
+            a1 = dot_s8s8(a1, r1, load_i32(codes, c + 16, 16))
+            a2 = dot_s8s8(a2, r2, load_i32(codes, c + 32, 16))
+            a3 = dot_s8s8(a3, r3, load_i32(codes, c + 48, 16))
         at = (t * 8 + g) * 64
         _add_scaled(acc, at, a0, s0)
         _add_scaled(acc, at + 16, a1, s1)

@@ -14,9 +14,9 @@ from numba import njit, prange
 from .formats import Q8_0
 from .packed import BLOCK, TILE, quant_layout
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, flip_sign_bits, fma, high_nibbles, hsum, load_bytes,
+from .simd import (add, add_i32, byte_planes_as_f32, dot_s8s8, dot_u8s8, fma, high_nibbles, hsum, load_bytes,
                    load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
-                   splat_f32, to_f32, zeros_f32, zeros_i32)
+                   signed_dot_start, splat_f32, to_f32, zeros_f32, zeros_i32)
 from .simd_bits import five_bit_quants
 from .variants import specialization
 
@@ -158,22 +158,22 @@ def _four_rows_pair(pair, w, wo, nb, ops, xo0, bo0, xo1, bo1, ahead, share):
 def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
     """(Every tile helper: w[wo:] one packed row, ops = (minimums, table, xp, xsum, qx, dx, qsum) with the
     activations at xo and the per-block arrays at bo; adds the tile whose first block is `start` to `total`.)
-    total + per block b of the tile: d_b dx_b (q_b . qx_b), the dot exact in int32 as (q + 128) . qx - 128 sum(qx).
-    Four independent sums: one chain would be bound by vpdpbusd's latency, not its throughput."""
+    total + per block b of the tile: d_b dx_b (q_b . qx_b), the dot exact in int32 (`simd.dot_s8s8`).
+    Four independent sums: one chain would be bound by the dot instruction's latency, not its throughput."""
     qx, dx, qsum = ops[4], ops[5], ops[6]
     n = width * 4  # bytes per group of 4 elements x `width` blocks
     header, quants = unit_offsets(start, 1, 512)
     o, x = wo + quants, xo + start * 32
-    acc0 = dot_u8s8(scale_i32(load_i32(qsum, bo + start, width), -128), flip_sign_bits(load_bytes(w, o, n)),
+    acc0 = dot_s8s8(signed_dot_start(load_i32(qsum, bo + start, width)), load_bytes(w, o, n),
                     load_bytes(qx, x, n))
-    acc1 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + n, n)), load_bytes(qx, x + n, n))
-    acc2 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + 2 * n, n)), load_bytes(qx, x + 2 * n, n))
-    acc3 = dot_u8s8(zeros_i32(), flip_sign_bits(load_bytes(w, o + 3 * n, n)), load_bytes(qx, x + 3 * n, n))
+    acc1 = dot_s8s8(zeros_i32(), load_bytes(w, o + n, n), load_bytes(qx, x + n, n))
+    acc2 = dot_s8s8(zeros_i32(), load_bytes(w, o + 2 * n, n), load_bytes(qx, x + 2 * n, n))
+    acc3 = dot_s8s8(zeros_i32(), load_bytes(w, o + 3 * n, n), load_bytes(qx, x + 3 * n, n))
     o, x = o + 4 * n, x + 4 * n
-    acc0 = dot_u8s8(acc0, flip_sign_bits(load_bytes(w, o, n)), load_bytes(qx, x, n))
-    acc1 = dot_u8s8(acc1, flip_sign_bits(load_bytes(w, o + n, n)), load_bytes(qx, x + n, n))
-    acc2 = dot_u8s8(acc2, flip_sign_bits(load_bytes(w, o + 2 * n, n)), load_bytes(qx, x + 2 * n, n))
-    acc3 = dot_u8s8(acc3, flip_sign_bits(load_bytes(w, o + 3 * n, n)), load_bytes(qx, x + 3 * n, n))
+    acc0 = dot_s8s8(acc0, load_bytes(w, o, n), load_bytes(qx, x, n))
+    acc1 = dot_s8s8(acc1, load_bytes(w, o + n, n), load_bytes(qx, x + n, n))
+    acc2 = dot_s8s8(acc2, load_bytes(w, o + 2 * n, n), load_bytes(qx, x + 2 * n, n))
+    acc3 = dot_s8s8(acc3, load_bytes(w, o + 3 * n, n), load_bytes(qx, x + 3 * n, n))
     acc = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
     scale = mul(load_f16_bytes(w, wo + header, width), load_f32(dx, bo + start, width))
     return fma(to_f32(acc), scale, total)
@@ -301,27 +301,27 @@ def _q8_int8_pair(w, wo, ops, xo0, bo0, xo1, bo1, start, width, total0, total1):
     n = width * 4
     header, quants = unit_offsets(start, 1, 512)
     o, x0, x1 = wo + quants, xo0 + start * 32, xo1 + start * 32
-    w0, w1 = flip_sign_bits(load_bytes(w, o, n)), flip_sign_bits(load_bytes(w, o + n, n))
-    w2, w3 = flip_sign_bits(load_bytes(w, o + 2 * n, n)), flip_sign_bits(load_bytes(w, o + 3 * n, n))
-    acc0 = dot_u8s8(scale_i32(load_i32(qsum, bo0 + start, width), -128), w0, load_bytes(qx, x0, n))
-    acc1 = dot_u8s8(zeros_i32(), w1, load_bytes(qx, x0 + n, n))
-    acc2 = dot_u8s8(zeros_i32(), w2, load_bytes(qx, x0 + 2 * n, n))
-    acc3 = dot_u8s8(zeros_i32(), w3, load_bytes(qx, x0 + 3 * n, n))
-    bcc0 = dot_u8s8(scale_i32(load_i32(qsum, bo1 + start, width), -128), w0, load_bytes(qx, x1, n))
-    bcc1 = dot_u8s8(zeros_i32(), w1, load_bytes(qx, x1 + n, n))
-    bcc2 = dot_u8s8(zeros_i32(), w2, load_bytes(qx, x1 + 2 * n, n))
-    bcc3 = dot_u8s8(zeros_i32(), w3, load_bytes(qx, x1 + 3 * n, n))
+    w0, w1 = load_bytes(w, o, n), load_bytes(w, o + n, n)
+    w2, w3 = load_bytes(w, o + 2 * n, n), load_bytes(w, o + 3 * n, n)
+    acc0 = dot_s8s8(signed_dot_start(load_i32(qsum, bo0 + start, width)), w0, load_bytes(qx, x0, n))
+    acc1 = dot_s8s8(zeros_i32(), w1, load_bytes(qx, x0 + n, n))
+    acc2 = dot_s8s8(zeros_i32(), w2, load_bytes(qx, x0 + 2 * n, n))
+    acc3 = dot_s8s8(zeros_i32(), w3, load_bytes(qx, x0 + 3 * n, n))
+    bcc0 = dot_s8s8(signed_dot_start(load_i32(qsum, bo1 + start, width)), w0, load_bytes(qx, x1, n))
+    bcc1 = dot_s8s8(zeros_i32(), w1, load_bytes(qx, x1 + n, n))
+    bcc2 = dot_s8s8(zeros_i32(), w2, load_bytes(qx, x1 + 2 * n, n))
+    bcc3 = dot_s8s8(zeros_i32(), w3, load_bytes(qx, x1 + 3 * n, n))
     o, x0, x1 = o + 4 * n, x0 + 4 * n, x1 + 4 * n
-    w0, w1 = flip_sign_bits(load_bytes(w, o, n)), flip_sign_bits(load_bytes(w, o + n, n))
-    w2, w3 = flip_sign_bits(load_bytes(w, o + 2 * n, n)), flip_sign_bits(load_bytes(w, o + 3 * n, n))
-    acc0 = dot_u8s8(acc0, w0, load_bytes(qx, x0, n))
-    acc1 = dot_u8s8(acc1, w1, load_bytes(qx, x0 + n, n))
-    acc2 = dot_u8s8(acc2, w2, load_bytes(qx, x0 + 2 * n, n))
-    acc3 = dot_u8s8(acc3, w3, load_bytes(qx, x0 + 3 * n, n))
-    bcc0 = dot_u8s8(bcc0, w0, load_bytes(qx, x1, n))
-    bcc1 = dot_u8s8(bcc1, w1, load_bytes(qx, x1 + n, n))
-    bcc2 = dot_u8s8(bcc2, w2, load_bytes(qx, x1 + 2 * n, n))
-    bcc3 = dot_u8s8(bcc3, w3, load_bytes(qx, x1 + 3 * n, n))
+    w0, w1 = load_bytes(w, o, n), load_bytes(w, o + n, n)
+    w2, w3 = load_bytes(w, o + 2 * n, n), load_bytes(w, o + 3 * n, n)
+    acc0 = dot_s8s8(acc0, w0, load_bytes(qx, x0, n))
+    acc1 = dot_s8s8(acc1, w1, load_bytes(qx, x0 + n, n))
+    acc2 = dot_s8s8(acc2, w2, load_bytes(qx, x0 + 2 * n, n))
+    acc3 = dot_s8s8(acc3, w3, load_bytes(qx, x0 + 3 * n, n))
+    bcc0 = dot_s8s8(bcc0, w0, load_bytes(qx, x1, n))
+    bcc1 = dot_s8s8(bcc1, w1, load_bytes(qx, x1 + n, n))
+    bcc2 = dot_s8s8(bcc2, w2, load_bytes(qx, x1 + 2 * n, n))
+    bcc3 = dot_s8s8(bcc3, w3, load_bytes(qx, x1 + 3 * n, n))
     d = load_f16_bytes(w, wo + header, width)
     a = add_i32(add_i32(acc0, acc1), add_i32(acc2, acc3))
     b = add_i32(add_i32(bcc0, bcc1), add_i32(bcc2, bcc3))

@@ -8,21 +8,33 @@ do with 64 bytes at a time, and LLVM turns each into one or two instructions:
 
 Loads take a 1-D array, an element offset and a count of valid elements; lanes past the count read as zero
 (a masked load, so reading past the end of a row or array never faults; with a constant full count LLVM folds
-it into a plain load). Everything is plain LLVM IR except two instructions chosen for the host CPU at compile
-time: `dot_u8s8` is AVX-512 VNNI's vpdpbusd (`HAS_VNNI`; exact, no saturation) and the nibble lookup of
-`nibble_planes_as_f32` is vpermps (`HAS_AVX512`); elsewhere each becomes equivalent generic IR.
+it into a plain load). Everything is plain LLVM IR, which LLVM splits into halves on a 256-bit target, except the
+int8 dot products and the nibble lookup, chosen for the target the kernels are compiled for (`cpu_target.py`):
+
+  target            dot_u8s8 / dot_s8s8                             nibble lookup
+  AVX-512 VNNI      vpdpbusd zmm (signed: (w + 128) . x, less 128 sum x) vpermps zmm
+  AVX-512           vpmaddubsw + vpmaddwd zmm (signed: |w| . sign(x, w))  vpermps zmm
+  AVX-VNNI          vpdpbusd ymm x 2 (signed as for VNNI)               vpermps ymm x 4 and a blend
+  AVX2              vpmaddubsw + vpmaddwd ymm x 2 (signed as AVX-512)    vpermps ymm x 4 and a blend
+  anything else     widened multiplies and adds (generic IR)            extract / insert
 """
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
-_FEATURES = llvm_binding.get_host_cpu_features()
-HAS_VNNI = bool(_FEATURES.get("avx512vnni", False) and _FEATURES.get("avx512bw", False))
-HAS_AVX512 = bool(_FEATURES.get("avx512f", False))
+from .cpu_target import TARGET
+
+VNNI_512 = TARGET.has("avx512f", "avx512bw", "avx512vnni")
+VNNI_256 = not VNNI_512 and TARGET.has("avx2", "avxvnni")
+MADD_512 = not VNNI_512 and TARGET.has("avx512f", "avx512bw")
+MADD_256 = not (VNNI_512 or VNNI_256 or MADD_512) and TARGET.has("avx2")
+PERMUTE_512, PERMUTE_256 = TARGET.has("avx512f"), TARGET.has("avx2")
+NATIVE_HALF = TARGET.has("f16c") or TARGET.has("neon")  # half -> float in hardware (vcvtph2ps, fcvtl)
+BYTE_MASKS = TARGET.has("avx512bw")  # masked loads of 8- and 16-bit lanes in one instruction
+SIGNED_DOT_BY_BIAS = VNNI_512 or VNNI_256  # dot_s8s8 runs as (w + 128) . x: a sum starts at -128 sum(x)
 
 _I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _F16, _F32 = ir.HalfType(), ir.FloatType()
@@ -91,6 +103,51 @@ def _masked_load(builder, pointer, vector_type, mask, suffix):
     return builder.call(fn, [pointer, ir.Constant(_I32, 1), mask, ir.Constant(vector_type, None)])
 
 
+def _masked_load_by_words(builder, pointer, vector_type, suffix, count):
+    """A masked load of 8- or 16-bit lanes where the target masks only 32-bit lanes (AVX2's vpmaskmovd; a byte mask
+    would become one branch and insert per byte): when `count` lanes are whole words, a word-masked load, else
+    (rare: an odd tail) the byte-masked one."""
+    per_word = 32 // vector_type.element.width
+    word_type = ir.VectorType(_I32, vector_type.count // per_word)
+    whole = builder.icmp_signed("==", builder.and_(count, ir.Constant(_I64, per_word - 1)), ir.Constant(_I64, 0))
+    with builder.if_else(whole, likely=True) as (in_words, otherwise):
+        with in_words:
+            words = builder.ashr(count, ir.Constant(_I64, per_word.bit_length() - 1))
+            by_words = builder.bitcast(_masked_load(builder, pointer, word_type, _lane_mask(
+                builder, words, word_type.count), f"v{word_type.count}i32"), vector_type)
+            words_block = builder.basic_block
+        with otherwise:
+            by_lanes = _masked_load(builder, pointer, vector_type, _lane_mask(builder, count, vector_type.count), suffix)
+            lanes_block = builder.basic_block
+    loaded = builder.phi(vector_type)
+    loaded.add_incoming(by_words, words_block)
+    loaded.add_incoming(by_lanes, lanes_block)
+    return loaded
+
+
+def _half_to_float(builder, bits):
+    """float32 of IEEE half bits (an i16 or a vector of them): one instruction where the target converts halves,
+    else integer arithmetic (LLVM would call __extendhfsf2, which numba's JIT cannot link)."""
+    count = bits.type.count if isinstance(bits.type, ir.VectorType) else None
+
+    def typed(element):
+        return ir.VectorType(element, count) if count else element
+
+    def constant(element, value):
+        return ir.Constant(typed(element), [value] * count if count else value)
+
+    if NATIVE_HALF:
+        return builder.fpext(builder.bitcast(bits, typed(_F16)), typed(_F32))
+    word = builder.zext(bits, typed(_I32))
+    sign = builder.shl(builder.and_(word, constant(_I32, 0x8000)), constant(_I32, 16))
+    magnitude = builder.and_(word, constant(_I32, 0x7FFF))
+    shifted = builder.shl(magnitude, constant(_I32, 13))  # exponent and mantissa in float32's places
+    finite = builder.fmul(builder.bitcast(shifted, typed(_F32)), constant(_F32, 2.0 ** 112))  # rebias 15 -> 127
+    special = builder.bitcast(builder.or_(shifted, constant(_I32, 0x7F800000)), typed(_F32))  # inf, NaN
+    value = builder.select(builder.icmp_unsigned(">=", magnitude, constant(_I32, 0x7C00)), special, finite)
+    return builder.bitcast(builder.or_(builder.bitcast(value, typed(_I32)), sign), typed(_F32))
+
+
 def _splat(builder, value, vector_type):
     undef = ir.Constant(vector_type, ir.Undefined)
     one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
@@ -121,8 +178,11 @@ def _masked_loader(dtypes, loaded_type, suffix, result, convert, doc):
 
         def codegen(context, builder, signature, args):
             pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-            mask = _lane_mask(builder, _as_i64(context, builder, args[2], signature.args[2]), loaded_type.count)
-            return convert(builder, _masked_load(builder, pointer, loaded_type, mask, suffix))
+            count = _as_i64(context, builder, args[2], signature.args[2])
+            if isinstance(loaded_type.element, ir.IntType) and loaded_type.element.width < 32 and not BYTE_MASKS:
+                return convert(builder, _masked_load_by_words(builder, pointer, loaded_type, suffix, count))
+            return convert(builder, _masked_load(builder, pointer, loaded_type, _lane_mask(builder, count,
+                                                                                             loaded_type.count), suffix))
 
         return result(array, offset, count), codegen
 
@@ -137,7 +197,7 @@ load_f32 = _masked_loader((types.float32,), _V16F32, "v16f32", F32x16, lambda b,
 load_i32 = _masked_loader((types.int32,), _V16I32, "v16i32", I32x16, lambda b, v: v,
                           "I32x16 from int32 array[offset : offset+count] (count <= 16; later lanes 0).")
 load_f16_bytes = _masked_loader(
-    _BYTES, _V16I16, "v16i16", F32x16, lambda b, v: b.fpext(b.bitcast(v, ir.VectorType(_F16, 16)), _V16F32),
+    _BYTES, _V16I16, "v16i16", F32x16, _half_to_float,
     "F32x16 from `count` (<= 16) IEEE half floats stored little-endian at array[offset:] (a uint8 array).")
 load_s8_as_f32 = _masked_loader(
     _BYTES, ir.VectorType(_I8, 16), "v16i8", F32x16, lambda b, v: b.sitofp(b.sext(v, _V16I32), _V16F32),
@@ -339,31 +399,117 @@ low_nibbles = _bytewise(lambda b, v: b.and_(v, _splat_i32(0x0F0F0F0F)))
 low_nibbles.__doc__ = "Each byte's low 4 bits (0..15) as a byte."
 high_nibbles = _bytewise(lambda b, v: b.and_(b.lshr(v, _splat_i32(4)), _splat_i32(0x0F0F0F0F)))
 high_nibbles.__doc__ = "Each byte's high 4 bits (0..15) as a byte."
-flip_sign_bits = _bytewise(lambda b, v: b.xor(v, _splat_i32(0x80808080 - (1 << 32))))
-flip_sign_bits.__doc__ = "Each int8 byte q -> the uint8 byte q + 128."
+
+
+def _halves(builder, vector, element, count):
+    """The low and high 256 bits of a 512-bit vector, each as <count x element>."""
+    whole = builder.bitcast(vector, ir.VectorType(element, 2 * count))
+    return [builder.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(_I32, count),
+                                                             list(range(k * count, (k + 1) * count))))
+            for k in (0, 1)]
+
+
+def _joined(builder, low, high):
+    """<2n x T> of two <n x T>."""
+    n = low.type.count
+    return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n))))
+
+
+def _vpdpbusd(builder, acc, unsigned_bytes, signed_bytes):
+    """acc + the u8 x s8 dot of each 32-bit lane's 4 bytes (AVX-512 VNNI, or AVX-VNNI on two halves)."""
+    if VNNI_512:
+        fn = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _V16I32, [_V16I32] * 3)
+        return builder.call(fn, [acc, unsigned_bytes, signed_bytes])
+    v8 = ir.VectorType(_I32, 8)
+    fn = _function(builder, "llvm.x86.avx512.vpdpbusd.256", v8, [v8] * 3)
+    parts = [builder.call(fn, list(args)) for args in zip(*(_halves(builder, v, _I32, 8)
+                                                              for v in (acc, unsigned_bytes, signed_bytes)))]
+    return _joined(builder, *parts)
+
+
+def _maddubs(builder, acc, unsigned_bytes, signed_bytes):
+    """acc + per 32-bit lane the sum of its 4 byte products, by vpmaddubsw (pairs to int16, which saturates: each
+    pair's sum must fit) and vpmaddwd with ones (int16 pairs to int32); 512-bit, or two 256-bit halves."""
+    if MADD_512:
+        pairs_fn = _function(builder, "llvm.x86.avx512.pmaddubs.w.512", ir.VectorType(_I16, 32),
+                             [_V64I8, _V64I8])
+        sums_fn = _function(builder, "llvm.x86.avx512.pmaddw.d.512", _V16I32, [ir.VectorType(_I16, 32)] * 2)
+        pairs = builder.call(pairs_fn, [builder.bitcast(unsigned_bytes, _V64I8), builder.bitcast(signed_bytes, _V64I8)])
+        return builder.add(acc, builder.call(sums_fn, [pairs, ir.Constant(ir.VectorType(_I16, 32), [1] * 32)]))
+    v32i8, v16i16, v8i32 = ir.VectorType(_I8, 32), ir.VectorType(_I16, 16), ir.VectorType(_I32, 8)
+    pairs_fn = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+    sums_fn = _function(builder, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+    parts = [builder.call(sums_fn, [builder.call(pairs_fn, [u, x]), ir.Constant(v16i16, [1] * 16)])
+             for u, x in zip(_halves(builder, unsigned_bytes, _I8, 32), _halves(builder, signed_bytes, _I8, 32))]
+    return builder.add(acc, _joined(builder, *parts))
+
+
+def _generic_dot(builder, acc, a, b, a_signed):
+    """acc + per 32-bit lane the sum of its 4 byte products, in plain IR (widened to int32: exact)."""
+    a = (builder.sext if a_signed else builder.zext)(builder.bitcast(a, _V64I8), _V64I32)
+    products = builder.mul(a, builder.sext(builder.bitcast(b, _V64I8), _V64I32))
+    total = acc
+    for j in range(4):
+        total = builder.add(total, builder.shuffle_vector(
+            products, products, ir.Constant(ir.VectorType(_I32, 16), [4 * i + j for i in range(16)])))
+    return total
 
 
 @intrinsic
 def dot_u8s8(typingctx, acc, unsigned_bytes, signed_bytes):
-    """acc lane i + sum over its 4 bytes j of uint8(a[4i+j]) * int8(b[4i+j]); exact in int32 (vpdpbusd)."""
+    """acc lane i + sum over its 4 bytes j of uint8(a[4i+j]) * int8(b[4i+j]), exact in int32, for unsigned bytes
+    of at most 127 (nibbles): vpmaddubsw's int16 pairs then never saturate."""
     if not (acc == I32x16 and unsigned_bytes == I32x16 and signed_bytes == I32x16):
         return None
 
     def codegen(context, builder, signature, args):
-        if HAS_VNNI:
-            fn = _function(builder, "llvm.x86.avx512.vpdpbusd.512", _V16I32, [_V16I32] * 3)
-            return builder.call(fn, list(args))
-        a = builder.zext(builder.bitcast(args[1], _V64I8), _V64I32)
-        b = builder.sext(builder.bitcast(args[2], _V64I8), _V64I32)
-        products = builder.mul(a, b)
-        total = args[0]
-        for j in range(4):
-            lanes = builder.shuffle_vector(products, products,
-                                           ir.Constant(ir.VectorType(_I32, 16), [4 * i + j for i in range(16)]))
-            total = builder.add(total, lanes)
-        return total
+        if VNNI_512 or VNNI_256:
+            return _vpdpbusd(builder, *args)
+        if MADD_512 or MADD_256:
+            return _maddubs(builder, *args)
+        return _generic_dot(builder, *args, a_signed=False)
 
     return I32x16(acc, unsigned_bytes, signed_bytes), codegen
+
+
+@intrinsic
+def signed_dot_start(typingctx, block_sums):
+    """The I32x16 a chain of `dot_s8s8` starts from, given each lane's sum of the signed operand `x` over the
+    chain (the block sums of int8 activations): -128 * block_sums where dot_s8s8 computes (w + 128) . x
+    (`SIGNED_DOT_BY_BIAS`), zeros elsewhere."""
+    if block_sums != I32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        if SIGNED_DOT_BY_BIAS:
+            return builder.mul(args[0], _splat_i32(-128))
+        return ir.Constant(_V16I32, None)
+
+    return I32x16(block_sums), codegen
+
+
+@intrinsic
+def dot_s8s8(typingctx, acc, weight_bytes, signed_bytes):
+    """acc lane i + sum over its 4 bytes j of int8(w[4i+j]) * int8(x[4i+j]) (x in -127..127, as int8 activations
+    are), exact once the sums over a block include one `signed_dot_start` of the block's sums of x. VNNI: vpdpbusd of w + 128 (the start takes
+    the extra 128 sum(x) off); vpmaddubsw targets: |w| . (x with w's sign), as llama.cpp's AVX2 code does."""
+    if not (acc == I32x16 and weight_bytes == I32x16 and signed_bytes == I32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_value, w, x = args
+        if SIGNED_DOT_BY_BIAS:
+            return _vpdpbusd(builder, acc_value, builder.xor(w, _splat_i32(0x80808080 - (1 << 32))), x)
+        if MADD_512 or MADD_256:
+            w8, x8 = builder.bitcast(w, _V64I8), builder.bitcast(x, _V64I8)
+            zero = ir.Constant(_V64I8, None)
+            negative = builder.icmp_signed("<", w8, zero)
+            magnitude = builder.select(negative, builder.sub(zero, w8), w8)  # |-128| = 0x80 read as unsigned 128
+            signed = builder.select(negative, builder.sub(zero, x8), x8)
+            return _maddubs(builder, acc_value, builder.bitcast(magnitude, _V16I32), builder.bitcast(signed, _V16I32))
+        return _generic_dot(builder, acc_value, w, x, a_signed=True)
+
+    return I32x16(acc, weight_bytes, signed_bytes), codegen
 
 
 @intrinsic
@@ -383,7 +529,7 @@ def byte_planes_as_f32(typingctx, value):
 @intrinsic
 def nibble_planes_as_f32(typingctx, value, table):
     """Eight F32x16: plane s lane i = table[nibble s of 32-bit lane i] (nibble 0 the lowest; table an F32x16 of
-    the 16 values a nibble stands for). One vpermps a plane: the lookup both widens and converts."""
+    the 16 values a nibble stands for). A table lookup (vpermps) widens and converts at once."""
     if not (value == I32x16 and table == F32x16):
         return None
 
@@ -398,11 +544,22 @@ def nibble_planes_as_f32(typingctx, value, table):
 
 
 def _permute(builder, table, index):
-    """table[index & 15] lane by lane (vpermps)."""
-    if HAS_AVX512:
+    """table[index & 15] lane by lane: one vpermps zmm; on AVX2 two vpermps ymm (table halves) and a blend a
+    half; elsewhere element by element."""
+    if PERMUTE_512:
         fn = _function(builder, "llvm.x86.avx512.permvar.sf.512", _V16F32, [_V16F32, _V16I32])
         return builder.call(fn, [table, index])
     masked = builder.and_(index, _splat_i32(15))
+    if PERMUTE_256:
+        v8f, v8i = ir.VectorType(_F32, 8), ir.VectorType(_I32, 8)
+        fn = _function(builder, "llvm.x86.avx2.permps", v8f, [v8f, v8i])
+        low_table, high_table = _halves(builder, table, _F32, 8)
+        parts = []
+        for half in _halves(builder, masked, _I32, 8):
+            upper = builder.icmp_signed(">", half, ir.Constant(v8i, [7] * 8))
+            parts.append(builder.select(upper, builder.call(fn, [high_table, half]),
+                                        builder.call(fn, [low_table, half])))
+        return _joined(builder, *parts)
     result = ir.Constant(_V16F32, None)
     for lane in range(16):
         position = ir.Constant(_I32, lane)
@@ -435,7 +592,7 @@ def as_float32(typingctx, value):
         return types.float32(value), lambda context, builder, signature, args: args[0]
     if value == types.int16:
         def f16(context, builder, signature, args):
-            return builder.fpext(builder.bitcast(args[0], _F16), _F32)
+            return _half_to_float(builder, args[0])
 
         return types.float32(value), f16
     if value == types.uint16:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from . import threads
+from . import cpu_target, threads
 
 made: dict[str, object] = {}  # variant name -> numba dispatcher
 
 
 def specialization(*constants, **options):
     """Decorate a closure over `constants` as `njit(nogil=True, cache=True, **options)`, named after them."""
+    cpu_target.require_valid_switch()
     threads.start()  # before a cached serial block that calls a parallel kernel can run
     def decorate(function):
         base = function.__qualname__.split(".<locals>")[0]
