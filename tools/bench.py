@@ -281,7 +281,8 @@ def targets(args) -> None:
     model, predictors = paths(DEFAULT_OUT) if args.model_7b is None else \
         (Path(args.model_7b), Path(args.model_7b.replace(".gguf", ".pred.gguf")))
     bench_targets.section(["host", "avx2", "generic"], args.threads, args.repetitions, args.n_gen, args.pool_mb,
-                          bench_targets.models(ensure_default_model(), model, predictors))
+                          bench_targets.models(ensure_default_model(), model, predictors),
+                          os.environ.get("HYBRIDINFER_LLAMA_AVX2", ""))
 
 
 def main() -> None:
