@@ -444,3 +444,16 @@ def as_float32(typingctx, value):
 
         return types.float32(value), bf16
     return None
+
+
+@intrinsic
+def half_bits(typingctx, value):
+    """float32 -> its IEEE half (float16, rounded to nearest even as numpy's astype) as int16 bits: what
+    `as_float32` reads back. numba has no float16 arithmetic on the CPU, so float16 arrays are stored as int16."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+
+    return types.int16(value), codegen
