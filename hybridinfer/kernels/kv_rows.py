@@ -71,11 +71,10 @@ def _dot_row(query, row, scales):
     if row.dtype == types.int8:
         def dot(query, row, scales):
             total = np.float32(0.0)
-            for b in range(scales.shape[0]):
-                part = np.float32(0.0)
-                for j in range(b * Q8_BLOCK, (b + 1) * Q8_BLOCK):
-                    part += query[j] * np.float32(row[j])
-                total += as_float32(scales[b]) * part
+            # one loop over the row, each value's scale looked up (d >> 5 = its block): it vectorizes, where a
+            # loop per block ran ~6x slower
+            for d in range(row.shape[0]):
+                total += query[d] * np.float32(row[d]) * as_float32(scales[d >> 5])
             return total
     else:
         def dot(query, row, scales):
@@ -90,10 +89,8 @@ def _dot_row(query, row, scales):
 def _add_row(target, weight, row, scales):
     if row.dtype == types.int8:
         def add(target, weight, row, scales):
-            for b in range(scales.shape[0]):
-                scaled = weight * as_float32(scales[b])
-                for j in range(b * Q8_BLOCK, (b + 1) * Q8_BLOCK):
-                    target[j] += scaled * np.float32(row[j])
+            for d in range(row.shape[0]):  # as dot_row's
+                target[d] += weight * as_float32(scales[d >> 5]) * np.float32(row[d])
     else:
         def add(target, weight, row, scales):
             for d in range(row.shape[0]):
