@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HybridInferError
+from ..kernels.kv_rows import Q8_BLOCK
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def untouched(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(memory, dtype, count).reshape(shape)
 
 
-KV_TYPES = {t.name: t for t in (KVType("f32", np.float32), KVType("f16", np.int16), KVType("q8_0", np.int8, 32))}
+KV_TYPES = {t.name: t for t in (KVType("f32", np.float32), KVType("f16", np.int16),
+                                 KVType("q8_0", np.int8, Q8_BLOCK))}
 DEFAULT_KV_TYPE = "f16"  # llama.cpp's
 
 
