@@ -14,6 +14,7 @@ from hybridinfer.cli.main import cli
 from hybridinfer.errors import ArgumentTypeError, HybridInferError
 from hybridinfer.kernels import cpu_layer, cpu_ops, reference, threads
 from hybridinfer.kernels.kv_rows import store_row
+from hybridinfer.kernels.simd import half_bits
 from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.runtime.kv_types import KV_TYPES
@@ -45,6 +46,24 @@ def store_rows(values, rows, scales):
     """kv_rows.store_row over (n, head_dim) values."""
     for i in range(values.shape[0]):
         store_row(values[i], rows[i], scales[i])
+
+
+@njit
+def half_bits_of(values, out):
+    for i in range(values.shape[0]):
+        out[i] = half_bits(values[i])
+
+
+def test_half_bits_round_as_numpy(rng):
+    """float32 -> float16 bits in integer arithmetic: numpy's rounding for random bit patterns (every exponent:
+    subnormal halves, overflow to infinity) and the edges."""
+    values = rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = [0, -0.0, 65504, 65519.99, 65520, -65520, 2**-24, 2**-25, 2**-25 * 1.0001, 2**-14, np.inf, -np.inf, 2049]
+    values = np.concatenate([values[~np.isnan(values)], np.array(edges, np.float32)])
+    out = np.empty(values.shape, np.int16)
+    half_bits_of(values, out)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(out, values.astype(np.float16).view(np.int16))
 
 
 @pytest.mark.parametrize("name", list(KV_TYPES))
