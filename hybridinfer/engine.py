@@ -30,6 +30,7 @@ from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, Predicte
 from .reference.sparse_inputs import CalibratedSparseInputs
 from .reference.weights import load_weights
 from .runtime.build import Choices, build_decoder
+from .runtime.kv_types import KV_TYPES, KVType, kv_type
 from .runtime.memory_estimate import check_run_memory
 from .runtime.repack_cache import RepackCache
 from .runtime.sparse_ffn import SparseFFN
@@ -78,6 +79,7 @@ class Engine:
                                    f"only {self.config.n_vocab} embeddings; the file is corrupt")
         sparsity_file = self._sparsity_file(o)
         self.backend = o.backend or "packed"
+        self.cache_types = self._cache_types(o)
         self.repack_ms = 0.0
         self._predictor_cache: RepackCache | None = None
         with self._stage("predictors"):
@@ -86,7 +88,8 @@ class Engine:
                 require_silu(self.config, f"{sparsity_file} (a sparsity file)")
             teal = self.sparsity is not None and self.sparsity.method == "teal"
             check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK,  # before anything large is read
-                             float32_weights=self.backend == "reference", transposed=teal and self.backend == "packed")
+                             float32_weights=self.backend == "reference", transposed=teal and self.backend == "packed",
+                             cache_types=self.cache_types)
             predictor_set = self._load_predictors(o.predictors) if o.predictors else None
         exact = o.exact
         with self._stage("weights"):
@@ -97,7 +100,8 @@ class Engine:
                 if exact or predictor_set is not None:
                     require_sparse_activation(self.config)
                 choices = Choices(exact, predictor_set, self.sparsity, o.float_activations,
-                                  predictor_cache=self._predictor_cache, device=device, gpu_kernels=o.gpu_kernels)
+                                  predictor_cache=self._predictor_cache, device=device, gpu_kernels=o.gpu_kernels,
+                                  cache_types=self.cache_types)
                 self.model = build_decoder(self.file, self.config, n_ctx, choices, placement)
                 self.repack_ms = self.model.weights.repack_seconds * 1000
                 self.startup["weights_from_cache"] = self.model.weights.from_cache
@@ -114,6 +118,14 @@ class Engine:
         self.compile_ms = (compile_time.seconds() - compiled) * 1000
         self.load_ms = (time.perf_counter() - start) * 1000 - self.compile_ms
         self.startup.update(load_ms=self.load_ms, compile_ms=self.compile_ms, repack_ms=self.repack_ms)
+
+    def _cache_types(self, o: RunOptions) -> tuple[KVType, KVType]:
+        """The CPU KV cache's types (keys', values'): -ctk's and -ctv's (f16 by default), f32 on the reference
+        backend (the oracle's own cache)."""
+        if self.backend == "reference":
+            return KV_TYPES["f32"], KV_TYPES["f32"]
+        head_dim = self.config.head_dim
+        return kv_type(o.type_k, "-ctk/--cache-type-k", head_dim), kv_type(o.type_v, "-ctv/--cache-type-v", head_dim)
 
     def _sparsity_file(self, o: RunOptions) -> str | None:
         """--sparsity-file, or for --sparsity S the file `sparsify --sparsity S` wrote beside the model."""
@@ -392,7 +404,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def load(path: str, options: RunOptions | None = None, **fields) -> Engine:
     """Load a GGUF model. `options` or its fields as keywords (`options.RunOptions`): n_ctx (default: the
     model's context length, at most 4096; 0 = the model's own), n_threads, exact, predictors, sparsity_file or
-    sparsity with sparsity_method (SiLU models' CATS or TEAL thresholds), backend,
-    float_activations; the hybrid runtime: vram_budget (with activations) or split, n_gpu_layers, device,
-    gpu_kernels."""
+    sparsity with sparsity_method (SiLU models' CATS or TEAL thresholds), backend, type_k and type_v (the CPU KV
+    cache's: "f32", "f16" (default) or "q8_0", as llama.cpp's -ctk/-ctv), float_activations; the hybrid runtime:
+    vram_budget (with activations) or split, n_gpu_layers, device, gpu_kernels."""
     return Engine(path, options, **fields)

@@ -38,6 +38,8 @@ class RunOptions:
     device: str | None = None  # hybrid: the GPU side's device (default: cuda if present, else cpu)
     gpu_kernels: str | None = None  # hybrid: "triton" or "torch" (default: triton on cuda, torch twins on cpu)
     backend: str | None = None  # "packed" (default: numba kernels over the file's formats) or "reference"
+    type_k: str | None = None  # the CPU KV cache's keys: "f32", "f16" (default, as llama.cpp) or "q8_0" (-ctk)
+    type_v: str | None = None  # its values, as type_k (-ctv); the reference backend's cache is float32
     float_activations: bool = False  # packed: keep activations float32 instead of llama.cpp's int8 blocks
     warmup: bool = False  # run one token and a two-token batch at load, as llama.cpp does (the CLI's default):
     #                       kernels compile (or load from their cache) then, not inside the first prompt
@@ -73,6 +75,7 @@ class RunOptions:
     def check(self) -> None:
         """Refuse values and combinations that no model runs (the checks of the options alone; what depends on
         the model, the engine checks)."""
+        from .runtime.kv_types import kv_type
         from .sparsity.thresholds import METHODS, check_target
         if self.n_ctx is not None and self.n_ctx < 0:
             raise HybridInferError(f"-c/--ctx-size must be 0 (the model's own) or positive, got {self.n_ctx}")
@@ -93,6 +96,11 @@ class RunOptions:
         backend = self.backend or "packed"
         if backend not in BACKENDS:
             raise HybridInferError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        kv_type(self.type_k, "-ctk/--cache-type-k")
+        kv_type(self.type_v, "-ctv/--cache-type-v")
+        if backend == "reference" and {self.type_k, self.type_v} - {None, "f32"}:
+            raise HybridInferError("the reference backend (the oracle) keeps its KV cache float32: drop -ctk/-ctv or "
+                                   "give f32")
         if self.hybrid and backend != "packed":
             raise HybridInferError("the hybrid runtime (--vram-budget/--split/-ngl) runs on the packed backend; "
                                    "drop --backend reference (the oracle runs on the CPU only)")

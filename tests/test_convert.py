@@ -21,6 +21,7 @@ from hybridinfer.convert.tensor_map import permute_for_rope
 from hybridinfer.errors import HybridInferError
 from hybridinfer.model_file.gguf_file import GGUFFile
 from hf_reference import hf_reference_logits
+from logit_checks import F32_CACHE
 from tools.synth_checkpoint import synthesize
 
 IDS = [1, 15, 27, 300, 42, 7, 99, 250, 3, 18]
@@ -50,7 +51,7 @@ def relative_error(ours: np.ndarray, expected: torch.Tensor) -> float:
 def test_f32_logits_match_hugging_face(checkpoints, tmp_path, variant, fmt):
     hf_dir = checkpoints[(variant, fmt)]
     summary = convert_checkpoint(hf_dir, tmp_path / "m.gguf", outtype="f32")
-    engine = hybridinfer.load(summary.output)
+    engine = hybridinfer.load(summary.output, **F32_CACHE)
     expected = hf_reference_logits(hf_dir, IDS)
     assert relative_error(engine.logits(IDS), expected) < BOUNDS["f32"]
     config = json.loads((hf_dir / "config.json").read_text())

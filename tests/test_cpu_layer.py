@@ -15,6 +15,7 @@ from hybridinfer.kernels.cpu_quant import INT8_ERROR_BOUND, activation_buffers, 
 from hybridinfer.kernels.packed import pack, to_gguf_bytes
 from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
 from hybridinfer.reference.model import apply_rope, rms_norm
+from kv_states import kv_state
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_attention_matches_reference(rng, tokens, start, n_head, n_kv):
     values = rng.standard_normal((1, n_kv, n_ctx, head_dim), dtype=np.float32)
     positions, sequences = np.arange(start, start + tokens), np.zeros(tokens, np.int64)
     out = np.empty_like(q)
-    cpu_ops.attention(q, keys, values, positions, sequences, np.empty((n_head, n_ctx), np.float32), out)
+    cpu_ops.attention(q, kv_state(keys, values, positions, sequences, n_head), out)
     np.testing.assert_allclose(out, reference.attention(q, keys, values, positions, sequences), rtol=1e-4, atol=1e-5)
 
 
@@ -69,13 +70,13 @@ def test_attention_of_several_sequences_is_each_ones_alone(rng):
     keys = rng.standard_normal((n_seq, n_kv, n_ctx, head_dim), dtype=np.float32) * 2
     values = rng.standard_normal((n_seq, n_kv, n_ctx, head_dim), dtype=np.float32)
     positions, sequences = np.array([3, 0, 39, 17]), np.array([2, 0, 3, 1])
-    scores, out = np.empty((n_head, n_ctx), np.float32), np.empty_like(q)
-    cpu_ops.attention(q, keys, values, positions, sequences, scores, out)
+    out = np.empty_like(q)
+    cpu_ops.attention(q, kv_state(keys, values, positions, sequences, n_head), out)
     np.testing.assert_allclose(out, reference.attention(q, keys, values, positions, sequences), rtol=1e-4, atol=1e-5)
     for t in range(n_seq):
         alone = np.empty_like(q[t:t + 1])
-        cpu_ops.attention(q[t:t + 1], keys[sequences[t]:sequences[t] + 1], values[sequences[t]:sequences[t] + 1],
-                          positions[t:t + 1], np.zeros(1, np.int64), scores, alone)
+        one = slice(sequences[t], sequences[t] + 1)
+        cpu_ops.attention(q[t:t + 1], kv_state(keys[one], values[one], positions[t:t + 1], [0], n_head), alone)
         np.testing.assert_array_equal(alone, out[t:t + 1])
 
 

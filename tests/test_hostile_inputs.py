@@ -13,6 +13,7 @@ from hybridinfer.cli.main import cli
 from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.default_model import default_model_path
 from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.runtime.kv_types import KV_TYPES
 from hybridinfer.runtime.memory_estimate import estimate, require_fits
 from hybridinfer.errors import HybridInferError
 from tiny_models import random_weights, write_tiny_gguf
@@ -117,14 +118,16 @@ def test_a_huge_c_on_smollm2_is_refused_before_allocating(tmp_path):
 def test_memory_estimate_of_c_1000000_on_smollm2():
     file = GGUFFile(SMOLLM2)
     config = ModelConfig.from_gguf(file)
+    f32 = (KV_TYPES["f32"],) * 2
+    # 30 layers x 3 KV heads x 64 x (K and V) x 4 bytes = 46,080 bytes per position; f16 (the default) half that
+    assert estimate(file, config, 1_000_000, 512, False, cache_types=f32).kv_cache == 1_000_000 * 46_080
     need = estimate(file, config, 1_000_000, 512, float32_weights=False)
-    # 30 layers x 3 KV heads x 64 x (K and V) x 4 bytes = 46,080 bytes per position
-    assert need.kv_cache == 1_000_000 * 46_080
+    assert need.kv_cache == 1_000_000 * 23_040
     with pytest.raises(HybridInferError, match=r"use -c \d+ or less") as info:
-        require_fits(need, config, 1_000_000, available=24 * 2**30)
+        require_fits(need, config, 1_000_000, available=12 * 2**30)
     suggested = int(str(info.value).split("use -c ")[1].split()[0])
     assert 256 <= suggested < 1_000_000
-    require_fits(estimate(file, config, suggested, 512, False), config, suggested, available=24 * 2**30)
+    require_fits(estimate(file, config, suggested, 512, False), config, suggested, available=12 * 2**30)
 
 
 def test_nan_weights_name_the_layer(tiny_layout, tmp_path):

@@ -21,6 +21,7 @@ from hybridinfer.hybrid.placement.plan import gpu_layers_for, solve_split
 from hybridinfer.hybrid.placement.split_file import load_split, save_split
 from hybridinfer.runtime.activations import profile_activations
 from hybridinfer.hybrid.activations_file import load_profile, save_profile
+from logit_checks import F32_CACHE
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9, 33, 12]
@@ -92,10 +93,11 @@ def hybrid(path, budget: int, kernels: str = "torch", **options):
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 def test_hybrid_exact_equals_packed_exact(relu_model_with_counts, kernels):
     """float activations on both sides: the same sums in another order."""
-    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True, float_activations=True)
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True, float_activations=True,
+                              **F32_CACHE)
     expected, expected_batch = decode_logits(packed), packed.logits(IDS)
     for name, budget in budgets(relu_model_with_counts).items():
-        engine = hybrid(relu_model_with_counts, budget, kernels, exact=True, float_activations=True)
+        engine = hybrid(relu_model_with_counts, budget, kernels, exact=True, float_activations=True, **F32_CACHE)
         side = engine.gpu_side
         assert (side is None) == (name == "0")
         if side is not None:
@@ -161,19 +163,21 @@ def test_hybrid_with_predictors_drops_what_the_packed_path_drops(relu_model_with
     from hybridinfer.predictors.file import save_predictors
     path = relu_model_with_counts.with_name("random.pred.gguf")
     save_predictors(str(path), predictor_set, dense.fingerprint)
-    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, predictors=str(path), float_activations=True)
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, predictors=str(path), float_activations=True,
+                              **F32_CACHE)
     expected = decode_logits(packed)
     assert relative_error(expected, decode_logits(dense)) > 1e-3  # the predictor really drops neurons
-    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path), float_activations=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path),
+                    float_activations=True, **F32_CACHE)
     assert relative_error(decode_logits(engine), expected) < 1e-5
     assert relative_error(engine.logits(IDS), packed.logits(IDS)) < 1e-5
 
 
 @pytest.mark.parametrize("n_gpu_layers", [1, N_LAYER, N_LAYER + 1])
 def test_gpu_layers_equal_the_dense_packed_engine(relu_model_with_counts, n_gpu_layers):
-    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, float_activations=True)
+    packed = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, float_activations=True, **F32_CACHE)
     engine = hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device=DEVICE,
-                              gpu_kernels="torch", float_activations=True)
+                              gpu_kernels="torch", float_activations=True, **F32_CACHE)
     side = engine.gpu_side
     assert sorted(side.layers) == list(range(N_LAYER - min(n_gpu_layers, N_LAYER), N_LAYER))
     assert all(layer.dense for layer in side.layers.values())
@@ -185,8 +189,9 @@ def test_gpu_layers_equal_the_dense_packed_engine(relu_model_with_counts, n_gpu_
 
 def test_gpu_layers_run_silu_models_too(tmp_path):
     path = write_tiny_gguf(tmp_path / "silu.gguf", random_weights(seed=5, n_layer=2), activation="silu")
-    packed = hybridinfer.load(str(path), n_ctx=N_CTX, float_activations=True)
-    engine = hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=1, device=DEVICE, float_activations=True)
+    packed = hybridinfer.load(str(path), n_ctx=N_CTX, float_activations=True, **F32_CACHE)
+    engine = hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=1, device=DEVICE, float_activations=True,
+                              **F32_CACHE)
     assert relative_error(decode_logits(engine), decode_logits(packed)) < 1e-5
     with pytest.raises(HybridInferError, match="ReLU or FATReLU"):
         hybridinfer.load(str(path), n_ctx=N_CTX, vram_budget="1GiB", activations=str(tmp_path / "none.gguf"))
@@ -272,7 +277,8 @@ def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model_wit
     # the split FFN reads the transposed down projection, as --exact does (re-quantized for quantized files)
     expected = perplexity(hybridinfer.load(str(relu_model_with_counts), n_ctx=N_CTX, exact=True, float_activations=True), text,
                           n_chunk=32)
-    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path), float_activations=True)
+    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], predictors=str(path),
+                    float_activations=True, **F32_CACHE)
     result = perplexity(engine, text, n_chunk=32)
     assert result.dense_perplexity == pytest.approx(expected.perplexity, rel=1e-4)
     assert result.kl_to_dense > 0

@@ -11,7 +11,7 @@ from hybridinfer.runtime.build import Choices, build_decoder
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
-from logit_checks import decode_logits, relative_error
+from logit_checks import F32_CACHE, decode_logits, relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]
@@ -25,7 +25,7 @@ def q4_1_silu_model(tmp_path_factory):
 
 def test_dense_with_float_activations_equals_reference(relu_model_each_format):
     expected = hybridinfer.load(str(relu_model_each_format), backend="reference").logits(IDS)
-    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True)
+    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True, **F32_CACHE)
     assert relative_error(packed.logits(IDS), expected) < 1e-4
     assert relative_error(decode_logits(packed, IDS), expected) < 1e-4
 
@@ -83,9 +83,10 @@ def test_predicted_sparse_equals_reference_predicted(relu_model_each_format, tmp
     save_predictors(str(path), random_predictors(reference, threshold=threshold), reference.fingerprint)
     reference = hybridinfer.load(str(relu_model_each_format), backend="reference", predictors=str(path))
     expected = decode_logits(reference, IDS)
-    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True)
+    packed = hybridinfer.load(str(relu_model_each_format), float_activations=True, **F32_CACHE)
     predictors = reference.sparse_ffn.predictors
-    choices = Choices(predictors=predictors, float_activations=True, predictor_type=T.F32)  # float32 predictors
+    choices = Choices(predictors=predictors, float_activations=True, predictor_type=T.F32,  # float32 predictors
+                      cache_types=packed.cache_types)
     packed.model = build_decoder(packed.file, packed.config, packed.n_ctx, choices)
     decoded = decode_logits(packed, IDS)
     assert relative_error(decoded, expected) < sparse_tolerance(relu_model_each_format)

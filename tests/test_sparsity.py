@@ -15,7 +15,7 @@ from hybridinfer.runtime.activations import run_observed
 from hybridinfer.runtime.parts import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import load_thresholds
-from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
+from logit_checks import F32_CACHE, IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -50,7 +50,7 @@ def test_the_file_round_trips(sparsity_file, silu_model):
 def test_packed_cats_equals_the_reference_twin(silu_model, sparsity_file):
     reference = hybridinfer.load(str(silu_model), backend="reference", sparsity_file=str(sparsity_file))
     expected = decode_logits(reference, IDS)
-    packed = hybridinfer.load(str(silu_model), float_activations=True, sparsity_file=str(sparsity_file))
+    packed = hybridinfer.load(str(silu_model), float_activations=True, sparsity_file=str(sparsity_file), **F32_CACHE)
     decoded = decode_logits(packed, IDS)  # one token at a time: the numba CATS block
     assert relative_error(decoded, expected) < 1e-4
     assert relative_error(packed.logits(IDS), expected) < 1e-4  # the prompt path (several tokens)
@@ -75,7 +75,8 @@ def test_a_silu_model_without_a_sparsity_file_runs_dense(silu_model):
     engine = hybridinfer.load(str(silu_model))
     assert all(isinstance(ffn, DenseFFN) for _, ffn in engine.model.layers) and engine.sparse_ffn is None
     expected = hybridinfer.load(str(silu_model), backend="reference", float_activations=True).logits(IDS)
-    assert relative_error(hybridinfer.load(str(silu_model), float_activations=True).logits(IDS), expected) < 1e-4
+    packed = hybridinfer.load(str(silu_model), float_activations=True, **F32_CACHE)
+    assert relative_error(packed.logits(IDS), expected) < 1e-4
 
 
 def test_a_sparsity_file_for_another_model_is_refused(sparsity_file, tmp_path):
@@ -151,7 +152,7 @@ def test_sparsify_refuses_a_relu_model(tmp_path, texts):
 def test_observers_see_silu_activations(silu_model):
     """The calibration reads SiLU(gate) from the packed decoder's observers, as the reference computes it."""
     seen = {}
-    packed = hybridinfer.load(str(silu_model), float_activations=True, n_ctx=64)
+    packed = hybridinfer.load(str(silu_model), float_activations=True, n_ctx=64, **F32_CACHE)
     reference = hybridinfer.load(str(silu_model), backend="reference", n_ctx=64)
     for name, engine in (("packed", packed), ("reference", reference)):
         run_observed(engine, [IDS], lambda i, r, a, name=name: seen.setdefault((name, i), a.clone()))

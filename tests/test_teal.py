@@ -17,7 +17,7 @@ from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS
 from hybridinfer.runtime.weights import transposed_rows
 from hybridinfer.sparsity.calibrate import calibrate_thresholds, measure_sparsity, observe_sites
 from hybridinfer.sparsity.thresholds import SITES, load_thresholds
-from logit_checks import IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
+from logit_checks import F32_CACHE, IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -100,7 +100,7 @@ def test_the_teal_file_round_trips_and_is_refused_by_another_model(teal_file, si
 def test_packed_teal_equals_the_reference_twin(silu_model, teal_file):
     reference_engine = hybridinfer.load(str(silu_model), backend="reference", sparsity_file=str(teal_file))
     expected = decode_logits(reference_engine, IDS)
-    packed = hybridinfer.load(str(silu_model), float_activations=True, sparsity_file=str(teal_file))
+    packed = hybridinfer.load(str(silu_model), float_activations=True, sparsity_file=str(teal_file), **F32_CACHE)
     assert packed.mode == "teal 50%"
     decoded = decode_logits(packed, IDS)  # one token at a time: the transposed column-sparse blocks
     assert relative_error(decoded, expected) < 1e-4

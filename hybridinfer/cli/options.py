@@ -47,6 +47,10 @@ def model_options(command):
                      help="hybrid: GPU side kernels (default: triton on cuda, the torch twins on the cpu device)"),
         click.option("--warmup/--no-warmup", default=True, show_default=True,
                      help="run one token at load, so that kernel compilation happens before the prompt"),
+        click.option("-ctk", "--cache-type-k", "type_k", default=None,
+                     help="the CPU KV cache's type for keys: f32, f16 or q8_0 (default: f16)"),
+        click.option("-ctv", "--cache-type-v", "type_v", default=None,
+                     help="the CPU KV cache's type for values: f32, f16 or q8_0 (default: f16)"),
         click.option("--backend", type=click.Choice(["packed", "reference"]), default=None,
                      help="packed: numba kernels over the file's own weight formats (default, and what the hybrid "
                           "runtime runs on); reference: torch float32 on the CPU, the oracle"),

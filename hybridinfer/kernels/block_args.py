@@ -35,8 +35,10 @@ class KVState(NamedTuple):
     sin: np.ndarray
     positions: np.ndarray  # (T,) int64: token t is at positions[t] of sequence sequences[t]
     sequences: np.ndarray  # (T,) int64
-    k_cache: np.ndarray  # (n_seq, n_head_kv, n_ctx, head_dim) float32: this layer's keys
-    v_cache: np.ndarray
+    k_cache: np.ndarray  # (n_seq, n_head_kv, n_ctx, head_dim): this layer's keys, of -ctk's type (`kv_rows.py`)
+    v_cache: np.ndarray  # its values, of -ctv's
+    k_scales: np.ndarray  # (n_seq, n_head_kv, n_ctx, head_dim / 32) int16: Q8_0's scales; (..., 0) for f32, f16
+    v_scales: np.ndarray
     scores: np.ndarray  # (n_head, n_ctx) float32 scratch
 
 

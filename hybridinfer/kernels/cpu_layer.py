@@ -25,6 +25,7 @@ from numba import njit
 from . import cpu_ops
 from .cpu_quant import prepare_blocks
 from .dispatch import ALL_ROWS, accumulate, product
+from .kv_rows import store_row
 from .variants import specialization
 
 _OPTIONS = dict(nogil=True, cache=True)
@@ -75,7 +76,7 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
 def attend(qkv, q, k, v, kv, attended):
     """attended (T, n_head * head_dim) = causal attention of the T tokens whose Q, K and V rows are qkv (T, q_rows +
     2 kv_rows), q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim) their scratch: Q and K rotated (RoPE),
-    K and V written to the caches of `kv` (`KVState`) first."""
+    K and V written to the caches of `kv` (`KVState`) first, in the caches' types (`kv_rows.py`)."""
     tokens = qkv.shape[0]
     q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
     q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
@@ -84,10 +85,11 @@ def attend(qkv, q, k, v, kv, attended):
     cpu_ops.rope(q, kv.cos, kv.sin, kv.positions)
     cpu_ops.rope(k, kv.cos, kv.sin, kv.positions)
     for t in range(tokens):
+        s, p = kv.sequences[t], kv.positions[t]
         for h in range(k.shape[1]):
-            kv.k_cache[kv.sequences[t], h, kv.positions[t]] = k[t, h]
-            kv.v_cache[kv.sequences[t], h, kv.positions[t]] = v[t, h]
-    cpu_ops.attention(q, kv.k_cache, kv.v_cache, kv.positions, kv.sequences, kv.scores, attended.reshape(q.shape))
+            store_row(k[t, h], kv.k_cache[s, h, p], kv.k_scales[s, h, p])
+            store_row(v[t, h], kv.v_cache[s, h, p], kv.v_scales[s, h, p])
+    cpu_ops.attention(q, kv, attended.reshape(q.shape))
 
 
 @functools.cache

@@ -13,6 +13,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .kv_rows import add_row, dot_row
+
 _OPTIONS = dict(nogil=True, cache=True)
 
 
@@ -44,33 +46,30 @@ def rope(x, cos, sin, positions):
 
 
 @njit(parallel=True, fastmath=True, **_OPTIONS)
-def attention(q, k_caches, v_caches, positions, sequences, scores, out):
-    """Causal attention of T new queries: query t at position positions[t] of sequence sequences[t], over that
-    sequence's cache up to its own position (the cache already holds its key and value): one sequence's prompt
+def attention(q, kv, out):
+    """Causal attention of T new queries: query t at position kv.positions[t] of sequence kv.sequences[t], over
+    that sequence's cache up to its own position (the cache already holds its key and value): one sequence's prompt
     (positions start.., sequences 0) or one token of each of several sequences decoded together.
-    q, out (T, n_head, head_dim); k_caches, v_caches (n_seq, n_head_kv, n_ctx, head_dim); scores (n_head, n_ctx)
-    scratch. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
-    tokens, n_head, head_dim = q.shape
-    group = n_head // k_caches.shape[1]
-    scale = np.float32(1.0 / math.sqrt(head_dim))
+    q, out (T, n_head, head_dim); kv: `block_args.KVState`, its caches (n_seq, n_head_kv, n_ctx, head_dim) of any
+    type of `kv_rows.py`, read in place. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
+    tokens, n_head = q.shape[0], q.shape[1]
+    group = n_head // kv.k_cache.shape[1]
     for h in prange(n_head):
-        kv = h // group
+        g = h // group
         for t in range(tokens):
-            s = sequences[t]
-            _attend(q[t, h], k_caches[s, kv], v_caches[s, kv], positions[t] + 1, scale, scores[h], out[t, h])
+            s = kv.sequences[t]
+            _attend(q[t, h], kv.k_cache[s, g], kv.k_scales[s, g], kv.v_cache[s, g], kv.v_scales[s, g],
+                    kv.positions[t] + 1, kv.scores[h], out[t, h])
 
 
 @njit(inline="always", fastmath=True, **_OPTIONS)
-def _attend(query, keys, values, end, scale, s, target):
-    """target (head_dim,) = softmax(scale * keys[:end] . query) . values[:end]; s (>= end,) scratch."""
-    head_dim = query.shape[0]
+def _attend(query, keys, key_scales, values, value_scales, end, s, target):
+    """target (head_dim,) = softmax(keys[:end] . query / sqrt(head_dim)) . values[:end]; keys, values (>= end,
+    head_dim) rows of a cache type and their scales (`kv_rows.py`); s (>= end,) scratch."""
+    scale = np.float32(1.0 / math.sqrt(query.shape[0]))
     best = -np.inf
     for p in range(end):
-        key = keys[p]
-        acc = np.float32(0.0)
-        for d in range(head_dim):
-            acc += query[d] * key[d]
-        acc *= scale
+        acc = dot_row(query, keys[p], key_scales[p]) * scale
         s[p] = acc
         best = max(best, acc)
     total = np.float32(0.0)
@@ -79,13 +78,10 @@ def _attend(query, keys, values, end, scale, s, target):
         s[p] = e
         total += e
     inverse = np.float32(1.0) / total
-    for d in range(head_dim):
+    for d in range(target.shape[0]):
         target[d] = 0.0
     for p in range(end):
-        weight = s[p] * inverse
-        value = values[p]
-        for d in range(head_dim):
-            target[d] += weight * value[d]
+        add_row(target, s[p] * inverse, values[p], value_scales[p])
 
 
 @njit(fastmath=True, **_OPTIONS)

@@ -144,3 +144,31 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np
             weights = np.exp(scores - scores.max())
             out[t, h] = weights / weights.sum() @ values[s, h // group, :end]
     return out.astype(np.float32)
+
+
+# ---- twins of `kv_rows.py` (the KV cache's storage types) --------------------------------------------------
+
+def kv_encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """values (..., head_dim) float32 -> (stored values, scales) as the cache of `type_name` holds them
+    (`runtime/kv_types.py`): float32; float16 bits (int16); Q8_0 by gguf-py (int8 quants, float16 bits of the scales)."""
+    values = np.asarray(values, dtype=np.float32)
+    no_scales = np.empty(values.shape[:-1] + (0,), np.int16)
+    if type_name == "f32":
+        return values.copy(), no_scales
+    if type_name == "f16":
+        return values.astype(np.float16).view(np.int16), no_scales
+    from gguf import GGMLQuantizationType, quants
+    blocks = quants.quantize(values, GGMLQuantizationType.Q8_0).reshape(values.shape[:-1] + (-1, 34))
+    scales = np.ascontiguousarray(blocks[..., :2]).view(np.int16)[..., 0]
+    return np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(values.shape), scales
+
+
+def kv_decode(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """`kv_encode`'s (stored values, scales) -> float32 values."""
+    if stored.dtype == np.float32:
+        return stored.copy()
+    if stored.dtype == np.int16:
+        return stored.view(np.float16).astype(np.float32)
+    d = scales.view(np.float16).astype(np.float32)
+    blocks = stored.astype(np.float32).reshape(stored.shape[:-1] + (d.shape[-1], -1))
+    return (blocks * d[..., None]).reshape(stored.shape)

@@ -601,3 +601,35 @@ def as_float32(typingctx, value):
 
         return types.float32(value), bf16
     return None
+
+
+@intrinsic
+def half_bits(typingctx, value):
+    """float32 -> its IEEE half (float16, rounded to nearest even as numpy's astype) as int16 bits: what
+    `as_float32` reads back. numba has no float16 arithmetic on the CPU, so float16 arrays are stored as int16.
+
+    Integer and float32 arithmetic only (FP16's fp16_ieee_from_fp32_value: the float multiplies round the
+    mantissa), never LLVM's half type: without F16C LLVM would call __truncsfhf2, which numba's JIT cannot link."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        def word(number):
+            return ir.Constant(_I32, number)
+
+        f = args[0]
+        w = builder.bitcast(f, _I32)
+        magnitude = builder.bitcast(builder.and_(w, word(0x7FFFFFFF)), _F32)
+        base = builder.fmul(builder.fmul(magnitude, ir.Constant(_F32, 2.0 ** 112)), ir.Constant(_F32, 2.0 ** -110))
+        doubled = builder.add(w, w)  # the sign shifted out
+        bias = builder.and_(doubled, word(0xFF000000))
+        bias = builder.select(builder.icmp_unsigned("<", bias, word(0x71000000)), word(0x71000000), bias)
+        rounder = builder.bitcast(builder.add(builder.lshr(bias, word(1)), word(0x07800000)), _F32)
+        bits = builder.bitcast(builder.fadd(rounder, base), _I32)
+        exponent = builder.and_(builder.lshr(bits, word(13)), word(0x00007C00))
+        finite = builder.add(exponent, builder.and_(bits, word(0x00000FFF)))
+        nan = builder.icmp_unsigned(">", doubled, word(0xFF000000))
+        sign = builder.lshr(builder.and_(w, word(0x80000000)), word(16))
+        return builder.trunc(builder.or_(sign, builder.select(nan, word(0x7E00), finite)), _I16)
+
+    return types.int16(value), codegen

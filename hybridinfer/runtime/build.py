@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as T
 from ..model_file.config import ModelConfig
 from ..model_file.gguf_file import GGUFFile
 from .decoder import Decoder
+from .kv_types import DEFAULT_KV_TYPE, KV_TYPES, KVType
 from .parts import CPUAttention, CPUOutput, DenseFFN
 from .repack_cache import RepackCache
 from .sparse_ffn import SparseFFN
@@ -27,7 +28,8 @@ from .weights import load_packed_weights
 
 @dataclass(frozen=True)
 class Choices:
-    """What computes the FFN (and TEAL's attention) of the CPU layers, and how the GPU side runs."""
+    """What computes the FFN (and TEAL's attention) of the CPU layers, what their KV cache stores, and how the GPU
+    side runs."""
 
     exact: bool = False  # the sparse FFN over every neuron (lossless)
     predictors: object = None  # a `PredictorSet`: the sparse FFN over the predicted neurons
@@ -37,6 +39,7 @@ class Choices:
     predictor_cache: RepackCache | None = None
     device: str | None = None  # the GPU side's
     gpu_kernels: str | None = None
+    cache_types: tuple[KVType, KVType] = (KV_TYPES[DEFAULT_KV_TYPE],) * 2  # the CPU layers' KV cache: keys', values'
 
     @property
     def teal(self) -> bool:
@@ -68,7 +71,8 @@ def build_decoder(file: GGUFFile, config: ModelConfig, n_ctx: int, choices: Choi
         side = _gpu_side(file, config, n_ctx, choices, placement, weights, sparse_mode)
         layers, output = _hybrid_layers(layers, output, side, placement, weights, choices)
         token_done = side.token_done
-    return Decoder(c, weights, n_ctx, layers, output, observers, fa, side, sparse_mode, token_done)
+    return Decoder(c, weights, n_ctx, layers, output, observers, fa, side, sparse_mode, token_done,
+                   choices.cache_types)
 
 
 def _gpu_side(file, config, n_ctx, choices: Choices, placement, weights, sparse_mode):

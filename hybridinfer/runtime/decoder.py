@@ -23,6 +23,7 @@ from ..errors import HybridInferError
 from ..finite_check import non_finite_error, require_finite
 from ..model_file.config import ModelConfig
 from ..model_file.tensor_shapes import block_name
+from .kv_types import DEFAULT_KV_TYPE, KV_TYPES, KVType
 from .run_state import KVCaches, RunState
 from .weights import PackedWeights
 
@@ -32,16 +33,18 @@ class Decoder:
     first or last), `output` the output part. `observers` are called once per CPU layer as observer(layer_index,
     residual, activation) (`parts.CPUFFN`). `gpu_side` (`hybrid/gpu_side.GPUSide`) holds what the GPU side does,
     or is None; `token_done()` closes a decoded token's statistics (the hybrid report). `sparse_mode` is the part
-    with the run's sparse statistics (`stats`, `predictors`), or None when dense."""
+    with the run's sparse statistics (`stats`, `predictors`), or None when dense. `cache_types`: the CPU layers'
+    KV cache types (keys', values'; `kv_types.py`)."""
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, layers: list[tuple],
                  output: Callable, observers: list, float_activations: bool = False, gpu_side=None,
-                 sparse_mode=None, token_done: Callable[[], None] | None = None):
+                 sparse_mode=None, token_done: Callable[[], None] | None = None,
+                 cache_types: tuple[KVType, KVType] = (KV_TYPES[DEFAULT_KV_TYPE],) * 2):
         self.config, self.weights, self.float_activations = config, weights, bool(float_activations)
         self.layers, self.output, self.observers = layers, output, observers
         self.gpu_side, self.sparse_mode = gpu_side, sparse_mode
         self.token_done = token_done or (lambda: None)
-        self.caches = KVCaches.new(config, 1, n_ctx)
+        self.caches = KVCaches.new(config, 1, n_ctx, cache_types)
         self._decode_state = RunState(config, 1, 1, self.caches)
         self._step_states: dict[int, RunState] = {}  # forward_sequences' run states, per number of sequences
 
@@ -51,7 +54,7 @@ class Decoder:
         is gone."""
         if n_seq > 1 and self.gpu_side is not None:
             raise HybridInferError("the hybrid runtime decodes one sequence at a time: use --parallel 1")
-        self.caches = KVCaches(self.config, n_seq, n_ctx, (self.caches.cos, self.caches.sin))
+        self.caches = self.caches.resized(self.config, n_seq, n_ctx)
         self._decode_state = RunState(self.config, 1, 1, self.caches)
         self._step_states = {}
 

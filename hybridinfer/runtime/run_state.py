@@ -13,23 +13,33 @@ from ..kernels.block_args import AttentionScratch, DenseFFNScratch, KVState
 from ..kernels.cpu_quant import activation_buffers
 from ..model_file.config import ModelConfig
 from ..reference.model import rope_tables
+from .kv_types import KVType
 
 
 class KVCaches:
-    """The CPU layers' keys and values for `n_seq` sequences of `n_ctx` positions each, and the RoPE tables."""
+    """The CPU layers' keys and values for `n_seq` sequences of `n_ctx` positions each, in `types` (the keys', the
+    values'; `kv_types.py`: f32, f16, q8_0), and the RoPE tables."""
 
-    def __init__(self, config: ModelConfig, n_seq: int, n_ctx: int, rope: tuple[np.ndarray, np.ndarray]):
+    def __init__(self, config: ModelConfig, n_seq: int, n_ctx: int, rope: tuple[np.ndarray, np.ndarray],
+                 types: tuple[KVType, KVType]):
         c = config
-        # (n_layer, n_seq, n_head_kv, n_ctx, head_dim), written before read (a sequence's positions up to the one
-        # evaluated): not zero-filled, so pages become resident as used
-        self.k = np.empty((c.n_layer, n_seq, c.n_head_kv, n_ctx, c.head_dim), np.float32)
-        self.v = np.empty_like(self.k)
+        self.types = type_k, type_v = types
+        # (n_layer, n_seq, n_head_kv, n_ctx, head_dim) values and (..., head_dim / 32) Q8_0 scales (else (..., 0)),
+        # written before read (a sequence's positions up to the one evaluated): not zero-filled, so pages become
+        # resident as used
+        shape = (c.n_layer, n_seq, c.n_head_kv, n_ctx, c.head_dim)
+        self.k, self.k_scales = type_k.new(shape)
+        self.v, self.v_scales = type_v.new(shape)
         self.cos, self.sin = rope  # (n_ctx of the decoder, rope_dim / 2) float32
 
     @classmethod
-    def new(cls, config: ModelConfig, n_seq: int, n_ctx: int) -> KVCaches:
+    def new(cls, config: ModelConfig, n_seq: int, n_ctx: int, types: tuple[KVType, KVType]) -> KVCaches:
         cos, sin = rope_tables(config, n_ctx)
-        return cls(config, n_seq, n_ctx, (cos.numpy(), sin.numpy()))
+        return cls(config, n_seq, n_ctx, (cos.numpy(), sin.numpy()), types)
+
+    def resized(self, config: ModelConfig, n_seq: int, n_ctx: int) -> KVCaches:
+        """New, empty caches of the same types and RoPE tables for `n_seq` sequences of `n_ctx` positions."""
+        return KVCaches(config, n_seq, n_ctx, (self.cos, self.sin), self.types)
 
     @property
     def n_ctx(self) -> int:
@@ -59,7 +69,8 @@ class RunState:
         self.positions = np.empty(tokens, np.int64)  # token t is at positions[t] of sequence sequences[t]
         self.sequences = np.empty(tokens, np.int64)
         self.kv = [KVState(caches.cos, caches.sin, self.positions, self.sequences, caches.k[i], caches.v[i],
-                           self.scores) for i in range(c.n_layer)]  # each layer's, for the attention blocks
+                           caches.k_scales[i], caches.v_scales[i], self.scores)
+                   for i in range(c.n_layer)]  # each layer's, for the attention blocks
         self.attention_scratch = AttentionScratch(self.normed, self.qkv, self.q, self.k, self.v, self.attended,
                                                   self.block_out)
         self.dense_ffn_scratch = DenseFFNScratch(self.gate, self.up, self.hidden, self.block_out)

@@ -94,7 +94,7 @@ def test_export_converts_and_generates_through_the_normal_cli(exported, tmp_path
     gguf = tmp_path / "tiny.gguf"
     result = CliRunner().invoke(cli, ["convert", str(out), "-o", str(gguf), "--outtype", "f32"])
     assert result.exit_code == 0, result.output
-    engine = hybridinfer.load(str(gguf))
+    engine = hybridinfer.load(str(gguf), type_k="f32", type_v="f32")  # compared with float32 torch at 1e-4
     assert engine.config.activation == "fatrelu"
     assert engine.config.activation_threshold == pytest.approx(CONFIG.hidden_act_param)
     ids = engine.tokenize("Return the value of the first argument")
