@@ -111,10 +111,10 @@ def test_hybrid_exact_equals_packed_exact(relu_model_with_counts, kernels):
 def test_formats_the_gpu_side_decodes_give_the_packed_logits(relu_model_decoded_on_gpu):
     """The GPU side holds these weights as F32 (and the memory model counts them so), the CPU side as stored."""
     path = relu_model_decoded_on_gpu
-    packed = hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, float_activations=True)
+    packed = hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, float_activations=True, **F32_CACHE)
     expected = decode_logits(packed)
     for name in ("mid", "all"):
-        engine = hybrid(path, budgets(path)[name], exact=True, float_activations=True)
+        engine = hybrid(path, budgets(path)[name], exact=True, float_activations=True, **F32_CACHE)
         assert engine.gpu_side.n_hot > 0
         assert relative_error(decode_logits(engine), expected) < 1e-5, name
 
