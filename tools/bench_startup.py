@@ -21,7 +21,7 @@ from pathlib import Path
 
 def start_once(model: Path, predictors: Path | None, cache: str) -> dict:
     command = [sys.executable, "-m", "hybridinfer", "generate", "-m", str(model), "-p", "Hello", "-n", "1",
-               "--temp", "0", "-c", "256", "--json"]
+               "--temp", "0", "--json"]  # the default -c: the KV cache's pages become resident as used
     if predictors is not None:
         command += ["--predictors", str(predictors)]
     start = time.perf_counter()
@@ -45,7 +45,7 @@ def section(label: str, model: Path, predictors: Path | None = None) -> None:
 
 
 def header() -> None:
-    print("\n## start-up: a new process to its first token (`generate -n 1`, -c 256)\n\n"
+    print("\n## start-up: a new process to its first token (`generate -n 1`, the default -c)\n\n"
           "| model | mode | start | wall s | stages (s) | peak RSS GiB | files GiB |\n"
           "| --- | --- | --- | ---: | --- | ---: | ---: |", flush=True)
 
