@@ -491,8 +491,9 @@ def signed_dot_start(typingctx, block_sums):
 @intrinsic
 def dot_s8s8(typingctx, acc, weight_bytes, signed_bytes):
     """acc lane i + sum over its 4 bytes j of int8(w[4i+j]) * int8(x[4i+j]) (x in -127..127, as int8 activations
-    are), exact once the sums over a block include one `signed_dot_start` of the block's sums of x. VNNI: vpdpbusd of w + 128 (the start takes
-    the extra 128 sum(x) off); vpmaddubsw targets: |w| . (x with w's sign), as llama.cpp's AVX2 code does."""
+    are), exact once the sums over a block include one `signed_dot_start` of the block's sums of x. VNNI:
+    vpdpbusd of w + 128 (the start takes the extra 128 sum(x) off); vpmaddubsw targets: |w| . (x with w's sign),
+    as llama.cpp's AVX2 code does."""
     if not (acc == I32x16 and weight_bytes == I32x16 and signed_bytes == I32x16):
         return None
 
