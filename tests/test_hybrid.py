@@ -16,7 +16,7 @@ from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, GPU_NATIVE
 from hybridinfer.cli.main import cli
 from hybridinfer.errors import HybridInferError
 from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.hybrid.split_ffn import SplitFFN
+from hybridinfer.hybrid.split_ffn import ColdHalf, SplitFFN
 from hybridinfer.hybrid.placement.plan import gpu_layers_for, solve_split
 from hybridinfer.hybrid.placement.split_file import load_split, save_split
 from hybridinfer.runtime.activations import profile_activations
@@ -119,15 +119,31 @@ def test_formats_the_gpu_side_decodes_give_the_packed_logits(relu_model_decoded_
         assert relative_error(decode_logits(engine), expected) < 1e-5, name
 
 
-def test_overlapped_halves_give_the_same_logits(relu_model_with_counts):
-    """On a GPU the CPU half runs on its worker thread while the GPU half is queued; the CPU stand-in runs them
-    one after the other unless told to overlap."""
-    engine = hybrid(relu_model_with_counts, budgets(relu_model_with_counts)["mid"], exact=True, float_activations=True)
-    expected = decode_logits(engine)
-    split = next(part for parts in engine.model.layers for part in parts if isinstance(part, SplitFFN))
-    assert not split.overlap or DEVICE != "cpu"
-    split.overlap = True
-    assert relative_error(decode_logits(engine), expected) < 1e-6
+def test_the_cpu_half_is_sent_only_what_it_computes(relu_model_with_counts, monkeypatch):
+    """A split layer sends its token down and runs the CPU block only when it keeps cold neurons (a budget holding
+    every neuron sends nothing), and the CPU half then gives the packed engine's logits."""
+    path = relu_model_with_counts
+    calls = {"send": 0, "block": 0}
+    send, block = ColdHalf.send, ColdHalf._block
+
+    def counted(name, method):
+        def call(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return call
+
+    monkeypatch.setattr(ColdHalf, "send", counted("send", send))
+    monkeypatch.setattr(ColdHalf, "_block", counted("block", block))
+    expected = decode_logits(hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, float_activations=True,
+                                              **F32_CACHE))
+    for name in ("all", "mid"):
+        calls.update(send=0, block=0)
+        engine = hybrid(path, budgets(path)[name], exact=True, float_activations=True, **F32_CACHE)
+        assert relative_error(decode_logits(engine), expected) < 1e-5, name
+        split = next(part for parts in engine.model.layers for part in parts if isinstance(part, SplitFFN))
+        cold_layers = sum(neurons.shape[0] > 0 for neurons in split.cold.cold.values())
+        assert split.cold.cold and calls["send"] == calls["block"] == cold_layers * len(IDS), (name, calls)
+        assert (cold_layers == 0) == (name == "all")
 
 
 def test_hybrid_int8_cpu_half_stays_close(relu_model_with_counts):

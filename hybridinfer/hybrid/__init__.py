@@ -3,7 +3,7 @@
     setup.py       the placement the options ask for (a split, a --vram-budget, or -ngl N; `placement/`)
     gpu_side.py    the GPU side: its layers' weights in the file's own formats on a torch device, the clock
     gpu_parts.py   its parts: attention, the dense FFN of -ngl, the boundary, the output; CPU parts timed
-    split_ffn.py   the split FFN: hot neurons on the GPU, cold neurons on a CPU worker, the only overlap
+    split_ffn.py   the split FFN: hot neurons on the GPU, cold neurons on the CPU meanwhile, the only overlap
     report.py      per-token times of each side and of the transfers
 
 `runtime/build.py` assembles the decoder from these parts and the CPU's.

@@ -1,26 +1,27 @@
 """The split FFN part (`runtime/parts.py`'s protocol, over s.on_device): a GPU layer's hot neurons on the GPU, its
 cold neurons on the CPU, summed. The only code that knows that the two halves may overlap.
 
-One token, x (1, n_embd) on the device:
+One token, x (1, n_embd) on the device, all on the decoding thread:
     normed = RMSNorm(x); mask = predictor(x)                      (GPU)
-    normed, mask -> the CPU worker (cold neurons)                 (down: n_embd floats + n_ff bytes, pinned)
-    hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU, meanwhile)
-    x += residual_scale * (hot + the CPU half)                    (up: n_embd floats)
-The CPU worker (`CPUWorker`, a thread) waits for the copy, picks its candidates (the cold neurons, or the predicted
-cold ones) and runs the packed sparse FFN block over the CPU's packed weights (the hot rows are simply never read),
-releasing the GIL, in its own scratch: nothing it writes is shared with a CPU layer's part. On the CPU stand-in
-device the halves would only contend for the same cores, so there the GPU half waits for the CPU half (`overlap`
-False) and each side's time is its own.
+    normed, mask -> host                                          (down: n_embd floats + n_ff bytes, pinned)
+    hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU: queued, not waited for)
+    cold = the CPU half (`ColdHalf.run`)                          (CPU, while the GPU computes hot)
+    x += residual_scale * (hot + cold)                            (up: n_embd floats)
+GPU work is queued asynchronously, so the decoding thread itself computes the cold half once the copy down has
+arrived: no thread hand-off, and the run's `-t` threads. `ColdHalf` picks its candidates (the cold neurons, or the
+predicted cold ones) and runs the packed sparse FFN block over the CPU's packed weights (the hot rows are simply
+never read) in its own scratch: nothing it writes is shared with a CPU layer's part. A layer with no cold neuron
+(a budget that holds them all) sends nothing; a token whose predicted cold candidates are none skips the CPU
+block. On the CPU stand-in device the GPU half is computed before the CPU half, each side's time its own.
 
-Several tokens (a prompt) run on the main thread: the hot neurons' gate and up densely on the device, the cold
-ones' by the packed kernels, masked to the cold (and predicted) neurons, and each token's active rows of down_t.
+Several tokens (a prompt): the hot neurons' gate and up densely on the device, the cold ones' by the packed
+kernels, masked to the cold (and predicted) neurons, and each token's active rows of down_t.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -39,8 +40,9 @@ def _host(shape, dtype, pinned: bool) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=pinned)
 
 
-class CPUWorker:
-    """The cold neurons of the split layers, by the packed kernels on a worker thread, in their own scratch."""
+class ColdHalf:
+    """The cold neurons of the split layers, by the packed kernels on the decoding thread (with the run's `-t`
+    threads), in their own scratch."""
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, hot: dict[int, np.ndarray],
                  device: torch.device, float_activations: bool):
@@ -64,44 +66,44 @@ class CPUWorker:
                                         self.out_host.numpy())
         self._weights: dict[int, FFNWeights] = {}
         self._blocks: dict[int, BoundCall] = {}
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-ffn-cpu")
         self.ready = torch.cuda.Event() if pinned else None
-        self.fired = 0  # since the last `take_counts`
-        self.seconds = 0.0
 
-    def submit(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> Future:
-        """Send one token's FFN input (1, n_embd) and mask (n_ff,) down and start the cold neurons' FFN."""
+    def has_neurons(self, index: int) -> bool:
+        """Whether layer `index` keeps any neuron on the CPU (none: its FFN is the GPU's alone, nothing is sent)."""
+        return self.cold[index].shape[0] > 0
+
+    def send(self, normed: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Queue the copies of one token's FFN input (1, n_embd) and mask (n_ff,) down to the host."""
         self.normed_host.copy_(normed, non_blocking=True)
         if mask is not None:
             self.mask_host.copy_(mask, non_blocking=True)
         if self.ready is not None:
             self.ready.record()
-        return self.worker.submit(self._one_token, index, mask is not None)
 
-    def collect(self, pending: Future) -> torch.Tensor:
-        """Wait for the CPU half and send its output (n_embd,) up."""
-        pending.result()
-        return self.out_host[0].to(self.device, non_blocking=True)
-
-    def take_counts(self) -> tuple[float, int]:
-        """(seconds, neurons fired) since the last call."""
-        counts = self.seconds, self.fired
-        self.seconds, self.fired = 0.0, 0
-        return counts
-
-    def _one_token(self, index: int, predicted: bool) -> None:
+    def run(self, index: int, predicted: bool) -> tuple[torch.Tensor | None, int, float]:
+        """Wait for the copies `send` queued (not for the GPU work queued after them), then the cold neurons' FFN:
+        (its output (n_embd,) sent up to the device, or None where no cold neuron is a candidate; the neurons that
+        fired; the seconds it took on the CPU)."""
         if self.ready is not None:
             self.ready.synchronize()
         start = time.perf_counter()
-        self.normed.x[:] = self.normed_host.numpy()
-        cpu_layer.prepare(self.normed)
         if predicted:
             chosen = np.flatnonzero(self.mask_host.numpy() & self.cold_mask[index])
         else:
             chosen = self.cold[index]
         count = chosen.shape[0]
+        if count == 0:
+            return None, 0, time.perf_counter() - start
         self.candidates[:count] = chosen
+        self.normed.x[:] = self.normed_host.numpy()
+        cpu_layer.prepare(self.normed)
         self.unused_x[:] = 0
+        fired = self._block(index)(self.unused_x, self.normed, self._weights[index], self.candidates, count,
+                                   self.scratch, numba.get_num_threads())
+        seconds = time.perf_counter() - start
+        return self.out_host[0].to(self.device, non_blocking=True), fired, seconds
+
+    def _block(self, index: int) -> BoundCall:
         block = self._blocks.get(index)
         if block is None:
             layer = self.weights.layers[index]
@@ -109,9 +111,7 @@ class CPUWorker:
                                               self.threshold, False, np.float32(1.0))
             block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(*layer.ffn_codes,
                                                                                 self.float_activations))
-        self.fired += block(self.unused_x, self.normed, self._weights[index], self.candidates, count, self.scratch,
-                            numba.get_num_threads())
-        self.seconds += time.perf_counter() - start
+        return block
 
     def several(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """T tokens' cold neurons: normed (T, n_embd), mask (T, n_ff) bool or None -> (T, n_embd) on the device."""
@@ -135,13 +135,12 @@ class CPUWorker:
 
 
 class SplitFFN:
-    """x += residual_scale * (hot half on the GPU + cold half on the CPU worker). `predicting` False: every neuron
-    is a candidate (the predictors ignored: the dense twin, exact)."""
+    """x += residual_scale * (hot half on the GPU + cold half on the CPU). `predicting` False: every neuron is a
+    candidate (the predictors ignored: the dense twin, exact)."""
 
-    def __init__(self, side: GPUSide, worker: CPUWorker, predicting: bool = True):
-        self.side, self.worker, self.config = side, worker, side.config
+    def __init__(self, side: GPUSide, cold: ColdHalf, predicting: bool = True):
+        self.side, self.cold, self.config = side, cold, side.config
         self.predicting = predicting
-        self.overlap = side.device.type != "cpu"  # see the module's docstring
 
     def __call__(self, index: int, s) -> None:
         side, layer, c = self.side, self.side.layers[index], self.config
@@ -153,21 +152,23 @@ class SplitFFN:
         if x.shape[0] > 1:
             s.on_device = x + self._several(index, layer, normed, mask, started) * c.residual_scale
             return
-        clock.stop("gpu", started)
-        started = clock.start()
-        pending = self.worker.submit(index, normed, None if mask is None else mask[0])
-        clock.stop("transfer", started)
-        cold = None if self.overlap else self.worker.collect(pending)
-        started = clock.start()
+        on_cpu = self.cold.has_neurons(index)
+        if on_cpu:
+            clock.stop("gpu", started)
+            started = clock.start()
+            self.cold.send(normed, None if mask is None else mask[0])
+            clock.stop("transfer", started)
+            started = clock.start()
         hot, fired = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
                                       None if mask is None else mask[0, layer.hot_index], side.threshold)
         side.fired += fired  # summed on the device: reading it here would wait for the GPU
         clock.stop("gpu", started)
-        cold = self.worker.collect(pending) if cold is None else cold
-        seconds, cpu_fired = self.worker.take_counts()
-        clock.add("cpu", seconds)
-        side.stats.cpu_fired += cpu_fired
-        s.on_device = x + (hot + cold)[None] * c.residual_scale
+        if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
+            cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
+            clock.add("cpu", seconds)
+            side.stats.cpu_fired += cpu_fired
+            hot = hot if cold is None else hot + cold
+        s.on_device = x + hot[None] * c.residual_scale
 
     def _several(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
         side = self.side
@@ -175,7 +176,7 @@ class SplitFFN:
         hidden = side.ops.hidden_dense(layer.gate, layer.up, normed, hot_mask, side.threshold)  # (T, n_hot)
         hot = side.ops.down_t_product(layer.down_t, hidden)
         side.clock.stop("gpu", started)
-        return hot + self.worker.several(index, normed, mask)
+        return hot + self.cold.several(index, normed, mask)
 
     def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
         """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""

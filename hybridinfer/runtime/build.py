@@ -88,13 +88,13 @@ def _hybrid_layers(cpu_layers: list[tuple], cpu_output, side, placement, weights
     """The layers with the GPU side's parts for its layers, boundaries where the stream changes device, and the
     CPU parts timed on the run's clock."""
     from ..hybrid.gpu_parts import GPUAttention, GPUDenseFFN, GPUOutput, TimedOnCPU, ToDevice, ToHost
-    from ..hybrid.split_ffn import CPUWorker, SplitFFN
+    from ..hybrid.split_ffn import ColdHalf, SplitFFN
     attention, dense = GPUAttention(side), GPUDenseFFN(side)
     split = None
     if placement.split_ffn_layers:
-        worker = CPUWorker(side.config, weights, {i: placement.hot[i] for i in placement.split_ffn_layers},
-                           side.device, choices.float_activations)
-        split = SplitFFN(side, worker)
+        cold = ColdHalf(side.config, weights, {i: placement.hot[i] for i in placement.split_ffn_layers},
+                        side.device, choices.float_activations)
+        split = SplitFFN(side, cold)
     to_device, to_host = ToDevice(side), ToHost(side)
     layers, stream_on_device = [], False
     for index, (cpu_attention, cpu_ffn) in enumerate(cpu_layers):
