@@ -86,3 +86,56 @@ def decode_rate(path: str, n_threads: int = 2, n_gen: int = 32, n_prompt: int = 
         llm.close()
     return {"tokens_per_second": n_gen / seconds, "ms_per_token": seconds / n_gen * 1000,
             "n_threads": n_threads, "version": llama_cpp.__version__}
+
+
+QUANTIZE_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                  "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+                  "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0"}
+
+
+def quantize(source: str, destination: str, kind: str = "q4_k_m", n_threads: int = 2) -> None:
+    """llama.cpp's quantizer (`llama-quantize`): `source` (any GGUF it reads, quantized ones re-quantized from their
+    decoded values) to `destination` as the mix `kind` (a key of QUANTIZE_TYPES)."""
+    import llama_cpp
+    if kind not in QUANTIZE_TYPES:
+        raise HybridInferError(f"unknown llama.cpp quantization {kind!r}; use one of {', '.join(QUANTIZE_TYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTIZE_TYPES[kind])
+    params.allow_requantize = True
+    params.nthread = n_threads
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params)) != 0:
+        raise HybridInferError(f"llama.cpp could not quantize {source} to {kind}")
+
+
+def logit_agreement(path: str, ours, prompts: list[list[int]], n_threads: int = 2) -> dict:
+    """Our next-token distributions against llama.cpp's on the same file, at every position of each prompt (token
+    ids, BOS included): {"mean_kl", "max_kl", "top1_agreement", "positions"}. `ours(ids)` gives our logits
+    (len(ids), n_vocab) float32, e.g. `engine.logits`."""
+    import llama_cpp
+    llm = load(path, n_threads, n_ctx=max(len(ids) for ids in prompts) + 8)
+    n_vocab = llm.n_vocab()
+    kls, agree = [], []
+    try:
+        for ids in prompts:
+            llm.reset()
+            theirs = np.empty((len(ids), n_vocab))
+            for position, token in enumerate(ids):  # a token at a time: llama-cpp-python's logits_all crashes
+                llm.eval([token])
+                theirs[position] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1),
+                                                         shape=(n_vocab,))
+            mine = np.asarray(ours(ids), dtype=np.float64)
+            kls.extend(_kl(theirs, mine))
+            agree.extend(theirs.argmax(axis=1) == mine.argmax(axis=1))
+    finally:
+        llm.close()
+    return {"mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)), "top1_agreement": float(np.mean(agree)),
+            "positions": len(kls)}
+
+
+def _kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """KL(reference || other) per row of two (rows, n_vocab) logit arrays."""
+    p = reference - reference.max(axis=1, keepdims=True)
+    p -= np.log(np.exp(p).sum(axis=1, keepdims=True))
+    q = other - other.max(axis=1, keepdims=True)
+    q -= np.log(np.exp(q).sum(axis=1, keepdims=True))
+    return (np.exp(p) * (p - q)).sum(axis=1)
