@@ -11,6 +11,7 @@ from gguf import quants
 from hybridinfer.convert import k_quants
 from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.model_file.tensor_shapes import FFN_UP, tensor_name
+from k_quants_scalar import quantize_q4_k_block, quantize_q5_k_block, quantize_q6_k_block
 from llamacpp_quantize import llama_quantize
 
 MAGNITUDES = (1e-4, 0.02, 1.0, 300.0)
@@ -20,6 +21,7 @@ ROUND_TRIP_MAGNITUDES = (0.02, 1.0, 300.0)
 # (relative RMS error on Gaussian rows, max |error| over the row's max |value|): the format's resolution with margin
 BOUNDS = {T.Q4_K: (0.08, 0.08), T.Q5_K: (0.04, 0.042), T.Q6_K: (0.02, 0.02)}
 MIXES = {T.Q4_K: "q4_k_m", T.Q5_K: "q5_k_m", T.Q6_K: "q6_k"}
+SCALAR_TWINS = {T.Q4_K: quantize_q4_k_block, T.Q5_K: quantize_q5_k_block, T.Q6_K: quantize_q6_k_block}
 
 
 def sample_rows(seed: int, magnitude: float, n_rows: int = 24, n_cols: int = 768) -> np.ndarray:
@@ -52,6 +54,18 @@ def test_blocks_decode_within_the_formats_error(qtype, magnitude):
     assert (np.abs(decoded - x).max(axis=1) <= max_bound * np.abs(x).max(axis=1)).all()
     assert (decoded[0, :32] == 0).all() and (decoded[2, 256:512] == 0).all()
     assert np.abs(decoded[1, 32:64] - magnitude).max() <= max_bound * magnitude
+
+
+@pytest.mark.parametrize("qtype", k_quants.QUANTIZERS, ids=lambda t: t.name)
+def test_blocks_equal_the_scalar_transcription(qtype):
+    """The vectorized encoders against tests/k_quants_scalar.py, llama.cpp's loops one float32 at a time, on the
+    hard rows' first blocks and two Gaussian ones at every magnitude (the f16-subnormal 1e-4 too)."""
+    for magnitude in MAGNITUDES:
+        blocks = sample_rows(seed=23, magnitude=magnitude)[[0, 1, 2, 3, 4, 5, 6, 7, 12, 20]].reshape(-1, 256)
+        blocks = blocks[[0, 3, 7, 9, 12, 15, 18, 21, 24, 27]]  # each hard case's block, then two Gaussian ones
+        ours = k_quants.quantize(blocks, qtype)
+        for block, encoded in zip(blocks, ours):
+            assert encoded.tobytes() == SCALAR_TWINS[qtype](block), (qtype.name, magnitude)
 
 
 def test_nearest_int_rounds_half_to_even_as_llama_cpp():
