@@ -279,3 +279,25 @@ def test_k_quant_mixes_equal_llama_quantize(k_checkpoints, tmp_path, outtype, ki
     for name, tensor in ours.tensors.items():
         assert tensor.type == theirs.tensor(name).type, name
         assert np.array_equal(np.asarray(tensor.raw), np.asarray(theirs.tensor(name).raw)), name
+
+
+def test_k_quant_table_edges_as_llama_cpp():
+    from hybridinfer.convert.outtypes import ModelTraits, stored_type, use_more_bits
+    assert [i for i in range(32) if use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    llama_70b = ModelTraits("llama", 80, 64, 8, tied_embeddings=False)
+    llama_65b = ModelTraits("llama", 80, 64, 64, tied_embeddings=False)
+    assert stored_type("blk.11.attn_v.weight", (1024, 8192), "q4_k_m", llama_70b) == T.Q5_K  # LLM_TYPE_70B bump
+    assert stored_type("blk.11.attn_v.weight", (8192, 8192), "q4_k_m", llama_65b) == T.Q4_K
+    assert stored_type("blk.3.attn_v.weight", (1024, 8192), "q4_k_m", llama_70b) == T.Q6_K
+    assert stored_type("blk.11.attn_v.weight", (1024, 8192), "q5_k_m", llama_70b) == T.Q5_K
+    tied = ModelTraits("llama", 30, 9, 3, tied_embeddings=True)  # SmolLM2-135M: rows of 576 (2.25 blocks of 256)
+    assert stored_type("token_embd.weight", (49152, 576), "q4_k_m", tied) == T.Q8_0  # output rule, not FALLBACK
+    assert stored_type("blk.0.ffn_up.weight", (1536, 576), "q4_k_m", tied) == T.Q5_0
+    assert stored_type("blk.0.ffn_down.weight", (576, 1536), "q4_k_m", tied) == T.Q6_K
+    assert stored_type("blk.4.ffn_down.weight", (576, 1536), "q4_k_m", tied) == T.Q4_K
+    assert stored_type("blk.0.attn_v.weight", (192, 576), "q6_k", tied) == T.Q8_0
+    assert stored_type("blk.0.ffn_up.weight", (1536, 100), "q5_k_m", tied) == T.F16  # not even 32-blocks
+    assert stored_type("output_norm.weight", (576,), "q6_k", tied) == T.F32
+    assert stored_type("blk.0.ffn_up.weight", (1536, 576), "q4_0", tied) == T.Q4_0  # the older rule is kept
+    assert stored_type("blk.0.ffn_up.weight", (1536, 100), "q4_0", tied) == T.F16
+    assert stored_type("token_embd.weight", (49152, 576), "q4_0", tied) == T.Q8_0
