@@ -23,6 +23,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 QK_K = 256
+BLOCKS_PER_PASS = 128  # super-blocks encoded together: temporaries of (32, 1024) floats stay in the CPU's cache
 F32 = np.float32
 MAGIC = F32(12582912.0)  # 1.5 * 2**23: adding it leaves round-half-even(x) in the low mantissa bits
 GROUP_MAX_EPS = F32(1e-15)
@@ -208,6 +209,8 @@ def quantize(values: np.ndarray, qtype: T) -> np.ndarray:
     values = np.asarray(values, dtype=F32)
     if values.shape[-1] % QK_K:
         raise ValueError(f"{qtype.name} needs rows of whole {QK_K}-blocks, got {values.shape[-1]} values")
-    blocks = QUANTIZERS[qtype](values.reshape(-1, QK_K))
-    assert blocks.shape[1] == GGML_QUANT_SIZES[qtype][1], (qtype, blocks.shape)
+    superblocks = values.reshape(-1, QK_K)
+    blocks = np.empty((superblocks.shape[0], GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
+    for begin in range(0, superblocks.shape[0], BLOCKS_PER_PASS):
+        blocks[begin:begin + BLOCKS_PER_PASS] = QUANTIZERS[qtype](superblocks[begin:begin + BLOCKS_PER_PASS])
     return blocks.reshape(*values.shape[:-1], values.shape[-1] // QK_K * blocks.shape[1])
