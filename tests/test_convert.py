@@ -244,6 +244,7 @@ def test_k_quant_mixes_follow_llama_cpp_table(k_checkpoints, tmp_path, outtype):
     summary = convert_checkpoint(hf_dir, tmp_path / "k.gguf", outtype=outtype)
     converted = GGUFFile(summary.output)
     base, output, attn_v_more, down, down_more = K_MIX_TYPES[outtype]
+    counts = {}
     for name, tensor in converted.tensors.items():
         if len(tensor.shape) == 1:
             expected = T.F32
@@ -256,11 +257,17 @@ def test_k_quant_mixes_follow_llama_cpp_table(k_checkpoints, tmp_path, outtype):
         else:
             expected = base
         assert tensor.type == expected, name
+        counts[expected.name] = counts.get(expected.name, 0) + 1
         if expected != T.F32:
             values = np.asarray(f32.tensor(name).raw)
             np.testing.assert_array_equal(np.asarray(tensor.raw).reshape(values.shape[0], -1),
                                           _encoded(values, expected), err_msg=name)
     assert converted.metadata["general.file_type"] == K_FILE_TYPES[outtype]
+    from click.testing import CliRunner
+    from hybridinfer.cli.main import cli
+    info = CliRunner().invoke(cli, ["info", summary.output, "--json"])
+    assert info.exit_code == 0, info.output
+    assert {name: row["tensors"] for name, row in json.loads(info.stdout)["weight_types"].items()} == counts
     engine = hybridinfer.load(summary.output)  # K types decoded to float32 at load today
     expected_logits = hf_reference_logits(hf_dir, IDS)
     assert relative_error(engine.logits(IDS), expected_logits) < BOUNDS[outtype]

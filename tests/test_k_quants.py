@@ -45,7 +45,8 @@ def sample_rows(seed: int, magnitude: float, n_rows: int = 24, n_cols: int = 768
 def test_blocks_decode_within_the_formats_error(qtype, magnitude):
     x = sample_rows(seed=11, magnitude=magnitude)
     blocks = k_quants.quantize(x, qtype)
-    assert blocks.dtype == np.uint8 and blocks.shape == (x.shape[0], x.shape[1] // 256 * gguf.GGML_QUANT_SIZES[qtype][1])
+    assert blocks.dtype == np.uint8
+    assert blocks.shape == (x.shape[0], x.shape[1] // 256 * gguf.GGML_QUANT_SIZES[qtype][1])
     decoded = quants.dequantize(blocks, qtype)
     rms_bound, max_bound = BOUNDS[qtype]
     gaussian = slice(8, None)
