@@ -1,7 +1,7 @@
 """The plain twin of convert/k_quants.py: llama.cpp's reference K-quant encoders transcribed one scalar at a time,
 loop for loop as ggml-quants.c writes them (`quantize_row_q{4,5,6}_K_ref`, `make_qkx2_quants`, `make_qx_quants`,
-`nearest_int`), with numpy float32 scalars so every operation rounds as C's float does. Slow (a few hundredths
-of a second per block); the tests run it on a few blocks and compare bytes with the vectorized encoders."""
+`nearest_int`), with numpy float32 scalars so every operation rounds as C's float does. Slow: the tests run it on a
+few blocks and compare bytes with the vectorized encoders."""
 
 import numpy as np
 
