@@ -16,11 +16,12 @@ from gguf import quants
 
 import hybridinfer
 from tiny_models import directory_digest
-from hybridinfer.convert import convert_checkpoint
+from hybridinfer.convert import convert_checkpoint, k_quants
 from hybridinfer.convert.tensor_map import permute_for_rope
 from hybridinfer.errors import HybridInferError
 from hybridinfer.model_file.gguf_file import GGUFFile
 from hf_reference import hf_reference_logits
+from llamacpp_quantize import llama_quantize
 from logit_checks import F32_CACHE
 from tools.synth_checkpoint import synthesize
 
@@ -29,7 +30,14 @@ VARIANTS = [("prosparse-llama-2-7b", None), ("relullama-7b", "bin"), ("relullama
             ("llama-silu", None), ("minicpm-1b", None)]
 # max relative error of logits per output type, measured on tiny random checkpoints (which amplify weight
 # noise far more than trained models); exactness of the encoding itself is tested separately below
-BOUNDS = {"f32": 1e-4, "f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2, "q4_0": 0.6}
+BOUNDS = {"f32": 1e-4, "f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2, "q4_0": 0.6, "q4_k_m": 0.5, "q5_k_m": 0.3, "q6_k": 0.15}
+K_MIXES = ("q4_k_m", "q5_k_m", "q6_k")
+# K-quant checkpoints (rows of whole 256-blocks): untied with ffn_down rows of 320 (partial blocks: llama.cpp's
+# fallbacks), 3 layers (use_more_bits: layer 2); tied with 9 layers (use_more_bits: 0, 3, 6, 7, 8)
+K_SHAPES = {"untied": {"hidden_size": 256, "intermediate_size": 320, "num_attention_heads": 4,
+                       "num_key_value_heads": 4, "num_hidden_layers": 3},
+            "tied": {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "num_hidden_layers": 9, "tie_word_embeddings": True}}
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +214,97 @@ def test_output_file_gets_ordinary_permissions(checkpoints, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.fixture(scope="module")
+def k_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-k")
+    return {kind: synthesize(root / kind, "llama-silu", size="tiny", seed=5, progress=False, overrides=shape)
+            for kind, shape in K_SHAPES.items()}
+
+
+# llama.cpp's choice for the untied checkpoint, written out by hand: (matrices, output, attn_v on layer 2,
+# ffn_down on layers 0-1, ffn_down on layer 2)
+K_MIX_TYPES = {"q4_k_m": (T.Q4_K, T.Q6_K, T.Q6_K, T.Q5_0, T.Q8_0),
+               "q5_k_m": (T.Q5_K, T.Q6_K, T.Q6_K, T.Q5_1, T.Q8_0),
+               "q6_k": (T.Q6_K, T.Q6_K, T.Q6_K, T.Q8_0, T.Q8_0)}
+K_FILE_TYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+
+
+def _encoded(values: np.ndarray, qtype: T) -> np.ndarray:
+    if qtype in k_quants.QUANTIZERS:
+        return k_quants.quantize(values, qtype)
+    return quants.quantize(values, qtype)
+
+
+@pytest.mark.parametrize("outtype", K_MIXES)
+def test_k_quant_mixes_follow_llama_cpp_table(k_checkpoints, tmp_path, outtype):
+    hf_dir = k_checkpoints["untied"]
+    f32 = GGUFFile(convert_checkpoint(hf_dir, tmp_path / "f32.gguf", outtype="f32").output)
+    summary = convert_checkpoint(hf_dir, tmp_path / "k.gguf", outtype=outtype)
+    converted = GGUFFile(summary.output)
+    base, output, attn_v_more, down, down_more = K_MIX_TYPES[outtype]
+    counts = {}
+    for name, tensor in converted.tensors.items():
+        if len(tensor.shape) == 1:
+            expected = T.F32
+        elif name == "output.weight":
+            expected = output
+        elif name == "blk.2.attn_v.weight":
+            expected = attn_v_more
+        elif name.endswith("ffn_down.weight"):
+            expected = down_more if name.startswith("blk.2.") else down
+        else:
+            expected = base
+        assert tensor.type == expected, name
+        counts[expected.name] = counts.get(expected.name, 0) + 1
+        if expected != T.F32:
+            values = np.asarray(f32.tensor(name).raw)
+            np.testing.assert_array_equal(np.asarray(tensor.raw).reshape(values.shape[0], -1),
+                                          _encoded(values, expected), err_msg=name)
+    assert converted.metadata["general.file_type"] == K_FILE_TYPES[outtype]
+    from click.testing import CliRunner
+    from hybridinfer.cli.main import cli
+    info = CliRunner().invoke(cli, ["info", summary.output, "--json"])
+    assert info.exit_code == 0, info.output
+    assert {name: row["tensors"] for name, row in json.loads(info.stdout)["weight_types"].items()} == counts
+    engine = hybridinfer.load(summary.output)  # K types decoded to float32 at load today
+    expected_logits = hf_reference_logits(hf_dir, IDS)
+    assert relative_error(engine.logits(IDS), expected_logits) < BOUNDS[outtype]
+
+
+@pytest.mark.parametrize("kind", K_SHAPES)
+@pytest.mark.parametrize("outtype", K_MIXES)
+def test_k_quant_mixes_equal_llama_quantize(k_checkpoints, tmp_path, outtype, kind):
+    """Our conversion against llama.cpp's llama_model_quantize of our F32 conversion: every tensor's type and bytes."""
+    hf_dir = k_checkpoints[kind]
+    f32 = convert_checkpoint(hf_dir, tmp_path / "f32.gguf", outtype="f32").output
+    llama_quantize(f32, tmp_path / "theirs.gguf", outtype)
+    theirs = GGUFFile(tmp_path / "theirs.gguf")
+    ours = GGUFFile(convert_checkpoint(hf_dir, tmp_path / "ours.gguf", outtype=outtype).output)
+    assert set(ours.tensors) == set(theirs.tensors)
+    for name, tensor in ours.tensors.items():
+        assert tensor.type == theirs.tensor(name).type, name
+        assert np.array_equal(np.asarray(tensor.raw), np.asarray(theirs.tensor(name).raw)), name
+
+
+def test_k_quant_table_edges_as_llama_cpp():
+    from hybridinfer.convert.outtypes import ModelTraits, stored_type, use_more_bits
+    assert [i for i in range(32) if use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    llama_70b = ModelTraits("llama", 80, 64, 8, tied_embeddings=False)
+    llama_65b = ModelTraits("llama", 80, 64, 64, tied_embeddings=False)
+    assert stored_type("blk.11.attn_v.weight", (1024, 8192), "q4_k_m", llama_70b) == T.Q5_K  # LLM_TYPE_70B bump
+    assert stored_type("blk.11.attn_v.weight", (8192, 8192), "q4_k_m", llama_65b) == T.Q4_K
+    assert stored_type("blk.3.attn_v.weight", (1024, 8192), "q4_k_m", llama_70b) == T.Q6_K
+    assert stored_type("blk.11.attn_v.weight", (1024, 8192), "q5_k_m", llama_70b) == T.Q5_K
+    tied = ModelTraits("llama", 30, 9, 3, tied_embeddings=True)  # SmolLM2-135M: rows of 576 (2.25 blocks of 256)
+    assert stored_type("token_embd.weight", (49152, 576), "q4_k_m", tied) == T.Q8_0  # output rule, not FALLBACK
+    assert stored_type("blk.0.ffn_up.weight", (1536, 576), "q4_k_m", tied) == T.Q5_0
+    assert stored_type("blk.0.ffn_down.weight", (576, 1536), "q4_k_m", tied) == T.Q6_K
+    assert stored_type("blk.4.ffn_down.weight", (576, 1536), "q4_k_m", tied) == T.Q4_K
+    assert stored_type("blk.0.attn_v.weight", (192, 576), "q6_k", tied) == T.Q8_0
+    assert stored_type("blk.0.ffn_up.weight", (1536, 100), "q5_k_m", tied) == T.F16  # not even 32-blocks
+    assert stored_type("output_norm.weight", (576,), "q6_k", tied) == T.F32
+    assert stored_type("blk.0.ffn_up.weight", (1536, 576), "q4_0", tied) == T.Q4_0  # the older rule is kept
+    assert stored_type("blk.0.ffn_up.weight", (1536, 100), "q4_0", tied) == T.F16
+    assert stored_type("token_embd.weight", (49152, 576), "q4_0", tied) == T.Q8_0

@@ -8,14 +8,15 @@ import click
 from tqdm import tqdm
 
 from ..convert import convert_checkpoint
-from ..convert.quantize import OUTTYPES
+from ..convert.outtypes import OUTTYPES
 
 
 @click.command()
 @click.argument("hf_dir", type=click.Path())
 @click.option("-o", "--outfile", "output", required=True, type=click.Path(), help="GGUF file to write")
 @click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="f16", show_default=True,
-              help="weight type of the 2-D tensors (norms stay f32; q4_0 keeps the output projection at q8_0)")
+              help="weight type of the 2-D tensors (norms stay f32; q4_0 keeps the output projection at q8_0; "
+                   "q4_k_m, q5_k_m and q6_k are llama.cpp's mixes, tensor by tensor as llama-quantize chooses)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary (tensors, bytes, seconds, peak RSS)")
 def convert(hf_dir, output, outtype, force, as_json):

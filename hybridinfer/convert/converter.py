@@ -28,13 +28,10 @@ from ..errors import HybridInferError
 from ..model_file.tensor_shapes import OUTPUT
 from .hf_config import HFModelSpec, read_spec
 from .hf_weights import SourceTensor, list_tensors
-from .quantize import OUTTYPES, encode, encoded_nbytes, stored_type
+from .outtypes import OUTTYPES, ModelTraits, stored_type
+from .quantize import encode, encoded_nbytes
 from .sentencepiece_vocab import read_vocab
 from .tensor_map import IGNORED, expected_shapes, gguf_name, prepare
-
-FILE_TYPES = {T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
-              T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-              T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
 
 
 @dataclass
@@ -64,15 +61,15 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
     spec = read_spec(hf_dir)
     vocab = read_vocab(hf_dir, spec)
     plan = _plan(hf_dir, spec)
-    qtype = OUTTYPES[outtype]
+    traits = ModelTraits(spec.gguf_arch, spec.n_layer, spec.n_head, spec.n_head_kv, spec.tie_word_embeddings)
 
     with atomic_output(output) as partial:
         writer = gguf.GGUFWriter(partial, spec.gguf_arch)
-        _write_metadata(writer, spec, hf_dir, qtype)
+        _write_metadata(writer, spec, hf_dir, outtype)
         vocab.write(writer)
         types = {}
         for name, source in plan.items():
-            types[name] = stored_type(name, source.shape, qtype, spec.tie_word_embeddings)
+            types[name] = stored_type(name, source.shape, outtype, traits)
             nbytes = encoded_nbytes(source.shape, types[name])
             dtype = np.dtype({T.F32: np.float32, T.F16: np.float16}.get(types[name], np.uint8))
             writer.add_tensor_info(name, _byte_shape(source.shape, types[name]), dtype, nbytes, raw_dtype=types[name])
@@ -137,7 +134,7 @@ def _plan(hf_dir: Path, spec: HFModelSpec) -> dict[str, SourceTensor]:
     return plan
 
 
-def _write_metadata(writer: gguf.GGUFWriter, spec: HFModelSpec, hf_dir: Path, qtype: T) -> None:
+def _write_metadata(writer: gguf.GGUFWriter, spec: HFModelSpec, hf_dir: Path, outtype: str) -> None:
     writer.add_name(hf_dir.name)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
@@ -149,7 +146,7 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: HFModelSpec, hf_dir: Path, qt
     writer.add_rope_freq_base(spec.rope_base)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     writer.add_vocab_size(spec.n_vocab)
-    writer.add_file_type(FILE_TYPES[qtype])
+    writer.add_file_type(OUTTYPES[outtype].file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if spec.gguf_arch == "minicpm":
         writer.add_embedding_scale(spec.embedding_scale)

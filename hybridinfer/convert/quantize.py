@@ -1,7 +1,9 @@
 """Encode float32 weights as a GGUF type, in row chunks so temporaries stay small.
 
 The encoders are the `gguf` package's own (`gguf.quants.quantize`), so the output is identical to what
-llama.cpp's Python tooling writes; chunking only bounds the memory its numpy temporaries take.
+llama.cpp's Python tooling writes, and for the K-quants, which gguf cannot encode, llama.cpp's reference
+encoders ported in `k_quants.py`; chunking only bounds the memory the numpy temporaries take. Which type each
+tensor gets is `outtypes.py`'s table.
 """
 
 from __future__ import annotations
@@ -11,24 +13,9 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from ..model_file.tensor_shapes import OUTPUT, TOKEN_EMBD
+from . import k_quants
 
-OUTTYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
 CHUNK_BYTES = 32 << 20  # float32 input per quantization call
-
-
-def stored_type(name: str, shape: tuple[int, ...], outtype: T, tied: bool) -> T:
-    """The type a tensor is written with: norms (1-D) stay F32, as in llama.cpp. For q4_0 files the output
-    projection (or the tied embedding that serves as it) is kept at Q8_0, since logits are the most sensitive
-    product. Rows whose length is not a multiple of the block size fall back to F16."""
-    if len(shape) == 1 or outtype == T.F32:
-        return T.F32
-    if outtype == T.Q4_0 and (name == OUTPUT or (tied and name == TOKEN_EMBD)):
-        outtype = T.Q8_0
-    block_size = GGML_QUANT_SIZES[outtype][0]
-    if shape[-1] % block_size:
-        return T.F16
-    return outtype
 
 
 def encoded_nbytes(shape: tuple[int, ...], qtype: T) -> int:
@@ -41,11 +28,17 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
     if qtype == T.F32:
         return np.ascontiguousarray(values, dtype=np.float32)
     if values.ndim == 1:
-        return quants.quantize(values, qtype)
+        return _quantize(values, qtype)
     rows = max(1, CHUNK_BYTES // (values.shape[1] * 4))
-    first = quants.quantize(values[:rows], qtype)
+    first = _quantize(values[:rows], qtype)
     out = np.empty((values.shape[0], *first.shape[1:]), dtype=first.dtype)
     out[:rows] = first
     for begin in range(rows, values.shape[0], rows):
-        out[begin:begin + rows] = quants.quantize(values[begin:begin + rows], qtype)
+        out[begin:begin + rows] = _quantize(values[begin:begin + rows], qtype)
     return out
+
+
+def _quantize(values: np.ndarray, qtype: T) -> np.ndarray:
+    if qtype in k_quants.QUANTIZERS:
+        return k_quants.quantize(values, qtype)
+    return quants.quantize(values, qtype)
