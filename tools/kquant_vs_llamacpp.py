@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from gguf import GGUFReader, GGUFValueType, quants
 from hybridinfer.convert.outtypes import OUTTYPES, ModelTraits, stored_type
 from hybridinfer.convert.quantize import encode
 from hybridinfer.default_model import default_model_path
+from hybridinfer.eval.llamacpp_reference import quantize
 from hybridinfer.model_file.tensor_shapes import OUTPUT
 
 SKIPPED_KEYS = ("GGUF.", "general.file_type")
@@ -62,8 +62,6 @@ def main() -> None:
     parser.add_argument("--outtype", default="q4_k_m", choices=[k for k in OUTTYPES if OUTTYPES[k].llama_mix])
     parser.add_argument("--workdir", default="/tmp/kquant-vs-llamacpp")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from llamacpp_quantize import llama_quantize
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +87,7 @@ def main() -> None:
     write_file(ours_path, f32, OUTTYPES[args.outtype].file_type, ours())
     our_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    llama_quantize(f32_path, theirs_path, args.outtype)
+    quantize(str(f32_path), str(theirs_path), args.outtype, n_threads=1)
     their_seconds = time.perf_counter() - start
 
     mine, theirs = GGUFReader(ours_path), {t.name: t for t in GGUFReader(theirs_path).tensors}

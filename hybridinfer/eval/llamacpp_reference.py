@@ -93,9 +93,10 @@ QUANTIZE_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_
                   "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0"}
 
 
-def quantize(source: str, destination: str, kind: str = "q4_k_m", n_threads: int = 2) -> None:
+def quantize(source: str, destination: str, kind: str = "q4_k_m", n_threads: int = 2, pure: bool = False) -> None:
     """llama.cpp's quantizer (`llama-quantize`): `source` (any GGUF it reads, quantized ones re-quantized from their
-    decoded values) to `destination` as the mix `kind` (a key of QUANTIZE_TYPES)."""
+    decoded values) to `destination` as the mix `kind` (a key of QUANTIZE_TYPES); `pure`: every quantizable tensor
+    gets the mix's base type (`llama-quantize --pure`)."""
     import llama_cpp
     if kind not in QUANTIZE_TYPES:
         raise HybridInferError(f"unknown llama.cpp quantization {kind!r}; use one of {', '.join(QUANTIZE_TYPES)}")
@@ -103,6 +104,7 @@ def quantize(source: str, destination: str, kind: str = "q4_k_m", n_threads: int
     params.ftype = getattr(llama_cpp, QUANTIZE_TYPES[kind])
     params.allow_requantize = True
     params.nthread = n_threads
+    params.pure = pure
     if llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params)) != 0:
         raise HybridInferError(f"llama.cpp could not quantize {source} to {kind}")
 
