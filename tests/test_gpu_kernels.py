@@ -281,3 +281,13 @@ def test_importing_the_package_does_not_import_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "False"
+
+
+def test_the_gpu_check_imports_without_pydantic():
+    """`make gpu-check` runs on a machine with torch and triton but without the server's pydantic and FastAPI: its
+    script and the CLI the GPU tests import must not pull them in (only `serve` does, when it runs)."""
+    code = ("import sys; sys.modules['pydantic'] = sys.modules['fastapi'] = None; "
+            "import tools.gpu_check, hybridinfer.cli.main; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
