@@ -165,7 +165,8 @@ def test_reference_matvec(qtype, small_chunks):
         assert_close(reference.matvec(m, tensor(x)), x @ exact.T, np.abs(x) @ np.abs(exact).T)
 
 
-MIXED_FORMATS = [(T.Q4_0, T.Q8_0, T.F16), (T.Q4_1, T.BF16, T.F32), (T.Q8_0, T.Q4_1, T.Q4_0), (T.Q5_0, T.Q5_1, T.Q4_0)]
+MIXED_FORMATS = [(T.Q4_0, T.Q8_0, T.F16), (T.Q4_1, T.BF16, T.F32), (T.Q8_0, T.Q4_1, T.Q4_0), (T.Q5_0, T.Q5_1, T.Q4_0),
+                 (T.Q4_K, T.Q6_K, T.Q5_1), (T.Q5_K, T.Q5_0, T.Q4_K), (T.Q6_K, T.Q4_K, T.Q5_K)]
 
 
 @pytest.mark.parametrize("qtypes", MIXED_FORMATS, ids=lambda qs: "-".join(q.name for q in qs))

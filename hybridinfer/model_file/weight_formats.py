@@ -141,9 +141,9 @@ FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0
 
 # K-quants: 256-element super-blocks (their fields: gguf.quants' decoders, `gpu/weights.py`). Outside FORMATS while
 # the CPU kernels do not read them: the CPU side decodes them through gguf (`dequantize.py`), the GPU side reads them.
-Q4_K = WeightFormat(T.Q4_K, 8, lambda blocks: quants.dequantize(blocks, T.Q4_K), cpu_native=False, gpu_native=False)
-Q5_K = WeightFormat(T.Q5_K, 9, lambda blocks: quants.dequantize(blocks, T.Q5_K), cpu_native=False, gpu_native=False)
-Q6_K = WeightFormat(T.Q6_K, 10, lambda blocks: quants.dequantize(blocks, T.Q6_K), cpu_native=False, gpu_native=False)
+Q4_K = WeightFormat(T.Q4_K, 8, lambda blocks: quants.dequantize(blocks, T.Q4_K), cpu_native=False, gpu_native=True)
+Q5_K = WeightFormat(T.Q5_K, 9, lambda blocks: quants.dequantize(blocks, T.Q5_K), cpu_native=False, gpu_native=True)
+Q6_K = WeightFormat(T.Q6_K, 10, lambda blocks: quants.dequantize(blocks, T.Q6_K), cpu_native=False, gpu_native=True)
 K_QUANT_FORMATS: dict[T, WeightFormat] = {f.type: f for f in (Q4_K, Q5_K, Q6_K)}
 
 CPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.cpu_native)
