@@ -367,3 +367,19 @@ def test_the_gpu_check_imports_without_pydantic():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_kernels_compile_for_sm_90(tk):
+    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2 and S3 of the format
+    with the most fields; the interpreter does not catch what only compiling does (e.g. a non-constexpr global)."""
+    ptxas = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    for kernels, formats in (("gemv", [t.name for t in GPU_NATIVE_TYPES]), ("s2,s3", ["Q5_K"])):
+        result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
+                                 kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stdout.strip().splitlines()
+        assert [line.split()[:2] for line in lines] == [[f, k] for f in formats for k in kernels.split(",")]
