@@ -44,15 +44,23 @@ CHUNK_ELEMENTS = 1 << 24  # the most elements a torch twin dequantizes at once
 FIELD_NAMES = ("values", "scales", "mins", "highs", "sub_scales", "quants")
 GPU_FORMATS = {f.type: f for f in GPU_NATIVE_FORMATS}
 
-# the K-quants' fields: DeviceMatrix field -> (first byte, end byte, stored type) in a super-block (module doc)
-K_QUANT_FIELDS = {
-    T.Q4_K: {"scales": (0, 2, np.float16), "mins": (2, 4, np.float16), "sub_scales": (4, 16, np.uint8),
-             "quants": (16, 144, np.uint8)},
-    T.Q5_K: {"scales": (0, 2, np.float16), "mins": (2, 4, np.float16), "sub_scales": (4, 16, np.uint8),
-             "highs": (16, 48, np.uint8), "quants": (48, 176, np.uint8)},
-    T.Q6_K: {"quants": (0, 128, np.uint8), "highs": (128, 192, np.uint8), "sub_scales": (192, 208, np.int8),
-             "scales": (208, 210, np.float16)},
+# the K-quants' super-blocks, field by field in byte order: (DeviceMatrix field, bytes, stored type) (module doc)
+K_QUANT_LAYOUTS = {
+    T.Q4_K: (("scales", 2, np.float16), ("mins", 2, np.float16), ("sub_scales", 12, np.uint8),
+             ("quants", 128, np.uint8)),
+    T.Q5_K: (("scales", 2, np.float16), ("mins", 2, np.float16), ("sub_scales", 12, np.uint8), ("highs", 32, np.uint8),
+             ("quants", 128, np.uint8)),
+    T.Q6_K: (("quants", 128, np.uint8), ("highs", 64, np.uint8), ("sub_scales", 16, np.int8),
+             ("scales", 2, np.float16)),
 }
+
+
+def _byte_ranges(layout) -> dict[str, tuple[int, int, type]]:
+    ends = np.cumsum([size for _, size, _ in layout])
+    return {name: (int(end) - size, int(end), kind) for (name, size, kind), end in zip(layout, ends)}
+
+
+K_QUANT_FIELDS = {qtype: _byte_ranges(layout) for qtype, layout in K_QUANT_LAYOUTS.items()}
 
 
 def block_fields(fmt: WeightFormat) -> dict[str, tuple[int, int, type]]:
