@@ -22,8 +22,10 @@ from gguf import quants  # noqa: E402
 
 from hybridinfer.errors import HybridInferError  # noqa: E402
 from hybridinfer.gpu import kernels_for, reference  # noqa: E402
-from hybridinfer.gpu.weights import dequantize_rows, device_matrix  # noqa: E402
-from hybridinfer.model_file.weight_formats import FORMATS, GPU_NATIVE_TYPES  # noqa: E402
+from hybridinfer.gpu.weights import (GPU_FORMATS, K_QUANT_FIELDS, block_fields, dequantize_rows,  # noqa: E402
+                                     device_matrix)
+from hybridinfer.model_file.gguf_file import GGUFTensor  # noqa: E402
+from hybridinfer.model_file.weight_formats import GPU_NATIVE_TYPES  # noqa: E402
 RTOL = 1e-5  # of the sum of |terms|: float32 accumulation over at most a few hundred terms
 
 
@@ -43,18 +45,43 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 3 * 160)
 
 
-def gguf_raw(values: np.ndarray, qtype: T) -> np.ndarray:
-    """float32 values in GGUF's storage of `qtype`, as the gguf reader exposes them."""
+# K-quant super-blocks of random bytes (gguf cannot encode K-quants) get f16 d (and dmin) of these sizes, so that
+# their values are about standard normal: 1 / (typical sc * typical q), and dmin * m about the positive part's mean
+K_QUANT_D = {T.Q4_K: (1 / 150, 1 / 30), T.Q5_K: (1 / 300, 1 / 15), T.Q6_K: (1 / 1400, 0)}
+
+
+def width(qtype: T, cols: int) -> int:
+    """`cols`, or 512 (two super-blocks, four column tiles) for a format whose blocks `cols` does not hold whole."""
+    return cols if cols % GPU_FORMATS[qtype].block_size == 0 else 512
+
+
+def gguf_raw(values: np.ndarray, qtype: T, rng=None) -> np.ndarray:
+    """float32 values in GGUF's storage of `qtype`, as the gguf reader exposes them; a K-quant: random valid
+    super-blocks of the same shape (rng), whose values are not `values`."""
     if qtype == T.F32:
         return values.astype(np.float32)
     if qtype == T.F16:
         return values.astype(np.float16)
+    if qtype in K_QUANT_FIELDS:
+        return k_quant_blocks(rng, qtype, values.shape[0], values.shape[1])
     return quants.quantize(values, qtype)
+
+
+def k_quant_blocks(rng, qtype: T, rows: int, cols: int) -> np.ndarray:
+    """(rows, bytes) uint8: random K-quant super-blocks (every bit pattern of the quants and sub-scales is valid)
+    with f16 d and dmin around K_QUANT_D's."""
+    fmt = GPU_FORMATS[qtype]
+    blocks = rng.integers(0, 256, (rows * cols // fmt.block_size, fmt.block_bytes), dtype=np.uint8)
+    for name, size in zip(("scales", "mins"), K_QUANT_D[qtype]):
+        if name in block_fields(fmt):
+            start, stop, _ = block_fields(fmt)[name]
+            blocks[:, start:stop] = (size * rng.uniform(0.5, 1.5, (len(blocks), 1))).astype(np.float16).view(np.uint8)
+    return blocks.reshape(rows, -1)
 
 
 def weight(rng, rows: int, cols: int, qtype: T):
     """(raw, float64 (rows, cols) dequantized by gguf, DeviceMatrix) of a random weight."""
-    raw = gguf_raw(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+    raw = gguf_raw(rng.standard_normal((rows, cols)).astype(np.float32), qtype, rng)
     exact = np.asarray(quants.dequantize(raw, qtype), dtype=np.float32).reshape(rows, cols)
     return raw, exact.astype(np.float64), device_matrix(raw, qtype, (rows, cols), DEVICE)
 
@@ -86,22 +113,30 @@ def ffn_expected(gate, up, down_t, x, mask, threshold):
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_device_matrix_holds_the_gguf_bytes(qtype):
     rng = np.random.default_rng(1234)
-    raw, exact, m = weight(rng, 37, 96, qtype)
-    assert (m.rows, m.cols, m.qtype, m.device.type) == (37, 96, qtype, torch.device(DEVICE).type)
-    assert m.nbytes == raw.nbytes
+    cols = width(qtype, 96)
+    raw, exact, m = weight(rng, 37, cols, qtype)
+    assert (m.rows, m.cols, m.qtype, m.device.type) == (37, cols, qtype, torch.device(DEVICE).type)
+    assert m.nbytes == raw.nbytes and np.abs(exact).max() > 0
     assert m.values is None if m.quantized else (m.scales is None and m.quants is None)
     if m.quantized:
-        assert m.scales.shape == (37, 3) and m.scales.dtype == torch.float16
-        assert (m.mins is not None) == FORMATS[qtype].has_minimum
-        assert m.quants.shape == (37, 96 * FORMATS[qtype].bits // 8)
+        fmt = GPU_FORMATS[qtype]
+        n_blocks = cols // fmt.block_size
+        assert m.scales.shape == (37, n_blocks) and m.scales.dtype == torch.float16
+        assert (m.mins is not None) == (fmt.has_minimum or qtype in (T.Q4_K, T.Q5_K))
+        assert (m.highs is not None) == (fmt.high_bits or qtype in (T.Q5_K, T.Q6_K))
+        assert (m.sub_scales is not None) == (qtype in K_QUANT_FIELDS)
+        assert m.quants.shape == (37, cols if qtype == T.Q8_0 else cols // 2)
+        fields = sorted(block_fields(fmt).values())  # the fields tile the block
+        assert fields[0][0] == 0 and fields[-1][1] == fmt.block_bytes
+        assert all(a[1] == b[0] for a, b in zip(fields, fields[1:]))
     np.testing.assert_array_equal(dequantize_rows(m).cpu().numpy(), exact.astype(np.float32))
     np.testing.assert_array_equal(dequantize_rows(m, 3, 10).cpu().numpy(), exact[3:10].astype(np.float32))
     rows = np.array([5, 0, 36, 5], dtype=np.int64)
-    picked = device_matrix(raw, qtype, (37, 96), DEVICE, rows=rows)
+    picked = device_matrix(raw, qtype, (37, cols), DEVICE, rows=rows)
     assert picked.rows == 4 and picked.nbytes == raw[rows].nbytes
     np.testing.assert_array_equal(dequantize_rows(picked).cpu().numpy(), exact[rows].astype(np.float32))
-    empty = device_matrix(raw, qtype, (37, 96), DEVICE, rows=np.zeros(0, dtype=np.int64))
-    assert empty.rows == 0 and empty.nbytes == 0 and dequantize_rows(empty).shape == (0, 96)
+    empty = device_matrix(raw, qtype, (37, cols), DEVICE, rows=np.zeros(0, dtype=np.int64))
+    assert empty.rows == 0 and empty.nbytes == 0 and dequantize_rows(empty).shape == (0, cols)
 
 
 def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():
@@ -112,8 +147,8 @@ def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():
     raw = gguf_raw(rng.standard_normal((5, 64)).astype(np.float32), T.F16)
     as_bytes = device_matrix(raw.view(np.uint8), T.F16, (5, 64), DEVICE)
     np.testing.assert_array_equal(dequantize_rows(as_bytes).cpu().numpy(), raw.astype(np.float32))
-    with pytest.raises(HybridInferError, match="Q8_0, Q4_0, Q4_1, not Q4_K"):
-        device_matrix(np.zeros((2, 144), np.uint8), T.Q4_K, (2, 256), DEVICE)
+    with pytest.raises(HybridInferError, match="Q8_0, Q4_0, Q4_1, .*not Q2_K"):
+        device_matrix(np.zeros((2, 84), np.uint8), T.Q2_K, (2, 256), DEVICE)
     with pytest.raises(HybridInferError, match="expected 68"):
         device_matrix(np.zeros((2, 70), np.uint8), T.Q8_0, (2, 64), DEVICE)
 
@@ -123,17 +158,21 @@ def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_reference_matvec(qtype, small_chunks):
     rng = np.random.default_rng(2024)
-    _, exact, m = weight(rng, 70, 160, qtype)
+    cols = width(qtype, 160)
+    _, exact, m = weight(rng, 70, cols, qtype)
     for tokens in (1, 3):
-        x = rng.standard_normal((tokens, 160)).astype(np.float32)
+        x = rng.standard_normal((tokens, cols)).astype(np.float32)
         assert_close(reference.matvec(m, tensor(x)), x @ exact.T, np.abs(x) @ np.abs(exact).T)
 
 
-@pytest.mark.parametrize("qtypes", [(T.Q4_0, T.Q8_0, T.F16), (T.Q4_1, T.BF16, T.F32), (T.Q8_0, T.Q4_1, T.Q4_0)],
-                         ids=lambda qs: "-".join(q.name for q in qs))
+MIXED_FORMATS = [(T.Q4_0, T.Q8_0, T.F16), (T.Q4_1, T.BF16, T.F32), (T.Q8_0, T.Q4_1, T.Q4_0), (T.Q5_0, T.Q5_1, T.Q4_0),
+                 (T.Q4_K, T.Q6_K, T.Q5_1), (T.Q5_K, T.Q5_0, T.Q4_K), (T.Q6_K, T.Q4_K, T.Q5_K)]
+
+
+@pytest.mark.parametrize("qtypes", MIXED_FORMATS, ids=lambda qs: "-".join(q.name for q in qs))
 def test_reference_hot_ffn(qtypes, small_chunks):
     rng = np.random.default_rng(31)
-    n_hot, n_embd = 70, 160
+    n_hot, n_embd = 70, max(width(q, 160) for q in qtypes)
     (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in qtypes)
     for threshold, masked in ((0.0, True), (0.0, False), (0.4, True), (0.4, False)):
         x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
@@ -182,6 +221,7 @@ def test_triton_matvec(tk, qtype):
     rng = np.random.default_rng(4321)
     # 37 rows: 2 tiles and a partial one; 160 columns: a tile and a partial one; (2, 160): the twin's batch matmul
     for rows, cols, tokens in ((37, 160, 1), (1, 64, 1), (37, 160, 2)):
+        cols = width(qtype, cols)
         _, exact, m = weight(rng, rows, cols, qtype)
         x = rng.standard_normal((tokens, cols)).astype(np.float32)
         expected = reference.matvec(m, tensor(x)).cpu().numpy()
@@ -191,7 +231,7 @@ def test_triton_matvec(tk, qtype):
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
 def test_triton_hot_ffn(tk, qtype, monkeypatch):
     rng = np.random.default_rng(777)
-    n_hot, n_embd = 37, 160
+    n_hot, n_embd = 37, width(qtype, 160)
     (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, qtype) for _ in range(3))
     for threshold, masked in ((0.0, True), (0.0, False), (0.4, True), (0.4, False)):
         x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
@@ -209,10 +249,11 @@ def test_triton_hot_ffn(tk, qtype, monkeypatch):
     assert_close(out, expected.cpu().numpy(), scale[0])
 
 
-def test_triton_hot_ffn_mixed_formats(tk):
+@pytest.mark.parametrize("qtypes", MIXED_FORMATS, ids=lambda qs: "-".join(q.name for q in qs))
+def test_triton_hot_ffn_mixed_formats(tk, qtypes):
     rng = np.random.default_rng(8)
-    n_hot, n_embd = 70, 96
-    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in (T.Q4_0, T.Q8_0, T.F16))
+    n_hot, n_embd = 70, max(width(q, 96) for q in qtypes)
+    (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, q) for q in qtypes)
     x = (rng.standard_normal(n_embd) / np.sqrt(n_embd)).astype(np.float32)
     mask = rng.random(n_hot) < 0.5
     _, out, fired, scale = ffn_expected(gate, up, down_t, x[None], mask, 0.1)
@@ -251,6 +292,41 @@ def test_triton_with_no_hot_neurons(tk):
     assert out.shape == (64,) and not out.any() and int(count) == 0 and count.dtype == torch.int64
 
 
+def test_upload_decodes_what_the_kernels_do_not_read():
+    """The GPU side's upload: a type the kernels read as stored goes as its bytes, any other as F32 values."""
+    from hybridinfer.hybrid.gpu_side import upload
+
+    rng = np.random.default_rng(9)
+    blocks = rng.integers(0, 256, (4 * 2, 84), dtype=np.uint8)  # Q2_K: no kernel reads it
+    blocks[:, 80:84] = np.full((4 * 2, 2), 0.01, np.float16).view(np.uint8)  # its f16 d and dmin
+    m = upload(GGUFTensor("w", T.Q2_K, (4, 512), blocks.reshape(4, -1)), torch.device(DEVICE))
+    assert m.qtype == T.F32 and m.nbytes == 4 * 4 * 512
+    expected = quants.dequantize(blocks.reshape(4, -1), T.Q2_K).reshape(4, 512)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_array_equal(dequantize_rows(m).cpu().numpy(), expected)
+    for qtype in GPU_NATIVE_TYPES:
+        raw, exact, _ = weight(rng, 3, width(qtype, 64), qtype)
+        m = upload(GGUFTensor("w", qtype, exact.shape, raw), torch.device(DEVICE), rows=np.array([2, 0]))
+        assert m.qtype == qtype and m.nbytes == raw[[2, 0]].nbytes
+        np.testing.assert_array_equal(dequantize_rows(m).cpu().numpy(), exact[[2, 0]].astype(np.float32))
+
+
+def test_the_memory_model_counts_what_the_gpu_side_holds():
+    """Gate and up rows as uploaded (`upload`); a split layer's down_t rows as the CPU side's transposed down
+    projection: the file's format where the CPU kernels read it, else F32 (`runtime/weights.py`)."""
+    from hybridinfer.hybrid.placement.memory_model import device_bytes, down_t_bytes
+    from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
+
+    rng = np.random.default_rng(10)
+    for qtype in GPU_NATIVE_TYPES:
+        raw, exact, m = weight(rng, 4, width(qtype, 64), qtype)
+        t = GGUFTensor("w", qtype, exact.shape, raw)
+        assert device_bytes(t) == m.nbytes == raw.nbytes
+        assert down_t_bytes(t) == (raw.nbytes if qtype in CPU_NATIVE_TYPES else 4 * exact.size)
+    t = GGUFTensor("w", T.Q2_K, (4, 256), np.zeros((4, 84), np.uint8))
+    assert device_bytes(t) == down_t_bytes(t) == 4 * 4 * 256
+
+
 # ---- choosing the kernels ------------------------------------------------------------------------------------
 
 def test_kernels_for(monkeypatch):
@@ -281,3 +357,29 @@ def test_importing_the_package_does_not_import_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "False"
+
+
+def test_the_gpu_check_imports_without_pydantic():
+    """`make gpu-check` runs on a machine with torch and triton but without the server's pydantic and FastAPI: its
+    script and the CLI the GPU tests import must not pull them in (only `serve` does, when it runs)."""
+    code = ("import sys; sys.modules['pydantic'] = sys.modules['fastapi'] = None; "
+            "import tools.gpu_check, hybridinfer.cli.main; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_kernels_compile_for_sm_90(tk):
+    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2 and S3 of the format
+    with the most fields; the interpreter does not catch what only compiling does (e.g. a non-constexpr global)."""
+    ptxas = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    for kernels, formats in (("gemv", [t.name for t in GPU_NATIVE_TYPES]), ("s2,s3", ["Q5_K"])):
+        result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
+                                 kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stdout.strip().splitlines()
+        assert [line.split()[:2] for line in lines] == [[f, k] for f in formats for k in kernels.split(",")]

@@ -39,7 +39,8 @@ N_CTX = 512
 def run_tests(device: str) -> str:
     env = {**os.environ, "HYBRIDINFER_TEST_DEVICE": device}
     done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "tests/test_gpu_kernels.py",
-                           "tests/test_hybrid.py"], env=env, capture_output=True, text=True)
+                           "tests/test_hybrid.py", "tests/test_hybrid_kquants.py"], env=env, capture_output=True,
+                          text=True)
     lines = done.stdout.strip().splitlines()
     failures = [line for line in lines if line.startswith("FAILED")]
     return "\n".join(failures[:10] + lines[-1:]) if lines else done.stderr.strip()[-500:]

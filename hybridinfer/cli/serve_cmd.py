@@ -15,8 +15,7 @@ from click.core import ParameterSource
 
 from ..errors import HybridInferError
 from ..generation.sampling import SamplerSettings
-from ..serve.api_key import usable_api_key
-from ..serve.schemas import OPENAI_SAMPLING
+from ..serve.openai_sampling import OPENAI_SAMPLING
 from .options import model_options, open_engine, runtime_settings, sampling_flags, sampling_settings
 
 API_KEY_ENV = "HYBRIDINFER_API_KEY"
@@ -82,6 +81,8 @@ def serve(host, port, api_key, n_parallel, queue_size, chat_template, **kwargs):
 def _api_key(flag: str | None) -> str | None:
     """The key from --api-key or $HYBRIDINFER_API_KEY, refused if empty or unsendable (`serve.api_key`); None if
     neither is set. Click reads an empty variable as unset: an empty one is refused here, as an empty flag is."""
+    from ..serve.api_key import usable_api_key  # imported here: FastAPI and pydantic only when serving
+
     if flag is None:
         if os.environ.get(API_KEY_ENV) == "":
             usable_api_key("", API_KEY_ENV)

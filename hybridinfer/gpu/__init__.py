@@ -1,4 +1,5 @@
-"""The GPU side's weights and kernels, in the GGUF file's own formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+"""The GPU side's weights and kernels, in the GGUF file's own formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+Q5_1, Q4_K, Q5_K, Q6_K).
 
     weights.py         DeviceMatrix: a (rows, cols) weight on a torch device as the file's bytes, split by field
     reference.py       plain torch twins of the kernels (what each must compute; they also run on the CPU device)

@@ -152,7 +152,7 @@ class GPUSide:
         packed = down_t[i]  # the CPU side's transposed down projection: its hot rows, back in GGUF's layout
         if packed.qtype in GPU_NATIVE_TYPES:
             layer.down_t = device_matrix(to_gguf_bytes(packed, hot), packed.qtype, (len(hot), c.n_embd), device)
-        else:  # a format the GPU kernels do not read (Q5_x): its values, as F32
+        else:  # a format the GPU kernels do not read: its values, as F32
             layer.down_t = device_matrix(packed.dequantize_rows(hot), T.F32, (len(hot), c.n_embd), device)
         return layer
 

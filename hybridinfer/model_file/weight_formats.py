@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
+from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as T
 
 
@@ -133,13 +133,21 @@ BF16 = WeightFormat(T.BF16, 2, lambda raw: bf16_to_f32(np.asarray(raw).view(np.u
 Q8_0 = WeightFormat(T.Q8_0, 3, _q8_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_0 = WeightFormat(T.Q4_0, 4, _q4_0, cpu_native=True, gpu_native=True, fields=("scale",))
 Q4_1 = WeightFormat(T.Q4_1, 5, _q4_1, cpu_native=True, gpu_native=True, fields=("scale", "minimum"))
-Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=True, gpu_native=False, fields=("scale",), high_bits=True)
-Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=True, gpu_native=False, fields=("scale", "minimum"),
+Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=True, gpu_native=True, fields=("scale",), high_bits=True)
+Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=True, gpu_native=True, fields=("scale", "minimum"),
                     high_bits=True)
 
 FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}  # decoded natively
+
+# K-quants: 256-element super-blocks (their fields: gguf.quants' decoders, `gpu/weights.py`). Outside FORMATS while
+# the CPU kernels do not read them: the CPU side decodes them through gguf (`dequantize.py`), the GPU side reads them.
+Q4_K = WeightFormat(T.Q4_K, 8, lambda blocks: quants.dequantize(blocks, T.Q4_K), cpu_native=False, gpu_native=True)
+Q5_K = WeightFormat(T.Q5_K, 9, lambda blocks: quants.dequantize(blocks, T.Q5_K), cpu_native=False, gpu_native=True)
+Q6_K = WeightFormat(T.Q6_K, 10, lambda blocks: quants.dequantize(blocks, T.Q6_K), cpu_native=False, gpu_native=True)
+K_QUANT_FORMATS: dict[T, WeightFormat] = {f.type: f for f in (Q4_K, Q5_K, Q6_K)}
+
 CPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.cpu_native)
-GPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.gpu_native)
+GPU_NATIVE_FORMATS = tuple(f for f in (*FORMATS.values(), *K_QUANT_FORMATS.values()) if f.gpu_native)
 CPU_NATIVE_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS)
 GPU_NATIVE_TYPES = tuple(f.type for f in GPU_NATIVE_FORMATS)
 FLOAT_TYPES = tuple(f.type for f in FORMATS.values() if not f.quantized)  # read in place (no repacking)

@@ -22,10 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import HybridInferError
 from ..generation.sampling import SamplerSettings
 from .logprobs import MAX_LOGPROBS
-
-# What a request that leaves a sampling field out gets (OpenAI's meaning: temperature 1 over the whole
-# distribution; top-k and min-p, which OpenAI lacks, off); `hybridinfer serve --temp ...` replaces these.
-OPENAI_SAMPLING = SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+from .openai_sampling import OPENAI_SAMPLING  # noqa: F401  (re-exported: what an unset field gets)
 
 MAX_STOP_STRINGS = 16  # OpenAI allows 4; lm-eval's local-completions sends a task's stop strings and the EOS
 LOGIT_BIAS_RANGE = (-100.0, 100.0)  # as OpenAI's; -100 bans the token

@@ -25,7 +25,7 @@ from ...model_file.config import ModelConfig
 from ...model_file.gguf_file import GGUFFile, GGUFTensor
 from ...model_file.tensor_shapes import (ATTN_K, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_GATE, FFN_UP, OUTPUT, TOKEN_EMBD,
                                         down_name, tensor_name)
-from ...model_file.weight_formats import GPU_NATIVE_TYPES, Q8_0
+from ...model_file.weight_formats import CPU_NATIVE_TYPES, GPU_NATIVE_TYPES, Q8_0
 
 WORKSPACE_MARGIN = 64 << 20
 
@@ -33,6 +33,12 @@ WORKSPACE_MARGIN = 64 << 20
 def device_bytes(tensor: GGUFTensor) -> int:
     """Bytes of a file tensor on the GPU side: its own bytes, or F32 for a type the GPU kernels do not read."""
     return tensor.n_bytes if tensor.type in GPU_NATIVE_TYPES else 4 * tensor.n_elements
+
+
+def down_t_bytes(down: GGUFTensor) -> int:
+    """Bytes on the GPU side of a split layer's down projection: its hot rows are the CPU side's transposed down
+    projection (`runtime/weights.py`), in the file's format where the CPU kernels read it, else F32."""
+    return device_bytes(down) if down.type in CPU_NATIVE_TYPES else 4 * down.n_elements
 
 
 def row_bytes(tensor: GGUFTensor) -> int:
@@ -75,7 +81,7 @@ class GPUMemoryModel:
             predictor = predictor_bytes(predictor_ranks[i], c.n_embd, c.n_ff) if predictor_ranks else 0
             layers.append(attention + 2 * c.n_embd * 4 + kv + predictor)
             ffn = [tensor(FFN_GATE), tensor(FFN_UP), down]
-            neurons.append(sum(device_bytes(t) for t in ffn) // c.n_ff)
+            neurons.append((device_bytes(ffn[0]) + device_bytes(ffn[1]) + down_t_bytes(down)) // c.n_ff)
             dense.append(sum(device_bytes(t) for t in ffn))
         output = model.tensors.get(OUTPUT) or model.tensor(TOKEN_EMBD)
         workspace = 4 * (c.n_vocab + c.n_head * n_ctx + 4 * c.n_ff + 8 * c.n_embd) + WORKSPACE_MARGIN
