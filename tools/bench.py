@@ -21,6 +21,8 @@ Sections (medians of repeated runs; the machine's bandwidths are measured in the
      and SmolLM2's held-out perplexity and KL to dense
   9. instruction sets (`tools/bench_targets.py`): the dense int8 kernels and decode rates of this machine's build
      next to the AVX2 build (HYBRIDINFER_CPU=avx2, a desktop CPU without AVX-512) and the generic one (ARM)
+ 10. K-quant files (`tools/bench_kquants.py`): SmolLM2 and the 7B-shaped model as Q4_K_M (llama.cpp's quantizer),
+     dense and --predictors next to llama.cpp's dense decode, peak RSS, and the KL to llama.cpp's distributions
 
 Usage: PYTHONPATH=. python tools/bench.py [-n 16] [-r 3] [-t 2] [--pool-mb 512] [--skip-kernels] [--model-7b PATH]
        [--only 3,7]
@@ -285,6 +287,11 @@ def targets(args) -> None:
                           os.environ.get("HYBRIDINFER_LLAMA_AVX2", ""))
 
 
+def kquants(args) -> None:
+    from tools import bench_kquants
+    bench_kquants.section(args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-gen", type=int, default=32)
@@ -298,8 +305,9 @@ def main() -> None:
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, sparsity, targets]
-    chosen = range(1, 10) if args.only is None else [int(n) for n in args.only.split(",")]
+    sections = [kernels, default_model, synthetic_7b, reference_model, hybrid_7b, startup, parallel, sparsity, targets,
+                kquants]
+    chosen = range(1, len(sections) + 1) if args.only is None else [int(n) for n in args.only.split(",")]
     for number in chosen:
         if number == 1 and args.skip_kernels:
             continue

@@ -105,7 +105,18 @@ def quantize(source: str, destination: str, kind: str = "q4_k_m", n_threads: int
     params.allow_requantize = True
     params.nthread = n_threads
     params.pure = pure
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params)) != 0:
+
+    @llama_cpp.llama_log_callback
+    def quiet(level, text, user_data):  # its per-tensor progress lines
+        pass
+
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    try:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params))
+    finally:
+        from llama_cpp import _logger
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    if status != 0:
         raise HybridInferError(f"llama.cpp could not quantize {source} to {kind}")
 
 
