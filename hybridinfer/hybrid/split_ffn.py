@@ -107,8 +107,8 @@ class CPUWorker:
             layer = self.weights.layers[index]
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down_t().raw,
                                               self.threshold, False, np.float32(1.0))
-            block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(*layer.ffn_codes,
-                                                                                self.float_activations))
+            block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(
+                *layer.ffn_codes[:2], layer.ffn_down_t().code, self.float_activations))
         self.fired += block(self.unused_x, self.normed, self._weights[index], self.candidates, count, self.scratch,
                             numba.get_num_threads())
         self.seconds += time.perf_counter() - start
