@@ -66,3 +66,15 @@ def quantize(values: np.ndarray, qtype) -> np.ndarray:
     if FORMATS.get(qtype) is not None and FORMATS[qtype].k_quant:
         return k_quantize(values, qtype)
     return quants.quantize(values, qtype)
+
+
+def k_sizes(raw: np.ndarray, qtype, shape) -> np.ndarray:
+    """float32 (rows, cols): what a kernel adds up for each weight in size, |d| sc q + |dmin| m (Q6_K: |w|)."""
+    from gguf import quants
+
+    if qtype == T.Q6_K:
+        return np.abs(quants.dequantize(np.asarray(raw), qtype)).reshape(shape)
+    blocks = np.asarray(raw).reshape(-1, FORMATS[qtype].block_bytes).copy()
+    blocks[:, 1] &= 0x7F  # d positive, dmin negative: value d sc q - dmin m
+    blocks[:, 3] |= 0x80
+    return quants.dequantize(blocks, qtype).reshape(shape)

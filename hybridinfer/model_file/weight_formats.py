@@ -168,7 +168,7 @@ Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=True, gpu_native=False, fields=
 
 Q4_K = WeightFormat(T.Q4_K, 8, _gguf_decoder(T.Q4_K), cpu_native=True, gpu_native=False, k_bits=4,
                     transposed=T.Q4_1)
-Q5_K = WeightFormat(T.Q5_K, 9, _gguf_decoder(T.Q5_K), cpu_native=False, gpu_native=False, k_bits=5,
+Q5_K = WeightFormat(T.Q5_K, 9, _gguf_decoder(T.Q5_K), cpu_native=True, gpu_native=False, k_bits=5,
                     transposed=T.Q5_1)
 Q6_K = WeightFormat(T.Q6_K, 10, _gguf_decoder(T.Q6_K), cpu_native=True, gpu_native=False, k_bits=6,
                     transposed=T.Q8_0)
