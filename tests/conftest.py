@@ -13,7 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from hybridinfer.default_model import default_model_path
-from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES, FORMATS
 from logit_checks import N_FF
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -31,8 +31,10 @@ RELU_N_FF = 256
 
 
 def write_relu_model(folder: Path, weight_type=T.F32) -> Path:
-    """The tiny FATReLU model of the sparse-FFN tests: most neurons silent for most tokens (gate bias -8)."""
-    weights = random_weights(seed=41, n_ff=RELU_N_FF, gate_bias=-8.0)
+    """The tiny FATReLU model of the sparse-FFN tests: most neurons silent for most tokens (gate bias -8); 256 wide
+    for a K-quant (rows of whole 256-blocks), 64 otherwise."""
+    n_embd = 256 if FORMATS[weight_type].k_quant else 64
+    weights = random_weights(seed=41, n_embd=n_embd, n_ff=RELU_N_FF, gate_bias=-8.0)
     return write_tiny_gguf(folder / f"relu-{weight_type.name}.gguf", weights, weight_type=weight_type,
                            activation="fatrelu", threshold=0.05)
 

@@ -11,10 +11,14 @@ from gguf import quants
 from hybridinfer.errors import HybridInferError
 from hybridinfer.kernels import cpu_quant, reference
 from hybridinfer.kernels.formats import FORMAT_CODE
-from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack
+from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack, packed_nbytes
+from hybridinfer.model_file.gguf_file import GGUFTensor
 from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
+from kquant_blocks import random_k_raw
 
 QUANTIZED = [f.type for f in CPU_NATIVE_FORMATS if f.quantized]
+ACCUMULATED = [f.type for f in CPU_NATIVE_FORMATS if not f.k_quant]  # S3's formats (K-quants' transposes are not K)
+K_QUANTS = [f.type for f in CPU_NATIVE_FORMATS if f.k_quant]
 # Every tolerance in one place. Float32 accumulation against the twin's float64, on the same decoded weights, for
 # every format: |kernel - twin| <= tolerance * magnitude, per output, where magnitude is the twin applied to |weights|
 # and |x| (the sum of the absolute terms, which sets the size of rounding errors however much the terms cancel).
@@ -25,6 +29,8 @@ INT8_ERROR_BOUND = cpu_quant.INT8_ERROR_BOUND
 # (rows, cols): odd row counts, one block, cols not a multiple of 256 nor of a 16-block tile, whole tiles
 SHAPES = [(7, 96), (33, 4384), (1, 32), (16, 512), (3, 1056)]
 FLOAT_ONLY_SHAPES = [(9, 100), (2, 7)]  # float formats need no 32-element blocks
+# K-quants: rows of whole 256-element super-blocks; one super-block (half a tile), a tile and a half, 8.5 tiles
+K_SHAPES = [(7, 256), (1, 256), (16, 512), (3, 768), (33, 4352)]
 
 
 @pytest.fixture
@@ -33,7 +39,9 @@ def rng(request):
 
 
 def random_raw(rng, qtype, shape):
-    """A random normal matrix quantized to qtype, as gguf stores it."""
+    """A random normal matrix quantized to qtype, as gguf stores it (a K-quant: random valid blocks)."""
+    if qtype in K_QUANTS:
+        return random_k_raw(rng, qtype, shape)
     values = rng.standard_normal(shape, dtype=np.float32) * rng.uniform(0.01, 2.0)
     return values if qtype == T.F32 else quants.quantize(values, qtype)
 
@@ -45,9 +53,14 @@ def random_weight(rng, qtype, shape, raw=None):
 
 
 def weight_sizes(raw, qtype, shape):
-    """|w|, except |d| q + |m| where blocks have a minimum (value d q + m): the size of what a kernel adds up for
-    each weight."""
+    """|w|, except |d| q + |m| where blocks have a minimum (value d q + m; Q4_K/Q5_K: |d| sc q + |dmin| m): the size
+    of what a kernel adds up for each weight."""
     fmt = FORMATS[qtype]
+    if qtype in (T.Q4_K, T.Q5_K):  # value d sc q - dmin m: d made positive, dmin negative
+        blocks = raw.reshape(-1, fmt.block_bytes).copy()
+        blocks[:, 1] &= 0x7F
+        blocks[:, 3] |= 0x80
+        return reference.dequantized(blocks.reshape(raw.shape), qtype, shape)
     if not fmt.has_minimum:
         return np.abs(reference.dequantized(raw, qtype, shape))
     blocks = raw.reshape(-1, fmt.block_bytes).copy()
@@ -63,6 +76,8 @@ def assert_close(actual, expected, magnitude, tolerance):
 
 
 def all_shapes(qtype):
+    if qtype in K_QUANTS:
+        return K_SHAPES
     return SHAPES + (FLOAT_ONLY_SHAPES if qtype not in QUANTIZED else [])
 
 
@@ -74,8 +89,7 @@ def random_rows(rng, n, fraction):
 @pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
 def test_pack_round_trips_to_the_gguf_values(rng, qtype):
     for shape in all_shapes(qtype):
-        values = rng.standard_normal(shape, dtype=np.float32)
-        raw = values if qtype == T.F32 else quants.quantize(values, qtype)
+        raw = random_raw(rng, qtype, shape)
         packed = pack((raw, qtype, shape))
         rows = rng.permutation(shape[0])
         assert np.array_equal(packed.dequantize_rows(rows), reference.dequantized(raw, qtype, shape)[rows])
@@ -142,7 +156,7 @@ def test_matmul(rng, qtype, float_activations):
 
 
 @pytest.mark.parametrize("float_activations", [True, False], ids=["float", "int8"])
-@pytest.mark.parametrize("qtype", CPU_NATIVE_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", ACCUMULATED, ids=lambda t: t.name)
 def test_accumulate_rows(rng, qtype, float_activations):
     """Float coefficients (and float formats): against the twin. int8 coefficients: tightly against the twin that
     quantizes them the same way, and near the exact sum."""
@@ -166,7 +180,7 @@ def test_accumulate_rows(rng, qtype, float_activations):
                 assert np.linalg.norm(out - expected) <= 2e-2 * np.linalg.norm(expected)
 
 
-@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [t for t in ACCUMULATED if t in QUANTIZED], ids=lambda t: t.name)
 def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
     from hybridinfer.kernels.cpu_accumulate_int8 import int8_accumulate
 
@@ -181,6 +195,23 @@ def test_accumulate_rows_int8_does_not_depend_on_the_thread_count(rng, qtype):
         out = np.full(shape[1], np.nan, dtype=np.float32)
         int8_accumulate(FORMAT_CODE[qtype])(packed_t.data, packed_t.n_blocks, rows, coeffs, out, chunks)
         assert_close(out, twin, magnitude, EXACT_TOLERANCE)
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+def test_accumulate_rows_refuses_k_quants(rng, qtype):
+    packed_t = pack((random_k_raw(rng, qtype, (4, 256)), qtype, (4, 256)))
+    with pytest.raises(ValueError, match=FORMATS[qtype].transpose_type.name):
+        cpu_quant.accumulate_rows(packed_t, np.arange(4), np.ones(4, np.float32), np.empty(256, np.float32))
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+def test_k_quant_tiles_stay_near_the_file_size(rng, qtype):
+    shape = (4, 4096)  # whole tiles: per tile, a 64-byte header for 2 super-blocks' f16 fields and scale bytes
+    raw = random_k_raw(rng, qtype, shape)
+    packed = pack((raw, qtype, shape))
+    assert packed.nbytes == raw.nbytes  # GB/s are counted in the file's bytes
+    assert raw.nbytes < packed.data.nbytes <= 1.12 * raw.nbytes
+    assert packed_nbytes(GGUFTensor("w", qtype, shape, raw)) == packed.data.nbytes
 
 
 def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
@@ -198,14 +229,14 @@ def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
 def test_prepared_activations_are_shared_across_matrices(rng, qtype):
-    gate, up = random_weight(rng, qtype, (24, 640)), random_weight(rng, qtype, (40, 640))
-    x = rng.standard_normal(640, dtype=np.float32)
+    gate, up = random_weight(rng, qtype, (24, 768)), random_weight(rng, qtype, (40, 768))
+    x = rng.standard_normal(768, dtype=np.float32)
     prepared = cpu_quant.prepare(x)
-    assert np.array_equal(prepared.xp[0], x[lane_element_order(640 // 32)])
+    assert np.array_equal(prepared.xp[0], x[lane_element_order(768 // 32)])
     blocks = x.reshape(-1, 32)
     scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
     quantized = np.rint(blocks * (np.float32(1) / scale)).ravel()
-    assert np.array_equal(prepared.qx[0], quantized[byte_element_order(640 // 32)])
+    assert np.array_equal(prepared.qx[0], quantized[byte_element_order(768 // 32)])
     assert np.array_equal(prepared.dx[0], scale.ravel())
     for packed, values, sizes in (gate, up):
         out = np.empty(packed.rows, dtype=np.float32)
@@ -230,7 +261,7 @@ def test_read_only_weights_are_packed_and_read(rng):
 def test_errors_say_what_to_do(rng):
     raw = quants.quantize(rng.standard_normal((2, 256), dtype=np.float32), T.Q8_0)
     with pytest.raises(HybridInferError, match="re-quantize"):
-        pack((np.zeros((2, 210), np.uint8), T.Q6_K, (2, 256)))
+        pack((np.zeros((2, 110), np.uint8), T.Q3_K, (2, 256)))
     with pytest.raises(HybridInferError, match="bytes per row"):
         pack((raw[:, :-2], T.Q8_0, (2, 256)))
     packed = pack((raw, T.Q8_0, (2, 256)))

@@ -14,7 +14,8 @@ from tiny_models import random_weights, stored_weights, write_tiny_gguf
 
 @pytest.mark.parametrize("weight_type", tuple(FORMATS), ids=lambda t: t.name)
 def test_native_types_match_gguf_reference(tmp_path, weight_type):
-    weights = random_weights(seed=int(weight_type) + 1)
+    wide = FORMATS[weight_type].k_quant  # K-quants: rows of whole 256-blocks
+    weights = random_weights(seed=int(weight_type) + 1, n_embd=256 if wide else 64, n_ff=256 if wide else 96)
     path = write_tiny_gguf(tmp_path / "m.gguf", weights, weight_type=weight_type)
     model = GGUFFile(path)
     expected = stored_weights(weights, weight_type)
@@ -28,12 +29,12 @@ def test_native_types_match_gguf_reference(tmp_path, weight_type):
 
 
 def test_other_types_are_dequantized_through_gguf_with_a_notice(caplog):
-    rng = np.random.default_rng(3)  # random Q4_K blocks (gguf cannot encode K-quants) with small f16 d and dmin
-    blocks = rng.integers(0, 256, (4 * 2, 144), dtype=np.uint8)
-    blocks[:, 0:4] = np.full((4 * 2, 2), 0.01, np.float16).view(np.uint8)
-    tensor = GGUFTensor("blk.0.ffn_up.weight", T.Q4_K, (4, 512), blocks.reshape(4, -1))
+    rng = np.random.default_rng(3)  # random Q3_K blocks (gguf cannot encode K-quants) with a small f16 d
+    blocks = rng.integers(0, 256, (4 * 2, 110), dtype=np.uint8)
+    blocks[:, 108:110] = np.full((4 * 2, 1), 0.01, np.float16).view(np.uint8)
+    tensor = GGUFTensor("blk.0.ffn_up.weight", T.Q3_K, (4, 512), blocks.reshape(4, -1))
     with caplog.at_level("WARNING"):
         values = dequantize(tensor)
-    assert "Q4_K" in caplog.text
-    reference = quants.dequantize(blocks.reshape(4, -1), T.Q4_K).reshape(tensor.shape)
+    assert "Q3_K" in caplog.text
+    reference = quants.dequantize(blocks.reshape(4, -1), T.Q3_K).reshape(tensor.shape)
     np.testing.assert_array_equal(values, reference)

@@ -7,6 +7,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
+from hybridinfer.model_file.weight_formats import FORMATS
 from hybridinfer.runtime.build import Choices, build_decoder
 from hybridinfer.runtime.weights import transpose
 from hybridinfer.predictors.file import save_predictors
@@ -48,7 +49,8 @@ def test_dense_int8_activations_close_to_reference(relu_model_each_format, q4_1_
 
 # The sparse FFN reads down_t, which a quantized file gets by re-quantizing the transposed down projection at
 # load: one more rounding than the dense path (tiny random models amplify it; float formats transpose exactly).
-REQUANTIZED = {T.Q8_0: 2e-2, T.Q4_0: 0.3, T.Q4_1: 0.3, T.Q5_0: 0.15, T.Q5_1: 0.15}
+REQUANTIZED = {T.Q8_0: 2e-2, T.Q4_0: 0.3, T.Q4_1: 0.3, T.Q5_0: 0.15, T.Q5_1: 0.15,
+               T.Q4_K: 0.3, T.Q5_K: 0.15, T.Q6_K: 2e-2}  # K-quants: their transposes are Q4_1, Q5_1, Q8_0
 
 
 def sparse_tolerance(path) -> float:
@@ -67,10 +69,10 @@ def test_exact_sparse_equals_dense(relu_model_each_format):
 
 def random_predictors(engine, rank=32, seed=0, threshold=3.0) -> PredictorSet:
     """A random predictor per layer; logits spread ~30, so threshold 3 marks about half the neurons, 20 a
-    quarter or less."""
+    quarter or less (fc1 scaled to the 64-wide model's spread: the K-quants' model is 256 wide)."""
     g = torch.Generator().manual_seed(seed)
     c = engine.config
-    fc1 = [torch.randn(rank, c.n_embd, generator=g) for _ in range(c.n_layer)]
+    fc1 = [torch.randn(rank, c.n_embd, generator=g) * (64 / c.n_embd) ** 0.5 for _ in range(c.n_layer)]
     fc2 = [torch.randn(c.n_ff, rank, generator=g) for _ in range(c.n_layer)]
     return PredictorSet(fc1, fc2, [threshold] * c.n_layer)
 
@@ -115,8 +117,9 @@ def test_transposed_down_projection_matches(relu_model_each_format):
     layer = engine.model.weights.layers[0]
     down = layer.ffn_down().dequantize_rows(np.arange(layer.ffn_down().rows))
     down_t = transpose(layer.source_down)
-    assert down_t.qtype == layer.source_down.type and (down_t.rows, down_t.cols) == (N_FF, down.shape[0])
-    step = {T.Q4_0: 0.2, T.Q4_1: 0.2, T.Q5_0: 0.1, T.Q5_1: 0.1, T.Q8_0: 0.02}.get(layer.source_down.type, 0.0)  # one more rounding
+    transposed_type = FORMATS[layer.source_down.type].transpose_type  # a K-quant's: its 32-block neighbour
+    assert down_t.qtype == transposed_type and (down_t.rows, down_t.cols) == (N_FF, down.shape[0])
+    step = {T.Q4_0: 0.2, T.Q4_1: 0.2, T.Q5_0: 0.1, T.Q5_1: 0.1, T.Q8_0: 0.02}.get(transposed_type, 0.0)  # a rounding
     assert np.abs(down_t.dequantize_rows(np.arange(N_FF)) - down.T).max() <= step * np.abs(down).max() + 1e-7
 
 

@@ -11,6 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import hybridinfer
+from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, FORMATS
 from hybridinfer.runtime.repack_cache import RepackCache
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -24,11 +25,14 @@ def cache_dir(tmp_path, monkeypatch):
     return directory
 
 
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q5_0], ids=lambda t: t.name)  # Q5_0: its fifth bits moved
+# Q5_0: its fifth bits moved; the K-quants: decoded into tiles of their own (a 256-wide model: whole super-blocks)
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q5_0] + [f.type for f in CPU_NATIVE_FORMATS if f.k_quant],
+                         ids=lambda t: t.name)
 @pytest.mark.parametrize("exact", [False, True])
 def test_second_start_maps_the_first_ones_packing(tmp_path, cache_dir, exact, weight_type):
-    path = write_tiny_gguf(tmp_path / f"{weight_type.name}.gguf", random_weights(seed=11), weight_type=weight_type,
-                           activation="relu")
+    width = 256 if FORMATS[weight_type].k_quant else None
+    weights = random_weights(seed=11, **({"n_embd": width, "n_ff": width} if width else {}))
+    path = write_tiny_gguf(tmp_path / f"{weight_type.name}.gguf", weights, weight_type=weight_type, activation="relu")
     first = hybridinfer.load(str(path), exact=exact)
     assert not first.model.weights.from_cache and len(list(cache_dir.glob("*.bin"))) == 1
     second = hybridinfer.load(str(path), exact=exact)

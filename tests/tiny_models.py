@@ -11,6 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
+from kquant_blocks import quantize  # gguf-py's encoders, and one for the K-quants
 
 SPECIAL = ["<unk>", "<s>", "</s>"]
 WORDS = ["▁the", "▁a", "▁of", "▁and", "▁to", "▁in", "▁is", "▁it", "▁that", "▁hello", "▁world", "he", "ll", "o", "▁"]
@@ -95,7 +96,7 @@ def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_h
         if powerinfer and name.endswith("ffn_down.weight"):
             name, value = name.replace("ffn_down", "ffn_down_t"), np.ascontiguousarray(value.T)
         if value.ndim == 2 and weight_type != T.F32:
-            writer.add_tensor(name, gguf.quants.quantize(value, weight_type), raw_dtype=weight_type)
+            writer.add_tensor(name, quantize(value, weight_type), raw_dtype=weight_type)
         else:
             writer.add_tensor(name, value)
     writer.write_header_to_file()
@@ -113,7 +114,7 @@ def stored_weights(weights: dict[str, np.ndarray], weight_type) -> dict[str, np.
     out = {}
     for name, value in weights.items():
         if value.ndim == 2 and weight_type != T.F32:
-            value = gguf.quants.dequantize(gguf.quants.quantize(value, weight_type), weight_type).astype(np.float32)
+            value = gguf.quants.dequantize(quantize(value, weight_type), weight_type).astype(np.float32)
         out[name] = value
     return out
 

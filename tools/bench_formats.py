@@ -1,9 +1,11 @@
 """Formats side by side (not a test): GB/s of a 4096x11008 matvec and of S3 over an 11008x4096 down_t (20% of
-rows) for Q4_0, Q5_0, Q5_1 and Q4_1, on 1 and 2 threads, int8 and float32 activations, every case timed alternately
-in one run, each call on the next of a pool of distinct matrices (median and best); docs/cpu-decoding.md,
-"Q5_0 and Q5_1".
+rows) for Q4_0, Q5_0, Q5_1 and Q4_1 (or the formats given), on 1 and 2 threads, int8 and float32 activations, every
+case timed alternately in one run, each call on the next of a pool of distinct matrices (median and best); S3 for
+the formats it reads (not the K-quants, whose transposes are 32-block formats); docs/cpu-decoding.md, "Q5_0 and
+Q5_1" and "K-quants".
 
-Usage: python -m tools.bench_formats [POOL_MB] [REPEATS]   (default 300 MB per format and shape, 25 repeats)
+Usage: python -m tools.bench_formats [POOL_MB] [REPEATS] [FORMATS]   (default 300 MB per format and shape, 25
+       repeats, q4_0,q5_0,q5_1,q4_1)
 """
 
 import statistics
@@ -17,8 +19,9 @@ from gguf import GGMLQuantizationType as T
 from hybridinfer.eval.kernel_bench import random_weight_bytes
 from hybridinfer.kernels import cpu_quant
 from hybridinfer.kernels.packed import pack
+from hybridinfer.model_file.weight_formats import FORMATS as REGISTRY
 
-FORMATS = (T.Q4_0, T.Q5_0, T.Q5_1, T.Q4_1)
+FORMATS = [T.Q4_0, T.Q5_0, T.Q5_1, T.Q4_1]  # (main() may replace them)
 DENSE, SPARSE = (4096, 11008), (11008, 4096)
 WARMUP = 2
 
@@ -62,6 +65,8 @@ def table(title, rates):
 def main():
     pool_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 25
+    if len(sys.argv) > 3:
+        FORMATS[:] = [T[name.upper()] for name in sys.argv[3].split(",")]
     rng = np.random.default_rng(0)
 
     dense = pools(rng, DENSE, pool_mb)
@@ -75,7 +80,9 @@ def main():
 
     table(f"matvec {DENSE[0]}x{DENSE[1]}, GB/s median (best)", timed(matvec, repeats))
     del dense
-
+    FORMATS[:] = [q for q in FORMATS if not REGISTRY[q].k_quant]
+    if not FORMATS:
+        return
     sparse = pools(rng, SPARSE, pool_mb)
     out_t = np.empty(SPARSE[1], np.float32)
     draws = {}

@@ -28,7 +28,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..kernels import cpu_quant
-from ..kernels.packed import pack
+from ..kernels.packed import k_decode_blocks, k_encode_blocks, pack
 from ..model_file import weight_formats
 
 SHAPES = {"11008x4096 (gate/up)": (11008, 4096), "4096x11008 (down)": (4096, 11008), "4096x4096 (attn)": (4096, 4096)}
@@ -76,6 +76,11 @@ def random_weight_bytes(rng, qtype: T, shape: tuple[int, int]) -> np.ndarray:
         sign_mantissa, exponent = (0x83FF, 0x3800) if qtype == T.F16 else (0x807F, 0x3F00)
         return ((random_bits(rng, shape, np.uint16) & sign_mantissa) | exponent).view(np.uint8).reshape(rows, -1)
     fmt = weight_formats.FORMATS[qtype]
+    if fmt.k_quant:  # random codes and quants under f16 super-block factors ~ 2^-8
+        q, codes, factors = k_decode_blocks(qtype, random_bits(rng, (rows, cols // fmt.block_size, fmt.block_bytes),
+                                                               np.uint8))
+        factors = np.where(factors != 0, np.float32(2.0 ** -8), np.float32(0.0))
+        return k_encode_blocks(qtype, q, codes, factors).reshape(rows, -1)
     fields = 2 * len(fmt.fields)  # the f16 header fields (Q5_x's word of fifth bits stays random)
     raw = random_bits(rng, (rows, cols // 32, fmt.block_bytes), np.uint8)
     halves = raw[:, :, :fields].copy().view(np.uint16)
@@ -157,7 +162,8 @@ def bench_sparse(rng, name, pool, act, repeats, warmup, label) -> list[dict]:
                               repeats, warmup)
         results.append(record(label_of(name, pool[0], False), "matvec_rows", label, fraction, k * row_bytes, kernel,
                               reads))
-        for float_activations in ([False, True] if pool[0].quantized else [True]):
+        s3_formats = [] if weight_formats.FORMATS[pool[0].qtype].k_quant else [False, True]  # K: down_t is not K
+        for float_activations in (s3_formats if pool[0].quantized else [True]):
             kernel, reads = timed([lambda i: cpu_quant.accumulate_rows(pool[i % len(pool)], active[i], coeffs, out_cols,
                                                                        float_activations=float_activations), plain],
                                   repeats, warmup)

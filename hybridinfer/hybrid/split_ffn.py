@@ -109,8 +109,8 @@ class ColdHalf:
             layer = self.weights.layers[index]
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down_t().raw,
                                               self.threshold, False, np.float32(1.0))
-            block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(*layer.ffn_codes,
-                                                                                self.float_activations))
+            block = self._blocks[index] = BoundCall(cpu_layer.sparse_ffn_block(
+                *layer.ffn_codes[:2], layer.ffn_down_t().code, self.float_activations))
         return block
 
     def several(self, index: int, normed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -5,7 +5,7 @@
     accumulate_rows(W_t, rows, c, out)     out = sum_k c[k] * W_t[rows[k], :]           S3 over down_t (row = neuron)
     matmul(W, X, out)                      out = X @ W.T   X (T, cols), out (T, rows)   prefill, each row read once
 
-Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0, Q4_x, Q5_x) by default use
+Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0, Q4_x, Q5_x, K) by default use
 activations quantized to int8 per 32-block, as llama.cpp does (x^ = dx * round(x / dx), dx = max|x|/127), with
 exact integer dot products per block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32
 rounding, so |out - W @ x| <= ||W_row|| * ||x - x^|| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (in practice
@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from ..model_file.weight_formats import FORMATS
 from .dispatch import ALL_ROWS, accumulate, product
 from .variants import specialization
 from .packed import BLOCK, TILE, PackedMatrix, aligned_empty
@@ -114,7 +115,10 @@ def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray
                     float_activations: bool = False) -> None:
     """out (cols,) = sum_k coeffs[k] * W_t[rows[k], :]; rows with a zero coefficient are not read. Quantized
     formats use int8 coefficients per block and batch of rows (`cpu_accumulate_int8.py`), float32 ones with
-    `float_activations`."""
+    `float_activations`; not the K-quants (their transposes are in 32-block formats)."""
+    if FORMATS[packed_t.qtype].k_quant:
+        raise ValueError(f"accumulate_rows reads 32-block formats; a {packed_t.qtype.name} weight's transpose is "
+                         f"made as {FORMATS[packed_t.qtype].transpose_type.name} (`requantize.transpose_quantized`)")
     rows = _checked_rows(rows, packed_t.rows)
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float32)
     if coeffs.shape != rows.shape:

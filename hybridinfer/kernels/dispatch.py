@@ -17,7 +17,7 @@ from numba.extending import overload
 
 from .cpu_accumulate_int8 import int8_accumulate
 from .float_rows import float_accumulate, float_dot_rows
-from .formats import FORMAT_CODE
+from .formats import FORMAT_CODE, FORMAT_OF_CODE
 from .packed import FLOAT_DTYPES
 from .quant_accumulate import quant_float_accumulate
 from .quant_dot import dot_rows
@@ -34,7 +34,8 @@ def product(code, raw, act, rows, dense, float_activations, out):
 
 def accumulate(code, raw, cols, rows, coeffs, out, chunks, float_activations):
     """out (cols,) = sum_k coeffs[k] * W_t[rows[k]] (S3 over the transposed down projection), the rows shared
-    among `chunks` threads; quantized formats with int8 coefficients unless `float_activations`.
+    among `chunks` threads; quantized formats with int8 coefficients unless `float_activations`. Not for the
+    K-quants, whose transposes are kept in 32-block formats (`requantize.py`).
     Callable from numba code only, with constant `code` and `float_activations`."""
     raise NotImplementedError("dispatch.accumulate runs inside numba code")
 
@@ -69,6 +70,9 @@ def _product(code, raw, act, rows, dense, float_activations, out):
 @overload(accumulate, prefer_literal=True)
 def _accumulate(code, raw, cols, rows, coeffs, out, chunks, float_activations):
     fmt, floats = _constants(code, float_activations)
+    if FORMAT_OF_CODE[fmt].k_quant:
+        raise errors.TypingError(f"S3 reads 32-block formats: a {FORMAT_OF_CODE[fmt].name} weight's transpose is "
+                                 f"{FORMAT_OF_CODE[fmt].transpose_type.name} (`requantize.py`)")
     if fmt in _FLOAT_VIEWS:
         view = _FLOAT_VIEWS[fmt]
         return lambda code, raw, cols, rows, coeffs, out, chunks, float_activations: float_accumulate(

@@ -14,5 +14,6 @@ from ..model_file import weight_formats as registry
 F32, F16, BF16 = registry.F32.code, registry.F16.code, registry.BF16.code
 Q8_0, Q4_0, Q4_1 = registry.Q8_0.code, registry.Q4_0.code, registry.Q4_1.code
 Q5_0, Q5_1 = registry.Q5_0.code, registry.Q5_1.code
+Q4_K, Q5_K, Q6_K = registry.Q4_K.code, registry.Q5_K.code, registry.Q6_K.code
 FORMAT_CODE = {f.type: f.code for f in registry.CPU_NATIVE_FORMATS}  # the formats the CPU kernels read
 FORMAT_OF_CODE = {f.code: f for f in registry.FORMATS.values()}

@@ -5,9 +5,10 @@ every kernel by dtype): F32 as float32, F16 as int16 holding the IEEE half bits,
 These are zero-copy views when the input is contiguous.
 
 Quantized rows (Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1: the CPU-native formats of `model_file/weight_formats.py`) hold the
-GGUF row's bytes (`nbytes` equals the file's bytes), rearranged so that 64 contiguous bytes feed one AVX-512
-instruction and a row reads as one forward stream (which the hardware prefetches; scales kept apart from their
-quants make long rows slower: docs/cpu-decoding.md, "Kernel design choices"). A row is a sequence of units:
+GGUF row's bytes (`nbytes` equals the file's bytes; the K-quants are decoded into tiles of their own, below),
+rearranged so that 64 contiguous bytes feed one AVX-512 instruction and a row reads as one forward stream (which the
+hardware prefetches; scales kept apart from their quants make long rows slower: docs/cpu-decoding.md, "Kernel design
+choices"). A row is a sequence of units:
 
     unit = [ 64-byte header | quants of its tiles ]      row = units, then zero padding to 64 bytes
     one f16 field (d: Q8_0, Q4_0, Q5_0):  2 tiles a unit, header = f16 d of tile 0's 16 blocks | f16 d of tile 1's
@@ -24,6 +25,21 @@ quants are stored group-major: group g, then block b, then 4 consecutive bytes j
     Q5_x  as Q4_x, then a fifth group (g = 4) of the blocks' fifth bits: byte (4, b, j) holds, in bit g, the
           fifth bit of element 4g+j and, in bit 4+g, that of element 16+4g+j (the GGUF word qh with its bits
           moved, `FIFTH_BIT_SOURCES`), so that group g's fifth bits are one shift and one mask away, in place
+K-quants (Q4_K, Q5_K, Q6_K): a tile of 16 blocks of 32 is two 256-element super-blocks (a short last tile, one),
+one tile a unit, its quants those of Q4_x / Q5_x above, Q6_K's with a sixth group (g = 5) of the quants' sixth
+bits laid out as the fifth's. The 64-byte header holds each block's exact scale and minimum as byte codes and the
+super-blocks' factors as float32 (a kernel forms d * sc_b by a byte-to-float conversion and one multiply by the
+factor of its lane's super-block; d * sc_b is exact in float32, not rounded to f16):
+    bytes  0..15  Q4_K/Q5_K: 6-bit scale code sc_b of block b      Q6_K: int8 scale of elements 0..15 of block b
+    bytes 16..31  Q4_K/Q5_K: 6-bit minimum code m_b               Q6_K: int8 scale of elements 16..31 of block b
+    bytes 32..39  float32 d of super-blocks 0 and 1
+    bytes 40..47  float32 -dmin of super-blocks 0 and 1 (Q6_K: zero)
+so that a block's value is d sc_b q + (-dmin) m_b (Q6_K: d sc (q - 32), each half of the block with its own sc:
+low nibbles are elements 0..15, high nibbles 16..31). GGUF's nibble order (a 64-element run: 32 bytes, low nibbles
+elements 0..31, high nibbles 32..63) is rearranged at load; a tile is 320 / 384 / 448 bytes (Q4_K / Q5_K / Q6_K)
+for 288 / 352 / 420 bytes of file (+11%, +9%, +7%: the header's 64 bytes against the file's 2 x 16 / 2 x 16 /
+2 x 18 bytes of scales). S3 does not read K tiles: a K-quant's transpose is re-quantized to Q4_1 / Q5_1 / Q8_0
+(`requantize.py`).
 Activations follow one of two orders, both per tile (start block t0) and for Q8_0 and Q4 alike (a Q4 high
 nibble of group g pairs with activation group g+4):
     `byte_element_order` (int8 activations, for vpdpbusd):  position t0*32 + (g*nbt + b)*4 + j
@@ -49,6 +65,16 @@ from .formats import FORMAT_CODE, FORMAT_OF_CODE
 
 BLOCK = 32  # elements per quantization block
 TILE = 16  # blocks per tile: 16 lanes of 32 bits in one 512-bit register
+K_HEADER = 64  # bytes of a K tile's header: scale codes, then the super-blocks' float32 factors
+K_FACTORS = 32  # where the float32 factors start in a K tile's header
+
+
+def k_tile_bytes(qtype: T, width: int) -> int:
+    """Bytes of a packed K tile of `width` blocks: its header, then 4 groups of nibbles and one group per bit
+    above the fourth, 4 bytes a block each."""
+    return K_HEADER + FORMATS[qtype].bits * width * 4
+
+
 # how the kernels read a float format's stored values (numba specializes every kernel by dtype)
 FLOAT_DTYPES = {f.type: np.dtype(f.cpu_bits_type).type for f in CPU_NATIVE_FORMATS if not f.quantized}
 
@@ -62,7 +88,7 @@ class QuantLayout(NamedTuple):
     groups: int  # groups of 4 quant bytes in a block
     per_byte: int  # quants a byte holds: 1 (int8) or 2 (nibbles)
     centre: int  # 2 ** (bits - 1), taken off a quant read as unsigned (an int8 with its sign bit flipped)
-    high_bits: int  # 1 where a tile's quants end with a group of the fifth bits (Q5_x), else 0
+    high_bits: int  # groups of bits above the fourth that end a tile's quants: 1 (Q5_x, Q5_K), 2 (Q6_K), else 0
 
 
 def quant_layout(code: int) -> QuantLayout:
@@ -70,6 +96,9 @@ def quant_layout(code: int) -> QuantLayout:
     fmt = FORMAT_OF_CODE[code]
     if not fmt.quantized:
         return QuantLayout(0, 0, 0, 0, 0, 0, 0)
+    if fmt.k_quant:  # one tile a unit, its header K_HEADER bytes (the 64 of `unit_offsets`)
+        return QuantLayout(int(fmt.type != T.Q6_K), 0, k_tile_bytes(fmt.type, TILE) - K_HEADER, 4, 2,
+                           1 << (fmt.bits - 1), fmt.bits - 4)
     tiles_per_unit = 32 // (TILE * len(fmt.fields))  # the header's 32 f16 slots: each tile's fields
     high_bytes = fmt.block_size // 8 if fmt.high_bits else 0
     return QuantLayout(int(fmt.has_minimum), tiles_per_unit.bit_length() - 1, TILE * (fmt.quant_bytes + high_bytes),
@@ -100,7 +129,8 @@ class PackedMatrix:
         """GGUF bytes of one row."""
         if self.qtype in FLOAT_DTYPES:
             return self.cols * self.data.itemsize
-        return self.n_blocks * FORMATS[self.qtype].block_bytes
+        fmt = FORMATS[self.qtype]
+        return self.cols // fmt.block_size * fmt.block_bytes
 
     @property
     def n_blocks(self) -> int:
@@ -145,17 +175,32 @@ def pack(tensor: GGUFTensor | tuple[np.ndarray, T, tuple[int, int]]) -> PackedMa
         if flat.shape[1] != cols * np.dtype(FLOAT_DTYPES[qtype]).itemsize:
             raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {cols} {qtype.name} values")
         return PackedMatrix(qtype, rows, cols, flat.view(FLOAT_DTYPES[qtype]))
-    if cols % BLOCK:
-        raise HybridInferError(f"{name}: {qtype.name} rows must hold whole 32-element blocks (cols {cols})")
-    order = byte_order(qtype, cols // BLOCK)
-    expected = cols // BLOCK * FORMATS[qtype].block_bytes
+    fmt = FORMATS[qtype]
+    if cols % fmt.block_size:
+        raise HybridInferError(f"{name}: {qtype.name} rows must hold whole {fmt.block_size}-element blocks "
+                               f"(cols {cols})")
+    expected = cols // fmt.block_size * fmt.block_bytes
     if flat.shape[1] != expected:
         raise HybridInferError(f"{name}: {flat.shape[1]} bytes per row, expected {expected} for {qtype.name}")
+    if fmt.k_quant:
+        return PackedMatrix(qtype, rows, cols, pack_k_rows(qtype, flat, cols))
+    order = byte_order(qtype, cols // BLOCK)
     data = aligned_empty((rows, order.shape[0]), np.uint8)
     _gather_columns(flat, order, data)
     if FORMATS[qtype].high_bits:
         _move_bits(data.view(np.uint32), fifth_bit_words(qtype, cols // BLOCK), _TO_PACKED)
     return PackedMatrix(qtype, rows, cols, data)
+
+
+def packed_nbytes(tensor: GGUFTensor) -> int:
+    """Bytes a 2-D weight takes once loaded for the CPU kernels: a K-quant's packed tiles (module doc), F32 for a
+    type they do not read (`runtime/weights.pack_any`), else the file's bytes (rows padded to 64 bytes aside)."""
+    fmt = FORMATS.get(tensor.type)
+    if len(tensor.shape) == 2 and (fmt is None or not fmt.cpu_native):
+        return 4 * tensor.n_elements
+    if len(tensor.shape) == 2 and fmt.k_quant:
+        return tensor.shape[0] * k_row_stride(tensor.type, tensor.shape[1] // BLOCK)
+    return tensor.n_bytes
 
 
 def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:
@@ -171,6 +216,8 @@ def to_gguf_bytes(packed: PackedMatrix, rows: np.ndarray) -> np.ndarray:
     """The given rows in GGUF's own layout: (n, cols) stored floats, or (n, row_bytes) uint8 block bytes."""
     if packed.qtype in FLOAT_DTYPES:
         return packed.data[rows]
+    if FORMATS[packed.qtype].k_quant:
+        return unpack_k_rows(packed.qtype, packed.data[rows], packed.cols)
     order = byte_order(packed.qtype, packed.n_blocks)
     stored = order >= 0
     data = packed.data[rows]
@@ -283,3 +330,175 @@ def _gather_columns(source, order, out):
         target = out[r]
         for i in range(order.shape[0]):
             target[i] = row[order[i]] if order[i] >= 0 else 0
+
+
+# ---- K-quants (Q4_K, Q5_K, Q6_K): decoded to quants and sub-block scales, laid out as Q4 tiles (module doc) ----
+
+def k_row_stride(qtype: T, n_blocks: int) -> int:
+    """Bytes of a packed K row of n_blocks 32-blocks (whole tiles, then a short one, then padding to 64)."""
+    full, rest = divmod(n_blocks, TILE)
+    used = full * k_tile_bytes(qtype, TILE) + (k_tile_bytes(qtype, rest) if rest else 0)
+    return used + -used % 64
+
+
+def _k_scale_pairs(packed12: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sc, m) uint8 (..., 8): the 6-bit codes of Q4_K / Q5_K's 12 scale bytes (gguf's get_scale_min_k4)."""
+    s = packed12.astype(np.uint8)
+    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | ((s[..., 0:4] >> 6) << 4)], axis=-1)
+    m = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)], axis=-1)
+    return sc, m
+
+
+def _k_scale_bytes(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The inverse of `_k_scale_pairs`: (..., 12) uint8."""
+    return np.concatenate([(sc[..., 0:4] & 63) | ((sc[..., 4:8] >> 4) << 6),
+                           (m[..., 0:4] & 63) | ((m[..., 4:8] >> 4) << 6),
+                           (sc[..., 4:8] & 15) | ((m[..., 4:8] & 15) << 4)], axis=-1).astype(np.uint8)
+
+
+def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
+    return np.ascontiguousarray(blocks[..., at:at + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def k_decode_blocks(qtype: T, blocks: np.ndarray):
+    """GGUF K super-blocks (..., block_bytes) -> (q (..., 256) uint8 unsigned quants in element order,
+    codes (..., 16) uint8: Q4_K/Q5_K the 8 sub-blocks' scale codes then their minimum codes, Q6_K the 16 int8
+    scales, factors (..., 2) float32: (d, -dmin), Q6_K (d, 0))."""
+    if qtype == T.Q6_K:
+        ql, qh = blocks[..., 0:128], blocks[..., 128:192]
+        parts = []
+        for half in range(2):  # 128 elements: 4 runs of 32 (gguf's dequantize_blocks for Q6_K)
+            low, high = ql[..., 64 * half:64 * half + 64], qh[..., 32 * half:32 * half + 32]
+            for run in range(4):
+                nibble = (low[..., 32 * (run % 2):32 * (run % 2) + 32] >> (4 * (run // 2))) & 15
+                parts.append(nibble | (((high >> (2 * run)) & 3) << 4))
+        factors = np.stack([_f16(blocks, 208), np.zeros(blocks.shape[:-1], np.float32)], axis=-1)
+        return np.concatenate(parts, axis=-1), blocks[..., 192:208].copy(), factors
+    sc, m = _k_scale_pairs(blocks[..., 4:16])
+    nibbles = blocks[..., -128:]
+    parts = []
+    for chunk in range(4):  # 64 elements: the low nibbles of 32 bytes, then their high nibbles
+        run = nibbles[..., 32 * chunk:32 * chunk + 32]
+        parts += [run & 15, run >> 4]
+    q = np.concatenate(parts, axis=-1)
+    if qtype == T.Q5_K:  # fifth bit of element 32 r + l: bit r of qh[l]
+        qh = blocks[..., 16:48]
+        q |= np.concatenate([((qh >> r) & 1) << 4 for r in range(8)], axis=-1)
+    factors = np.stack([_f16(blocks, 0), -_f16(blocks, 2)], axis=-1)
+    return q, np.concatenate([sc, m], axis=-1), factors
+
+
+def k_encode_blocks(qtype: T, q: np.ndarray, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """The inverse of `k_decode_blocks`: GGUF super-blocks (..., block_bytes) uint8."""
+    lead = q.shape[:-1]
+    d = factors[..., 0].astype(np.float16).view(np.uint8).reshape(lead + (2,))
+    runs = q.reshape(lead + (8, 32))
+    if qtype == T.Q6_K:
+        ql, qh = [], []
+        for half in range(2):
+            r = runs[..., 4 * half:4 * half + 4, :]
+            ql += [(r[..., 0, :] & 15) | ((r[..., 2, :] & 15) << 4), (r[..., 1, :] & 15) | ((r[..., 3, :] & 15) << 4)]
+            qh.append(sum((r[..., k, :] >> 4) << (2 * k) for k in range(4)).astype(np.uint8))
+        return np.concatenate(ql + qh + [codes, d], axis=-1).astype(np.uint8)
+    dmin = (-factors[..., 1]).astype(np.float16).view(np.uint8).reshape(lead + (2,))
+    parts = [d, dmin, _k_scale_bytes(codes[..., :8], codes[..., 8:])]
+    if qtype == T.Q5_K:
+        parts.append(sum(((runs[..., r, :] >> 4) & 1) << r for r in range(8)).astype(np.uint8))
+    parts += [(runs[..., 2 * c, :] & 15) | ((runs[..., 2 * c + 1, :] & 15) << 4) for c in range(4)]
+    return np.concatenate(parts, axis=-1).astype(np.uint8)
+
+
+def _k_tiles(qtype: T, q: np.ndarray, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Packed tiles (rows, tiles, tile bytes) of `width` blocks each from q (rows, tiles, width, 32), codes
+    (rows, tiles, width, 2) (per block: scale code and minimum code, Q6_K its two scales) and factors
+    (rows, tiles, 2 super-blocks, 2)."""
+    rows, tiles, width = q.shape[:3]
+    out = np.zeros((rows, tiles, k_tile_bytes(qtype, width)), np.uint8)
+    out[:, :, 0:width] = codes[..., 0]
+    out[:, :, 16:16 + width] = codes[..., 1]
+    out[:, :, K_FACTORS:K_FACTORS + 16] = np.ascontiguousarray(factors.transpose(0, 1, 3, 2)).view(np.uint8).reshape(
+        rows, tiles, 16)  # d of super-blocks 0, 1, then their second factor
+    low, high = q[..., :16].reshape(rows, tiles, width, 4, 4), q[..., 16:].reshape(rows, tiles, width, 4, 4)
+    groups = [((low & 15) | ((high & 15) << 4)).transpose(0, 1, 3, 2, 4).reshape(rows, tiles, 16 * width)]
+    for bit in range(4, FORMATS[qtype].bits):  # byte (b, j): bit g of element 4g+j, bit 4+g of 16+4g+j
+        g = np.arange(4, dtype=np.uint8)[:, None]
+        word = ((((low >> bit) & 1) << g) | (((high >> bit) & 1) << (g + 4))).sum(axis=3, dtype=np.uint8)
+        groups.append(word.reshape(rows, tiles, 4 * width))
+    out[:, :, K_HEADER:] = np.concatenate(groups, axis=-1)
+    return out
+
+
+def _k_untiles(qtype: T, tiles: np.ndarray, width: int):
+    """The inverse of `_k_tiles`: (q, codes, factors) of packed tiles (rows, tiles, tile bytes)."""
+    rows, count = tiles.shape[:2]
+    codes = np.stack([tiles[:, :, 0:width], tiles[:, :, 16:16 + width]], axis=-1)
+    factors = np.ascontiguousarray(tiles[:, :, K_FACTORS:K_FACTORS + 16]).view(np.float32).reshape(
+        rows, count, 2, 2).transpose(0, 1, 3, 2)
+    n = width * 4
+    nibbles = tiles[:, :, K_HEADER:K_HEADER + 4 * n].reshape(rows, count, 4, width, 4).transpose(0, 1, 3, 2, 4)
+    low, high = nibbles & 15, nibbles >> 4  # (rows, tiles, width, g, j)
+    for k, bit in enumerate(range(4, FORMATS[qtype].bits)):
+        word = tiles[:, :, K_HEADER + (4 + k) * n:K_HEADER + (5 + k) * n].reshape(rows, count, width, 1, 4)
+        g = np.arange(4, dtype=np.uint8)[:, None]
+        low |= ((word >> g) & 1) << bit
+        high |= ((word >> (g + 4)) & 1) << bit
+    q = np.concatenate([low.reshape(rows, count, width, 16), high.reshape(rows, count, width, 16)], axis=-1)
+    return q, codes, factors
+
+
+def _k_block_codes(qtype: T, codes: np.ndarray) -> np.ndarray:
+    """Per super-block codes (rows, n_super, 16) -> per 32-block pairs (rows, n_blocks, 2)."""
+    rows, n_super = codes.shape[:2]
+    if qtype == T.Q6_K:  # scales of elements 0..15 and 16..31 of each block
+        return codes.reshape(rows, n_super * 8, 2)
+    return codes.reshape(rows, n_super, 2, 8).transpose(0, 1, 3, 2).reshape(rows, n_super * 8, 2)
+
+
+def _k_super_codes(qtype: T, pairs: np.ndarray) -> np.ndarray:
+    """The inverse of `_k_block_codes`."""
+    rows, nb = pairs.shape[:2]
+    if qtype == T.Q6_K:
+        return pairs.reshape(rows, nb // 8, 16)
+    return pairs.reshape(rows, nb // 8, 8, 2).transpose(0, 1, 3, 2).reshape(rows, nb // 8, 16)
+
+
+def pack_k_rows(qtype: T, flat: np.ndarray, cols: int) -> np.ndarray:
+    """Packed rows (rows, k_row_stride) of GGUF K rows flat (rows, row bytes)."""
+    rows, nb = flat.shape[0], cols // BLOCK
+    fmt = FORMATS[qtype]
+    q, codes, factors = k_decode_blocks(qtype, flat.reshape(rows, cols // fmt.block_size, fmt.block_bytes))
+    q, codes = q.reshape(rows, nb, BLOCK), _k_block_codes(qtype, codes)
+    if factors.shape[1] % 2:  # a short last tile holds one super-block: the second's factors are zero
+        factors = np.concatenate([factors, np.zeros((rows, 1, 2), np.float32)], axis=1)
+    factors = factors.reshape(rows, -1, 2, 2)
+    out = aligned_empty((rows, k_row_stride(qtype, nb)), np.uint8)
+    full, rest = divmod(nb, TILE)
+    end = full * k_tile_bytes(qtype, TILE)
+    out[:, :end] = _k_tiles(qtype, q[:, :full * TILE].reshape(rows, full, TILE, BLOCK),
+                            codes[:, :full * TILE].reshape(rows, full, TILE, 2), factors[:, :full]).reshape(rows, -1)
+    if rest:
+        last = _k_tiles(qtype, q[:, full * TILE:, None].transpose(0, 2, 1, 3), codes[:, full * TILE:, None].transpose(
+            0, 2, 1, 3), factors[:, full:])
+        out[:, end:end + last.shape[2]] = last[:, 0]
+        end += last.shape[2]
+    out[:, end:] = 0
+    return out
+
+
+def unpack_k_rows(qtype: T, data: np.ndarray, cols: int) -> np.ndarray:
+    """The inverse of `pack_k_rows`: GGUF K rows (rows, row bytes)."""
+    rows, nb = data.shape[0], cols // BLOCK
+    full, rest = divmod(nb, TILE)
+    end = full * k_tile_bytes(qtype, TILE)
+    q, codes, factors = _k_untiles(qtype, data[:, :end].reshape(rows, full, k_tile_bytes(qtype, TILE)), TILE)
+    q, codes = q.reshape(rows, full * TILE, BLOCK), codes.reshape(rows, full * TILE, 2)
+    factors = factors.reshape(rows, 2 * full, 2)
+    if rest:
+        lq, lc, lf = _k_untiles(qtype, data[:, end:end + k_tile_bytes(qtype, rest)][:, None], rest)
+        q = np.concatenate([q, lq.reshape(rows, rest, BLOCK)], axis=1)
+        codes = np.concatenate([codes, lc.reshape(rows, rest, 2)], axis=1)
+        factors = np.concatenate([factors, lf.reshape(rows, 2, 2)[:, :1]], axis=1)
+    n_super = cols // 256
+    blocks = k_encode_blocks(qtype, q.reshape(rows, n_super, 256), _k_super_codes(qtype, codes),
+                             factors[:, :n_super])
+    return blocks.reshape(rows, -1)

@@ -1,7 +1,7 @@
-"""numba dot products over quantized packed rows (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 in the tiled layout of `packed.py`): the
-dense and gathered-row products of every weight matrix, with int8 activations per 32-block as llama.cpp does
-(exact integer block dots on AVX-512 VNNI, float32 scaling) or float32 activations. `dispatch.py` picks one
-kernel per format; reference twins: `reference.py`.
+"""numba dot products over quantized packed rows (Q8_0, Q4_x, Q5_x, and the K-quants through `quant_dot_k.py`, in the
+tiled layouts of `packed.py`): the dense and gathered-row products of every weight matrix, with int8 activations per
+32-block as llama.cpp does (exact integer block dots on AVX-512 VNNI, float32 scaling) or float32 activations.
+`dispatch.py` picks one kernel per format; reference twins: `reference.py`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .formats import Q8_0
+from .formats import Q4_K, Q5_K, Q6_K, Q8_0
 from .packed import BLOCK, TILE, quant_layout
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
 from .simd import (add, add_i32, byte_planes_as_f32, dot_s8s8, dot_u8s8, fma, high_nibbles, hsum, load_bytes,
                    load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
                    signed_dot_start, splat_f32, to_f32, zeros_f32, zeros_i32)
+from .quant_dot_k import (q4k_float_tile, q4k_int8_pair, q4k_int8_tile, q5k_float_tile, q5k_int8_pair, q5k_int8_tile,
+                          q6k_float_tile, q6k_int8_pair, q6k_int8_tile)
 from .simd_bits import five_bit_quants
 from .variants import specialization
 
@@ -76,9 +78,10 @@ def _dot_group(tile, pair, pairs, group, w, ops, count, groups, nb, row_bytes, d
 
 @functools.cache
 def dot_rows(kind: int, float_activations: bool):
-    """The product kernel for packed rows of format `kind` (Q8_0, Q4_x, Q5_x) with int8 activations, or float32
-    ones: kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out) sets out[t, k] = data[r_k] . x[t] with
-    r_k = k (dense) or rows[k], data packed rows of nb blocks, x prepared activations (`cpu_quant.Activations`)."""
+    """The product kernel for packed rows of format `kind` (Q8_0, Q4_x, Q5_x, Q4_K, Q5_K, Q6_K) with int8
+    activations, or float32 ones: kernel(data, nb, xp, xsum, qx, dx, qsum, dense, rows, out) sets out[t, k] =
+    data[r_k] . x[t] with r_k = k (dense) or rows[k], data packed rows of nb blocks, x prepared activations
+    (`cpu_quant.Activations`)."""
     minimums, high_bits = quant_layout(kind).minimums, quant_layout(kind).high_bits
 
     @specialization(kind, float_activations, parallel=True, fastmath=True)
@@ -88,6 +91,12 @@ def dot_rows(kind: int, float_activations: bool):
         for group in prange(groups):
             if kind == Q8_0:  # constants: numba compiles the one branch they leave
                 tile, pair = (_q8_float_tile if float_activations else _q8_int8_tile), _q8_int8_pair
+            elif kind == Q4_K:
+                tile, pair = (q4k_float_tile if float_activations else q4k_int8_tile), q4k_int8_pair
+            elif kind == Q5_K:
+                tile, pair = (q5k_float_tile if float_activations else q5k_int8_tile), q5k_int8_pair
+            elif kind == Q6_K:
+                tile, pair = (q6k_float_tile if float_activations else q6k_int8_tile), q6k_int8_pair
             elif high_bits:
                 tile, pair = (_q5_float_tile if float_activations else _q5_int8_tile), _q5_int8_pair
             else:

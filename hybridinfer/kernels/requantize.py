@@ -1,7 +1,9 @@
-"""The transpose of a Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 weight, re-quantized in its own format: the bytes
-`gguf.quants.quantize(dequantize(W).T, qtype)` gives (its twin, which the tests compare byte for byte), in
-numba. The sparse FFN needs the down projection transposed (`down_t`) and makes it at load, where gguf's numpy
-encoders were slow (load times: docs/cpu-decoding.md).
+"""The transpose of a quantized weight, re-quantized in its format's `transpose_type` (the registry's): the bytes
+`gguf.quants.quantize(dequantize(W).T, transpose_type)` gives (its twin, which the tests compare byte for byte), in
+numba. Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 stay in their own format; a K-quant's transpose becomes the 32-block format
+nearest to it (Q4_K -> Q4_1, Q5_K -> Q5_1, Q6_K -> Q8_0: its rows need only be whole 32-blocks, and S3 reads only
+32-block formats), from its values as gguf-py decodes them. The sparse FFN needs the down projection transposed
+(`down_t`) and makes it at load, where gguf's numpy encoders were slow (load times: docs/cpu-decoding.md).
 
 Work goes by tiles of 32 x 32 weights: the 32 blocks of one input block column and 32 input rows are decoded
 (float32, as gguf decodes), then each of the tile's 32 columns is encoded as one output block, with gguf's
@@ -19,18 +21,21 @@ from ..model_file.weight_formats import CPU_NATIVE_FORMATS, FORMATS
 from .formats import FORMAT_CODE, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from .packed import BLOCK
 
-QUANTIZED_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS if f.quantized)  # each has its encoder below
+QUANTIZED_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS if f.quantized)  # each transposed below
 
 
 def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np.ndarray:
-    """raw: a (rows, cols) weight as gguf stores it; -> (cols, rows // 32 * block bytes) uint8, its transpose in the
-    same format. rows and cols must be multiples of 32."""
+    """raw: a (rows, cols) weight as gguf stores it; -> (cols, rows // 32 * block bytes) uint8, its transpose in
+    FORMATS[qtype].transpose_type. rows and cols must be multiples of 32 (of 256 for a K-quant's cols)."""
     qtype = T(qtype)
     rows, cols = shape
-    if qtype not in QUANTIZED_TYPES or rows % BLOCK or cols % BLOCK:
-        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in QUANTIZED_TYPES)} weights whose both "
-                         f"sides are multiples of 32, not {qtype.name} {shape}")
+    if qtype not in QUANTIZED_TYPES or rows % BLOCK or cols % FORMATS[qtype].block_size:
+        raise ValueError(f"transpose_quantized takes {', '.join(t.name for t in QUANTIZED_TYPES)} weights whose rows "
+                         f"are a multiple of 32 and cols of the block size, not {qtype.name} {shape}")
     fmt = FORMATS[qtype]
+    if fmt.k_quant:
+        return _transpose_decoded(fmt.decode(np.ascontiguousarray(raw).view(np.uint8).reshape(-1, fmt.block_bytes))
+                                  .reshape(rows, cols), fmt.transpose_type)
     block_bytes, header = fmt.block_bytes, fmt.header_bytes
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // BLOCK, block_bytes)
     scales = _halves(blocks, fmt.field_at("scale"))
@@ -39,11 +44,50 @@ def transpose_quantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np
     out_scales = np.empty((cols, rows // BLOCK), np.float32)
     out_minimums = np.empty((cols, rows // BLOCK), np.float32)
     _transpose_blocks(FORMAT_CODE[qtype], blocks, scales, minimums, header, out, out_scales, out_minimums)
+    return _with_fields(fmt, out, out_scales, out_minimums)
+
+
+def requantized(raw: np.ndarray, qtype: T, shape: tuple[int, int]) -> np.ndarray:
+    """A K-quant weight (rows, cols) as gguf stores it, re-quantized (not transposed) to its transpose_type:
+    (rows, cols // 32 * block bytes) uint8."""
+    fmt = FORMATS[T(qtype)]
+    values = fmt.decode(np.ascontiguousarray(raw).view(np.uint8).reshape(-1, fmt.block_bytes)).reshape(shape)
+    return _transpose_decoded(np.ascontiguousarray(values.T), fmt.transpose_type)
+
+
+def _with_fields(fmt, out: np.ndarray, out_scales: np.ndarray, out_minimums: np.ndarray) -> np.ndarray:
+    """out (cols, nb, block bytes) with its f16 header fields written from the float32 ones, as (cols, bytes)."""
     computed = {"scale": out_scales, "minimum": out_minimums}
     for field in fmt.fields:
         at = fmt.field_at(field)
-        out[:, :, at:at + 2] = computed[field].astype(np.float16).view(np.uint8).reshape(cols, -1, 2)
-    return out.reshape(cols, -1)
+        out[:, :, at:at + 2] = computed[field].astype(np.float16).view(np.uint8).reshape(out.shape[0], -1, 2)
+    return out.reshape(out.shape[0], -1)
+
+
+def _transpose_decoded(values: np.ndarray, target: T) -> np.ndarray:
+    """The transpose of float32 values (rows, cols), encoded in the 32-block format `target`."""
+    rows, cols = values.shape
+    fmt = FORMATS[target]
+    out = np.empty((cols, rows // BLOCK, fmt.block_bytes), np.uint8)
+    out_scales = np.empty((cols, rows // BLOCK), np.float32)
+    out_minimums = np.empty((cols, rows // BLOCK), np.float32)
+    _encode_columns(FORMAT_CODE[target], values, fmt.header_bytes, out, out_scales, out_minimums)
+    return _with_fields(fmt, out, out_scales, out_minimums)
+
+
+@njit(parallel=True, cache=True)
+def _encode_columns(kind, values, header, out, out_scales, out_minimums):
+    """values (rows, cols) float32 -> out (cols, rows // 32, block bytes) quants and out_scales / out_minimums
+    float32 d and m: block b of output row r encodes values[32 b : 32 b + 32, r]. Parallel over input row blocks."""
+    rows, cols = values.shape
+    for b in prange(rows // BLOCK):
+        column = np.empty(BLOCK, np.float32)
+        quants = np.empty(BLOCK, np.int32)
+        for r in range(cols):
+            for e in range(BLOCK):
+                column[e] = values[BLOCK * b + e, r]
+            out_scales[r, b], out_minimums[r, b] = _encode(kind, column, quants)
+            _store(kind, quants, header, out[r, b])
 
 
 def _halves(blocks: np.ndarray, at: int) -> np.ndarray:

@@ -16,6 +16,16 @@ Nibble byte j of a block holds element j in its low nibble and element j + 16 in
 add each element's fifth (top) bit: qh, a little-endian uint32 whose bit j belongs to element j. Any other type
 the gguf package knows is decoded through it (`dequantize.py`), to F32.
 
+The K-quants group 8 sub-blocks of 32 (Q6_K: 16 of 16) in a super-block of 256 elements, with 6-bit (Q6_K:
+int8) sub-block scales under one f16 super-block scale; their decoder is gguf-py's:
+
+    Q4_K  d | dmin | 12 bytes of 6-bit (sc, m) pairs | 128 bytes of nibbles    value = d sc_j q - dmin m_j
+    Q5_K  as Q4_K, with qh[32] (each element's fifth bit) before the nibbles       q: 5 bits
+    Q6_K  ql[128] | qh[64] | int8 scales[16] | d                                   value = d sc_i (q - 32), q: 6 bits
+
+The CPU kernels read them a 32-element sub-block at a time, as blocks of the Q4 layout with the exact scale
+d sc_j (`kernels/packed.py`); their transposes (`transposed`) are re-quantized to a 32-block format.
+
 Adding a format: declare it below with its decoder (native decoding then follows), then set `cpu_native` once the
 numba kernels read it (`kernels/`: its packed layout and kernels) and `gpu_native` once the Triton kernels do.
 """
@@ -26,8 +36,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, quants
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
+from gguf import quants as gguf_quants
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class WeightFormat:
     high_bits: bool = False  # quantized: a word of each element's top quant bit follows the f16 fields (Q5_x)
     value_type: str = ""  # float formats: the element's type as torch names it (numpy lacks bfloat16)
     cpu_bits_type: str = ""  # float formats: the numpy type the CPU kernels read the stored values as
+    k_bits: int = 0  # K-quants: bits of an element's quant (super-blocks of 256 elements); 0 for other formats
+    transposed: T | None = None  # the format its transposed copy is re-quantized to (None: itself)
 
     @property
     def name(self) -> str:
@@ -59,6 +72,15 @@ class WeightFormat:
     @property
     def quantized(self) -> bool:
         return self.block_size > 1
+
+    @property
+    def k_quant(self) -> bool:
+        return self.k_bits > 0
+
+    @property
+    def transpose_type(self) -> T:
+        """The format the CPU keeps this format's transpose in (`kernels/requantize.py`)."""
+        return self.transposed or self.type
 
     @property
     def header_bytes(self) -> int:
@@ -81,6 +103,8 @@ class WeightFormat:
     @property
     def bits(self) -> int:
         """Bits of one element's quant (8: an int8, 4: a nibble)."""
+        if self.k_quant:
+            return self.k_bits
         return 8 * self.quant_bytes // self.block_size + self.high_bits
 
 
@@ -124,6 +148,11 @@ def _q5_1(blocks: np.ndarray) -> np.ndarray:
     return _f16_field(blocks, 0) * _five_bits(blocks, 4) + _f16_field(blocks, 2)
 
 
+def _gguf_decoder(qtype: T) -> Callable[[np.ndarray], np.ndarray]:
+    """gguf-py's decoder of (n, block_bytes) uint8 blocks of `qtype`, as (n, block_size) float32."""
+    return lambda blocks: np.asarray(gguf_quants.dequantize(blocks, qtype), dtype=np.float32)
+
+
 F32 = WeightFormat(T.F32, 0, lambda raw: np.array(raw, dtype=np.float32), cpu_native=True, gpu_native=True,
                    value_type="float32", cpu_bits_type="float32")
 F16 = WeightFormat(T.F16, 1, lambda raw: np.asarray(raw).view(np.float16).astype(np.float32), cpu_native=True,
@@ -137,17 +166,17 @@ Q5_0 = WeightFormat(T.Q5_0, 6, _q5_0, cpu_native=True, gpu_native=True, fields=(
 Q5_1 = WeightFormat(T.Q5_1, 7, _q5_1, cpu_native=True, gpu_native=True, fields=("scale", "minimum"),
                     high_bits=True)
 
-FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}  # decoded natively
+Q4_K = WeightFormat(T.Q4_K, 8, _gguf_decoder(T.Q4_K), cpu_native=True, gpu_native=True, k_bits=4,
+                    transposed=T.Q4_1)
+Q5_K = WeightFormat(T.Q5_K, 9, _gguf_decoder(T.Q5_K), cpu_native=True, gpu_native=True, k_bits=5,
+                    transposed=T.Q5_1)
+Q6_K = WeightFormat(T.Q6_K, 10, _gguf_decoder(T.Q6_K), cpu_native=True, gpu_native=True, k_bits=6,
+                    transposed=T.Q8_0)
 
-# K-quants: 256-element super-blocks (their fields: gguf.quants' decoders, `gpu/weights.py`). Outside FORMATS while
-# the CPU kernels do not read them: the CPU side decodes them through gguf (`dequantize.py`), the GPU side reads them.
-Q4_K = WeightFormat(T.Q4_K, 8, lambda blocks: quants.dequantize(blocks, T.Q4_K), cpu_native=False, gpu_native=True)
-Q5_K = WeightFormat(T.Q5_K, 9, lambda blocks: quants.dequantize(blocks, T.Q5_K), cpu_native=False, gpu_native=True)
-Q6_K = WeightFormat(T.Q6_K, 10, lambda blocks: quants.dequantize(blocks, T.Q6_K), cpu_native=False, gpu_native=True)
-K_QUANT_FORMATS: dict[T, WeightFormat] = {f.type: f for f in (Q4_K, Q5_K, Q6_K)}
-
+FORMATS: dict[T, WeightFormat] = {f.type: f for f in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+                                                      Q4_K, Q5_K, Q6_K)}  # decoded natively
 CPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.cpu_native)
-GPU_NATIVE_FORMATS = tuple(f for f in (*FORMATS.values(), *K_QUANT_FORMATS.values()) if f.gpu_native)
+GPU_NATIVE_FORMATS = tuple(f for f in FORMATS.values() if f.gpu_native)
 CPU_NATIVE_TYPES = tuple(f.type for f in CPU_NATIVE_FORMATS)
 GPU_NATIVE_TYPES = tuple(f.type for f in GPU_NATIVE_FORMATS)
 FLOAT_TYPES = tuple(f.type for f in FORMATS.values() if not f.quantized)  # read in place (no repacking)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..model_file.config import ModelConfig
 from ..errors import HybridInferError
 from ..model_file.gguf_file import GGUFFile
+from ..kernels.packed import packed_nbytes
 from ..model_file.tensor_shapes import PROJECTIONS, split_name
 from .kv_types import DEFAULT_KV_TYPE, KV_TYPES, KVType
 
@@ -58,7 +59,7 @@ def estimate(file: GGUFFile, config: ModelConfig, n_ctx: int, chunk: int, float3
     if float32_weights:
         weights = 4 * sum(t.n_elements for t in file.tensors.values())
     else:
-        weights = sum(t.n_bytes for t in file.tensors.values())
+        weights = sum(packed_nbytes(t) for t in file.tensors.values())  # K-quants: their tiles' bytes
     transposes = sum(t.n_bytes for name, t in file.tensors.items()
                      if split_name(name)[0] in PROJECTIONS) if transposed else 0
     return RunMemory(weights, n_ctx * kv_bytes_per_position(config, cache_types), buffer_bytes(config, n_ctx, chunk),

@@ -35,7 +35,7 @@ from ..kernels.packed import PackedMatrix
 MAX_BYTES = 32 * 2**30  # the oldest entries go when the cache holds more
 FREE_MARGIN = 2**30  # an entry is written only if the disk keeps this much free after it
 MAGIC = b"HYBRPACK"
-LAYOUT_VERSION = 2  # bump when kernels/packed.py, kernels/requantize.py or the predictor packing change (2: Q5_x)
+LAYOUT_VERSION = 3  # bump when kernels/packed.py, kernels/requantize.py or the predictor packing change (2: Q5_x, 3: K)
 ALIGN = 64
 
 

@@ -124,7 +124,7 @@ class SparseFFN(CPUFFN):
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw,
                                               self.thresholds[index], self.silu, np.float32(c.residual_scale))
             block = self._blocks[index] = BoundCall(
-                cpu_layer.sparse_ffn_block(*layer.ffn_codes, self.float_activations))
+                cpu_layer.sparse_ffn_block(*layer.ffn_codes[:2], self.down_t[index].code, self.float_activations))
         fired = block(s.x, s.normed, self._weights[index], self.candidates, n_candidates, self.scratch,
                       numba.get_num_threads())
         self.stats.tokens += 1

@@ -26,10 +26,10 @@ from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_OUT
                                         OUTPUT, OUTPUT_NORM, TOKEN_EMBD, block_name, down_name, require_tensors,
                                         split_name, tensor_name)
 from ..kernels import compile_time, threads
-from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
 from ..kernels.formats import FORMAT_CODE
 from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
-from ..kernels.requantize import transpose_quantized
+from ..kernels.requantize import requantized, transpose_quantized
 from .repack_cache import RepackCache
 
 
@@ -51,12 +51,16 @@ class PackedLayer:
     _gate_up_t: PackedMatrix | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        # format codes that the numba blocks are made for (`kernels/cpu_layer.py`); ffn_codes[2] is the down
-        # projection's, dense or transposed alike (a transpose keeps the format). A part the GPU side holds is None.
+        # format codes that the numba blocks are made for (`kernels/cpu_layer.py`); ffn_codes[2] is the dense down
+        # projection's (a transpose keeps the format, but a K-quant's becomes its transpose_type: the sparse blocks
+        # take the code of ffn_down_t() itself). A part the GPU side holds is None.
         if self.attn_qkv is not None:
             self.attention_codes = (self.attn_qkv.code, self.attn_output.code)
         if self.ffn_gate is not None:
-            down_code = FORMAT_CODE.get(self.source_down.type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
+            down_type = self.source_down.type
+            if down_type in FORMATS and self.transposed_in_file:
+                down_type = FORMATS[down_type].transpose_type
+            down_code = FORMAT_CODE.get(down_type, FORMAT_CODE[T.F32])  # unreadable types: decoded to F32
             self.ffn_codes = (self.ffn_gate.code, self.ffn_up.code, down_code)
 
     @property
@@ -72,7 +76,7 @@ class PackedLayer:
     def ffn_down_t(self) -> PackedMatrix:
         """(n_ff, n_embd): row i is neuron i's output vector (the sparse FFN's S3 reads these rows)."""
         if self._down_t is None:
-            self._down_t = pack_any(self.source_down) if self.transposed_in_file else transpose(self.source_down)
+            self._down_t = transposed_copy(self.source_down) if self.transposed_in_file else transpose(self.source_down)
         return self._down_t
 
     def teal_transposes(self) -> tuple[PackedMatrix, PackedMatrix, PackedMatrix, PackedMatrix]:
@@ -252,11 +256,20 @@ def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
     return pack((values, T.F32, values.shape))
 
 
+def transposed_copy(tensor: GGUFTensor) -> PackedMatrix:
+    """A weight the file stores transposed, packed as S3 reads it: `pack_any`, or a K-quant re-quantized to its
+    transpose_type (S3 reads 32-block formats)."""
+    fmt = FORMATS.get(tensor.type)
+    if fmt is None or not fmt.k_quant or tensor.type not in CPU_NATIVE_TYPES:
+        return pack_any(tensor)
+    return pack((requantized(tensor.raw, tensor.type, tensor.shape), fmt.transpose_type, tensor.shape))
+
+
 def transpose(tensor: GGUFTensor) -> PackedMatrix:
-    """The transpose of a 2-D weight, in its own format: float bits are moved exactly; quantized weights are
-    decoded, transposed and encoded again (one more rounding, within the format's tolerance): by
-    `kernels/requantize.py`, byte for byte what `gguf.quants` gives, in numba; types the kernels do not
-    read, and quantized weights whose transposed rows are not whole blocks, become F32."""
+    """The transpose of a 2-D weight, in its own format (a K-quant: its registry transpose_type): float bits are moved
+    exactly; quantized weights are decoded, transposed and encoded again (one more rounding, within the format's
+    tolerance): by `kernels/requantize.py`, byte for byte what `gguf.quants` gives, in numba; types the kernels do
+    not read, and quantized weights whose transposed rows are not whole blocks, become F32."""
     return _transposed(tensor.raw, tensor.type, tensor.shape, lambda: dequantize(tensor))
 
 
@@ -268,5 +281,5 @@ def _transposed(raw, qtype: T, shape: tuple[int, int], values) -> PackedMatrix:
         stored = np.ascontiguousarray(raw).view(FLOAT_DTYPES[qtype]).reshape(rows, cols)
         return pack((np.ascontiguousarray(stored.T), qtype, (cols, rows)))
     if qtype in CPU_NATIVE_TYPES and rows % 32 == 0:  # quantized: numba, byte for byte what gguf.quants would give
-        return pack((transpose_quantized(raw, qtype, (rows, cols)), qtype, (cols, rows)))
+        return pack((transpose_quantized(raw, qtype, (rows, cols)), FORMATS[qtype].transpose_type, (cols, rows)))
     return pack((np.ascontiguousarray(values().T), T.F32, (cols, rows)))  # decoded to F32, as pack_any does

@@ -25,7 +25,7 @@ from ...model_file.config import ModelConfig
 from ...model_file.gguf_file import GGUFFile, GGUFTensor
 from ...model_file.tensor_shapes import (ATTN_K, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_GATE, FFN_UP, OUTPUT, TOKEN_EMBD,
                                         down_name, tensor_name)
-from ...model_file.weight_formats import CPU_NATIVE_TYPES, GPU_NATIVE_TYPES, Q8_0
+from ...model_file.weight_formats import CPU_NATIVE_TYPES, FORMATS, GPU_NATIVE_TYPES, Q8_0
 
 WORKSPACE_MARGIN = 64 << 20
 
@@ -37,8 +37,12 @@ def device_bytes(tensor: GGUFTensor) -> int:
 
 def down_t_bytes(down: GGUFTensor) -> int:
     """Bytes on the GPU side of a split layer's down projection: its hot rows are the CPU side's transposed down
-    projection (`runtime/weights.py`), in the file's format where the CPU kernels read it, else F32."""
-    return device_bytes(down) if down.type in CPU_NATIVE_TYPES else 4 * down.n_elements
+    projection (`runtime/weights.py`): in the format the CPU kernels transpose the file's into (a K-quant: its
+    registry `transpose_type`), or F32 where they do not read it or its rows are not whole 32-blocks."""
+    target = FORMATS[FORMATS[down.type].transpose_type] if down.type in CPU_NATIVE_TYPES else None
+    if target is None or (target.quantized and down.shape[0] % target.block_size):
+        return 4 * down.n_elements
+    return down.n_elements // target.block_size * target.block_bytes
 
 
 def row_bytes(tensor: GGUFTensor) -> int:

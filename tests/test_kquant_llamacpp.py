@@ -1,0 +1,55 @@
+"""K-quant tensors as llama.cpp writes them (SmolLM2 re-quantized to Q4_K_M by llama_cpp): the CPU kernels read the
+file's real Q4_K / Q6_K tensors as gguf-py decodes them, and the packed engine's greedy tokens equal the float32
+decode's. (SmolLM2's 576-wide rows are not whole 256-blocks: llama.cpp gives only its 1536-wide rows, ffn_down, a
+K type; the others fall back to 32-block types.)"""
+
+import ctypes
+import zlib
+
+import numpy as np
+import pytest
+
+import hybridinfer
+from hybridinfer.kernels import cpu_quant, reference
+from hybridinfer.kernels.packed import pack
+from hybridinfer.model_file.gguf_file import GGUFFile
+from hybridinfer.model_file.weight_formats import FORMATS
+from kquant_blocks import k_sizes
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+IDS = [1, 504, 3458, 282, 4649, 314]
+
+
+@pytest.fixture(scope="module")
+def q4_k_m_path(smollm_path, tmp_path_factory):
+    path = tmp_path_factory.mktemp("k") / "smollm2-q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.allow_requantize = True  # from the default model's Q4_1
+    params.nthread = 2
+    assert llama_cpp.llama_model_quantize(str(smollm_path).encode(), str(path).encode(), ctypes.byref(params)) == 0
+    return path
+
+
+def test_real_k_tensors_are_read_as_gguf_decodes_them(q4_k_m_path):
+    model = GGUFFile(q4_k_m_path)
+    k_tensors = [t for t in model.tensors.values() if t.type in FORMATS and FORMATS[t.type].k_quant]
+    assert {t.type.name for t in k_tensors} >= {"Q4_K", "Q6_K"}
+    rng = np.random.default_rng(zlib.crc32(b"real k tensors"))
+    for tensor in k_tensors[:2] + k_tensors[-2:]:
+        packed = pack(tensor)
+        values = reference.dequantized(tensor.raw, tensor.type, tensor.shape)
+        x = rng.standard_normal(tensor.shape[1], dtype=np.float32)
+        for float_activations in (True, False):
+            out = np.empty(tensor.shape[0], np.float32)
+            cpu_quant.matvec(packed, x, out, float_activations=float_activations)
+            used = x if float_activations else reference.quantize_activations(x)
+            magnitude = reference.matvec(k_sizes(tensor.raw, tensor.type, tensor.shape), np.abs(x))
+            assert np.all(np.abs(out - reference.matvec(values, used)) <= 1e-5 * magnitude)
+
+
+def test_greedy_tokens_equal_the_float32_decode(q4_k_m_path):
+    expected = hybridinfer.load(str(q4_k_m_path), backend="reference").generate(IDS, max_tokens=8, temperature=0)
+    packed = hybridinfer.load(str(q4_k_m_path), float_activations=True)
+    assert packed.generate(IDS, max_tokens=8, temperature=0).tokens == expected.tokens
