@@ -23,9 +23,8 @@ K_QUANTS = [f.type for f in CPU_NATIVE_FORMATS if f.k_quant]
 # every format: |kernel - twin| <= tolerance * magnitude, per output, where magnitude is the twin applied to |weights|
 # and |x| (the sum of the absolute terms, which sets the size of rounding errors however much the terms cancel).
 EXACT_TOLERANCE = 1e-5
-# The int8-activation path against the exact product: |out - W x| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (a bound,
-# documented in cpu_quant), plus the float tolerance.
-INT8_ERROR_BOUND = cpu_quant.INT8_ERROR_BOUND
+# The int8-activation path against the exact product: |out - W x| <= cpu_quant.int8_error_bound(code) * ||W_row|| *
+# ||x|| (a bound, documented in cpu_quant), plus the float tolerance.
 # (rows, cols): odd row counts, one block, cols not a multiple of 256 nor of a 16-block tile, whole tiles
 SHAPES = [(7, 96), (33, 4384), (1, 32), (16, 512), (3, 1056)]
 FLOAT_ONLY_SHAPES = [(9, 100), (2, 7)]  # float formats need no 32-element blocks
@@ -221,10 +220,13 @@ def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):
     if float_activations or qtype not in QUANTIZED:
         assert_close(out, expected, magnitude, EXACT_TOLERANCE)
         return
-    assert_close(out, twin(values, reference.quantize_activations(x)), magnitude, EXACT_TOLERANCE)
+    code = FORMATS[qtype].code
+    assert_close(out, twin(values, reference.quantize_activations(x, cpu_quant.SCALE_GROUPS[code])), magnitude,
+                 EXACT_TOLERANCE)
     row_norms = np.sqrt(twin(values ** 2, np.ones_like(x)))  # ||W_row|| in the twin's output layout
     x_norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    assert np.all(np.abs(out - expected) <= INT8_ERROR_BOUND * row_norms * x_norms + EXACT_TOLERANCE * magnitude)
+    bound = cpu_quant.int8_error_bound(code)
+    assert np.all(np.abs(out - expected) <= bound * row_norms * x_norms + EXACT_TOLERANCE * magnitude)
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
@@ -243,6 +245,20 @@ def test_prepared_activations_are_shared_across_matrices(rng, qtype):
         cpu_quant.matvec(packed, prepared, out)
         assert_close(out, reference.matvec(values, reference.quantize_activations(x)),
                       reference.matvec(sizes, np.abs(x)), EXACT_TOLERANCE)
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+def test_k_quant_activations_take_one_scale_per_256_elements(rng, qtype):
+    """As llama.cpp's q8_K: the int8 activations of a K-quant matrix share one scale per super-block."""
+    x = rng.standard_normal(768, dtype=np.float32)
+    x[300] = 40.0  # an outlier sets its whole super-block's scale, not only its 32-block's
+    prepared = cpu_quant.prepare(x, code=FORMATS[qtype].code)
+    groups = x.reshape(-1, 256)
+    scale = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)
+    quantized = np.rint(groups * (np.float32(1) / scale)).ravel()
+    assert np.array_equal(prepared.dx[0], np.repeat(scale.ravel(), 8))
+    assert np.array_equal(prepared.qx[0], quantized[byte_element_order(768 // 32)])
+    assert np.array_equal(reference.quantize_activations(x, 8), (quantized.reshape(-1, 256) * scale).ravel())
 
 
 def test_read_only_weights_are_packed_and_read(rng):

@@ -96,7 +96,7 @@ class ColdHalf:
             return None, 0, time.perf_counter() - start
         self.candidates[:count] = chosen
         self.normed.x[:] = self.normed_host.numpy()
-        cpu_layer.prepare(self.normed)
+        cpu_layer.prepare(self.normed, self.weights.layers[index].ffn_codes[0])
         self.unused_x[:] = 0
         fired = self._block(index)(self.unused_x, self.normed, self._weights[index], self.candidates, count,
                                    self.scratch, numba.get_num_threads())
@@ -119,7 +119,7 @@ class ColdHalf:
         x = np.ascontiguousarray(normed.float().cpu().numpy())
         tokens, n_ff = x.shape[0], self.config.n_ff
         act = activation_buffers(tokens, x.shape[1], x=x)
-        cpu_layer.prepare(act)
+        cpu_layer.prepare(act, layer.ffn_codes[0])
         gate, up, hidden = (np.empty((tokens, n_ff), np.float32) for _ in range(3))
         matmul(layer.ffn_gate, act, gate, float_activations=fa)
         matmul(layer.ffn_up, act, up, float_activations=fa)

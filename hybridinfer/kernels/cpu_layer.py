@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from . import cpu_ops
-from .cpu_quant import prepare_blocks
+from .cpu_quant import SCALE_GROUPS, prepare_blocks
 from .dispatch import ALL_ROWS, accumulate, product
 from .kv_rows import store_row
 from .variants import specialization
@@ -33,16 +33,16 @@ DENSE_GATE_SHARE = 0.4  # gathered gate rows vs the dense kernel's speed (docs/c
 
 
 @njit(**_OPTIONS)
-def prepare(act):
-    """Fill act's block data (packed order, int8 quantization) from act.x."""
-    prepare_blocks(act.x, act.xp, act.xsum, act.qx, act.dx, act.qsum)
+def prepare(act, code):
+    """Fill act's block data (packed order, int8 quantization) from act.x, for matrices of format `code`."""
+    prepare_blocks(act.x, act.xp, act.xsum, act.qx, act.dx, act.qsum, SCALE_GROUPS[code])
 
 
 @njit(**_OPTIONS)
-def normalize(x, norm, eps, normed):
-    """normed = RMSNorm(x), with its int8 blocks."""
+def normalize(x, norm, eps, normed, code):
+    """normed = RMSNorm(x), with its int8 blocks for matrices of format `code`."""
     cpu_ops.rms_norm(x, norm, eps, normed.x)
-    prepare(normed)
+    prepare(normed, code)
 
 
 @njit(**_OPTIONS)
@@ -62,10 +62,10 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
         sequences); their keys and values written to the layer's caches first. weights: `AttentionWeights`,
         kv: `KVState`, scratch: `AttentionScratch` (`block_args.py`)."""
         s = scratch
-        normalize(x, weights.norm, weights.eps, s.normed)
+        normalize(x, weights.norm, weights.eps, s.normed, qkv_code)
         product(qkv_code, weights.qkv, s.normed, ALL_ROWS, True, float_activations, s.qkv)
         attend(s.qkv, s.q, s.k, s.v, kv, s.attended.x)
-        prepare(s.attended)
+        prepare(s.attended, out_code)
         product(out_code, weights.output, s.attended, ALL_ROWS, True, float_activations, s.out)
         cpu_ops.add_scaled(x, s.out, weights.residual_scale)
 
@@ -107,7 +107,7 @@ def dense_ffn_block(gate_code: int, up_code: int, down_code: int, float_activati
             cpu_ops.silu_times(s.gate, s.up, s.hidden.x)
         else:
             cpu_ops.fatrelu_times(s.gate, s.up, w.threshold, s.hidden.x)
-        prepare(s.hidden)
+        prepare(s.hidden, down_code)
         product(down_code, w.down, s.hidden, ALL_ROWS, True, float_activations, s.out)
         cpu_ops.add_scaled(x, s.out, w.residual_scale)
 
@@ -124,11 +124,11 @@ def predict(fc1_code: int, fc2_code: int, float_activations: bool):
         fc2 . ReLU(fc1 . x) >= threshold; returns m. residual, hidden: Activations buffers (1, n_embd) and
         (1, rank); logits (1, n_ff)."""
         residual.x[:] = x
-        prepare(residual)
+        prepare(residual, fc1_code)
         product(fc1_code, fc1, residual, ALL_ROWS, True, float_activations, hidden.x)
         for i in range(hidden.x.shape[1]):
             hidden.x[0, i] = max(hidden.x[0, i], np.float32(0.0))
-        prepare(hidden)
+        prepare(hidden, fc2_code)
         product(fc2_code, fc2, hidden, ALL_ROWS, True, float_activations, logits)
         return cpu_ops.select_rows(logits[0], threshold, ALL_ROWS, selected, False)
 

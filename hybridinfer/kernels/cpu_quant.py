@@ -6,10 +6,10 @@
     matmul(W, X, out)                      out = X @ W.T   X (T, cols), out (T, rows)   prefill, each row read once
 
 Float formats (F32, F16, BF16) are computed in float32. Quantized formats (Q8_0, Q4_x, Q5_x, K) by default use
-activations quantized to int8 per 32-block, as llama.cpp does (x^ = dx * round(x / dx), dx = max|x|/127), with
-exact integer dot products per block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32
-rounding, so |out - W @ x| <= ||W_row|| * ||x - x^|| <= INT8_ERROR_BOUND * ||W_row|| * ||x|| (in practice
-~5e-3 of the outputs' RMS). `float_activations=True` keeps activations in float32 (about half the speed).
+activations quantized to int8 as llama.cpp does (x^ = dx * round(x / dx), dx = max|x|/127 over each 32-block, its
+q8_0, or for the K-quants over each 256 elements, its q8_K: `SCALE_GROUPS`), with exact integer dot products per
+block (AVX-512 VNNI) and float32 scaling: the result is W @ x^ to float32 rounding, so |out - W @ x| <=
+||W_row|| * ||x - x^|| <= int8_error_bound(code) * ||W_row|| * ||x|| (in practice ~5e-3 of the outputs' RMS). `float_activations=True` keeps activations in float32 (about half the speed).
 accumulate_rows likewise quantizes its coefficients to int8 per block and batch of 8 rows (`cpu_accumulate_int8.py`,
 ~5e-3 relative), or with `float_activations=True` computes in float32.
 
@@ -30,10 +30,20 @@ from numba import njit
 
 from ..model_file.weight_formats import FORMATS
 from .dispatch import ALL_ROWS, accumulate, product
+from .formats import FORMAT_OF_CODE
 from .variants import specialization
 from .packed import BLOCK, TILE, PackedMatrix, aligned_empty
 
+# 32-blocks per int8 activation scale, by the code of the matrix the activations feed: one scale per 256 elements
+# for the K-quants (llama.cpp's q8_K), one per 32-block for every other format (its q8_0)
+SCALE_GROUPS = tuple(8 if FORMAT_OF_CODE[code].k_quant else 1 for code in range(len(FORMAT_OF_CODE)))
 INT8_ERROR_BOUND = 32 ** 0.5 / 254  # ||x - x^|| <= this * ||x||: each element is off by at most max|x_block| / 254
+
+
+def int8_error_bound(code: int) -> float:
+    """INT8_ERROR_BOUND for activations scaled over SCALE_GROUPS[code] blocks (each element off by at most the
+    group's max|x| / 254)."""
+    return (32 * SCALE_GROUPS[code]) ** 0.5 / 254
 
 
 class Activations(NamedTuple):
@@ -56,13 +66,14 @@ class Activations(NamedTuple):
         return self.x.shape[1]
 
 
-def prepare(x: np.ndarray, blocks: bool = True) -> Activations:
-    """Activations of one token (cols,) or T tokens (T, cols), float32. `blocks=False` skips what only the
-    quantized formats read (packed order, int8 quantization): enough for F32/F16/BF16 matrices."""
+def prepare(x: np.ndarray, blocks: bool = True, code: int = 0) -> Activations:
+    """Activations of one token (cols,) or T tokens (T, cols), float32, for matrices of format `code` (its int8
+    scales: `SCALE_GROUPS`). `blocks=False` skips what only the quantized formats read (packed order, int8
+    quantization): enough for F32/F16/BF16 matrices."""
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, np.shape(x)[-1])
     act = activation_buffers(x2.shape[0], x2.shape[1], blocks, x=x2)
     if act.qx.shape[1]:
-        prepare_blocks(x2, act.xp, act.xsum, act.qx, act.dx, act.qsum)
+        prepare_blocks(x2, act.xp, act.xsum, act.qx, act.dx, act.qsum, SCALE_GROUPS[code])
     return act
 
 
@@ -75,11 +86,11 @@ def activation_buffers(tokens: int, cols: int, blocks: bool = True, x: np.ndarra
     return Activations(x, xp, xsum, qx, dx, aligned_empty((tokens, nb), np.int32))
 
 
-def prepare_into(act: Activations) -> Activations:
-    """Recompute the block data of `act` from its `x` (which the caller has just written): `prepare` without
-    allocating, for buffers made once by `activation_buffers`."""
+def prepare_into(act: Activations, code: int = 0) -> Activations:
+    """Recompute the block data of `act` from its `x` (which the caller has just written) for matrices of format
+    `code`: `prepare` without allocating, for buffers made once by `activation_buffers`."""
     if act.qx.shape[1]:
-        prepare_blocks(act.x, act.xp, act.xsum, act.qx, act.dx, act.qsum)
+        prepare_blocks(act.x, act.xp, act.xsum, act.qx, act.dx, act.qsum, SCALE_GROUPS[code])
     return act
 
 
@@ -129,7 +140,7 @@ def accumulate_rows(packed_t: PackedMatrix, rows: np.ndarray, coeffs: np.ndarray
 
 
 def _prepared(x, packed: PackedMatrix, tokens) -> Activations:
-    act = x if isinstance(x, Activations) else prepare(x, blocks=packed.quantized)
+    act = x if isinstance(x, Activations) else prepare(x, blocks=packed.quantized, code=packed.code)
     if act.cols != packed.cols:
         raise ValueError(f"activations have {act.cols} columns, the matrix {packed.cols}")
     if tokens is not None and act.tokens != tokens:
@@ -194,28 +205,31 @@ def _accumulate_kernel(code: int, float_activations: bool):
 # ---- activation preparation ------------------------------------------------------------------------------
 
 @njit(nogil=True, cache=True)  # no fastmath: amax / 127 and 1 / scale rounded exactly as the reference twin does
-def prepare_blocks(x, xp, xsum, qx, dx, qsum):
-    """Per token and 32-block: packed-order copy, sum, int8 quantization (scale max|x|/127) and its sum."""
+def prepare_blocks(x, xp, xsum, qx, dx, qsum, group):
+    """Per token and 32-block: packed-order copy, sum, int8 quantization and its sum. One int8 scale, max|x|/127,
+    serves `group` consecutive blocks (`SCALE_GROUPS`: 1 as llama.cpp's q8_0, 8 as its q8_K)."""
     nb = xsum.shape[1]
     for t in range(x.shape[0]):
-        for block in range(nb):
-            start = block - block % TILE
-            width = min(TILE, nb - start)
-            tile, b = start * BLOCK, block - start
+        for first in range(0, nb, group):
+            last = min(first + group, nb)
             amax = np.float32(0.0)
-            total = np.float32(0.0)
-            for e in range(BLOCK):
-                v = x[t, block * BLOCK + e]
-                total += v
-                amax = max(amax, abs(v))
-                xp[t, tile + e * width + b] = v  # lane order: (g, j) = divmod(e, 4), then b
+            for e in range(first * BLOCK, last * BLOCK):
+                amax = max(amax, abs(x[t, e]))
             scale = amax / np.float32(127.0)
             inverse = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-            total_q = 0
-            for e in range(BLOCK):
-                q = np.int32(np.rint(x[t, block * BLOCK + e] * inverse))
-                total_q += q
-                qx[t, tile + ((e // 4) * width + b) * 4 + e % 4] = q  # byte order
-            xsum[t, block] = total
-            dx[t, block] = scale
-            qsum[t, block] = total_q
+            for block in range(first, last):
+                start = block - block % TILE
+                width = min(TILE, nb - start)
+                tile, b = start * BLOCK, block - start
+                total = np.float32(0.0)
+                total_q = 0
+                for e in range(BLOCK):
+                    v = x[t, block * BLOCK + e]
+                    total += v
+                    xp[t, tile + e * width + b] = v  # lane order: (g, j) = divmod(e, 4), then b
+                    q = np.int32(np.rint(v * inverse))
+                    total_q += q
+                    qx[t, tile + ((e // 4) * width + b) * 4 + e % 4] = q  # byte order
+                xsum[t, block] = total
+                dx[t, block] = scale
+                qsum[t, block] = total_q

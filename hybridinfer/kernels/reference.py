@@ -118,10 +118,11 @@ def matmul(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.float32)
 
 
-def quantize_activations(x: np.ndarray) -> np.ndarray:
-    """The int8-per-32-block activations the fast quantized kernels use, decoded back to float32 (same shape):
-    per block d = max|x| / 127, q = round(x * (1/d)), value d * q (all in float32, as the kernel)."""
-    blocks = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+def quantize_activations(x: np.ndarray, group: int = 1) -> np.ndarray:
+    """The int8 activations the fast quantized kernels use, decoded back to float32 (same shape): per `group`
+    32-blocks (1, or 8 for the K-quants: `cpu_quant.SCALE_GROUPS`) d = max|x| / 127, q = round(x * (1/d)), value
+    d * q (all in float32, as the kernel)."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, 32 * group)
     scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
     inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
     return (np.rint(blocks * inverse) * scale).astype(np.float32).reshape(np.shape(x))

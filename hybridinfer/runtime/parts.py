@@ -68,7 +68,7 @@ class CPUFFN:
 
     def __call__(self, index: int, s) -> None:
         layer = self.weights.layers[index]
-        cpu_layer.normalize(s.x, layer.ffn_norm, self.config.rms_eps, s.normed)
+        cpu_layer.normalize(s.x, layer.ffn_norm, self.config.rms_eps, s.normed, layer.ffn_codes[0])
         if self.observers:
             self._observe(index, s)
         self.compute(index, s)
@@ -123,7 +123,7 @@ class CPUOutput:
     def __call__(self, s) -> np.ndarray:
         c, w = self.config, self.weights
         n_logits = s.logits.shape[0]
-        cpu_layer.normalize(s.x[s.tokens - n_logits:], w.output_norm, c.rms_eps, s.final)
+        cpu_layer.normalize(s.x[s.tokens - n_logits:], w.output_norm, c.rms_eps, s.final, w.output.code)
         matmul(w.output, s.final, s.logits, float_activations=self.float_activations)
         if c.logit_scale != 1.0:
             s.logits /= np.float32(c.logit_scale)

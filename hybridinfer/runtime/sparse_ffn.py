@@ -176,7 +176,7 @@ class SparseFFN(CPUFFN):
         """bool (T, n_ff): the neurons the predictor marks active for each token."""
         fc1, fc2 = self.fc1[index], self.fc2[index]
         hidden = np.empty((x.shape[0], fc1.rows), np.float32)
-        matmul(fc1, prepare(x), hidden, float_activations=self.float_activations)
+        matmul(fc1, prepare(x, code=fc1.code), hidden, float_activations=self.float_activations)
         logits = np.empty((x.shape[0], fc2.rows), np.float32)
-        matmul(fc2, prepare(np.maximum(hidden, 0)), logits, float_activations=self.float_activations)
+        matmul(fc2, prepare(np.maximum(hidden, 0), code=fc2.code), logits, float_activations=self.float_activations)
         return logits >= self.predictor_thresholds[index]

@@ -38,6 +38,8 @@ class TEALSites:
         (made now unless loaded with them); without, every batch takes the dense products (calibration)."""
         require_silu(config)
         self.config = config
+        # per layer, the format code of the matrices each site's input feeds: Q/K/V, output, gate/up, down
+        self.site_codes = [(*layer.attention_codes, layer.ffn_codes[0], layer.ffn_codes[2]) for layer in weights.layers]
         self.thresholds = np.ascontiguousarray(thresholds, np.float32)
         self.layer_thresholds = list(self.thresholds)  # each layer's (N_SITES,) row, one array object per layer
         self.transposes = [layer.teal_transposes() for layer in weights.layers] if transposed else None
@@ -62,7 +64,7 @@ class TEALSites:
             observe(index, site, act.x)
         zeroed = cpu_ops.zero_below(act.x, self.thresholds[index, site])
         self.stats.count(site, act.x.size, zeroed)
-        cpu_layer.prepare(act)
+        cpu_layer.prepare(act, self.site_codes[index][site])
 
 
 class TEALAttention:
