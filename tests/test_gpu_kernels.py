@@ -313,16 +313,18 @@ def test_upload_decodes_what_the_kernels_do_not_read():
 
 def test_the_memory_model_counts_what_the_gpu_side_holds():
     """Gate and up rows as uploaded (`upload`); a split layer's down_t rows as the CPU side's transposed down
-    projection: the file's format where the CPU kernels read it, else F32 (`runtime/weights.py`)."""
+    projection (`runtime/weights.transpose`: a K-quant re-quantized to its transpose type, F32 where the CPU kernels
+    do not read the format or the transposed rows are not whole blocks)."""
     from hybridinfer.hybrid.placement.memory_model import device_bytes, down_t_bytes
-    from hybridinfer.model_file.weight_formats import CPU_NATIVE_TYPES
+    from hybridinfer.runtime.weights import transpose
 
     rng = np.random.default_rng(10)
     for qtype in GPU_NATIVE_TYPES:
-        raw, exact, m = weight(rng, 4, width(qtype, 64), qtype)
-        t = GGUFTensor("w", qtype, exact.shape, raw)
-        assert device_bytes(t) == m.nbytes == raw.nbytes
-        assert down_t_bytes(t) == (raw.nbytes if qtype in CPU_NATIVE_TYPES else 4 * exact.size)
+        for rows in (4, 64):
+            raw, exact, m = weight(rng, rows, width(qtype, 64), qtype)
+            t = GGUFTensor("w", qtype, exact.shape, raw)
+            assert device_bytes(t) == m.nbytes == raw.nbytes
+            assert down_t_bytes(t) == transpose(t).nbytes, (qtype.name, rows)
     t = GGUFTensor("w", T.Q2_K, (4, 256), np.zeros((4, 84), np.uint8))
     assert device_bytes(t) == down_t_bytes(t) == 4 * 4 * 256
 

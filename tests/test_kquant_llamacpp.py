@@ -1,15 +1,16 @@
 """K-quant tensors as llama.cpp writes them (SmolLM2 re-quantized to Q4_K_M by llama_cpp): the CPU kernels read the
-file's real Q4_K / Q6_K tensors as gguf-py decodes them, and the packed engine's greedy tokens equal the float32
-decode's. (SmolLM2's 576-wide rows are not whole 256-blocks: llama.cpp gives only its 1536-wide rows, ffn_down, a
-K type; the others fall back to 32-block types.)"""
+file's real Q4_K / Q6_K tensors as gguf-py decodes them, the packed engine's greedy tokens equal the float32
+decode's, and its next-token distributions agree with llama.cpp's on the same file. (SmolLM2's 576-wide rows are not
+whole 256-blocks: llama.cpp gives only its 1536-wide rows, ffn_down, a K type; the others fall back to 32-block
+types.)"""
 
-import ctypes
 import zlib
 
 import numpy as np
 import pytest
 
 import hybridinfer
+from hybridinfer.eval import llamacpp_reference
 from hybridinfer.kernels import cpu_quant, reference
 from hybridinfer.kernels.packed import pack
 from hybridinfer.model_file.gguf_file import GGUFFile
@@ -19,16 +20,14 @@ from kquant_blocks import k_sizes
 llama_cpp = pytest.importorskip("llama_cpp")
 
 IDS = [1, 504, 3458, 282, 4649, 314]
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n    return", "Once upon a time, there was a little",
+           "The three primary colors are"]
 
 
 @pytest.fixture(scope="module")
 def q4_k_m_path(smollm_path, tmp_path_factory):
     path = tmp_path_factory.mktemp("k") / "smollm2-q4_k_m.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.allow_requantize = True  # from the default model's Q4_1
-    params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(smollm_path).encode(), str(path).encode(), ctypes.byref(params)) == 0
+    llamacpp_reference.quantize(str(smollm_path), str(path), "q4_k_m")  # from the default model's Q4_1 values
     return path
 
 
@@ -44,7 +43,8 @@ def test_real_k_tensors_are_read_as_gguf_decodes_them(q4_k_m_path):
         for float_activations in (True, False):
             out = np.empty(tensor.shape[0], np.float32)
             cpu_quant.matvec(packed, x, out, float_activations=float_activations)
-            used = x if float_activations else reference.quantize_activations(x)
+            group = cpu_quant.SCALE_GROUPS[packed.code]
+            used = x if float_activations else reference.quantize_activations(x, group)
             magnitude = reference.matvec(k_sizes(tensor.raw, tensor.type, tensor.shape), np.abs(x))
             assert np.all(np.abs(out - reference.matvec(values, used)) <= 1e-5 * magnitude)
 
@@ -53,3 +53,14 @@ def test_greedy_tokens_equal_the_float32_decode(q4_k_m_path):
     expected = hybridinfer.load(str(q4_k_m_path), backend="reference").generate(IDS, max_tokens=8, temperature=0)
     packed = hybridinfer.load(str(q4_k_m_path), float_activations=True)
     assert packed.generate(IDS, max_tokens=8, temperature=0).tokens == expected.tokens
+
+
+def test_next_token_distributions_agree_with_llama_cpp(q4_k_m_path):
+    """The issue's bound: mean KL <= 0.01 to llama.cpp over every position of a few prompts, greedy tokens equal
+    (K-quant matrices take llama.cpp's q8_K activations: one scale per 256 elements)."""
+    engine = hybridinfer.load(str(q4_k_m_path), n_ctx=128)
+    prompts = [engine.tokenize(text) for text in PROMPTS]
+    found = llamacpp_reference.logit_agreement(str(q4_k_m_path), engine.logits, prompts, n_threads=1)
+    assert found["mean_kl"] <= 0.01, found
+    theirs = llamacpp_reference.greedy_tokens(str(q4_k_m_path), prompts, 8, n_threads=1)
+    assert [engine.generate(ids, max_tokens=8, temperature=0).tokens for ids in prompts] == theirs

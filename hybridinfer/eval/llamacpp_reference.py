@@ -124,25 +124,42 @@ def logit_agreement(path: str, ours, prompts: list[list[int]], n_threads: int = 
     """Our next-token distributions against llama.cpp's on the same file, at every position of each prompt (token
     ids, BOS included): {"mean_kl", "max_kl", "top1_agreement", "positions"}. `ours(ids)` gives our logits
     (len(ids), n_vocab) float32, e.g. `engine.logits`."""
-    import llama_cpp
-    llm = load(path, n_threads, n_ctx=max(len(ids) for ids in prompts) + 8)
-    n_vocab = llm.n_vocab()
     kls, agree = [], []
+    for ids, (theirs, _) in zip(prompts, _position_logits(path, prompts, 0, n_threads)):
+        mine = np.asarray(ours(ids), dtype=np.float64)
+        kls.extend(_kl(theirs, mine))
+        agree.extend(theirs.argmax(axis=1) == mine.argmax(axis=1))
+    return {"mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)), "top1_agreement": float(np.mean(agree)),
+            "positions": len(kls)}
+
+
+def greedy_tokens(path: str, prompts: list[list[int]], n_tokens: int, n_threads: int = 2) -> list[list[int]]:
+    """llama.cpp's greedy continuation (argmax of its logits) of each prompt (token ids), n_tokens each."""
+    return [continued for _, continued in _position_logits(path, prompts, n_tokens, n_threads)]
+
+
+def _position_logits(path: str, prompts: list[list[int]], n_tokens: int, n_threads: int):
+    """Per prompt (token ids): (llama.cpp's logits at each of its positions (len(ids), n_vocab) float64, the n_tokens
+    greedy tokens that follow it). A token at a time: llama-cpp-python's logits_all crashes."""
+    import llama_cpp
+    llm = load(path, n_threads, n_ctx=max(len(ids) for ids in prompts) + n_tokens + 8)
+    n_vocab = llm.n_vocab()
+
+    def step(token: int) -> np.ndarray:
+        llm.eval([token])
+        return np.array(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)),
+                        dtype=np.float64)
+
     try:
         for ids in prompts:
             llm.reset()
-            theirs = np.empty((len(ids), n_vocab))
-            for position, token in enumerate(ids):  # a token at a time: llama-cpp-python's logits_all crashes
-                llm.eval([token])
-                theirs[position] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1),
-                                                         shape=(n_vocab,))
-            mine = np.asarray(ours(ids), dtype=np.float64)
-            kls.extend(_kl(theirs, mine))
-            agree.extend(theirs.argmax(axis=1) == mine.argmax(axis=1))
+            rows = [step(token) for token in ids]
+            continued = [int(rows[-1].argmax())] if n_tokens else []
+            while len(continued) < n_tokens:
+                continued.append(int(step(continued[-1]).argmax()))
+            yield np.stack(rows), continued
     finally:
         llm.close()
-    return {"mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)), "top1_agreement": float(np.mean(agree)),
-            "positions": len(kls)}
 
 
 def _kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
