@@ -134,3 +134,18 @@ def test_unknown_backend_and_hybrid_on_reference_are_refused(relu_model_each_for
         hybridinfer.load(str(relu_model_each_format), backend="gpu")
     with pytest.raises(hybridinfer.HybridInferError, match="packed backend"):
         hybridinfer.load(str(relu_model_each_format), backend="reference", vram_budget="1GiB")
+
+
+def test_a_k_quant_down_projection_stored_transposed(tmp_path):
+    """A PowerInfer-style file holds ffn_down_t: a K-quant's is re-quantized (not transposed) for S3, and the dense
+    down projection is its transpose, both in the K-quant's transpose_type."""
+    weights = random_weights(seed=41, n_embd=256, n_ff=N_FF, gate_bias=-8.0)
+    path = write_tiny_gguf(tmp_path / "k.gguf", weights, weight_type=T.Q4_K, activation="fatrelu", threshold=0.05,
+                           powerinfer=True)
+    expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
+    dense = hybridinfer.load(str(path), float_activations=True)
+    assert relative_error(dense.logits(IDS), expected) < REQUANTIZED[T.Q4_K]
+    exact = hybridinfer.load(str(path), exact=True, float_activations=True)
+    assert relative_error(decode_logits(exact, IDS), expected) < REQUANTIZED[T.Q4_K]
+    layer = exact.model.weights.layers[0]
+    assert layer.ffn_down_t().qtype == layer.ffn_down().qtype == T.Q4_1
