@@ -11,7 +11,10 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from hybridinfer.model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
-from kquant_blocks import quantize  # gguf-py's encoders, and one for the K-quants
+try:  # gguf-py's encoders, and one for the K-quants
+    from kquant_blocks import quantize
+except ModuleNotFoundError:  # imported as tests.tiny_models, by tools/
+    from tests.kquant_blocks import quantize
 
 SPECIAL = ["<unk>", "<s>", "</s>"]
 WORDS = ["▁the", "▁a", "▁of", "▁and", "▁to", "▁in", "▁is", "▁it", "▁that", "▁hello", "▁world", "he", "ll", "o", "▁"]
