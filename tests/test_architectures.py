@@ -135,3 +135,12 @@ def test_gpu_side_refuses_qwen2_biases(arch_files):
     with pytest.raises(HybridInferError, match="Q/K/V biases"):
         hybridinfer.load(str(arch_files["qwen2", T.F32]), n_ctx=64, n_gpu_layers=1, device="cpu",
                          gpu_kernels="torch")
+
+
+def test_gpu_side_runs_llama3_rope_freqs(arch_files):
+    """-ngl on the CPU device with the torch twins: Llama 3's rope_freqs are in the GPU side's RoPE tables."""
+    path = str(arch_files["llama3", T.F32])
+    expected = hybridinfer.load(path, n_ctx=64, backend="reference").logits(LONG_IDS)
+    engine = hybridinfer.load(path, n_ctx=64, n_gpu_layers=3, device="cpu", gpu_kernels="torch",
+                              float_activations=True, **F32_CACHE)
+    assert relative_error(decode_logits(engine, LONG_IDS), expected) < 1e-4
