@@ -161,3 +161,16 @@ def test_cats_and_teal_run_on_qwen_as_their_reference_twins(arch_files, tmp_path
     assert relative_error(packed.logits(LONG_IDS), expected) < 1e-4
     dense = hybridinfer.load(str(path), n_ctx=64, backend="reference").logits(LONG_IDS)
     assert relative_error(expected, dense) > 1e-3  # the thresholds really changed the result
+
+
+def test_linear_rope_scaling_is_read_and_other_kinds_are_refused(tmp_path):
+    path = write_arch_gguf(tmp_path / "linear.gguf", "llama3", rope_scaling=("linear", 4.0))
+    config = ModelConfig.from_gguf(GGUFFile(path))
+    assert config.rope_scale == 0.25 and "rope scale 0.25" in config.features()
+    expected = hybridinfer.load(str(path), n_ctx=64, backend="reference").logits(LONG_IDS)
+    packed = hybridinfer.load(str(path), n_ctx=64, float_activations=True, **F32_CACHE)
+    assert relative_error(decode_logits(packed, LONG_IDS), expected) < 1e-4
+    yarn = write_arch_gguf(tmp_path / "yarn.gguf", "llama3", rope_scaling=("yarn", 4.0))
+    with pytest.raises(HybridInferError, match="rope.scaling.type") as info:
+        ModelConfig.from_gguf(GGUFFile(yarn))
+    assert "\n" not in str(info.value)

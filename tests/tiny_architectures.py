@@ -62,9 +62,10 @@ def arch_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
     return weights
 
 
-def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, context_length: int = 256) -> Path:
+def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, context_length: int = 256,
+                    rope_scaling: tuple[str, float] | None = None) -> Path:
     """A tiny `arch` model (see ARCHITECTURES; llama3 is written as llama with rope_freqs) at `path`; 2-D weights
-    in `weight_type`, norms, biases and rope_freqs F32."""
+    in `weight_type`, norms, biases and rope_freqs F32; `rope_scaling`: (rope.scaling.type, rope.scaling.factor)."""
     n_layer, n_head, n_head_kv, head_dim = SHAPES[arch]
     writer = gguf.GGUFWriter(str(path), "llama" if arch == "llama3" else arch)
     writer.add_block_count(n_layer)
@@ -81,6 +82,9 @@ def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, con
         writer.add_rope_dimension_count(head_dim)
     if arch == "gemma3":
         writer.add_sliding_window(GEMMA_WINDOW)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling[0]))
+        writer.add_rope_scaling_factor(rope_scaling[1])
     add_spm_vocab(writer, spm_vocab())
     writer.add_add_bos_token(True)
     for name, value in arch_weights(arch, seed).items():

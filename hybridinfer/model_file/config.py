@@ -139,7 +139,8 @@ class ModelConfig:
             activation=activation,
             activation_threshold=meta.float(THRESHOLD_KEY, 0.0, absolute=True) if activation == "fatrelu" else 0.0,
             tied_embeddings=OUTPUT not in model.tensors,
-            embedding_scale=meta.float("embedding_scale", 12.0) if is_minicpm else math.sqrt(n_embd) if is_gemma3 else 1.0,
+            embedding_scale=(meta.float("embedding_scale", 12.0) if is_minicpm
+                             else math.sqrt(n_embd) if is_gemma3 else 1.0),
             residual_scale=meta.float("residual_scale", 1.4 / math.sqrt(n_layer)) if is_minicpm else 1.0,
             logit_scale=meta.float("logit_scale", 1.0, low=1e-30) if is_minicpm else 1.0,
             rope_neox=arch in NEOX_ARCHITECTURES,
@@ -161,7 +162,7 @@ MAX_LAYERS = 4096
 
 def _rope_scale(meta: "_Metadata") -> float:
     """1 / rope.scaling.factor for linear scaling (llama.cpp's freq_scale), 1 without; other kinds are refused."""
-    kind = meta.model.get(meta._full("rope.scaling.type"), "none")
+    kind = meta.text("rope.scaling.type", "none")
     if kind in ("none", ""):
         return 1.0
     if kind != "linear":
@@ -179,7 +180,8 @@ def _rope_freq_factors(model: GGUFFile, rope_dim: int) -> tuple[float, ...] | No
                                f"({rope_dim // 2},) from the metadata; the file is corrupt or its metadata is wrong")
     factors = dequantize(tensor).astype(float)
     if not (factors > 0).all():
-        raise HybridInferError(f"{model.path}: tensor {ROPE_FREQS} holds values that are not positive; the file is corrupt")
+        raise HybridInferError(f"{model.path}: tensor {ROPE_FREQS} holds values that are not positive; the file is "
+                               "corrupt")
     return tuple(factors.tolist())
 
 
@@ -202,6 +204,9 @@ class _Metadata:
 
     def fail(self, name: str, value, expected: str):
         raise self.model.bad_value(self._full(name), value, expected)
+
+    def text(self, name: str, default: str) -> str:
+        return self.model.text(self._full(name), default)
 
     def int(self, name: str, low: int, high: int, default: int | None = None) -> int:
         return self.model.integer(self._full(name), low, high, default)

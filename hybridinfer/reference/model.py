@@ -87,7 +87,8 @@ def optional_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> t
 
 
 class Transformer:
-    """LLaMA-family decoder (llama, minicpm, qwen2, qwen3, gemma3) with a KV cache; `forward` runs a batch of new positions.
+    """LLaMA-family decoder (llama, minicpm, qwen2, qwen3, gemma3) with a KV cache; `forward` runs a batch of new
+    positions.
 
     `sparse`, when set (`sparse_ffn.py`: exact or predicted), masks each layer's FFN activation: the neurons it
     drops contribute nothing. `observers` are called once per layer as observer(layer_index, residual,
