@@ -174,3 +174,15 @@ def test_linear_rope_scaling_is_read_and_other_kinds_are_refused(tmp_path):
     with pytest.raises(HybridInferError, match="rope.scaling.type") as info:
         ModelConfig.from_gguf(GGUFFile(yarn))
     assert "\n" not in str(info.value)
+
+
+def test_gemma3_27b_scales_queries_by_its_width_as_llama_cpp(tmp_path):
+    """llama.cpp takes a 62-layer gemma3 for the 27B, whose attention scale is 1/sqrt(n_embd / n_head), not
+    1/sqrt(head_dim)."""
+    path = write_arch_gguf(tmp_path / "gemma3-62.gguf", "gemma3", n_layer=62)
+    config = ModelConfig.from_gguf(GGUFFile(path))
+    n_head, head_dim = SHAPES["gemma3"][1], SHAPES["gemma3"][3]
+    assert config.query_scale == pytest.approx(math.sqrt(head_dim / (N_EMBD / n_head)))
+    expected = hybridinfer.load(str(path), n_ctx=64, backend="reference").logits(LONG_IDS)
+    packed = hybridinfer.load(str(path), n_ctx=64, float_activations=True, **F32_CACHE)
+    assert relative_error(decode_logits(packed, LONG_IDS), expected) < 1e-4

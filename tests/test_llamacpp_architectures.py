@@ -112,8 +112,10 @@ def test_tiny_architectures_match_llama_cpp(tmp_path, arch, backend):
         theirs.close()
 
 
-def test_linear_rope_scaling_matches_llama_cpp(tmp_path):
-    path = write_arch_gguf(tmp_path / "linear.gguf", "llama3", T.F32, rope_scaling=("linear", 4.0))
+@pytest.mark.parametrize("arch, options", [("llama3", dict(rope_scaling=("linear", 4.0))),
+                                           ("gemma3", dict(n_layer=62))])  # llama.cpp's Gemma 3 27B scale
+def test_rope_scaling_and_gemma3_27b_match_llama_cpp(tmp_path, arch, options):
+    path = write_arch_gguf(tmp_path / f"{arch}.gguf", arch, T.F32, **options)
     engine = hybridinfer.load(str(path), n_ctx=128)
     theirs = LlamaCpp(path)
     try:

@@ -20,9 +20,10 @@ N_EMBD, N_FF = 64, 96
 GEMMA_WINDOW = 4  # small, so that a few tokens reach past it
 
 
-def arch_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """float32 weights in GGUF names and torch shapes (out, in) for `arch`."""
-    n_layer, n_head, n_head_kv, head_dim = SHAPES[arch]
+def arch_weights(arch: str, seed: int = 0, n_layer: int | None = None) -> dict[str, np.ndarray]:
+    """float32 weights in GGUF names and torch shapes (out, in) for `arch` (with `n_layer` layers, if given)."""
+    layers, n_head, n_head_kv, head_dim = SHAPES[arch]
+    n_layer = n_layer or layers
     rng = np.random.default_rng(seed)
     n_vocab = len(spm_vocab()[0])
 
@@ -63,10 +64,12 @@ def arch_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, context_length: int = 256,
-                    rope_scaling: tuple[str, float] | None = None) -> Path:
+                    rope_scaling: tuple[str, float] | None = None, n_layer: int | None = None) -> Path:
     """A tiny `arch` model (see ARCHITECTURES; llama3 is written as llama with rope_freqs) at `path`; 2-D weights
-    in `weight_type`, norms, biases and rope_freqs F32; `rope_scaling`: (rope.scaling.type, rope.scaling.factor)."""
-    n_layer, n_head, n_head_kv, head_dim = SHAPES[arch]
+    in `weight_type`, norms, biases and rope_freqs F32; `rope_scaling`: (rope.scaling.type, rope.scaling.factor);
+    `n_layer`: another layer count than SHAPES' (62 makes a gemma3 file llama.cpp takes for the 27B)."""
+    layers, n_head, n_head_kv, head_dim = SHAPES[arch]
+    n_layer = n_layer or layers
     writer = gguf.GGUFWriter(str(path), "llama" if arch == "llama3" else arch)
     writer.add_block_count(n_layer)
     writer.add_context_length(context_length)
@@ -87,7 +90,7 @@ def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, con
         writer.add_rope_scaling_factor(rope_scaling[1])
     add_spm_vocab(writer, spm_vocab())
     writer.add_add_bos_token(True)
-    for name, value in arch_weights(arch, seed).items():
+    for name, value in arch_weights(arch, seed, n_layer).items():
         if value.ndim == 2 and weight_type != T.F32:
             writer.add_tensor(name, gguf.quants.quantize(value, weight_type), raw_dtype=weight_type)
         else:

@@ -94,7 +94,8 @@ def require_gpu_side_features(config: ModelConfig) -> None:
     missing = [what for what, needed in (
         ("Q/K/V biases", c.attention_bias), ("Q/K head norms", c.qk_norm), ("post-block norms", c.post_norms),
         ("GELU", c.activation == "gelu"), ("sliding-window attention", c.sliding_window > 0),
-        ("NEOX RoPE", c.rope_neox), ("logit softcapping", c.logit_softcap > 0)) if needed]
+        ("NEOX RoPE", c.rope_neox), ("logit softcapping", c.logit_softcap > 0),
+        ("a query scale", c.query_scale != 1)) if needed]
     if missing:
         raise HybridInferError(f"the hybrid runtime's GPU side does not run {c.architecture} models "
                                f"({', '.join(missing)}); run without --vram-budget, --split and -ngl")

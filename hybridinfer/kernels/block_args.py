@@ -35,6 +35,7 @@ class AttentionWeights(NamedTuple):
     q_norm: np.ndarray = NONE  # (head_dim,) float32: RMSNorm of each Q head before RoPE (qwen3, gemma3), or NONE
     k_norm: np.ndarray = NONE  # (head_dim,) float32: the same for each K head
     post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
+    query_scale: np.float32 = np.float32(1.0)  # queries multiplied by it after RoPE (`ModelConfig.query_scale`)
 
 
 class KVState(NamedTuple):

@@ -78,7 +78,8 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
 def attend(qkv, q, k, v, kv, weights, attended):
     """attended (T, n_head * head_dim) = causal attention of the T tokens whose Q, K and V rows are qkv (T, q_rows +
     2 kv_rows), q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim) their scratch: the biases of `weights`
-    (`AttentionWeights`) added, each Q and K head normed by its norms, Q and K rotated (RoPE), K and V written to
+    (`AttentionWeights`) added, each Q and K head normed by its norms, Q and K rotated (RoPE), Q scaled by its
+    query_scale, K and V written to
     the caches of `kv` (`KVState`) first, in the caches' types (`kv_rows.py`). Q and K rows are in adjacent-pair
     order (the loader permutes NEOX models' rows: `runtime/weights.py`)."""
     tokens = qkv.shape[0]
@@ -94,6 +95,8 @@ def attend(qkv, q, k, v, kv, weights, attended):
         cpu_ops.rms_norm(heads_k, weights.k_norm, weights.eps, heads_k)
     cpu_ops.rope(q, kv.cos, kv.sin, kv.positions)
     cpu_ops.rope(k, kv.cos, kv.sin, kv.positions)
+    if weights.query_scale != 1:
+        q *= weights.query_scale
     for t in range(tokens):
         s, p = kv.sequences[t], kv.positions[t]
         for h in range(k.shape[1]):

@@ -35,6 +35,7 @@ ARCHITECTURES = ("llama", "minicpm", "qwen2", "qwen3", "gemma3")
 NEOX_ARCHITECTURES = ("qwen2", "qwen3", "gemma3")  # RoPE rotates pairs (j, j + rope_dim / 2): llama.cpp's NEOX
 GEMMA3_SWA_PATTERN = 6  # llama.cpp: layer i of gemma3 is sliding-window unless i % 6 == 5
 GEMMA3_SWA_ROPE_BASE = 10000.0  # llama.cpp: the sliding-window layers' RoPE base
+GEMMA3_27B_LAYERS = 62  # llama.cpp: gemma3 with 62 layers is the 27B, whose attention scale is 1/sqrt(n_embd/n_head)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ModelConfig:
     swa_pattern: int = 0  # layer i is sliding-window when i % swa_pattern < swa_pattern - 1 (0: none is)
     rope_base_swa: float = 10000.0  # the sliding-window layers' RoPE base (their rope scale is 1)
     logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap) when above 0
+    query_scale: float = 1.0  # queries are also multiplied by this (Gemma 3 27B: scale 1/sqrt(n_embd/n_head))
 
     def is_swa(self, layer: int) -> bool:
         """Whether layer `layer` attends within the sliding window (and rotates with `rope_base_swa`)."""
@@ -85,7 +87,8 @@ class ModelConfig:
                   (f"sliding window {c.sliding_window} on {c.swa_pattern - 1} of {c.swa_pattern} layers "
                    f"(RoPE base {c.rope_base_swa:g})", c.sliding_window > 0),
                   (f"embeddings scaled by {c.embedding_scale:g}", c.embedding_scale != 1),
-                  (f"logit softcap {c.logit_softcap:g}", c.logit_softcap > 0)]
+                  (f"logit softcap {c.logit_softcap:g}", c.logit_softcap > 0),
+                  (f"queries scaled by {c.query_scale:g}", c.query_scale != 1)]
         return [name for name, present in listed if present]
 
     def rope_settings(self, layer: int) -> tuple[float, float]:
@@ -153,6 +156,8 @@ class ModelConfig:
             swa_pattern=GEMMA3_SWA_PATTERN if is_gemma3 else 0,
             rope_base_swa=meta.float("rope.freq_base_swa", GEMMA3_SWA_ROPE_BASE, low=1.0),
             logit_softcap=meta.float("final_logit_softcapping", 0.0, absolute=True),
+            query_scale=(math.sqrt(head_dim / (n_embd / n_head)) if is_gemma3 and n_layer == GEMMA3_27B_LAYERS
+                         else 1.0),
         )
 
 

@@ -163,7 +163,7 @@ class Transformer:
                       layer.attn_q_norm, c.rms_eps)
         k = optional_norm(projected(x, layer.attn_k, layer.attn_k_bias).view(n_new, c.n_head_kv, c.head_dim),
                       layer.attn_k_norm, c.rms_eps)
-        q, k = apply_rope(q, cos, sin, c.rope_neox), apply_rope(k, cos, sin, c.rope_neox)
+        q, k = apply_rope(q, cos, sin, c.rope_neox) * c.query_scale, apply_rope(k, cos, sin, c.rope_neox)
         v = projected(x, layer.attn_v, layer.attn_v_bias).view(n_new, c.n_head_kv, c.head_dim)
         self.cache.k[index, start_pos:end] = k
         self.cache.v[index, start_pos:end] = v

@@ -37,7 +37,7 @@ def attention_weights(config: ModelConfig, layer, qkv, output) -> AttentionWeigh
     matrices (row-major, or TEAL's transposes): its norms, biases and constants."""
     return AttentionWeights(layer.attn_norm, qkv.raw, output.raw, np.float32(config.rms_eps),
                             np.float32(config.residual_scale), layer.qkv_bias, layer.q_norm, layer.k_norm,
-                            layer.post_attention_norm)
+                            layer.post_attention_norm, np.float32(config.query_scale))
 
 
 class CPUAttention:
