@@ -4,9 +4,12 @@
 import numpy as np
 
 from hybridinfer.kernels import reference
-from hybridinfer.kernels.block_args import KVState
+from hybridinfer.kernels.block_args import NONE, AttentionWeights, KVState
 
 NO_ROPE = np.zeros((1, 1), np.float32)  # cos, sin: the attention kernel reads none
+# the attention weights `cpu_layer.attend` reads (biases, head norms) of a model without any
+NO_EXTRAS = AttentionWeights(NONE, NONE.view(np.uint8).reshape(0, 0), NONE.view(np.uint8).reshape(0, 0),
+                             np.float32(1e-5), np.float32(1.0))
 
 
 def kv_state(keys, values, positions, sequences, n_head, type_k="f32", type_v="f32") -> KVState:

@@ -20,7 +20,7 @@ from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.runtime.kv_types import KV_TYPES
 from hybridinfer.runtime.memory_estimate import estimate
 from hybridinfer.runtime.run_state import KVCaches, RunState
-from kv_states import kv_state
+from kv_states import NO_EXTRAS, kv_state
 from logit_checks import relative_error
 from tiny_models import random_weights, write_tiny_gguf
 
@@ -111,7 +111,7 @@ def test_cache_pages_become_resident_only_as_positions_are_used(name):
     costs it all."""
     c = ModelConfig("llama", 256, 576, 30, 9, 3, 96, 64, 64, 10000.0, 1e-5, 4096, "silu", 0.0, False)
     types = (KV_TYPES[name],) * 2
-    rope = np.ones((8, 32), np.float32), np.zeros((8, 32), np.float32)
+    rope = [(np.ones((8, 32), np.float32), np.zeros((8, 32), np.float32))] * c.n_layer
     tokens = 8
     qkv = np.random.default_rng(0).standard_normal((tokens, (9 + 2 * 3) * 64), dtype=np.float32)
 
@@ -119,7 +119,7 @@ def test_cache_pages_become_resident_only_as_positions_are_used(name):
         s = RunState(c, tokens, 1, caches)
         s.positions[:], s.sequences[:] = np.arange(tokens), 0
         for layer in range(c.n_layer):
-            cpu_layer.attend(qkv, s.q, s.k, s.v, s.kv[layer], s.attended.x)
+            cpu_layer.attend(qkv, s.q, s.k, s.v, s.kv[layer], NO_EXTRAS, s.attended.x)
 
     threads.start()  # as a model load does, before the serial block `attend` runs its parallel kernel
     write(KVCaches(c, 1, 8, rope, types))  # compiled before anything is measured

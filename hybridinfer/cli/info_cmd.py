@@ -1,4 +1,4 @@
-"""`hybridinfer info` (what a model file holds) and `hybridinfer fetch` (download the default model)."""
+"""`hybridinfer info` (what a model file holds) and `hybridinfer fetch` (download the default model or another)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import defaultdict
 import click
 
 from ..model_file.config import ModelConfig
-from ..default_model import ensure_default_model
+from ..default_model import DEFAULT, ensure_model
 from ..kernels.cpu_target import SWITCH, TARGET
 from ..model_file.gguf_file import GGUFFile
 
@@ -49,12 +49,14 @@ def describe(model: GGUFFile) -> dict:
         "n_ff": config.n_ff,
         "n_head": config.n_head,
         "n_head_kv": config.n_head_kv,
+        "head_dim": config.head_dim,
         "n_vocab": config.n_vocab,
         "context_length": config.context_length,
         "rope_base": config.rope_base,
         "ffn_activation": config.activation,
         "ffn_activation_threshold": config.activation_threshold,
         "tied_embeddings": config.tied_embeddings,
+        "features": ", ".join(config.features()) or "none",
         "tokenizer": model.get("tokenizer.ggml.model", "none"),
         "tokenizer_size": len(tokens),
         "chat_template": bool(model.get("tokenizer.chat_template")),
@@ -65,6 +67,8 @@ def describe(model: GGUFFile) -> dict:
 
 
 @click.command()
-def fetch():
-    """Download the default model (SmolLM2-135M-Instruct) into the cache and print its path."""
-    click.echo(ensure_default_model(progress=lambda message: click.echo(message, err=True)))
+@click.argument("name", required=False, default=DEFAULT)
+def fetch(name):
+    """Download a model into the cache and print its path: NAME is smollm2-135m (the default model,
+    SmolLM2-135M-Instruct) or gemma3-270m (Gemma 3 270M, Q4_K_M)."""
+    click.echo(ensure_model(name, progress=lambda message: click.echo(message, err=True)))

@@ -18,6 +18,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
+from ..errors import HybridInferError
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
@@ -86,6 +87,20 @@ class GPULayer:
         return sum(p.nbytes for p in parts if p is not None) + sum(t.numel() * t.element_size() for t in tensors)
 
 
+def require_gpu_side_features(config: ModelConfig) -> None:
+    """The GPU side runs LLaMA's layer (RMSNorm, Q/K/V without biases, adjacent-pair RoPE with any frequencies, full
+    causal attention, SiLU/ReLU/FATReLU FFN): a model needing more is refused in one line."""
+    c = config
+    missing = [what for what, needed in (
+        ("Q/K/V biases", c.attention_bias), ("Q/K head norms", c.qk_norm), ("post-block norms", c.post_norms),
+        ("GELU", c.activation == "gelu"), ("sliding-window attention", c.sliding_window > 0),
+        ("NEOX RoPE", c.rope_neox), ("logit softcapping", c.logit_softcap > 0),
+        ("a query scale", c.query_scale != 1)) if needed]
+    if missing:
+        raise HybridInferError(f"the hybrid runtime's GPU side does not run {c.architecture} models "
+                               f"({', '.join(missing)}); run without --vram-budget, --split and -ngl")
+
+
 class GPUSide:
     """The layers (and the output projection) `placement` puts on `device`, with what their parts share."""
 
@@ -93,6 +108,7 @@ class GPUSide:
                  kernels: str | None = None, predictors=None, down_t: list | None = None, cpu_layers_stats=None):
         """`down_t`: the CPU's transposed down projections (n_ff, n_embd) per layer, whose hot rows a split FFN's
         GPU half reads; `cpu_layers_stats`: the CPU layers' sparse FFN statistics (the report's CPU share)."""
+        require_gpu_side_features(config)
         c = self.config = config
         self.device = device
         self.ops = kernels_for(device, kernels)

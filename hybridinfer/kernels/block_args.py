@@ -22,12 +22,20 @@ import numpy as np
 from .cpu_quant import Activations
 
 
+NONE = np.zeros(0, np.float32)  # a weight vector the model does not have (a bias, a norm): the block skips its step
+
+
 class AttentionWeights(NamedTuple):
     norm: np.ndarray  # (n_embd,) float32, attn_norm
     qkv: np.ndarray  # raw (rows, bytes) uint8: Q, K and V rows in one matrix (TEAL: its transpose)
     output: np.ndarray  # raw: the output projection (TEAL: its transpose)
     eps: np.float32  # RMSNorm's
     residual_scale: np.float32
+    qkv_bias: np.ndarray = NONE  # (q_rows + 2 kv_rows,) float32 added to the Q/K/V rows (qwen2), or NONE
+    q_norm: np.ndarray = NONE  # (head_dim,) float32: RMSNorm of each Q head before RoPE (qwen3, gemma3), or NONE
+    k_norm: np.ndarray = NONE  # (head_dim,) float32: the same for each K head
+    post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
+    query_scale: np.float32 = np.float32(1.0)  # queries multiplied by it after RoPE (`ModelConfig.query_scale`)
 
 
 class KVState(NamedTuple):
@@ -40,6 +48,7 @@ class KVState(NamedTuple):
     k_scales: np.ndarray  # (n_seq, n_head_kv, n_ctx, head_dim / 32) int16: Q8_0's scales; (..., 0) for f32, f16
     v_scales: np.ndarray
     scores: np.ndarray  # (n_head, n_ctx) float32 scratch
+    window: int = 0  # a query attends to the keys of its last `window` positions (its own included); 0: all
 
 
 class AttentionScratch(NamedTuple):
@@ -59,6 +68,9 @@ class FFNWeights(NamedTuple):
     threshold: np.float32  # FATReLU's, or CATS' on |SiLU(gate)|
     silu: bool  # the activation: SiLU (dense) or CATS (sparse), else FATReLU
     residual_scale: np.float32
+    gelu: bool = False  # the dense block's activation is GELU (tanh approximation; gemma3), whatever `silu` says
+    post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
+    eps: np.float32 = np.float32(0.0)  # the post norm's
 
 
 class DenseFFNScratch(NamedTuple):

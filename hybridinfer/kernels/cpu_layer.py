@@ -64,26 +64,39 @@ def attention_block(qkv_code: int, out_code: int, float_activations: bool):
         s = scratch
         normalize(x, weights.norm, weights.eps, s.normed, qkv_code)
         product(qkv_code, weights.qkv, s.normed, ALL_ROWS, True, float_activations, s.qkv)
-        attend(s.qkv, s.q, s.k, s.v, kv, s.attended.x)
+        attend(s.qkv, s.q, s.k, s.v, kv, weights, s.attended.x)
         prepare(s.attended, out_code)
         product(out_code, weights.output, s.attended, ALL_ROWS, True, float_activations, s.out)
+        if weights.post_norm.shape[0]:
+            cpu_ops.rms_norm(s.out, weights.post_norm, weights.eps, s.out)
         cpu_ops.add_scaled(x, s.out, weights.residual_scale)
 
     return block
 
 
 @njit(**_OPTIONS)
-def attend(qkv, q, k, v, kv, attended):
+def attend(qkv, q, k, v, kv, weights, attended):
     """attended (T, n_head * head_dim) = causal attention of the T tokens whose Q, K and V rows are qkv (T, q_rows +
-    2 kv_rows), q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim) their scratch: Q and K rotated (RoPE),
-    K and V written to the caches of `kv` (`KVState`) first, in the caches' types (`kv_rows.py`)."""
+    2 kv_rows), q (T, n_head, head_dim), k and v (T, n_head_kv, head_dim) their scratch: the biases of `weights`
+    (`AttentionWeights`) added, each Q and K head normed by its norms, Q and K rotated (RoPE), Q scaled by its
+    query_scale, K and V written to
+    the caches of `kv` (`KVState`) first, in the caches' types (`kv_rows.py`). Q and K rows are in adjacent-pair
+    order (the loader permutes NEOX models' rows: `runtime/weights.py`)."""
     tokens = qkv.shape[0]
     q_rows, kv_rows = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
+    if weights.qkv_bias.shape[0]:
+        cpu_ops.add_bias(qkv, weights.qkv_bias)
     q.reshape((tokens, q_rows))[:] = qkv[:, :q_rows]
     k.reshape((tokens, kv_rows))[:] = qkv[:, q_rows:q_rows + kv_rows]
     v.reshape((tokens, kv_rows))[:] = qkv[:, q_rows + kv_rows:]
+    if weights.q_norm.shape[0]:
+        heads_q, heads_k = q.reshape((tokens * q.shape[1], q.shape[2])), k.reshape((tokens * k.shape[1], k.shape[2]))
+        cpu_ops.rms_norm(heads_q, weights.q_norm, weights.eps, heads_q)
+        cpu_ops.rms_norm(heads_k, weights.k_norm, weights.eps, heads_k)
     cpu_ops.rope(q, kv.cos, kv.sin, kv.positions)
     cpu_ops.rope(k, kv.cos, kv.sin, kv.positions)
+    if weights.query_scale != 1:
+        q *= weights.query_scale
     for t in range(tokens):
         s, p = kv.sequences[t], kv.positions[t]
         for h in range(k.shape[1]):
@@ -98,17 +111,22 @@ def dense_ffn_block(gate_code: int, up_code: int, down_code: int, float_activati
 
     @specialization(gate_code, up_code, down_code, float_activations)
     def block(x, normed, weights, scratch):
-        """x += residual_scale * down(act(gate(normed)) * up(normed)), act = SiLU or FATReLU(threshold).
-        weights: `FFNWeights` (down row-major), scratch: `DenseFFNScratch`."""
+        """x += residual_scale * down(act(gate(normed)) * up(normed)), act = GELU, SiLU or FATReLU(threshold), the
+        down projection's output normed first when the model has a post-FFN norm. weights: `FFNWeights` (down
+        row-major), scratch: `DenseFFNScratch`."""
         w, s = weights, scratch
         product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, s.gate)
         product(up_code, w.up, normed, ALL_ROWS, True, float_activations, s.up)
-        if w.silu:
+        if w.gelu:
+            cpu_ops.gelu_times(s.gate, s.up, s.hidden.x)
+        elif w.silu:
             cpu_ops.silu_times(s.gate, s.up, s.hidden.x)
         else:
             cpu_ops.fatrelu_times(s.gate, s.up, w.threshold, s.hidden.x)
         prepare(s.hidden, down_code)
         product(down_code, w.down, s.hidden, ALL_ROWS, True, float_activations, s.out)
+        if w.post_norm.shape[0]:
+            cpu_ops.rms_norm(s.out, w.post_norm, w.eps, s.out)
         cpu_ops.add_scaled(x, s.out, w.residual_scale)
 
     return block

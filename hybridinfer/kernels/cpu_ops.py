@@ -1,5 +1,5 @@
-"""numba kernels for the parts of a decoder layer that are not weight products: RMSNorm, RoPE, causal attention
-over the KV cache, the FFN activations and the residual add.
+"""numba kernels for the parts of a decoder layer that are not weight products: RMSNorm, biases, RoPE, causal
+attention over the KV cache (within a sliding window on such layers), the FFN activations and the residual add.
 
 All of them write into caller-provided float32 buffers (the packed forward pass allocates them once per
 batch size), so decoding a token allocates nothing here. Reference twins: `model.py` (torch) and
@@ -32,6 +32,14 @@ def rms_norm(x, weight, eps, out):
 
 
 @njit(**_OPTIONS)
+def add_bias(x, bias):
+    """In place: x[t] += bias   x (T, n), bias (n,)."""
+    for t in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            x[t, i] += bias[i]
+
+
+@njit(**_OPTIONS)
 def rope(x, cos, sin, positions):
     """In place: rotate pairs (2j, 2j+1), j < cos.shape[1], of every head of x (T, heads, head_dim) by the angles
     of positions[t] (cos/sin tables (n_ctx, rope_dim // 2))."""
@@ -51,36 +59,41 @@ def attention(q, kv, out):
     that sequence's cache up to its own position (the cache already holds its key and value): one sequence's prompt
     (positions start.., sequences 0) or one token of each of several sequences decoded together.
     q, out (T, n_head, head_dim); kv: `block_args.KVState`, its caches (n_seq, n_head_kv, n_ctx, head_dim) of any
-    type of `kv_rows.py`, read in place. Grouped-query: head h reads KV head h // (n_head // n_head_kv)."""
+    type of `kv_rows.py`, read in place. Grouped-query: head h reads KV head h // (n_head // n_head_kv). With
+    kv.window > 0 (a sliding-window layer), only the keys of the query's last kv.window positions."""
     tokens, n_head = q.shape[0], q.shape[1]
     group = n_head // kv.k_cache.shape[1]
     for h in prange(n_head):
         g = h // group
         for t in range(tokens):
             s = kv.sequences[t]
+            end = kv.positions[t] + 1
+            start = max(end - kv.window, 0) if kv.window > 0 else 0
             _attend(q[t, h], kv.k_cache[s, g], kv.k_scales[s, g], kv.v_cache[s, g], kv.v_scales[s, g],
-                    kv.positions[t] + 1, kv.scores[h], out[t, h])
+                    (start, end), kv.scores[h], out[t, h])
 
 
 @njit(inline="always", fastmath=True, **_OPTIONS)
-def _attend(query, keys, key_scales, values, value_scales, end, s, target):
-    """target (head_dim,) = softmax(keys[:end] . query / sqrt(head_dim)) . values[:end]; keys, values (>= end,
-    head_dim) rows of a cache type and their scales (`kv_rows.py`); s (>= end,) scratch."""
+def _attend(query, keys, key_scales, values, value_scales, span, s, target):
+    """target (head_dim,) = softmax(keys[start:end] . query / sqrt(head_dim)) . values[start:end], span = (start,
+    end); keys, values (>= end, head_dim) rows of a cache type and their scales (`kv_rows.py`); s (>= end,)
+    scratch."""
+    start, end = span
     scale = np.float32(1.0 / math.sqrt(query.shape[0]))
     best = -np.inf
-    for p in range(end):
+    for p in range(start, end):
         acc = dot_row(query, keys[p], key_scales[p]) * scale
         s[p] = acc
         best = max(best, acc)
     total = np.float32(0.0)
-    for p in range(end):
+    for p in range(start, end):
         e = np.float32(math.exp(s[p] - best))
         s[p] = e
         total += e
     inverse = np.float32(1.0) / total
     for d in range(target.shape[0]):
         target[d] = 0.0
-    for p in range(end):
+    for p in range(start, end):
         add_row(target, s[p] * inverse, values[p], value_scales[p])
 
 
@@ -91,6 +104,19 @@ def silu_times(gate, up, out):
         for i in range(gate.shape[1]):
             g = gate[t, i]
             out[t, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, i]
+
+
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+
+
+@njit(fastmath=True, **_OPTIONS)
+def gelu_times(gate, up, out):
+    """out = gelu(gate) * up, elementwise over (T, n) arrays; GELU's tanh approximation (llama.cpp's ggml_gelu)."""
+    for t in range(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            inner = GELU_C * (g + np.float32(0.044715) * g * g * g)
+            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * up[t, i]
 
 
 @njit(fastmath=True, **_OPTIONS)

@@ -41,7 +41,7 @@ def teal_attention_block(qkv_code: int, out_code: int, float_activations: bool):
         read_in = cpu_ops.select_inputs(s.normed[0], thresholds[0], selected, coeffs)
         accumulate(qkv_code, weights.qkv, s.qkv.shape[1], selected[:read_in], coeffs[:read_in], s.qkv[0], chunks,
                    float_activations)
-        attend(s.qkv, s.q, s.k, s.v, kv, s.attended)
+        attend(s.qkv, s.q, s.k, s.v, kv, weights, s.attended)
         read_out = cpu_ops.select_inputs(s.attended[0], thresholds[1], selected, coeffs)
         accumulate(out_code, weights.output, s.out.shape[1], selected[:read_out], coeffs[:read_out], s.out[0], chunks,
                    float_activations)

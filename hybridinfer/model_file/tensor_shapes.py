@@ -13,13 +13,16 @@ FFN_NORM, FFN_GATE, FFN_UP = "ffn_norm", "ffn_gate", "ffn_up"
 FFN_DOWN = "ffn_down"  # (n_embd, n_ff): llama.cpp's layout
 FFN_DOWN_T = "ffn_down_t"  # (n_ff, n_embd): PowerInfer's transposed layout, row i = neuron i's output vector
 FC1, FC2 = "fc1", "fc2"  # a predictor file's layer (PowerInfer's shape): fc1 (rank, n_embd), fc2 (n_ff, rank)
+ATTN_Q_NORM, ATTN_K_NORM = "attn_q_norm", "attn_k_norm"  # (head_dim,): RMSNorm of each Q / K head (qwen3, gemma3)
+ATTN_POST_NORM, FFN_POST_NORM = "post_attention_norm", "post_ffw_norm"  # (n_embd,): of the block outputs (gemma3)
 LAYER_PARTS = (ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT, FFN_NORM, FFN_GATE, FFN_UP, FFN_DOWN, FFN_DOWN_T,
-               FC1, FC2)
+               FC1, FC2, ATTN_Q_NORM, ATTN_K_NORM, ATTN_POST_NORM, FFN_POST_NORM)
+BIASED_PARTS = (ATTN_Q, ATTN_K, ATTN_V)  # the parts a layer may hold a bias of, `bias_name(part, layer)` (qwen2)
 PROJECTIONS = (ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT, FFN_GATE, FFN_UP, FFN_DOWN)  # the matrices a token reads
 
 # The parts outside the blocks: `tensor_name(part)` is "{part}.weight".
-GLOBAL_PARTS = ("token_embd", "output_norm", "output")
-TOKEN_EMBD, OUTPUT_NORM, OUTPUT = (f"{part}.weight" for part in GLOBAL_PARTS)
+GLOBAL_PARTS = ("token_embd", "output_norm", "output", "rope_freqs")
+TOKEN_EMBD, OUTPUT_NORM, OUTPUT, ROPE_FREQS = (f"{part}.weight" for part in GLOBAL_PARTS)  # rope_freqs: Llama 3's
 
 # Per-layer data that is not a weight, named by `block_name(part, layer)` ("blk.{layer}.{part}", no suffix): an
 # activation file's counts, a split file's masks, and the repack cache's packed matrices (runtime/repack_cache.py).
@@ -37,6 +40,13 @@ def tensor_name(part: str, layer: int | None = None) -> str:
         raise ValueError(f"no tensor {part!r} with layer {layer}: the table (model_file/tensor_shapes.py) has "
                          f"{', '.join(LAYER_PARTS)} per layer and {', '.join(GLOBAL_PARTS)} without one")
     return f"{part}.weight" if layer is None else f"{block_name(part, layer)}.weight"
+
+
+def bias_name(part: str, layer: int) -> str:
+    """A projection's bias in a GGUF file: `bias_name("attn_q", 3)` is "blk.3.attn_q.bias" (qwen2)."""
+    if part not in BIASED_PARTS:
+        raise ValueError(f"no bias of {part!r}: the table (model_file/tensor_shapes.py) has {', '.join(BIASED_PARTS)}")
+    return f"{block_name(part, layer)}.bias"
 
 
 def block_name(part: str, layer: int) -> str:
@@ -70,6 +80,22 @@ def layer_shapes(n_embd: int, n_head: int, n_head_kv: int, head_dim: int, n_ff: 
     }
 
 
+def architecture_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of layer `layer` beyond LLaMA's, by full name, that `config` (a `config.ModelConfig`) needs:
+    Q/K/V biases, per-head Q and K norms, the norms after attention and after the FFN."""
+    c, shapes = config, {}
+    q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    if c.attention_bias:
+        shapes.update({bias_name(ATTN_Q, layer): (q_rows,), bias_name(ATTN_K, layer): (kv_rows,),
+                       bias_name(ATTN_V, layer): (kv_rows,)})
+    if c.qk_norm:
+        shapes.update({tensor_name(ATTN_Q_NORM, layer): (c.head_dim,), tensor_name(ATTN_K_NORM, layer): (c.head_dim,)})
+    if c.post_norms:
+        shapes.update({tensor_name(ATTN_POST_NORM, layer): (c.n_embd,),
+                       tensor_name(FFN_POST_NORM, layer): (c.n_embd,)})
+    return shapes
+
+
 def global_shapes(n_vocab: int, n_embd: int, tied_embeddings: bool) -> dict[str, tuple[int, ...]]:
     shapes = {TOKEN_EMBD: (n_vocab, n_embd), OUTPUT_NORM: (n_embd,)}
     if not tied_embeddings:
@@ -92,7 +118,11 @@ def expected_shape(config, name: str) -> tuple[int, ...]:
     c = config
     part, layer = split_name(name)
     if layer is None:
+        if name == ROPE_FREQS:
+            return (c.rope_dim // 2,)
         return global_shapes(c.n_vocab, c.n_embd, False)[name]
+    if name.endswith(".bias") or part in (ATTN_Q_NORM, ATTN_K_NORM, ATTN_POST_NORM, FFN_POST_NORM):
+        return architecture_shapes(config, layer)[name]
     if part == FFN_DOWN_T:
         return (c.n_ff, c.n_embd)
     return layer_shapes(c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff)[part]
@@ -107,8 +137,10 @@ def down_name(file, layer: int) -> str:
 def require_tensors(file, config) -> None:
     """One line naming the first tensor the model needs that the file lacks or holds in another shape."""
     c = config
-    for name in tensor_shapes(c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff, c.tied_embeddings,
-                              c.head_dim):
+    names = list(tensor_shapes(c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff, c.tied_embeddings,
+                               c.head_dim))
+    names += [name for i in range(c.n_layer) for name in architecture_shapes(config, i)]
+    for name in names:
         part, layer = split_name(name)
         if part == FFN_DOWN:
             name = down_name(file, layer)

@@ -45,13 +45,21 @@ def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes
         raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses SiLU "
                                "(calibrate thresholds with `hybridinfer sparsify` and pass --sparsity-file, convert "
                                "a ReLU/ProSparse model, drop the sparse options, or offload whole layers with -ngl)")
+    if config.activation not in ("relu", "fatrelu"):
+        raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses "
+                               f"{config.activation.upper()}, which has no zeros to skip: drop the sparse options")
 
 
 def require_silu(config: ModelConfig, what: str = "a sparsity file") -> None:
-    """Calibrated thresholds (CATS) make SiLU activations sparse; ReLU and FATReLU models have their own zeros."""
-    if config.activation != "silu":
+    """Calibrated thresholds (CATS, TEAL) make SiLU activations sparse; ReLU and FATReLU models have their own zeros;
+    GELU models (gemma3), whose blocks also end in norms that the sparse blocks do not compute, are refused."""
+    if config.activation in ("relu", "fatrelu"):
         raise HybridInferError(f"{what} is for SiLU (SwiGLU) models; this model's FFN is {config.activation.upper()}, "
                                "whose zeros --exact and --predictors already skip")
+    if config.activation != "silu" or config.post_norms:
+        raise HybridInferError(f"{what} is for SiLU (SwiGLU) models without post-FFN norms; this model "
+                               f"({config.architecture}, {config.activation.upper()}) is not one: drop the sparsity "
+                               "options")
 
 
 class ExactSparseFFN:

@@ -32,6 +32,14 @@ from ..model_file.config import ModelConfig
 from .weights import PackedWeights
 
 
+def attention_weights(config: ModelConfig, layer, qkv, output) -> AttentionWeights:
+    """The attention block's argument group for `layer` (`weights.PackedLayer`) with these Q/K/V and output
+    matrices (row-major, or TEAL's transposes): its norms, biases and constants."""
+    return AttentionWeights(layer.attn_norm, qkv.raw, output.raw, np.float32(config.rms_eps),
+                            np.float32(config.residual_scale), layer.qkv_bias, layer.q_norm, layer.k_norm,
+                            layer.post_attention_norm, np.float32(config.query_scale))
+
+
 class CPUAttention:
     """x += residual_scale * attention(RMSNorm(x)), one numba block per layer (`cpu_layer.attention_block`)."""
 
@@ -43,9 +51,8 @@ class CPUAttention:
     def __call__(self, index: int, s) -> None:
         block = self._blocks.get(index)
         if block is None:
-            layer, c = self.weights.layers[index], self.config
-            self._weights[index] = AttentionWeights(layer.attn_norm, layer.attn_qkv.raw, layer.attn_output.raw,
-                                                    np.float32(c.rms_eps), np.float32(c.residual_scale))
+            layer = self.weights.layers[index]
+            self._weights[index] = attention_weights(self.config, layer, layer.attn_qkv, layer.attn_output)
             block = self._blocks[index] = BoundCall(
                 cpu_layer.attention_block(*layer.attention_codes, self.float_activations))
         block(s.x, self._weights[index], s.kv[index], s.attention_scratch)
@@ -82,6 +89,8 @@ class CPUFFN:
         activation = torch.from_numpy(gate)
         if self.config.activation == "silu":
             activation = torch.nn.functional.silu(activation)
+        elif self.config.activation == "gelu":
+            activation = torch.nn.functional.gelu(activation, approximate="tanh")
         else:
             cpu_ops.fatrelu(gate, np.float32(self.config.activation_threshold), gate)
         residual = torch.from_numpy(s.x.copy())
@@ -106,7 +115,8 @@ class DenseFFN(CPUFFN):
             layer, c = self.weights.layers[index], self.config
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, layer.ffn_down().raw,
                                               np.float32(c.activation_threshold), c.activation == "silu",
-                                              np.float32(c.residual_scale))
+                                              np.float32(c.residual_scale), c.activation == "gelu",
+                                              layer.post_ffw_norm, np.float32(c.rms_eps))
             block = self._blocks[index] = BoundCall(cpu_layer.dense_ffn_block(*layer.ffn_codes, self.float_activations))
         block(s.x, s.normed, self._weights[index], s.dense_ffn_scratch)
 
@@ -115,7 +125,7 @@ class DenseFFN(CPUFFN):
 
 
 class CPUOutput:
-    """logits = output(RMSNorm(x)) / logit_scale for the last n_logits rows."""
+    """logits = output(RMSNorm(x)) / logit_scale (softcapped when the model says so) for the last n_logits rows."""
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, float_activations: bool):
         self.config, self.weights, self.float_activations = config, weights, bool(float_activations)
@@ -127,4 +137,8 @@ class CPUOutput:
         matmul(w.output, s.final, s.logits, float_activations=self.float_activations)
         if c.logit_scale != 1.0:
             s.logits /= np.float32(c.logit_scale)
+        if c.logit_softcap > 0:  # cap * tanh(logits / cap)
+            cap = np.float32(c.logit_softcap)
+            np.tanh(s.logits / cap, out=s.logits)
+            s.logits *= cap
         return s.logits.copy()

@@ -18,9 +18,9 @@ from .kv_types import KVType
 
 class KVCaches:
     """The CPU layers' keys and values for `n_seq` sequences of `n_ctx` positions each, in `types` (the keys', the
-    values'; `kv_types.py`: f32, f16, q8_0), and the RoPE tables."""
+    values'; `kv_types.py`: f32, f16, q8_0), and each layer's RoPE tables."""
 
-    def __init__(self, config: ModelConfig, n_seq: int, n_ctx: int, rope: tuple[np.ndarray, np.ndarray],
+    def __init__(self, config: ModelConfig, n_seq: int, n_ctx: int, rope: list[tuple[np.ndarray, np.ndarray]],
                  types: tuple[KVType, KVType]):
         c = config
         self.types = type_k, type_v = types
@@ -30,16 +30,19 @@ class KVCaches:
         shape = (c.n_layer, n_seq, c.n_head_kv, n_ctx, c.head_dim)
         self.k, self.k_scales = type_k.new(shape)
         self.v, self.v_scales = type_v.new(shape)
-        self.cos, self.sin = rope  # (n_ctx of the decoder, rope_dim / 2) float32
+        self.rope = rope  # layer i's (cos, sin), each (n_ctx of the decoder, rope_dim / 2) float32
 
     @classmethod
     def new(cls, config: ModelConfig, n_seq: int, n_ctx: int, types: tuple[KVType, KVType]) -> KVCaches:
-        cos, sin = rope_tables(config, n_ctx)
-        return cls(config, n_seq, n_ctx, (cos.numpy(), sin.numpy()), types)
+        tables: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}  # one pair per (base, scale)
+        for i in range(config.n_layer):
+            if config.rope_settings(i) not in tables:
+                tables[config.rope_settings(i)] = tuple(t.numpy() for t in rope_tables(config, n_ctx, i))
+        return cls(config, n_seq, n_ctx, [tables[config.rope_settings(i)] for i in range(config.n_layer)], types)
 
     def resized(self, config: ModelConfig, n_seq: int, n_ctx: int) -> KVCaches:
         """New, empty caches of the same types and RoPE tables for `n_seq` sequences of `n_ctx` positions."""
-        return KVCaches(config, n_seq, n_ctx, (self.cos, self.sin), self.types)
+        return KVCaches(config, n_seq, n_ctx, self.rope, self.types)
 
     @property
     def n_ctx(self) -> int:
@@ -68,8 +71,8 @@ class RunState:
         self.logits = np.empty((n_logits, c.n_vocab), np.float32)
         self.positions = np.empty(tokens, np.int64)  # token t is at positions[t] of sequence sequences[t]
         self.sequences = np.empty(tokens, np.int64)
-        self.kv = [KVState(caches.cos, caches.sin, self.positions, self.sequences, caches.k[i], caches.v[i],
-                           caches.k_scales[i], caches.v_scales[i], self.scores)
+        self.kv = [KVState(*caches.rope[i], self.positions, self.sequences, caches.k[i], caches.v[i],
+                           caches.k_scales[i], caches.v_scales[i], self.scores, c.window(i))
                    for i in range(c.n_layer)]  # each layer's, for the attention blocks
         self.attention_scratch = AttentionScratch(self.normed, self.qkv, self.q, self.k, self.v, self.attended,
                                                   self.block_out)

@@ -25,7 +25,7 @@ from ..kernels.teal_layer import teal_attention_block, teal_ffn_block
 from ..model_file.config import ModelConfig
 from ..reference.sparse_inputs import N_SITES, TEALStats
 from ..reference.sparse_ffn import require_silu
-from .parts import CPUAttention, CPUFFN
+from .parts import CPUAttention, CPUFFN, attention_weights
 from .weights import PackedWeights
 
 
@@ -77,6 +77,7 @@ class TEALAttention:
         self._weights: dict[int, AttentionWeights] = {}
         self._blocks: dict[int, BoundCall] = {}
         self._scratch: AttentionScratch | None = None  # over the last one-token run state's q, k, v
+        self._dense_weights: dict[int, AttentionWeights] = {}
 
     def __call__(self, index: int, s) -> None:
         c, sites = self.config, self.sites
@@ -85,8 +86,7 @@ class TEALAttention:
             if block is None:
                 qkv_t, output_t = sites.transposes[index][:2]
                 layer = self.weights.layers[index]
-                self._weights[index] = AttentionWeights(layer.attn_norm, qkv_t.raw, output_t.raw,
-                                                        np.float32(c.rms_eps), np.float32(c.residual_scale))
+                self._weights[index] = attention_weights(c, layer, qkv_t, output_t)
                 block = self._blocks[index] = BoundCall(
                     teal_attention_block(qkv_t.code, output_t.code, self.float_activations))
             scratch = self._scratch
@@ -102,10 +102,19 @@ class TEALAttention:
         cpu_ops.rms_norm(s.x, layer.attn_norm, c.rms_eps, s.normed.x)
         sites.zero(index, 0, s.normed)  # (which makes its int8 blocks)
         matmul(layer.attn_qkv, s.normed, s.qkv, float_activations=self.float_activations)
-        cpu_layer.attend(s.qkv, s.q, s.k, s.v, s.kv[index], s.attended.x)
+        cpu_layer.attend(s.qkv, s.q, s.k, s.v, s.kv[index], self._weights_of(index), s.attended.x)
         sites.zero(index, 1, s.attended)
         matmul(layer.attn_output, s.attended, s.block_out, float_activations=self.float_activations)
         cpu_ops.add_scaled(s.x, s.block_out, np.float32(c.residual_scale))
+
+    def _weights_of(self, index: int) -> AttentionWeights:
+        """The row-major weights' argument group (what `attend` reads of it: the biases and head norms)."""
+        found = self._dense_weights.get(index)
+        if found is None:
+            layer = self.weights.layers[index]
+            found = self._dense_weights[index] = attention_weights(self.config, layer, layer.attn_qkv,
+                                                                   layer.attn_output)
+        return found
 
     def every_neuron(self) -> CPUAttention:
         return CPUAttention(self.config, self.weights, self.float_activations)

@@ -21,16 +21,19 @@ from gguf import GGMLQuantizationType as T
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
-from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_OUTPUT_T, ATTN_Q, ATTN_QKV, ATTN_QKV_T,
-                                        ATTN_V, FFN_DOWN, FFN_DOWN_T, FFN_GATE, FFN_GATE_UP_T, FFN_NORM, FFN_UP,
-                                        OUTPUT, OUTPUT_NORM, TOKEN_EMBD, block_name, down_name, require_tensors,
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_K_NORM, ATTN_NORM, ATTN_OUTPUT, ATTN_OUTPUT_T, ATTN_POST_NORM,
+                                        ATTN_Q, ATTN_Q_NORM, ATTN_QKV, ATTN_QKV_T, ATTN_V, FFN_DOWN, FFN_DOWN_T,
+                                        FFN_GATE, FFN_GATE_UP_T, FFN_NORM, FFN_POST_NORM, FFN_UP, OUTPUT,
+                                        OUTPUT_NORM, TOKEN_EMBD, bias_name, block_name, down_name, require_tensors,
                                         split_name, tensor_name)
+from ..kernels.block_args import NONE
 from ..kernels import compile_time, threads
 from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
 from ..kernels.formats import FORMAT_CODE
 from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import requantized, transpose_quantized
 from .repack_cache import RepackCache
+from .rope_rows import head_rows, head_vector
 
 
 @dataclass
@@ -44,6 +47,12 @@ class PackedLayer:
     ffn_gate: PackedMatrix | None  # (n_ff, n_embd): row i is neuron i's gate weights
     ffn_up: PackedMatrix | None  # (n_ff, n_embd)
     source_down: GGUFTensor  # the file's down projection: ffn_down (n_embd, n_ff) or ffn_down_t (n_ff, n_embd)
+    # what some architectures add (`tensor_shapes.architecture_shapes`), float32; NONE (empty) where absent
+    qkv_bias: np.ndarray = field(default_factory=lambda: NONE)  # (q_rows + 2 kv_rows,), in attn_qkv's row order
+    q_norm: np.ndarray = field(default_factory=lambda: NONE)  # (head_dim,), in the permuted order of Q's heads
+    k_norm: np.ndarray = field(default_factory=lambda: NONE)  # (head_dim,)
+    post_attention_norm: np.ndarray = field(default_factory=lambda: NONE)  # (n_embd,)
+    post_ffw_norm: np.ndarray = field(default_factory=lambda: NONE)  # (n_embd,)
     _down: PackedMatrix | None = field(default=None, repr=False)
     _down_t: PackedMatrix | None = field(default=None, repr=False)
     _qkv_t: PackedMatrix | None = field(default=None, repr=False)
@@ -145,12 +154,27 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     def matrix(name: str) -> PackedMatrix:
         return stored.get(name) or kept(name, pack_any(tensor(name)), name)
 
+    orders = [head_rows(c, c.n_head), head_rows(c, c.n_head_kv), None]  # Q, K, V rows (NEOX: `rope_rows.py`)
+
     def qkv(i: int) -> PackedMatrix:
         names, key = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)], block_name(ATTN_QKV, i)
-        return stored.get(key) or kept(key, stacked([tensor(n) for n in names]), *names)
+        return stored.get(key) or kept(key, stacked([tensor(n) for n in names], orders), *names)
 
     def vector(name: str) -> np.ndarray:
         return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
+
+    def extras(i: int) -> dict[str, np.ndarray]:
+        found = {}
+        if c.attention_bias:
+            biases = [vector(bias_name(part, i)) for part in (ATTN_Q, ATTN_K, ATTN_V)]
+            found["qkv_bias"] = np.concatenate([b if o is None else b[o] for b, o in zip(biases, orders)])
+        if c.qk_norm:
+            found["q_norm"] = head_vector(c, vector(tensor_name(ATTN_Q_NORM, i)))
+            found["k_norm"] = head_vector(c, vector(tensor_name(ATTN_K_NORM, i)))
+        if c.post_norms:
+            found["post_attention_norm"] = vector(tensor_name(ATTN_POST_NORM, i))
+            found["post_ffw_norm"] = vector(tensor_name(FFN_POST_NORM, i))
+        return found
 
     layers = []
     for i in range(c.n_layer):
@@ -164,7 +188,7 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
             ffn_gate=matrix(tensor_name(FFN_GATE, i)) if ffn_here else None,
             ffn_up=matrix(tensor_name(FFN_UP, i)) if ffn_here else None,
             source_down=down, _down=stored.get(block_name(FFN_DOWN, i)),
-            _down_t=stored.get(block_name(FFN_DOWN_T, i)))
+            _down_t=stored.get(block_name(FFN_DOWN_T, i)), **extras(i))
         if ffn_here:
             name = block_name(FFN_DOWN_T if sparse else FFN_DOWN, i)
             if name not in stored:
@@ -241,18 +265,25 @@ def pack_any(tensor: GGUFTensor) -> PackedMatrix:
     return pack((values, T.F32, values.shape))
 
 
-def stacked(tensors: list[GGUFTensor]) -> PackedMatrix:
+def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = None) -> PackedMatrix:
     """The rows of several weights with the same column count as one packed matrix: their bytes concatenated
-    when they share a format the kernels read, else decoded to F32 (with a notice)."""
+    when they share a format the kernels read, else decoded to F32 (with a notice). orders[k], when given and not
+    None, is the order tensor k's rows are taken in (whole rows move: exact in any format)."""
     cols = tensors[0].shape[1]
     rows = sum(t.shape[0] for t in tensors)
     qtype = tensors[0].type
+    orders = orders or [None] * len(tensors)
+
+    def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+        return values if order is None else values[order]
+
     if qtype in CPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
-        raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
+        raw = np.concatenate([ordered(np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1), order)
+                              for t, order in zip(tensors, orders)])
         return pack((raw, qtype, (rows, cols)))
     print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
           "a format the CPU kernels read; decoded to F32 at load", file=sys.stderr)
-    values = np.concatenate([dequantize(t) for t in tensors])
+    values = np.concatenate([ordered(dequantize(t), order) for t, order in zip(tensors, orders)])
     return pack((values, T.F32, values.shape))
 
 
