@@ -149,3 +149,14 @@ def test_a_k_quant_down_projection_stored_transposed(tmp_path):
     assert relative_error(decode_logits(exact, IDS), expected) < REQUANTIZED[T.Q4_K]
     layer = exact.model.weights.layers[0]
     assert layer.ffn_down_t().qtype == layer.ffn_down().qtype == T.Q4_1
+
+
+def test_q_k_v_of_different_formats_are_read_as_one_q8_0_matrix(tmp_path):
+    """A K-quant mix gives attn_v more bits than attn_q / attn_k: the three are read as one Q8_0 matrix (attn_v's
+    bytes as stored, the others re-encoded), not decoded to float32, and the logits stay the reference's."""
+    path = write_tiny_gguf(tmp_path / "mix.gguf", random_weights(seed=43), weight_type=T.Q4_0,
+                           types={"attn_v.weight": T.Q8_0})
+    expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
+    packed = hybridinfer.load(str(path), float_activations=True, **F32_CACHE)
+    assert packed.model.weights.layers[0].attn_qkv.qtype == T.Q8_0
+    assert relative_error(packed.logits(IDS), expected) < 2e-2  # one more rounding of Q and K, within Q8_0's

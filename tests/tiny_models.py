@@ -73,8 +73,10 @@ def random_weights(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=96, n_vocab
 
 def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_head_kv=2, weight_type=T.F32,
                     activation: str | None = None, threshold: float = 0.0, arch="llama", rope_base=10000.0,
-                    context_length=256, powerinfer=False, extra: dict | None = None) -> Path:
-    """Write `weights` (from random_weights) as a GGUF; 2-D weights get `weight_type`, norms stay F32."""
+                    context_length=256, powerinfer=False, extra: dict | None = None,
+                    types: dict[str, T] | None = None) -> Path:
+    """Write `weights` (from random_weights) as a GGUF; 2-D weights get `weight_type` (or types[suffix] for the names
+    ending in that suffix, e.g. {"attn_v.weight": T.Q8_0}, as a K-quant mix does), norms stay F32."""
     n_embd = weights["token_embd.weight"].shape[1]
     n_layer = len({k.split(".")[1] for k in weights if k.startswith("blk.")})
     n_ff = weights["blk.0.ffn_gate.weight"].shape[0]
@@ -98,8 +100,9 @@ def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_h
     for name, value in weights.items():
         if powerinfer and name.endswith("ffn_down.weight"):
             name, value = name.replace("ffn_down", "ffn_down_t"), np.ascontiguousarray(value.T)
-        if value.ndim == 2 and weight_type != T.F32:
-            writer.add_tensor(name, quantize(value, weight_type), raw_dtype=weight_type)
+        qtype = next((t for suffix, t in (types or {}).items() if name.endswith(suffix)), weight_type)
+        if value.ndim == 2 and qtype != T.F32:
+            writer.add_tensor(name, quantize(value, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, value)
     writer.write_header_to_file()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
+from gguf import quants as gguf_quants
 
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
@@ -28,7 +29,7 @@ from ..model_file.tensor_shapes import (ATTN_K, ATTN_K_NORM, ATTN_NORM, ATTN_OUT
                                         split_name, tensor_name)
 from ..kernels.block_args import NONE
 from ..kernels import compile_time, threads
-from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FLOAT_TYPES, FORMATS
 from ..kernels.formats import FORMAT_CODE
 from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import requantized, transpose_quantized
@@ -267,8 +268,10 @@ def pack_any(tensor: GGUFTensor) -> PackedMatrix:
 
 def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = None) -> PackedMatrix:
     """The rows of several weights with the same column count as one packed matrix: their bytes concatenated
-    when they share a format the kernels read, else decoded to F32 (with a notice). orders[k], when given and not
-    None, is the order tensor k's rows are taken in (whole rows move: exact in any format)."""
+    when they share a format the kernels read; quantized weights of different formats (a K-quant mix's attn_v
+    with more bits than attn_q/attn_k) as Q8_0, the Q8_0 ones as stored and the others re-encoded (one more
+    rounding, within Q8_0's); else decoded to F32. Both with a notice. orders[k], when given and not None, is the
+    order tensor k's rows are taken in (whole rows move: exact in any format)."""
     cols = tensors[0].shape[1]
     rows = sum(t.shape[0] for t in tensors)
     qtype = tensors[0].type
@@ -277,12 +280,21 @@ def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = 
     def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
         return values if order is None else values[order]
 
+    def stored(t: GGUFTensor) -> np.ndarray:
+        return np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1)
+
+    names = ', '.join(f'{t.name} ({t.type.name})' for t in tensors)
     if qtype in CPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
-        raw = np.concatenate([ordered(np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1), order)
-                              for t, order in zip(tensors, orders)])
+        raw = np.concatenate([ordered(stored(t), order) for t, order in zip(tensors, orders)])
         return pack((raw, qtype, (rows, cols)))
-    print(f"note: {', '.join(f'{t.name} ({t.type.name})' for t in tensors)} are read as one matrix and do not share "
-          "a format the CPU kernels read; decoded to F32 at load", file=sys.stderr)
+    if cols % 32 == 0 and all(t.type not in FLOAT_TYPES for t in tensors):
+        print(f"note: {names} are read as one matrix; re-encoded to Q8_0 at load", file=sys.stderr)
+        raw = np.concatenate([ordered(stored(t), order) if t.type == T.Q8_0 else
+                              gguf_quants.quantize(ordered(dequantize(t), order), T.Q8_0)
+                              for t, order in zip(tensors, orders)])
+        return pack((raw, T.Q8_0, (rows, cols)))
+    print(f"note: {names} are read as one matrix and do not share a format the CPU kernels read; decoded to F32 at "
+          "load", file=sys.stderr)
     values = np.concatenate([ordered(dequantize(t), order) for t, order in zip(tensors, orders)])
     return pack((values, T.F32, values.shape))
 
