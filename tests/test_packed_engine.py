@@ -5,15 +5,18 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
+from gguf import quants
 
 import hybridinfer
 from hybridinfer.model_file.weight_formats import FORMATS
 from hybridinfer.runtime.build import Choices, build_decoder
-from hybridinfer.runtime.weights import transpose
+from hybridinfer.model_file.dequantize import dequantize
+from hybridinfer.model_file.gguf_file import GGUFTensor
+from hybridinfer.runtime.weights import as_q8_0, transpose
 from hybridinfer.predictors.file import save_predictors
 from hybridinfer.predictors.model import PredictorSet
 from logit_checks import F32_CACHE, decode_logits, relative_error
-from tiny_models import random_weights, write_tiny_gguf
+from tiny_models import quantize, random_weights, write_tiny_gguf
 
 IDS = [1, 100, 200, 17, 270, 5, 66, 9]
 N_FF = 256
@@ -159,4 +162,20 @@ def test_q_k_v_of_different_formats_are_read_as_one_q8_0_matrix(tmp_path):
     expected = hybridinfer.load(str(path), backend="reference").logits(IDS)
     packed = hybridinfer.load(str(path), float_activations=True, **F32_CACHE)
     assert packed.model.weights.layers[0].attn_qkv.qtype == T.Q8_0
-    assert relative_error(packed.logits(IDS), expected) < 2e-2  # one more rounding of Q and K, within Q8_0's
+    assert relative_error(packed.logits(IDS), expected) < 1e-4  # Q4_0 blocks are Q8_0 blocks exactly
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q4_1, T.Q4_K], ids=lambda t: t.name)
+def test_weights_as_q8_0_blocks(qtype):
+    """Q4_0 / Q5_0 blocks become Q8_0 blocks exactly (their scale, their centred quants); formats with minimums or
+    super-blocks are re-encoded within Q8_0's rounding."""
+    values = np.random.default_rng(44).standard_normal((8, 512)).astype(np.float32)
+    tensor = GGUFTensor("w", qtype, values.shape, quantize(values, qtype))
+    stored = dequantize(tensor)
+    as_q8 = quants.dequantize(as_q8_0(tensor), T.Q8_0).reshape(values.shape)
+    if qtype in (T.Q4_0, T.Q5_0):
+        assert np.array_equal(as_q8, stored)
+    else:
+        amax = np.abs(stored).reshape(-1, 32).max(axis=1, keepdims=True)  # half a step, and Q8_0's f16 scale
+        assert np.all(np.abs(as_q8 - stored).reshape(-1, 32) <= amax * (1 / 254 + 1 / 2048))
+        assert not np.array_equal(as_q8, stored)

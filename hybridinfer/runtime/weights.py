@@ -29,7 +29,7 @@ from ..model_file.tensor_shapes import (ATTN_K, ATTN_K_NORM, ATTN_NORM, ATTN_OUT
                                         split_name, tensor_name)
 from ..kernels.block_args import NONE
 from ..kernels import compile_time, threads
-from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FLOAT_TYPES, FORMATS
+from ..model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FLOAT_TYPES, FORMATS, Q8_0
 from ..kernels.formats import FORMAT_CODE
 from ..kernels.packed import FLOAT_DTYPES, PackedMatrix, pack, to_gguf_bytes
 from ..kernels.requantize import requantized, transpose_quantized
@@ -269,9 +269,8 @@ def pack_any(tensor: GGUFTensor) -> PackedMatrix:
 def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = None) -> PackedMatrix:
     """The rows of several weights with the same column count as one packed matrix: their bytes concatenated
     when they share a format the kernels read; quantized weights of different formats (a K-quant mix's attn_v
-    with more bits than attn_q/attn_k) as Q8_0, the Q8_0 ones as stored and the others re-encoded (one more
-    rounding, within Q8_0's); else decoded to F32. Both with a notice. orders[k], when given and not None, is the
-    order tensor k's rows are taken in (whole rows move: exact in any format)."""
+    with more bits than attn_q/attn_k) as Q8_0 (`as_q8_0`); else decoded to F32. Both with a notice. orders[k],
+    when given and not None, is the order tensor k's rows are taken in (whole rows move: exact in any format)."""
     cols = tensors[0].shape[1]
     rows = sum(t.shape[0] for t in tensors)
     qtype = tensors[0].type
@@ -288,15 +287,32 @@ def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = 
         raw = np.concatenate([ordered(stored(t), order) for t, order in zip(tensors, orders)])
         return pack((raw, qtype, (rows, cols)))
     if cols % 32 == 0 and all(t.type not in FLOAT_TYPES for t in tensors):
-        print(f"note: {names} are read as one matrix; re-encoded to Q8_0 at load", file=sys.stderr)
-        raw = np.concatenate([ordered(stored(t), order) if t.type == T.Q8_0 else
-                              gguf_quants.quantize(ordered(dequantize(t), order), T.Q8_0)
-                              for t, order in zip(tensors, orders)])
+        print(f"note: {names} are read as one matrix; stored as Q8_0 at load", file=sys.stderr)
+        raw = np.concatenate([ordered(as_q8_0(t), order) for t, order in zip(tensors, orders)])
         return pack((raw, T.Q8_0, (rows, cols)))
     print(f"note: {names} are read as one matrix and do not share a format the CPU kernels read; decoded to F32 at "
           "load", file=sys.stderr)
     values = np.concatenate([ordered(dequantize(t), order) for t, order in zip(tensors, orders)])
     return pack((values, T.F32, values.shape))
+
+
+def as_q8_0(tensor: GGUFTensor) -> np.ndarray:
+    """(rows, bytes) Q8_0 blocks of a quantized weight's values: Q8_0's as stored; a format whose blocks are 32
+    elements under one f16 scale (Q4_0, Q5_0) exactly, that scale with its centred quants as int8; any other
+    (minimums, K-quants) by gguf's Q8_0 encoder (one more rounding, within Q8_0's)."""
+    raw = np.ascontiguousarray(tensor.raw).view(np.uint8).reshape(tensor.shape[0], -1)
+    if tensor.type == T.Q8_0:
+        return raw
+    values = dequantize(tensor)
+    fmt = FORMATS.get(tensor.type)
+    if fmt is None or fmt.block_size != Q8_0.block_size or fmt.fields != ("scale",):
+        return gguf_quants.quantize(values, T.Q8_0)
+    scales = raw.reshape(-1, fmt.block_bytes)[:, :2]  # f16 d of each block
+    d = scales.copy().view(np.float16).astype(np.float32)
+    quants = np.divide(values.reshape(-1, Q8_0.block_size), d, out=np.zeros_like(values.reshape(-1, 32)),
+                       where=d != 0)  # d * (q - centre) / d: exact integers
+    blocks = np.concatenate([scales, np.rint(quants).astype(np.int8).view(np.uint8)], axis=1)
+    return blocks.reshape(tensor.shape[0], -1)
 
 
 def transposed_copy(tensor: GGUFTensor) -> PackedMatrix:
