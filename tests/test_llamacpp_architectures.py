@@ -1,6 +1,7 @@
 """Our logits against llama.cpp's (the optional llama-cpp-python) on the tiny qwen2, qwen3, gemma3 and Llama 3 files
 and on Gemma 3 270M (`hybridinfer fetch gemma3-270m`): mean KL divergence of llama.cpp's next-token distribution to
-ours <= 0.01 at every position (1e-4 on the tiny F32 files), and the greedy continuations equal."""
+ours <= 0.01 at every position (1e-4 on the tiny F32 files), and the greedy continuations equal (for Gemma 3 270M:
+up to a near tie that llama.cpp's own batched and one-token paths break differently)."""
 
 import os
 
@@ -19,6 +20,7 @@ GEMMA_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    return", "O
                  "1, 2, 3, 4,"]
 MAX_MEAN_KL = 0.01
 MAX_MEAN_KL_F32 = 1e-4  # the tiny files' F32 weights: llama.cpp computes them in float32 too (measured: ~1e-7)
+NEAR_TIE = 0.1  # logits this close are a tie that llama.cpp's own batched and one-token paths may break apart
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -34,9 +36,8 @@ def mean_kl(theirs: np.ndarray, ours: np.ndarray) -> float:
 
 class LlamaCpp:
     """llama.cpp's logits of every position, and its greedy continuation, on the CPU, through llama.cpp's C API.
-    Its extra CPU buffer types (AMX, repacked weights) are off: with them, this machine's build of llama.cpp
-    0.3.36 crashes on any quantized weight (one core dump per decode); the plain CPU kernels compute the same
-    model."""
+    Its extra CPU buffer types (AMX, repacked weights) are off, so that the oracle is its plain CPU kernels (one
+    build of llama-cpp-python 0.3.36 on this machine crashed on any quantized weight with them)."""
 
     def __init__(self, path, n_ctx=128, n_threads=2):
         params = llama_cpp.llama_model_default_params()
@@ -88,6 +89,19 @@ class LlamaCpp:
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
+
+
+def assert_same_greedy(engine, theirs, ids, n):
+    """Our greedy n tokens after `ids` are llama.cpp's, or part from them only where llama.cpp's own logits (of the
+    whole sequence so far, evaluated at once) hold a near tie between the two tokens: with Gemma 3 270M's Q4_K_M
+    weights, llama.cpp's one-token and batched paths themselves break such ties differently."""
+    ours, reference = our_greedy(engine, ids, n), theirs.greedy(ids, n)
+    if ours == reference:
+        return
+    at = next(i for i, (a, b) in enumerate(zip(ours, reference)) if a != b)
+    logits = theirs.logits(list(ids) + reference[:at])[-1]
+    gap = float(logits[reference[at]] - logits[ours[at]])
+    assert gap < NEAR_TIE, f"greedy tokens part at {at}: llama.cpp {reference}, ours {ours}, logit gap {gap}"
 
 
 def our_greedy(engine, ids, n):
@@ -143,7 +157,6 @@ def test_gemma3_270m_matches_llama_cpp(gemma3_270m):
             assert ids == theirs.tokenize(text), text
             kls.append(mean_kl(theirs.logits(ids), engine.logits(ids)))
         assert np.mean(kls) <= MAX_MEAN_KL, kls
-        ids = engine.tokenize(GEMMA_PROMPTS[0])
-        assert our_greedy(engine, ids, 32) == theirs.greedy(ids, 32)
+        assert_same_greedy(engine, theirs, engine.tokenize(GEMMA_PROMPTS[0]), 32)
     finally:
         theirs.close()
