@@ -35,7 +35,8 @@ from ..kernels.packed import PackedMatrix
 MAX_BYTES = 32 * 2**30  # the oldest entries go when the cache holds more
 FREE_MARGIN = 2**30  # an entry is written only if the disk keeps this much free after it
 MAGIC = b"HYBRPACK"
-LAYOUT_VERSION = 3  # bump when kernels/packed.py, kernels/requantize.py or the predictor packing change (2: Q5_x, 3: K)
+LAYOUT_VERSION = 4  # bump when kernels/packed.py, kernels/requantize.py, the predictor packing or the stacking of
+# mixed formats (runtime/weights.stacked) change (2: Q5_x, 3: K, 4: mixed Q/K/V as Q8_0, Q/K rows of NEOX models)
 ALIGN = 64
 
 
