@@ -138,6 +138,11 @@ def greedy_tokens(path: str, prompts: list[list[int]], n_tokens: int, n_threads:
     return [continued for _, continued in _position_logits(path, prompts, n_tokens, n_threads)]
 
 
+def position_logits(path: str, prompts: list[list[int]], n_threads: int = 2) -> list[np.ndarray]:
+    """llama.cpp's logits (len(ids), n_vocab) float64 at every position of each prompt (token ids)."""
+    return [rows for rows, _ in _position_logits(path, prompts, 0, n_threads)]
+
+
 def _position_logits(path: str, prompts: list[list[int]], n_tokens: int, n_threads: int):
     """Per prompt (token ids): (llama.cpp's logits at each of its positions (len(ids), n_vocab) float64, the n_tokens
     greedy tokens that follow it). A token at a time: llama-cpp-python's logits_all crashes."""
