@@ -13,6 +13,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 import hybridinfer  # noqa: E402
 from hybridinfer.default_model import model_path  # noqa: E402
+from hybridinfer.eval.divergence import kl_rows, log_softmax  # noqa: E402
 from tiny_architectures import ARCHITECTURES, write_arch_gguf  # noqa: E402
 
 IDS = [1, 100, 200, 17, 260, 5, 66, 9, 31, 140, 7, 8, 150, 33, 12, 90]
@@ -23,15 +24,9 @@ MAX_MEAN_KL_F32 = 1e-4  # the tiny files' F32 weights: llama.cpp computes them i
 NEAR_TIE = 0.1  # logits this close are a tie that llama.cpp's own batched and one-token paths may break apart
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64) - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def mean_kl(theirs: np.ndarray, ours: np.ndarray) -> float:
     """mean over rows of KL(llama.cpp || ours)."""
-    p, q = log_softmax(theirs), log_softmax(ours)
-    return float((np.exp(p) * (p - q)).sum(-1).mean())
+    return float(kl_rows(log_softmax(theirs), log_softmax(ours)).mean())
 
 
 class LlamaCpp:

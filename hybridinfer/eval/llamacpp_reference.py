@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ..errors import HybridInferError
+from .divergence import kl_rows, log_softmax
 
 PROMPT_TEXT = "The quick brown fox jumps over the lazy dog. " * 8
 WARMUP_STEPS = 4
@@ -127,7 +128,7 @@ def logit_agreement(path: str, ours, prompts: list[list[int]], n_threads: int = 
     kls, agree = [], []
     for ids, (theirs, _) in zip(prompts, _position_logits(path, prompts, 0, n_threads)):
         mine = np.asarray(ours(ids), dtype=np.float64)
-        kls.extend(_kl(theirs, mine))
+        kls.extend(kl_rows(log_softmax(theirs), log_softmax(mine)))
         agree.extend(theirs.argmax(axis=1) == mine.argmax(axis=1))
     return {"mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)), "top1_agreement": float(np.mean(agree)),
             "positions": len(kls)}
@@ -165,12 +166,3 @@ def _position_logits(path: str, prompts: list[list[int]], n_tokens: int, n_threa
             yield np.stack(rows), continued
     finally:
         llm.close()
-
-
-def _kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """KL(reference || other) per row of two (rows, n_vocab) logit arrays."""
-    p = reference - reference.max(axis=1, keepdims=True)
-    p -= np.log(np.exp(p).sum(axis=1, keepdims=True))
-    q = other - other.max(axis=1, keepdims=True)
-    q -= np.log(np.exp(q).sum(axis=1, keepdims=True))
-    return (np.exp(p) * (p - q)).sum(axis=1)

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..engine import Engine
 from ..errors import HybridInferError
+from .divergence import kl_rows, log_softmax
 
 
 @dataclass
@@ -38,10 +38,6 @@ class PerplexityResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
 
 
 def _dense_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
@@ -70,12 +66,12 @@ def perplexity(engine: Engine, text: str, n_chunk: int = 512, max_chunks: int | 
     for index in range(n_chunks):
         chunk = tokens[index * n_chunk:(index + 1) * n_chunk]
         chunk = [bos] + chunk[1:]
-        logp = _log_softmax(engine.logits(chunk)[first:-1])  # predictions for chunk[first+1:]
+        logp = log_softmax(engine.logits(chunk)[first:-1])  # predictions for chunk[first+1:]
         targets = np.array(chunk[first + 1:])
         nlls.append(-logp[np.arange(len(targets)), targets])
         if sparse is not None:
-            dense_logp = _log_softmax(_dense_logits(engine, chunk)[first:-1])
-            kls.append((np.exp(dense_logp) * (dense_logp - logp)).sum(-1))
+            dense_logp = log_softmax(_dense_logits(engine, chunk)[first:-1])
+            kls.append(kl_rows(dense_logp, logp))
             agree.append(dense_logp.argmax(-1) == logp.argmax(-1))
             dense_nlls.append(-dense_logp[np.arange(len(targets)), targets])
         if on_chunk is not None:
