@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from tiny_models import add_spm_vocab, spm_vocab
+from tiny_models import add_spm_vocab, spm_vocab, write_tensors
 
 ARCHITECTURES = ("qwen2", "qwen3", "gemma3", "llama3")
 # per architecture: layers, heads, KV heads, head width (gemma3's differs from n_embd / heads, as Gemma 3's does)
@@ -90,13 +90,5 @@ def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, con
         writer.add_rope_scaling_factor(rope_scaling[1])
     add_spm_vocab(writer, spm_vocab())
     writer.add_add_bos_token(True)
-    for name, value in arch_weights(arch, seed, n_layer).items():
-        if value.ndim == 2 and weight_type != T.F32:
-            writer.add_tensor(name, gguf.quants.quantize(value, weight_type), raw_dtype=weight_type)
-        else:
-            writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_tensors(writer, arch_weights(arch, seed, n_layer), weight_type)
     return path

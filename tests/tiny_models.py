@@ -97,9 +97,21 @@ def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_h
         writer.add_float32(THRESHOLD_KEY, threshold)
     for key, value in (extra or {}).items():
         writer.add_float32(key, value)
+    if powerinfer:
+        weights = {(name.replace("ffn_down", "ffn_down_t") if name.endswith("ffn_down.weight") else name):
+                   (np.ascontiguousarray(value.T) if name.endswith("ffn_down.weight") else value)
+                   for name, value in weights.items()}
+    write_tensors(writer, weights, weight_type, types)
+    if powerinfer:
+        with open(path, "r+b") as handle:
+            handle.write(b"PWRI")
+    return path
+
+
+def write_tensors(writer: gguf.GGUFWriter, weights: dict[str, np.ndarray], weight_type, types=None) -> None:
+    """Add `weights` to `writer` (2-D ones in `weight_type`, or types[suffix] for the names ending in that suffix;
+    norms as they are) and write the file."""
     for name, value in weights.items():
-        if powerinfer and name.endswith("ffn_down.weight"):
-            name, value = name.replace("ffn_down", "ffn_down_t"), np.ascontiguousarray(value.T)
         qtype = next((t for suffix, t in (types or {}).items() if name.endswith(suffix)), weight_type)
         if value.ndim == 2 and qtype != T.F32:
             writer.add_tensor(name, quantize(value, qtype), raw_dtype=qtype)
@@ -109,10 +121,6 @@ def write_tiny_gguf(path: Path, weights: dict[str, np.ndarray], *, n_head=4, n_h
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    if powerinfer:
-        with open(path, "r+b") as handle:
-            handle.write(b"PWRI")
-    return path
 
 
 def stored_weights(weights: dict[str, np.ndarray], weight_type) -> dict[str, np.ndarray]:
