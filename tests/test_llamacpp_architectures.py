@@ -108,30 +108,28 @@ def our_greedy(engine, ids, n):
     return out
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("backend", ["packed", "reference"])
-def test_tiny_architectures_match_llama_cpp(tmp_path, arch, backend):
-    path = write_arch_gguf(tmp_path / f"{arch}.gguf", arch, T.F32)
-    engine = hybridinfer.load(str(path), n_ctx=128, backend=backend)
+def assert_matches_llama_cpp(path, engine):
+    """A tiny F32 file: llama.cpp's distributions within MAX_MEAN_KL_F32 of ours, the greedy tokens equal."""
     theirs = LlamaCpp(path)
     try:
         assert mean_kl(theirs.logits(IDS), engine.logits(IDS)) <= MAX_MEAN_KL_F32
         assert our_greedy(engine, IDS[:4], 12) == theirs.greedy(IDS[:4], 12)
     finally:
         theirs.close()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+def test_tiny_architectures_match_llama_cpp(tmp_path, arch, backend):
+    path = write_arch_gguf(tmp_path / f"{arch}.gguf", arch, T.F32)
+    assert_matches_llama_cpp(path, hybridinfer.load(str(path), n_ctx=128, backend=backend))
 
 
 @pytest.mark.parametrize("arch, options", [("llama3", dict(rope_scaling=("linear", 4.0))),
                                            ("gemma3", dict(n_layer=62))])  # llama.cpp's Gemma 3 27B scale
 def test_rope_scaling_and_gemma3_27b_match_llama_cpp(tmp_path, arch, options):
     path = write_arch_gguf(tmp_path / f"{arch}.gguf", arch, T.F32, **options)
-    engine = hybridinfer.load(str(path), n_ctx=128)
-    theirs = LlamaCpp(path)
-    try:
-        assert mean_kl(theirs.logits(IDS), engine.logits(IDS)) <= MAX_MEAN_KL_F32
-        assert our_greedy(engine, IDS[:4], 12) == theirs.greedy(IDS[:4], 12)
-    finally:
-        theirs.close()
+    assert_matches_llama_cpp(path, hybridinfer.load(str(path), n_ctx=128))
 
 
 @pytest.fixture(scope="module")
