@@ -279,12 +279,9 @@ def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = 
     def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
         return values if order is None else values[order]
 
-    def stored(t: GGUFTensor) -> np.ndarray:
-        return np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1)
-
     names = ', '.join(f'{t.name} ({t.type.name})' for t in tensors)
     if qtype in CPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
-        raw = np.concatenate([ordered(stored(t), order) for t, order in zip(tensors, orders)])
+        raw = np.concatenate([ordered(stored_rows(t), order) for t, order in zip(tensors, orders)])
         return pack((raw, qtype, (rows, cols)))
     if cols % 32 == 0 and all(t.type not in FLOAT_TYPES for t in tensors):
         print(f"note: {names} are read as one matrix; stored as Q8_0 at load", file=sys.stderr)
@@ -296,11 +293,16 @@ def stacked(tensors: list[GGUFTensor], orders: list[np.ndarray | None] | None = 
     return pack((values, T.F32, values.shape))
 
 
+def stored_rows(tensor: GGUFTensor) -> np.ndarray:
+    """(rows, bytes) uint8: a 2-D weight's rows as the file stores them."""
+    return np.ascontiguousarray(tensor.raw).view(np.uint8).reshape(tensor.shape[0], -1)
+
+
 def as_q8_0(tensor: GGUFTensor) -> np.ndarray:
     """(rows, bytes) Q8_0 blocks of a quantized weight's values: Q8_0's as stored; a format whose blocks are 32
     elements under one f16 scale (Q4_0, Q5_0) exactly, that scale with its centred quants as int8; any other
     (minimums, K-quants) by gguf's Q8_0 encoder (one more rounding, within Q8_0's)."""
-    raw = np.ascontiguousarray(tensor.raw).view(np.uint8).reshape(tensor.shape[0], -1)
+    raw = stored_rows(tensor)
     if tensor.type == T.Q8_0:
         return raw
     values = dequantize(tensor)
@@ -309,8 +311,8 @@ def as_q8_0(tensor: GGUFTensor) -> np.ndarray:
         return gguf_quants.quantize(values, T.Q8_0)
     scales = raw.reshape(-1, fmt.block_bytes)[:, :2]  # f16 d of each block
     d = scales.copy().view(np.float16).astype(np.float32)
-    quants = np.divide(values.reshape(-1, Q8_0.block_size), d, out=np.zeros_like(values.reshape(-1, 32)),
-                       where=d != 0)  # d * (q - centre) / d: exact integers
+    by_block = values.reshape(-1, Q8_0.block_size)
+    quants = np.divide(by_block, d, out=np.zeros_like(by_block), where=d != 0)  # d * (q - centre) / d: exact integers
     blocks = np.concatenate([scales, np.rint(quants).astype(np.int8).view(np.uint8)], axis=1)
     return blocks.reshape(tensor.shape[0], -1)
 
