@@ -25,7 +25,7 @@ def k_quantize(values: np.ndarray, qtype) -> np.ndarray:
     """A plain K encoder for test models (rows of whole 256-blocks): per sub-block the range's scale (Q6_K: the
     largest magnitude's) and minimum, as 6-bit (Q6_K: int8) codes of the super-block's f16 factors, then each
     quant rounded. Not llama.cpp's search for the best scales: the kernels read any valid blocks alike."""
-    from hybridinfer.kernels.packed import k_encode_blocks
+    from hybridinfer.kernels.packed_k import k_encode_blocks
 
     rows, cols = values.shape
     x = values.astype(np.float32).reshape(rows, cols // 256, 256)

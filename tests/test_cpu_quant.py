@@ -12,6 +12,7 @@ from hybridinfer.errors import HybridInferError
 from hybridinfer.kernels import cpu_quant, reference
 from hybridinfer.kernels.formats import FORMAT_CODE
 from hybridinfer.kernels.packed import byte_element_order, lane_element_order, pack, packed_nbytes
+from hybridinfer.kernels.packed_k import pack_k_rows, pack_k_rows_reference, unpack_k_rows
 from hybridinfer.model_file.gguf_file import GGUFTensor
 from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS, CPU_NATIVE_TYPES, FORMATS
 from kquant_blocks import random_k_raw
@@ -211,6 +212,15 @@ def test_k_quant_tiles_stay_near_the_file_size(rng, qtype):
     assert packed.nbytes == raw.nbytes  # GB/s are counted in the file's bytes
     assert raw.nbytes < packed.data.nbytes <= 1.12 * raw.nbytes
     assert packed_nbytes(GGUFTensor("w", qtype, shape, raw)) == packed.data.nbytes
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("cols", [256, 512, 768, 4096])  # a short tile alone, whole tiles, both
+def test_k_rows_pack_as_their_numpy_twin_packs_them(rng, qtype, cols):
+    raw = random_k_raw(rng, qtype, (5, cols))
+    packed = pack_k_rows(qtype, raw, cols)
+    assert np.array_equal(packed, pack_k_rows_reference(qtype, raw, cols))
+    assert np.array_equal(unpack_k_rows(qtype, packed, cols), raw)
 
 
 def check_against_twins(out, values, sizes, x, qtype, float_activations, twin):

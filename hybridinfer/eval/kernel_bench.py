@@ -28,7 +28,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..kernels import cpu_quant
-from ..kernels.packed import k_decode_blocks, k_encode_blocks, pack
+from ..kernels.packed import pack
+from ..kernels.packed_k import k_decode_blocks, k_encode_blocks
 from ..model_file import weight_formats
 
 SHAPES = {"11008x4096 (gate/up)": (11008, 4096), "4096x11008 (down)": (4096, 11008), "4096x4096 (attn)": (4096, 4096)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .packed import K_FACTORS
+from .packed_k import K_FACTORS
 from .row_tiles import OPTIONS, unit_offsets
 from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, fma, high_nibbles, load_bytes, load_f32, load_i32,
                    load_s8_as_f32, low_nibbles, mul, nibble_planes_as_f32, scale_i32, splat_f32, to_f32, zeros_f32,
