@@ -210,6 +210,8 @@ def test_unmapped_tensor_is_refused(checkpoints, tmp_path, arch, extra):
     ("qwen2", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e6}},
      'rope scaling "llama3" is not implemented'),
     ("qwen2", {"use_sliding_window": True}, "sets use_sliding_window"),
+    ("qwen3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}}},
+     "rope_parameters holds per-layer-type RoPE settings"),
     ("qwen3", {"rope_parameters": {"rope_type": "default", "rope_theta": -1.0}},
      "rope_parameters.rope_theta must be a finite number > 0"),
     ("llama3", {"rope_scaling": {**LLAMA3_ROPE, "high_freq_factor": 1.0}}, "high_freq_factor 1 must be above"),

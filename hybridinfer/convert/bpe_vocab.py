@@ -94,7 +94,8 @@ def _pre_tokenizer(tokenizer: dict, path: Path) -> str:
         if (split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
                 and byte_level.get("type") == "ByteLevel" and byte_level.get("use_regex") is False
                 and not byte_level.get("add_prefix_space")):
-            regex = (split.get("pattern") or {}).get("Regex")
+            pattern = split.get("pattern")
+            regex = pattern.get("Regex") if isinstance(pattern, dict) else None
     known = PRE_TOKENIZERS.get(regex)
     if known is None:
         raise HybridInferError(f"{path}: its pre-tokenizer {shown(pre, 60)} is not one this converter recognises "

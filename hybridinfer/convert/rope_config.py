@@ -47,7 +47,11 @@ def read_rope_scaling(values: ConfigValues, arch: str) -> RopeScaling:
     section = values.section("rope_scaling") or values.section("rope_parameters")
     if section is None:
         return RopeScaling("none")
-    kind = section.text("rope_type") or section.text("type") or "default"
+    kind = section.text("rope_type") or section.text("type")
+    if kind is None and any(isinstance(value, dict) for value in section.config.values()):
+        raise HybridInferError(f"unsupported checkpoint: {section.prefix[:-1]} holds per-layer-type RoPE settings, "
+                               "which these architectures do not have")
+    kind = kind or "default"
     if kind == "default":
         return RopeScaling("none")
     if kind == "linear":
