@@ -4,8 +4,8 @@ Flow: check the output path, read config.json (architecture, activation, RoPE; e
 and the tokenizer (tokenizer.model, else a byte-level BPE tokenizer.json), list the source tensors (no data; the
 index and every file's tensor table validated; a tensor the architecture does not map is refused, never dropped),
 write the GGUF header, metadata and tensor table, then stream each tensor: read it (a background thread
-reads the next one meanwhile), apply the Q/K permutation (LLaMA, MiniCPM), encode it, append it. Output goes to a temporary
-file beside the destination, renamed only when complete; the input is never written to.
+reads the next one meanwhile), apply the Q/K permutation (LLaMA, MiniCPM), encode it, append it. Output goes to a
+temporary file beside the destination, renamed only when complete; the input is never written to.
 """
 
 from __future__ import annotations
