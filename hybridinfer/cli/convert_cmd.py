@@ -20,7 +20,7 @@ from ..convert.outtypes import OUTTYPES
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary (tensors, bytes, seconds, peak RSS)")
 def convert(hf_dir, output, outtype, force, as_json):
-    """Convert a ProSparse / ReluLLaMA / LLaMA / MiniCPM checkpoint to GGUF."""
+    """Convert a ProSparse / ReluLLaMA / LLaMA / MiniCPM / Qwen2 / Qwen3 / Llama 3 checkpoint to GGUF."""
     def progress(total):
         return tqdm(total=total, unit="B", unit_scale=True, desc="converting", disable=as_json)
 

@@ -16,8 +16,18 @@ MAX_FLOAT32 = 3.4028234663852886e38  # GGUF stores these hyper-parameters as flo
 
 
 class ConfigValues:
-    def __init__(self, config: dict, path: Path):
+    def __init__(self, config: dict, path: Path, prefix: str = ""):
         self.config, self.path = config, path
+        self.prefix = prefix  # "rope_scaling." for a section's values: how messages name the key
+
+    def section(self, key: str) -> "ConfigValues | None":
+        """The values of a nested object (rope_scaling), or None when the key is absent or null."""
+        value = self.config.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._bad(key, value, "an object")
+        return ConfigValues(value, self.path, f"{self.prefix}{key}.")
 
     def count(self, key: str, default=REQUIRED) -> int:
         """A size or count: a positive integer (not 64.0, "64", true or null)."""
@@ -72,11 +82,11 @@ class ConfigValues:
         if key in self.config:
             return self.config[key]
         if default is REQUIRED:
-            raise HybridInferError(f"{self.path} lacks the key {key!r}; the checkpoint is incomplete")
+            raise HybridInferError(f"{self.path} lacks the key {self.prefix + key!r}; the checkpoint is incomplete")
         return default
 
     def _bad(self, key: str, value, expected: str) -> HybridInferError:
-        return HybridInferError(f"{self.path}: {key} must be {expected}, got {shown(value)}; "
+        return HybridInferError(f"{self.path}: {self.prefix}{key} must be {expected}, got {shown(value)}; "
                                 "correct config.json or download it again")
 
 

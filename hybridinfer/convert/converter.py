@@ -1,10 +1,11 @@
 """`convert_checkpoint`: a Hugging Face checkpoint directory -> one GGUF file, tensor by tensor.
 
-Flow: check the output path, read config.json (architecture, activation; every hyper-parameter validated)
-and tokenizer.model, list the source tensors (no data; the index and every file's tensor table validated),
+Flow: check the output path, read config.json (architecture, activation, RoPE; every hyper-parameter validated)
+and the tokenizer (tokenizer.model, else a byte-level BPE tokenizer.json), list the source tensors (no data; the
+index and every file's tensor table validated; a tensor the architecture does not map is refused, never dropped),
 write the GGUF header, metadata and tensor table, then stream each tensor: read it (a background thread
-reads the next one meanwhile), apply the Q/K permutation, encode it, append it. Output goes to a temporary
-file beside the destination, renamed only when complete; the input is never written to.
+reads the next one meanwhile), apply the Q/K permutation (LLaMA, MiniCPM), encode it, append it. Output goes to a
+temporary file beside the destination, renamed only when complete; the input is never written to.
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ from gguf import GGMLQuantizationType as T
 from ..atomic_file import atomic_output, check_destination
 from ..model_file.config import ACTIVATION_KEY, THRESHOLD_KEY
 from ..errors import HybridInferError
-from ..model_file.tensor_shapes import OUTPUT
+from ..model_file.tensor_shapes import OUTPUT, ROPE_FREQS
+from .bpe_vocab import BpeVocab, read_bpe_vocab
 from .hf_config import HFModelSpec, read_spec
 from .hf_weights import SourceTensor, list_tensors
 from .outtypes import OUTTYPES, ModelTraits, stored_type
 from .quantize import encode, encoded_nbytes
-from .sentencepiece_vocab import read_vocab
+from .rope_config import llama3_rope_freqs
+from .sentencepiece_vocab import SentencePieceVocab, read_vocab
 from .tensor_map import IGNORED, expected_shapes, gguf_name, prepare
+
+SHOWN_UNMAPPED = 5  # the unmapped tensors an error names before "and N more"
 
 
 @dataclass
@@ -59,7 +64,7 @@ def convert_checkpoint(hf_dir: str | os.PathLike, output: str | os.PathLike, out
     hf_dir, output = Path(hf_dir), Path(output)
     _check_arguments(hf_dir, output, outtype, force)
     spec = read_spec(hf_dir)
-    vocab = read_vocab(hf_dir, spec)
+    vocab = _read_vocabulary(hf_dir, spec)
     plan = _plan(hf_dir, spec)
     traits = ModelTraits(spec.gguf_arch, spec.n_layer, spec.n_head, spec.n_head_kv, spec.tie_word_embeddings)
 
@@ -107,17 +112,32 @@ def _check_arguments(hf_dir: Path, output: Path, outtype: str, force: bool) -> N
         raise HybridInferError(f"{output} is a file of the checkpoint being converted; write the GGUF file elsewhere")
 
 
+def _read_vocabulary(hf_dir: Path, spec: HFModelSpec) -> SentencePieceVocab | BpeVocab:
+    """SentencePiece when tokenizer.model is there (llama.cpp's converter tries it first), else tokenizer.json."""
+    if (hf_dir / "tokenizer.model").exists() or not (hf_dir / "tokenizer.json").exists():
+        return read_vocab(hf_dir, spec)
+    return read_bpe_vocab(hf_dir, spec)
+
+
 def _plan(hf_dir: Path, spec: HFModelSpec) -> dict[str, SourceTensor]:
     """GGUF name -> source tensor, in GGUF order, after checking names and shapes against the config."""
     sources = list_tensors(hf_dir)
     by_gguf: dict[str, SourceTensor] = {}
+    unmapped = []
     for hf_name, source in sources.items():
-        name = gguf_name(hf_name)
+        name = gguf_name(hf_name, spec.gguf_arch)
         if name is None:
-            if IGNORED.search(hf_name):
-                continue
-            raise HybridInferError(f"{hf_dir}: unexpected tensor {hf_name}; this checkpoint is not a supported variant")
+            if not IGNORED.search(hf_name):
+                unmapped.append(hf_name)
+            continue
         by_gguf[name] = source
+    if unmapped:
+        more = f" and {len(unmapped) - SHOWN_UNMAPPED} more" if len(unmapped) > SHOWN_UNMAPPED else ""
+        raise HybridInferError(f"{hf_dir}: tensors a {spec.hf_class} conversion does not map: "
+                               f"{', '.join(unmapped[:SHOWN_UNMAPPED])}{more}; this checkpoint is not a supported "
+                               "variant (no tensor is dropped)")
+    if spec.rope_scaling.kind == "llama3":
+        by_gguf[ROPE_FREQS] = _computed_rope_freqs(spec)
     if spec.tie_word_embeddings:
         by_gguf.pop(OUTPUT, None)
     plan = {}
@@ -134,7 +154,17 @@ def _plan(hf_dir: Path, spec: HFModelSpec) -> dict[str, SourceTensor]:
     return plan
 
 
+def _computed_rope_freqs(spec: HFModelSpec) -> SourceTensor:
+    """Llama 3's rope_freqs.weight, computed from config.json as a source tensor of its own."""
+    shape = (spec.head_dim // 2,)
+    return SourceTensor(name="rope_freqs (computed from rope_scaling)", shape=shape, dtype="F32",
+                        n_bytes=4 * shape[0],
+                        load=lambda: llama3_rope_freqs(spec.rope_scaling, spec.rope_base, spec.head_dim))
+
+
 def _write_metadata(writer: gguf.GGUFWriter, spec: HFModelSpec, hf_dir: Path, outtype: str) -> None:
+    """The keys llama.cpp's converter writes for the architecture (LlamaModel adds the vocabulary size and RoPE
+    width; every model the key and value widths when config.json states head_dim)."""
     writer.add_name(hf_dir.name)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
@@ -142,10 +172,17 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: HFModelSpec, hf_dir: Path, ou
     writer.add_feed_forward_length(spec.n_ff)
     writer.add_head_count(spec.n_head)
     writer.add_head_count_kv(spec.n_head_kv)
-    writer.add_rope_dimension_count(spec.n_embd // spec.n_head)
+    if spec.gguf_arch in ("llama", "minicpm"):
+        writer.add_rope_dimension_count(spec.head_dim)
+        writer.add_vocab_size(spec.n_vocab)
+    if spec.head_dim_given:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
     writer.add_rope_freq_base(spec.rope_base)
+    if spec.rope_scaling.kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(spec.rope_scaling.factor)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
-    writer.add_vocab_size(spec.n_vocab)
     writer.add_file_type(OUTTYPES[outtype].file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if spec.gguf_arch == "minicpm":

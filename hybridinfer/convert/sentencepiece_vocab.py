@@ -44,7 +44,7 @@ class SentencePieceVocab:
 def read_vocab(hf_dir: Path, spec: HFModelSpec) -> SentencePieceVocab:
     path = hf_dir / "tokenizer.model"
     if not path.exists():
-        raise HybridInferError(f"{hf_dir} has no tokenizer.model; a SentencePiece tokenizer is required")
+        raise HybridInferError(f"{hf_dir} has no tokenizer.model or tokenizer.json; the tokenizer is required")
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromFile(str(path))
