@@ -4,6 +4,10 @@ what each kernel must compute."""
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from ..model_file.weight_formats import FORMATS
 
 
 def fatrelu(values: np.ndarray, threshold: float) -> np.ndarray:
@@ -41,11 +45,9 @@ def teal_matvec(weight: np.ndarray, x: np.ndarray, threshold: float) -> np.ndarr
 
 def dequantized(raw: np.ndarray, qtype, shape: tuple[int, int]) -> np.ndarray:
     """float32 (rows, cols) values of a GGUF weight as stored (`raw` as gguf stores it), via gguf.quants."""
-    from gguf import GGMLQuantizationType, quants
-
-    if GGMLQuantizationType(qtype) == GGMLQuantizationType.F32:
+    if T(qtype) == T.F32:
         return np.asarray(raw, dtype=np.float32).reshape(shape)
-    return np.asarray(quants.dequantize(np.asarray(raw), GGMLQuantizationType(qtype)), dtype=np.float32).reshape(shape)
+    return np.asarray(quants.dequantize(np.asarray(raw), T(qtype)), dtype=np.float32).reshape(shape)
 
 
 def matvec(weight: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -71,9 +73,6 @@ def accumulate_rows_int8(raw: np.ndarray, qtype, shape: tuple[int, int], rows: n
     then S_b * sum_i k_ib * qv_ib with qv = q - 8 for Q4_x, q - 16 for Q5_x (+ sum_i c_i * (m_ib + 8 d_ib) for Q4_1,
     m_ib + 16 d_ib for Q5_1) accumulated
     in float64. `batch`: the kernel's INT8_BATCH unless given."""
-    from gguf import GGMLQuantizationType as T
-
-    from ..model_file.weight_formats import FORMATS
     from .cpu_accumulate_int8 import INT8_BATCH
 
     batch = batch or INT8_BATCH
@@ -158,8 +157,8 @@ def kv_encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarra
         return values.copy(), no_scales
     if type_name == "f16":
         return values.astype(np.float16).view(np.int16), no_scales
-    from gguf import GGMLQuantizationType, quants
-    blocks = quants.quantize(values, GGMLQuantizationType.Q8_0).reshape(values.shape[:-1] + (-1, 34))
+    q8_0 = FORMATS[T.Q8_0]
+    blocks = quants.quantize(values, q8_0.type).reshape(values.shape[:-1] + (-1, q8_0.block_bytes))
     scales = np.ascontiguousarray(blocks[..., :2]).view(np.int16)[..., 0]
     return np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(values.shape), scales
 
