@@ -31,8 +31,8 @@ from ..kernels import cpu_layer, cpu_ops
 from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from ..kernels.cpu_quant import activation_buffers, matmul
 from ..model_file.config import ModelConfig
-from ..reference.model import rms_norm
 from ..runtime.weights import PackedWeights
+from .gpu_parts import ffn_input
 from .gpu_side import GPULayer, GPUSide
 
 
@@ -147,10 +147,10 @@ class SplitFFN:
         clock = side.clock
         started = clock.start()
         x = s.on_device
-        normed = rms_norm(x, layer.ffn_norm, c.rms_eps)
+        normed = ffn_input(side, index, x, layer)  # (T, n_embd), from the attention part's kernel
         mask = self.predict(layer, x) if layer.fc1 is not None and self.predicting else None  # (T, n_ff) bool
         if x.shape[0] > 1:
-            s.on_device = x + self._several(index, layer, normed, mask, started) * c.residual_scale
+            s.on_device = side.norms.add(x, self._several(index, layer, normed, mask, started), c.residual_scale)
             return
         on_cpu = self.cold.has_neurons(index)
         if on_cpu:
@@ -167,8 +167,8 @@ class SplitFFN:
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
             clock.add("cpu", seconds)
             side.stats.cpu_fired += cpu_fired
-            hot = hot if cold is None else hot + cold
-        s.on_device = x + hot[None] * c.residual_scale
+            hot = hot if cold is None else hot.add_(cold)
+        s.on_device = side.norms.add(x, hot[None], c.residual_scale)
 
     def _several(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
         side = self.side
@@ -181,7 +181,7 @@ class SplitFFN:
     def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
         """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""
         ops = self.side.ops
-        return ops.matvec(layer.fc2, torch.relu(ops.matvec(layer.fc1, x))) >= layer.predictor_threshold
+        return ops.matvec(layer.fc2, ops.matvec(layer.fc1, x).relu_()) >= layer.predictor_threshold
 
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)

@@ -1,0 +1,27 @@
+"""Plain torch twins of the GPU side's norm kernels (`norm_kernels.py`); they also serve the CPU device.
+
+    rms_norm(x, w, eps)                     x (T, n) float32 -> x / sqrt(mean(x^2) + eps) * w
+    add_rms_norm(x, a, scale, w, eps)       x += scale * a (in place), then (x, rms_norm(x, w, eps)): a block's
+                                            residual add and the next block's norm in one step
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reference.model import rms_norm as _rms_norm
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rms_norm(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, a: torch.Tensor, scale: float, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x.add_(a, alpha=scale)
+    return x, _rms_norm(x, weight, eps)
+
+
+def add(x: torch.Tensor, a: torch.Tensor, scale: float) -> torch.Tensor:
+    """x += scale * a, in place (one kernel)."""
+    return x.add_(a, alpha=scale)
