@@ -76,13 +76,13 @@ def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, to
         is_new = (p == pos)[:, None]
         keys = tl.where(is_new, k_new[None, :], keys)
         values = tl.where(is_new, v_new[None, :], values)
-        scores = tl.sum(q[:, None, :] * keys[None, :, :], axis=2)  # (GROUP_P2, BLOCK_N)
+        scores = tl.dot(q, tl.trans(keys), input_precision="ieee")  # (GROUP_P2, BLOCK_N): float32 products
         scores = tl.where((p < hi)[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
         weights = tl.exp(scores - new_best[:, None])
         rescale = tl.exp(best - new_best)
         total = total * rescale + tl.sum(weights, axis=1)
-        acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values[None, :, :], axis=1)
+        acc = acc * rescale[:, None] + tl.dot(weights, values, input_precision="ieee")
         best = new_best
     at = (kv * SPLITS + split) * GROUP_P2 + g
     tl.store(best_ptr + at, best)
@@ -112,7 +112,9 @@ class Scratch:
     """The fixed buffers of one attention step (shared by the layers: they run one after another)."""
 
     def __init__(self, n_head: int, n_head_kv: int, head_dim: int, device: torch.device):
-        group_p2, head_dim_p2 = triton.next_power_of_2(n_head // n_head_kv), triton.next_power_of_2(head_dim)
+        # tl.dot's tiles are at least 16 wide: a group of query heads is padded to 16 rows
+        group_p2 = max(16, triton.next_power_of_2(n_head // n_head_kv))
+        head_dim_p2 = max(16, triton.next_power_of_2(head_dim))
         self.best = torch.empty((n_head_kv, SPLITS, group_p2), dtype=torch.float32, device=device)
         self.total = torch.empty_like(self.best)
         self.acc = torch.empty((n_head_kv, SPLITS, group_p2, head_dim_p2), dtype=torch.float32, device=device)
