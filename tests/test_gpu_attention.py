@@ -111,4 +111,4 @@ def test_the_step_kernels_compile_for_sm_90():
                             capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(result.stdout.strip().splitlines()) == 5, result.stdout
+    assert len(result.stdout.strip().splitlines()) == 6, result.stdout

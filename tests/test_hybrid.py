@@ -135,6 +135,7 @@ def test_float16_gpu_kv_cache_stays_close(relu_model_with_counts, kernels, monke
     engine = hybrid(path, budgets(path)["mid"], kernels, exact=True, float_activations=True, **F32_CACHE)
     assert all(layer.k_cache.dtype == torch.float16 for layer in engine.gpu_side.layers.values())
     error = relative_error(decode_logits(engine), expected)
+    print(f"float16 GPU KV cache, {kernels} kernels: relative logit error {error:.2e}")
     assert 0 < error < F16_KV_BOUND, error
 
 

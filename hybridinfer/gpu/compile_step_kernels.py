@@ -1,4 +1,4 @@
-"""Compile the decode step's own Triton kernels (`attention_kernels.py`, `norm_kernels.py`) ahead of time for an
+"""Compile the decode step's own Triton kernels (attention, norm and predictor `*_kernels.py`) ahead of time for an
 NVIDIA architecture without a GPU, as `compile_check.py` does for the weight kernels, and print their registers,
 stack bytes and instruction counts: 13B-like shapes (40 query heads over 8 key/value heads of 128, n_embd 5120).
 
@@ -14,6 +14,7 @@ from triton.compiler import ASTSource
 
 from . import attention_kernels as ak
 from . import norm_kernels as nk
+from . import predictor_kernels as pk
 from .compile_check import compile_stats
 
 
@@ -35,6 +36,9 @@ def sources() -> dict[str, ASTSource]:
         signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "w_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32",
                      "scale": "fp32", "eps": "fp32", **{name: "constexpr" for name in norm}}
         found["add + RMSNorm" if has_add else "RMSNorm"] = ASTSource(nk._add_rms_norm_kernel, signature, norm)
+    signature = {"scores_ptr": "*fp32", "hot_index_ptr": "*i64", "mask_ptr": "*i8", "hot_mask_ptr": "*i8",
+                 "n_ff": "i32", "n_hot": "i32", "threshold": "fp32", "BLOCK": "constexpr"}
+    found["predictor masks"] = ASTSource(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK})
     return found
 
 

@@ -114,7 +114,7 @@ class GPUSide:
         self.device = device
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
-        self.attention_ops, self.norms = attention_kernels_for(self.kernels_name), norm_kernels_for(self.kernels_name)
+        self.attention_ops, self.norms, self.predictor_ops = step_kernels_for(self.kernels_name)
         self.ffn_input: tuple[int, torch.Tensor] | None = None  # (layer, RMSNorm(x)): its attention part's hand-over
         # as the memory model counts it ($HYBRIDINFER_GPU_KV, else float16 on CUDA and float32 on the CPU device)
         self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32
@@ -227,26 +227,16 @@ class GPUSide:
         return out
 
 
-def attention_kernels_for(kernels_name: str) -> ModuleType:
-    """The attention step's module for a kernel set: the Triton kernels or their torch twin."""
+def step_kernels_for(kernels_name: str) -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The decode step's own kernels for a kernel set (attention, RMSNorm with the residual add, the predictor's
+    threshold): Triton kernels or their torch twins."""
     if kernels_name == "triton":
-        from ..gpu import attention_kernels
+        from ..gpu import attention_kernels, norm_kernels, predictor_kernels
 
-        return attention_kernels
-    from ..gpu import attention_reference
+        return attention_kernels, norm_kernels, predictor_kernels
+    from ..gpu import attention_reference, norm_reference, predictor_reference
 
-    return attention_reference
-
-
-def norm_kernels_for(kernels_name: str) -> ModuleType:
-    """The RMSNorm (with the residual add before it) module for a kernel set: Triton kernels or their twin."""
-    if kernels_name == "triton":
-        from ..gpu import norm_kernels
-
-        return norm_kernels
-    from ..gpu import norm_reference
-
-    return norm_reference
+    return attention_reference, norm_reference, predictor_reference
 
 
 def _vector(model: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
