@@ -54,7 +54,8 @@ def plan(out: Path, device: str, shape: str, layers: int | None) -> None:
         configs.append(dict(dense, label=f"-ngl {n} (dense, same VRAM)", n_gpu_layers=n))
     configs.append(dict(dense, label=f"-ngl {config.n_layer + 1}: every layer on the GPU (dense)",
                         n_gpu_layers=config.n_layer + 1))
-    result({"synth_s": synth_s, "model_gb": model.stat().st_size / 1e9, "predictors_gb": predictors.stat().st_size / 1e9,
+    result({"synth_s": synth_s, "model_gb": model.stat().st_size / 1e9,
+            "predictors_gb": predictors.stat().st_size / 1e9,
             "n_layer": config.n_layer, "n_embd": config.n_embd, "n_ff": config.n_ff, "n_ctx": N_CTX,
             "fixed_gib": every_layer / 2**30, "ffn_gib": ffn / 2**30, "configs": configs})
 

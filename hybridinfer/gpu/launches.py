@@ -16,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # operators that allocate without writing (no kernel runs)
 NO_KERNEL = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default",
-             "aten.lift_fresh.default", "aten.set_.source_Storage_storage_offset", "aten.detach.default", "aten._unsafe_view.default"}
+             "aten.lift_fresh.default", "aten.set_.source_Storage_storage_offset", "aten.detach.default",
+             "aten._unsafe_view.default"}
 
 
 class Launches(TorchDispatchMode):
