@@ -37,8 +37,10 @@ N_LAYER, N_FF, N_CTX = 3, 192, 64
 
 @pytest.fixture(autouse=True)
 def float32_gpu_kv(monkeypatch):
-    """The GPU side's KV cache float32 on every device (a test may set f16 instead)."""
+    """The GPU side's KV cache float32 on every device (a test may set f16 instead), its time measured on CUDA
+    too (CUDA events, off by default)."""
     monkeypatch.setenv("HYBRIDINFER_GPU_KV", "f32")
+    monkeypatch.setenv("HYBRIDINFER_GPU_TIMING", "1")
 
 
 def written_by_gguf(qtype: T) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def decode(config: dict, device: str, n_tokens: int) -> None:
     from hybridinfer.kernels import compile_time
 
     options = {key: value for key, value in config.items() if key not in ("model", "label")}
+    os.environ["HYBRIDINFER_GPU_TIMING"] = "1"  # the table's GPU and transfer ms (CUDA events, off by default)
     print(f"{config['label']}: loading", flush=True)
     start = time.perf_counter()
     engine = hybridinfer.load(config["model"], n_ctx=N_CTX, device=device, **options)
