@@ -47,14 +47,14 @@ def plan(out: Path, device: str, shape: str, layers: int | None) -> None:
     ffn = sum(n * config.n_ff for n in memory.neuron)
     sparse = {"model": str(model), "predictors": str(predictors), "activations": str(activations)}
     dense = {"model": str(model)}
-    configs = [dict(sparse, label="all on the CPU (budget 0)", vram_budget="0")]
+    every = dict(dense, label=f"-ngl {config.n_layer + 1}: every layer on the GPU (dense)",
+                 n_gpu_layers=config.n_layer + 1)  # first: it needs no CPU kernel compiled
+    configs = [every, dict(sparse, label="all on the CPU (budget 0)", vram_budget="0", compiles=True)]
     for share in (0.25, 0.5, 1.0):
         budget = every_layer + int(share * ffn) + (1 << 20)
         n = gpu_layers_for(memory_model(file, config, N_CTX, device), budget)
         configs.append(dict(sparse, label=f"hybrid, {int(100 * share)}% of the neurons fit", vram_budget=str(budget)))
         configs.append(dict(dense, label=f"-ngl {n} (dense, same VRAM)", n_gpu_layers=n))
-    configs.append(dict(dense, label=f"-ngl {config.n_layer + 1}: every layer on the GPU (dense)",
-                        n_gpu_layers=config.n_layer + 1))
     result({"synth_s": synth_s, "model_gb": model.stat().st_size / 1e9,
             "predictors_gb": predictors.stat().st_size / 1e9,
             "n_layer": config.n_layer, "n_embd": config.n_embd, "n_ff": config.n_ff, "n_ctx": N_CTX,
@@ -67,7 +67,7 @@ def decode(config: dict, device: str, n_tokens: int) -> None:
     from hybridinfer.hybrid.report import hybrid_report
     from hybridinfer.kernels import compile_time
 
-    options = {key: value for key, value in config.items() if key not in ("model", "label")}
+    options = {key: value for key, value in config.items() if key not in ("model", "label", "compiles")}
     os.environ["HYBRIDINFER_GPU_TIMING"] = "1"  # the table's GPU and transfer ms (CUDA events, off by default)
     print(f"{config['label']}: loading", flush=True)
     start = time.perf_counter()
