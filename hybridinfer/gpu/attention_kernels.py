@@ -133,15 +133,16 @@ def scratch_for(n_head: int, n_head_kv: int, head_dim: int, device: torch.device
 
 
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
-                     sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+                     sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
+                     scratch: Scratch | None = None) -> torch.Tensor:
     """`attention_reference.decode_attention`; one position (T == 1) by the two kernels, several by the twin.
     `position`: the position as a device int32 tensor (1,) (a CUDA graph's input), else start_pos is written to
-    the scratch's. The result is the scratch's output buffer, overwritten by the next call."""
+    the scratch's; `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The
+    result is the scratch's output buffer, overwritten by the next call."""
     if qkv.shape[0] != 1:
         return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
     n_kv, head_dim = k_cache.shape[1], k_cache.shape[2]
-    scratch = scratch_for(n_head, n_kv, head_dim, qkv.device)
+    scratch = scratch or scratch_for(n_head, n_kv, head_dim, qkv.device)
     if position is None:
         position = scratch.position
         position.fill_(start_pos)

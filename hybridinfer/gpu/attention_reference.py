@@ -25,10 +25,10 @@ WINDOW = 256  # cache positions one step of the online softmax reads
 
 
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
-                     sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+                     sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
+                     scratch=None) -> torch.Tensor:
     """Attention of the T positions start_pos.. (RoPE, then their K/V stored in the caches) over positions 0..end.
-    `position` (the kernels' device copy of start_pos) is not read here."""
+    `position` and `scratch` (the kernels' device copy of start_pos, their buffers) are not used here."""
     q = rope_and_store(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
     return attend(q, k_cache, v_cache, start_pos)
 

@@ -39,7 +39,8 @@ class GPUAttention:
         qkv = side.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
         attended = side.attention_ops.decode_attention(qkv, layer.k_cache, layer.v_cache, side.rope_cos,
                                                        side.rope_sin, start_pos, self.config.n_head,
-                                                       side.at_position(start_pos) if h.shape[0] == 1 else None)
+                                                       side.at_position(start_pos) if h.shape[0] == 1 else None,
+                                                       side.attention_scratch)
         return side.ops.matvec(layer.wo, attended)  # (T, n_embd)
 
     def every_neuron(self) -> GPUAttention:

@@ -115,6 +115,9 @@ class GPUSide:
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
         self.attention_ops, self.norms, self.predictor_ops = step_kernels_for(self.kernels_name)
+        self.attention_scratch = None  # the attention kernels' buffers, shared by this side's layers
+        if self.kernels_name == "triton":
+            self.attention_scratch = self.attention_ops.Scratch(c.n_head, c.n_head_kv, c.head_dim, device)
         self.ffn_input: tuple[int, torch.Tensor] | None = None  # (layer, RMSNorm(x)): its attention part's hand-over
         # as the memory model counts it ($HYBRIDINFER_GPU_KV, else float16 on CUDA and float32 on the CPU device)
         self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32
