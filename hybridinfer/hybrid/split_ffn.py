@@ -166,12 +166,12 @@ class SplitFFN:
                                       None if hot_mask is None else hot_mask[0], side.threshold)
         side.fired += fired  # summed on the device: reading it here would wait for the GPU
         clock.stop("gpu", started)
+        cold = None
         if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
             clock.add("cpu", seconds)
             side.stats.cpu_fired += cpu_fired
-            hot = hot if cold is None else hot.add_(cold)
-        s.on_device = side.norms.add(x, hot[None], c.residual_scale)
+        s.on_device = side.norms.add(x, hot[None], c.residual_scale, None if cold is None else cold[None])
 
     def _several(self, index: int, layer: GPULayer, normed, mask, hot_mask, started) -> torch.Tensor:
         side = self.side
