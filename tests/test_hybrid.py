@@ -1,13 +1,18 @@
 """The hybrid runtime on the packed engine: at every placement it computes what the packed engine computes.
 
 The GPU side runs on HYBRIDINFER_TEST_DEVICE (cpu here; `make gpu-check` sets cuda) with both kernel sets: the
-torch twins, and the Triton kernels (under TRITON_INTERPRET=1 on the CPU, set by conftest.py)."""
+torch twins, and the Triton kernels (under TRITON_INTERPRET=1 on the CPU, set by conftest.py).
+
+KV caches: the exactness tests (1e-5) compare float32 caches on both sides: the CPU's by type_k/type_v f32
+(F32_CACHE), the GPU side's by $HYBRIDINFER_GPU_KV=f32 (set for every test here, on CUDA too, where the default is
+float16). `test_float16_gpu_kv_cache_stays_close` states the float16 cache's bound."""
 
 import json
 import os
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 from gguf import quants
@@ -28,6 +33,14 @@ from tiny_models import random_weights, write_tiny_gguf
 IDS = [1, 100, 200, 17, 270, 5, 66, 9, 33, 12]
 DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
 N_LAYER, N_FF, N_CTX = 3, 192, 64
+
+
+@pytest.fixture(autouse=True)
+def float32_gpu_kv(monkeypatch):
+    """The GPU side's KV cache float32 on every device (a test may set f16 instead), its time measured on CUDA
+    too (CUDA events, off by default)."""
+    monkeypatch.setenv("HYBRIDINFER_GPU_KV", "f32")
+    monkeypatch.setenv("HYBRIDINFER_GPU_TIMING", "1")
 
 
 def written_by_gguf(qtype: T) -> bool:
@@ -111,6 +124,23 @@ def test_hybrid_exact_equals_packed_exact(relu_model_with_counts, kernels):
         assert relative_error(engine.logits(IDS), expected_batch) < 1e-5, name
 
 
+F16_KV_BOUND = 2e-3  # relative logit error of a float16 GPU KV cache against float32 caches (measured: docs/hybrid.md)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_float16_gpu_kv_cache_stays_close(relu_model_with_counts, kernels, monkeypatch):
+    """CUDA's default cache: keys and values rounded to float16 on the GPU side only, the rest exact."""
+    path = relu_model_with_counts
+    expected = decode_logits(hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, float_activations=True,
+                                              **F32_CACHE))
+    monkeypatch.setenv("HYBRIDINFER_GPU_KV", "f16")
+    engine = hybrid(path, budgets(path)["mid"], kernels, exact=True, float_activations=True, **F32_CACHE)
+    assert all(layer.k_cache.dtype == torch.float16 for layer in engine.gpu_side.layers.values())
+    error = relative_error(decode_logits(engine), expected)
+    print(f"float16 GPU KV cache, {kernels} kernels: relative logit error {error:.2e}")
+    assert 0 < error < F16_KV_BOUND, error
+
+
 def test_the_cpu_half_is_sent_only_what_it_computes(relu_model_with_counts, monkeypatch):
     """A split layer sends its token down and runs the CPU block only when it keeps cold neurons (a budget holding
     every neuron sends nothing), and the CPU half then gives the packed engine's logits."""
@@ -160,7 +190,6 @@ def test_vram_budget_solves_the_split_at_load(relu_model_with_counts):
 
 def test_hybrid_with_predictors_drops_what_the_packed_path_drops(relu_model_with_counts):
     """A random predictor drops neurons; the split FFN must drop exactly the same ones on both sides."""
-    import torch
 
     from hybridinfer.predictors.model import PredictorSet
     gen = torch.Generator().manual_seed(3)
@@ -271,7 +300,6 @@ def test_generate_cli_reports_both_sides(relu_model_with_counts):
 
 def test_perplexity_of_a_hybrid_run_compares_with_the_dense_model(relu_model_with_counts):
     from hybridinfer.eval.perplexity import perplexity
-    import torch
 
     from hybridinfer.predictors.file import save_predictors
     from hybridinfer.predictors.model import PredictorSet

@@ -95,7 +95,9 @@ def decode_logits(engine):
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_hybrid_reads_k_quants_and_gives_the_packed_logits(k_quant_model, kernels):
+def test_hybrid_reads_k_quants_and_gives_the_packed_logits(k_quant_model, kernels, monkeypatch):
+    """float32 KV caches on both sides (the GPU side's by $HYBRIDINFER_GPU_KV, CUDA's default being float16)."""
+    monkeypatch.setenv("HYBRIDINFER_GPU_KV", "f32")
     if kernels == "triton":
         pytest.importorskip("triton", reason="triton is not installed, so the Triton kernels cannot run")
     path, qtype = k_quant_model

@@ -1,68 +1,229 @@
-"""GPU check (`make gpu-check`, one NVIDIA GPU, about 8 minutes): the GPU kernel and hybrid runtime tests on CUDA,
-then a 13B-shaped ProSparse-like Q4_0 model with predictors, synthesized straight into GGUF (`tools/synth_gguf.py`),
-decoded at budgets that hold 0, 25, 50 and 100% of the FFN neurons, next to -ngl at the same VRAM and to every
-layer on the GPU; one table: tokens/s, GPU share of FFN activations, ms per token of each side and of transfers.
+"""GPU check (`make gpu-check`): one call on a fresh NVIDIA machine with its own Python answers, in three sections,
+each under a deadline, each step in a process of its own (a crash, a hang or a timeout loses that step alone):
 
-It uses the torch and Triton installed on the machine (it installs nothing). `--device cpu --layers 2` dry-runs
-every step on the CPU (the torch twins, slowly).
+1. the machine: CPU model and flags; Python, torch, Triton, numba, numpy, gguf versions; CUDA, the GPU, its driver;
+2. the decode table: a 13B-shaped ProSparse-like Q4_0 model with predictors synthesized straight into GGUF
+   (`tools/synth_gguf.py`), decoded at budgets that hold 0, 25, 50 and 100% of the FFN neurons, next to -ngl at the
+   same VRAM and to every layer on the GPU (`tools/gpu_check_steps.py`), one configuration per process: tokens/s,
+   GPU share of FFN activations, ms per token of each side and of the transfers, load, first-token (kernel
+   compilation) and numba compile seconds;
+3. the GPU kernel and hybrid tests on the device, collected with pydantic and FastAPI hidden
+   (`tools/hide_server_deps.py`: the server's dependencies, which the device's Python lacks), every failure and
+   error printed whole.
 
-Usage: PYTHONPATH=. python tools/gpu_check.py [--device cuda] [--shape 13b] [--layers N] [-n TOKENS] [--skip-tests]
+Output is unbuffered and also written to --out. It installs nothing: it imports only the standard library itself;
+`gguf`, if missing, travels as a wheel unpacked onto PYTHONPATH (docs/hybrid.md). `--device cpu --layers 2` dry-runs
+every step on the CPU (the torch twins; Triton interpreted in the tests); `--device cpu --shape tiny --quick
+--deadline 350` does so within 6 minutes on a loaded 2-core machine with an empty kernel cache (docs/hybrid.md).
+
+Usage: PYTHONPATH=. python tools/gpu_check.py [--device cuda] [--shape 13b] [--layers N] [-n TOKENS]
+           [--deadline SECONDS] [--tests-seconds SECONDS] [--tests-k EXPR] [--quick] [--out FILE] [--skip-tests]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
+import platform
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import torch
-
-import hybridinfer
-from hybridinfer.eval.benchmark import decode_rate
-from hybridinfer.model_file.config import ModelConfig
-from hybridinfer.model_file.fingerprint import Fingerprint
-from hybridinfer.model_file.gguf_file import GGUFFile
-from hybridinfer.hybrid.report import hybrid_report
-from hybridinfer.hybrid.setup import memory_model
-from hybridinfer.hybrid.placement.plan import gpu_layers_for
-from hybridinfer.predictors.file import load_predictors
-from tools.synth_gguf import synthesize
-
-N_CTX = 512
-
-
-def run_tests(device: str) -> str:
-    env = {**os.environ, "HYBRIDINFER_TEST_DEVICE": device}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "tests/test_gpu_kernels.py",
-                           "tests/test_hybrid.py", "tests/test_hybrid_kquants.py"], env=env, capture_output=True,
-                          text=True)
-    lines = done.stdout.strip().splitlines()
-    failures = [line for line in lines if line.startswith("FAILED")]
-    return "\n".join(failures[:10] + lines[-1:]) if lines else done.stderr.strip()[-500:]
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = [sys.executable, "-u", str(ROOT / "tools" / "gpu_check_steps.py")]
+RESULT_MARK = "GPU_CHECK_RESULT "  # as gpu_check_steps.RESULT_MARK (not imported: that module needs torch)
+TESTS = ["tests/test_gpu_attention.py", "tests/test_gpu_norms.py", "tests/test_gpu_predictor.py",
+         "tests/test_gpu_launches.py", "tests/test_gpu_kernels.py", "tests/test_hybrid.py",
+         "tests/test_hybrid_kquants.py"]  # the quick ones first, then the hybrid runtime's
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
+MODULES = ("torch", "triton", "numba", "llvmlite", "numpy", "gguf", "pydantic")
+QUICK = {"tests/test_gpu_attention.py": "h8kv2 or allocates or compile", "tests/test_gpu_kernels.py": "Q4_0",
+         "tests/test_hybrid_kquants.py": "Q4_K", "tests/test_hybrid.py": "Q4_0"}  # --quick: one case of each kind
+FIRST_SHARE = 0.6  # of the table's time left, the most the configuration that compiles the CPU kernels may take
+MIN_STEP_S = 20  # what each configuration still to run keeps of the table's time (the first may take 3 times that)
 
 
-def measure(label: str, model: Path, n_tokens: int, device: str, **options) -> None:
-    start = time.perf_counter()
-    engine = hybridinfer.load(str(model), n_ctx=N_CTX, device=device, **options)
-    load_s = time.perf_counter() - start
-    rate = decode_rate(engine, n_tokens)
-    r = hybrid_report(engine) or {}
-    gib = r.get("gpu_bytes", 0) / 2**30
+class Report:
+    """Lines to stdout (flushed at once) and to a file."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w", buffering=1)
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str = "") -> None:
+        with self.lock:
+            print(line, flush=True)
+            self.file.write(line + "\n")
+
+
+def run_step(report: Report, command: list[str], timeout: float, env: dict | None = None,
+             indent: str = "    ") -> tuple[dict | None, str]:
+    """Run `command` in a process group of its own, echoing its output as it comes; kill the group at `timeout`
+    seconds. (its RESULT_MARK record or None, how it ended: "ok", "exit N" or "timed out after N s")."""
+    found: list[dict] = []
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace", start_new_session=True)
+
+    def echo() -> None:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(RESULT_MARK):
+                found.append(json.loads(line[len(RESULT_MARK):]))
+            else:
+                report(indent + line)
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout=max(timeout, 1))
+        ended = "ok" if code == 0 else f"exit {code}"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        ended = f"timed out after {timeout:.0f} s"
+    reader.join(timeout=10)
+    return (found[-1] if found else None), ended
+
+
+def probe() -> None:
+    """Section 1, run in a process of its own (an import that crashes loses only its line)."""
+    import importlib
+
+    info = platform.uname()
+    print(f"host {info.node}: {info.system} {info.release} {info.machine}; Python {platform.python_version()} "
+          f"({sys.executable}); {os.cpu_count()} CPUs")
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                     "?")
+        flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
+                         []))
+        print(f"CPU: {model}; flags: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + str(CPU_FLAGS)}")
+    except OSError as error:
+        print(f"CPU: /proc/cpuinfo unreadable ({error})")
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+            version = getattr(module, "__version__", None) or _distribution_version(name)
+            print(f"{name} {version} ({Path(module.__file__).parent})")
+        except Exception as error:  # noqa: BLE001  (any failure to import is what this line reports)
+            print(f"{name}: not importable ({type(error).__name__}: {error})")
+    try:
+        import numba
+        print(f"numba threads {numba.get_num_threads()}, threading layer default {numba.config.THREADING_LAYER}")
+        import torch
+        print(f"torch CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, torch threads "
+              f"{torch.get_num_threads()}, CUDA available: {torch.cuda.is_available()}")
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"GPU {i}: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB, "
+                  f"{p.multi_processor_count} SMs")
+    except Exception as error:  # noqa: BLE001
+        print(f"torch/numba details: {type(error).__name__}: {error}")
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        print(f"nvidia-smi: {smi.stdout.strip() or smi.stderr.strip()}")
+    except (OSError, subprocess.TimeoutExpired) as error:
+        print(f"nvidia-smi: {error}")
+
+
+def cuda_visible(env: dict) -> bool:
+    check = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+    try:
+        return subprocess.run([sys.executable, "-c", check], env=env, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def table(report: Report, args, scratch: Path, env: dict, deadline: float) -> None:
+    """Section 2: the plan step, then each configuration in its own process."""
+    started = time.monotonic()
+    command = STEPS + ["plan", str(scratch / "prosparse-like"), "--device", args.device, "--shape", args.shape]
+    command += ["--layers", str(args.layers)] if args.layers else []
+    plan, ended = run_step(report, command, deadline - time.monotonic(), env)
+    if plan is None:
+        report(f"plan: no model ({ended}, {time.monotonic() - started:.0f} s): no decode table")
+        return
+    report(f"synthesized {plan['model_gb']:.2f} GB Q4_0 + {plan['predictors_gb']:.2f} GB predictors in "
+           f"{plan['synth_s']:.0f} s; {plan['n_layer']} layers, n_embd {plan['n_embd']}, n_ff {plan['n_ff']}; GPU: "
+           f"attention + KV ({plan['n_ctx']} tokens) + predictors + output {plan['fixed_gib']:.2f} GiB, FFN neurons "
+           f"{plan['ffn_gib']:.2f} GiB")
+    report("")
+    header = ("| configuration | GPU GiB | tokens/s | GPU FFN share | GPU ms | CPU ms | transfer ms | load s | "
+              "first tokens s | numba compile s |")
+    rows = [header, "| --- |" + " ---: |" * 9]
+    report(header)
+    report(rows[1])
+    configs = plan["configs"]
+    for i, config in enumerate(configs):
+        left = deadline - time.monotonic()
+        timeout = max(left - MIN_STEP_S * (len(configs) - i - 1), min(left, MIN_STEP_S * 3))
+        if config.get("compiles"):  # it compiles the CPU kernels (numba) that the later ones load from its cache
+            timeout = max(timeout, FIRST_SHARE * left)
+        if timeout < MIN_STEP_S:
+            row = f"| {config['label']} | not run: the table's deadline has passed |"
+        else:
+            record, ended = run_step(report, STEPS + ["decode", json.dumps(config), "--device", args.device, "-n",
+                                                      str(args.tokens)], timeout, env)
+            row = table_row(record) if record is not None else f"| {config['label']} | failed: {ended} |"
+        rows.append(row)
+        report(row)
+    report("")
+    report("the table again, in one piece:")
+    for row in rows:
+        report(row)
+
+
+def table_row(record: dict) -> str:
+    r = record["hybrid"]
 
     def ms(key: str) -> str:
         return f"{r[key]:.2f}" if key in r else "-"
 
-    print(f"| {label} | {gib:.2f} | {rate:.2f} | {100 * r.get('gpu_ffn_share', 0):.0f}% | {ms('gpu_ms_per_token')} | "
-          f"{ms('cpu_ms_per_token')} | {ms('transfer_ms_per_token')} | {load_s:.0f} |", flush=True)
-    del engine
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return (f"| {record['label']} | {r.get('gpu_bytes', 0) / 2**30:.2f} | {record['tokens_per_s']:.2f} | "
+            f"{100 * r.get('gpu_ffn_share', 0):.0f}% | {ms('gpu_ms_per_token')} | {ms('cpu_ms_per_token')} | "
+            f"{ms('transfer_ms_per_token')} | {record['load_s']:.1f} | {record['first_s']:.1f} | "
+            f"{record['numba_compile_s']:.1f} |")
+
+
+def tests(report: Report, args, env: dict, deadline: float) -> None:
+    """Section 3: pytest on each test file in a process of its own, the server's dependencies hidden, its whole
+    output echoed (failures and errors in full); each file keeps MIN_STEP_S of the time for each one after it."""
+    env = {**env, "HYBRIDINFER_TEST_DEVICE": args.device}
+    summary = []
+    for i, path in enumerate(TESTS):
+        left = deadline - time.monotonic()
+        timeout = max(left - MIN_STEP_S * (len(TESTS) - i - 1), min(left, MIN_STEP_S * 3))
+        if timeout < MIN_STEP_S:
+            summary.append(f"{path}: not run (the deadline has passed)")
+            continue
+        report(f"### {path}")
+        started = time.monotonic()
+        command = [sys.executable, "-u", "-m", "pytest", "-p", "tools.hide_server_deps", "-o", "addopts=", "-q",
+                   "-rfE", "--tb=long", "-p", "no:cacheprovider", path]
+        chosen = args.tests_k or (QUICK.get(path) if args.quick else None)
+        _, ended = run_step(report, command + (["-k", chosen] if chosen else []), timeout, env, "")
+        summary.append(f"{path}: {ended} ({time.monotonic() - started:.0f} s; pytest's exit 1 means failures)")
+    report("")
+    for line in summary:
+        report(line)
 
 
 def main() -> None:
@@ -71,42 +232,42 @@ def main() -> None:
     parser.add_argument("--shape", default="13b")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (a dry run)")
     parser.add_argument("-n", "--tokens", type=int, default=16)
+    parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole check")
+    parser.add_argument("--tests-seconds", type=float, default=180, help="seconds kept for the tests")
+    parser.add_argument("--tests-k", default=None, help="pytest -k expression selecting the tests")
+    parser.add_argument("--quick", action="store_true", help="a dry run's tests: one weight format, one shape")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--out", default="gpu-check.txt", help="the report, also written here")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: no CUDA GPU is visible to torch; run on a GPU machine, or pass --device cpu to dry-run")
-    began = time.perf_counter()
+    if args.probe:
+        return probe()
+    began = time.monotonic()
+    report = Report(Path(args.out))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    deadline = began + args.deadline
+
+    def section(title: str) -> float:
+        report(f"\n## {title} ({time.monotonic() - began:.0f} s since the start)\n")
+        return time.monotonic()
+
+    start = section("1. the machine")
+    _, ended = run_step(report, [sys.executable, "-u", str(Path(__file__).resolve()), "--probe"], 120, env, "")
+    report(f"(probe: {ended}, {time.monotonic() - start:.0f} s)")
+    if args.device.startswith("cuda") and not cuda_visible(env):
+        report("error: no CUDA GPU is visible to torch here; run on a GPU machine, or pass --device cpu to dry-run")
+        sys.exit(1)
+    start = section(f"2. decode table on {args.device}")
+    reserve = 0 if args.skip_tests else args.tests_seconds
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        table(report, args, Path(scratch), env, deadline - reserve)
+    report(f"(decode table: {time.monotonic() - start:.0f} s)")
     if not args.skip_tests:
-        print(f"GPU tests on {args.device}: {run_tests(args.device)} ({time.perf_counter() - began:.0f} s)",
-              flush=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        start = time.perf_counter()
-        model, predictors, activations = synthesize(Path(scratch) / "prosparse-like", args.shape, args.layers,
-                                                    args.device, progress=lambda message: None)
-        print(f"synthesized {model.stat().st_size / 1e9:.2f} GB Q4_0 + {predictors.stat().st_size / 1e9:.2f} GB "
-              f"predictors in {time.perf_counter() - start:.0f} s", flush=True)
-        file = GGUFFile(model)
-        config = ModelConfig.from_gguf(file)
-        predictor_set = load_predictors(str(predictors), Fingerprint.of_model(file, config))
-        memory = memory_model(file, config, N_CTX, args.device, predictor_set)
-        every_layer = memory.workspace + sum(memory.layer) + memory.output
-        ffn = sum(n * config.n_ff for n in memory.neuron)
-        print(f"\n{config.n_layer} layers, n_embd {config.n_embd}, n_ff {config.n_ff}; GPU: attention + KV "
-              f"({N_CTX} tokens) + predictors + output {every_layer / 2**30:.2f} GiB, FFN neurons "
-              f"{ffn / 2**30:.2f} GiB\n")
-        print("| configuration | GPU GiB | tokens/s | GPU FFN share | GPU ms | CPU ms | transfer ms | load s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
-        common = {"predictors": str(predictors), "activations": str(activations)}
-        measure("all on the CPU (budget 0)", model, args.tokens, args.device, vram_budget="0", **common)
-        for share in (0.25, 0.5, 1.0):
-            budget = every_layer + int(share * ffn) + (1 << 20)
-            measure(f"hybrid, {int(100 * share)}% of the neurons fit", model, args.tokens, args.device,
-                    vram_budget=str(budget), **common)
-            n = gpu_layers_for(memory_model(file, config, N_CTX, args.device), budget)
-            measure(f"-ngl {n} (dense, same VRAM)", model, args.tokens, args.device, n_gpu_layers=n)
-        measure(f"-ngl {config.n_layer + 1}: every layer on the GPU (dense)", model, args.tokens, args.device,
-                n_gpu_layers=config.n_layer + 1)
-    print(f"\n(gpu-check took {time.perf_counter() - began:.0f} s)")
+        start = section(f"3. GPU tests on {args.device}")
+        tests(report, args, env, deadline)
+        report(f"(tests: {time.monotonic() - start:.0f} s)")
+    report(f"\n(gpu-check took {time.monotonic() - began:.0f} s; this report is also in {args.out})")
 
 
 if __name__ == "__main__":

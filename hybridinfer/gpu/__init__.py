@@ -8,6 +8,14 @@ Q5_1, Q4_K, Q5_K, Q6_K).
 
 Both kernel modules offer matvec, hot_ffn, hidden_dense and down_t_product with the same signatures and
 results; `kernels_for` says which one a device uses. Importing this package never imports triton.
+
+The decode step's own kernels, each a Triton module and its torch twin (`hybrid/gpu_side.step_kernels_for`):
+
+    attention_kernels.py / attention_reference.py   RoPE, K/V write and attention over the KV cache in place
+    norm_kernels.py / norm_reference.py             RMSNorm, with the residual add before it; residual adds
+    predictor_kernels.py / predictor_reference.py   the predictor's threshold, at every neuron and the hot ones
+    compile_step_kernels.py                         compiles them for an NVIDIA architecture without a GPU
+    launches.py                                     counts the kernels a piece of GPU-side work launches
 """
 
 from __future__ import annotations

@@ -6,52 +6,42 @@ device, the output; and `TimedOnCPU`, which times a CPU part of a hybrid run on 
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 
 from ..finite_check import require_finite
-from ..reference.model import apply_rope, rms_norm
 from .gpu_side import GPULayer, GPUSide
 
 
 class GPUAttention:
-    """x += residual_scale * attention(RMSNorm(x)) over the layer's KV cache on the device."""
+    """x += residual_scale * attention(RMSNorm(x)) over the layer's KV cache on the device (x in place); then the
+    FFN's RMSNorm of x in the same kernel, handed to the layer's FFN part (`side.ffn_input`)."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
 
     def __call__(self, index: int, s) -> None:
-        side, layer = self.side, self.side.layers[index]
+        side, layer, c = self.side, self.side.layers[index], self.config
         started = side.clock.start()
         x = s.on_device
-        h = rms_norm(x, layer.attn_norm, self.config.rms_eps)
-        s.on_device = x + self.attention(layer, h, s.start_pos) * self.config.residual_scale
+        h = side.norms.rms_norm(x, layer.attn_norm, c.rms_eps)
+        x, normed = side.norms.add_rms_norm(x, self.attention(layer, h, s.start_pos), c.residual_scale,
+                                            layer.ffn_norm, c.rms_eps)
+        s.on_device, side.ffn_input = x, (index, normed)
         side.clock.stop("gpu", started)
 
     def attention(self, layer: GPULayer, h: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """Causal attention of T new positions over the layer's KV cache; h = RMSNorm(x) (T, n_embd)."""
-        c, side = self.config, self.side
-        n, end = h.shape[0], start_pos + h.shape[0]
-        q_rows, kv_rows = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        """Causal attention of T new positions over the layer's KV cache, read in place (`gpu/attention_*.py`);
+        h = RMSNorm(x) (T, n_embd)."""
+        side = self.side
         qkv = side.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
-        cos, sin = side.rope_cos[start_pos:end], side.rope_sin[start_pos:end]
-        q = apply_rope(qkv[:, :q_rows].reshape(n, c.n_head, c.head_dim), cos, sin)
-        k = apply_rope(qkv[:, q_rows:q_rows + kv_rows].reshape(n, c.n_head_kv, c.head_dim), cos, sin)
-        layer.k_cache[start_pos:end] = k.to(side.kv_dtype)
-        layer.v_cache[start_pos:end] = qkv[:, q_rows + kv_rows:].reshape(n, c.n_head_kv, c.head_dim).to(side.kv_dtype)
-        group = c.n_head // c.n_head_kv
-        keys = layer.k_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)  # (n_head, end, hd)
-        values = layer.v_cache[:end].float().repeat_interleave(group, dim=1).transpose(0, 1)
-        scores = (q.transpose(0, 1) @ keys.transpose(1, 2)) / math.sqrt(c.head_dim)  # (n_head, T, end)
-        if n > 1:
-            positions = torch.arange(end, device=h.device)
-            future = positions[None, :] > positions[start_pos:end, None]
-            scores = scores.masked_fill(future, float("-inf"))
-        attended = (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
-        return side.ops.matvec(layer.wo, attended)
+        attended = side.attention_ops.decode_attention(qkv, layer.k_cache, layer.v_cache, side.rope_cos,
+                                                       side.rope_sin, start_pos, self.config.n_head,
+                                                       side.at_position(start_pos) if h.shape[0] == 1 else None,
+                                                       side.attention_scratch)
+        return side.ops.matvec(layer.wo, attended)  # (T, n_embd)
 
     def every_neuron(self) -> GPUAttention:
         return self
@@ -67,17 +57,25 @@ class GPUDenseFFN:
         side, layer, c = self.side, self.side.layers[index], self.config
         started = side.clock.start()
         x = s.on_device
-        normed = rms_norm(x, layer.ffn_norm, c.rms_eps)
+        normed = ffn_input(side, index, x, layer)
         gate, up = side.ops.matvec(layer.gate, normed), side.ops.matvec(layer.up, normed)
         if c.activation == "silu":
-            hidden = torch.nn.functional.silu(gate) * up
+            hidden = torch.nn.functional.silu(gate).mul_(up)
         else:
-            hidden = torch.where(gate >= side.threshold, gate, torch.zeros_like(gate)) * up
-        s.on_device = x + side.ops.matvec(layer.down, hidden) * c.residual_scale
+            hidden = gate.masked_fill_(gate < side.threshold, 0.0).mul_(up)
+        s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale)
         side.clock.stop("gpu", started)
 
     def every_neuron(self) -> GPUDenseFFN:
         return self
+
+
+def ffn_input(side: GPUSide, index: int, x: torch.Tensor, layer: GPULayer) -> torch.Tensor:
+    """RMSNorm(x) with the FFN's weight: the one the layer's attention part handed over, else computed."""
+    handed, side.ffn_input = side.ffn_input, None
+    if handed is not None and handed[0] == index:
+        return handed[1]
+    return side.norms.rms_norm(x, layer.ffn_norm, side.config.rms_eps)
 
 
 class ToDevice:

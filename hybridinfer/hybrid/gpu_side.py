@@ -12,6 +12,7 @@ weights) or, with -ngl, its whole dense FFN.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -113,7 +114,12 @@ class GPUSide:
         self.device = device
         self.ops = kernels_for(device, kernels)
         self.kernels_name = "torch" if self.ops.__name__.endswith(".reference") else "triton"
-        # as the memory model counts it
+        self.attention_ops, self.norms, self.predictor_ops = step_kernels_for(self.kernels_name)
+        self.attention_scratch = None  # the attention kernels' buffers, shared by this side's layers
+        if self.kernels_name == "triton":
+            self.attention_scratch = self.attention_ops.Scratch(c.n_head, c.n_head_kv, c.head_dim, device)
+        self.ffn_input: tuple[int, torch.Tensor] | None = None  # (layer, RMSNorm(x)): its attention part's hand-over
+        # as the memory model counts it ($HYBRIDINFER_GPU_KV, else float16 on CUDA and float32 on the CPU device)
         self.kv_dtype = torch.float16 if kv_element_bytes_for(str(device)) == 2 else torch.float32
         self.cpu_layers_stats = cpu_layers_stats
         self.stats = HybridStats()
@@ -121,6 +127,8 @@ class GPUSide:
         self.threshold = float(c.activation_threshold)
         cos, sin = rope_tables(config, n_ctx)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        self.position = torch.zeros(1, dtype=torch.int32, device=device)  # the decoded position, on the device
+        self.position_value = -1  # ... and as last written
         self.fired = torch.zeros((), dtype=torch.int64, device=device)  # hot neurons fired, summed on the device
         self.layers: dict[int, GPULayer] = {}
         for index in placement.gpu_layers:
@@ -181,6 +189,13 @@ class GPUSide:
         output = self.output.nbytes + self.output_norm.numel() * 4 if self.output is not None else 0
         return sum(layer.nbytes for layer in self.layers.values()) + output
 
+    def at_position(self, start_pos: int) -> torch.Tensor:
+        """The device's copy of the position, written once per token (not once per layer)."""
+        if start_pos != self.position_value:
+            self.position.fill_(start_pos)
+            self.position_value = start_pos
+        return self.position
+
     def token_done(self) -> None:
         """Close one decoded token's statistics (the logits' copy to the CPU has synchronised the device)."""
         self.stats.tokens += 1
@@ -213,6 +228,18 @@ class GPUSide:
         out = logits.cpu().numpy()
         self.clock.stop("transfer", started)
         return out
+
+
+def step_kernels_for(kernels_name: str) -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The decode step's own kernels for a kernel set (attention, RMSNorm with the residual add, the predictor's
+    threshold): Triton kernels or their torch twins."""
+    if kernels_name == "triton":
+        from ..gpu import attention_kernels, norm_kernels, predictor_kernels
+
+        return attention_kernels, norm_kernels, predictor_kernels
+    from ..gpu import attention_reference, norm_reference, predictor_reference
+
+    return attention_reference, norm_reference, predictor_reference
 
 
 def _vector(model: GGUFFile, name: str, device: torch.device) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """What the hybrid runtime measures per decoded token: the time of each side and of the transfers between them,
 and how the FFN's work divides between the sides.
 
-On CUDA the GPU side's time is measured with CUDA events (its kernels run asynchronously); on the CPU stand-in
-device every side runs on this machine's cores, so the sides' times include the cores they take from each other.
+On CUDA the GPU side's time is measured with CUDA events (its kernels run asynchronously), two per timed section,
+only when $HYBRIDINFER_GPU_TIMING is 1 (off by default: events are launches too); the CPU side's time is always
+measured. On the CPU stand-in device every side runs on this machine's cores, timed by the CPU's clock, so the
+sides' times include the cores they take from each other.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -29,16 +32,27 @@ class HybridStats:
         self.__init__()
 
 
+TIMING_ENV = "HYBRIDINFER_GPU_TIMING"
+
+
 class Clock:
     """The one clock of a hybrid run: sections of the GPU side and of the transfers, timed on the device's own
     clock, and the CPU side's time (`add("cpu", seconds)`: the CPU parts, the split FFNs' CPU halves)."""
 
-    def __init__(self, device: torch.device, stats: HybridStats):
+    def __init__(self, device: torch.device, stats: HybridStats, events: bool | None = None):
+        """`events`: time the GPU side with CUDA events (None: $HYBRIDINFER_GPU_TIMING == "1"); CUDA only."""
         self.cuda = device.type == "cuda"
+        self.events = self.cuda and (events if events is not None else os.environ.get(TIMING_ENV) == "1")
         self.stats = stats
+
+    @property
+    def times_the_gpu(self) -> bool:
+        return self.events or not self.cuda
 
     def start(self):
         if self.cuda:
+            if not self.events:
+                return None
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
@@ -47,6 +61,8 @@ class Clock:
     def stop(self, kind: str, started) -> None:
         """Add the time since `started` to `kind` ("gpu" or "transfer")."""
         if self.cuda:
+            if started is None:
+                return
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             self.stats._pending.append((kind, started, event))
@@ -88,6 +104,7 @@ def hybrid_report(engine) -> dict | None:
         "gpu_bytes": side.nbytes,
         "gpu_ffn_share": s.gpu_fired / fired,
         "cpu_ffn_share": cpu_fired / fired,
+        "gpu_timed": side.clock.times_the_gpu,  # False: the GPU and transfer ms below are 0, not measured
         "gpu_ms_per_token": s.gpu_seconds / s.tokens * 1000,
         "cpu_ms_per_token": cpu_ms,
         "transfer_ms_per_token": s.transfer_seconds / s.tokens * 1000,
@@ -97,13 +114,16 @@ def hybrid_report(engine) -> dict | None:
 
 def report_lines(report: dict) -> list[str]:
     gib = report["gpu_bytes"] / 2**30
+    gpu, transfers = f"{report['gpu_ms_per_token']:.2f} ms", f"{report['transfer_ms_per_token']:.2f} ms"
+    if not report["gpu_timed"]:
+        gpu, transfers = f"not timed ({TIMING_ENV}=1 times it)", "not timed"
     output = "and the output projection " if report["output_on_gpu"] else ""
     return [
         f"hybridinfer_hybrid: GPU side on {report['device']} ({report['gpu_kernels']} kernels, {gib:.2f} GiB): "
         f"{report['gpu_layers']} layers ({report['dense_gpu_layers']} dense) {output}with {report['hot_neurons']} "
         f"hot neurons; FFN activations {100 * report['cpu_ffn_share']:.0f}%/{100 * report['gpu_ffn_share']:.0f}% "
         "CPU/GPU",
-        f"hybridinfer_hybrid: per token: GPU side {report['gpu_ms_per_token']:.2f} ms, CPU side "
+        f"hybridinfer_hybrid: per token: GPU side {gpu}, CPU side "
         f"{report['cpu_ms_per_token']:.2f} ms ({report['cpu_bound_tokens_per_second']:.2f} tokens/s if the GPU side "
-        f"kept up), transfers {report['transfer_ms_per_token']:.2f} ms",
+        f"kept up), transfers {transfers}",
     ]

@@ -31,8 +31,8 @@ from ..kernels import cpu_layer, cpu_ops
 from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from ..kernels.cpu_quant import activation_buffers, matmul
 from ..model_file.config import ModelConfig
-from ..reference.model import rms_norm
 from ..runtime.weights import PackedWeights
+from .gpu_parts import ffn_input
 from .gpu_side import GPULayer, GPUSide
 
 
@@ -147,10 +147,13 @@ class SplitFFN:
         clock = side.clock
         started = clock.start()
         x = s.on_device
-        normed = rms_norm(x, layer.ffn_norm, c.rms_eps)
-        mask = self.predict(layer, x) if layer.fc1 is not None and self.predicting else None  # (T, n_ff) bool
+        normed = ffn_input(side, index, x, layer)  # (T, n_embd), from the attention part's kernel
+        mask = hot_mask = None  # (T, n_ff), (T, n_hot) bool: the predicted neurons, all and hot
+        if layer.fc1 is not None and self.predicting:
+            mask, hot_mask = self.predict(layer, x)
         if x.shape[0] > 1:
-            s.on_device = x + self._several(index, layer, normed, mask, started) * c.residual_scale
+            hot = self._several(index, layer, normed, mask, hot_mask, started)
+            s.on_device = side.norms.add(x, hot, c.residual_scale)
             return
         on_cpu = self.cold.has_neurons(index)
         if on_cpu:
@@ -160,28 +163,29 @@ class SplitFFN:
             clock.stop("transfer", started)
             started = clock.start()
         hot, fired = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
-                                      None if mask is None else mask[0, layer.hot_index], side.threshold)
+                                      None if hot_mask is None else hot_mask[0], side.threshold)
         side.fired += fired  # summed on the device: reading it here would wait for the GPU
         clock.stop("gpu", started)
+        cold = None
         if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
             clock.add("cpu", seconds)
             side.stats.cpu_fired += cpu_fired
-            hot = hot if cold is None else hot + cold
-        s.on_device = x + hot[None] * c.residual_scale
+        s.on_device = side.norms.add(x, hot[None], c.residual_scale, None if cold is None else cold[None])
 
-    def _several(self, index: int, layer: GPULayer, normed, mask, started) -> torch.Tensor:
+    def _several(self, index: int, layer: GPULayer, normed, mask, hot_mask, started) -> torch.Tensor:
         side = self.side
-        hot_mask = None if mask is None else mask[:, layer.hot_index]
         hidden = side.ops.hidden_dense(layer.gate, layer.up, normed, hot_mask, side.threshold)  # (T, n_hot)
         hot = side.ops.down_t_product(layer.down_t, hidden)
         side.clock.stop("gpu", started)
         return hot + self.cold.several(index, normed, mask)
 
-    def predict(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
-        """(T, n_ff) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm."""
-        ops = self.side.ops
-        return ops.matvec(layer.fc2, torch.relu(ops.matvec(layer.fc1, x))) >= layer.predictor_threshold
+    def predict(self, layer: GPULayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, n_ff), (T, n_hot) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm; at
+        every neuron and at the hot ones (one kernel, `gpu/predictor_*.py`)."""
+        side = self.side
+        scores = side.ops.matvec(layer.fc2, side.ops.matvec(layer.fc1, x).relu_())
+        return side.predictor_ops.masks(scores, layer.predictor_threshold, layer.hot_index)
 
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)

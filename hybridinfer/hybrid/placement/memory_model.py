@@ -19,8 +19,10 @@ them), then the output projection once every layer is on the GPU, then hot neuro
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
+from ...errors import HybridInferError
 from ...model_file.config import ModelConfig
 from ...model_file.gguf_file import GGUFFile, GGUFTensor
 from ...model_file.tensor_shapes import (ATTN_K, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_GATE, FFN_UP, OUTPUT, TOKEN_EMBD,
@@ -92,6 +94,15 @@ class GPUMemoryModel:
         return cls(layers, neurons, dense, device_bytes(output) + c.n_embd * 4, workspace, kv_element_bytes, n_ctx)
 
 
+GPU_KV_ENV = "HYBRIDINFER_GPU_KV"  # "f16" or "f32": the GPU side's KV cache type, whatever the device
+
+
 def kv_element_bytes_for(device: str) -> int:
-    """Bytes per KV cache element on the GPU side: float16 on CUDA, float32 on the CPU stand-in."""
+    """Bytes per KV cache element on the GPU side: float16 on CUDA, float32 on the CPU stand-in, unless
+    $HYBRIDINFER_GPU_KV says "f16" or "f32" (the exactness tests compare float32 caches on CUDA too)."""
+    chosen = os.environ.get(GPU_KV_ENV)
+    if chosen not in (None, "", "f16", "f32"):
+        raise HybridInferError(f"${GPU_KV_ENV} is {chosen!r}: choose f16 or f32 (the GPU side's KV cache type)")
+    if chosen:
+        return 2 if chosen == "f16" else 4
     return 2 if str(device).startswith("cuda") else 4

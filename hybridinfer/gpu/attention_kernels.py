@@ -1,0 +1,157 @@
+"""The GPU side's attention step for one new position as Triton kernels (flash-decoding); `attention_reference.py`
+is its torch twin (same function, same result) and serves several positions at once (a prompt).
+
+    _split_kernel    program (kv head, split): the group's queries and the new key, rotated (RoPE) in registers;
+                     split 0 writes the new key and value into the float16 (or float32) cache; then the online
+                     softmax over the split's share of positions 0..pos, read in place in tiles of BLOCK_N
+                     positions, each key/value tile read once for the whole group of query heads (the new
+                     position's key and value come from registers, not from the cache being written)
+    _combine_kernel  program (query head): the splits' partial results merged (their maxima, sums, values)
+
+The position is read from a device tensor, and the grid and every buffer have fixed shapes: the pair can be captured
+in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it allocates
+nothing that does (the partial results are (n_head_kv, SPLITS, group, head_dim), SPLITS fixed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import attention_reference
+
+SPLITS = 16  # position shares of a long context (programs per key/value head)
+BLOCK_N = 32  # positions a loop step reads
+
+
+@triton.jit
+def _rotated(ptr, cos_ptr, sin_ptr, pos, d, live, ROPE_DIM: tl.constexpr):
+    """Elements d of the head at ptr (float32), rotated at position pos: pairs (2j, 2j+1) of the first ROPE_DIM."""
+    x = tl.load(ptr + d, mask=live, other=0.0).to(tl.float32)
+    partner = tl.load(ptr + (d ^ 1), mask=live, other=0.0).to(tl.float32)
+    in_rope = live & (d < ROPE_DIM)
+    c = tl.load(cos_ptr + pos * (ROPE_DIM // 2) + d // 2, mask=in_rope, other=1.0)
+    s = tl.load(sin_ptr + pos * (ROPE_DIM // 2) + d // 2, mask=in_rope, other=0.0)
+    return x * c + tl.where(d % 2 == 0, -partner, partner) * s
+
+
+@triton.jit
+def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr, scale,
+                  N_HEAD_KV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr,
+                  GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): this split's running max, sum, values."""
+    kv = tl.program_id(0)
+    split = tl.program_id(1)
+    pos = tl.load(pos_ptr).to(tl.int64)
+    g = tl.arange(0, GROUP_P2)
+    d = tl.arange(0, HEAD_DIM_P2)
+    g_live, d_live = g < GROUP, d < HEAD_DIM
+    q_rows: tl.constexpr = N_HEAD_KV * GROUP * HEAD_DIM
+    row: tl.constexpr = N_HEAD_KV * HEAD_DIM  # a cache position's elements
+    q = _rotated(qkv_ptr + (kv * GROUP + g[:, None]) * HEAD_DIM, cos_ptr, sin_ptr, pos, d[None, :],
+                 g_live[:, None] & d_live[None, :], ROPE_DIM) * scale  # (GROUP_P2, HEAD_DIM_P2)
+    k_new = _rotated(qkv_ptr + q_rows + kv * HEAD_DIM, cos_ptr, sin_ptr, pos, d, d_live, ROPE_DIM)
+    v_new = tl.load(qkv_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0).to(tl.float32)
+    k_new = k_new.to(k_ptr.dtype.element_ty)  # as stored: the new position reads as every later one will
+    v_new = v_new.to(v_ptr.dtype.element_ty)
+    if split == 0:
+        tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new, mask=d_live)
+        tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new, mask=d_live)
+    k_new, v_new = k_new.to(tl.float32), v_new.to(tl.float32)
+    share = tl.cdiv(tl.cdiv(pos + 1, SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * share
+    hi = tl.minimum(lo + share, pos + 1)
+    best = tl.full([GROUP_P2], float("-inf"), tl.float32)
+    total = tl.zeros([GROUP_P2], tl.float32)
+    acc = tl.zeros([GROUP_P2, HEAD_DIM_P2], tl.float32)
+    for first in range(lo, hi, BLOCK_N):
+        p = first + tl.arange(0, BLOCK_N)
+        cached = ((p < pos) & (p < hi))[:, None] & d_live[None, :]
+        at = p[:, None] * row + kv * HEAD_DIM + d[None, :]
+        keys = tl.load(k_ptr + at, mask=cached, other=0.0).to(tl.float32)  # (BLOCK_N, HEAD_DIM_P2)
+        values = tl.load(v_ptr + at, mask=cached, other=0.0).to(tl.float32)
+        is_new = (p == pos)[:, None]
+        keys = tl.where(is_new, k_new[None, :], keys)
+        values = tl.where(is_new, v_new[None, :], values)
+        scores = tl.dot(q, tl.trans(keys), input_precision="ieee")  # (GROUP_P2, BLOCK_N): float32 products
+        scores = tl.where((p < hi)[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_best[:, None])
+        rescale = tl.exp(best - new_best)
+        total = total * rescale + tl.sum(weights, axis=1)
+        acc = acc * rescale[:, None] + tl.dot(weights, values, input_precision="ieee")
+        best = new_best
+    at = (kv * SPLITS + split) * GROUP_P2 + g
+    tl.store(best_ptr + at, best)
+    tl.store(total_ptr + at, total)
+    tl.store(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], acc)
+
+
+@triton.jit
+def _combine_kernel(best_ptr, total_ptr, acc_ptr, out_ptr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr):
+    """out (n_head * HEAD_DIM,) float32: query head program_id(0)'s splits merged."""
+    head = tl.program_id(0)
+    kv, g = head // GROUP, head % GROUP
+    s = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM_P2)
+    at = (kv * SPLITS + s) * GROUP_P2 + g
+    best = tl.load(best_ptr + at)  # (SPLITS,): -inf for a split with no positions
+    top = tl.max(best, axis=0)
+    weight = tl.where(best > float("-inf"), tl.exp(best - top), 0.0)
+    total = tl.sum(weight * tl.load(total_ptr + at), axis=0)
+    acc = tl.load(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :])
+    out = tl.sum(weight[:, None] * acc, axis=0) / total
+    tl.store(out_ptr + head * HEAD_DIM + d, out, mask=d < HEAD_DIM)
+
+
+class Scratch:
+    """The fixed buffers of one attention step (shared by the layers: they run one after another)."""
+
+    def __init__(self, n_head: int, n_head_kv: int, head_dim: int, device: torch.device):
+        # tl.dot's tiles are at least 16 wide: a group of query heads is padded to 16 rows
+        group_p2 = max(16, triton.next_power_of_2(n_head // n_head_kv))
+        head_dim_p2 = max(16, triton.next_power_of_2(head_dim))
+        self.best = torch.empty((n_head_kv, SPLITS, group_p2), dtype=torch.float32, device=device)
+        self.total = torch.empty_like(self.best)
+        self.acc = torch.empty((n_head_kv, SPLITS, group_p2, head_dim_p2), dtype=torch.float32, device=device)
+        self.out = torch.empty((1, n_head * head_dim), dtype=torch.float32, device=device)
+        self.position = torch.zeros(1, dtype=torch.int32, device=device)
+
+
+_scratch: dict[tuple, Scratch] = {}
+
+
+def scratch_for(n_head: int, n_head_kv: int, head_dim: int, device: torch.device) -> Scratch:
+    key = (n_head, n_head_kv, head_dim, str(device))
+    if key not in _scratch:
+        _scratch[key] = Scratch(n_head, n_head_kv, head_dim, device)
+    return _scratch[key]
+
+
+def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
+                     scratch: Scratch | None = None) -> torch.Tensor:
+    """`attention_reference.decode_attention`; one position (T == 1) by the two kernels, several by the twin.
+    `position`: the position as a device int32 tensor (1,) (a CUDA graph's input), else start_pos is written to
+    the scratch's; `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The
+    result is the scratch's output buffer, overwritten by the next call."""
+    if qkv.shape[0] != 1:
+        return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
+    n_kv, head_dim = k_cache.shape[1], k_cache.shape[2]
+    scratch = scratch or scratch_for(n_head, n_kv, head_dim, qkv.device)
+    if position is None:
+        position = scratch.position
+        position.fill_(start_pos)
+    group = n_head // n_kv
+    group_p2, head_dim_p2 = scratch.best.shape[2], scratch.acc.shape[3]
+    _split_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
+                                  scratch.total, scratch.acc, 1 / math.sqrt(head_dim), N_HEAD_KV=n_kv, GROUP=group,
+                                  HEAD_DIM=head_dim, ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2,
+                                  HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS, BLOCK_N=BLOCK_N)
+    _combine_kernel[(n_head,)](scratch.best, scratch.total, scratch.acc, scratch.out, GROUP=group,
+                               HEAD_DIM=head_dim, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS)
+    return scratch.out

@@ -1,0 +1,114 @@
+"""The GPU side's attention step: its torch twin (`gpu/attention_reference.py`, the cache read in place window by
+window) against plain attention over the whole cache, and the Triton flash-decoding kernels
+(`gpu/attention_kernels.py`, under TRITON_INTERPRET=1 on the CPU, set by conftest.py) against the twin; float32 and
+float16 caches, grouped-query heads, partial RoPE, positions across windows and splits."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from hybridinfer.gpu import attention_reference
+
+DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
+
+
+def plain_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head):
+    """The textbook form: the whole prefix as float32, each key/value head repeated for its group."""
+    from hybridinfer.reference.model import apply_rope
+    n, n_kv, head_dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[2]
+    q_rows, kv_rows, end = n_head * head_dim, n_kv * head_dim, start_pos + n
+    c, s = cos[start_pos:end], sin[start_pos:end]
+    q = apply_rope(qkv[:, :q_rows].reshape(n, n_head, head_dim), c, s)
+    k_cache[start_pos:end] = apply_rope(qkv[:, q_rows:q_rows + kv_rows].reshape(n, n_kv, head_dim), c, s)
+    v_cache[start_pos:end] = qkv[:, q_rows + kv_rows:].reshape(n, n_kv, head_dim)
+    keys = k_cache[:end].float().repeat_interleave(n_head // n_kv, dim=1).transpose(0, 1)
+    values = v_cache[:end].float().repeat_interleave(n_head // n_kv, dim=1).transpose(0, 1)
+    scores = q.transpose(0, 1) @ keys.transpose(1, 2) / math.sqrt(head_dim)
+    future = torch.arange(end)[None, :] > torch.arange(start_pos, end)[:, None]
+    scores = scores.masked_fill(future.to(scores.device), float("-inf"))
+    return (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
+
+
+def case(seed, n_ctx, n_head, n_kv, head_dim, rope_dim, dtype):
+    """Random qkv, caches filled with random past keys/values, RoPE tables."""
+    gen = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(n_ctx, n_kv, head_dim, generator=gen).to(dtype).to(DEVICE)
+    v_cache = torch.randn(n_ctx, n_kv, head_dim, generator=gen).to(dtype).to(DEVICE)
+    angles = torch.outer(torch.arange(n_ctx, dtype=torch.float64),
+                         10000.0 ** (-torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))
+    return k_cache, v_cache, angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE), gen
+
+
+SHAPES = [(8, 2, 16, 16), (6, 3, 24, 16), (4, 4, 32, 32)]  # n_head, n_kv, head_dim, rope_dim
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}kv{}d{}r{}".format(*s))
+@pytest.mark.parametrize("start_pos,n", [(0, 1), (7, 1), (299, 1), (0, 6), (250, 9)])
+def test_twin_equals_plain_attention(shape, dtype, start_pos, n):
+    n_head, n_kv, head_dim, rope_dim = shape
+    k_cache, v_cache, cos, sin, gen = case(start_pos + n, 320, n_head, n_kv, head_dim, rope_dim, dtype)
+    qkv = torch.randn(n, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_plain, v_plain = k_cache.clone(), v_cache.clone()
+    expected = plain_attention(qkv, k_plain, v_plain, cos, sin, start_pos, n_head)
+    got = attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
+    assert torch.equal(k_cache, k_plain) and torch.equal(v_cache, v_plain)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}kv{}d{}r{}".format(*s))
+@pytest.mark.parametrize("start_pos", [0, 7, 40, 299])
+def test_triton_kernels_equal_the_twin(shape, dtype, start_pos):
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    from hybridinfer.gpu import attention_kernels
+    n_head, n_kv, head_dim, rope_dim = shape
+    k_cache, v_cache, cos, sin, gen = case(start_pos, 320, n_head, n_kv, head_dim, rope_dim, dtype)
+    qkv = torch.randn(1, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_twin, v_twin = k_cache.clone(), v_cache.clone()
+    expected = attention_reference.decode_attention(qkv, k_twin, v_twin, cos, sin, start_pos, n_head)
+    got = attention_kernels.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
+    assert torch.equal(k_cache, k_twin) and torch.equal(v_cache, v_twin)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+
+
+def test_a_decode_step_allocates_no_more_at_position_4000_than_at_10(tmp_path):
+    """The GPU side's attention part (RMSNorm, QKV, attention over the cache in place, output projection, residual)
+    on the CPU device with the torch twins, n_ctx 4096: the peak of the bytes torch allocates during the step
+    (`allocations.PeakAllocation`) is the same at position 4000 as at position 10 (the whole-prefix float copy of
+    old, `k_cache[:end].float().repeat_interleave(...)`, grew with the position)."""
+    from types import SimpleNamespace
+
+    import hybridinfer
+    from allocations import PeakAllocation
+    from hybridinfer.hybrid.gpu_parts import GPUAttention
+    from tiny_models import random_weights, write_tiny_gguf
+    path = write_tiny_gguf(tmp_path / "m.gguf", random_weights(seed=8, n_layer=1), activation="relu")
+    engine = hybridinfer.load(str(path), n_ctx=4096, n_gpu_layers=1, device="cpu", gpu_kernels="torch")
+    part = next(p for p in engine.model.layers[0] if isinstance(p, GPUAttention))
+    x = torch.randn(1, engine.config.n_embd, generator=torch.Generator().manual_seed(4))
+    peaks = {}
+    for position in (10, 4000, 10):
+        state = SimpleNamespace(on_device=x.clone(), start_pos=position)
+        with PeakAllocation() as allocated:
+            part(0, state)
+        peaks[position] = allocated.peak
+    assert 0 < peaks[4000] <= peaks[10], peaks
+
+
+def test_the_step_kernels_compile_for_sm_90():
+    """Compiled (not interpreted) for an H100/H200 without a GPU: what only compiling checks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    triton = pytest.importorskip("triton", reason="the Triton kernels need triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_step_kernels", "--arch", "90"],
+                            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.strip().splitlines()) == 6, result.stdout
