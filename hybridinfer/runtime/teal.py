@@ -1,6 +1,6 @@
-"""TEAL (and WINA, its weight-aware criterion) over packed weights, as two parts (`parts.py`'s protocol), `TEALAttention` and `TEALFFN`, over one shared
-`TEALSites`: every projection's input with its small entries zeroed, so that one token reads only the weight
-columns of the entries that remain.
+"""TEAL (and WINA, its weight-aware criterion) over packed weights, as two parts (`parts.py`'s protocol),
+`TEALAttention` and `TEALFFN`, over one shared `TEALSites`: every projection's input with its small entries zeroed,
+so that one token reads only the weight columns of the entries that remain.
 
 One token (decoding) is two numba calls per layer (`kernels/teal_layer.py`) over the transposed projections
 (`PackedLayer.teal_transposes`: the column-sparse products read only the rows of W_t whose input entry passes).

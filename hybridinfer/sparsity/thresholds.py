@@ -20,7 +20,7 @@ calibration text: the target itself (allocation "uniform"), or a share chosen pe
     hybridinfer.sparsity.thresholds             f32 [n_layer * n_sites] (layer-major): magnitudes below are zeroed
     hybridinfer.sparsity.calibration_sparsity   f32 [n_layer * n_sites]: the share zeroed on the calibration text
     hybridinfer.fingerprint.*                   the model's fingerprint (fingerprint.py)
-    tensors blk.I.SITE.column_norm              f32 (site's input width,): WINA's column norms of layer I's site
+    tensors blk.I.SITE_column_norm              f32 (site's input width,): WINA's column norms of layer I's site
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..atomic_file import atomic_output
 from ..errors import HybridInferError
 from ..model_file.dequantize import dequantize
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
+from ..model_file.tensor_shapes import block_name
 
 ARCH = "hybridinfer-sparsity"
 SITES = {  # each method's sites, in the order of a layer's thresholds
@@ -135,7 +136,8 @@ def load_thresholds(path: str | os.PathLike, model_fingerprint: Fingerprint | No
 
 
 def column_norm_name(layer: int, site: str) -> str:
-    return f"blk.{layer}.{site}.column_norm"
+    """The tensor of WINA's column norms of one layer's site: "blk.I.SITE_column_norm"."""
+    return block_name(f"{site}_column_norm", layer)
 
 
 def _column_norm(file, layer: int, site: str) -> np.ndarray:
