@@ -58,7 +58,8 @@ def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float,
     config = engine.config
     norms = wina_column_norms(engine.file, config) if method == "wina" else None
     # the greedy allocation's error weighs each entry by its column's norm (TEAL's too)
-    energy_norms = norms if norms is not None or allocation != "greedy" else wina_column_norms(engine.file, config)
+    energy_norms = None if allocation != "greedy" else norms if norms is not None else \
+        wina_column_norms(engine.file, config)
     shape = (config.n_layer, len(SITES[method]))
     levels = np.full(shape, target)  # each site's share to zero
     thresholds = None
