@@ -25,7 +25,7 @@ from . import options as check
 from .one_at_a_time import OneAtATime, one_at_a_time
 from .options import RunOptions, thread_count
 from .reference.model import Transformer
-from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu,
+from .reference.sparse_ffn import (CalibratedSparseFFN, ExactSparseFFN, PredictedSparseFFN, require_silu_or_gelu,
                                    require_sparse_activation)
 from .reference.sparse_inputs import CalibratedSparseInputs
 from .reference.weights import load_weights
@@ -85,8 +85,8 @@ class Engine:
         with self._stage("predictors"):
             self.sparsity = load_thresholds(sparsity_file, self.fingerprint) if sparsity_file else None
             if self.sparsity is not None:  # before the weights are packed (the sparse FFNs check it again)
-                require_silu(self.config, f"{sparsity_file} (a sparsity file)")
-            teal = self.sparsity is not None and self.sparsity.method == "teal"
+                require_silu_or_gelu(self.config, f"{sparsity_file} (a sparsity file)")
+            teal = self.sparsity is not None and self.sparsity.zeroes_inputs  # TEAL or WINA: transposed weights
             check_run_memory(self.file, self.config, n_ctx, PREFILL_CHUNK,  # before anything large is read
                              float32_weights=self.backend == "reference", transposed=teal and self.backend == "packed",
                              cache_types=self.cache_types)
@@ -108,8 +108,8 @@ class Engine:
             else:
                 self.model = Transformer(self.config, load_weights(self.file, self.config), n_ctx)
                 self.model.sparse = self._reference_sparse(exact, predictor_set, self.sparsity)
-                if self.sparsity is not None and self.sparsity.method == "teal":
-                    self.model.inputs = CalibratedSparseInputs(self.config, self.sparsity.thresholds)
+                if self.sparsity is not None and self.sparsity.zeroes_inputs:
+                    self.model.inputs = CalibratedSparseInputs.of(self.config, self.sparsity)
             self.file.release_copied()
         self.held: list[list[int]] = [[]]  # the tokens each sequence's KV cache holds (one unless hold_sequences)
         if o.warmup:

@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as T
 import hybridinfer
 from hybridinfer.cli.main import cli
 from hybridinfer.kernels import cpu_ops, reference
+from hybridinfer.kernels.block_args import NONE
 from hybridinfer.kernels.packed import pack
 from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS
 from hybridinfer.runtime.weights import transposed_rows
@@ -32,12 +33,27 @@ def test_select_inputs_matches_its_twin():
     rng = np.random.default_rng(11)
     values = rng.standard_normal(300).astype(np.float32)
     selected, coeffs = np.empty(300, np.int64), np.empty(300, np.float32)
-    k = cpu_ops.select_inputs(values, np.float32(0.7), selected, coeffs)
+    k = cpu_ops.select_inputs(values, np.float32(0.7), NONE, selected, coeffs)
     rows, kept = reference.select_inputs(values, 0.7)
     assert 50 < k < 250 and np.array_equal(selected[:k], rows) and np.array_equal(coeffs[:k], kept)
     zeroed = values.reshape(3, 100).copy()
-    assert cpu_ops.zero_below(zeroed, np.float32(0.7)) == 300 - k
+    assert cpu_ops.zero_below(zeroed, np.float32(0.7), NONE) == 300 - k
     assert np.array_equal(zeroed.reshape(-1), np.where(np.abs(values) >= 0.7, values, 0))
+
+
+def test_wina_selection_weighs_each_entry_by_its_column_norm_as_its_twin():
+    rng = np.random.default_rng(13)
+    values = rng.standard_normal(300).astype(np.float32)
+    norms = rng.uniform(0.1, 3.0, 100).astype(np.float32)
+    scales = np.tile(norms, 3)
+    selected, coeffs = np.empty(300, np.int64), np.empty(300, np.float32)
+    k = cpu_ops.select_inputs(values, np.float32(0.7), scales, selected, coeffs)
+    rows, kept = reference.select_inputs(values, 0.7, scales)
+    assert 50 < k < 250 and np.array_equal(selected[:k], rows) and np.array_equal(coeffs[:k], kept)
+    assert not np.array_equal(rows, reference.select_inputs(values, 0.7)[0])  # the norms changed the choice
+    zeroed = values.reshape(3, 100).copy()
+    assert cpu_ops.zero_below(zeroed, np.float32(0.7), norms) == 300 - k
+    assert np.array_equal(zeroed.reshape(-1), np.where(np.abs(values) * scales >= 0.7, values, 0))
 
 
 @pytest.mark.parametrize("qtype", [T.F32] + [f.type for f in CPU_NATIVE_FORMATS if f.quantized and not f.k_quant])

@@ -1,4 +1,5 @@
-"""`hybridinfer sparsify`: calibrate a SiLU model's per-layer CATS or TEAL thresholds for a target sparsity."""
+"""`hybridinfer sparsify`: calibrate a SiLU or GELU model's per-layer CATS, TEAL or WINA thresholds for a target
+sparsity."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from ..atomic_file import check_destination
 from ..options import RunOptions
 from ..sparsity.calibrate import PASSES, calibrate_thresholds, measure_sparsity
 from ..sparsity.plot import plot_thresholds
-from ..reference.sparse_ffn import require_silu
-from ..sparsity.thresholds import METHODS, SITES, check_target, path_beside, save_thresholds
+from ..reference.sparse_ffn import require_silu_or_gelu
+from ..sparsity.thresholds import ALLOCATIONS, METHODS, SITES, check_target, path_beside, save_thresholds
 from ..text.calibration import calibration_texts, token_chunks
 from .options import open_engine
 
@@ -28,10 +29,14 @@ from .options import open_engine
 @click.option("--held-out-tokens", type=int, default=2048, show_default=True,
               help="held-out tokens to measure the sparsity the thresholds reach (0: skip)")
 @click.option("--sparsity", "target", type=float, required=True,
-              help="share of values to zero at each site, between 0 and 1 (like 0.4)")
+              help="share of values to zero at each site (greedy: of projection weights), between 0 and 1 (like 0.4)")
 @click.option("--method", type=click.Choice(METHODS), default="cats", show_default=True,
-              help="cats: zero |SiLU(gate)| below a per-layer threshold (up/down rows of those neurons skipped); "
-                   "teal: zero small entries of every projection's input (those weight columns skipped)")
+              help="cats: zero |act(gate)| below a per-layer threshold (up/down rows of those neurons skipped); "
+                   "teal: zero small entries of every projection's input (those weight columns skipped); "
+                   "wina: as teal, entries small by |x_i| times the norm of their weight column")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
+              help="teal, wina: the target at every site (uniform), or per-site shares chosen greedily by the least "
+                   "output error per weight skipped, the model-wide share of weights skipped at the target")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="sparsity file to write (default: MODEL.METHOD-S.sparsity.gguf beside the model, which "
                    "--sparsity S [--sparsity-method teal] finds)")
@@ -39,21 +44,21 @@ from .options import open_engine
               help="PNG of the per-layer thresholds and sparsity")
 @click.option("-t", "--threads", "n_threads", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held_out_tokens, target, method, output,
-             plot_path, n_threads, as_json):
-    """Per-layer magnitude thresholds of a SiLU (SwiGLU) model for --sparsity-file (CATS: the FFN activation; TEAL:
-    the inputs of every projection), and the sparsity they reach on held-out text."""
+def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held_out_tokens, target, method, allocation,
+             output, plot_path, n_threads, as_json):
+    """Per-layer magnitude thresholds of a SiLU or GELU gated model (SwiGLU, GeGLU) for --sparsity-file (CATS: the
+    FFN activation; TEAL, WINA: the inputs of every projection), and the sparsity they reach on held-out text."""
     check_target(target)
     engine = open_engine(model_path, RunOptions(n_ctx=max(chunk_len, 2), n_threads=n_threads))
     output = output or path_beside(engine.path, target, method)
     for path in [output] + ([plot_path] if plot_path else []):
         check_destination(path)
-    require_silu(engine.config, "sparsify")
+    require_silu_or_gelu(engine.config, "sparsify")
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
                             held_out_tokens, chunk_len) if held_out_tokens > 0 else []
     with tqdm(total=PASSES[method] * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
-        result = calibrate_thresholds(engine, chunks, target, method, on_chunk=bar.update)
+        result = calibrate_thresholds(engine, chunks, target, method, on_chunk=bar.update, allocation=allocation)
     with tqdm(total=sum(map(len, held_out)), unit="tok", desc="held-out", disable=as_json or not held_out) as bar:
         measured = measure_sparsity(engine, held_out, result, on_chunk=bar.update) if held_out else None
     save_thresholds(result, output)

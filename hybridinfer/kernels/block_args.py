@@ -6,6 +6,7 @@ takes a named tuple of arrays and scalars as one argument, as it takes `cpu_quan
   AttentionScratch  the attention block's buffers (its input, Q/K/V, output)
   FFNWeights        one layer's gate, up and down (or transposed down) weights and its activation
   DenseFFNScratch, SparseFFNScratch, TEALFFNScratch   the FFN blocks' buffers
+  SiteScales        a layer's per-column weights of TEAL's input selection (WINA's column norms)
   Selection         the column-sparse products' chosen input entries (TEAL)
 
 Each tuple is built once (a layer's weights by its part, the buffers by the run state), so that a decoded token
@@ -65,10 +66,10 @@ class FFNWeights(NamedTuple):
     gate: np.ndarray  # raw (n_ff, n_embd)
     up: np.ndarray  # raw (n_ff, n_embd)
     down: np.ndarray  # raw: (n_embd, n_ff) for the dense block, transposed (n_ff, n_embd) for the sparse one
-    threshold: np.float32  # FATReLU's, or CATS' on |SiLU(gate)|
-    silu: bool  # the activation: SiLU (dense) or CATS (sparse), else FATReLU
+    threshold: np.float32  # FATReLU's, or CATS' on |act(gate)|
+    silu: bool  # the activation: SiLU (dense) or CATS (sparse: |act(gate)| thresholded), else FATReLU
     residual_scale: np.float32
-    gelu: bool = False  # the dense block's activation is GELU (tanh approximation; gemma3), whatever `silu` says
+    gelu: bool = False  # the activation is GELU (tanh approximation; gemma3), whatever `silu` says (CATS: its act)
     post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
     eps: np.float32 = np.float32(0.0)  # the post norm's
 
@@ -92,6 +93,18 @@ class TEALFFNWeights(NamedTuple):
     gate_up_t: np.ndarray  # raw (n_embd, 2 n_ff): gate's columns, then up's
     down_t: np.ndarray  # raw (n_ff, n_embd)
     residual_scale: np.float32
+    gelu: bool = False  # the activation is GELU (tanh approximation; gemma3), else SiLU
+    post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
+    eps: np.float32 = np.float32(0.0)  # the post norm's
+
+
+class SiteScales(NamedTuple):
+    """One layer's weights of each TEAL site's input entries in the selection (WINA: the norms of the weight
+    columns they multiply, so that |x_i| * scale_i is compared with the threshold); NONE for TEAL (|x_i| alone)."""
+    attn_input: np.ndarray = NONE  # (n_embd,): columns of Q/K/V stacked
+    attn_output_input: np.ndarray = NONE  # (n_head * head_dim,): columns of the output projection
+    ffn_input: np.ndarray = NONE  # (n_embd,): columns of gate/up stacked
+    ffn_down_input: np.ndarray = NONE  # (n_ff,): columns of down
 
 
 class TEALFFNScratch(NamedTuple):

@@ -162,8 +162,9 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
         """The FFN over candidate neurons (candidates[:n_candidates], ascending; n_candidates < 0: every neuron;
         more than `dense_gate_above`: their gate values are taken from the dense gate kernel, faster then):
         gate rows -> the activation -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled
-        by act * up (S3); x += residual_scale * that. The activation: FATReLU (gate >= threshold), or with `silu`
-        CATS (every gate row, SiLU, the neurons whose |SiLU(gate)| >= threshold, the layer's calibrated one).
+        by act * up (S3); x += residual_scale * that (its output normed first when the model has a post-FFN norm).
+        The activation: FATReLU (gate >= threshold), or with `silu` CATS (every gate row, SiLU, or GELU with
+        `gelu`, the neurons whose |act(gate)| >= threshold, the layer's calibrated one).
         weights: `FFNWeights` (down transposed), scratch: `SparseFFNScratch`; chunks: threads for S3
         (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
         w, s = weights, scratch
@@ -172,7 +173,9 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
         if n_candidates < 0:
             count = gate.shape[0]
             product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, gate.reshape((1, -1)))
-            if w.silu:
+            if w.silu and w.gelu:
+                cpu_ops.gelu(gate.reshape((1, -1)), gate.reshape((1, -1)))
+            elif w.silu:
                 cpu_ops.silu(gate.reshape((1, -1)), gate.reshape((1, -1)))
             fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, w.silu)
         else:
@@ -188,6 +191,8 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
         product(up_code, w.up, normed, active[:fired], False, float_activations, up[:fired].reshape((1, -1)))
         cpu_ops.compact_products(gate[:count], up, threshold, hidden, w.silu)
         accumulate(down_code, w.down, n_embd, active[:fired], hidden[:fired], s.out[0], chunks, float_activations)
+        if w.post_norm.shape[0]:
+            cpu_ops.rms_norm(s.out, w.post_norm, w.eps, s.out)
         cpu_ops.add_scaled(x, s.out, w.residual_scale)
         return fired
 

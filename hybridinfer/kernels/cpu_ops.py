@@ -128,6 +128,16 @@ def silu(values, out):
             out[t, i] = v / (np.float32(1.0) + np.float32(math.exp(-v)))
 
 
+@njit(fastmath=True, **_OPTIONS)
+def gelu(values, out):
+    """out = gelu(v), GELU's tanh approximation, elementwise over (T, n) arrays (out may be values)."""
+    for t in range(values.shape[0]):
+        for i in range(values.shape[1]):
+            v = values[t, i]
+            inner = GELU_C * (v + np.float32(0.044715) * v * v * v)
+            out[t, i] = np.float32(0.5) * v * (np.float32(1.0) + np.float32(math.tanh(inner)))
+
+
 @njit(**_OPTIONS)
 def fatrelu(values, threshold, out):
     """out = v if v >= threshold else 0 (threshold 0: ReLU), elementwise over (T, n) arrays."""
@@ -185,13 +195,16 @@ def _passes(value, threshold, magnitude):
 
 
 @njit(**_OPTIONS)
-def select_inputs(values, threshold, selected, coeffs):
-    """TEAL's input sparsity: selected[:k] = the i with |values[i]| >= threshold, in order, and coeffs[:k] their
-    values (the columns of a projection that are read, and what they are scaled by); returns k. values (n,)."""
+def select_inputs(values, threshold, scales, selected, coeffs):
+    """TEAL's input sparsity: selected[:k] = the i with |values[i]| >= threshold (WINA: |values[i]| * scales[i] >=
+    threshold, scales (n,) the norms of the weight columns the entries multiply; empty for TEAL), in order, and
+    coeffs[:k] their values (the columns of a projection that are read, and what they are scaled by); returns k.
+    values (n,)."""
     k = 0
+    weighted = scales.shape[0] > 0
     for i in range(values.shape[0]):
         v = values[i]
-        if abs(v) >= threshold:
+        if (abs(v) * scales[i] if weighted else abs(v)) >= threshold:
             selected[k] = i
             coeffs[k] = v
             k += 1
@@ -199,12 +212,14 @@ def select_inputs(values, threshold, selected, coeffs):
 
 
 @njit(**_OPTIONS)
-def zero_below(values, threshold):
-    """In place: entries of values (T, n) whose magnitude is below threshold become 0; returns how many did."""
+def zero_below(values, threshold, scales):
+    """In place: entries of values (T, n) whose magnitude (WINA: times scales (n,), empty for TEAL) is below
+    threshold become 0; returns how many did."""
     zeroed = 0
+    weighted = scales.shape[0] > 0
     for t in range(values.shape[0]):
         for i in range(values.shape[1]):
-            if abs(values[t, i]) < threshold:
+            if (abs(values[t, i]) * scales[i] if weighted else abs(values[t, i])) < threshold:
                 values[t, i] = 0.0
                 zeroed += 1
     return zeroed

@@ -30,9 +30,11 @@ def sparse_ffn(gate: np.ndarray, up: np.ndarray, down_t: np.ndarray, x: np.ndarr
     return hidden @ down_t[rows]
 
 
-def select_inputs(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """TEAL: the indices of the entries with |v| >= threshold, and those entries."""
-    rows = np.flatnonzero(np.abs(values) >= threshold)
+def select_inputs(values: np.ndarray, threshold: float, scales: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """TEAL: the indices of the entries with |v| >= threshold (WINA: |v| * scales >= threshold, scales the norms of
+    the weight columns), and those entries."""
+    rows = np.flatnonzero(np.abs(values) * (1 if scales is None else scales) >= threshold)
     return rows, values[rows]
 
 

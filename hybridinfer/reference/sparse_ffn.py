@@ -6,7 +6,7 @@ Transformer computes the one masked dense form, act(gate) * mask * up @ down, in
                       are exact zeros, so this equals the dense FFN; it counts what a sparse kernel would read)
   PredictedSparseFFN  a predictor picks each token's active neurons first; the others are dropped (approximate:
                       a truly active neuron that was not predicted is lost)
-  CalibratedSparseFFN SiLU models (CATS): activations whose magnitude is below the layer's calibrated threshold
+  CalibratedSparseFFN SiLU and GELU models (CATS): activations whose magnitude is below the layer's calibrated threshold
                       (`sparsity/`) are zeroed (approximate)
 The fast twins are `runtime/sparse_ffn.py` (CPU) and the hybrid runtime's split FFN (`hybrid/`).
 """
@@ -41,8 +41,9 @@ class SparseFFNStats:
 
 def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes (--exact/--predictors)") -> None:
     """Sparse FFN modes skip neurons whose activation is zero: only ReLU and FATReLU models have them."""
-    if config.activation == "silu":
-        raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses SiLU "
+    if config.activation in ("silu", "gelu"):
+        raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses "
+                               f"{config.activation.upper()} "
                                "(calibrate thresholds with `hybridinfer sparsify` and pass --sparsity-file, convert "
                                "a ReLU/ProSparse model, drop the sparse options, or offload whole layers with -ngl)")
     if config.activation not in ("relu", "fatrelu"):
@@ -50,16 +51,15 @@ def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes
                                f"{config.activation.upper()}, which has no zeros to skip: drop the sparse options")
 
 
-def require_silu(config: ModelConfig, what: str = "a sparsity file") -> None:
-    """Calibrated thresholds (CATS, TEAL) make SiLU activations sparse; ReLU and FATReLU models have their own zeros;
-    GELU models (gemma3), whose blocks also end in norms that the sparse blocks do not compute, are refused."""
+def require_silu_or_gelu(config: ModelConfig, what: str = "a sparsity file") -> None:
+    """Calibrated thresholds (CATS, TEAL, WINA) make the small activations of SiLU and GELU gated FFNs (SwiGLU,
+    GeGLU) sparse; ReLU and FATReLU models have their own zeros."""
     if config.activation in ("relu", "fatrelu"):
-        raise HybridInferError(f"{what} is for SiLU (SwiGLU) models; this model's FFN is {config.activation.upper()}, "
-                               "whose zeros --exact and --predictors already skip")
-    if config.activation != "silu" or config.post_norms:
-        raise HybridInferError(f"{what} is for SiLU (SwiGLU) models without post-FFN norms; this model "
-                               f"({config.architecture}, {config.activation.upper()}) is not one: drop the sparsity "
-                               "options")
+        raise HybridInferError(f"{what} is for SiLU or GELU gated FFNs; this model's FFN is "
+                               f"{config.activation.upper()}, whose zeros --exact and --predictors already skip")
+    if config.activation not in ("silu", "gelu"):
+        raise HybridInferError(f"{what} is for SiLU or GELU gated FFNs; this model's FFN uses "
+                               f"{config.activation.upper()}: drop the sparsity options")
 
 
 class ExactSparseFFN:
@@ -102,11 +102,12 @@ class PredictedSparseFFN(ExactSparseFFN):
 
 
 class CalibratedSparseFFN(ExactSparseFFN):
-    """CATS for SiLU models: activations with |SiLU(gate)| below the layer's calibrated threshold are zeroed."""
+    """CATS for SiLU and GELU models: activations with |act(gate)| below the layer's calibrated threshold are
+    zeroed."""
 
     def __init__(self, config: ModelConfig, sparsity):
         """`sparsity`: a `sparsity.thresholds.SparsityThresholds` made for this model."""
-        require_silu(config)
+        require_silu_or_gelu(config)
         self.config, self.sparsity = config, sparsity
         self.thresholds = torch.from_numpy(sparsity.thresholds[:, 0].copy())  # the one site: the activation
         self.stats = SparseFFNStats()

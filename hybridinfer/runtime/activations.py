@@ -79,6 +79,7 @@ def run_dense(engine, chunks: list[list[int]], on_chunk: Callable[[int], None] |
     that observes the dense model: TEAL calibration); `on_chunk(tokens)` after each chunk."""
     with engine.every_neuron(), plugged():
         for chunk in chunks:
-            engine.logits(chunk)
+            engine.reset()
+            engine.feed(chunk)  # every position evaluated, the last one's logits only (a large vocabulary's cost)
             if on_chunk is not None:
                 on_chunk(len(chunk))

@@ -43,7 +43,7 @@ class Choices:
 
     @property
     def teal(self) -> bool:
-        return self.sparsity is not None and self.sparsity.method == "teal"
+        return self.sparsity is not None and self.sparsity.zeroes_inputs  # TEAL or WINA
 
     @property
     def sparse(self) -> bool:
@@ -62,7 +62,8 @@ def build_decoder(file: GGUFFile, config: ModelConfig, n_ctx: int, choices: Choi
     attention, ffn = CPUAttention(c, weights, fa), DenseFFN(c, weights, fa, observers)
     sparse_mode = None
     if choices.teal:
-        attention, ffn = teal_parts(c, weights, choices.sparsity.thresholds, fa, observers)
+        attention, ffn = teal_parts(c, weights, choices.sparsity.thresholds, fa, observers,
+                                    column_norms=choices.sparsity.column_norms, method=choices.sparsity.method)
         sparse_mode = ffn
     elif choices.sparse:
         ffn = sparse_mode = SparseFFN(c, weights, choices.predictors, fa, observers, choices.predictor_type,

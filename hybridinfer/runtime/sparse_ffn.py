@@ -4,8 +4,8 @@ neurons they choose:
   exact (no predictors)  every gate row, then up rows and down_t rows only where FATReLU passed: lossless
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
-  calibrated (CATS)      SiLU models with a sparsity file (`sparsity/`): every gate row, then up rows and down_t
-                         rows only where |SiLU(gate)| passes the layer's calibrated threshold (approximate)
+  calibrated (CATS)      SiLU and GELU models with a sparsity file (`sparsity/`): every gate row, then up rows and
+                         down_t rows only where |act(gate)| passes the layer's calibrated threshold (approximate)
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
@@ -29,7 +29,7 @@ from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..model_file.tensor_shapes import FC1, FC2, block_name
-from ..reference.sparse_ffn import SparseFFNStats, require_silu, require_sparse_activation
+from ..reference.sparse_ffn import SparseFFNStats, require_silu_or_gelu, require_sparse_activation
 from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from .parts import CPUFFN
 from .repack_cache import RepackCache
@@ -49,16 +49,16 @@ class SparseFFN(CPUFFN):
                  observers: list | None = None, predictor_type: T = T.Q8_0, cache: RepackCache | None = None,
                  sparsity=None):
         """`cache`: where the packed predictors are kept between runs (`repack_cache.py`), for the file they came
-        from. `sparsity`: a SiLU model's CATS thresholds (`sparsity.thresholds.SparsityThresholds`), instead of
+        from. `sparsity`: a SiLU or GELU model's CATS thresholds (`sparsity.thresholds.SparsityThresholds`), instead of
         FATReLU's zeros."""
         super().__init__(config, weights, float_activations, [] if observers is None else observers)
-        self.silu = sparsity is not None
-        if self.silu:
-            require_silu(config)
+        self.cats = sparsity is not None
+        if self.cats:
+            require_silu_or_gelu(config)
         else:
             require_sparse_activation(config)
         self.threshold = np.float32(config.activation_threshold)  # FATReLU's
-        self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.silu else \
+        self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.cats else \
             [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
@@ -122,7 +122,8 @@ class SparseFFN(CPUFFN):
         if block is None:
             layer, c = self.weights.layers[index], self.config
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw,
-                                              self.thresholds[index], self.silu, np.float32(c.residual_scale))
+                                              self.thresholds[index], self.cats, np.float32(c.residual_scale),
+                                              c.activation == "gelu", layer.post_ffw_norm, np.float32(c.rms_eps))
             block = self._blocks[index] = BoundCall(
                 cpu_layer.sparse_ffn_block(*layer.ffn_codes[:2], self.down_t[index].code, self.float_activations))
         fired = block(s.x, s.normed, self._weights[index], self.candidates, n_candidates, self.scratch,
@@ -138,7 +139,7 @@ class SparseFFN(CPUFFN):
         """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
         neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
         fired, each row read once for all T; then each token's own active rows of down_t. CATS: every gate row,
-        SiLU, the up rows of the union of the neurons whose |SiLU| passes."""
+        the activation, the up rows of the union of the neurons whose |act| passes."""
         fa, tokens, threshold = self.float_activations, b.x.shape[0], self.thresholds[index]
         if self.predictors is not None:
             predicted = self._predicted(index, b.x)  # (T, n_ff) bool
@@ -149,15 +150,15 @@ class SparseFFN(CPUFFN):
             gate[~predicted[:, rows]] = -np.inf  # a token's neurons that were not predicted stay off
         else:
             matmul(layer.ffn_gate, b.normed, b.gate, float_activations=fa)
-            if self.silu:
-                cpu_ops.silu(b.gate, b.gate)
-            rows = np.flatnonzero(((np.abs(b.gate) if self.silu else b.gate) >= threshold).any(axis=0))
+            if self.cats:  # CATS: the model's own activation, SiLU or GELU
+                (cpu_ops.gelu if self.config.activation == "gelu" else cpu_ops.silu)(b.gate, b.gate)
+            rows = np.flatnonzero(((np.abs(b.gate) if self.cats else b.gate) >= threshold).any(axis=0))
             gate = np.ascontiguousarray(b.gate[:, rows])
         up = np.empty(gate.shape, np.float32)
         if rows.shape[0]:
             matmul_rows(layer.ffn_up, b.normed, rows, up, float_activations=fa)
         fired = np.empty(gate.shape, np.float32)
-        if self.silu:  # CATS: act * up where |act| passes
+        if self.cats:  # CATS: act * up where |act| passes
             np.multiply(gate, up, out=fired)
             fired[np.abs(gate) < threshold] = 0.0
         else:
@@ -170,6 +171,8 @@ class SparseFFN(CPUFFN):
         down_t = self.down_t[index]
         cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
                                                b.block_out, numba.get_num_threads())
+        if layer.post_ffw_norm.shape[0]:
+            cpu_ops.rms_norm(b.block_out, layer.post_ffw_norm, np.float32(self.config.rms_eps), b.block_out)
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
 
     def _predicted(self, index: int, x: np.ndarray) -> np.ndarray:

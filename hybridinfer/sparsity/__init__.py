@@ -1,2 +1,2 @@
-"""Training-free activation sparsity for SiLU (SwiGLU) models: calibrated magnitude thresholds, per layer on the
-FFN activation (CATS) or per layer and projection input (TEAL)."""
+"""Training-free activation sparsity for SiLU and GELU gated models (SwiGLU, GeGLU): calibrated magnitude
+thresholds, per layer on the FFN activation (CATS) or per layer and projection input (TEAL, WINA)."""

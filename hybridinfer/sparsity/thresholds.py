@@ -1,20 +1,26 @@
 """A sparsity file: the magnitude thresholds calibrated for one model (`calibrate.py` makes them), per layer and
 per site (a vector of the forward pass whose small entries are zeroed).
 
-  cats  (arXiv 2404.08763) one site per layer, the FFN activation SiLU(gate . x): a neuron whose |SiLU| is below
-        the threshold is dropped, so its up and down rows are skipped
+  cats  (arXiv 2404.08763) one site per layer, the FFN activation act(gate . x) (SiLU or GELU): a neuron whose
+        |act| is below the threshold is dropped, so its up and down rows are skipped
   teal  (arXiv 2408.14690) four sites per layer, the inputs of every projection: the normed residual (Q/K/V),
-        the attention output (output projection), the normed residual (gate/up) and SiLU(gate) * up (down);
+        the attention output (output projection), the normed residual (gate/up) and act(gate) * up (down);
         an entry below the threshold is zeroed, so that weight column is skipped
-Each threshold is the quantile of its site's magnitudes at the target sparsity over calibration text. The file:
+  wina  (arXiv 2505.19427) TEAL's four sites, but an entry x_i is zeroed when |x_i| * ||W[:, i]||_2 is below the
+        threshold, the norm of the weight column it multiplies (of Q/K/V stacked, of gate/up stacked)
+Each threshold is the quantile of its site's magnitudes (WINA: of the products) at the site's target sparsity over
+calibration text: the target itself (allocation "uniform"), or a share chosen per site by `greedy.py` (allocation
+"greedy") so that the model-wide share of weights skipped is the target. The file:
 
     GGUF, general.architecture = "hybridinfer-sparsity"
-    hybridinfer.sparsity.method                 "cats" or "teal"
-    hybridinfer.sparsity.target                 f32: the share of each site's entries to zero
+    hybridinfer.sparsity.method                 "cats", "teal" or "wina"
+    hybridinfer.sparsity.target                 f32: the share of values (TEAL, WINA: of weights) to zero
+    hybridinfer.sparsity.allocation             "uniform" or "greedy" (absent: uniform)
     hybridinfer.sparsity.n_tokens               u64: calibration tokens
     hybridinfer.sparsity.thresholds             f32 [n_layer * n_sites] (layer-major): magnitudes below are zeroed
     hybridinfer.sparsity.calibration_sparsity   f32 [n_layer * n_sites]: the share zeroed on the calibration text
     hybridinfer.fingerprint.*                   the model's fingerprint (fingerprint.py)
+    tensors blk.I.SITE_column_norm              f32 (site's input width,): WINA's column norms of layer I's site
 """
 
 from __future__ import annotations
@@ -27,14 +33,19 @@ import numpy as np
 
 from ..atomic_file import atomic_output
 from ..errors import HybridInferError
+from ..model_file.dequantize import dequantize
 from ..model_file.fingerprint import Fingerprint, open_model_artefact
+from ..model_file.tensor_shapes import block_name
 
 ARCH = "hybridinfer-sparsity"
 SITES = {  # each method's sites, in the order of a layer's thresholds
     "cats": ("ffn_activation",),
     "teal": ("attn_input", "attn_output_input", "ffn_input", "ffn_down_input"),
+    "wina": ("attn_input", "attn_output_input", "ffn_input", "ffn_down_input"),
 }
 METHODS = tuple(SITES)
+INPUT_METHODS = ("teal", "wina")  # the methods that zero the inputs of every projection
+ALLOCATIONS = ("uniform", "greedy")
 _KEY = "hybridinfer.sparsity."
 
 
@@ -46,7 +57,7 @@ def check_target(target: float) -> None:
 
 def path_beside(model_path: str | os.PathLike, target: float, method: str = "cats") -> str:
     """Where `sparsify` writes, and `--sparsity S` looks for, a model's file: MODEL.cats-40.sparsity.gguf
-    (MODEL.teal-40.sparsity.gguf for TEAL)."""
+    (MODEL.teal-40.sparsity.gguf for TEAL, MODEL.wina-40.sparsity.gguf for WINA)."""
     model_path = str(model_path)
     base = model_path[:-5] if model_path.endswith(".gguf") else model_path
     return f"{base}.{method}-{100 * target:g}.sparsity.gguf"
@@ -60,10 +71,17 @@ class SparsityThresholds:
     thresholds: np.ndarray  # (n_layer, n_sites) float32: SITES[method]'s thresholds of each layer
     calibration_sparsity: np.ndarray  # (n_layer, n_sites) float32
     fingerprint: Fingerprint
+    column_norms: list[tuple[np.ndarray, ...]] | None = None  # WINA: per layer, per site (input width,) float32
+    allocation: str = "uniform"
 
     @property
     def sites(self) -> tuple[str, ...]:
         return SITES[self.method]
+
+    @property
+    def zeroes_inputs(self) -> bool:
+        """TEAL and WINA: the inputs of every projection (the TEAL parts); CATS: the FFN activation."""
+        return self.method in INPUT_METHODS
 
     def summary(self) -> dict:
         """Per layer its threshold and calibration sparsity (CATS), or per site of it (TEAL: "thresholds" and
@@ -71,7 +89,7 @@ class SparsityThresholds:
         def per_site(row):
             return float(row[0]) if self.method == "cats" else {s: float(v) for s, v in zip(self.sites, row)}
 
-        return {"method": self.method, "target": self.target, "n_tokens": self.n_tokens,
+        return {"method": self.method, "target": self.target, "allocation": self.allocation, "n_tokens": self.n_tokens,
                 "average_sparsity": float(self.calibration_sparsity.mean()),
                 "layers": [{"layer": i, "threshold": per_site(t), "sparsity": per_site(s)}
                            for i, (t, s) in enumerate(zip(self.thresholds, self.calibration_sparsity))]}
@@ -82,10 +100,14 @@ def save_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> No
         writer = gguf.GGUFWriter(partial, ARCH)
         writer.add_string(_KEY + "method", sparsity.method)
         writer.add_float32(_KEY + "target", float(sparsity.target))
+        writer.add_string(_KEY + "allocation", sparsity.allocation)
         writer.add_uint64(_KEY + "n_tokens", int(sparsity.n_tokens))
         writer.add_array(_KEY + "thresholds", [float(t) for t in sparsity.thresholds.reshape(-1)])
         writer.add_array(_KEY + "calibration_sparsity", [float(s) for s in sparsity.calibration_sparsity.reshape(-1)])
         sparsity.fingerprint.write(writer)
+        for i, norms in enumerate(sparsity.column_norms or []):
+            for site, norm in zip(sparsity.sites, norms):
+                writer.add_tensor(column_norm_name(i, site), np.ascontiguousarray(norm, np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -103,5 +125,30 @@ def load_thresholds(path: str | os.PathLike, model_fingerprint: Fingerprint | No
     if np.any(thresholds < 0):
         raise file.bad_value(_KEY + "thresholds", thresholds.reshape(-1).tolist(), "non-negative thresholds")
     reached = np.array(file.numbers(_KEY + "calibration_sparsity", shape[0] * shape[1]), np.float32).reshape(shape)
+    allocation = file.text(_KEY + "allocation", "uniform")
+    if allocation not in ALLOCATIONS:
+        raise file.bad_value(_KEY + "allocation", allocation, f"one of {', '.join(ALLOCATIONS)}")
+    norms = [tuple(_column_norm(file, i, site) for site in SITES[method]) for i in range(shape[0])] \
+        if method == "wina" else None
     return SparsityThresholds(method, file.number(_KEY + "target", at_least=0.0, below=1.0),
-                              file.integer(_KEY + "n_tokens", 0, 2**63 - 1), thresholds, reached, fingerprint)
+                              file.integer(_KEY + "n_tokens", 0, 2**63 - 1), thresholds, reached, fingerprint, norms,
+                              allocation)
+
+
+def column_norm_name(layer: int, site: str) -> str:
+    """The tensor of WINA's column norms of one layer's site: "blk.I.SITE_column_norm"."""
+    return block_name(f"{site}_column_norm", layer)
+
+
+def _column_norm(file, layer: int, site: str) -> np.ndarray:
+    """WINA's column norms of one layer's site, checked: a vector of finite non-negative numbers."""
+    name = column_norm_name(layer, site)
+    try:
+        tensor = file.tensor(name)
+    except (KeyError, HybridInferError):
+        raise HybridInferError(f"{file.path}: a WINA sparsity file without its tensor {name}; make it again with "
+                               "`hybridinfer sparsify --method wina`") from None
+    norm = np.ascontiguousarray(dequantize(tensor), np.float32).reshape(-1)
+    if not np.all(np.isfinite(norm)) or np.any(norm < 0):
+        raise HybridInferError(f"{file.path}: tensor {name} holds negative or non-finite column norms")
+    return norm
