@@ -243,7 +243,8 @@ def test_triton_hot_ffn(tk, qtype, monkeypatch):
         assert count.dtype == torch.int64 and count.shape == () and count.device.type == out.device.type
         assert int(count) == int(expected_count) == fired[0] and 0 < fired[0] < n_hot
         assert_close(out, expected.cpu().numpy(), scale[0])
-    monkeypatch.setattr(tk, "S3_PROGRAMS", 1)  # S3 with one share of all the rows (several BLOCK_R steps)
+    monkeypatch.setattr(tk, "TARGET_PROGRAMS", 1)  # one S3 share of all the rows, one GEMV share
+    monkeypatch.setattr(tk, "CHUNK", 16)  # several S2 programs, several S3 chunks
     out, count = tk.hot_ffn(*args)
     assert int(count) == fired[0]
     assert_close(out, expected.cpu().numpy(), scale[0])

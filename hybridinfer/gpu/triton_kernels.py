@@ -1,20 +1,29 @@
 """Triton kernels for the GPU side, reading DeviceMatrix fields as stored (`weights.py`); same functions,
 signatures and results as `reference.py`. Modelled on PowerInfer's / ProSparse's sparse GPU operators:
 
-    matvec (T == 1)  GEMV: each program a tile of BLOCK_R rows, looping over the columns in tiles of BLOCK_C
-                     (whole 32-element blocks, half a K-quant super-block), decoding the blocks in registers (each
-                     element from its own block's fields: F32/F16/BF16, Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K),
-                     accumulating in float32
-    hot_ffn          S2: gate rows . x (only rows the mask allows), FATReLU, then up rows . x only for the rows that
-                     fired (masked loads: the other rows' up bytes are never read) -> h (n_hot,); then
+    matvec (T == 1)  GEMV: program (i, k) takes a tile of BLOCK_R rows and the k-th share of the columns (split-K:
+                     narrow matrices get enough programs to fill the GPU), looping over the columns a tile at a time;
+                     its partial sums are added on the host side (no atomics: the result does not depend on
+                     scheduling)
+    hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
+                     BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (masked
+                     loads: the other rows' up bytes are never read) -> h (n_hot,); then
                      S3: out = sum_i h_i * down_t[i], each program a tile of output columns and a share of the rows,
-                     loading only rows with h_i != 0; the shares' partial sums are added on the host side (no atomics,
-                     so the result does not depend on scheduling)
+                     which it compacts to the rows with h_i != 0 before loading any weight; shares added on the host
+
+How a tile is decoded depends on the format:
+- Q4_0, Q4_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's quants as int32
+  words in one vector load, and x field by field in the same layout (W consecutive elements per field, one vector
+  load). A field becomes a float exactly in two instructions: masked into the mantissa of a float whose exponent
+  makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
+  FFMA multiplies it by x. A block's sum is scaled once (d, and Q4_1's m times the block's sum of x).
+- the other formats (F32/F16/BF16, Q5_0/1, Q4_K, Q5_K, Q6_K): each element decoded from its own block's fields.
 
 Batches (matvec with T > 1, hidden_dense, down_t_product) dequantize in row chunks and use the BLAS / cuBLAS
 matmul, as llama.cpp does for prompts: they are `reference`'s functions.
 
 Under TRITON_INTERPRET=1 the kernels run on CPU tensors (the tests); compiled, on CUDA tensors.
+`compile_check.py` compiles them for sm_90 and counts their inner loops' instructions per weight.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import triton.language as tl
 from ..model_file import weight_formats
 from . import reference
 from .reference import down_t_product, hidden_dense  # noqa: F401  (batched forms: see the module doc)
-from .weights import GPU_FORMATS, DeviceMatrix
+from .weights import GPU_FORMATS, WORD_FORMATS, DeviceMatrix
 
 # the formats' kernel codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a
 # plain int global passes under TRITON_INTERPRET=1 but fails to compile)
@@ -40,36 +49,145 @@ _Q4_K = tl.constexpr(weight_formats.Q4_K.code)
 _Q5_K = tl.constexpr(weight_formats.Q5_K.code)
 _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
 
-BLOCK_R = 16  # rows a program (GEMV, S2) or a loop step (S3) takes
-BLOCK_C = 128  # columns a loop step (GEMV, S2) or a program (S3) takes: 4 whole 32-element blocks, half a K-quant's
-S3_PROGRAMS = 1024  # about how many S3 programs to launch (column tiles x row shares) to fill the GPU
+BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
+WORD_UNITS = tl.constexpr(8)  # 4-word units a loop step (and an S3 program) takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
+BLOCK_C = 64  # columns a loop step takes in the other formats (GEMV, S2), and an S3 program's tile in them
+CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
+NUM_WARPS = 2
+MIN_SPLIT_STEPS = 4  # the fewest column steps a split-K share takes
+TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
+
+
+def tile_columns(qtype) -> int:
+    """Columns a GEMV/S2 loop step (and an S3 program) takes for a matrix of `qtype`."""
+    if qtype in WORD_FORMATS:
+        return int(WORD_UNITS) * 32 // (WORD_FORMATS[qtype] // 4)
+    return BLOCK_C
+
+
+@triton.jit
+def _nibble(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
+    """float32 value of nibble P (bits 4P..4P+3) of each int32 word, minus OFFSET, exactly: the nibble (at most bit
+    15, after a shift by 16 for P >= 4) is masked into the mantissa of a float whose exponent makes its lowest bit
+    worth 1, 2^(23 - SHIFT) + q, from which the constant is subtracted. low_bits: 15, a run-time value so that the
+    compiler keeps the masks in registers (an instruction takes one immediate) and does not turn them into
+    bit-field extracts."""
+    SHIFT: tl.constexpr = 4 * (P % 4)
+    if P >= 4:
+        words = words >> 16
+    bits = (words & (low_bits << SHIFT)) | ((150 - SHIFT) << 23)
+    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + OFFSET)
+
+
+@triton.jit
+def _byte(words, P: tl.constexpr, low_bits):
+    """float32 value of signed byte P of each int32 word, exactly: as `_nibble` (low_bits: 255), with the byte's sign
+    bit flipped in the same logic instruction (q + 128), and 128 subtracted with the magic."""
+    SHIFT: tl.constexpr = 8 * (P % 2)
+    if P >= 2:
+        words = words >> 16
+    bits = (words & (low_bits << SHIFT)) ^ ((128 << SHIFT) | ((150 - SHIFT) << 23))
+    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + 128)
+
+
+@triton.jit
+def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
+    """float32 quant of field P of each interleaved word (`weights.py`): Q8_0 q, Q4_0 q - 8, Q4_1 q."""
+    if FMT == _Q8_0:
+        v = _byte(words, P, low_bits)
+    elif FMT == _Q4_0:
+        v = _nibble(words, P, 8, low_bits)
+    else:
+        v = _nibble(words, P, 0, low_bits)
+    return v
+
+
+@triton.jit
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, u, u_last, low_bits, FMT: tl.constexpr,
+               ROW_MASK: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(BLOCK_R, WORD_UNITS) float32: W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`).
+    ROW_MASK: load only the rows where live (the others' words and scales stale: garbage their callers discard);
+    TAIL: units at or past u_last give 0 (d = 0 there, x of the last unit). No other load is masked or filled."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    FIELDS: tl.constexpr = 8 // U
+    i = tl.arange(0, 4)
+    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
+    block = r[:, None] * (n_units // U) + (u // U)[None, :]
+    if TAIL:
+        ok = (u < u_last)[None, :] & live[:, None]
+        words = tl.load(words_at, mask=ok[:, :, None], other=0)
+        d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
+        x_unit = tl.minimum(u, u_last - 1)
+    elif ROW_MASK:
+        words = tl.load(words_at, mask=live[:, None, None])
+        d = tl.load(d_ptr + block, mask=live[:, None]).to(tl.float32)
+        x_unit = u
+    else:
+        words = tl.load(words_at)
+        d = tl.load(d_ptr + block).to(tl.float32)
+        x_unit = u
+    x_at = x_ptr + ((x_unit // U) * 32 + (x_unit % U) * 4)[:, None] + i[None, :]
+    dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    x_sum = tl.zeros([WORD_UNITS, 4], dtype=tl.float32)
+    for p in tl.static_range(FIELDS):
+        x = tl.load(x_at + p * 4 * U)
+        dot += _field(words, p, FMT, low_bits) * x[None, :, :]
+        if FMT == _Q4_1:
+            x_sum += x
+    out = d * tl.sum(dot, axis=2)
+    if FMT == _Q4_1:
+        if TAIL:
+            m = tl.load(m_ptr + block, mask=ok, other=0)
+        elif ROW_MASK:
+            m = tl.load(m_ptr + block, mask=live[:, None])
+        else:
+            m = tl.load(m_ptr + block)
+        out += m.to(tl.float32) * tl.sum(x_sum, axis=1)[None, :]
+    return out
+
+
+@triton.jit
+def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
+                   ROW_MASK: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
+    (BLOCK_R,) int64, all valid rows; with ROW_MASK only the live ones are read (the others' results are garbage);
+    c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block, half a Q8_0 one: element 4 U p + 4 h
+    + i is field p of word i of unit h of its block, U units a block): whole tiles of WORD_UNITS units in the loop,
+    the rest in one masked tile after it."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1
+    n_units = cols // 32 * U
+    u_first = c_first // 32 * U
+    u_last = c_last // 32 * U
+    whole = u_first + (u_last - u_first) // WORD_UNITS * WORD_UNITS
+    acc = tl.zeros([BLOCK_R, WORD_UNITS], dtype=tl.float32)
+    for u0 in range(u_first, whole, WORD_UNITS):
+        acc += _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, u0 + tl.arange(0, WORD_UNITS), u_last,
+                          low_bits, FMT, ROW_MASK, False, BLOCK_R)
+    if whole < u_last:
+        acc += _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, whole + tl.arange(0, WORD_UNITS), u_last,
+                          low_bits, FMT, ROW_MASK, True, BLOCK_R)
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
 def _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT: tl.constexpr):
-    """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere), reading
-    the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats) or quants, d_ptr = scales, m_ptr = mins,
-    h_ptr = highs, s_ptr = sub_scales; FMT is the format's code (`weight_formats.py`)."""
+    """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere) of a
+    format other than Q4_0/Q4_1/Q8_0, reading the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats)
+    or quants, d_ptr = scales, m_ptr = mins, h_ptr = highs, s_ptr = sub_scales; FMT is the format's code."""
     if FMT <= _BF16:  # the float formats
         w = tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
     elif FMT == _Q4_K or FMT == _Q5_K or FMT == _Q6_K:
         w = _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT)
-    else:
+    else:  # Q5_0, Q5_1
         block = r * (cols // 32) + c // 32
         d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
-        if FMT == _Q8_0:
-            w = d * tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
+        byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
+        q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
+        q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16  # bit e of qh: element e's 5th bit
+        if FMT == _Q5_0:
+            w = d * (q - 16).to(tl.float32)
         else:
-            byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
-            q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
-            if FMT == _Q5_0 or FMT == _Q5_1:  # bit e of the block's qh word: element e's fifth bit
-                q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16
-            if FMT == _Q4_0:
-                w = d * (q - 8).to(tl.float32)
-            elif FMT == _Q5_0:
-                w = d * (q - 16).to(tl.float32)
-            else:  # Q4_1, Q5_1
-                w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
+            w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
     return w
 
 
@@ -105,63 +223,181 @@ def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FM
 
 
 @triton.jit
-def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, live, cols, FMT: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_C: tl.constexpr):
-    """(BLOCK_R,) float32: W[r] . x for the rows r (BLOCK_R,) int64 where live, 0 elsewhere (their bytes unread)."""
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, cols, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        in_row = c < cols
-        x = tl.load(x_ptr + c, mask=in_row, other=0).to(tl.float32)
-        w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r[:, None], c[None, :], live[:, None] & in_row[None, :], cols,
-                     FMT)
-        acc += w * x[None, :]
-    return tl.sum(acc, axis=1)
+def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
+              ROW_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int64, all valid
+    rows; with ROW_MASK, only the rows where live are read (the others' results are garbage, to be discarded);
+    c_first, c_last multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`."""
+    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT, ROW_MASK,
+                             BLOCK_R)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        for c0 in range(c_first, c_last, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            in_range = c < c_last
+            x = tl.load(x_ptr + c, mask=in_range, other=0).to(tl.float32)
+            w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r[:, None], c[None, :], live[:, None] & in_range[None, :],
+                         cols, FMT)
+            acc += w * x[None, :]
+        out = tl.sum(acc, axis=1)
+    return out
 
 
 @triton.jit
-def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, out_ptr, rows, cols, FMT: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out (rows,) = W (rows, cols) @ x (cols,); program p takes rows [p*BLOCK_R, (p+1)*BLOCK_R)."""
+def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, partial_ptr, rows, cols, cols_per_split, low_bits,
+                 FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """partial (splits, rows): partial[k] = W[:, k-th share of the columns] @ x[that share]; program (i, k) takes
+    rows [i*BLOCK_R, (i+1)*BLOCK_R) of share k (program axis 1)."""
     r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     in_matrix = r < rows
-    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, in_matrix, cols, FMT, BLOCK_R, BLOCK_C)
-    tl.store(out_ptr + r, out, mask=in_matrix)
+    c_first = tl.program_id(1) * cols_per_split
+    c_last = tl.minimum(c_first + cols_per_split, cols)
+    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, tl.minimum(r, rows - 1), in_matrix, cols, c_first,
+                    c_last, low_bits, FMT, False, BLOCK_R, BLOCK_C)  # rows past the end: the last row's, discarded
+    tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
 
 
 @triton.jit
 def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, mask_ptr,
-               out_ptr, count_ptr, n, cols, threshold, HAS_MASK: tl.constexpr, GATE_FMT: tl.constexpr,
-               UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+               list_ptr, out_ptr, count_ptr, n, cols, threshold, gate_bits, up_bits, HAS_MASK: tl.constexpr, GATE_FMT: tl.constexpr,
+               UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """out (n,) = h = a * (up . x) with a = FATReLU(gate . x) where the mask (n,) uint8 allows, else 0; count_ptr[p] =
-    how many of program p's rows fired (a != 0)."""
-    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    candidate = r < n
+    how many of program p's rows fired (a != 0). Program p compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK)
+    into list_ptr[p*CHUNK:] (int32 scratch) and takes them BLOCK_R at a time."""
+    pid = tl.program_id(0)
+    rows = pid * CHUNK + tl.arange(0, CHUNK)
+    in_n = rows < n
+    tl.store(out_ptr + rows, tl.zeros([CHUNK], dtype=tl.float32), mask=in_n)  # h = 0 unless it fires
     if HAS_MASK:
-        candidate = candidate & (tl.load(mask_ptr + r, mask=candidate, other=0) != 0)
-    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, r, candidate, cols, GATE_FMT, BLOCK_R, BLOCK_C)
-    fired = candidate & (g >= threshold) & (g != 0.0)
-    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, r, fired, cols, UP_FMT, BLOCK_R, BLOCK_C)
-    tl.store(out_ptr + r, tl.where(fired, g, 0.0) * u, mask=r < n)  # NaN if an unfired row's up bytes were read
-    tl.store(count_ptr + tl.program_id(0), tl.sum(fired.to(tl.int32), axis=0))
+        candidate = in_n & (tl.load(mask_ptr + rows, mask=in_n, other=0) != 0)
+        slot = tl.cumsum(candidate.to(tl.int32), axis=0) - 1
+        tl.store(list_ptr + pid * CHUNK + slot, rows, mask=candidate)
+        count = tl.sum(candidate.to(tl.int32), axis=0)
+    else:
+        count = tl.sum(in_n.to(tl.int32), axis=0)
+    tl.debug_barrier()  # the list and the zeros written before any thread reads the list or writes h
+    fired_total = tl.sum(tl.zeros([BLOCK_R], dtype=tl.int32), axis=0)
+    for j0 in range(0, count, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        live = j < count
+        if HAS_MASK:
+            r = tl.load(list_ptr + pid * CHUNK + j, mask=live, other=0).to(tl.int64)
+        else:
+            r = tl.minimum(pid * CHUNK + j, n - 1).to(tl.int64)
+        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, r, live, cols, 0, cols, gate_bits, GATE_FMT,
+                      False, BLOCK_R, BLOCK_C)  # a slot past the count reads row 0 (or its chunk's first), discarded
+        fired = live & (g >= threshold) & (g != 0.0)
+        u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, r, fired, cols, 0, cols, up_bits, UP_FMT,
+                      True, BLOCK_R, BLOCK_C)
+        tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
+        fired_total += tl.sum(fired.to(tl.int32), axis=0)
+    tl.store(count_ptr + pid, fired_total)
 
 
 @triton.jit
-def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, partial_ptr, n, cols, rows_per_share, FMT: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _compact_live_rows(h_ptr, slots_ptr, first, last, CHUNK: tl.constexpr):
+    """Write the rows i in [first, first + CHUNK) with i < last and h_i != 0 to slots_ptr[0:count] (int32, in order);
+    return count. The caller waits (tl.debug_barrier) before reading the slots."""
+    rows = first + tl.arange(0, CHUNK)
+    live = (rows < last) & (tl.load(h_ptr + rows, mask=rows < last, other=0) != 0.0)
+    tl.store(slots_ptr + tl.cumsum(live.to(tl.int32), axis=0) - 1, rows, mask=live)
+    return tl.sum(live.to(tl.int32), axis=0)
+
+
+@triton.jit
+def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share,
+               FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """partial (shares, cols): partial[s, c] = sum over the rows i of share s (program axis 1) of h_i * W[i, c], for
-    the columns c of program axis 0's tile; rows with h_i == 0 are not loaded."""
+    the columns c of program axis 0's tile, for a format other than Q4_0/Q4_1/Q8_0; rows with h_i == 0 are not
+    loaded (compacted away CHUNK rows at a time in the program's own slots, slots_ptr (programs, CHUNK))."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     in_row = c < cols
-    first = tl.program_id(1).to(tl.int64) * rows_per_share
+    first = tl.program_id(1) * rows_per_share
+    last = tl.minimum(first + rows_per_share, n)
+    slots = slots_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CHUNK
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, rows_per_share, BLOCK_R):
-        r = first + r0 + tl.arange(0, BLOCK_R)
-        h = tl.load(h_ptr + r, mask=r < n, other=0)
-        w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r[:, None], c[None, :], (h != 0.0)[:, None] & in_row[None, :],
-                     cols, FMT)
-        acc += h[:, None] * w
+    for chunk in range(first, last, CHUNK):
+        count = _compact_live_rows(h_ptr, slots, chunk, last, CHUNK)
+        tl.debug_barrier()
+        for j0 in range(0, count, BLOCK_R):
+            j = j0 + tl.arange(0, BLOCK_R)
+            r = tl.load(slots + j, mask=j < count, other=0).to(tl.int64)
+            h = tl.load(h_ptr + r, mask=j < count, other=0)
+            w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r[:, None], c[None, :], (j < count)[:, None] &
+                         in_row[None, :], cols, FMT)
+            acc += h[:, None] * w
+        tl.debug_barrier()  # every slot read before the next chunk's are written
     tl.store(partial_ptr + tl.program_id(1) * cols + c, tl.sum(acc, axis=0), mask=in_row)
+
+
+@triton.jit
+def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share, low_bits,
+                     FMT: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr):
+    """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is WORD_UNITS 4-word units of columns
+    (`_word_row_dots`); each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field
+    (Q4_1: h_i m_i per unit apart, added to each of its columns at the end)."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    n_units = cols // 32 * U
+    u = tl.program_id(0) * WORD_UNITS + tl.arange(0, WORD_UNITS)
+    in_row = u < n_units
+    i = tl.arange(0, 4)
+    first = tl.program_id(1) * rows_per_share
+    last = tl.minimum(first + rows_per_share, n)
+    slots = slots_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CHUNK
+    acc0 = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
+    acc_m = tl.zeros([BLOCK_R, WORD_UNITS], dtype=tl.float32)
+    for chunk in range(first, last, CHUNK):
+        count = _compact_live_rows(h_ptr, slots, chunk, last, CHUNK)
+        tl.debug_barrier()
+        for j0 in range(0, count, BLOCK_R):
+            j = j0 + tl.arange(0, BLOCK_R)
+            r = tl.load(slots + j, mask=j < count, other=0).to(tl.int64)
+            h = tl.load(h_ptr + r, mask=j < count, other=0)
+            ok = (j < count)[:, None] & in_row[None, :]
+            words = tl.load(q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :],
+                            mask=ok[:, :, None])
+            block = r[:, None] * (n_units // U) + (u // U)[None, :]
+            hd = (h[:, None] * tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32))[:, :, None]
+            acc0 += hd * _field(words, 0, FMT, low_bits)
+            acc1 += hd * _field(words, 1, FMT, low_bits)
+            acc2 += hd * _field(words, 2, FMT, low_bits)
+            acc3 += hd * _field(words, 3, FMT, low_bits)
+            if U == 1:
+                acc4 += hd * _field(words, 4, FMT, low_bits)
+                acc5 += hd * _field(words, 5, FMT, low_bits)
+                acc6 += hd * _field(words, 6, FMT, low_bits)
+                acc7 += hd * _field(words, 7, FMT, low_bits)
+            if FMT == _Q4_1:
+                acc_m += h[:, None] * tl.load(m_ptr + block, mask=ok, other=0).to(tl.float32)
+        tl.debug_barrier()  # every slot read before the next chunk's are written
+    out = partial_ptr + tl.program_id(1) * cols + ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]
+    m_sum = tl.sum(acc_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns
+    keep = in_row[:, None]
+    tl.store(out, tl.sum(acc0, axis=0) + m_sum, mask=keep)
+    tl.store(out + 4 * U, tl.sum(acc1, axis=0) + m_sum, mask=keep)
+    tl.store(out + 8 * U, tl.sum(acc2, axis=0) + m_sum, mask=keep)
+    tl.store(out + 12 * U, tl.sum(acc3, axis=0) + m_sum, mask=keep)
+    if U == 1:
+        tl.store(out + 16, tl.sum(acc4, axis=0) + m_sum, mask=keep)
+        tl.store(out + 20, tl.sum(acc5, axis=0) + m_sum, mask=keep)
+        tl.store(out + 24, tl.sum(acc6, axis=0) + m_sum, mask=keep)
+        tl.store(out + 28, tl.sum(acc7, axis=0) + m_sum, mask=keep)
+
+
+def low_bits(qtype) -> int:
+    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`)."""
+    return 255 if qtype == weight_formats.Q8_0.type else 15
+
+
+def split_k(rows: int, cols: int, qtype) -> int:
+    """Columns per share of a GEMV: all of them, or (narrow matrices) a whole number of loop steps, at least
+    MIN_SPLIT_STEPS, so that about TARGET_PROGRAMS programs run."""
+    step = tile_columns(qtype)
+    steps = triton.cdiv(cols, step)
+    shares = max(1, min(triton.cdiv(TARGET_PROGRAMS, triton.cdiv(rows, BLOCK_R)), steps // MIN_SPLIT_STEPS))
+    return triton.cdiv(steps, shares) * step
 
 
 def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
@@ -169,11 +405,15 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] != 1:
         return reference.matvec(m, x)
     x = x.to(torch.float32).contiguous()
-    out = torch.zeros((1, m.rows), dtype=torch.float32, device=x.device)
-    if m.rows:
-        _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R),)](*_fields(m), x, out, m.rows, m.cols,
-                                                      FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
-    return out
+    if m.rows == 0:
+        return torch.zeros((1, 0), dtype=torch.float32, device=x.device)
+    cols_per_split = split_k(m.rows, m.cols, m.qtype)
+    shares = triton.cdiv(m.cols, cols_per_split)
+    partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
+    _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R), shares)](*_fields(m), x, partial, m.rows, m.cols, cols_per_split,
+                                                         low_bits(m.qtype), FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R,
+                                                         BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, num_stages=1)
+    return partial if shares == 1 else partial.sum(dim=0, keepdim=True)
 
 
 def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
@@ -185,25 +425,38 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     if n == 0:
         return torch.zeros(cols, dtype=torch.float32, device=x.device), torch.zeros((), dtype=torch.int64,
                                                                                     device=x.device)
-    programs = triton.cdiv(n, BLOCK_R)
+    programs = triton.cdiv(n, CHUNK)
     h = torch.empty(n, dtype=torch.float32, device=x.device)
     counts = torch.empty(programs, dtype=torch.int32, device=x.device)
+    candidates = torch.empty(programs * CHUNK if mask is not None else 1, dtype=torch.int32, device=x.device)
     mask_bytes = h if mask is None else mask.contiguous().view(torch.uint8)
-    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, mask_bytes, h, counts, n, gate.cols, float(threshold),
-                            HAS_MASK=mask is not None, GATE_FMT=GPU_FORMATS[gate.qtype].code,
-                            UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
-    column_tiles = triton.cdiv(cols, BLOCK_C)
-    shares = max(1, min(programs, S3_PROGRAMS // column_tiles))
-    rows_per_share = triton.cdiv(programs, shares) * BLOCK_R  # whole BLOCK_R steps
+    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, mask_bytes, candidates, h, counts, n, gate.cols,
+                            float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None, GATE_FMT=GPU_FORMATS[gate.qtype].code,
+                            UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK,
+                            num_warps=NUM_WARPS, num_stages=1)
+    column_tiles = triton.cdiv(cols, tile_columns(down_t.qtype))
+    steps = triton.cdiv(n, BLOCK_R)
+    shares = max(1, min(steps, TARGET_PROGRAMS // column_tiles))
+    rows_per_share = triton.cdiv(steps, shares) * BLOCK_R  # whole BLOCK_R steps
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
-    _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, partial, n, cols, rows_per_share,
-                                      FMT=GPU_FORMATS[down_t.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+    slots = torch.empty(shares * column_tiles * CHUNK, dtype=torch.int32, device=x.device)
+    fmt = GPU_FORMATS[down_t.qtype].code
+    if down_t.qtype in WORD_FORMATS:
+        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, n, cols, rows_per_share,
+                                                 low_bits(down_t.qtype), FMT=fmt, BLOCK_R=BLOCK_R, CHUNK=CHUNK, num_warps=NUM_WARPS,
+                                                 num_stages=1)
+    else:
+        _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, n, cols, rows_per_share, FMT=fmt,
+                                          BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS,
+                                          num_stages=1)
     return partial.sum(dim=0), counts.sum(dtype=torch.int64)
 
 
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:
-    """(q, d, m, h, s) pointers of `_weights`; a field a format lacks is filled with a tensor the kernel never reads."""
+    """(q, d, m, h, s) pointers of the kernels (q: int32 words for Q4_0/Q4_1/Q8_0); a field a format lacks is filled
+    with a tensor the kernel never reads."""
     if m.values is not None:
         return (m.values,) * 5
-    return tuple(t if t is not None else m.quants for t in (m.quants, m.scales, m.mins, m.highs, m.sub_scales))
+    quants = m.quants.view(torch.int32) if m.qtype in WORD_FORMATS else m.quants
+    return tuple(t if t is not None else quants for t in (quants, m.scales, m.mins, m.highs, m.sub_scales))
