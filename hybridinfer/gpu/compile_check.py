@@ -51,6 +51,7 @@ KERNELS = ("gemv", "s2", "s3")
 class Kernel:
     source: ASTSource
     weights_per_iteration: int  # weights a thread takes per inner-loop iteration
+    warps: int  # as launched
 
 
 @dataclass
@@ -85,36 +86,39 @@ def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
 def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     """The GEMV, S2 (gate and up of `fmt`, with a mask) and S3 kernels for `fmt`, as Triton compiles them."""
     p = field_pointers(fmt)
-    threads = 32 * tk.NUM_WARPS
-    columns = tk.tile_columns(fmt.type)
-    step = tk.BLOCK_R * columns // threads  # weights a thread takes per GEMV/S2/S3 loop step
+    warps = tk.NUM_WARPS
+    step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
     tiles = {"BLOCK_R": tk.BLOCK_R, "BLOCK_C": tk.BLOCK_C}
     const = {name: "constexpr" for name in tiles}
 
     def named(*names: str) -> dict[str, str]:  # the five field pointers under a kernel's own argument names
         return dict(zip(names, p))
 
-    gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "partial_ptr": "*fp32",
+    gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "sums_ptr": "*fp32",
+            "partial_ptr": "*fp32",
             "rows": "i32", "cols": "i32", "cols_per_split": "i32", "low_bits": "i32", "FMT": "constexpr", **const}
     s2 = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"), **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr",
                                                                              "us_ptr"),
-          "x_ptr": "*fp32", "mask_ptr": "*u8", "list_ptr": "*i32", "out_ptr": "*fp32", "count_ptr": "*i32",
+          "x_ptr": "*fp32", "sums_ptr": "*fp32", "mask_ptr": "*u8", "list_ptr": "*i32", "out_ptr": "*fp32",
+          "count_ptr": "*i32",
           "n": "i32", "cols": "i32", "threshold": "fp32", "gate_bits": "i32", "up_bits": "i32",
           "HAS_MASK": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const, "CHUNK": "constexpr"}
     s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "n": "i32", "cols": "i32",
                  "rows_per_share": "i32"}
-    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, {"FMT": fmt.code, **tiles}), step),
+    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, {"FMT": fmt.code, **tiles}), step, warps),
                "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
-                                                        **tiles, "CHUNK": tk.CHUNK}), step)}
+                                                        **tiles, "CHUNK": tk.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "FMT": "constexpr",
-              "BLOCK_R": "constexpr", "CHUNK": "constexpr"}
-        kernels["s3"] = Kernel(_source(tk._s3_words_kernel, s3, {"FMT": fmt.code, "BLOCK_R": tk.BLOCK_R,
-                                                                 "CHUNK": tk.CHUNK}), step)
+              "S3_ROWS": "constexpr", "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
+        s3_step = tk.S3_ROWS * tk.s3_columns(fmt.type) // (32 * tk.S3_WARPS)
+        constants = {"FMT": fmt.code, "S3_ROWS": tk.S3_ROWS, "S3_UNITS": tk.s3_units(fmt.type), "CHUNK": tk.CHUNK}
+        kernels["s3"] = Kernel(_source(tk._s3_words_kernel, s3, constants), s3_step, tk.S3_WARPS)
     else:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "FMT": "constexpr", **const,
               "CHUNK": "constexpr"}
-        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), step)
+        s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
+        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), s3_step)
     return kernels
 
 
@@ -172,20 +176,26 @@ def inner_loops(instructions: list[tuple[int, str]], weights: int) -> list[Loop]
     return loops
 
 
+def weight_loops(loops: list[Loop]) -> list[Loop]:
+    """The inner loops over weights: those with at least one FFMA (PTX: fma) per two weights. The others (Q4_1's
+    sums of x, the compactions, ptxas' retry loops around warp shuffles in divergent code) touch no weight."""
+    return [loop for loop in loops if 2 * (loop.counts["FFMA"] + loop.counts["FMA"]) >= loop.weights]
+
+
 def compile_stats(kernel: Kernel, arch: int) -> dict:
     """Compile for sm_`arch`: registers (from cuobjdump; None without it), the inner loops (SASS, or PTX without
     cuobjdump) and which one was read."""
     compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": tk.NUM_WARPS, "num_stages": 1})
+                              options={"num_warps": kernel.warps, "num_stages": 1})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
     if _tool("cuobjdump") and "cubin" in compiled.asm:
         registers, instructions = sass(compiled.asm["cubin"])
-        return {"registers": registers, "loops": inner_loops(instructions, kernel.weights_per_iteration),
+        return {"registers": registers, "loops": weight_loops(inner_loops(instructions, kernel.weights_per_iteration)),
                 "asm": "sass"}
-    return {"registers": None, "loops": inner_loops(ptx_instructions(ptx), kernel.weights_per_iteration),
-            "asm": "ptx"}
+    return {"registers": None, "asm": "ptx",
+            "loops": weight_loops(inner_loops(ptx_instructions(ptx), kernel.weights_per_iteration))}
 
 
 def describe(fmt: WeightFormat, name: str, stats: dict, opcodes: bool = False) -> str:

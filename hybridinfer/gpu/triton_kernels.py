@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import HybridInferError
 from ..model_file import weight_formats
 from . import reference
 from .reference import down_t_product, hidden_dense  # noqa: F401  (batched forms: see the module doc)
@@ -54,6 +55,9 @@ WORD_UNITS = tl.constexpr(8)  # 4-word units a loop step (and an S3 program) tak
 BLOCK_C = 64  # columns a loop step takes in the other formats (GEMV, S2), and an S3 program's tile in them
 CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
 NUM_WARPS = 2
+S3_ROWS = 1  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0
+S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units a thread, Q8_0: 4)
+S3_WARPS = 1
 MIN_SPLIT_STEPS = 4  # the fewest column steps a split-K share takes
 TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
 
@@ -81,13 +85,17 @@ def _nibble(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
 
 @triton.jit
 def _byte(words, P: tl.constexpr, low_bits):
-    """float32 value of signed byte P of each int32 word, exactly: as `_nibble` (low_bits: 255), with the byte's sign
-    bit flipped in the same logic instruction (q + 128), and 128 subtracted with the magic."""
-    SHIFT: tl.constexpr = 8 * (P % 2)
+    """float32 value of signed byte P of each int32 word, exactly. Bytes 0 and 1 as `_nibble` does (low_bits: 255),
+    with the byte's sign bit flipped in the same logic instruction (q + 128) and 128 subtracted with the magic;
+    bytes 2 and 3 by one byte-selecting int8 -> float conversion each (I2F.S8 .B2/.B3 on sm_90), so that half the
+    bytes go through the conversion unit and none needs a shift."""
     if P >= 2:
-        words = words >> 16
-    bits = (words & (low_bits << SHIFT)) ^ ((128 << SHIFT) | ((150 - SHIFT) << 23))
-    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + 128)
+        v = (words >> (8 * P)).to(tl.int8).to(tl.float32)
+    else:
+        SHIFT: tl.constexpr = 8 * P
+        bits = (words & (low_bits << SHIFT)) ^ ((128 << SHIFT) | ((150 - SHIFT) << 23))
+        v = bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + 128)
+    return v
 
 
 @triton.jit
@@ -103,70 +111,73 @@ def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
 
 
 @triton.jit
-def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, u, u_last, low_bits, FMT: tl.constexpr,
-               ROW_MASK: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr):
-    """(BLOCK_R, WORD_UNITS) float32: W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`).
-    ROW_MASK: load only the rows where live (the others' words and scales stale: garbage their callers discard);
-    TAIL: units at or past u_last give 0 (d = 0 there, x of the last unit). No other load is masked or filled."""
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m, FMT: tl.constexpr,
+               TAIL: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(acc, acc_m) plus W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`): acc (BLOCK_R,
+    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
+    sum of x (x_sums[u]), so that every tensor keeps the words' layout. TAIL: units at or past u_last give 0 (d = m
+    = 0 there, x of the last unit). No other load is masked or filled."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     FIELDS: tl.constexpr = 8 // U
     i = tl.arange(0, 4)
     words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
-    block = r[:, None] * (n_units // U) + (u // U)[None, :]
+    block = r[:, None, None] * (n_units // U) + (u // U)[None, :, None]
     if TAIL:
-        ok = (u < u_last)[None, :] & live[:, None]
-        words = tl.load(words_at, mask=ok[:, :, None], other=0)
+        ok = (u < u_last)[None, :, None] & (r >= 0)[:, None, None]
+        words = tl.load(words_at, mask=ok, other=0)
         d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
         x_unit = tl.minimum(u, u_last - 1)
-    elif ROW_MASK:
-        words = tl.load(words_at, mask=live[:, None, None])
-        d = tl.load(d_ptr + block, mask=live[:, None]).to(tl.float32)
-        x_unit = u
     else:
         words = tl.load(words_at)
         d = tl.load(d_ptr + block).to(tl.float32)
         x_unit = u
-    x_at = x_ptr + ((x_unit // U) * 32 + (x_unit % U) * 4)[:, None] + i[None, :]
+    x_at = x_ptr + ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
     dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
-    x_sum = tl.zeros([WORD_UNITS, 4], dtype=tl.float32)
     for p in tl.static_range(FIELDS):
-        x = tl.load(x_at + p * 4 * U)
-        dot += _field(words, p, FMT, low_bits) * x[None, :, :]
-        if FMT == _Q4_1:
-            x_sum += x
-    out = d * tl.sum(dot, axis=2)
+        dot += _field(words, p, FMT, low_bits) * tl.load(x_at + p * 4 * U)
+    acc += d * dot
     if FMT == _Q4_1:
         if TAIL:
             m = tl.load(m_ptr + block, mask=ok, other=0)
-        elif ROW_MASK:
-            m = tl.load(m_ptr + block, mask=live[:, None])
         else:
             m = tl.load(m_ptr + block)
-        out += m.to(tl.float32) * tl.sum(x_sum, axis=1)[None, :]
-    return out
+        acc_m += m.to(tl.float32) * tl.load(x_sums + x_unit)[None, :, None]
+    return acc, acc_m
 
 
 @triton.jit
-def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
-                   ROW_MASK: tl.constexpr, BLOCK_R: tl.constexpr):
+def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
+                   BLOCK_R: tl.constexpr):
     """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
-    (BLOCK_R,) int64, all valid rows; with ROW_MASK only the live ones are read (the others' results are garbage);
-    c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block, half a Q8_0 one: element 4 U p + 4 h
-    + i is field p of word i of unit h of its block, U units a block): whole tiles of WORD_UNITS units in the loop,
-    the rest in one masked tile after it."""
+    (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
+    half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
+    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's sums of x per
+    block (`_block_x_sums`), indexed by block."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1
     n_units = cols // 32 * U
     u_first = c_first // 32 * U
     u_last = c_last // 32 * U
     whole = u_first + (u_last - u_first) // WORD_UNITS * WORD_UNITS
-    acc = tl.zeros([BLOCK_R, WORD_UNITS], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
     for u0 in range(u_first, whole, WORD_UNITS):
-        acc += _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, u0 + tl.arange(0, WORD_UNITS), u_last,
-                          low_bits, FMT, ROW_MASK, False, BLOCK_R)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS), u_last,
+                                low_bits, acc, acc_m, FMT, False, BLOCK_R)
     if whole < u_last:
-        acc += _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, r, live, n_units, whole + tl.arange(0, WORD_UNITS), u_last,
-                          low_bits, FMT, ROW_MASK, True, BLOCK_R)
-    return tl.sum(acc, axis=1)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, whole + tl.arange(0, WORD_UNITS),
+                                u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R)
+    return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
+
+
+@triton.jit
+def _block_x_sums(x_ptr, sums, b_first, b_last):
+    """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
+    caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
+    them: computed once per program here rather than by every thread that reads a block."""
+    for b0 in range(b_first, b_last, 64):
+        b = b0 + tl.arange(0, 64)
+        x = tl.load(x_ptr + b[:, None] * 32 + tl.arange(0, 32)[None, :], mask=(b < b_last)[:, None], other=0)
+        tl.store(sums + b, tl.sum(x, axis=1), mask=b < b_last)
 
 
 @triton.jit
@@ -223,48 +234,58 @@ def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FM
 
 
 @triton.jit
-def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
-              ROW_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int64, all valid
-    rows; with ROW_MASK, only the rows where live are read (the others' results are garbage, to be discarded);
-    c_first, c_last multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`."""
-    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:
-        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, r, live, cols, c_first, c_last, low_bits, FMT, ROW_MASK,
-                             BLOCK_R)
+def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
+              FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int32, all valid
+    rows; the results for rows not live are garbage, to be discarded (Q4_0/Q4_1/Q8_0 read every row r: a caller
+    that must not read a row points it at one it reads; the other formats read only the live rows); c_first, c_last
+    multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`."""
+    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT, BLOCK_R)
     else:
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         for c0 in range(c_first, c_last, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             in_range = c < c_last
             x = tl.load(x_ptr + c, mask=in_range, other=0).to(tl.float32)
-            w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r[:, None], c[None, :], live[:, None] & in_range[None, :],
-                         cols, FMT)
+            w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :],
+                         live[:, None] & in_range[None, :], cols, FMT)
             acc += w * x[None, :]
         out = tl.sum(acc, axis=1)
     return out
 
 
 @triton.jit
-def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, partial_ptr, rows, cols, cols_per_split, low_bits,
-                 FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, rows, cols, cols_per_split,
+                 low_bits, FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """partial (splits, rows): partial[k] = W[:, k-th share of the columns] @ x[that share]; program (i, k) takes
-    rows [i*BLOCK_R, (i+1)*BLOCK_R) of share k (program axis 1)."""
-    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows [i*BLOCK_R, (i+1)*BLOCK_R) of share k (program axis 1). sums_ptr (programs, cols_per_split / 32): Q4_1's
+    scratch for the sums of x per block."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
     c_first = tl.program_id(1) * cols_per_split
     c_last = tl.minimum(c_first + cols_per_split, cols)
-    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, tl.minimum(r, rows - 1), in_matrix, cols, c_first,
-                    c_last, low_bits, FMT, False, BLOCK_R, BLOCK_C)  # rows past the end: the last row's, discarded
+    x_sums = sums_ptr
+    if FMT == _Q4_1:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
+        _block_x_sums(x_ptr, x_sums, c_first // 32, c_last // 32)
+        tl.debug_barrier()
+    last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
+    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
+                    low_bits, FMT, BLOCK_R, BLOCK_C)
     tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
 
 
 @triton.jit
-def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, mask_ptr,
-               list_ptr, out_ptr, count_ptr, n, cols, threshold, gate_bits, up_bits, HAS_MASK: tl.constexpr, GATE_FMT: tl.constexpr,
-               UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
+               mask_ptr, list_ptr, out_ptr, count_ptr, n, cols, threshold, gate_bits, up_bits, HAS_MASK: tl.constexpr,
+               GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               CHUNK: tl.constexpr):
     """out (n,) = h = a * (up . x) with a = FATReLU(gate . x) where the mask (n,) uint8 allows, else 0; count_ptr[p] =
     how many of program p's rows fired (a != 0). Program p compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK)
-    into list_ptr[p*CHUNK:] (int32 scratch) and takes them BLOCK_R at a time."""
+    into list_ptr[p*CHUNK:] (int32 scratch) and takes them BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's
+    scratch for the sums of x per block."""
     pid = tl.program_id(0)
     rows = pid * CHUNK + tl.arange(0, CHUNK)
     in_n = rows < n
@@ -276,22 +297,30 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
         count = tl.sum(candidate.to(tl.int32), axis=0)
     else:
         count = tl.sum(in_n.to(tl.int32), axis=0)
-    tl.debug_barrier()  # the list and the zeros written before any thread reads the list or writes h
+    x_sums = sums_ptr
+    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
+        x_sums = sums_ptr + pid * (cols // 32)
+        _block_x_sums(x_ptr, x_sums, 0, cols // 32)
+    tl.debug_barrier()  # the list, the zeros and the sums written before any thread reads the list or writes h
     fired_total = tl.sum(tl.zeros([BLOCK_R], dtype=tl.int32), axis=0)
     for j0 in range(0, count, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
         live = j < count
         if HAS_MASK:
-            r = tl.load(list_ptr + pid * CHUNK + j, mask=live, other=0).to(tl.int64)
+            r = tl.load(list_ptr + pid * CHUNK + j, mask=live, other=0)
         else:
-            r = tl.minimum(pid * CHUNK + j, n - 1).to(tl.int64)
-        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, r, live, cols, 0, cols, gate_bits, GATE_FMT,
-                      False, BLOCK_R, BLOCK_C)  # a slot past the count reads row 0 (or its chunk's first), discarded
+            r = tl.minimum(pid * CHUNK + j, n - 1)
+        # a slot past the count reads row 0 (or the chunk's last), discarded
+        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_sums, r, live, cols, 0, cols, gate_bits,
+                      GATE_FMT, BLOCK_R, BLOCK_C)
         fired = live & (g >= threshold) & (g != 0.0)
-        u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, r, fired, cols, 0, cols, up_bits, UP_FMT,
-                      True, BLOCK_R, BLOCK_C)
-        tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
-        fired_total += tl.sum(fired.to(tl.int32), axis=0)
+        n_fired = tl.sum(fired.to(tl.int32), axis=0)
+        if n_fired > 0:  # up rows of the fired rows only: the others point at a fired row (no bytes of their own)
+            r_up = tl.where(fired, r, tl.max(tl.where(fired, r, -1), axis=0))
+            u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_sums, r_up, fired, cols, 0, cols, up_bits,
+                          UP_FMT, BLOCK_R, BLOCK_C)
+            tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
+        fired_total += n_fired
     tl.store(count_ptr + pid, fired_total)
 
 
@@ -322,9 +351,9 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
         tl.debug_barrier()
         for j0 in range(0, count, BLOCK_R):
             j = j0 + tl.arange(0, BLOCK_R)
-            r = tl.load(slots + j, mask=j < count, other=0).to(tl.int64)
+            r = tl.load(slots + j, mask=j < count, other=0)
             h = tl.load(h_ptr + r, mask=j < count, other=0)
-            w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r[:, None], c[None, :], (j < count)[:, None] &
+            w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :], (j < count)[:, None] &
                          in_row[None, :], cols, FMT)
             acc += h[:, None] * w
         tl.debug_barrier()  # every slot read before the next chunk's are written
@@ -332,63 +361,105 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
 
 
 @triton.jit
+def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_bits, a0, a1, a2, a3, a4, a5, a6, a7,
+                  a_m, FMT: tl.constexpr, TAIL: tl.constexpr):
+    """Add h_i * W[i, units u] of the rows i = slots[j] (S3_ROWS slots) to the accumulators: a0..a7 (S3_ROWS,
+    S3_UNITS, 4) one per field of a unit's words (Q8_0: a0..a3), a_m (S3_ROWS, S3_UNITS) h_i m_i (Q4_1). TAIL:
+    slots j at or past count give 0 (their words unread). u: units within the row (a caller clamps them)."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    i = tl.arange(0, 4)
+    if TAIL:
+        r = tl.load(slots + j, mask=j < count, other=0)
+        h = tl.load(h_ptr + r, mask=j < count, other=0)
+    else:
+        r = tl.load(slots + j)
+        h = tl.load(h_ptr + r)
+    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
+    block = r[:, None] * (n_units // U) + (u // U)[None, :]
+    if TAIL:
+        live = (j < count)[:, None] & (u >= 0)[None, :]
+        words = tl.load(words_at, mask=live[:, :, None], other=0)
+        d = tl.load(d_ptr + block, mask=live, other=0)
+    else:
+        words = tl.load(words_at)
+        d = tl.load(d_ptr + block)
+    hd = (h[:, None] * d.to(tl.float32))[:, :, None]
+    a0 += hd * _field(words, 0, FMT, low_bits)
+    a1 += hd * _field(words, 1, FMT, low_bits)
+    a2 += hd * _field(words, 2, FMT, low_bits)
+    a3 += hd * _field(words, 3, FMT, low_bits)
+    if U == 1:
+        a4 += hd * _field(words, 4, FMT, low_bits)
+        a5 += hd * _field(words, 5, FMT, low_bits)
+        a6 += hd * _field(words, 6, FMT, low_bits)
+        a7 += hd * _field(words, 7, FMT, low_bits)
+    if FMT == _Q4_1:
+        if TAIL:
+            m = tl.load(m_ptr + block, mask=live, other=0)
+        else:
+            m = tl.load(m_ptr + block)
+        a_m += h[:, None] * m.to(tl.float32)
+    return a0, a1, a2, a3, a4, a5, a6, a7, a_m
+
+
+@triton.jit
 def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share, low_bits,
-                     FMT: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr):
-    """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is WORD_UNITS 4-word units of columns
-    (`_word_row_dots`); each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field
-    (Q4_1: h_i m_i per unit apart, added to each of its columns at the end)."""
+                     FMT: tl.constexpr, S3_ROWS: tl.constexpr, S3_UNITS: tl.constexpr, CHUNK: tl.constexpr):
+    """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is S3_UNITS 4-word units of columns
+    (`_word_row_dots`), a loop step S3_ROWS compacted rows (whole steps in the loop, the rest in one masked step);
+    each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     n_units = cols // 32 * U
-    u = tl.program_id(0) * WORD_UNITS + tl.arange(0, WORD_UNITS)
+    u = tl.program_id(0) * S3_UNITS + tl.arange(0, S3_UNITS)
     in_row = u < n_units
+    u_read = tl.minimum(u, n_units - 1)  # a unit past the row reads the last one's bytes, never stored
     i = tl.arange(0, 4)
     first = tl.program_id(1) * rows_per_share
     last = tl.minimum(first + rows_per_share, n)
     slots = slots_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CHUNK
-    acc0 = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
-    acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
-    acc_m = tl.zeros([BLOCK_R, WORD_UNITS], dtype=tl.float32)
+    a0 = tl.zeros([S3_ROWS, S3_UNITS, 4], dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+    a_m = tl.zeros([S3_ROWS, S3_UNITS], dtype=tl.float32)
     for chunk in range(first, last, CHUNK):
         count = _compact_live_rows(h_ptr, slots, chunk, last, CHUNK)
         tl.debug_barrier()
-        for j0 in range(0, count, BLOCK_R):
-            j = j0 + tl.arange(0, BLOCK_R)
-            r = tl.load(slots + j, mask=j < count, other=0).to(tl.int64)
-            h = tl.load(h_ptr + r, mask=j < count, other=0)
-            ok = (j < count)[:, None] & in_row[None, :]
-            words = tl.load(q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :],
-                            mask=ok[:, :, None])
-            block = r[:, None] * (n_units // U) + (u // U)[None, :]
-            hd = (h[:, None] * tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32))[:, :, None]
-            acc0 += hd * _field(words, 0, FMT, low_bits)
-            acc1 += hd * _field(words, 1, FMT, low_bits)
-            acc2 += hd * _field(words, 2, FMT, low_bits)
-            acc3 += hd * _field(words, 3, FMT, low_bits)
-            if U == 1:
-                acc4 += hd * _field(words, 4, FMT, low_bits)
-                acc5 += hd * _field(words, 5, FMT, low_bits)
-                acc6 += hd * _field(words, 6, FMT, low_bits)
-                acc7 += hd * _field(words, 7, FMT, low_bits)
-            if FMT == _Q4_1:
-                acc_m += h[:, None] * tl.load(m_ptr + block, mask=ok, other=0).to(tl.float32)
+        whole = count // S3_ROWS * S3_ROWS
+        for j0 in range(0, whole, S3_ROWS):
+            a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
+                q_ptr, d_ptr, m_ptr, h_ptr, slots, j0 + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
+                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, False)
+        if whole < count:
+            a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
+                q_ptr, d_ptr, m_ptr, h_ptr, slots, whole + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
+                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, True)
         tl.debug_barrier()  # every slot read before the next chunk's are written
     out = partial_ptr + tl.program_id(1) * cols + ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]
-    m_sum = tl.sum(acc_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns
+    m_sum = tl.sum(a_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns
     keep = in_row[:, None]
-    tl.store(out, tl.sum(acc0, axis=0) + m_sum, mask=keep)
-    tl.store(out + 4 * U, tl.sum(acc1, axis=0) + m_sum, mask=keep)
-    tl.store(out + 8 * U, tl.sum(acc2, axis=0) + m_sum, mask=keep)
-    tl.store(out + 12 * U, tl.sum(acc3, axis=0) + m_sum, mask=keep)
+    tl.store(out, tl.sum(a0, axis=0) + m_sum, mask=keep)
+    tl.store(out + 4 * U, tl.sum(a1, axis=0) + m_sum, mask=keep)
+    tl.store(out + 8 * U, tl.sum(a2, axis=0) + m_sum, mask=keep)
+    tl.store(out + 12 * U, tl.sum(a3, axis=0) + m_sum, mask=keep)
     if U == 1:
-        tl.store(out + 16, tl.sum(acc4, axis=0) + m_sum, mask=keep)
-        tl.store(out + 20, tl.sum(acc5, axis=0) + m_sum, mask=keep)
-        tl.store(out + 24, tl.sum(acc6, axis=0) + m_sum, mask=keep)
-        tl.store(out + 28, tl.sum(acc7, axis=0) + m_sum, mask=keep)
+        tl.store(out + 16, tl.sum(a4, axis=0) + m_sum, mask=keep)
+        tl.store(out + 20, tl.sum(a5, axis=0) + m_sum, mask=keep)
+        tl.store(out + 24, tl.sum(a6, axis=0) + m_sum, mask=keep)
+        tl.store(out + 28, tl.sum(a7, axis=0) + m_sum, mask=keep)
 
 
 def low_bits(qtype) -> int:
     """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`)."""
     return 255 if qtype == weight_formats.Q8_0.type else 15
+
+
+def s3_columns(qtype) -> int:
+    """Columns an S3 program takes for a down_t matrix of `qtype`."""
+    return S3_COLUMNS if qtype in WORD_FORMATS else BLOCK_C
+
+
+def s3_units(qtype) -> int:
+    """4-word units an S3 program takes for a down_t matrix of Q4_0/Q4_1/Q8_0."""
+    return S3_COLUMNS // 32 * (WORD_FORMATS[qtype] // 4)
 
 
 def split_k(rows: int, cols: int, qtype) -> int:
@@ -410,9 +481,11 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     cols_per_split = split_k(m.rows, m.cols, m.qtype)
     shares = triton.cdiv(m.cols, cols_per_split)
     partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
-    _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R), shares)](*_fields(m), x, partial, m.rows, m.cols, cols_per_split,
-                                                         low_bits(m.qtype), FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R,
-                                                         BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, num_stages=1)
+    row_tiles = triton.cdiv(m.rows, BLOCK_R)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
+    _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, m.rows, m.cols, cols_per_split, low_bits(m.qtype),
+                                      FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+                                      num_warps=NUM_WARPS, num_stages=1)
     return partial if shares == 1 else partial.sum(dim=0, keepdim=True)
 
 
@@ -430,22 +503,27 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     counts = torch.empty(programs, dtype=torch.int32, device=x.device)
     candidates = torch.empty(programs * CHUNK if mask is not None else 1, dtype=torch.int32, device=x.device)
     mask_bytes = h if mask is None else mask.contiguous().view(torch.uint8)
-    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, mask_bytes, candidates, h, counts, n, gate.cols,
-                            float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None, GATE_FMT=GPU_FORMATS[gate.qtype].code,
-                            UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK,
+    sums = _x_sums_scratch(programs, gate.cols, x, gate.qtype, up.qtype)
+    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, sums, mask_bytes, candidates, h, counts, n, gate.cols,
+                            float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None,
+                            GATE_FMT=GPU_FORMATS[gate.qtype].code, UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R,
+                            BLOCK_C=BLOCK_C, CHUNK=CHUNK,
                             num_warps=NUM_WARPS, num_stages=1)
-    column_tiles = triton.cdiv(cols, tile_columns(down_t.qtype))
-    steps = triton.cdiv(n, BLOCK_R)
+    words = down_t.qtype in WORD_FORMATS
+    column_tiles = triton.cdiv(cols, s3_columns(down_t.qtype))
+    step = S3_ROWS if words else BLOCK_R
+    steps = triton.cdiv(n, step)
     shares = max(1, min(steps, TARGET_PROGRAMS // column_tiles))
-    rows_per_share = triton.cdiv(steps, shares) * BLOCK_R  # whole BLOCK_R steps
+    rows_per_share = triton.cdiv(steps, shares) * step  # whole steps
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
     slots = torch.empty(shares * column_tiles * CHUNK, dtype=torch.int32, device=x.device)
     fmt = GPU_FORMATS[down_t.qtype].code
-    if down_t.qtype in WORD_FORMATS:
+    if words:
         _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, n, cols, rows_per_share,
-                                                 low_bits(down_t.qtype), FMT=fmt, BLOCK_R=BLOCK_R, CHUNK=CHUNK, num_warps=NUM_WARPS,
-                                                 num_stages=1)
+                                                 low_bits(down_t.qtype), FMT=fmt, S3_ROWS=S3_ROWS,
+                                                 S3_UNITS=s3_units(down_t.qtype),
+                                                 CHUNK=CHUNK, num_warps=S3_WARPS, num_stages=1)
     else:
         _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, n, cols, rows_per_share, FMT=fmt,
                                           BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS,
@@ -453,10 +531,22 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     return partial.sum(dim=0), counts.sum(dtype=torch.int64)
 
 
+def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes) -> torch.Tensor:
+    """float32 (programs, cols / 32) scratch for Q4_1's sums of x per block; x itself (never read) otherwise."""
+    if weight_formats.Q4_1.type not in qtypes:
+        return x
+    return torch.empty((programs, cols // 32), dtype=torch.float32, device=x.device)
+
+
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:
     """(q, d, m, h, s) pointers of the kernels (q: int32 words for Q4_0/Q4_1/Q8_0); a field a format lacks is filled
     with a tensor the kernel never reads."""
     if m.values is not None:
         return (m.values,) * 5
-    quants = m.quants.view(torch.int32) if m.qtype in WORD_FORMATS else m.quants
+    quants = m.quants
+    if m.qtype in WORD_FORMATS:
+        quants = quants.view(torch.int32)
+        if quants.numel() >= 2**31:
+            raise HybridInferError(f"a {m.rows} x {m.cols} {m.qtype.name} matrix is too large for the GPU kernels' "
+                                   "int32 offsets; split it")
     return tuple(t if t is not None else quants for t in (quants, m.scales, m.mins, m.highs, m.sub_scales))

@@ -15,8 +15,9 @@ In the file, nibble byte j of a block holds element j in its low nibble and elem
 of a Q5 block's qh word is element j's fifth bit. Q4_0, Q4_1 and Q8_0 quants are interleaved at upload for the GEMV
 kernels (`WORD_FORMATS`): a block's quants are W int32 words (Q4: 4 words of 8 nibbles, Q8_0: 8 words of 4 bytes),
 and field p of word i (bits 4p.. or 8p..) holds element W * p + i, so that the elements of one field across a
-block's words are W consecutive elements (one vector load of x per field). Same bytes per block, same shape. K-quants, super-blocks of 256 elements in 8 (Q4_K, Q5_K) or 16 (Q6_K)
-sub-blocks, each with its own 6-bit (or int8) scale, as gguf.quants decodes them:
+block's words are W consecutive elements (one vector load of x per field). Same bytes per block, same shape.
+K-quants, super-blocks of 256 elements in 8 (Q4_K, Q5_K) or 16 (Q6_K) sub-blocks, each with its own 6-bit (or
+int8) scale, as gguf.quants decodes them:
 
     Q4_K  d | dmin | 12 B sub-scales | 128 B nibbles        value = d * sc * q - dmin * m   (q 0..15)
     Q5_K  d | dmin | 12 B sub-scales | 32 B qh | 128 B      value = d * sc * q - dmin * m   (q 0..31)
