@@ -76,10 +76,11 @@ def field_pointers(fmt: WeightFormat) -> list[str]:
 
 
 def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
-    """ASTSource with the pointers and `cols` 16-divisible, as Triton's launcher specializes them."""
+    """ASTSource with the pointers, `cols` and `cols_per_split` 16-divisible, as Triton's launcher specializes them
+    (torch's allocations, model widths, and split-K shares of whole tiles)."""
     names = list(signature)
     aligned = {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items()
-               if v.startswith("*") or k == "cols"}
+               if v.startswith("*") or k in ("cols", "cols_per_split")}
     return ASTSource(fn, signature, constants, attrs=aligned)
 
 
@@ -118,7 +119,8 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "FMT": "constexpr", **const,
               "CHUNK": "constexpr"}
         s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
-        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), s3_step)
+        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), s3_step,
+                               tk.NUM_WARPS)
     return kernels
 
 

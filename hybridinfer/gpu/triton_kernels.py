@@ -263,7 +263,7 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
     scratch for the sums of x per block."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
-    c_first = tl.program_id(1) * cols_per_split
+    c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
     c_last = tl.minimum(c_first + cols_per_split, cols)
     x_sums = sums_ptr
     if FMT == _Q4_1:
