@@ -4,21 +4,25 @@ compiled kernel may not read, and what bounds a GEMV below HBM speed.
 
     python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3] [FORMAT ...]  (TRITON_INTERPRET unset)
 
-Per kernel and weight format it prints the registers and the inner loops' instructions per weight, e.g.
+Per kernel and weight format it prints one line: the format, the kernel, what was read (sass or ptx), the registers
+per thread, and for each weight loop its instructions per weight, its instructions, the weights a thread takes per
+iteration and its FFMAs per weight (figures for sm_90 in docs/hybrid.md):
 
-    Q4_0  gemv regs 62 loop 3.42/w (219 instr, 64 w/thread/iter, ffma 1.03/w)
+    FORMAT KERNEL sass regs R loop I/w (N instr, W w/thread/iter, ffma F/w) [| loop ...]
 
 Method. Each kernel is compiled as its launch compiles it (`triton_kernels`' tile sizes, num_warps, num_stages;
-pointers and `cols` marked 16-divisible, as Triton specializes them for torch's allocations and model widths)
-with Triton's own compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it:
-the PTX, counted the same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX:
-`bra` to an earlier label); its body is every instruction from the target to the branch. The inner loops are the
-loops containing no other loop: the GEMV's column loop, S2's gate and up column loops, S3's row loop. Each one's
+pointers, `cols` and `cols_per_split` marked 16-divisible, as Triton's launcher specializes them) with Triton's own
+compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it: the PTX, counted the
+same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX: `bra` to an earlier
+label); its body is every instruction from the target to the branch. The inner loops are the loops containing no
+other loop; the weight loops among them have at least one FFMA per two weights: the GEMV's column loop, S2's gate
+and up column loops, S3's row loop (not Q4_1's sums of x, the compactions, or ptxas' retry loops around warp
+shuffles in divergent code). Each one's
 static instruction count is divided by the weights a thread takes per iteration, known from the tile:
-tile rows x tile columns / (32 x num_warps) (S3: the same over its column tile and BLOCK_R rows). As a check the
+tile rows x tile columns / (32 x num_warps) (S3: its step's rows x its column tile / threads). As a check the
 FFMAs per weight are printed: one multiply-add per weight, so about 1 unless the compiler unrolled the loop.
-Instructions issued per weight bound a GEMV: an H100 issues about 4 per SM per cycle, so a Q4_0 weight
-(0.5625 bytes) at HBM speed allows about 4 (docs/hybrid.md).
+Instructions issued per weight bound a GEMV: an SM issues 4 warp-instructions a cycle, so at HBM speed a Q4_0
+weight (0.5625 bytes) allows only a few (docs/hybrid.md).
 """
 
 from __future__ import annotations

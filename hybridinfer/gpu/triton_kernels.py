@@ -6,8 +6,9 @@ signatures and results as `reference.py`. Modelled on PowerInfer's / ProSparse's
                      its partial sums are added on the host side (no atomics: the result does not depend on
                      scheduling)
     hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
-                     BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (masked
-                     loads: the other rows' up bytes are never read) -> h (n_hot,); then
+                     BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (the
+                     others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never read)
+                     -> h (n_hot,); then
                      S3: out = sum_i h_i * down_t[i], each program a tile of output columns and a share of the rows,
                      which it compacts to the rows with h_i != 0 before loading any weight; shares added on the host
 
@@ -16,7 +17,8 @@ How a tile is decoded depends on the format:
   words in one vector load, and x field by field in the same layout (W consecutive elements per field, one vector
   load). A field becomes a float exactly in two instructions: masked into the mantissa of a float whose exponent
   makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
-  FFMA multiplies it by x. A block's sum is scaled once (d, and Q4_1's m times the block's sum of x).
+  FFMA multiplies it by x. d scales each word's sum of fields once; Q4_1's m multiplies the block's sum of x, which
+  each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
 - the other formats (F32/F16/BF16, Q5_0/1, Q4_K, Q5_K, Q6_K): each element decoded from its own block's fields.
 
 Batches (matvec with T > 1, hidden_dense, down_t_product) dequantize in row chunks and use the BLAS / cuBLAS
@@ -51,19 +53,19 @@ _Q5_K = tl.constexpr(weight_formats.Q5_K.code)
 _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
 
 BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
-WORD_UNITS = tl.constexpr(8)  # 4-word units a loop step (and an S3 program) takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
+WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
 BLOCK_C = 64  # columns a loop step takes in the other formats (GEMV, S2), and an S3 program's tile in them
 CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
-NUM_WARPS = 2
+NUM_WARPS = 2  # GEMV, S2, and S3 in the other formats: a thread takes 4 rows of a 32-row tile
 S3_ROWS = 1  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0
 S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units a thread, Q8_0: 4)
 S3_WARPS = 1
-MIN_SPLIT_STEPS = 4  # the fewest column steps a split-K share takes
+MIN_SPLIT_STEPS = 2  # the fewest column steps a split-K share takes
 TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
 
 
 def tile_columns(qtype) -> int:
-    """Columns a GEMV/S2 loop step (and an S3 program) takes for a matrix of `qtype`."""
+    """Columns a GEMV/S2 loop step takes for a matrix of `qtype`."""
     if qtype in WORD_FORMATS:
         return int(WORD_UNITS) * 32 // (WORD_FORMATS[qtype] // 4)
     return BLOCK_C
