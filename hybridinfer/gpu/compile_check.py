@@ -10,7 +10,7 @@ iteration and its FFMAs per weight (figures for sm_90 in docs/hybrid.md):
 
     FORMAT KERNEL sass regs R loop I/w (N instr, W w/thread/iter, ffma F/w) [| loop ...]
 
-Method. Each kernel is compiled as its launch compiles it (`triton_kernels`' tile sizes, num_warps, num_stages;
+Method. Each kernel is compiled as its launch compiles it (`triton_kernels`' tile sizes, num_warps, LAUNCH;
 pointers, `cols` and `cols_per_split` marked 16-divisible, as Triton's launcher specializes them) with Triton's own
 compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it: the PTX, counted the
 same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX: `bra` to an earlier
@@ -192,7 +192,7 @@ def compile_stats(kernel: Kernel, arch: int) -> dict:
     """Compile for sm_`arch`: registers (from cuobjdump; None without it), the inner loops (SASS, or PTX without
     cuobjdump) and which one was read."""
     compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": kernel.warps, "num_stages": 1})
+                              options={"num_warps": kernel.warps, **tk.LAUNCH})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")

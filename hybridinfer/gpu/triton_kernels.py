@@ -62,6 +62,9 @@ S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units 
 S3_WARPS = 1
 MIN_SPLIT_STEPS = 2  # the fewest column steps a split-K share takes
 TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
+# every launch's compile options: no software pipelining (it would stage loads through shared memory), and mul + add
+# fused into FFMA as Triton 3.9 does by default (its default turns to unfused in 3.10)
+LAUNCH = {"num_stages": 1, "enable_fp_fusion": True}
 
 
 def tile_columns(qtype) -> int:
@@ -487,7 +490,7 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
     _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, m.rows, m.cols, cols_per_split, low_bits(m.qtype),
                                       FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
-                                      num_warps=NUM_WARPS, num_stages=1)
+                                      num_warps=NUM_WARPS, **LAUNCH)
     return partial if shares == 1 else partial.sum(dim=0, keepdim=True)
 
 
@@ -510,7 +513,7 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
                             float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None,
                             GATE_FMT=GPU_FORMATS[gate.qtype].code, UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R,
                             BLOCK_C=BLOCK_C, CHUNK=CHUNK,
-                            num_warps=NUM_WARPS, num_stages=1)
+                            num_warps=NUM_WARPS, **LAUNCH)
     words = down_t.qtype in WORD_FORMATS
     column_tiles = triton.cdiv(cols, s3_columns(down_t.qtype))
     step = S3_ROWS if words else BLOCK_R
@@ -525,11 +528,11 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
         _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, n, cols, rows_per_share,
                                                  low_bits(down_t.qtype), FMT=fmt, S3_ROWS=S3_ROWS,
                                                  S3_UNITS=s3_units(down_t.qtype),
-                                                 CHUNK=CHUNK, num_warps=S3_WARPS, num_stages=1)
+                                                 CHUNK=CHUNK, num_warps=S3_WARPS, **LAUNCH)
     else:
         _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, n, cols, rows_per_share, FMT=fmt,
                                           BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS,
-                                          num_stages=1)
+                                          **LAUNCH)
     return partial.sum(dim=0), counts.sum(dtype=torch.int64)
 
 
