@@ -250,6 +250,7 @@ def test_triton_hot_ffn(tk, qtype, monkeypatch):
         assert int(count) == int(expected_count) == fired[0] and 0 < fired[0] < n_hot
         assert_close(out, expected.cpu().numpy(), scale[0])
     monkeypatch.setattr(tk, "TARGET_PROGRAMS", 1)  # one S3 share of all the rows (several chunks and steps)
+    monkeypatch.setattr(tk, "S3_MAX_SHARES", 1)
     monkeypatch.setattr(tk, "CHUNK", 16)  # several S2 programs, several S3 chunks
     monkeypatch.setattr(tk, "S3_COLUMNS", 64)  # several S3 column tiles (Q4: 2 units a tile, Q8_0: 4)
     out, count = tk.hot_ffn(*args)

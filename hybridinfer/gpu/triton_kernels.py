@@ -57,9 +57,10 @@ WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q
 BLOCK_C = 64  # columns a loop step takes in the other formats (GEMV, S2), and an S3 program's tile in them
 CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
 NUM_WARPS = 2  # GEMV, S2, and S3 in the other formats: a thread takes 4 rows of a 32-row tile
-S3_ROWS = 1  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0
+S3_ROWS = 8  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0: one a warp
 S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units a thread, Q8_0: 4)
-S3_WARPS = 1
+S3_WARPS = 8
+S3_MAX_SHARES = 64  # row shares of an S3 launch in Q4_0/Q4_1/Q8_0: each writes a (cols,) float32 partial sum
 MIN_SPLIT_STEPS = 2  # the fewest column steps a split-K share takes
 TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
 # every launch's compile options: no software pipelining (it would stage loads through shared memory), and mul + add
@@ -518,7 +519,7 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     column_tiles = triton.cdiv(cols, s3_columns(down_t.qtype))
     step = S3_ROWS if words else BLOCK_R
     steps = triton.cdiv(n, step)
-    shares = max(1, min(steps, TARGET_PROGRAMS // column_tiles))
+    shares = max(1, min(steps, S3_MAX_SHARES if words else TARGET_PROGRAMS // column_tiles))
     rows_per_share = triton.cdiv(steps, shares) * step  # whole steps
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
