@@ -11,6 +11,7 @@ LATE_INTERPRETER = DEVICE != "cuda" and "triton" in sys.modules and os.environ.g
 if DEVICE != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import re  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -217,10 +218,15 @@ def test_reference_with_no_hot_neurons():
 # ---- the Triton kernels against the twins --------------------------------------------------------------------
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_triton_matvec(tk, qtype):
+def test_triton_matvec(tk, qtype, monkeypatch):
     rng = np.random.default_rng(4321)
-    # 37 rows: 2 tiles and a partial one; 160 columns: a tile and a partial one; (2, 160): the twin's batch matmul
-    for rows, cols, tokens in ((37, 160, 1), (1, 64, 1), (37, 160, 2)):
+    # 37 rows: a tile and a partial one; 160 columns: a partial column step only; 544: whole steps (2 of 8 Q4 blocks)
+    # and a partial one; (2, 160): the twin's batch matmul; then split-K: shares of one column step each
+    cases = ((37, 160, 1), (1, 64, 1), (70, 544, 1), (37, 160, 2), (37, 544, 1))
+    for case, (rows, cols, tokens) in enumerate(cases):
+        if case == len(cases) - 1:
+            monkeypatch.setattr(tk, "MIN_SPLIT_STEPS", 1)
+            assert tk.split_k(rows, width(qtype, cols), qtype) < width(qtype, cols)
         cols = width(qtype, cols)
         _, exact, m = weight(rng, rows, cols, qtype)
         x = rng.standard_normal((tokens, cols)).astype(np.float32)
@@ -243,7 +249,10 @@ def test_triton_hot_ffn(tk, qtype, monkeypatch):
         assert count.dtype == torch.int64 and count.shape == () and count.device.type == out.device.type
         assert int(count) == int(expected_count) == fired[0] and 0 < fired[0] < n_hot
         assert_close(out, expected.cpu().numpy(), scale[0])
-    monkeypatch.setattr(tk, "S3_PROGRAMS", 1)  # S3 with one share of all the rows (several BLOCK_R steps)
+    monkeypatch.setattr(tk, "TARGET_PROGRAMS", 1)  # one S3 share of all the rows (several chunks and steps)
+    monkeypatch.setattr(tk, "S3_MAX_SHARES", 1)
+    monkeypatch.setattr(tk, "CHUNK", 16)  # several S2 programs, several S3 chunks
+    monkeypatch.setattr(tk, "S3_COLUMNS", 64)  # several S3 column tiles (Q4: 2 units a tile, Q8_0: 4)
     out, count = tk.hot_ffn(*args)
     assert int(count) == fired[0]
     assert_close(out, expected.cpu().numpy(), scale[0])
@@ -385,3 +394,44 @@ def test_the_kernels_compile_for_sm_90(tk):
         assert result.returncode == 0, result.stderr[-2000:]
         lines = result.stdout.strip().splitlines()
         assert [line.split()[:2] for line in lines] == [[f, k] for f in formats for k in kernels.split(",")]
+
+
+def _compile_check(*args: str) -> subprocess.CompletedProcess:
+    """`python -m hybridinfer.gpu.compile_check ARGS` with Triton compiling (TRITON_INTERPRET unset)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", *args], capture_output=True,
+                          text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
+    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 (gate and up loops) and S3 inner loops, compiled for sm_90 and counted in
+    their SASS by compile_check: at most 4 instructions per weight, one FFMA per weight or a little more."""
+    bin_dir = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
+        pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
+    result = _compile_check("--arch", "90", "Q4_0", "Q4_1", "Q8_0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in ("Q8_0", "Q4_0", "Q4_1")
+                                                    for k in ("gemv", "s2", "s3")]
+    for line in lines:
+        per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
+        ffma = [float(v) for v in re.findall(r"ffma ([\d.]+)/w", line)]
+        assert len(per_weight) == (2 if " s2 " in line else 1), line
+        assert all(v <= 4.0 for v in per_weight), line
+        assert all(1.0 <= v <= 1.3 for v in ffma), line  # one multiply-add a weight: the loop was not unrolled
+
+
+def test_the_loop_count_finds_the_innermost_loops():
+    """compile_check's loop finder on a made-up SASS listing: an outer loop holding two inner ones, and a retry loop
+    without FFMA that is not a weight loop."""
+    from hybridinfer.gpu.compile_check import inner_loops, weight_loops
+
+    listing = ["IADD3 R1, R1, 0x1", "LDG.E.128 R4, desc[UR4][R2.64]", "FFMA R8, R4, R5, R8", "FFMA R8, R6, R7, R8",
+               "@P0 BRA 0x10", "FADD R9, R9, R8", "LDG.E R4, desc[UR4][R2.64]", "FFMA R8, R4, R5, R8",
+               "@!P1 BRA 0x50", "SHFL.BFLY PT, R9, R9, 0x1, 0x1f", "@P2 BRA 0x90", "@P3 BRA 0x0"]
+    instructions = [(16 * k, text) for k, text in enumerate(listing)]
+    loops = inner_loops(instructions, weights=2)
+    assert [loop.instructions for loop in loops] == [4, 4, 2]
+    assert loops[0].counts["FFMA"] == 2 and loops[0].per_weight == 2.0
+    assert [loop.instructions for loop in weight_loops(loops)] == [4, 4]

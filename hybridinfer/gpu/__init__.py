@@ -42,8 +42,8 @@ def kernels_for(device: torch.device | str, name: str | None = None) -> ModuleTy
         except ModuleNotFoundError as missing:
             if missing.name != "triton":
                 raise
-            raise HybridInferError("the GPU side's Triton kernels need triton: pip install triton (or "
-                                   "pip install -e '.[gpu]'), or run its torch twins with --gpu-kernels torch") from None
+            hint = "pip install triton (or pip install -e '.[gpu]'), or run its torch twins with --gpu-kernels torch"
+            raise HybridInferError(f"the GPU side's Triton kernels need triton: {hint}") from None
         return triton_kernels
     if name == "torch":
         from . import reference

@@ -1,9 +1,28 @@
-"""Compile the Triton kernels ahead of time for an NVIDIA architecture, without a GPU: what TRITON_INTERPRET=1 (the
-tests' mode) cannot check, such as globals a compiled kernel may not read. Per kernel and weight format: the
-registers, stack bytes and SASS instruction count from the bundled cuobjdump (where the triton install has it), and
-the PTX instruction and global load counts.
+"""Compile the Triton kernels ahead of time for an NVIDIA architecture, without a GPU, and count each kernel's
+inner-loop instructions per weight: what TRITON_INTERPRET=1 (the tests' mode) cannot check, such as globals a
+compiled kernel may not read, and what bounds a GEMV below HBM speed.
 
-    python -m hybridinfer.gpu.compile_check [--arch 90] [FORMAT ...]     (TRITON_INTERPRET unset)
+    python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3] [FORMAT ...]  (TRITON_INTERPRET unset)
+
+Per kernel and weight format it prints one line: the format, the kernel, what was read (sass or ptx), the registers
+per thread, and for each weight loop its instructions per weight, its instructions, the weights a thread takes per
+iteration and its FFMAs per weight (figures for sm_90 in docs/hybrid.md):
+
+    FORMAT KERNEL sass regs R loop I/w (N instr, W w/thread/iter, ffma F/w) [| loop ...]
+
+Method. Each kernel is compiled as its launch compiles it (`triton_kernels`' tile sizes, num_warps, LAUNCH;
+pointers, `cols` and `cols_per_split` marked 16-divisible, as Triton's launcher specializes them) with Triton's own
+compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it: the PTX, counted the
+same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX: `bra` to an earlier
+label); its body is every instruction from the target to the branch. The inner loops are the loops containing no
+other loop; the weight loops among them have at least one FFMA per two weights: the GEMV's column loop, S2's gate
+and up column loops, S3's row loop (not Q4_1's sums of x, the compactions, or ptxas' retry loops around warp
+shuffles in divergent code). Each one's
+static instruction count is divided by the weights a thread takes per iteration, known from the tile:
+tile rows x tile columns / (32 x num_warps) (S3: its step's rows x its column tile / threads). As a check the
+FFMAs per weight are printed: one multiply-add per weight, so about 1 unless the compiler unrolled the loop.
+Instructions issued per weight bound a GEMV: an SM issues 4 warp-instructions a cycle, so at HBM speed a Q4_0
+weight (0.5625 bytes) allows only a few (docs/hybrid.md).
 """
 
 from __future__ import annotations
@@ -12,7 +31,10 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import triton
@@ -21,11 +43,30 @@ from triton.compiler import ASTSource
 
 from ..model_file.weight_formats import GPU_NATIVE_FORMATS, WeightFormat
 from . import triton_kernels as tk
-from .weights import block_fields
+from .weights import WORD_FORMATS, block_fields
 
 _POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int8": "*i8", "uint8": "*u8",
             "int32": "*i32"}
 FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `triton_kernels._fields`' order: q, d, m, h, s
+KERNELS = ("gemv", "s2", "s3")
+
+
+@dataclass
+class Kernel:
+    source: ASTSource
+    weights_per_iteration: int  # weights a thread takes per inner-loop iteration
+    warps: int  # as launched
+
+
+@dataclass
+class Loop:
+    instructions: int
+    weights: int  # per thread per iteration
+    counts: Counter  # opcode -> instructions
+
+    @property
+    def per_weight(self) -> float:
+        return self.instructions / self.weights
 
 
 def field_pointers(fmt: WeightFormat) -> list[str]:
@@ -33,70 +74,169 @@ def field_pointers(fmt: WeightFormat) -> list[str]:
     if not fmt.quantized:
         return [_POINTER[fmt.value_type]] * 5
     stored = {name: _POINTER[np.dtype(kind).name] for name, (_, _, kind) in block_fields(fmt).items()}
+    if fmt.type in WORD_FORMATS:
+        stored["quants"] = "*i32"
     return [stored.get(name, stored["quants"]) for name in FIELDS]
 
 
-def sources(fmt: WeightFormat) -> dict[str, ASTSource]:
+def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
+    """ASTSource with the pointers, `cols` and `cols_per_split` 16-divisible, as Triton's launcher specializes them
+    (torch's allocations, model widths, and split-K shares of whole tiles)."""
+    names = list(signature)
+    aligned = {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items()
+               if v.startswith("*") or k in ("cols", "cols_per_split")}
+    return ASTSource(fn, signature, constants, attrs=aligned)
+
+
+def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     """The GEMV, S2 (gate and up of `fmt`, with a mask) and S3 kernels for `fmt`, as Triton compiles them."""
     p = field_pointers(fmt)
+    warps = tk.NUM_WARPS
+    step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
     tiles = {"BLOCK_R": tk.BLOCK_R, "BLOCK_C": tk.BLOCK_C}
     const = {name: "constexpr" for name in tiles}
 
     def named(*names: str) -> dict[str, str]:  # the five field pointers under a kernel's own argument names
         return dict(zip(names, p))
 
-    gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "out_ptr": "*fp32",
-            "rows": "i32", "cols": "i32", "FMT": "constexpr", **const}
+    gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "sums_ptr": "*fp32",
+            "partial_ptr": "*fp32",
+            "rows": "i32", "cols": "i32", "cols_per_split": "i32", "low_bits": "i32", "FMT": "constexpr", **const}
     s2 = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"), **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr",
                                                                              "us_ptr"),
-          "x_ptr": "*fp32", "mask_ptr": "*u8", "out_ptr": "*fp32", "count_ptr": "*i32", "n": "i32", "cols": "i32",
-          "threshold": "fp32", "HAS_MASK": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const}
-    s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), "h_ptr": "*fp32", "partial_ptr": "*fp32",
-          "n": "i32", "cols": "i32", "rows_per_share": "i32", "FMT": "constexpr", **const}
-    return {"gemv": ASTSource(tk._gemv_kernel, gemv, {"FMT": fmt.code, **tiles}),
-            "s2": ASTSource(tk._s2_kernel, s2, {"HAS_MASK": True, "GATE_FMT": fmt.code, "UP_FMT": fmt.code, **tiles}),
-            "s3": ASTSource(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles})}
+          "x_ptr": "*fp32", "sums_ptr": "*fp32", "mask_ptr": "*u8", "list_ptr": "*i32", "out_ptr": "*fp32",
+          "count_ptr": "*i32",
+          "n": "i32", "cols": "i32", "threshold": "fp32", "gate_bits": "i32", "up_bits": "i32",
+          "HAS_MASK": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const, "CHUNK": "constexpr"}
+    s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "n": "i32", "cols": "i32",
+                 "rows_per_share": "i32"}
+    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, {"FMT": fmt.code, **tiles}), step, warps),
+               "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
+                                                        **tiles, "CHUNK": tk.CHUNK}), step, warps)}
+    if fmt.type in WORD_FORMATS:
+        s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "FMT": "constexpr",
+              "S3_ROWS": "constexpr", "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
+        s3_step = tk.S3_ROWS * tk.s3_columns(fmt.type) // (32 * tk.S3_WARPS)
+        constants = {"FMT": fmt.code, "S3_ROWS": tk.S3_ROWS, "S3_UNITS": tk.s3_units(fmt.type), "CHUNK": tk.CHUNK}
+        kernels["s3"] = Kernel(_source(tk._s3_words_kernel, s3, constants), s3_step, tk.S3_WARPS)
+    else:
+        s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "FMT": "constexpr", **const,
+              "CHUNK": "constexpr"}
+        s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
+        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), s3_step,
+                               tk.NUM_WARPS)
+    return kernels
 
 
-def compile_stats(source: ASTSource, arch: int) -> dict[str, int]:
-    """Compile for sm_`arch`; the PTX's instruction and global load counts, and where cuobjdump is bundled the
-    registers, stack bytes and SASS instructions."""
-    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32))
-    ptx = kernel.asm["ptx"]
+def _tool(name: str) -> str | None:
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else None
+
+
+def sass(cubin: bytes) -> tuple[int, list[tuple[int, str]]]:
+    """(registers per thread, [(address, instruction text)]) of a cubin, from the bundled cuobjdump."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage, text = (subprocess.run([_tool("cuobjdump"), flag, f.name], capture_output=True, text=True,
+                                      check=True).stdout for flag in ("--dump-resource-usage", "-sass"))
+    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", text)
+    return int(re.search(r"REG:(\d+)", usage).group(1)), [(int(address, 16), line.strip()) for address, line in found]
+
+
+def ptx_instructions(ptx: str) -> list[tuple[int, str]]:
+    """(index, instruction text) of the PTX's instructions, labels kept as ("LABEL:", index) markers."""
+    out = []
+    for line in ptx.splitlines():
+        line = line.strip()
+        if re.match(r"^\$?[\w$]+:$", line):
+            out.append((len(out), line))
+        elif re.match(r"^@?!?%?\w", line) and line.endswith(";") and not line.startswith((".", "//")):
+            out.append((len(out), line.rstrip(";")))
+    return out
+
+
+def _opcode(text: str) -> str:
+    """The opcode without predicate and modifiers: '@!P0 LDG.E.128 R4, ...' -> 'LDG'."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0].upper()
+
+
+def inner_loops(instructions: list[tuple[int, str]], weights: int) -> list[Loop]:
+    """The loops (backward branches) that contain no other loop, in address order: SASS `BRA 0x...` or PTX
+    `bra $L...` to an earlier label."""
+    labels = {text[:-1]: where for where, text in instructions if text.endswith(":")}
+    spans = []
+    for where, text in instructions:
+        target = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
+        start = int(target.group(1), 16) if target else None
+        if start is None:
+            target = re.search(r"\bbra(?:\.uni)?\s+([\w$]+)", text)
+            start = labels.get(target.group(1)) if target else None
+        if start is not None and start < where:
+            spans.append((start, where))
+    innermost = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    loops = []
+    for a, b in innermost:
+        body = [text for where, text in instructions if a <= where <= b and not text.endswith(":")]
+        loops.append(Loop(len(body), weights, Counter(_opcode(text) for text in body)))
+    return loops
+
+
+def weight_loops(loops: list[Loop]) -> list[Loop]:
+    """The inner loops over weights: those with at least one FFMA (PTX: fma) per two weights. The others (Q4_1's
+    sums of x, the compactions, ptxas' retry loops around warp shuffles in divergent code) touch no weight."""
+    return [loop for loop in loops if 2 * (loop.counts["FFMA"] + loop.counts["FMA"]) >= loop.weights]
+
+
+def compile_stats(kernel: Kernel, arch: int) -> dict:
+    """Compile for sm_`arch`: registers (from cuobjdump; None without it), the inner loops (SASS, or PTX without
+    cuobjdump) and which one was read."""
+    compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": kernel.warps, **tk.LAUNCH})
+    ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
-    body = [line for line in ptx.splitlines() if re.match(r"\s+[a-z@]", line)]
-    stats = {"ptx": len(body), "ld_global": sum("ld.global" in line for line in body)}
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(cuobjdump) and "cubin" in kernel.asm:
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-            cubin.write(kernel.asm["cubin"])
-            cubin.flush()
-            usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True,
-                                   text=True).stdout
-            sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True).stdout
-        stats["registers"] = int(re.search(r"REG:(\d+)", usage).group(1))
-        stats["stack"] = int(re.search(r"STACK:(\d+)", usage).group(1))
-        stats["sass"] = len(re.findall(r"/\*[0-9a-f]{4}\*/", sass))
-    return stats
+    if _tool("cuobjdump") and "cubin" in compiled.asm:
+        registers, instructions = sass(compiled.asm["cubin"])
+        return {"registers": registers, "loops": weight_loops(inner_loops(instructions, kernel.weights_per_iteration)),
+                "asm": "sass"}
+    return {"registers": None, "asm": "ptx",
+            "loops": weight_loops(inner_loops(ptx_instructions(ptx), kernel.weights_per_iteration))}
+
+
+def describe(fmt: WeightFormat, name: str, stats: dict, opcodes: bool = False) -> str:
+    """One line per kernel; with `opcodes`, each loop's instruction mix follows on its own line."""
+    loops = " | ".join(f"loop {loop.per_weight:.2f}/w ({loop.instructions} instr, {loop.weights} w/thread/iter, "
+                       f"ffma {(loop.counts['FFMA'] + loop.counts['FMA']) / loop.weights:.2f}/w)"
+                       for loop in stats["loops"])
+    line = f"{fmt.name:5s} {name:4s} {stats['asm']} regs {stats['registers']} {loops}"
+    if opcodes:
+        line += "".join("\n    " + " ".join(f"{op} {n}" for op, n in loop.counts.most_common())
+                        for loop in stats["loops"])
+    return line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
-    parser.add_argument("--kernels", default="gemv,s2,s3")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated: gemv, s2, s3")
+    parser.add_argument("--opcodes", action="store_true", help="print each inner loop's instruction mix")
     parser.add_argument("formats", nargs="*", help="weight formats (default: every one the GPU kernels read)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
+    known = {f.name: f for f in GPU_NATIVE_FORMATS}
+    unknown = [name for name in args.formats if name not in known] + [
+        k for k in args.kernels.split(",") if k not in KERNELS]
+    if unknown:
+        parser.error(f"unknown format or kernel {', '.join(unknown)}: formats {', '.join(known)}; kernels "
+                     f"{', '.join(KERNELS)}")
     chosen = [f for f in GPU_NATIVE_FORMATS if not args.formats or f.name in args.formats]
     for fmt in chosen:
-        for name, source in sources(fmt).items():
+        for name, kernel in sources(fmt).items():
             if name in args.kernels.split(","):
-                stats = compile_stats(source, args.arch)
-                print(f"{fmt.name:5s} {name:4s} " + " ".join(f"{key} {value}" for key, value in stats.items()),
-                      flush=True)
+                print(describe(fmt, name, compile_stats(kernel, args.arch), args.opcodes), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,20 +1,31 @@
 """Triton kernels for the GPU side, reading DeviceMatrix fields as stored (`weights.py`); same functions,
 signatures and results as `reference.py`. Modelled on PowerInfer's / ProSparse's sparse GPU operators:
 
-    matvec (T == 1)  GEMV: each program a tile of BLOCK_R rows, looping over the columns in tiles of BLOCK_C
-                     (whole 32-element blocks, half a K-quant super-block), decoding the blocks in registers (each
-                     element from its own block's fields: F32/F16/BF16, Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K),
-                     accumulating in float32
-    hot_ffn          S2: gate rows . x (only rows the mask allows), FATReLU, then up rows . x only for the rows that
-                     fired (masked loads: the other rows' up bytes are never read) -> h (n_hot,); then
+    matvec (T == 1)  GEMV: program (i, k) takes a tile of BLOCK_R rows and the k-th share of the columns (split-K:
+                     narrow matrices get enough programs to fill the GPU), looping over the columns a tile at a time;
+                     its partial sums are added on the host side (no atomics: the result does not depend on
+                     scheduling)
+    hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
+                     BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (the
+                     others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never read)
+                     -> h (n_hot,); then
                      S3: out = sum_i h_i * down_t[i], each program a tile of output columns and a share of the rows,
-                     loading only rows with h_i != 0; the shares' partial sums are added on the host side (no atomics,
-                     so the result does not depend on scheduling)
+                     which it compacts to the rows with h_i != 0 before loading any weight; shares added on the host
+
+How a tile is decoded depends on the format:
+- Q4_0, Q4_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's quants as int32
+  words in one vector load, and x field by field in the same layout (W consecutive elements per field, one vector
+  load). A field becomes a float exactly in two instructions: masked into the mantissa of a float whose exponent
+  makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
+  FFMA multiplies it by x. d scales each word's sum of fields once; Q4_1's m multiplies the block's sum of x, which
+  each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
+- the other formats (F32/F16/BF16, Q5_0/1, Q4_K, Q5_K, Q6_K): each element decoded from its own block's fields.
 
 Batches (matvec with T > 1, hidden_dense, down_t_product) dequantize in row chunks and use the BLAS / cuBLAS
 matmul, as llama.cpp does for prompts: they are `reference`'s functions.
 
 Under TRITON_INTERPRET=1 the kernels run on CPU tensors (the tests); compiled, on CUDA tensors.
+`compile_check.py` compiles them for sm_90 and counts their inner loops' instructions per weight.
 """
 
 from __future__ import annotations
@@ -23,10 +34,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import HybridInferError
 from ..model_file import weight_formats
 from . import reference
 from .reference import down_t_product, hidden_dense  # noqa: F401  (batched forms: see the module doc)
-from .weights import GPU_FORMATS, DeviceMatrix
+from .weights import GPU_FORMATS, WORD_FORMATS, DeviceMatrix
 
 # the formats' kernel codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a
 # plain int global passes under TRITON_INTERPRET=1 but fails to compile)
@@ -40,36 +52,159 @@ _Q4_K = tl.constexpr(weight_formats.Q4_K.code)
 _Q5_K = tl.constexpr(weight_formats.Q5_K.code)
 _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
 
-BLOCK_R = 16  # rows a program (GEMV, S2) or a loop step (S3) takes
-BLOCK_C = 128  # columns a loop step (GEMV, S2) or a program (S3) takes: 4 whole 32-element blocks, half a K-quant's
-S3_PROGRAMS = 1024  # about how many S3 programs to launch (column tiles x row shares) to fill the GPU
+BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
+WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
+BLOCK_C = 64  # columns a loop step takes in the other formats (GEMV, S2), and an S3 program's tile in them
+CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
+NUM_WARPS = 2  # GEMV, S2, and S3 in the other formats: a thread takes 4 rows of a 32-row tile
+S3_ROWS = 8  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0: one a warp
+S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units a thread, Q8_0: 4)
+S3_WARPS = 8
+S3_MAX_SHARES = 64  # row shares of an S3 launch in Q4_0/Q4_1/Q8_0: each writes a (cols,) float32 partial sum
+MIN_SPLIT_STEPS = 2  # the fewest column steps a split-K share takes
+TARGET_PROGRAMS = 1024  # about how many programs a GEMV or S3 launch should have to fill the GPU
+# every launch's compile options: no software pipelining (it would stage loads through shared memory), and mul + add
+# fused into FFMA as Triton 3.9 does by default (its default turns to unfused in 3.10)
+LAUNCH = {"num_stages": 1, "enable_fp_fusion": True}
+
+
+def tile_columns(qtype) -> int:
+    """Columns a GEMV/S2 loop step takes for a matrix of `qtype`."""
+    if qtype in WORD_FORMATS:
+        return int(WORD_UNITS) * 32 // (WORD_FORMATS[qtype] // 4)
+    return BLOCK_C
+
+
+@triton.jit
+def _nibble(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
+    """float32 value of nibble P (bits 4P..4P+3) of each int32 word, minus OFFSET, exactly: the nibble (at most bit
+    15, after a shift by 16 for P >= 4) is masked into the mantissa of a float whose exponent makes its lowest bit
+    worth 1, 2^(23 - SHIFT) + q, from which the constant is subtracted. low_bits: 15, a run-time value so that the
+    compiler keeps the masks in registers (an instruction takes one immediate) and does not turn them into
+    bit-field extracts."""
+    SHIFT: tl.constexpr = 4 * (P % 4)
+    if P >= 4:
+        words = words >> 16
+    bits = (words & (low_bits << SHIFT)) | ((150 - SHIFT) << 23)
+    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + OFFSET)
+
+
+@triton.jit
+def _byte(words, P: tl.constexpr, low_bits):
+    """float32 value of signed byte P of each int32 word, exactly. Bytes 0 and 1 as `_nibble` does (low_bits: 255),
+    with the byte's sign bit flipped in the same logic instruction (q + 128) and 128 subtracted with the magic;
+    bytes 2 and 3 by one byte-selecting int8 -> float conversion each (I2F.S8 .B2/.B3 on sm_90), so that half the
+    bytes go through the conversion unit and none needs a shift."""
+    if P >= 2:
+        v = (words >> (8 * P)).to(tl.int8).to(tl.float32)
+    else:
+        SHIFT: tl.constexpr = 8 * P
+        bits = (words & (low_bits << SHIFT)) ^ ((128 << SHIFT) | ((150 - SHIFT) << 23))
+        v = bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + 128)
+    return v
+
+
+@triton.jit
+def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
+    """float32 quant of field P of each interleaved word (`weights.py`): Q8_0 q, Q4_0 q - 8, Q4_1 q."""
+    if FMT == _Q8_0:
+        v = _byte(words, P, low_bits)
+    elif FMT == _Q4_0:
+        v = _nibble(words, P, 8, low_bits)
+    else:
+        v = _nibble(words, P, 0, low_bits)
+    return v
+
+
+@triton.jit
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m, FMT: tl.constexpr,
+               TAIL: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(acc, acc_m) plus W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`): acc (BLOCK_R,
+    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
+    sum of x (x_sums[u]), so that every tensor keeps the words' layout. TAIL: units at or past u_last give 0 (d = m
+    = 0 there, x of the last unit). No other load is masked or filled."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    FIELDS: tl.constexpr = 8 // U
+    i = tl.arange(0, 4)
+    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
+    block = r[:, None, None] * (n_units // U) + (u // U)[None, :, None]
+    if TAIL:
+        ok = (u < u_last)[None, :, None] & (r >= 0)[:, None, None]
+        words = tl.load(words_at, mask=ok, other=0)
+        d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
+        x_unit = tl.minimum(u, u_last - 1)
+    else:
+        words = tl.load(words_at)
+        d = tl.load(d_ptr + block).to(tl.float32)
+        x_unit = u
+    x_at = x_ptr + ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
+    dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    for p in tl.static_range(FIELDS):
+        dot += _field(words, p, FMT, low_bits) * tl.load(x_at + p * 4 * U)
+    acc += d * dot
+    if FMT == _Q4_1:
+        if TAIL:
+            m = tl.load(m_ptr + block, mask=ok, other=0)
+        else:
+            m = tl.load(m_ptr + block)
+        acc_m += m.to(tl.float32) * tl.load(x_sums + x_unit)[None, :, None]
+    return acc, acc_m
+
+
+@triton.jit
+def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
+                   BLOCK_R: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
+    (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
+    half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
+    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's sums of x per
+    block (`_block_x_sums`), indexed by block."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1
+    n_units = cols // 32 * U
+    u_first = c_first // 32 * U
+    u_last = c_last // 32 * U
+    whole = u_first + (u_last - u_first) // WORD_UNITS * WORD_UNITS
+    acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
+    for u0 in range(u_first, whole, WORD_UNITS):
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS), u_last,
+                                low_bits, acc, acc_m, FMT, False, BLOCK_R)
+    if whole < u_last:
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, whole + tl.arange(0, WORD_UNITS),
+                                u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R)
+    return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
+
+
+@triton.jit
+def _block_x_sums(x_ptr, sums, b_first, b_last):
+    """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
+    caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
+    them: computed once per program here rather than by every thread that reads a block."""
+    for b0 in range(b_first, b_last, 64):
+        b = b0 + tl.arange(0, 64)
+        x = tl.load(x_ptr + b[:, None] * 32 + tl.arange(0, 32)[None, :], mask=(b < b_last)[:, None], other=0)
+        tl.store(sums + b, tl.sum(x, axis=1), mask=b < b_last)
 
 
 @triton.jit
 def _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT: tl.constexpr):
-    """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere), reading
-    the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats) or quants, d_ptr = scales, m_ptr = mins,
-    h_ptr = highs, s_ptr = sub_scales; FMT is the format's code (`weight_formats.py`)."""
+    """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere) of a
+    format other than Q4_0/Q4_1/Q8_0, reading the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats)
+    or quants, d_ptr = scales, m_ptr = mins, h_ptr = highs, s_ptr = sub_scales; FMT is the format's code."""
     if FMT <= _BF16:  # the float formats
         w = tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
     elif FMT == _Q4_K or FMT == _Q5_K or FMT == _Q6_K:
         w = _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT)
-    else:
+    else:  # Q5_0, Q5_1
         block = r * (cols // 32) + c // 32
         d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
-        if FMT == _Q8_0:
-            w = d * tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
+        byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
+        q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
+        q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16  # bit e of qh: element e's 5th bit
+        if FMT == _Q5_0:
+            w = d * (q - 16).to(tl.float32)
         else:
-            byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
-            q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
-            if FMT == _Q5_0 or FMT == _Q5_1:  # bit e of the block's qh word: element e's fifth bit
-                q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16
-            if FMT == _Q4_0:
-                w = d * (q - 8).to(tl.float32)
-            elif FMT == _Q5_0:
-                w = d * (q - 16).to(tl.float32)
-            else:  # Q4_1, Q5_1
-                w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
+            w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
     return w
 
 
@@ -105,63 +240,241 @@ def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FM
 
 
 @triton.jit
-def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, live, cols, FMT: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_C: tl.constexpr):
-    """(BLOCK_R,) float32: W[r] . x for the rows r (BLOCK_R,) int64 where live, 0 elsewhere (their bytes unread)."""
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, cols, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        in_row = c < cols
-        x = tl.load(x_ptr + c, mask=in_row, other=0).to(tl.float32)
-        w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r[:, None], c[None, :], live[:, None] & in_row[None, :], cols,
-                     FMT)
-        acc += w * x[None, :]
-    return tl.sum(acc, axis=1)
+def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
+              FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int32, all valid
+    rows; the results for rows not live are garbage, to be discarded (Q4_0/Q4_1/Q8_0 read every row r: a caller
+    that must not read a row points it at one it reads; the other formats read only the live rows); c_first, c_last
+    multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`."""
+    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT, BLOCK_R)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        for c0 in range(c_first, c_last, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            in_range = c < c_last
+            x = tl.load(x_ptr + c, mask=in_range, other=0).to(tl.float32)
+            w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :],
+                         live[:, None] & in_range[None, :], cols, FMT)
+            acc += w * x[None, :]
+        out = tl.sum(acc, axis=1)
+    return out
 
 
 @triton.jit
-def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, out_ptr, rows, cols, FMT: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out (rows,) = W (rows, cols) @ x (cols,); program p takes rows [p*BLOCK_R, (p+1)*BLOCK_R)."""
-    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, rows, cols, cols_per_split,
+                 low_bits, FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """partial (splits, rows): partial[k] = W[:, k-th share of the columns] @ x[that share]; program (i, k) takes
+    rows [i*BLOCK_R, (i+1)*BLOCK_R) of share k (program axis 1). sums_ptr (programs, cols_per_split / 32): Q4_1's
+    scratch for the sums of x per block."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
-    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, r, in_matrix, cols, FMT, BLOCK_R, BLOCK_C)
-    tl.store(out_ptr + r, out, mask=in_matrix)
+    c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
+    c_last = tl.minimum(c_first + cols_per_split, cols)
+    x_sums = sums_ptr
+    if FMT == _Q4_1:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
+        _block_x_sums(x_ptr, x_sums, c_first // 32, c_last // 32)
+        tl.debug_barrier()
+    last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
+    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
+                    low_bits, FMT, BLOCK_R, BLOCK_C)
+    tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
 
 
 @triton.jit
-def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, mask_ptr,
-               out_ptr, count_ptr, n, cols, threshold, HAS_MASK: tl.constexpr, GATE_FMT: tl.constexpr,
-               UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
+               mask_ptr, list_ptr, out_ptr, count_ptr, n, cols, threshold, gate_bits, up_bits, HAS_MASK: tl.constexpr,
+               GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               CHUNK: tl.constexpr):
     """out (n,) = h = a * (up . x) with a = FATReLU(gate . x) where the mask (n,) uint8 allows, else 0; count_ptr[p] =
-    how many of program p's rows fired (a != 0)."""
-    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    candidate = r < n
+    how many of program p's rows fired (a != 0). Program p compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK)
+    into list_ptr[p*CHUNK:] (int32 scratch) and takes them BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's
+    scratch for the sums of x per block."""
+    pid = tl.program_id(0)
+    rows = pid * CHUNK + tl.arange(0, CHUNK)
+    in_n = rows < n
+    tl.store(out_ptr + rows, tl.zeros([CHUNK], dtype=tl.float32), mask=in_n)  # h = 0 unless it fires
     if HAS_MASK:
-        candidate = candidate & (tl.load(mask_ptr + r, mask=candidate, other=0) != 0)
-    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, r, candidate, cols, GATE_FMT, BLOCK_R, BLOCK_C)
-    fired = candidate & (g >= threshold) & (g != 0.0)
-    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, r, fired, cols, UP_FMT, BLOCK_R, BLOCK_C)
-    tl.store(out_ptr + r, tl.where(fired, g, 0.0) * u, mask=r < n)  # NaN if an unfired row's up bytes were read
-    tl.store(count_ptr + tl.program_id(0), tl.sum(fired.to(tl.int32), axis=0))
+        candidate = in_n & (tl.load(mask_ptr + rows, mask=in_n, other=0) != 0)
+        slot = tl.cumsum(candidate.to(tl.int32), axis=0) - 1
+        tl.store(list_ptr + pid * CHUNK + slot, rows, mask=candidate)
+        count = tl.sum(candidate.to(tl.int32), axis=0)
+    else:
+        count = tl.sum(in_n.to(tl.int32), axis=0)
+    x_sums = sums_ptr
+    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
+        x_sums = sums_ptr + pid * (cols // 32)
+        _block_x_sums(x_ptr, x_sums, 0, cols // 32)
+    tl.debug_barrier()  # the list, the zeros and the sums written before any thread reads the list or writes h
+    fired_total = tl.sum(tl.zeros([BLOCK_R], dtype=tl.int32), axis=0)
+    for j0 in range(0, count, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        live = j < count
+        if HAS_MASK:
+            r = tl.load(list_ptr + pid * CHUNK + j, mask=live, other=0)
+        else:
+            r = tl.minimum(pid * CHUNK + j, n - 1)
+        # a slot past the count reads row 0 (or the chunk's last), discarded
+        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_sums, r, live, cols, 0, cols, gate_bits,
+                      GATE_FMT, BLOCK_R, BLOCK_C)
+        fired = live & (g >= threshold) & (g != 0.0)
+        n_fired = tl.sum(fired.to(tl.int32), axis=0)
+        if n_fired > 0:  # up rows of the fired rows only: the others point at a fired row (no bytes of their own)
+            r_up = tl.where(fired, r, tl.max(tl.where(fired, r, -1), axis=0))
+            u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_sums, r_up, fired, cols, 0, cols, up_bits,
+                          UP_FMT, BLOCK_R, BLOCK_C)
+            tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
+        fired_total += n_fired
+    tl.store(count_ptr + pid, fired_total)
 
 
 @triton.jit
-def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, partial_ptr, n, cols, rows_per_share, FMT: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _compact_live_rows(h_ptr, slots_ptr, first, last, CHUNK: tl.constexpr):
+    """Write the rows i in [first, first + CHUNK) with i < last and h_i != 0 to slots_ptr[0:count] (int32, in order);
+    return count. The caller waits (tl.debug_barrier) before reading the slots."""
+    rows = first + tl.arange(0, CHUNK)
+    live = (rows < last) & (tl.load(h_ptr + rows, mask=rows < last, other=0) != 0.0)
+    tl.store(slots_ptr + tl.cumsum(live.to(tl.int32), axis=0) - 1, rows, mask=live)
+    return tl.sum(live.to(tl.int32), axis=0)
+
+
+@triton.jit
+def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share,
+               FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """partial (shares, cols): partial[s, c] = sum over the rows i of share s (program axis 1) of h_i * W[i, c], for
-    the columns c of program axis 0's tile; rows with h_i == 0 are not loaded."""
+    the columns c of program axis 0's tile, for a format other than Q4_0/Q4_1/Q8_0; rows with h_i == 0 are not
+    loaded (compacted away CHUNK rows at a time in the program's own slots, slots_ptr (programs, CHUNK))."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     in_row = c < cols
-    first = tl.program_id(1).to(tl.int64) * rows_per_share
+    first = tl.program_id(1) * rows_per_share
+    last = tl.minimum(first + rows_per_share, n)
+    slots = slots_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CHUNK
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, rows_per_share, BLOCK_R):
-        r = first + r0 + tl.arange(0, BLOCK_R)
-        h = tl.load(h_ptr + r, mask=r < n, other=0)
-        w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r[:, None], c[None, :], (h != 0.0)[:, None] & in_row[None, :],
-                     cols, FMT)
-        acc += h[:, None] * w
+    for chunk in range(first, last, CHUNK):
+        count = _compact_live_rows(h_ptr, slots, chunk, last, CHUNK)
+        tl.debug_barrier()
+        for j0 in range(0, count, BLOCK_R):
+            j = j0 + tl.arange(0, BLOCK_R)
+            r = tl.load(slots + j, mask=j < count, other=0)
+            h = tl.load(h_ptr + r, mask=j < count, other=0)
+            w = _weights(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :], (j < count)[:, None] &
+                         in_row[None, :], cols, FMT)
+            acc += h[:, None] * w
+        tl.debug_barrier()  # every slot read before the next chunk's are written
     tl.store(partial_ptr + tl.program_id(1) * cols + c, tl.sum(acc, axis=0), mask=in_row)
+
+
+@triton.jit
+def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_bits, a0, a1, a2, a3, a4, a5, a6, a7,
+                  a_m, FMT: tl.constexpr, TAIL: tl.constexpr):
+    """Add h_i * W[i, units u] of the rows i = slots[j] (S3_ROWS slots) to the accumulators: a0..a7 (S3_ROWS,
+    S3_UNITS, 4) one per field of a unit's words (Q8_0: a0..a3), a_m (S3_ROWS, S3_UNITS) h_i m_i (Q4_1). TAIL:
+    slots j at or past count give 0 (their words unread). u: units within the row (a caller clamps them)."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    i = tl.arange(0, 4)
+    if TAIL:
+        r = tl.load(slots + j, mask=j < count, other=0)
+        h = tl.load(h_ptr + r, mask=j < count, other=0)
+    else:
+        r = tl.load(slots + j)
+        h = tl.load(h_ptr + r)
+    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
+    block = r[:, None] * (n_units // U) + (u // U)[None, :]
+    if TAIL:
+        live = (j < count)[:, None] & (u >= 0)[None, :]
+        words = tl.load(words_at, mask=live[:, :, None], other=0)
+        d = tl.load(d_ptr + block, mask=live, other=0)
+    else:
+        words = tl.load(words_at)
+        d = tl.load(d_ptr + block)
+    hd = (h[:, None] * d.to(tl.float32))[:, :, None]
+    a0 += hd * _field(words, 0, FMT, low_bits)
+    a1 += hd * _field(words, 1, FMT, low_bits)
+    a2 += hd * _field(words, 2, FMT, low_bits)
+    a3 += hd * _field(words, 3, FMT, low_bits)
+    if U == 1:
+        a4 += hd * _field(words, 4, FMT, low_bits)
+        a5 += hd * _field(words, 5, FMT, low_bits)
+        a6 += hd * _field(words, 6, FMT, low_bits)
+        a7 += hd * _field(words, 7, FMT, low_bits)
+    if FMT == _Q4_1:
+        if TAIL:
+            m = tl.load(m_ptr + block, mask=live, other=0)
+        else:
+            m = tl.load(m_ptr + block)
+        a_m += h[:, None] * m.to(tl.float32)
+    return a0, a1, a2, a3, a4, a5, a6, a7, a_m
+
+
+@triton.jit
+def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share, low_bits,
+                     FMT: tl.constexpr, S3_ROWS: tl.constexpr, S3_UNITS: tl.constexpr, CHUNK: tl.constexpr):
+    """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is S3_UNITS 4-word units of columns
+    (`_word_row_dots`), a loop step S3_ROWS compacted rows (whole steps in the loop, the rest in one masked step);
+    each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    n_units = cols // 32 * U
+    u = tl.program_id(0) * S3_UNITS + tl.arange(0, S3_UNITS)
+    in_row = u < n_units
+    u_read = tl.minimum(u, n_units - 1)  # a unit past the row reads the last one's bytes, never stored
+    i = tl.arange(0, 4)
+    first = tl.program_id(1) * rows_per_share
+    last = tl.minimum(first + rows_per_share, n)
+    slots = slots_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * CHUNK
+    a0 = tl.zeros([S3_ROWS, S3_UNITS, 4], dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+    a_m = tl.zeros([S3_ROWS, S3_UNITS], dtype=tl.float32)
+    for chunk in range(first, last, CHUNK):
+        count = _compact_live_rows(h_ptr, slots, chunk, last, CHUNK)
+        tl.debug_barrier()
+        whole = count // S3_ROWS * S3_ROWS
+        for j0 in range(0, whole, S3_ROWS):
+            a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
+                q_ptr, d_ptr, m_ptr, h_ptr, slots, j0 + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
+                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, False)
+        if whole < count:
+            a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
+                q_ptr, d_ptr, m_ptr, h_ptr, slots, whole + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
+                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, True)
+        tl.debug_barrier()  # every slot read before the next chunk's are written
+    out = partial_ptr + tl.program_id(1) * cols + ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]
+    m_sum = tl.sum(a_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns
+    keep = in_row[:, None]
+    tl.store(out, tl.sum(a0, axis=0) + m_sum, mask=keep)
+    tl.store(out + 4 * U, tl.sum(a1, axis=0) + m_sum, mask=keep)
+    tl.store(out + 8 * U, tl.sum(a2, axis=0) + m_sum, mask=keep)
+    tl.store(out + 12 * U, tl.sum(a3, axis=0) + m_sum, mask=keep)
+    if U == 1:
+        tl.store(out + 16, tl.sum(a4, axis=0) + m_sum, mask=keep)
+        tl.store(out + 20, tl.sum(a5, axis=0) + m_sum, mask=keep)
+        tl.store(out + 24, tl.sum(a6, axis=0) + m_sum, mask=keep)
+        tl.store(out + 28, tl.sum(a7, axis=0) + m_sum, mask=keep)
+
+
+def low_bits(qtype) -> int:
+    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`)."""
+    return 255 if qtype == weight_formats.Q8_0.type else 15
+
+
+def s3_columns(qtype) -> int:
+    """Columns an S3 program takes for a down_t matrix of `qtype`."""
+    return S3_COLUMNS if qtype in WORD_FORMATS else BLOCK_C
+
+
+def s3_units(qtype) -> int:
+    """4-word units an S3 program takes for a down_t matrix of Q4_0/Q4_1/Q8_0."""
+    return S3_COLUMNS // 32 * (WORD_FORMATS[qtype] // 4)
+
+
+def split_k(rows: int, cols: int, qtype) -> int:
+    """Columns per share of a GEMV: all of them, or (narrow matrices) a whole number of loop steps, at least
+    MIN_SPLIT_STEPS, so that about TARGET_PROGRAMS programs run."""
+    step = tile_columns(qtype)
+    steps = triton.cdiv(cols, step)
+    shares = max(1, min(triton.cdiv(TARGET_PROGRAMS, triton.cdiv(rows, BLOCK_R)), steps // MIN_SPLIT_STEPS))
+    return triton.cdiv(steps, shares) * step
 
 
 def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
@@ -169,11 +482,17 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] != 1:
         return reference.matvec(m, x)
     x = x.to(torch.float32).contiguous()
-    out = torch.zeros((1, m.rows), dtype=torch.float32, device=x.device)
-    if m.rows:
-        _gemv_kernel[(triton.cdiv(m.rows, BLOCK_R),)](*_fields(m), x, out, m.rows, m.cols,
-                                                      FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
-    return out
+    if m.rows == 0:
+        return torch.zeros((1, 0), dtype=torch.float32, device=x.device)
+    cols_per_split = split_k(m.rows, m.cols, m.qtype)
+    shares = triton.cdiv(m.cols, cols_per_split)
+    partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
+    row_tiles = triton.cdiv(m.rows, BLOCK_R)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
+    _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, m.rows, m.cols, cols_per_split, low_bits(m.qtype),
+                                      FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+                                      num_warps=NUM_WARPS, **LAUNCH)
+    return partial if shares == 1 else partial.sum(dim=0, keepdim=True)
 
 
 def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
@@ -185,25 +504,55 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     if n == 0:
         return torch.zeros(cols, dtype=torch.float32, device=x.device), torch.zeros((), dtype=torch.int64,
                                                                                     device=x.device)
-    programs = triton.cdiv(n, BLOCK_R)
+    programs = triton.cdiv(n, CHUNK)
     h = torch.empty(n, dtype=torch.float32, device=x.device)
     counts = torch.empty(programs, dtype=torch.int32, device=x.device)
+    candidates = torch.empty(programs * CHUNK if mask is not None else 1, dtype=torch.int32, device=x.device)
     mask_bytes = h if mask is None else mask.contiguous().view(torch.uint8)
-    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, mask_bytes, h, counts, n, gate.cols, float(threshold),
-                            HAS_MASK=mask is not None, GATE_FMT=GPU_FORMATS[gate.qtype].code,
-                            UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
-    column_tiles = triton.cdiv(cols, BLOCK_C)
-    shares = max(1, min(programs, S3_PROGRAMS // column_tiles))
-    rows_per_share = triton.cdiv(programs, shares) * BLOCK_R  # whole BLOCK_R steps
+    sums = _x_sums_scratch(programs, gate.cols, x, gate.qtype, up.qtype)
+    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, sums, mask_bytes, candidates, h, counts, n, gate.cols,
+                            float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None,
+                            GATE_FMT=GPU_FORMATS[gate.qtype].code, UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R,
+                            BLOCK_C=BLOCK_C, CHUNK=CHUNK,
+                            num_warps=NUM_WARPS, **LAUNCH)
+    words = down_t.qtype in WORD_FORMATS
+    column_tiles = triton.cdiv(cols, s3_columns(down_t.qtype))
+    step = S3_ROWS if words else BLOCK_R
+    steps = triton.cdiv(n, step)
+    shares = max(1, min(steps, S3_MAX_SHARES if words else TARGET_PROGRAMS // column_tiles))
+    rows_per_share = triton.cdiv(steps, shares) * step  # whole steps
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
-    _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, partial, n, cols, rows_per_share,
-                                      FMT=GPU_FORMATS[down_t.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+    slots = torch.empty(shares * column_tiles * CHUNK, dtype=torch.int32, device=x.device)
+    fmt = GPU_FORMATS[down_t.qtype].code
+    if words:
+        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, n, cols, rows_per_share,
+                                                 low_bits(down_t.qtype), FMT=fmt, S3_ROWS=S3_ROWS,
+                                                 S3_UNITS=s3_units(down_t.qtype),
+                                                 CHUNK=CHUNK, num_warps=S3_WARPS, **LAUNCH)
+    else:
+        _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, n, cols, rows_per_share, FMT=fmt,
+                                          BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS,
+                                          **LAUNCH)
     return partial.sum(dim=0), counts.sum(dtype=torch.int64)
 
 
+def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes) -> torch.Tensor:
+    """float32 (programs, cols / 32) scratch for Q4_1's sums of x per block; x itself (never read) otherwise."""
+    if weight_formats.Q4_1.type not in qtypes:
+        return x
+    return torch.empty((programs, cols // 32), dtype=torch.float32, device=x.device)
+
+
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:
-    """(q, d, m, h, s) pointers of `_weights`; a field a format lacks is filled with a tensor the kernel never reads."""
+    """(q, d, m, h, s) pointers of the kernels (q: int32 words for Q4_0/Q4_1/Q8_0); a field a format lacks is filled
+    with a tensor the kernel never reads."""
     if m.values is not None:
         return (m.values,) * 5
-    return tuple(t if t is not None else m.quants for t in (m.quants, m.scales, m.mins, m.highs, m.sub_scales))
+    quants = m.quants
+    if m.qtype in WORD_FORMATS:
+        quants = quants.view(torch.int32)
+        if quants.numel() >= 2**31:
+            raise HybridInferError(f"a {m.rows} x {m.cols} {m.qtype.name} matrix is too large for the GPU kernels' "
+                                   "int32 offsets; split it")
+    return tuple(t if t is not None else quants for t in (quants, m.scales, m.mins, m.highs, m.sub_scales))

@@ -11,9 +11,13 @@ the f16 scales of a tile of rows as one array and the quants as another. Blocks 
     Q5_0  d | qh | 16 bytes              value = d * (q - 16)      + highs (rows, cols/32) int32: the qh words
     Q5_1  d | m | qh | 16 bytes          value = d * q + m
 
-Their nibble byte j of a block holds element j in its low nibble and element j + 16 in its high one; bit j of a Q5
-block's qh word is element j's fifth bit. K-quants, super-blocks of 256 elements in 8 (Q4_K, Q5_K) or 16 (Q6_K)
-sub-blocks, each with its own 6-bit (or int8) scale, as gguf.quants decodes them:
+In the file, nibble byte j of a block holds element j in its low nibble and element j + 16 in its high one; bit j
+of a Q5 block's qh word is element j's fifth bit. Q4_0, Q4_1 and Q8_0 quants are interleaved at upload for the GEMV
+kernels (`WORD_FORMATS`): a block's quants are W int32 words (Q4: 4 words of 8 nibbles, Q8_0: 8 words of 4 bytes),
+and field p of word i (bits 4p.. or 8p..) holds element W * p + i, so that the elements of one field across a
+block's words are W consecutive elements (one vector load of x per field). Same bytes per block, same shape.
+K-quants, super-blocks of 256 elements in 8 (Q4_K, Q5_K) or 16 (Q6_K) sub-blocks, each with its own 6-bit (or
+int8) scale, as gguf.quants decodes them:
 
     Q4_K  d | dmin | 12 B sub-scales | 128 B nibbles        value = d * sc * q - dmin * m   (q 0..15)
     Q5_K  d | dmin | 12 B sub-scales | 32 B qh | 128 B      value = d * sc * q - dmin * m   (q 0..31)
@@ -41,6 +45,7 @@ from ..errors import HybridInferError
 from ..model_file.weight_formats import GPU_NATIVE_FORMATS, GPU_NATIVE_TYPES, WeightFormat
 
 CHUNK_ELEMENTS = 1 << 24  # the most elements a torch twin dequantizes at once
+WORD_FORMATS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}  # interleaved formats (module doc) -> int32 words per block
 FIELD_NAMES = ("values", "scales", "mins", "highs", "sub_scales", "quants")
 GPU_FORMATS = {f.type: f for f in GPU_NATIVE_FORMATS}
 
@@ -136,10 +141,29 @@ def device_matrix(raw: np.ndarray, qtype, shape: tuple[int, int], device: torch.
     blocks = flat.reshape(taken, n_blocks, fmt.block_bytes)
 
     def field(start: int, stop: int, dtype) -> torch.Tensor:
-        part = np.ascontiguousarray(blocks[:, :, start:stop]).reshape(taken, n_blocks * (stop - start))
+        part = blocks[:, :, start:stop]
+        if qtype in WORD_FORMATS and dtype != np.float16:  # the quants
+            part = interleave(part, qtype)
+        part = np.ascontiguousarray(part).reshape(taken, n_blocks * (stop - start))
         return torch.from_numpy(part.view(dtype)).to(device)
 
     return DeviceMatrix(qtype, taken, cols, **{name: field(*where) for name, where in block_fields(fmt).items()})
+
+
+def element_of_field(qtype: T) -> np.ndarray:
+    """(W, fields) int64: the block element that field p of word i holds in the interleaved layout (module doc)."""
+    words = WORD_FORMATS[qtype]
+    fields = 32 // words
+    return words * np.arange(fields)[None, :] + np.arange(words)[:, None]
+
+
+def interleave(quants: np.ndarray, qtype: T) -> np.ndarray:
+    """(.., quant bytes) of blocks in the file's order -> the same shape in the interleaved layout (module doc)."""
+    if qtype == T.Q8_0:
+        return quants[..., element_of_field(qtype).reshape(-1)]
+    elements = np.concatenate([quants & 15, quants >> 4], axis=-1)  # (.., 32) nibbles in element order
+    order = element_of_field(qtype).reshape(4, 4, 2)  # word i, byte k: fields 2k (low nibble) and 2k + 1 (high)
+    return elements[..., order[..., 0].reshape(-1)] | (elements[..., order[..., 1].reshape(-1)] << 4)
 
 
 def take_rows(m: DeviceMatrix, index: torch.Tensor) -> DeviceMatrix:
@@ -165,14 +189,24 @@ def dequantize_rows(m: DeviceMatrix, start: int = 0, stop: int | None = None) ->
                                  None if m.highs is None else rows_of(m.highs), rows_of(m.sub_scales))
         return values.reshape(n, m.cols)
     if m.qtype == T.Q8_0:
-        return (rows_of(m.quants).to(torch.float32) * d).reshape(n, m.cols)
+        return (_element_order(rows_of(m.quants), m.qtype).to(torch.float32) * d).reshape(n, m.cols)
     q = _nibbles(rows_of(m.quants))  # (n, blocks, 32) int32, element order
+    if m.qtype in WORD_FORMATS:
+        q = _element_order(torch.stack([q[..., :16], q[..., 16:]], dim=-1).reshape(n, n_blocks, 32), m.qtype)
     if m.highs is not None:
         q = q + 16 * _bits(rows_of(m.highs), torch.arange(32, device=q.device))
     q = q.to(torch.float32)
     if fmt.has_minimum:
         return (q * d + rows_of(m.mins).to(torch.float32)).reshape(n, m.cols)
     return ((q - (16 if fmt.high_bits else 8)) * d).reshape(n, m.cols)
+
+
+def _element_order(fields: torch.Tensor, qtype: T) -> torch.Tensor:
+    """(.., 32) quants of interleaved blocks, word by word and field by field -> the same in element order."""
+    where = torch.as_tensor(element_of_field(qtype).reshape(-1), device=fields.device)
+    out = torch.empty_like(fields)
+    out[..., where] = fields
+    return out
 
 
 def _k_quant_values(qtype: T, d, quants, dmin, highs, sub_scales) -> torch.Tensor:
