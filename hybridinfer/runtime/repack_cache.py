@@ -10,9 +10,11 @@ removes the older entries of the same file and mode, and the least recently writ
 more than MAX_BYTES; an entry is not written when the disk lacks room. HYBRIDINFER_REPACK_CACHE=off turns the
 cache off, or names another directory.
 
-Entry: b"HYBRPACK" | u32 LAYOUT_VERSION | u64 index bytes | index (JSON: name -> qtype, rows, cols, dtype, shape,
-offset) | the arrays, each at a 64-byte boundary. Mapped copy-on-write (never written): the arrays are writable
-numpy arrays, of the same numba types as freshly packed ones.
+Entry: b"HYBRPACK" | u32 LAYOUT_VERSION | u64 index offset | u64 index bytes | the arrays, each at a page boundary |
+index (JSON: name -> qtype, rows, cols, dtype, shape, offset). An entry is written matrix by matrix as a load packs
+them (`EntryWriter`), each one mapped back from the partial file at once, so a first start holds one packed matrix
+in anonymous memory at a time, not the model. Mapped copy-on-write (never written): the arrays are writable numpy
+arrays, of the same numba types as freshly packed ones.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..atomic_file import atomic_output
-from ..errors import HybridInferError
 from ..kernels.packed import PackedMatrix
 
 MAX_BYTES = 32 * 2**30  # the oldest entries go when the cache holds more
 FREE_MARGIN = 2**30  # an entry is written only if the disk keeps this much free after it
 MAGIC = b"HYBRPACK"
-LAYOUT_VERSION = 4  # bump when kernels/packed.py, kernels/requantize.py, the predictor packing or the stacking of
-# mixed formats (runtime/weights.stacked) change (2: Q5_x, 3: K, 4: mixed Q/K/V as Q8_0, Q/K rows of NEOX models)
-ALIGN = 64
+LAYOUT_VERSION = 5  # bump when kernels/packed.py, kernels/requantize.py, the predictor packing or the stacking of
+# mixed formats (runtime/weights.stacked) change (2: Q5_x, 3: K, 4: mixed Q/K/V as Q8_0, Q/K rows of NEOX models,
+# 5: the entry written matrix by matrix, its index last)
+ALIGN = mmap.ALLOCATIONGRANULARITY  # each array its own mapping while the entry is written
+HEADER = struct.Struct("<IQQ")  # after MAGIC: layout version, index offset, index bytes
 
 
 def cache_directory() -> Path | None:
@@ -90,32 +92,15 @@ class RepackCache:
     def save(self, matrices: dict[str, PackedMatrix]) -> dict[str, PackedMatrix]:
         """Write `matrices` as this entry and return them mapped from it (their in-memory copies can go);
         `matrices` itself when the cache is off or the directory cannot be written."""
-        if self.path is None or not matrices:
-            return matrices
-        index, offset = {}, 0
-        for name, m in matrices.items():
-            index[name] = [m.qtype.name, m.rows, m.cols, m.data.dtype.str, list(m.data.shape), offset]
-            offset += -(-m.data.nbytes // ALIGN) * ALIGN
-        encoded = json.dumps(index).encode()
-        start = -(-(len(MAGIC) + 12 + len(encoded)) // ALIGN) * ALIGN
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(self.directory).free < start + offset + FREE_MARGIN:
-                return matrices  # no room: this run keeps its own copies
-            with atomic_output(self.path) as partial, open(partial, "wb") as out:
-                out.write(MAGIC + struct.pack("<IQ", LAYOUT_VERSION, len(encoded)) + encoded)
-                for name, m in matrices.items():
-                    out.seek(start + index[name][5])
-                    out.write(np.ascontiguousarray(m.data).data)
-                out.truncate(start + offset)
-            for old in self.directory.glob(self._prefix + "*.bin"):  # older entries of this file and mode
-                if old != self.path:
-                    old.unlink(missing_ok=True)
-            self._trim()
-        except (OSError, HybridInferError):
-            return matrices  # a read-only or full disk: this run keeps its own copies
-        self._loaded = None  # what was just written, mapped
-        return self.load() or matrices
+        with self.writer(sum(m.data.nbytes for m in matrices.values())) as writer:
+            mapped = {name: writer.add(name, m) for name, m in matrices.items()}
+        return mapped
+
+    def writer(self, expected_bytes: int) -> EntryWriter:
+        """A writer of this entry (a context manager: the entry exists once its block ends without an error, if
+        anything was added); one that keeps what it is given in memory when the cache is off, the directory cannot
+        be written or the disk lacks `expected_bytes` plus a margin."""
+        return EntryWriter(self, expected_bytes)
 
     def _trim(self) -> None:
         """Remove the least recently written entries while the cache holds more than MAX_BYTES."""
@@ -132,14 +117,88 @@ class RepackCache:
     def _matrices(mapped: mmap.mmap) -> dict[str, PackedMatrix]:
         if mapped[:len(MAGIC)] != MAGIC:
             raise ValueError("not a repack cache entry")
-        version, length = struct.unpack_from("<IQ", mapped, len(MAGIC))
+        version, at, length = HEADER.unpack_from(mapped, len(MAGIC))
         if version != LAYOUT_VERSION:
             raise ValueError("another layout version")
-        index = json.loads(mapped[len(MAGIC) + 12:len(MAGIC) + 12 + length])
-        start = -(-(len(MAGIC) + 12 + length) // ALIGN) * ALIGN
+        index = json.loads(mapped[at:at + length])
         matrices = {}
         for name, (qtype, rows, cols, dtype, shape, offset) in index.items():
             count = int(np.prod(shape))
-            data = np.frombuffer(mapped, np.dtype(dtype), count, start + offset).reshape(shape)
+            data = np.frombuffer(mapped, np.dtype(dtype), count, offset).reshape(shape)
             matrices[name] = PackedMatrix(T[qtype], rows, cols, data)
         return matrices
+
+
+class EntryWriter:
+    """Writes one cache entry matrix by matrix into a partial file beside it: `add` returns the matrix mapped from
+    that file (the caller drops its own copy), `__exit__` writes the index and renames the file into place, or
+    removes it on an error. Off (`add` returns what it is given) where the entry cannot be written."""
+
+    def __init__(self, cache: RepackCache, expected_bytes: int):
+        self.cache, self.index, self.mapped = cache, {}, {}
+        self.partial: Path | None = None
+        self._file = None
+        if cache.path is None:
+            return
+        try:
+            cache.directory.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(cache.directory).free < expected_bytes + FREE_MARGIN:
+                return  # no room: this run keeps its own copies
+            self.partial = cache.directory / f".{cache.path.name}.{os.getpid()}.partial"
+            self._file = open(self.partial, "wb+")
+            self._file.write(MAGIC + HEADER.pack(LAYOUT_VERSION, 0, 0))
+            self._end = ALIGN
+        except OSError:
+            self._stop()
+
+    def __enter__(self) -> EntryWriter:
+        return self
+
+    def add(self, name: str, matrix: PackedMatrix) -> PackedMatrix:
+        """`matrix` written into the entry and mapped back from it (itself when the writer is off)."""
+        if self._file is None:
+            return matrix
+        data = np.ascontiguousarray(matrix.data)
+        try:
+            self._file.seek(self._end)
+            self._file.write(data.data)
+            self._file.flush()
+            mapping = mmap.mmap(self._file.fileno(), max(1, data.nbytes), access=mmap.ACCESS_COPY, offset=self._end)
+        except (OSError, ValueError):
+            self._stop()  # a full or failing disk: this run keeps its own copies from here on
+            return matrix
+        self.index[name] = [matrix.qtype.name, matrix.rows, matrix.cols, data.dtype.str, list(data.shape), self._end]
+        self._end += -(-data.nbytes // ALIGN) * ALIGN
+        mapped = np.frombuffer(mapping, data.dtype, data.size).reshape(data.shape)
+        self.mapped[name] = PackedMatrix(matrix.qtype, matrix.rows, matrix.cols, mapped)
+        return self.mapped[name]
+
+    def __exit__(self, error_type, error, trace) -> None:
+        if self._file is None:
+            return
+        if error_type is not None or not self.index:
+            self._stop()
+            return
+        try:
+            encoded = json.dumps(self.index).encode()
+            self._file.seek(self._end)
+            self._file.write(encoded)
+            self._file.seek(len(MAGIC))
+            self._file.write(HEADER.pack(LAYOUT_VERSION, self._end, len(encoded)))
+            self._file.close()
+            os.replace(self.partial, self.cache.path)
+            self.cache._loaded = None  # a later `load` maps the new entry
+            for old in self.cache.directory.glob(self.cache._prefix + "*.bin"):  # older entries of this file, mode
+                if old != self.cache.path:
+                    old.unlink(missing_ok=True)
+            self.cache._trim()
+        except OSError:
+            self._stop()  # the mapped matrices stay valid: an unlinked file's pages live while mapped
+
+    def _stop(self) -> None:
+        """No entry from this writer: its partial file goes (what was mapped from it stays readable)."""
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        if self.partial is not None:
+            self.partial.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ and gate with up as one matrix (`PackedLayer.teal_transposes`).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,8 +128,9 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
     transpose (`PackedLayer.teal_transposes`) besides the row-major matrices (prompts read those). `placement` (a
     `hybrid/placement/placement.Placement`) names what the GPU side holds instead: the attention of its layers, the
     FFN of its dense layers, the output projection. Each matrix's pages of the memory-mapped file are released once it is
-    packed. What is packed is kept in the repack cache (`repack_cache.py`) and mapped from there by the next
-    start."""
+    packed. What is packed goes into the repack cache (`repack_cache.py`) matrix by matrix and is read from its mapped
+    pages from then on (a first start holds one packed matrix in anonymous memory at a time); the next start maps
+    the whole entry."""
     threads.start()  # here, in a child forked after its parent ran GNU OpenMP, a one-line error instead of SIGTERM
     gpu_layers = set(placement.gpu_layers) if placement is not None else set()
     dense_layers = set(placement.dense_layers) if placement is not None else set()
@@ -142,74 +144,85 @@ def load_packed_weights(model: GGUFFile, config: ModelConfig, sparse: bool = Fal
         f"{'sparse' if sparse else 'dense'} gpu:{sorted(gpu_layers)} dense:{sorted(dense_layers)} {output_on_gpu}"
     cache = RepackCache(model.path, model.header_bytes(), mode)
     stored = cache.load()
-    made: dict[str, PackedMatrix] = {}  # packed now, for the cache (zero-copy views of the file are not)
     tensor = model.tensor
-
-    def kept(name: str, packed: PackedMatrix, *sources: str) -> PackedMatrix:
-        if not _views_file(packed, model):
-            made[name] = packed
+    made: list[str] = []  # the names packed now (zero-copy views of the file aside)
+    with cache.writer(packed_bytes_estimate(model)) as writer:
+        def kept(name: str, packed: PackedMatrix, *sources: str) -> PackedMatrix:
+            """`packed`, made now, written to the cache entry and read from its mapped pages from here on."""
+            if _views_file(packed, model):
+                return packed
             for source in sources:
                 model.release(source)
-        return packed
+            made.append(name)
+            return writer.add(name, packed)
 
-    def matrix(name: str) -> PackedMatrix:
-        return stored.get(name) or kept(name, pack_any(tensor(name)), name)
+        def matrix(name: str) -> PackedMatrix:
+            return stored.get(name) or kept(name, pack_any(tensor(name)), name)
 
-    orders = [head_rows(c, c.n_head), head_rows(c, c.n_head_kv), None]  # Q, K, V rows (NEOX: `rope_rows.py`)
+        orders = [head_rows(c, c.n_head), head_rows(c, c.n_head_kv), None]  # Q, K, V rows (NEOX: `rope_rows.py`)
 
-    def qkv(i: int) -> PackedMatrix:
-        names, key = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)], block_name(ATTN_QKV, i)
-        return stored.get(key) or kept(key, stacked([tensor(n) for n in names], orders), *names)
+        def qkv(i: int) -> PackedMatrix:
+            names, key = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)], block_name(ATTN_QKV, i)
+            return stored.get(key) or kept(key, stacked([tensor(n) for n in names], orders), *names)
 
-    def vector(name: str) -> np.ndarray:
-        return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
+        def vector(name: str) -> np.ndarray:
+            return np.ascontiguousarray(dequantize(tensor(name)), dtype=np.float32)
 
-    def extras(i: int) -> dict[str, np.ndarray]:
-        found = {}
-        if c.attention_bias:
-            biases = [vector(bias_name(part, i)) for part in (ATTN_Q, ATTN_K, ATTN_V)]
-            found["qkv_bias"] = np.concatenate([b if o is None else b[o] for b, o in zip(biases, orders)])
-        if c.qk_norm:
-            found["q_norm"] = head_vector(c, vector(tensor_name(ATTN_Q_NORM, i)))
-            found["k_norm"] = head_vector(c, vector(tensor_name(ATTN_K_NORM, i)))
-        if c.post_norms:
-            found["post_attention_norm"] = vector(tensor_name(ATTN_POST_NORM, i))
-            found["post_ffw_norm"] = vector(tensor_name(FFN_POST_NORM, i))
-        return found
+        def extras(i: int) -> dict[str, np.ndarray]:
+            found = {}
+            if c.attention_bias:
+                biases = [vector(bias_name(part, i)) for part in (ATTN_Q, ATTN_K, ATTN_V)]
+                found["qkv_bias"] = np.concatenate([b if o is None else b[o] for b, o in zip(biases, orders)])
+            if c.qk_norm:
+                found["q_norm"] = head_vector(c, vector(tensor_name(ATTN_Q_NORM, i)))
+                found["k_norm"] = head_vector(c, vector(tensor_name(ATTN_K_NORM, i)))
+            if c.post_norms:
+                found["post_attention_norm"] = vector(tensor_name(ATTN_POST_NORM, i))
+                found["post_ffw_norm"] = vector(tensor_name(FFN_POST_NORM, i))
+            return found
 
-    layers = []
-    for i in range(c.n_layer):
-        down = tensor(down_name(model, i))  # PowerInfer's ffn_down_t, else ffn_down
-        attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
-        layer = PackedLayer(
-            attn_norm=vector(tensor_name(ATTN_NORM, i)),
-            attn_qkv=qkv(i) if attention_here else None,
-            attn_output=matrix(tensor_name(ATTN_OUTPUT, i)) if attention_here else None,
-            ffn_norm=vector(tensor_name(FFN_NORM, i)),
-            ffn_gate=matrix(tensor_name(FFN_GATE, i)) if ffn_here else None,
-            ffn_up=matrix(tensor_name(FFN_UP, i)) if ffn_here else None,
-            source_down=down, _down=stored.get(block_name(FFN_DOWN, i)),
-            _down_t=stored.get(block_name(FFN_DOWN_T, i)), **extras(i))
-        if ffn_here:
-            name = block_name(FFN_DOWN_T if sparse else FFN_DOWN, i)
-            if name not in stored:
-                kept(name, layer.ffn_down_t() if sparse else layer.ffn_down(), down.name)
-        if teal:
-            layer._qkv_t = stored.get(block_name(ATTN_QKV_T, i))
-            layer._output_t = stored.get(block_name(ATTN_OUTPUT_T, i))
-            layer._gate_up_t = stored.get(block_name(FFN_GATE_UP_T, i))
-            if layer._qkv_t is None or layer._down_t is None:
-                for part, made_now in zip(TEAL_TRANSPOSES, layer.teal_transposes()):
-                    made[block_name(part, i)] = made_now
-        layers.append(layer)
-    token_embd = matrix(TOKEN_EMBD)
-    output = token_embd if c.tied_embeddings else None if output_on_gpu else matrix(OUTPUT)
-    weights = PackedWeights(token_embd, layers, vector(OUTPUT_NORM), output, 0.0)
-    if made:  # written now, and read from the mapped entry from here on
-        _use(weights, cache.save({**stored, **made}))
+        layers = []
+        for i in range(c.n_layer):
+            down = tensor(down_name(model, i))  # PowerInfer's ffn_down_t, else ffn_down
+            attention_here, ffn_here = i not in gpu_layers, i not in dense_layers
+            layer = PackedLayer(
+                attn_norm=vector(tensor_name(ATTN_NORM, i)),
+                attn_qkv=qkv(i) if attention_here else None,
+                attn_output=matrix(tensor_name(ATTN_OUTPUT, i)) if attention_here else None,
+                ffn_norm=vector(tensor_name(FFN_NORM, i)),
+                ffn_gate=matrix(tensor_name(FFN_GATE, i)) if ffn_here else None,
+                ffn_up=matrix(tensor_name(FFN_UP, i)) if ffn_here else None,
+                source_down=down, _down=stored.get(block_name(FFN_DOWN, i)),
+                _down_t=stored.get(block_name(FFN_DOWN_T, i)), **extras(i))
+            if ffn_here:
+                name = block_name(FFN_DOWN_T if sparse else FFN_DOWN, i)
+                if name not in stored:
+                    kept(name, layer.ffn_down_t() if sparse else layer.ffn_down(), down.name)
+            if teal:
+                layer._qkv_t = stored.get(block_name(ATTN_QKV_T, i))
+                layer._output_t = stored.get(block_name(ATTN_OUTPUT_T, i))
+                layer._gate_up_t = stored.get(block_name(FFN_GATE_UP_T, i))
+                if layer._qkv_t is None or layer._down_t is None:
+                    for part, made_now in zip(TEAL_TRANSPOSES, layer.teal_transposes()):
+                        made.append(block_name(part, i))
+                        writer.add(block_name(part, i), made_now)
+            _use_layer(layer, i, writer.mapped)  # the copies made for this layer go now
+            layers.append(layer)
+        token_embd = matrix(TOKEN_EMBD)
+        output = token_embd if c.tied_embeddings else None if output_on_gpu else matrix(OUTPUT)
+        weights = PackedWeights(token_embd, layers, vector(OUTPUT_NORM), output, 0.0)
+        if made and stored:  # an entry is whole: what the old one held goes into the new one too
+            for name, packed in stored.items():
+                if name not in writer.mapped:
+                    writer.add(name, packed)
     weights.repack_seconds = time.perf_counter() - start - (compile_time.seconds() - compiled)  # compilation apart
     weights.from_cache = not made
     return weights
+
+
+def packed_bytes_estimate(model: GGUFFile) -> int:
+    """About what a load packs from `model` (its file's bytes, K-quants' headers and stacked Q8_0 Q/K/V included)."""
+    return int(1.3 * os.path.getsize(model.path))
 
 
 def _views_file(packed: PackedMatrix, model: GGUFFile) -> bool:
@@ -218,21 +231,17 @@ def _views_file(packed: PackedMatrix, model: GGUFFile) -> bool:
     return low <= packed.data.ctypes.data < high
 
 
-def _use(weights: PackedWeights, mapped: dict[str, PackedMatrix]) -> None:
-    """Point the weights at the cache entry's mapped matrices, dropping the copies made at load."""
-    tied = weights.output is weights.token_embd
-    weights.token_embd = mapped.get(TOKEN_EMBD, weights.token_embd)
-    weights.output = weights.token_embd if tied else mapped.get(OUTPUT, weights.output)
-    for i, layer in enumerate(weights.layers):
-        layer.attn_qkv = mapped.get(block_name(ATTN_QKV, i), layer.attn_qkv)
-        layer.attn_output = mapped.get(tensor_name(ATTN_OUTPUT, i), layer.attn_output)
-        layer.ffn_gate = mapped.get(tensor_name(FFN_GATE, i), layer.ffn_gate)
-        layer.ffn_up = mapped.get(tensor_name(FFN_UP, i), layer.ffn_up)
-        layer._down = mapped.get(block_name(FFN_DOWN, i), layer._down)
-        layer._down_t = mapped.get(block_name(FFN_DOWN_T, i), layer._down_t)
-        layer._qkv_t = mapped.get(block_name(ATTN_QKV_T, i), layer._qkv_t)
-        layer._output_t = mapped.get(block_name(ATTN_OUTPUT_T, i), layer._output_t)
-        layer._gate_up_t = mapped.get(block_name(FFN_GATE_UP_T, i), layer._gate_up_t)
+def _use_layer(layer: PackedLayer, i: int, mapped: dict[str, PackedMatrix]) -> None:
+    """Point layer i at the cache entry's mapped matrices, dropping the copies made at load."""
+    layer.attn_qkv = mapped.get(block_name(ATTN_QKV, i), layer.attn_qkv)
+    layer.attn_output = mapped.get(tensor_name(ATTN_OUTPUT, i), layer.attn_output)
+    layer.ffn_gate = mapped.get(tensor_name(FFN_GATE, i), layer.ffn_gate)
+    layer.ffn_up = mapped.get(tensor_name(FFN_UP, i), layer.ffn_up)
+    layer._down = mapped.get(block_name(FFN_DOWN, i), layer._down)
+    layer._down_t = mapped.get(block_name(FFN_DOWN_T, i), layer._down_t)
+    layer._qkv_t = mapped.get(block_name(ATTN_QKV_T, i), layer._qkv_t)
+    layer._output_t = mapped.get(block_name(ATTN_OUTPUT_T, i), layer._output_t)
+    layer._gate_up_t = mapped.get(block_name(FFN_GATE_UP_T, i), layer._gate_up_t)
 
 
 TEAL_TRANSPOSES = (ATTN_QKV_T, ATTN_OUTPUT_T, FFN_GATE_UP_T, FFN_DOWN_T)  # repack cache parts, per layer
