@@ -128,20 +128,26 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     return kernels
 
 
-def _tool(name: str) -> str | None:
+def nvidia_tool(name: str) -> str | None:
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
     return path if os.path.exists(path) else None
 
 
 def sass(cubin: bytes) -> tuple[int, list[tuple[int, str]]]:
     """(registers per thread, [(address, instruction text)]) of a cubin, from the bundled cuobjdump."""
+    registers, _, text = cuobjdump(cubin)
+    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", text)
+    return registers, [(int(address, 16), line.strip()) for address, line in found]
+
+
+def cuobjdump(cubin: bytes) -> tuple[int, int, str]:
+    """(registers per thread, stack bytes per thread, SASS listing) of a cubin, from the bundled cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage, text = (subprocess.run([_tool("cuobjdump"), flag, f.name], capture_output=True, text=True,
+        usage, text = (subprocess.run([nvidia_tool("cuobjdump"), flag, f.name], capture_output=True, text=True,
                                       check=True).stdout for flag in ("--dump-resource-usage", "-sass"))
-    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", text)
-    return int(re.search(r"REG:(\d+)", usage).group(1)), [(int(address, 16), line.strip()) for address, line in found]
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1)), text
 
 
 def ptx_instructions(ptx: str) -> list[tuple[int, str]]:
@@ -196,7 +202,7 @@ def compile_stats(kernel: Kernel, arch: int) -> dict:
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
-    if _tool("cuobjdump") and "cubin" in compiled.asm:
+    if nvidia_tool("cuobjdump") and "cubin" in compiled.asm:
         registers, instructions = sass(compiled.asm["cubin"])
         return {"registers": registers, "loops": weight_loops(inner_loops(instructions, kernel.weights_per_iteration)),
                 "asm": "sass"}

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
+import triton
+from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import attention_kernels as ak
 from . import norm_kernels as nk
 from . import predictor_kernels as pk
-from .compile_check import compile_stats
+from .compile_check import nvidia_tool, cuobjdump, ptx_instructions
 
 
 def sources() -> dict[str, ASTSource]:
@@ -40,6 +43,21 @@ def sources() -> dict[str, ASTSource]:
                  "n_ff": "i32", "n_hot": "i32", "threshold": "fp32", "BLOCK": "constexpr"}
     found["predictor masks"] = ASTSource(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK})
     return found
+
+
+def compile_stats(source: ASTSource, arch: int) -> dict[str, int]:
+    """Compile for sm_`arch`; the PTX's instruction and global load counts, and where cuobjdump is bundled the
+    registers, stack bytes (a spill shows as stack) and SASS instructions."""
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    ptx = compiled.asm["ptx"]
+    if f".target sm_{arch}" not in ptx:
+        raise RuntimeError(f"the PTX does not target sm_{arch}")
+    body = [text for _, text in ptx_instructions(ptx) if not text.endswith(":")]
+    stats = {"ptx": len(body), "ld_global": sum("ld.global" in text for text in body)}
+    if nvidia_tool("cuobjdump") and "cubin" in compiled.asm:
+        stats["registers"], stats["stack"], listing = cuobjdump(compiled.asm["cubin"])
+        stats["sass"] = len(re.findall(r"/\*[0-9a-f]{4}\*/", listing))
+    return stats
 
 
 def main() -> None:

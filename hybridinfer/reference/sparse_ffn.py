@@ -39,16 +39,19 @@ class SparseFFNStats:
         return 1.0 - self.all_active / (self.all_tokens * n_ff) if self.all_tokens else None
 
 
+ACTIVATION_NAMES = {"silu": "SiLU", "gelu": "GELU", "relu": "ReLU", "fatrelu": "FATReLU"}  # as users write them
+
+
 def require_sparse_activation(config: ModelConfig, what: str = "sparse FFN modes (--exact/--predictors)") -> None:
     """Sparse FFN modes skip neurons whose activation is zero: only ReLU and FATReLU models have them."""
     if config.activation in ("silu", "gelu"):
         raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses "
-                               f"{config.activation.upper()} "
+                               f"{ACTIVATION_NAMES[config.activation]} "
                                "(calibrate thresholds with `hybridinfer sparsify` and pass --sparsity-file, convert "
                                "a ReLU/ProSparse model, drop the sparse options, or offload whole layers with -ngl)")
     if config.activation not in ("relu", "fatrelu"):
         raise HybridInferError(f"{what} need a ReLU or FATReLU model; this model's FFN uses "
-                               f"{config.activation.upper()}, which has no zeros to skip: drop the sparse options")
+                               f"{ACTIVATION_NAMES.get(config.activation, config.activation)}, which has no zeros to skip: drop the sparse options")
 
 
 def require_silu_or_gelu(config: ModelConfig, what: str = "a sparsity file") -> None:
@@ -56,10 +59,10 @@ def require_silu_or_gelu(config: ModelConfig, what: str = "a sparsity file") -> 
     GeGLU) sparse; ReLU and FATReLU models have their own zeros."""
     if config.activation in ("relu", "fatrelu"):
         raise HybridInferError(f"{what} is for SiLU or GELU gated FFNs; this model's FFN is "
-                               f"{config.activation.upper()}, whose zeros --exact and --predictors already skip")
+                               f"{ACTIVATION_NAMES[config.activation]}, whose zeros --exact and --predictors already skip")
     if config.activation not in ("silu", "gelu"):
         raise HybridInferError(f"{what} is for SiLU or GELU gated FFNs; this model's FFN uses "
-                               f"{config.activation.upper()}: drop the sparsity options")
+                               f"{ACTIVATION_NAMES.get(config.activation, config.activation)}: drop the sparsity options")
 
 
 class ExactSparseFFN:
