@@ -138,13 +138,17 @@ class EntryWriter:
         self.cache, self.index, self.mapped = cache, {}, {}
         self.partial: Path | None = None
         self._file = None
-        if cache.path is None:
-            return
+        self._expected = expected_bytes
+        self._off = cache.path is None  # off for good: no cache, no room, or a failing disk
+
+    def _open(self) -> None:
+        """The partial file, created at the first `add` (a start that packs nothing writes nothing)."""
         try:
-            cache.directory.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(cache.directory).free < expected_bytes + FREE_MARGIN:
-                return  # no room: this run keeps its own copies
-            self.partial = cache.directory / f".{cache.path.name}.{os.getpid()}.partial"
+            self.cache.directory.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.cache.directory).free < self._expected + FREE_MARGIN:
+                self._off = True  # no room: this run keeps its own copies
+                return
+            self.partial = self.cache.directory / f".{self.cache.path.name}.{os.getpid()}.partial"
             self._file = open(self.partial, "wb+")
             self._file.write(MAGIC + HEADER.pack(LAYOUT_VERSION, 0, 0))
             self._end = ALIGN
@@ -156,6 +160,8 @@ class EntryWriter:
 
     def add(self, name: str, matrix: PackedMatrix) -> PackedMatrix:
         """`matrix` written into the entry and mapped back from it (itself when the writer is off)."""
+        if self._file is None and not self._off:
+            self._open()
         if self._file is None:
             return matrix
         data = np.ascontiguousarray(matrix.data)
@@ -199,6 +205,6 @@ class EntryWriter:
         """No entry from this writer: its partial file goes (what was mapped from it stays readable)."""
         if self._file is not None:
             self._file.close()
-        self._file = None
+        self._file, self._off = None, True
         if self.partial is not None:
             self.partial.unlink(missing_ok=True)
