@@ -171,7 +171,7 @@ def table(report: Report, args, scratch: Path, env: dict, deadline: float) -> No
     rows = [header, "| --- |" + " ---: |" * 9]
     report(header)
     report(rows[1])
-    configs = plan["configs"]
+    configs, models = plan["configs"], []
     for i, config in enumerate(configs):
         left = deadline - time.monotonic()
         timeout = max(left - MIN_STEP_S * (len(configs) - i - 1), min(left, MIN_STEP_S * 3))
@@ -183,12 +183,35 @@ def table(report: Report, args, scratch: Path, env: dict, deadline: float) -> No
             record, ended = run_step(report, STEPS + ["decode", json.dumps(config), "--device", args.device, "-n",
                                                       str(args.tokens)], timeout, env)
             row = table_row(record) if record is not None else f"| {config['label']} | failed: {ended} |"
+            if record is not None and record.get("model"):
+                models.append(model_row(record))
         rows.append(row)
         report(row)
     report("")
     report("the table again, in one piece:")
     for row in rows:
         report(row)
+    report("")
+    report("ms per token, measured and modelled (tools/gpu_token_model.py: bytes at the bandwidth measured in the "
+           "same process, launches x launch time, copies x copy time; a lower bound):")
+    for row in MODEL_HEADER + models:
+        report(row)
+
+
+MODEL_HEADER = ["| configuration | measured ms | = GPU | + CPU | + transfers | + untimed | model ms | = GPU MB / GB/s "
+                "| + launches x us | + CPU MB / GB/s | + copies | measured / model |",
+                "| --- |" + " ---: |" * 11]
+
+
+def model_row(record: dict) -> str:
+    m = record["model"]
+    p = m["probe"]
+    return (f"| {record['label']} | {m['measured_ms']:.2f} | {m['gpu_ms']:.2f} | {m['cpu_ms']:.2f} | "
+            f"{m['transfer_ms']:.2f} | {m['other_ms']:.2f} | {m['model_ms']:.2f} | "
+            f"{m['gpu_bytes'] / 1e6:.0f} / {p['device_gbs']:.0f} = {m['model_gpu_ms']:.2f} | "
+            f"{m['launches']} x {p['launch_us']:.1f} = {m['model_launch_ms']:.2f} | "
+            f"{m['cpu_bytes'] / 1e6:.0f} / {p['cpu_gbs']:.0f} = {m['model_cpu_ms']:.2f} | "
+            f"{m['copies']} = {m['model_copy_ms']:.2f} | {m['measured_ms'] / max(m['model_ms'], 1e-9):.2f}x |")
 
 
 def table_row(record: dict) -> str:

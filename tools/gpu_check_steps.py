@@ -4,7 +4,8 @@ that step alone). Each prints one JSON line prefixed by RESULT_MARK on stdout; a
     plan    synthesize the ProSparse-like Q4_0 model with predictors and activation counts (`tools/synth_gguf.py`)
             and list the configurations of the decode table: budgets that hold 0, 25, 50 and 100% of the FFN
             neurons, -ngl at the same VRAM, every layer on the GPU
-    decode  load one configuration and decode: tokens/s, the hybrid report, load and compile seconds
+    decode  load one configuration and decode: tokens/s, the hybrid report, load and compile seconds, and the
+            token's model beside the measured ms (`tools/gpu_token_model.py`)
 
 Usage: PYTHONPATH=. python tools/gpu_check_steps.py plan OUT_PREFIX --device D --shape S [--layers N]
        PYTHONPATH=. python tools/gpu_check_steps.py decode CONFIG_JSON --device D -n TOKENS
@@ -80,8 +81,30 @@ def decode(config: dict, device: str, n_tokens: int) -> None:
     print(f"first tokens in {first_s:.1f} s (numba compile so far {compile_time.seconds():.1f} s); decoding "
           f"{n_tokens} tokens", flush=True)
     rate = decode_rate(engine, n_tokens)
+    report = hybrid_report(engine) or {}
     result({"label": config["label"], "tokens_per_s": rate, "load_s": load_s, "first_s": first_s,
-            "numba_compile_s": compile_time.seconds(), "hybrid": hybrid_report(engine) or {}})
+            "numba_compile_s": compile_time.seconds(), "hybrid": report,
+            "model": modelled_token(engine, report, 1000 / rate, n_tokens)})
+
+
+def modelled_token(engine, report: dict, measured_ms: float, n_tokens: int) -> dict:
+    """The token's model (`tools/gpu_token_model.py`), from the decode just timed (its statistics, its positions:
+    decode_rate's 8 prompt tokens and 2 warm-up tokens, then `n_tokens`), one more token's launches and the probe."""
+    from hybridinfer.eval.benchmark import prompt_tokens
+    from tools import gpu_token_model as token
+
+    if engine.gpu_side is None:
+        return {}
+    nbytes = token.token_bytes(engine, 10 + n_tokens // 2)
+    copies = token.token_copies(engine)
+    history = prompt_tokens(engine, 8)
+    engine.reset()
+    engine.feed(history)
+    history.append(0)
+    engine.feed(history)  # a first decoded token: what happens once per run is not counted below
+    launches, _ = token.launches_per_token(engine, history + [0])
+    machine = token.probe(engine.gpu_side.device, engine.config.n_embd)
+    return token.model_row(measured_ms, report, machine, nbytes, copies, launches)
 
 
 def main() -> None:
