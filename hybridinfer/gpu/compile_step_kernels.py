@@ -26,11 +26,14 @@ def sources() -> dict[str, ASTSource]:
                  BLOCK_N=ak.BLOCK_N)
     combine = dict(GROUP=5, HEAD_DIM=128, GROUP_P2=16, HEAD_DIM_P2=128, SPLITS=ak.SPLITS)
     found = {}
-    for cache in ("fp16", "fp32"):
+    for cache, extras in (("fp16", True), ("fp32", False)):  # extras: Q/K/V biases and Q/K head norms compiled in
+        constants = {**split, "HAS_BIAS": extras, "HAS_NORM": extras}
         signature = {"qkv_ptr": "*fp32", "k_ptr": f"*{cache}", "v_ptr": f"*{cache}", "cos_ptr": "*fp32",
                      "sin_ptr": "*fp32", "pos_ptr": "*i32", "best_ptr": "*fp32", "total_ptr": "*fp32",
-                     "acc_ptr": "*fp32", "scale": "fp32", **{name: "constexpr" for name in split}}
-        found[f"attention split ({cache} cache)"] = ASTSource(ak._split_kernel, signature, split)
+                     "acc_ptr": "*fp32", "bias_ptr": "*fp32", "q_norm_ptr": "*fp32", "k_norm_ptr": "*fp32",
+                     "scale": "fp32", "eps": "fp32", "window": "i32", **{name: "constexpr" for name in constants}}
+        name = f"attention split ({cache} cache{', biases, head norms' if extras else ''})"
+        found[name] = ASTSource(ak._split_kernel, signature, constants)
     signature = {"best_ptr": "*fp32", "total_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": "*fp32",
                  **{name: "constexpr" for name in combine}}
     found["attention combine"] = ASTSource(ak._combine_kernel, signature, combine)
