@@ -37,11 +37,13 @@ def sources() -> dict[str, ASTSource]:
     signature = {"best_ptr": "*fp32", "total_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": "*fp32",
                  **{name: "constexpr" for name in combine}}
     found["attention combine"] = ASTSource(ak._combine_kernel, signature, combine)
-    for has_add in (False, True):
-        norm = dict(HAS_ADD=has_add, BLOCK=8192)
-        signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "w_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32",
-                     "scale": "fp32", "eps": "fp32", **{name: "constexpr" for name in norm}}
-        found["add + RMSNorm" if has_add else "RMSNorm"] = ASTSource(nk._add_rms_norm_kernel, signature, norm)
+    for has_add in (False, True):  # with the add: gemma3's post-norm of the block's output too
+        norm = dict(HAS_ADD=has_add, HAS_B=False, HAS_POST=has_add, HAS_OUT=True, BLOCK=8192)
+        signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "p_ptr": "*fp32", "w_ptr": "*fp32",
+                     "out_ptr": "*fp32", "n": "i32", "scale": "fp32", "eps": "fp32",
+                     **{name: "constexpr" for name in norm}}
+        found["add + post-norm + RMSNorm" if has_add else "RMSNorm"] = ASTSource(nk._add_rms_norm_kernel, signature,
+                                                                                  norm)
     signature = {"scores_ptr": "*fp32", "hot_index_ptr": "*i64", "mask_ptr": "*i8", "hot_mask_ptr": "*i8",
                  "n_ff": "i32", "n_hot": "i32", "threshold": "fp32", "BLOCK": "constexpr"}
     found["predictor masks"] = ASTSource(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK})
