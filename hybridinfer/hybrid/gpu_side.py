@@ -105,7 +105,8 @@ class GPULayer:
         h = self.heads
         tensors = [self.attn_norm, self.ffn_norm, self.k_cache, self.v_cache, h.bias, h.q_norm, h.k_norm,
                    self.post_attention_norm, self.post_ffw_norm]  # the RoPE tables: the side's, shared
-        return sum(p.nbytes for p in parts if p is not None) + sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        held = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return sum(p.nbytes for p in parts if p is not None) + held
 
 
 class GPUSide:
