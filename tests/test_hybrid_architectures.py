@@ -105,15 +105,13 @@ def test_the_gpu_side_holds_what_each_architecture_adds(arch_files, arch):
         assert side.layers[0].rope_cos is side.layers[1].rope_cos  # one copy per (base, scale)
 
 
-@pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_gpu_output_softcaps_the_logits(tmp_path, kernels):
-    """A final_logit_softcapping key (Gemma 2's) on a gemma3 file: the GPU side's output caps as the CPU's does."""
-    if kernels == "triton":
-        pytest.importorskip("triton", reason="the Triton kernels need triton")
+def test_gpu_output_softcaps_the_logits(tmp_path):
+    """A final_logit_softcapping key (Gemma 2's) on a gemma3 file: the GPU side's output caps as the CPU's does (in
+    torch operators after the output GEMV, the same for both kernel sets)."""
     path = write_arch_gguf(tmp_path / "capped.gguf", "gemma3", logit_softcap=0.5)
     decoded, _ = expected_logits(path, SHORT_IDS)
     assert np.abs(decoded).max() <= 0.5  # capped (tanh rounds to 1 in float32 at the largest)
-    engine = gpu_engine(path, SHAPES["gemma3"][0] + 1, kernels)
+    engine = gpu_engine(path, SHAPES["gemma3"][0] + 1, "torch")
     assert relative_error(prompt_then_decode(engine, SHORT_IDS), decoded) < TOLERANCE[T.F32]
 
 
