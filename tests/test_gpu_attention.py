@@ -74,6 +74,79 @@ def test_triton_kernels_equal_the_twin(shape, dtype, start_pos):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
 
 
+def options_case(gen, n_head, n_kv, head_dim, bias, norms, query_scale, window):
+    """Random biases and head-norm weights (not all ones), as a layer of qwen2 (bias), qwen3/gemma3 (norms) has."""
+    rows = (n_head + 2 * n_kv) * head_dim
+    return attention_reference.HeadOptions(
+        bias=torch.randn(rows, generator=gen).to(DEVICE) if bias else None,
+        q_norm=(1 + 0.3 * torch.randn(head_dim, generator=gen)).to(DEVICE) if norms else None,
+        k_norm=(1 + 0.3 * torch.randn(head_dim, generator=gen)).to(DEVICE) if norms else None,
+        eps=1e-6, query_scale=query_scale, window=window)
+
+
+def plain_attention_with(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, o):
+    """The textbook form of what `HeadOptions` adds (as `reference/model.py` computes it)."""
+    from hybridinfer.reference.model import apply_rope, optional_norm
+    n, n_kv, head_dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[2]
+    q_rows, kv_rows, end = n_head * head_dim, n_kv * head_dim, start_pos + n
+    qkv = qkv if o.bias is None else qkv + o.bias
+    c, s = cos[start_pos:end], sin[start_pos:end]
+    q = optional_norm(qkv[:, :q_rows].reshape(n, n_head, head_dim), o.q_norm, o.eps)
+    k = optional_norm(qkv[:, q_rows:q_rows + kv_rows].reshape(n, n_kv, head_dim), o.k_norm, o.eps)
+    q = apply_rope(q, c, s) * o.query_scale
+    k_cache[start_pos:end] = apply_rope(k, c, s)
+    v_cache[start_pos:end] = qkv[:, q_rows + kv_rows:].reshape(n, n_kv, head_dim)
+    keys = k_cache[:end].float().repeat_interleave(n_head // n_kv, dim=1).transpose(0, 1)
+    values = v_cache[:end].float().repeat_interleave(n_head // n_kv, dim=1).transpose(0, 1)
+    scores = q.transpose(0, 1) @ keys.transpose(1, 2) / math.sqrt(head_dim)
+    key_pos, query_pos = torch.arange(end)[None, :], torch.arange(start_pos, end)[:, None]
+    hidden = key_pos > query_pos
+    if o.window:
+        hidden |= query_pos - key_pos >= o.window
+    scores = scores.masked_fill(hidden.to(scores.device), float("-inf"))
+    return (scores.softmax(-1) @ values).transpose(0, 1).reshape(n, q_rows)
+
+
+# bias, norms, query scale, window: qwen2's, qwen3's, a gemma3 sliding layer's, Gemma 3 27B's query scale
+OPTIONS = [(True, False, 1.0, 0), (False, True, 1.0, 0), (False, True, 1.0, 5), (True, True, 0.6, 40)]
+
+
+def options_id(o):
+    return "bias{}-norm{}-qs{}-w{}".format(*(int(v) if isinstance(v, bool) else v for v in o))
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=options_id)
+@pytest.mark.parametrize("start_pos,n", [(0, 1), (37, 1), (299, 1), (0, 9), (250, 9), (0, 300)])
+def test_twin_with_head_options_equals_plain_attention(options, start_pos, n):
+    n_head, n_kv, head_dim, rope_dim = 8, 2, 16, 16
+    k_cache, v_cache, cos, sin, gen = case(start_pos + 2 * n, 320, n_head, n_kv, head_dim, rope_dim, torch.float32)
+    o = options_case(gen, n_head, n_kv, head_dim, *options)
+    qkv = torch.randn(n, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_plain, v_plain = k_cache.clone(), v_cache.clone()
+    expected = plain_attention_with(qkv, k_plain, v_plain, cos, sin, start_pos, n_head, o)
+    got = attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, options=o)
+    assert torch.allclose(k_cache, k_plain, rtol=1e-5, atol=1e-5) and torch.equal(v_cache, v_plain)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("options", OPTIONS, ids=options_id)
+@pytest.mark.parametrize("start_pos", [3, 40, 299])
+def test_triton_kernels_with_head_options_equal_the_twin(options, dtype, start_pos):
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    from hybridinfer.gpu import attention_kernels
+    n_head, n_kv, head_dim, rope_dim = 6, 3, 24, 16
+    k_cache, v_cache, cos, sin, gen = case(start_pos + 11, 320, n_head, n_kv, head_dim, rope_dim, dtype)
+    o = options_case(gen, n_head, n_kv, head_dim, *options)
+    qkv = torch.randn(1, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_twin, v_twin = k_cache.clone(), v_cache.clone()
+    expected = attention_reference.decode_attention(qkv, k_twin, v_twin, cos, sin, start_pos, n_head, options=o)
+    got = attention_kernels.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, options=o)
+    assert torch.allclose(k_cache.float(), k_twin.float(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(v_cache, v_twin)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+
+
 def test_a_decode_step_allocates_no_more_at_position_4000_than_at_10(tmp_path):
     """The GPU side's attention part (RMSNorm, QKV, attention over the cache in place, output projection, residual)
     on the CPU device with the torch twins, n_ctx 4096: the peak of the bytes torch allocates during the step

@@ -11,6 +11,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from hybridinfer.model_file.config import ACTIVATION_KEY
+
 from tiny_models import add_spm_vocab, spm_vocab, write_tensors
 
 ARCHITECTURES = ("qwen2", "qwen3", "gemma3", "llama3")
@@ -64,10 +66,13 @@ def arch_weights(arch: str, seed: int = 0, n_layer: int | None = None) -> dict[s
 
 
 def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, context_length: int = 256,
-                    rope_scaling: tuple[str, float] | None = None, n_layer: int | None = None) -> Path:
+                    rope_scaling: tuple[str, float] | None = None, n_layer: int | None = None,
+                    logit_softcap: float = 0.0, activation: str | None = None) -> Path:
     """A tiny `arch` model (see ARCHITECTURES; llama3 is written as llama with rope_freqs) at `path`; 2-D weights
     in `weight_type`, norms, biases and rope_freqs F32; `rope_scaling`: (rope.scaling.type, rope.scaling.factor);
-    `n_layer`: another layer count than SHAPES' (62 makes a gemma3 file llama.cpp takes for the 27B)."""
+    `n_layer`: another layer count than SHAPES' (62 makes a gemma3 file llama.cpp takes for the 27B);
+    `logit_softcap`: a final_logit_softcapping key (Gemma 2's; Gemma 3 files have none) when above 0;
+    `activation`: hybridinfer's FFN activation key ("relu": a ReLU-fied model of the architecture)."""
     layers, n_head, n_head_kv, head_dim = SHAPES[arch]
     n_layer = n_layer or layers
     writer = gguf.GGUFWriter(str(path), "llama" if arch == "llama3" else arch)
@@ -85,6 +90,10 @@ def write_arch_gguf(path: Path, arch: str, weight_type=T.F32, seed: int = 0, con
         writer.add_rope_dimension_count(head_dim)
     if arch == "gemma3":
         writer.add_sliding_window(GEMMA_WINDOW)
+    if activation is not None:
+        writer.add_string(ACTIVATION_KEY, activation)
+    if logit_softcap > 0:
+        writer.add_float32(f"{writer.arch}.final_logit_softcapping", logit_softcap)
     if rope_scaling is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling[0]))
         writer.add_rope_scaling_factor(rope_scaling[1])

@@ -1,9 +1,11 @@
 """The GPU side's attention step for one new position as Triton kernels (flash-decoding); `attention_reference.py`
 is its torch twin (same function, same result) and serves several positions at once (a prompt).
 
-    _split_kernel    program (kv head, split): the group's queries and the new key, rotated (RoPE) in registers;
+    _split_kernel    program (kv head, split): the group's queries and the new key (their biases added and each
+                     head RMS-normed where the model has them), rotated (RoPE) in registers;
                      split 0 writes the new key and value into the float16 (or float32) cache; then the online
-                     softmax over the split's share of positions 0..pos, read in place in tiles of BLOCK_N
+                     softmax over the split's share of positions 0..pos (pos - window + 1..pos on a sliding-window
+                     layer), read in place in tiles of BLOCK_N
                      positions, each key/value tile read once for the whole group of query heads (the new
                      position's key and value come from registers, not from the cache being written)
     _combine_kernel  program (query head): the splits' partial results merged (their maxima, sums, values)
@@ -28,10 +30,20 @@ BLOCK_N = 32  # positions a loop step reads
 
 
 @triton.jit
-def _rotated(ptr, cos_ptr, sin_ptr, pos, d, live, ROPE_DIM: tl.constexpr):
-    """Elements d of the head at ptr (float32), rotated at position pos: pairs (2j, 2j+1) of the first ROPE_DIM."""
-    x = tl.load(ptr + d, mask=live, other=0.0).to(tl.float32)
-    partner = tl.load(ptr + (d ^ 1), mask=live, other=0.0).to(tl.float32)
+def _head(qkv_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, at, pos, d, live, eps, HEAD_DIM: tl.constexpr,
+          ROPE_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Heads (rows, HEAD_DIM_P2) float32, row r's element d at qkv_ptr + at[r] + d: + their biases (bias_ptr + the
+    same offsets) if HAS_BIAS, each RMS-normed with the weight (HEAD_DIM,) at norm_ptr if HAS_NORM, then rotated
+    at position pos: pairs (2j, 2j+1) of the first ROPE_DIM."""
+    x = tl.load(qkv_ptr + at + d, mask=live, other=0.0).to(tl.float32)
+    partner = tl.load(qkv_ptr + at + (d ^ 1), mask=live, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(bias_ptr + at + d, mask=live, other=0.0)
+        partner += tl.load(bias_ptr + at + (d ^ 1), mask=live, other=0.0)
+    if HAS_NORM:
+        inverse = (1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps))[:, None]  # (rows, 1)
+        x = x * inverse * tl.load(norm_ptr + d, mask=live, other=0.0)
+        partner = partner * inverse * tl.load(norm_ptr + (d ^ 1), mask=live, other=0.0)
     in_rope = live & (d < ROPE_DIM)
     c = tl.load(cos_ptr + pos * (ROPE_DIM // 2) + d // 2, mask=in_rope, other=1.0)
     s = tl.load(sin_ptr + pos * (ROPE_DIM // 2) + d // 2, mask=in_rope, other=0.0)
@@ -39,10 +51,13 @@ def _rotated(ptr, cos_ptr, sin_ptr, pos, d, live, ROPE_DIM: tl.constexpr):
 
 
 @triton.jit
-def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr, scale,
-                  N_HEAD_KV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr,
-                  GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): this split's running max, sum, values."""
+def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr, bias_ptr,
+                  q_norm_ptr, k_norm_ptr, scale, eps, window, N_HEAD_KV: tl.constexpr, GROUP: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr,
+                  SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr):
+    """best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): this split's running max, sum, values.
+    bias_ptr (q_rows + 2 kv_rows,) read if HAS_BIAS, q_norm_ptr and k_norm_ptr (HEAD_DIM,) if HAS_NORM; window > 0:
+    positions pos - window + 1..pos only."""
     kv = tl.program_id(0)
     split = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int64)
@@ -51,18 +66,24 @@ def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, to
     g_live, d_live = g < GROUP, d < HEAD_DIM
     q_rows: tl.constexpr = N_HEAD_KV * GROUP * HEAD_DIM
     row: tl.constexpr = N_HEAD_KV * HEAD_DIM  # a cache position's elements
-    q = _rotated(qkv_ptr + (kv * GROUP + g[:, None]) * HEAD_DIM, cos_ptr, sin_ptr, pos, d[None, :],
-                 g_live[:, None] & d_live[None, :], ROPE_DIM) * scale  # (GROUP_P2, HEAD_DIM_P2)
-    k_new = _rotated(qkv_ptr + q_rows + kv * HEAD_DIM, cos_ptr, sin_ptr, pos, d, d_live, ROPE_DIM)
+    q = _head(qkv_ptr, bias_ptr, q_norm_ptr, cos_ptr, sin_ptr, (kv * GROUP + g[:, None]) * HEAD_DIM, pos,
+              d[None, :], g_live[:, None] & d_live[None, :], eps, HEAD_DIM, ROPE_DIM, HAS_BIAS,
+              HAS_NORM) * scale  # (GROUP_P2, HEAD_DIM_P2)
+    k_new = _head(qkv_ptr, bias_ptr, k_norm_ptr, cos_ptr, sin_ptr, tl.full([1, 1], q_rows + kv * HEAD_DIM, tl.int32),
+                  pos, d[None, :], d_live[None, :], eps, HEAD_DIM, ROPE_DIM, HAS_BIAS, HAS_NORM)
+    k_new = tl.reshape(k_new, [HEAD_DIM_P2])
     v_new = tl.load(qkv_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v_new += tl.load(bias_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0)
     k_new = k_new.to(k_ptr.dtype.element_ty)  # as stored: the new position reads as every later one will
     v_new = v_new.to(v_ptr.dtype.element_ty)
     if split == 0:
         tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new, mask=d_live)
         tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new, mask=d_live)
     k_new, v_new = k_new.to(tl.float32), v_new.to(tl.float32)
-    share = tl.cdiv(tl.cdiv(pos + 1, SPLITS), BLOCK_N) * BLOCK_N
-    lo = split * share
+    oldest = tl.where(window > 0, tl.maximum(pos + 1 - window, 0), 0)  # the first position attended to
+    share = tl.cdiv(tl.cdiv(pos + 1 - oldest, SPLITS), BLOCK_N) * BLOCK_N
+    lo = oldest + split * share
     hi = tl.minimum(lo + share, pos + 1)
     best = tl.full([GROUP_P2], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_P2], tl.float32)
@@ -134,13 +155,15 @@ def scratch_for(n_head: int, n_head_kv: int, head_dim: int, device: torch.device
 
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
-                     scratch: Scratch | None = None) -> torch.Tensor:
+                     scratch: Scratch | None = None,
+                     options: attention_reference.HeadOptions = attention_reference.LLAMA) -> torch.Tensor:
     """`attention_reference.decode_attention`; one position (T == 1) by the two kernels, several by the twin.
     `position`: the position as a device int32 tensor (1,) (a CUDA graph's input), else start_pos is written to
     the scratch's; `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The
     result is the scratch's output buffer, overwritten by the next call."""
     if qkv.shape[0] != 1:
-        return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
+        return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head,
+                                                    options=options)
     n_kv, head_dim = k_cache.shape[1], k_cache.shape[2]
     scratch = scratch or scratch_for(n_head, n_kv, head_dim, qkv.device)
     if position is None:
@@ -148,10 +171,15 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
         position.fill_(start_pos)
     group = n_head // n_kv
     group_p2, head_dim_p2 = scratch.best.shape[2], scratch.acc.shape[3]
+    o = options
+    has_bias, has_norm = o.bias is not None, o.q_norm is not None
     _split_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
-                                  scratch.total, scratch.acc, 1 / math.sqrt(head_dim), N_HEAD_KV=n_kv, GROUP=group,
+                                  scratch.total, scratch.acc, o.bias if has_bias else qkv,
+                                  o.q_norm if has_norm else qkv, o.k_norm if has_norm else qkv,
+                                  o.query_scale / math.sqrt(head_dim), o.eps, o.window, N_HEAD_KV=n_kv, GROUP=group,
                                   HEAD_DIM=head_dim, ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2,
-                                  HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS, BLOCK_N=BLOCK_N)
+                                  HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS, BLOCK_N=BLOCK_N, HAS_BIAS=has_bias,
+                                  HAS_NORM=has_norm)
     _combine_kernel[(n_head,)](scratch.best, scratch.total, scratch.acc, scratch.out, GROUP=group,
                                HEAD_DIM=head_dim, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS)
     return scratch.out

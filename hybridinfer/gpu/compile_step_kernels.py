@@ -26,19 +26,24 @@ def sources() -> dict[str, ASTSource]:
                  BLOCK_N=ak.BLOCK_N)
     combine = dict(GROUP=5, HEAD_DIM=128, GROUP_P2=16, HEAD_DIM_P2=128, SPLITS=ak.SPLITS)
     found = {}
-    for cache in ("fp16", "fp32"):
+    for cache, extras in (("fp16", True), ("fp32", False)):  # extras: Q/K/V biases and Q/K head norms compiled in
+        constants = {**split, "HAS_BIAS": extras, "HAS_NORM": extras}
         signature = {"qkv_ptr": "*fp32", "k_ptr": f"*{cache}", "v_ptr": f"*{cache}", "cos_ptr": "*fp32",
                      "sin_ptr": "*fp32", "pos_ptr": "*i32", "best_ptr": "*fp32", "total_ptr": "*fp32",
-                     "acc_ptr": "*fp32", "scale": "fp32", **{name: "constexpr" for name in split}}
-        found[f"attention split ({cache} cache)"] = ASTSource(ak._split_kernel, signature, split)
+                     "acc_ptr": "*fp32", "bias_ptr": "*fp32", "q_norm_ptr": "*fp32", "k_norm_ptr": "*fp32",
+                     "scale": "fp32", "eps": "fp32", "window": "i32", **{name: "constexpr" for name in constants}}
+        name = f"attention split ({cache} cache{', biases, head norms' if extras else ''})"
+        found[name] = ASTSource(ak._split_kernel, signature, constants)
     signature = {"best_ptr": "*fp32", "total_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": "*fp32",
                  **{name: "constexpr" for name in combine}}
     found["attention combine"] = ASTSource(ak._combine_kernel, signature, combine)
-    for has_add in (False, True):
-        norm = dict(HAS_ADD=has_add, BLOCK=8192)
-        signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "w_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32",
-                     "scale": "fp32", "eps": "fp32", **{name: "constexpr" for name in norm}}
-        found["add + RMSNorm" if has_add else "RMSNorm"] = ASTSource(nk._add_rms_norm_kernel, signature, norm)
+    for has_add in (False, True):  # with the add: gemma3's post-norm of the block's output too
+        norm = dict(HAS_ADD=has_add, HAS_B=False, HAS_POST=has_add, HAS_OUT=True, BLOCK=8192)
+        signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "p_ptr": "*fp32", "w_ptr": "*fp32",
+                     "out_ptr": "*fp32", "n": "i32", "scale": "fp32", "eps": "fp32",
+                     **{name: "constexpr" for name in norm}}
+        found["add + post-norm + RMSNorm" if has_add else "RMSNorm"] = ASTSource(nk._add_rms_norm_kernel, signature,
+                                                                                  norm)
     signature = {"scores_ptr": "*fp32", "hot_index_ptr": "*i64", "mask_ptr": "*i8", "hot_mask_ptr": "*i8",
                  "n_ff": "i32", "n_hot": "i32", "threshold": "fp32", "BLOCK": "constexpr"}
     found["predictor masks"] = ASTSource(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK})

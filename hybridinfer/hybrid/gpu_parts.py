@@ -16,8 +16,9 @@ from .gpu_side import GPULayer, GPUSide
 
 
 class GPUAttention:
-    """x += residual_scale * attention(RMSNorm(x)) over the layer's KV cache on the device (x in place); then the
-    FFN's RMSNorm of x in the same kernel, handed to the layer's FFN part (`side.ffn_input`)."""
+    """x += residual_scale * attention(RMSNorm(x)) over the layer's KV cache on the device (x in place; the
+    attention's output RMS-normed first where the model has a post-attention norm); then the FFN's RMSNorm of x in
+    the same kernel, handed to the layer's FFN part (`side.ffn_input`)."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
@@ -28,19 +29,19 @@ class GPUAttention:
         x = s.on_device
         h = side.norms.rms_norm(x, layer.attn_norm, c.rms_eps)
         x, normed = side.norms.add_rms_norm(x, self.attention(layer, h, s.start_pos), c.residual_scale,
-                                            layer.ffn_norm, c.rms_eps)
+                                            layer.ffn_norm, c.rms_eps, layer.post_attention_norm)
         s.on_device, side.ffn_input = x, (index, normed)
         side.clock.stop("gpu", started)
 
     def attention(self, layer: GPULayer, h: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """Causal attention of T new positions over the layer's KV cache, read in place (`gpu/attention_*.py`);
-        h = RMSNorm(x) (T, n_embd)."""
+        """Causal attention of T new positions over the layer's KV cache, read in place (`gpu/attention_*.py`), with
+        the layer's biases, head norms, query scale and window (`layer.heads`); h = RMSNorm(x) (T, n_embd)."""
         side = self.side
         qkv = side.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
-        attended = side.attention_ops.decode_attention(qkv, layer.k_cache, layer.v_cache, side.rope_cos,
-                                                       side.rope_sin, start_pos, self.config.n_head,
+        attended = side.attention_ops.decode_attention(qkv, layer.k_cache, layer.v_cache, layer.rope_cos,
+                                                       layer.rope_sin, start_pos, self.config.n_head,
                                                        side.at_position(start_pos) if h.shape[0] == 1 else None,
-                                                       side.attention_scratch)
+                                                       side.attention_scratch, layer.heads)
         return side.ops.matvec(layer.wo, attended)  # (T, n_embd)
 
     def every_neuron(self) -> GPUAttention:
@@ -48,7 +49,8 @@ class GPUAttention:
 
 
 class GPUDenseFFN:
-    """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl)."""
+    """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl); act
+    SiLU, GELU (tanh approximation) or FATReLU; the output RMS-normed first where the model has a post-FFN norm."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
@@ -61,9 +63,12 @@ class GPUDenseFFN:
         gate, up = side.ops.matvec(layer.gate, normed), side.ops.matvec(layer.up, normed)
         if c.activation == "silu":
             hidden = torch.nn.functional.silu(gate).mul_(up)
+        elif c.activation == "gelu":
+            hidden = torch.nn.functional.gelu(gate, approximate="tanh").mul_(up)
         else:
             hidden = gate.masked_fill_(gate < side.threshold, 0.0).mul_(up)
-        s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale)
+        s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale,
+                                     post_norm=layer.post_ffw_norm, eps=c.rms_eps)
         side.clock.stop("gpu", started)
 
     def every_neuron(self) -> GPUDenseFFN:

@@ -4,7 +4,9 @@ parts that compute with them are `gpu_parts.py` (attention, dense FFN, the bound
 On a machine without CUDA the device is the CPU and the kernels are the torch twins, so every path runs (and is
 tested) anywhere.
 
-A GPU layer holds its attention (norms, Q/K/V and output projections, KV cache), its predictor, and either its
+A GPU layer holds its attention (norms, Q/K/V and output projections, KV cache, and what its architecture adds:
+Q/K/V biases, Q/K head norms, post-block norms, its RoPE tables and sliding window; NEOX models' Q and K rows
+reordered for adjacent-pair RoPE as the CPU side's are, `runtime/rope_rows.py`), its predictor, and either its
 hot neurons (gate rows, up rows, rows of the transposed down projection; the cold ones stay in the CPU's packed
 weights) or, with -ngl, its whole dense FFN.
 """
@@ -19,17 +21,19 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from ..errors import HybridInferError
 from ..model_file.config import ModelConfig
 from ..model_file.dequantize import dequantize
 from ..model_file.gguf_file import GGUFFile, GGUFTensor
-from ..model_file.tensor_shapes import (ATTN_K, ATTN_NORM, ATTN_OUTPUT, ATTN_Q, ATTN_V, FFN_DOWN, FFN_GATE, FFN_NORM,
-                                        FFN_UP, OUTPUT, OUTPUT_NORM, TOKEN_EMBD, tensor_name)
+from ..model_file.tensor_shapes import (ATTN_K, ATTN_K_NORM, ATTN_NORM, ATTN_OUTPUT, ATTN_POST_NORM, ATTN_Q,
+                                        ATTN_Q_NORM, ATTN_V, FFN_DOWN, FFN_GATE, FFN_NORM, FFN_POST_NORM, FFN_UP,
+                                        OUTPUT, OUTPUT_NORM, TOKEN_EMBD, bias_name, tensor_name)
 from ..model_file.weight_formats import FLOAT_TYPES, GPU_NATIVE_TYPES
 from ..gpu import kernels_for
+from ..gpu.attention_reference import HeadOptions
 from ..gpu.weights import DeviceMatrix, device_matrix
 from ..kernels.packed import to_gguf_bytes
 from ..reference.model import rms_norm, rope_tables
+from ..runtime.rope_rows import head_rows, head_vector
 from .placement.memory_model import kv_element_bytes_for
 from .report import Clock, HybridStats
 
@@ -41,14 +45,23 @@ def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = N
     return device_matrix(dequantize(tensor), T.F32, tensor.shape, device, rows)
 
 
-def upload_stacked(tensors: list[GGUFTensor], device: torch.device) -> DeviceMatrix:
-    """The rows of several weights with one column count as one matrix (Q, K and V)."""
+def upload_stacked(tensors: list[GGUFTensor], device: torch.device,
+                   orders: list[np.ndarray | None] | None = None) -> DeviceMatrix:
+    """The rows of several weights with one column count as one matrix (Q, K and V), each tensor's rows in its
+    `orders` entry's order where it is not None (NEOX models' Q and K: `runtime/rope_rows.py`)."""
     rows, cols = sum(t.shape[0] for t in tensors), tensors[0].shape[1]
+    orders = orders or [None] * len(tensors)
     qtype = tensors[0].type
+
+    def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+        return values if order is None else values[order]
+
     if qtype in GPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
-        raw = np.concatenate([np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1) for t in tensors])
+        raw = np.concatenate([ordered(np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1), order)
+                              for t, order in zip(tensors, orders)])
         return device_matrix(raw, qtype, (rows, cols), device)
-    return device_matrix(np.concatenate([dequantize(t) for t in tensors]), T.F32, (rows, cols), device)
+    return device_matrix(np.concatenate([ordered(dequantize(t), order) for t, order in zip(tensors, orders)]),
+                         T.F32, (rows, cols), device)
 
 
 def upload_predictor_weight(weight: torch.Tensor, device: torch.device) -> DeviceMatrix:
@@ -67,6 +80,11 @@ class GPULayer:
     ffn_norm: torch.Tensor
     k_cache: torch.Tensor  # (n_ctx, n_head_kv, head_dim), float16 on CUDA, float32 on the CPU device
     v_cache: torch.Tensor
+    rope_cos: torch.Tensor  # (n_ctx, rope_dim // 2): this layer's RoPE (gemma3's sliding-window layers: their base)
+    rope_sin: torch.Tensor
+    heads: HeadOptions  # biases, head norms, query scale and window of the attention step (`gpu/attention_*.py`)
+    post_attention_norm: torch.Tensor | None = None  # (n_embd,): gemma3's norm of the attention's output
+    post_ffw_norm: torch.Tensor | None = None  # (n_embd,): ... and of the FFN's
     fc1: DeviceMatrix | None = None  # predictor (rank, n_embd)
     fc2: DeviceMatrix | None = None  # (n_ff, rank)
     predictor_threshold: float = 0.0
@@ -84,22 +102,11 @@ class GPULayer:
     @property
     def nbytes(self) -> int:
         parts = [self.qkv, self.wo, self.fc1, self.fc2, self.gate, self.up, self.down_t, self.down]
-        tensors = [self.attn_norm, self.ffn_norm, self.k_cache, self.v_cache]
-        return sum(p.nbytes for p in parts if p is not None) + sum(t.numel() * t.element_size() for t in tensors)
-
-
-def require_gpu_side_features(config: ModelConfig) -> None:
-    """The GPU side runs LLaMA's layer (RMSNorm, Q/K/V without biases, adjacent-pair RoPE with any frequencies, full
-    causal attention, SiLU/ReLU/FATReLU FFN): a model needing more is refused in one line."""
-    c = config
-    missing = [what for what, needed in (
-        ("Q/K/V biases", c.attention_bias), ("Q/K head norms", c.qk_norm), ("post-block norms", c.post_norms),
-        ("GELU", c.activation == "gelu"), ("sliding-window attention", c.sliding_window > 0),
-        ("NEOX RoPE", c.rope_neox), ("logit softcapping", c.logit_softcap > 0),
-        ("a query scale", c.query_scale != 1)) if needed]
-    if missing:
-        raise HybridInferError(f"the hybrid runtime's GPU side does not run {c.architecture} models "
-                               f"({', '.join(missing)}); run without --vram-budget, --split and -ngl")
+        h = self.heads
+        tensors = [self.attn_norm, self.ffn_norm, self.k_cache, self.v_cache, h.bias, h.q_norm, h.k_norm,
+                   self.post_attention_norm, self.post_ffw_norm]  # the RoPE tables: the side's, shared
+        held = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return sum(p.nbytes for p in parts if p is not None) + held
 
 
 class GPUSide:
@@ -109,7 +116,6 @@ class GPUSide:
                  kernels: str | None = None, predictors=None, down_t: list | None = None, cpu_layers_stats=None):
         """`down_t`: the CPU's transposed down projections (n_ff, n_embd) per layer, whose hot rows a split FFN's
         GPU half reads; `cpu_layers_stats`: the CPU layers' sparse FFN statistics (the report's CPU share)."""
-        require_gpu_side_features(config)
         c = self.config = config
         self.device = device
         self.ops = kernels_for(device, kernels)
@@ -125,8 +131,7 @@ class GPUSide:
         self.stats = HybridStats()
         self.clock = Clock(device, self.stats)
         self.threshold = float(c.activation_threshold)
-        cos, sin = rope_tables(config, n_ctx)
-        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        self.rope: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}  # (base, scale) -> cos, sin
         self.position = torch.zeros(1, dtype=torch.int32, device=device)  # the decoded position, on the device
         self.position_value = -1  # ... and as last written
         self.fired = torch.zeros((), dtype=torch.int64, device=device)  # hot neurons fired, summed on the device
@@ -147,17 +152,42 @@ class GPUSide:
             model.release(name)
         return matrix
 
+    def _rope(self, i: int, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's RoPE tables on the device, one copy per (base, scale) the layers use."""
+        settings = self.config.rope_settings(i)
+        if settings not in self.rope:
+            self.rope[settings] = tuple(table.to(self.device) for table in rope_tables(self.config, n_ctx, i))
+        return self.rope[settings]
+
+    def _heads(self, model: GGUFFile, i: int, orders: list[np.ndarray | None]) -> HeadOptions:
+        """Layer i's biases, head norms, query scale and window, Q and K in the kernels' row order (`orders`)."""
+        c, device = self.config, self.device
+        bias = q_norm = k_norm = None
+        if c.attention_bias:
+            parts = [_values(model, bias_name(part, i)) for part in (ATTN_Q, ATTN_K, ATTN_V)]
+            bias = _on(np.concatenate([b if o is None else b[o] for b, o in zip(parts, orders)]), device)
+        if c.qk_norm:
+            q_norm, k_norm = (_on(head_vector(c, _values(model, tensor_name(part, i))), device)
+                              for part in (ATTN_Q_NORM, ATTN_K_NORM))
+        return HeadOptions(bias, q_norm, k_norm, c.rms_eps, c.query_scale, c.window(i))
+
     def _layer(self, model: GGUFFile, i: int, placement, n_ctx: int, predictors, down_t) -> GPULayer:
         c, device = self.config, self.device
         kv_shape = (n_ctx, c.n_head_kv, c.head_dim)
         qkv_names = [tensor_name(part, i) for part in (ATTN_Q, ATTN_K, ATTN_V)]
+        orders = [head_rows(c, c.n_head), head_rows(c, c.n_head_kv), None]  # Q, K, V rows (NEOX: `rope_rows.py`)
+        cos, sin = self._rope(i, n_ctx)
         layer = GPULayer(
             attn_norm=_vector(model, tensor_name(ATTN_NORM, i), device),
-            qkv=upload_stacked([model.tensor(n) for n in qkv_names], device),
+            qkv=upload_stacked([model.tensor(n) for n in qkv_names], device, orders),
             wo=self._upload(model, tensor_name(ATTN_OUTPUT, i)),
             ffn_norm=_vector(model, tensor_name(FFN_NORM, i), device),
             k_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device),
-            v_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device))
+            v_cache=torch.zeros(kv_shape, dtype=self.kv_dtype, device=device),
+            rope_cos=cos, rope_sin=sin, heads=self._heads(model, i, orders))
+        if c.post_norms:
+            layer.post_attention_norm = _vector(model, tensor_name(ATTN_POST_NORM, i), device)
+            layer.post_ffw_norm = _vector(model, tensor_name(FFN_POST_NORM, i), device)
         for name in qkv_names:
             model.release(name)
         if i in placement.dense_layers:
@@ -218,11 +248,15 @@ class GPUSide:
         self.clock.stop("transfer", started)
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        """(T, n_vocab) float32 on the CPU from the final residual stream on the device."""
+        """(T, n_vocab) float32 on the CPU from the final residual stream on the device (divided by the logit scale,
+        softcapped where the model says so)."""
+        c = self.config
         started = self.clock.start()
-        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, self.config.rms_eps))
-        if self.config.logit_scale != 1.0:
-            logits = logits / self.config.logit_scale
+        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, c.rms_eps))
+        if c.logit_scale != 1.0:
+            logits = logits / c.logit_scale
+        if c.logit_softcap > 0:  # cap * tanh(logits / cap)
+            logits = torch.tanh(logits / c.logit_softcap) * c.logit_softcap
         self.clock.stop("gpu", started)
         started = self.clock.start()
         out = logits.cpu().numpy()
@@ -242,5 +276,13 @@ def step_kernels_for(kernels_name: str) -> tuple[ModuleType, ModuleType, ModuleT
     return attention_reference, norm_reference, predictor_reference
 
 
+def _values(model: GGUFFile, name: str) -> np.ndarray:
+    return np.ascontiguousarray(dequantize(model.tensor(name)), dtype=np.float32)
+
+
+def _on(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
+
 def _vector(model: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(dequantize(model.tensor(name)), dtype=np.float32)).to(device)
+    return _on(_values(model, name), device)

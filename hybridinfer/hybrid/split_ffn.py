@@ -6,7 +6,8 @@ One token, x (1, n_embd) on the device, all on the decoding thread:
     normed, mask -> host                                          (down: n_embd floats + n_ff bytes, pinned)
     hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU: queued, not waited for)
     cold = the CPU half (`ColdHalf.run`)                          (CPU, while the GPU computes hot)
-    x += residual_scale * (hot + cold)                            (up: n_embd floats)
+    x += residual_scale * (hot + cold)                            (up: n_embd floats; the sum RMS-normed first
+                                                                   where the model has a post-FFN norm)
 GPU work is queued asynchronously, so the decoding thread itself computes the cold half once the copy down has
 arrived: no thread hand-off, and the run's `-t` threads. `ColdHalf` picks its candidates (the cold neurons, or the
 predicted cold ones) and runs the packed sparse FFN block over the CPU's packed weights (the hot rows are simply
@@ -153,7 +154,7 @@ class SplitFFN:
             mask, hot_mask = self.predict(layer, x)
         if x.shape[0] > 1:
             hot = self._several(index, layer, normed, mask, hot_mask, started)
-            s.on_device = side.norms.add(x, hot, c.residual_scale)
+            s.on_device = side.norms.add(x, hot, c.residual_scale, post_norm=layer.post_ffw_norm, eps=c.rms_eps)
             return
         on_cpu = self.cold.has_neurons(index)
         if on_cpu:
@@ -171,7 +172,8 @@ class SplitFFN:
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
             clock.add("cpu", seconds)
             side.stats.cpu_fired += cpu_fired
-        s.on_device = side.norms.add(x, hot[None], c.residual_scale, None if cold is None else cold[None])
+        s.on_device = side.norms.add(x, hot[None], c.residual_scale, None if cold is None else cold[None],
+                                     layer.post_ffw_norm, c.rms_eps)
 
     def _several(self, index: int, layer: GPULayer, normed, mask, hot_mask, started) -> torch.Tensor:
         side = self.side

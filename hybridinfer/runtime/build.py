@@ -54,9 +54,6 @@ class Choices:
 def build_decoder(file: GGUFFile, config: ModelConfig, n_ctx: int, choices: Choices, placement=None) -> Decoder:
     """The decoder for `choices`, with `placement` (`hybrid/placement/placement.Placement`) on the GPU side."""
     c, fa = config, choices.float_activations
-    if placement is not None and not placement.empty:
-        from ..hybrid.gpu_side import require_gpu_side_features
-        require_gpu_side_features(config)  # before the load
     weights = load_packed_weights(file, config, sparse=choices.sparse, placement=placement, teal=choices.teal)
     observers: list = []
     attention, ffn = CPUAttention(c, weights, fa), DenseFFN(c, weights, fa, observers)

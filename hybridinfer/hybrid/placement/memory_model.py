@@ -3,7 +3,8 @@
 Weights live on the GPU side as the file's own bytes (Q4_0/Q4_1/Q8_0 blocks, F16/BF16/F32 values; a type the
 GPU kernels do not read, Q5_x included, is decoded to F32 there, 4 bytes a weight). Per part:
 
-    layer       a GPU layer's attention: attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, its KV cache
+    layer       a GPU layer's attention: attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm (and the biases,
+                head norms and post-block norms its architecture has), its KV cache
                 (2 x n_ctx x n_head_kv x head_dim elements of `kv_element_bytes`: float16 on CUDA, float32 on the
                 CPU stand-in) and, with predictors, its predictor (fc1 and fc2 as Q8_0, as the CPU side packs them)
     neuron      a hot neuron of a GPU layer: its gate row, up row and row of the transposed down projection
@@ -85,13 +86,19 @@ class GPUMemoryModel:
             attention = sum(device_bytes(tensor(part)) for part in (ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT))
             kv = 2 * n_ctx * kv_rows * kv_element_bytes
             predictor = predictor_bytes(predictor_ranks[i], c.n_embd, c.n_ff) if predictor_ranks else 0
-            layers.append(attention + 2 * c.n_embd * 4 + kv + predictor)
+            layers.append(attention + 2 * c.n_embd * 4 + architecture_vector_bytes(c) + kv + predictor)
             ffn = [tensor(FFN_GATE), tensor(FFN_UP), down]
             neurons.append((device_bytes(ffn[0]) + device_bytes(ffn[1]) + down_t_bytes(down)) // c.n_ff)
             dense.append(sum(device_bytes(t) for t in ffn))
         output = model.tensors.get(OUTPUT) or model.tensor(TOKEN_EMBD)
         workspace = 4 * (c.n_vocab + c.n_head * n_ctx + 4 * c.n_ff + 8 * c.n_embd) + WORKSPACE_MARGIN
         return cls(layers, neurons, dense, device_bytes(output) + c.n_embd * 4, workspace, kv_element_bytes, n_ctx)
+
+
+def architecture_vector_bytes(c: ModelConfig) -> int:
+    """A GPU layer's float32 vectors beyond LLaMA's two norms: Q/K/V biases, Q/K head norms, post-block norms."""
+    biases = (c.n_head + 2 * c.n_head_kv) * c.head_dim if c.attention_bias else 0
+    return 4 * (biases + (2 * c.head_dim if c.qk_norm else 0) + (2 * c.n_embd if c.post_norms else 0))
 
 
 GPU_KV_ENV = "HYBRIDINFER_GPU_KV"  # "f16" or "f32": the GPU side's KV cache type, whatever the device
