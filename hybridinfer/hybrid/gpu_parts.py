@@ -58,12 +58,8 @@ class GPUDenseFFN:
         started = side.clock.start()
         x = s.on_device
         normed = ffn_input(side, index, x, layer)
-        gate, up = side.ops.matvec(layer.gate, normed), side.ops.matvec(layer.up, normed)
-        if c.activation == "silu":
-            hidden = torch.nn.functional.silu(gate).mul_(up)
-        else:
-            hidden = gate.masked_fill_(gate < side.threshold, 0.0).mul_(up)
-        s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale)
+        hidden = side.ops.gate_up(layer.gate, layer.up, normed, c.activation, side.threshold)  # one kernel a token
+        s.on_device = side.ops.add_matvec(x, layer.down, hidden, c.residual_scale)  # the residual add in its epilogue
         side.clock.stop("gpu", started)
 
     def every_neuron(self) -> GPUDenseFFN:

@@ -148,13 +148,13 @@ class SplitFFN:
         started = clock.start()
         x = s.on_device
         normed = ffn_input(side, index, x, layer)  # (T, n_embd), from the attention part's kernel
-        mask = hot_mask = None  # (T, n_ff), (T, n_hot) bool: the predicted neurons, all and hot
-        if layer.fc1 is not None and self.predicting:
-            mask, hot_mask = self.predict(layer, x)
+        predicting = layer.fc1 is not None and self.predicting
         if x.shape[0] > 1:
+            mask, hot_mask = self.predict(layer, x) if predicting else (None, None)  # (T, n_ff), (T, n_hot) bool
             hot = self._several(index, layer, normed, mask, hot_mask, started)
             s.on_device = side.norms.add(x, hot, c.residual_scale)
             return
+        mask = self.predict_one(layer, x) if predicting else None  # (1, n_ff) bool: the predicted neurons
         on_cpu = self.cold.has_neurons(index)
         if on_cpu:
             clock.stop("gpu", started)
@@ -162,10 +162,14 @@ class SplitFFN:
             self.cold.send(normed, None if mask is None else mask[0])
             clock.stop("transfer", started)
             started = clock.start()
-        hot, fired = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
-                                      None if hot_mask is None else hot_mask[0], side.threshold)
-        side.fired += fired  # summed on the device: reading it here would wait for the GPU
+        # the fired neurons summed into side.fired on the device (reading them here would wait for the GPU); a layer
+        # whose neurons are all on the GPU adds its output to x in the same kernels
+        hot, _ = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0], None if mask is None else mask[0],
+                                  side.threshold, mask_index=layer.hot_index, fired=side.fired,
+                                  residual=None if on_cpu else x[0], scale=c.residual_scale)
         clock.stop("gpu", started)
+        if not on_cpu:
+            return
         cold = None
         if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
@@ -182,10 +186,16 @@ class SplitFFN:
 
     def predict(self, layer: GPULayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, n_ff), (T, n_hot) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm; at
-        every neuron and at the hot ones (one kernel, `gpu/predictor_*.py`)."""
+        every neuron and at the hot ones (`gpu/predictor_*.py`)."""
         side = self.side
-        scores = side.ops.matvec(layer.fc2, side.ops.matvec(layer.fc1, x).relu_())
+        scores = side.ops.matvec(layer.fc2, side.ops.matvec_relu(layer.fc1, x))
         return side.predictor_ops.masks(scores, layer.predictor_threshold, layer.hot_index)
+
+    def predict_one(self, layer: GPULayer, x: torch.Tensor) -> torch.Tensor:
+        """One token: (1, n_ff) bool, `predict`'s mask at every neuron, in two GEMVs whose epilogues apply the ReLU
+        and the threshold (the S2 kernel reads it at the hot neurons through layer.hot_index)."""
+        ops = self.side.ops
+        return ops.matvec_at_least(layer.fc2, ops.matvec_relu(layer.fc1, x), layer.predictor_threshold)
 
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)
