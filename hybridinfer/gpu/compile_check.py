@@ -103,8 +103,9 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     split = {"SPLIT": True}
     gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "sums_ptr": "*fp32",
             "partial_ptr": "*fp32", "counter_ptr": "*i32", "out_ptr": "*fp32", "rows": "i32", "cols": "i32",
-            "cols_per_split": "i32", "low_bits": "i32", "scale": "fp32", "FMT": "constexpr", "EPILOGUE": "constexpr",
-            "SPLIT": "constexpr", **const}
+            "cols_per_split": "i32", "low_bits": "i32", "scale": "fp32", "copy_from": "*fp32", "copy_to": "*fp32",
+            "copy_n": "i32", "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "COPY": "constexpr",
+            **const}
     gate_up_fields = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"),
                       **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr", "us_ptr")}
     gate_up = {**gate_up_fields, "x_ptr": "*fp32", "sums_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
@@ -119,8 +120,8 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
                  "out_ptr": "*fp32", "n": "i32", "cols": "i32", "rows_per_share": "i32"}
     s3_epilogue = {"EPILOGUE": int(tk._ADD), **split}
-    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split,
-                                                              **tiles}), step, warps),
+    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split, "COPY": False, **tiles}
+    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, gemv_constants), step, warps),
                "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True, "GATE_FMT": fmt.code,
                                                         "UP_FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:

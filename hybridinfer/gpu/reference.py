@@ -31,9 +31,15 @@ def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     return matvec(m, x).relu_()
 
 
-def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold."""
-    return matvec(m, x) >= threshold
+def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given); copy (source,
+    destination), float32 tensors of one size: source is also copied into destination."""
+    if copy is not None:
+        copy[1].copy_(copy[0].reshape(copy[1].shape))
+    if out is None:
+        return matvec(m, x) >= threshold
+    return torch.ge(matvec(m, x), threshold, out=out)
 
 
 def add_matvec(out: torch.Tensor, m: DeviceMatrix, x: torch.Tensor, scale: float) -> torch.Tensor:

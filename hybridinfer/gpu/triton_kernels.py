@@ -55,6 +55,7 @@ _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
 _STORE, _RELU, _AT_LEAST, _ADD = (tl.constexpr(k) for k in range(4))
 _FATRELU, _SILU, _GELU = (tl.constexpr(k) for k in range(3))
 ACTIVATIONS = {"relu": 0, "fatrelu": 0, "silu": 1, "gelu": 2}
+COPY_BLOCK = tl.constexpr(128)  # elements a GEMV program copies at a time beside its work (`_gemv_kernel`'s COPY)
 
 BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
 WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
@@ -317,12 +318,19 @@ def _activation(g, threshold, ACT: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, counter_ptr, out_ptr, rows, cols,
-                 cols_per_split, low_bits, scale, FMT: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                 cols_per_split, low_bits, scale, copy_from, copy_to, copy_n, FMT: tl.constexpr,
+                 EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, COPY: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
     """out (rows,) = epilogue(W @ x) (`_epilogue`); program (i, k) takes rows [i*BLOCK_R, (i+1)*BLOCK_R) of the
     k-th share of the columns (program axis 1). SPLIT: several shares, their partial sums in partial_ptr (splits,
     rows), added by the tile's last program (`_last_share`). sums_ptr (programs, cols_per_split / 32): Q4_1's
-    scratch for the sums of x per block."""
+    scratch for the sums of x per block. COPY: the share-0 programs also copy copy_from[:copy_n] to copy_to (float32),
+    COPY_BLOCK elements at a time (a split FFN stages its input beside the predicted mask: one copy to the host)."""
+    if COPY:
+        if tl.program_id(1) == 0:
+            for start in range(tl.program_id(0) * COPY_BLOCK, copy_n, tl.num_programs(0) * COPY_BLOCK):
+                i = start + tl.arange(0, COPY_BLOCK)
+                tl.store(copy_to + i, tl.load(copy_from + i, mask=i < copy_n), mask=i < copy_n)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
@@ -615,12 +623,16 @@ def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     return _gemv(m, x, torch.empty((1, m.rows), dtype=torch.float32, device=x.device), _RELU, 0.0)
 
 
-def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold, one kernel for T == 1."""
+def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given), one kernel for
+    T == 1; copy (source, destination), float32 tensors of one size: the same kernel also copies source into
+    destination."""
     if x.shape[0] != 1:
-        return reference.matvec_at_least(m, x, threshold)
-    out = torch.empty((1, m.rows), dtype=torch.bool, device=x.device)
-    _gemv(m, x, out.view(torch.int8), _AT_LEAST, threshold)
+        return reference.matvec_at_least(m, x, threshold, out, copy)
+    if out is None:
+        out = torch.empty((1, m.rows), dtype=torch.bool, device=x.device)
+    _gemv(m, x, out.view(torch.int8), _AT_LEAST, threshold, copy)
     return out
 
 
@@ -655,20 +667,27 @@ def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: s
     return out
 
 
-def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: float) -> torch.Tensor:
-    """One GEMV launch: x (1, cols) -> out (1, rows) written by `epilogue` (`_epilogue`)."""
+def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: float,
+          copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One GEMV launch: x (1, cols) -> out (1, rows) written by `epilogue` (`_epilogue`); copy: (source,
+    destination) copied by the same launch."""
     x = x.to(torch.float32).contiguous()
     if m.rows == 0:
+        if copy is not None:
+            copy[1].copy_(copy[0])
         return out
+    if copy is not None and (copy[0].numel() != copy[1].numel() or not copy[1].is_contiguous()):
+        raise ValueError("the copy's source and destination must have one size, the destination contiguous")
+    source, destination = (x, x) if copy is None else (copy[0].contiguous(), copy[1])
     cols_per_split = split_k(m.rows, m.cols, m.qtype)
     shares = triton.cdiv(m.cols, cols_per_split)
     partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
     row_tiles = triton.cdiv(m.rows, BLOCK_R)
     sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
     _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, _counters(row_tiles, x.device), out, m.rows,
-                                      m.cols, cols_per_split, low_bits(m.qtype), float(scale),
-                                      FMT=GPU_FORMATS[m.qtype].code, EPILOGUE=epilogue, SPLIT=shares > 1,
-                                      BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, **LAUNCH)
+                                      m.cols, cols_per_split, low_bits(m.qtype), float(scale), source, destination,
+                                      source.numel(), FMT=GPU_FORMATS[m.qtype].code, EPILOGUE=epilogue,
+                                      SPLIT=shares > 1, COPY=copy is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, **LAUNCH)
     return out
 
 
