@@ -53,6 +53,11 @@ def test_gemv_epilogues(tk, qtype, monkeypatch):
             clear = np.abs(scores - threshold) > RTOL * scale  # not within rounding of the threshold
             assert at_least.dtype == bool and at_least.shape == (1, rows)
             assert np.array_equal(at_least[clear], (scores >= threshold)[clear]) and 0 < at_least.sum() < rows
+            # into a given buffer, copying a vector on the side (the split FFN's one copy down to the host)
+            side = rng.standard_normal((1, 300)).astype(np.float32)
+            into, staged = torch.zeros((1, rows), dtype=torch.bool, device=DEVICE), torch.zeros(300, device=DEVICE)
+            assert ops.matvec_at_least(m, tensor(x), threshold, into, (tensor(side), staged)) is into
+            assert torch.equal(into.cpu(), torch.as_tensor(at_least)) and np.array_equal(staged.cpu().numpy(), side[0])
         assert_close(tk.matvec_relu(m, tensor(x)), reference.matvec_relu(m, tensor(x)).cpu().numpy(), scale)
     assert not tk._COUNTERS[torch.device(DEVICE)].any()  # each split launch set its counters back to 0
 
