@@ -404,8 +404,8 @@ def _compile_check(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
-    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, compiled for sm_90 and counted in
-    their SASS by compile_check: at most 4 instructions per weight, one FFMA per weight or a little more."""
+    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, compiled for sm_90 and
+    counted in their SASS by compile_check: at most 4 instructions per weight, one FFMA per weight or a little more."""
     bin_dir = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin"
     if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")

@@ -2,7 +2,8 @@
 inner-loop instructions per weight: what TRITON_INTERPRET=1 (the tests' mode) cannot check, such as globals a
 compiled kernel may not read, and what bounds a GEMV below HBM speed.
 
-    python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3,gate_up] [FORMAT ...]  (TRITON_INTERPRET unset)
+    python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3,gate_up] [FORMAT ...]
+    (with TRITON_INTERPRET unset)
 
 Per kernel and weight format it prints one line: the format, the kernel, what was read (sass or ptx), the registers
 per thread, and for each weight loop its instructions per weight, its instructions, the weights a thread takes per
@@ -17,11 +18,11 @@ same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower
 label); its body is every instruction from the target to the branch. The inner loops are the loops containing no
 other loop; the weight loops among them have at least one FFMA per two weights: the GEMV's column loop, S2's and
 gate_up's gate and up column loops, S3's row loop (not Q4_1's sums of x, the compactions, the split-K shares' sum,
-or ptxas' retry loops around warp shuffles in divergent code). Each one's static instruction count is divided by the weights a thread takes per iteration, known from the tile:
-tile rows x tile columns / (32 x num_warps) (S3: its step's rows x its column tile / threads). As a check the
-FFMAs per weight are printed: one multiply-add per weight, so about 1 unless the compiler unrolled the loop.
-Instructions issued per weight bound a GEMV: an SM issues 4 warp-instructions a cycle, so at HBM speed a Q4_0
-weight (0.5625 bytes) allows only a few (docs/hybrid.md).
+or ptxas' retry loops around warp shuffles in divergent code). Each one's static instruction count is divided by
+the weights a thread takes per iteration, known from the tile: tile rows x tile columns / (32 x num_warps) (S3: its
+step's rows x its column tile / threads). As a check the FFMAs per weight are printed: one multiply-add per weight,
+so about 1 unless the compiler unrolled the loop. Instructions issued per weight bound a GEMV: an SM issues 4
+warp-instructions a cycle, so at HBM speed a Q4_0 weight (0.5625 bytes) allows only a few (docs/hybrid.md).
 """
 
 from __future__ import annotations

@@ -687,7 +687,8 @@ def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: 
     _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, _counters(row_tiles, x.device), out, m.rows,
                                       m.cols, cols_per_split, low_bits(m.qtype), float(scale), source, destination,
                                       source.numel(), FMT=GPU_FORMATS[m.qtype].code, EPILOGUE=epilogue,
-                                      SPLIT=shares > 1, COPY=copy is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, **LAUNCH)
+                                      SPLIT=shares > 1, COPY=copy is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+                                      num_warps=NUM_WARPS, **LAUNCH)
     return out
 
 
