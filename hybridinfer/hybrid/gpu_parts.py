@@ -48,7 +48,10 @@ class GPUAttention:
 
 
 class GPUDenseFFN:
-    """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl)."""
+    """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl); one token
+    in two kernels (`gate_up`, then the down GEMV with the residual add as its epilogue). A model with post-norms
+    (gemma3) would need the down projection normed before the add, which the fused add does not do:
+    `gpu_side.require_gpu_side_features` refuses those models."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
