@@ -2,7 +2,8 @@
 inner-loop instructions per weight: what TRITON_INTERPRET=1 (the tests' mode) cannot check, such as globals a
 compiled kernel may not read, and what bounds a GEMV below HBM speed.
 
-    python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3] [FORMAT ...]  (TRITON_INTERPRET unset)
+    python -m hybridinfer.gpu.compile_check [--arch 90] [--kernels gemv,s2,s3,gate_up] [FORMAT ...]
+    (with TRITON_INTERPRET unset)
 
 Per kernel and weight format it prints one line: the format, the kernel, what was read (sass or ptx), the registers
 per thread, and for each weight loop its instructions per weight, its instructions, the weights a thread takes per
@@ -15,14 +16,13 @@ pointers, `cols` and `cols_per_split` marked 16-divisible, as Triton's launcher 
 compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it: the PTX, counted the
 same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX: `bra` to an earlier
 label); its body is every instruction from the target to the branch. The inner loops are the loops containing no
-other loop; the weight loops among them have at least one FFMA per two weights: the GEMV's column loop, S2's gate
-and up column loops, S3's row loop (not Q4_1's sums of x, the compactions, or ptxas' retry loops around warp
-shuffles in divergent code). Each one's
-static instruction count is divided by the weights a thread takes per iteration, known from the tile:
-tile rows x tile columns / (32 x num_warps) (S3: its step's rows x its column tile / threads). As a check the
-FFMAs per weight are printed: one multiply-add per weight, so about 1 unless the compiler unrolled the loop.
-Instructions issued per weight bound a GEMV: an SM issues 4 warp-instructions a cycle, so at HBM speed a Q4_0
-weight (0.5625 bytes) allows only a few (docs/hybrid.md).
+other loop; the weight loops among them have at least one FFMA per two weights: the GEMV's column loop, S2's and
+gate_up's gate and up column loops, S3's row loop (not Q4_1's sums of x, the compactions, the split-K shares' sum,
+or ptxas' retry loops around warp shuffles in divergent code). Each one's static instruction count is divided by
+the weights a thread takes per iteration, known from the tile: tile rows x tile columns / (32 x num_warps) (S3: its
+step's rows x its column tile / threads). As a check the FFMAs per weight are printed: one multiply-add per weight,
+so about 1 unless the compiler unrolled the loop. Instructions issued per weight bound a GEMV: an SM issues 4
+warp-instructions a cycle, so at HBM speed a Q4_0 weight (0.5625 bytes) allows only a few (docs/hybrid.md).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .weights import WORD_FORMATS, block_fields
 _POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int8": "*i8", "uint8": "*u8",
             "int32": "*i32"}
 FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `triton_kernels._fields`' order: q, d, m, h, s
-KERNELS = ("gemv", "s2", "s3")
+KERNELS = ("gemv", "s2", "s3", "gate_up")
 
 
 @dataclass
@@ -89,7 +89,8 @@ def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
 
 
 def sources(fmt: WeightFormat) -> dict[str, Kernel]:
-    """The GEMV, S2 (gate and up of `fmt`, with a mask) and S3 kernels for `fmt`, as Triton compiles them."""
+    """The GEMV, S2 (gate and up of `fmt`, with a mask), S3 and gate_up (the dense FFN's gate, up and SiLU) kernels
+    for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum."""
     p = field_pointers(fmt)
     warps = tk.NUM_WARPS
     step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
@@ -99,32 +100,48 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     def named(*names: str) -> dict[str, str]:  # the five field pointers under a kernel's own argument names
         return dict(zip(names, p))
 
+    # split-K with the residual add (the dense FFN's down projection), the costliest epilogue
+    split = {"SPLIT": True}
     gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "sums_ptr": "*fp32",
-            "partial_ptr": "*fp32",
-            "rows": "i32", "cols": "i32", "cols_per_split": "i32", "low_bits": "i32", "FMT": "constexpr", **const}
-    s2 = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"), **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr",
-                                                                             "us_ptr"),
-          "x_ptr": "*fp32", "sums_ptr": "*fp32", "mask_ptr": "*u8", "list_ptr": "*i32", "out_ptr": "*fp32",
-          "count_ptr": "*i32",
+            "partial_ptr": "*fp32", "counter_ptr": "*i32", "out_ptr": "*fp32", "rows": "i32", "cols": "i32",
+            "cols_per_split": "i32", "low_bits": "i32", "scale": "fp32", "copy_from": "*fp32", "copy_to": "*fp32",
+            "copy_n": "i32", "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "COPY": "constexpr",
+            **const}
+    gate_up_fields = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"),
+                      **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr", "us_ptr")}
+    gate_up = {**gate_up_fields, "x_ptr": "*fp32", "sums_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
+               "out_ptr": "*fp32", "rows": "i32", "cols": "i32", "cols_per_split": "i32", "gate_bits": "i32",
+               "up_bits": "i32", "threshold": "fp32", "ACT": "constexpr", "SPLIT": "constexpr",
+               "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const}
+    s2 = {**gate_up_fields, "x_ptr": "*fp32", "sums_ptr": "*fp32", "mask_ptr": "*u8", "index_ptr": "*i64",
+          "list_ptr": "*i32", "out_ptr": "*fp32", "fired_ptr": "*i64",
           "n": "i32", "cols": "i32", "threshold": "fp32", "gate_bits": "i32", "up_bits": "i32",
-          "HAS_MASK": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const, "CHUNK": "constexpr"}
-    s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "n": "i32", "cols": "i32",
-                 "rows_per_share": "i32"}
-    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, {"FMT": fmt.code, **tiles}), step, warps),
-               "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
-                                                        **tiles, "CHUNK": tk.CHUNK}), step, warps)}
+          "HAS_MASK": "constexpr", "HAS_INDEX": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const,
+          "CHUNK": "constexpr"}
+    s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
+                 "out_ptr": "*fp32", "n": "i32", "cols": "i32", "rows_per_share": "i32"}
+    s3_epilogue = {"EPILOGUE": int(tk._ADD), **split}
+    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split, "COPY": False, **tiles}
+    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, gemv_constants), step, warps),
+               "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True, "GATE_FMT": fmt.code,
+                                                        "UP_FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:
-        s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "FMT": "constexpr",
-              "S3_ROWS": "constexpr", "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
+        s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "scale": "fp32",
+              "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "S3_ROWS": "constexpr",
+              "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
         s3_step = tk.S3_ROWS * tk.s3_columns(fmt.type) // (32 * tk.S3_WARPS)
-        constants = {"FMT": fmt.code, "S3_ROWS": tk.S3_ROWS, "S3_UNITS": tk.s3_units(fmt.type), "CHUNK": tk.CHUNK}
+        constants = {"FMT": fmt.code, **s3_epilogue, "S3_ROWS": tk.S3_ROWS, "S3_UNITS": tk.s3_units(fmt.type),
+                     "CHUNK": tk.CHUNK}
         kernels["s3"] = Kernel(_source(tk._s3_words_kernel, s3, constants), s3_step, tk.S3_WARPS)
     else:
-        s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "FMT": "constexpr", **const,
-              "CHUNK": "constexpr"}
+        s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "scale": "fp32",
+              "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", **const, "CHUNK": "constexpr"}
         s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
-        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), s3_step,
-                               tk.NUM_WARPS)
+        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
+                                                          "CHUNK": tk.CHUNK}), s3_step, tk.NUM_WARPS)
+    kernels["gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, {"ACT": tk.ACTIVATIONS["silu"], **split,
+                                                                      "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
+                                                                      **tiles}), step, warps)
     return kernels
 
 
@@ -225,7 +242,7 @@ def describe(fmt: WeightFormat, name: str, stats: dict, opcodes: bool = False) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
-    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated: gemv, s2, s3")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated: gemv, s2, s3, gate_up")
     parser.add_argument("--opcodes", action="store_true", help="print each inner loop's instruction mix")
     parser.add_argument("formats", nargs="*", help="weight formats (default: every one the GPU kernels read)")
     args = parser.parse_args()

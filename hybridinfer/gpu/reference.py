@@ -26,10 +26,49 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) float32 = ReLU(x @ W.T)."""
+    return matvec(m, x).relu_()
+
+
+def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given); copy (source,
+    destination), float32 tensors of one size: source is also copied into destination."""
+    if copy is not None:
+        copy[1].copy_(copy[0].reshape(copy[1].shape))
+    if out is None:
+        return matvec(m, x) >= threshold
+    return torch.ge(matvec(m, x), threshold, out=out)
+
+
+def add_matvec(out: torch.Tensor, m: DeviceMatrix, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """out (T, rows) float32 += scale * x @ W.T in place; returns out."""
+    return out.add_(matvec(m, x), alpha=scale)
+
+
+def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    """x (T, cols) float32 -> h (T, rows) float32 = act(x @ gate.T) * (x @ up.T): act "silu", "gelu" (its tanh
+    approximation), "relu" or "fatrelu" (g where g >= threshold, else 0)."""
+    g = matvec(gate, x)
+    if activation == "silu":
+        a = torch.nn.functional.silu(g)
+    elif activation == "gelu":
+        a = torch.nn.functional.gelu(g, approximate="tanh")
+    else:
+        a = g.masked_fill_(g < threshold, 0.0)
+    return a.mul_(matvec(up, x))
+
+
 def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
-            threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token: x (n_embd,) float32, mask (n_hot,) bool or None (all candidates) -> (out (n_embd,) float32,
-    fired: 0-dim int64, the number of neurons with a != 0)."""
+            threshold: float, mask_index: torch.Tensor | None = None, fired: torch.Tensor | None = None,
+            residual: torch.Tensor | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: x (n_embd,) float32, mask (n_hot,) bool, or (n_ff,) bool with mask_index (n_hot,) int64 the hot
+    neurons (row i's mask is mask[mask_index[i]]), or None (all candidates) -> (out (n_embd,) float32, fired: 0-dim
+    int64, the number of neurons with a != 0). `fired` given: the count is added to it (in place) and it is
+    returned; `residual` (n_embd,) given: residual += scale * out in place, and it is the out returned."""
+    if mask is not None and mask_index is not None:
+        mask = mask[mask_index]
     g = matvec(gate, x[None])[0]
     fire = _fires(g, mask, threshold)
     index = torch.nonzero(fire).flatten()
@@ -39,7 +78,12 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     out = torch.zeros(down_t.cols, dtype=torch.float32, device=x.device)
     for start, stop, weight in _chunks(down_t, index):
         out += h[start:stop] @ weight
-    return out, fire.sum()
+    count = fire.sum()
+    if fired is not None:
+        count = fired.add_(count)
+    if residual is not None:
+        out = residual.add_(out, alpha=scale)
+    return out, count
 
 
 def hidden_dense(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,

@@ -51,6 +51,11 @@ _Q5_1 = tl.constexpr(weight_formats.Q5_1.code)
 _Q4_K = tl.constexpr(weight_formats.Q4_K.code)
 _Q5_K = tl.constexpr(weight_formats.Q5_K.code)
 _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
+# what a GEMV or S3 does with its result (`_epilogue`), and the dense FFN's activations (`_activation`)
+_STORE, _RELU, _AT_LEAST, _ADD = (tl.constexpr(k) for k in range(4))
+_FATRELU, _SILU, _GELU = (tl.constexpr(k) for k in range(3))
+ACTIVATIONS = {"relu": 0, "fatrelu": 0, "silu": 1, "gelu": 2}
+COPY_BLOCK = tl.constexpr(128)  # elements a GEMV program copies at a time beside its work (`_gemv_kernel`'s COPY)
 
 BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
 WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
@@ -262,11 +267,70 @@ def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, r, live, cols, c
 
 
 @triton.jit
-def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, rows, cols, cols_per_split,
-                 low_bits, FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """partial (splits, rows): partial[k] = W[:, k-th share of the columns] @ x[that share]; program (i, k) takes
-    rows [i*BLOCK_R, (i+1)*BLOCK_R) of share k (program axis 1). sums_ptr (programs, cols_per_split / 32): Q4_1's
-    scratch for the sums of x per block."""
+def _last_share(counter_ptr):
+    """Split-K in one pass: after a program has stored its share's partial sums, whether it is the last of the
+    programs on its tile (program axis 0) to have done so (one atomic ticket a program, on a counter per tile that
+    the last one sets back to 0 for the next launch); that one adds the shares (`_shares_sum`) and writes the
+    result. The order of the sum does not depend on scheduling."""
+    tl.debug_barrier()  # every thread's partial stored before the ticket (released by the atomic)
+    ticket = tl.atomic_add(counter_ptr + tl.program_id(0), 1)
+    last = ticket == tl.num_programs(1) - 1
+    if last:
+        tl.atomic_xchg(counter_ptr + tl.program_id(0), 0)
+    return last
+
+
+@triton.jit
+def _shares_sum(partial_ptr, index, live, stride):
+    """sum over the shares k (program axis 1) of partial[k * stride + index], in share order, read past L1."""
+    total = tl.load(partial_ptr + index, mask=live, other=0.0, cache_modifier=".cg")
+    for k in range(1, tl.num_programs(1)):
+        total += tl.load(partial_ptr + k * stride + index, mask=live, other=0.0, cache_modifier=".cg")
+    return total
+
+
+@triton.jit
+def _epilogue(value, index, live, out_ptr, scale, EPILOGUE: tl.constexpr):
+    """Write a GEMV's (or S3's) result: out[index] = value (_STORE), max(value, 0) (_RELU), value >= scale as int8
+    (_AT_LEAST), or out[index] += scale * value (_ADD: the residual add)."""
+    if EPILOGUE == _STORE:
+        tl.store(out_ptr + index, value, mask=live)
+    elif EPILOGUE == _RELU:
+        tl.store(out_ptr + index, tl.maximum(value, 0.0), mask=live)
+    elif EPILOGUE == _AT_LEAST:
+        tl.store(out_ptr + index, (value >= scale).to(tl.int8), mask=live)
+    else:
+        tl.store(out_ptr + index, tl.load(out_ptr + index, mask=live, other=0.0) + scale * value, mask=live)
+
+
+@triton.jit
+def _activation(g, threshold, ACT: tl.constexpr):
+    """The FFN's activation of gate values g: FATReLU (g if g >= threshold else 0; ReLU at 0), SiLU or GELU (tanh
+    approximation: 0.5 (1 + tanh y) = sigmoid(2 y))."""
+    if ACT == _FATRELU:
+        a = tl.where(g >= threshold, g, 0.0)
+    elif ACT == _SILU:
+        a = g / (1.0 + tl.exp(-g))
+    else:
+        a = g / (1.0 + tl.exp(-1.5957691216057308 * (g + 0.044715 * g * g * g)))
+    return a
+
+
+@triton.jit
+def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, counter_ptr, out_ptr, rows, cols,
+                 cols_per_split, low_bits, scale, copy_from, copy_to, copy_n, FMT: tl.constexpr,
+                 EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, COPY: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
+    """out (rows,) = epilogue(W @ x) (`_epilogue`); program (i, k) takes rows [i*BLOCK_R, (i+1)*BLOCK_R) of the
+    k-th share of the columns (program axis 1). SPLIT: several shares, their partial sums in partial_ptr (splits,
+    rows), added by the tile's last program (`_last_share`). sums_ptr (programs, cols_per_split / 32): Q4_1's
+    scratch for the sums of x per block. COPY: the share-0 programs also copy copy_from[:copy_n] to copy_to (float32),
+    COPY_BLOCK elements at a time (a split FFN stages its input beside the predicted mask: one copy to the host)."""
+    if COPY:
+        if tl.program_id(1) == 0:
+            for start in range(tl.program_id(0) * COPY_BLOCK, copy_n, tl.num_programs(0) * COPY_BLOCK):
+                i = start + tl.arange(0, COPY_BLOCK)
+                tl.store(copy_to + i, tl.load(copy_from + i, mask=i < copy_n), mask=i < copy_n)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
@@ -280,24 +344,67 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
     last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
     out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
                     low_bits, FMT, BLOCK_R, BLOCK_C)
-    tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
+    if SPLIT:
+        tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
+        if _last_share(counter_ptr):
+            _epilogue(_shares_sum(partial_ptr, r, in_matrix, rows), r, in_matrix, out_ptr, scale, EPILOGUE)
+    else:
+        _epilogue(out, r, in_matrix, out_ptr, scale, EPILOGUE)
+
+
+@triton.jit
+def _gate_up_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
+                    partial_ptr, counter_ptr, out_ptr, rows, cols, cols_per_split, gate_bits, up_bits, threshold,
+                    ACT: tl.constexpr, SPLIT: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out (rows,) = act(gate @ x) * (up @ x) (`_activation`), every row: the dense FFN's first half, `_gemv_kernel`'s
+    tiles and split-K over both matrices; partial_ptr (splits, 2 rows): gate's partial sums, then up's."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    in_matrix = r < rows
+    c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)
+    c_last = tl.minimum(c_first + cols_per_split, cols)
+    x_sums = sums_ptr
+    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
+        _block_x_sums(x_ptr, x_sums, c_first // 32, c_last // 32)
+        tl.debug_barrier()
+    last_row = tl.minimum(r, rows - 1)
+    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
+                  gate_bits, GATE_FMT, BLOCK_R, BLOCK_C)
+    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
+                  up_bits, UP_FMT, BLOCK_R, BLOCK_C)
+    if SPLIT:
+        share = partial_ptr + tl.program_id(1) * 2 * rows
+        tl.store(share + r, g, mask=in_matrix)
+        tl.store(share + rows + r, u, mask=in_matrix)
+        if _last_share(counter_ptr):
+            g = _shares_sum(partial_ptr, r, in_matrix, 2 * rows)
+            u = _shares_sum(partial_ptr, rows + r, in_matrix, 2 * rows)
+            tl.store(out_ptr + r, _activation(g, threshold, ACT) * u, mask=in_matrix)
+    else:
+        tl.store(out_ptr + r, _activation(g, threshold, ACT) * u, mask=in_matrix)
 
 
 @triton.jit
 def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
-               mask_ptr, list_ptr, out_ptr, count_ptr, n, cols, threshold, gate_bits, up_bits, HAS_MASK: tl.constexpr,
-               GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-               CHUNK: tl.constexpr):
-    """out (n,) = h = a * (up . x) with a = FATReLU(gate . x) where the mask (n,) uint8 allows, else 0; count_ptr[p] =
-    how many of program p's rows fired (a != 0). Program p compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK)
-    into list_ptr[p*CHUNK:] (int32 scratch) and takes them BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's
-    scratch for the sums of x per block."""
+               mask_ptr, index_ptr, list_ptr, out_ptr, fired_ptr, n, cols, threshold, gate_bits, up_bits,
+               HAS_MASK: tl.constexpr, HAS_INDEX: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """out (n,) = h = a * (up . x) with a = FATReLU(gate . x) where the mask allows, else 0: row i's mask byte is
+    mask_ptr[i] (uint8), or with HAS_INDEX mask_ptr[index_ptr[i]] (the mask over every neuron, index_ptr the hot
+    neurons' int64 indices); *fired_ptr (int64) += how many rows fired (a != 0), one atomic add a program. Program p
+    compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK) into list_ptr[p*CHUNK:] (int32 scratch) and takes them
+    BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's scratch for the sums of x per block."""
     pid = tl.program_id(0)
     rows = pid * CHUNK + tl.arange(0, CHUNK)
     in_n = rows < n
     tl.store(out_ptr + rows, tl.zeros([CHUNK], dtype=tl.float32), mask=in_n)  # h = 0 unless it fires
     if HAS_MASK:
-        candidate = in_n & (tl.load(mask_ptr + rows, mask=in_n, other=0) != 0)
+        at = rows
+        if HAS_INDEX:
+            at = tl.load(index_ptr + rows, mask=in_n, other=0)
+        candidate = in_n & (tl.load(mask_ptr + at, mask=in_n, other=0) != 0)
         slot = tl.cumsum(candidate.to(tl.int32), axis=0) - 1
         tl.store(list_ptr + pid * CHUNK + slot, rows, mask=candidate)
         count = tl.sum(candidate.to(tl.int32), axis=0)
@@ -327,7 +434,7 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
                           UP_FMT, BLOCK_R, BLOCK_C)
             tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
         fired_total += n_fired
-    tl.store(count_ptr + pid, fired_total)
+    tl.atomic_add(fired_ptr, fired_total.to(tl.int64))
 
 
 @triton.jit
@@ -341,11 +448,13 @@ def _compact_live_rows(h_ptr, slots_ptr, first, last, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share,
-               FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
-    """partial (shares, cols): partial[s, c] = sum over the rows i of share s (program axis 1) of h_i * W[i, c], for
-    the columns c of program axis 0's tile, for a format other than Q4_0/Q4_1/Q8_0; rows with h_i == 0 are not
-    loaded (compacted away CHUNK rows at a time in the program's own slots, slots_ptr (programs, CHUNK))."""
+def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr, counter_ptr, out_ptr, n, cols,
+               rows_per_share, scale, FMT: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """out (cols,) = epilogue(sum_i h_i * W[i]) (`_epilogue`: _STORE, or _ADD into the residual stream) for a format
+    other than Q4_0/Q4_1/Q8_0: program (t, s) takes the columns of tile t and the rows of share s; rows with h_i == 0
+    are not loaded (compacted away CHUNK rows at a time in the program's own slots, slots_ptr (programs, CHUNK)).
+    SPLIT: several shares, their partial sums in partial_ptr (shares, cols), added by the tile's last program."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     in_row = c < cols
     first = tl.program_id(1) * rows_per_share
@@ -363,7 +472,13 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
                          in_row[None, :], cols, FMT)
             acc += h[:, None] * w
         tl.debug_barrier()  # every slot read before the next chunk's are written
-    tl.store(partial_ptr + tl.program_id(1) * cols + c, tl.sum(acc, axis=0), mask=in_row)
+    total = tl.sum(acc, axis=0)
+    if SPLIT:
+        tl.store(partial_ptr + tl.program_id(1) * cols + c, total, mask=in_row)
+        if _last_share(counter_ptr):
+            _epilogue(_shares_sum(partial_ptr, c, in_row, cols), c, in_row, out_ptr, scale, EPILOGUE)
+    else:
+        _epilogue(total, c, in_row, out_ptr, scale, EPILOGUE)
 
 
 @triton.jit
@@ -409,8 +524,9 @@ def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_b
 
 
 @triton.jit
-def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, n, cols, rows_per_share, low_bits,
-                     FMT: tl.constexpr, S3_ROWS: tl.constexpr, S3_UNITS: tl.constexpr, CHUNK: tl.constexpr):
+def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, counter_ptr, out_ptr, n, cols,
+                     rows_per_share, low_bits, scale, FMT: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
+                     S3_ROWS: tl.constexpr, S3_UNITS: tl.constexpr, CHUNK: tl.constexpr):
     """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is S3_UNITS 4-word units of columns
     (`_word_row_dots`), a loop step S3_ROWS compacted rows (whole steps in the loop, the rest in one masked step);
     each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field."""
@@ -439,18 +555,33 @@ def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, n, cols
                 q_ptr, d_ptr, m_ptr, h_ptr, slots, whole + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
                 a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, True)
         tl.debug_barrier()  # every slot read before the next chunk's are written
-    out = partial_ptr + tl.program_id(1) * cols + ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]
+    columns = ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]  # (units, 4): field 0 of each word
     m_sum = tl.sum(a_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns
-    keep = in_row[:, None]
-    tl.store(out, tl.sum(a0, axis=0) + m_sum, mask=keep)
-    tl.store(out + 4 * U, tl.sum(a1, axis=0) + m_sum, mask=keep)
-    tl.store(out + 8 * U, tl.sum(a2, axis=0) + m_sum, mask=keep)
-    tl.store(out + 12 * U, tl.sum(a3, axis=0) + m_sum, mask=keep)
+    keep = in_row[:, None] & (i >= 0)[None, :]
+    if SPLIT:
+        share = partial_ptr + tl.program_id(1) * cols
+        _s3_put(share, columns, keep, a0, a1, a2, a3, a4, a5, a6, a7, m_sum, scale, U, _STORE)
+        if _last_share(counter_ptr):
+            for p in tl.static_range(8 // U):
+                at = columns + 4 * U * p
+                _epilogue(_shares_sum(partial_ptr, at, keep, cols), at, keep, out_ptr, scale, EPILOGUE)
+    else:
+        _s3_put(out_ptr, columns, keep, a0, a1, a2, a3, a4, a5, a6, a7, m_sum, scale, U, EPILOGUE)
+
+
+@triton.jit
+def _s3_put(out_ptr, columns, keep, a0, a1, a2, a3, a4, a5, a6, a7, m_sum, scale, U: tl.constexpr,
+            EPILOGUE: tl.constexpr):
+    """`_epilogue` of the S3 words kernel's accumulators: field p of each unit's words at columns + 4 U p."""
+    _epilogue(tl.sum(a0, axis=0) + m_sum, columns, keep, out_ptr, scale, EPILOGUE)
+    _epilogue(tl.sum(a1, axis=0) + m_sum, columns + 4 * U, keep, out_ptr, scale, EPILOGUE)
+    _epilogue(tl.sum(a2, axis=0) + m_sum, columns + 8 * U, keep, out_ptr, scale, EPILOGUE)
+    _epilogue(tl.sum(a3, axis=0) + m_sum, columns + 12 * U, keep, out_ptr, scale, EPILOGUE)
     if U == 1:
-        tl.store(out + 16, tl.sum(a4, axis=0) + m_sum, mask=keep)
-        tl.store(out + 20, tl.sum(a5, axis=0) + m_sum, mask=keep)
-        tl.store(out + 24, tl.sum(a6, axis=0) + m_sum, mask=keep)
-        tl.store(out + 28, tl.sum(a7, axis=0) + m_sum, mask=keep)
+        _epilogue(tl.sum(a4, axis=0) + m_sum, columns + 16, keep, out_ptr, scale, EPILOGUE)
+        _epilogue(tl.sum(a5, axis=0) + m_sum, columns + 20, keep, out_ptr, scale, EPILOGUE)
+        _epilogue(tl.sum(a6, axis=0) + m_sum, columns + 24, keep, out_ptr, scale, EPILOGUE)
+        _epilogue(tl.sum(a7, axis=0) + m_sum, columns + 28, keep, out_ptr, scale, EPILOGUE)
 
 
 def low_bits(qtype) -> int:
@@ -468,10 +599,11 @@ def s3_units(qtype) -> int:
     return S3_COLUMNS // 32 * (WORD_FORMATS[qtype] // 4)
 
 
-def split_k(rows: int, cols: int, qtype) -> int:
+def split_k(rows: int, cols: int, qtype, *qtypes) -> int:
     """Columns per share of a GEMV: all of them, or (narrow matrices) a whole number of loop steps, at least
-    MIN_SPLIT_STEPS, so that about TARGET_PROGRAMS programs run."""
-    step = tile_columns(qtype)
+    MIN_SPLIT_STEPS, so that about TARGET_PROGRAMS programs run. Several matrices read together (`qtypes`): steps
+    of the widest tile."""
+    step = max(tile_columns(q) for q in (qtype, *qtypes))
     steps = triton.cdiv(cols, step)
     shares = max(1, min(triton.cdiv(TARGET_PROGRAMS, triton.cdiv(rows, BLOCK_R)), steps // MIN_SPLIT_STEPS))
     return triton.cdiv(steps, shares) * step
@@ -481,40 +613,110 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) float32 = x @ W.T: the GEMV kernel for T == 1, reference.matvec else."""
     if x.shape[0] != 1:
         return reference.matvec(m, x)
+    return _gemv(m, x, torch.empty((1, m.rows), dtype=torch.float32, device=x.device), _STORE, 0.0)
+
+
+def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) float32 = ReLU(x @ W.T), one kernel for T == 1."""
+    if x.shape[0] != 1:
+        return reference.matvec_relu(m, x)
+    return _gemv(m, x, torch.empty((1, m.rows), dtype=torch.float32, device=x.device), _RELU, 0.0)
+
+
+def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given), one kernel for
+    T == 1; copy (source, destination), float32 tensors of one size: the same kernel also copies source into
+    destination."""
+    if x.shape[0] != 1:
+        return reference.matvec_at_least(m, x, threshold, out, copy)
+    if out is None:
+        out = torch.empty((1, m.rows), dtype=torch.bool, device=x.device)
+    _gemv(m, x, out.view(torch.int8), _AT_LEAST, threshold, copy)
+    return out
+
+
+def add_matvec(out: torch.Tensor, m: DeviceMatrix, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """out (T, rows) float32 += scale * x @ W.T in place (the residual add of a down projection), one kernel for
+    T == 1; returns out."""
+    if x.shape[0] != 1:
+        return reference.add_matvec(out, m, x, scale)
+    return _gemv(m, x, out, _ADD, scale)
+
+
+def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    """x (T, cols) float32 -> h (T, rows) float32 = act(x @ gate.T) * (x @ up.T), act `activation` ("silu", "gelu":
+    its tanh approximation, "relu", "fatrelu": g where g >= threshold, else 0); one kernel for T == 1."""
+    if x.shape[0] != 1:
+        return reference.gate_up(gate, up, x, activation, threshold)
+    x = x.to(torch.float32).contiguous()
+    out = torch.empty((1, gate.rows), dtype=torch.float32, device=x.device)
+    if gate.rows == 0:
+        return out
+    cols_per_split = split_k(gate.rows, gate.cols, gate.qtype, up.qtype)
+    shares = triton.cdiv(gate.cols, cols_per_split)
+    row_tiles = triton.cdiv(gate.rows, BLOCK_R)
+    partial = torch.empty((shares, 2 * gate.rows), dtype=torch.float32, device=x.device)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, gate.qtype, up.qtype)
+    _gate_up_kernel[(row_tiles, shares)](*_fields(gate), *_fields(up), x, sums, partial, _counters(row_tiles, x.device),
+                                         out, gate.rows, gate.cols, cols_per_split, low_bits(gate.qtype),
+                                         low_bits(up.qtype), float(threshold), ACT=ACTIVATIONS[activation],
+                                         SPLIT=shares > 1, GATE_FMT=GPU_FORMATS[gate.qtype].code,
+                                         UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+                                         num_warps=NUM_WARPS, **LAUNCH)
+    return out
+
+
+def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: float,
+          copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One GEMV launch: x (1, cols) -> out (1, rows) written by `epilogue` (`_epilogue`); copy: (source,
+    destination) copied by the same launch."""
     x = x.to(torch.float32).contiguous()
     if m.rows == 0:
-        return torch.zeros((1, 0), dtype=torch.float32, device=x.device)
+        if copy is not None:
+            copy[1].copy_(copy[0])
+        return out
+    if copy is not None and (copy[0].numel() != copy[1].numel() or not copy[1].is_contiguous()):
+        raise ValueError("the copy's source and destination must have one size, the destination contiguous")
+    source, destination = (x, x) if copy is None else (copy[0].contiguous(), copy[1])
     cols_per_split = split_k(m.rows, m.cols, m.qtype)
     shares = triton.cdiv(m.cols, cols_per_split)
     partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
     row_tiles = triton.cdiv(m.rows, BLOCK_R)
     sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
-    _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, m.rows, m.cols, cols_per_split, low_bits(m.qtype),
-                                      FMT=GPU_FORMATS[m.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+    _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, _counters(row_tiles, x.device), out, m.rows,
+                                      m.cols, cols_per_split, low_bits(m.qtype), float(scale), source, destination,
+                                      source.numel(), FMT=GPU_FORMATS[m.qtype].code, EPILOGUE=epilogue,
+                                      SPLIT=shares > 1, COPY=copy is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
                                       num_warps=NUM_WARPS, **LAUNCH)
-    return partial if shares == 1 else partial.sum(dim=0, keepdim=True)
+    return out
 
 
 def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch.Tensor, mask: torch.Tensor | None,
-            threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token: x (n_embd,) float32, mask (n_hot,) bool or None (all candidates) -> (out (n_embd,) float32,
-    fired: 0-dim int64, the number of neurons with a != 0). The S2 kernel, then the S3 kernel."""
+            threshold: float, mask_index: torch.Tensor | None = None, fired: torch.Tensor | None = None,
+            residual: torch.Tensor | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: x (n_embd,) float32, mask (n_hot,) bool, or (n_ff,) bool with mask_index (n_hot,) int64 the hot
+    neurons (row i's mask is mask[mask_index[i]]), or None (all candidates) -> (out (n_embd,) float32, fired: 0-dim
+    int64, the number of neurons with a != 0). `fired` given: the count is added to it (in place) and it is
+    returned; `residual` (n_embd,) given: residual += scale * out in place, and it is the out returned. The S2
+    kernel, then the S3 kernel."""
     n, cols = gate.rows, down_t.cols
     x = x.to(torch.float32).contiguous()
+    if fired is None:
+        fired = torch.zeros((), dtype=torch.int64, device=x.device)
     if n == 0:
-        return torch.zeros(cols, dtype=torch.float32, device=x.device), torch.zeros((), dtype=torch.int64,
-                                                                                    device=x.device)
+        return (torch.zeros(cols, dtype=torch.float32, device=x.device) if residual is None else residual), fired
     programs = triton.cdiv(n, CHUNK)
     h = torch.empty(n, dtype=torch.float32, device=x.device)
-    counts = torch.empty(programs, dtype=torch.int32, device=x.device)
     candidates = torch.empty(programs * CHUNK if mask is not None else 1, dtype=torch.int32, device=x.device)
     mask_bytes = h if mask is None else mask.contiguous().view(torch.uint8)
+    index = h if mask_index is None else mask_index
     sums = _x_sums_scratch(programs, gate.cols, x, gate.qtype, up.qtype)
-    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, sums, mask_bytes, candidates, h, counts, n, gate.cols,
-                            float(threshold), low_bits(gate.qtype), low_bits(up.qtype), HAS_MASK=mask is not None,
+    _s2_kernel[(programs,)](*_fields(gate), *_fields(up), x, sums, mask_bytes, index, candidates, h, fired, n,
+                            gate.cols, float(threshold), low_bits(gate.qtype), low_bits(up.qtype),
+                            HAS_MASK=mask is not None, HAS_INDEX=mask is not None and mask_index is not None,
                             GATE_FMT=GPU_FORMATS[gate.qtype].code, UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R,
-                            BLOCK_C=BLOCK_C, CHUNK=CHUNK,
-                            num_warps=NUM_WARPS, **LAUNCH)
+                            BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS, **LAUNCH)
     words = down_t.qtype in WORD_FORMATS
     column_tiles = triton.cdiv(cols, s3_columns(down_t.qtype))
     step = S3_ROWS if words else BLOCK_R
@@ -524,17 +726,34 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     shares = triton.cdiv(n, rows_per_share)
     partial = torch.empty((shares, cols), dtype=torch.float32, device=x.device)
     slots = torch.empty(shares * column_tiles * CHUNK, dtype=torch.int32, device=x.device)
+    out = torch.empty(cols, dtype=torch.float32, device=x.device) if residual is None else residual
+    epilogue = _STORE if residual is None else _ADD
+    counters = _counters(column_tiles, x.device)
     fmt = GPU_FORMATS[down_t.qtype].code
     if words:
-        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, n, cols, rows_per_share,
-                                                 low_bits(down_t.qtype), FMT=fmt, S3_ROWS=S3_ROWS,
-                                                 S3_UNITS=s3_units(down_t.qtype),
-                                                 CHUNK=CHUNK, num_warps=S3_WARPS, **LAUNCH)
+        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, counters, out, n, cols,
+                                                 rows_per_share, low_bits(down_t.qtype), float(scale), FMT=fmt,
+                                                 EPILOGUE=epilogue, SPLIT=shares > 1, S3_ROWS=S3_ROWS,
+                                                 S3_UNITS=s3_units(down_t.qtype), CHUNK=CHUNK, num_warps=S3_WARPS,
+                                                 **LAUNCH)
     else:
-        _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, n, cols, rows_per_share, FMT=fmt,
+        _s3_kernel[(column_tiles, shares)](*_fields(down_t), h, slots, partial, counters, out, n, cols,
+                                          rows_per_share, float(scale), FMT=fmt, EPILOGUE=epilogue, SPLIT=shares > 1,
                                           BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=NUM_WARPS,
                                           **LAUNCH)
-    return partial.sum(dim=0), counts.sum(dtype=torch.int64)
+    return out, fired
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(tiles: int, device: torch.device) -> torch.Tensor:
+    """int32 (tiles,) zeros for `_last_share`, kept per device (each launch leaves them 0): allocated (one fill) only
+    when a launch needs more than any before."""
+    held = _COUNTERS.get(device)
+    if held is None or held.numel() < tiles:
+        held = _COUNTERS[device] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+    return held
 
 
 def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes) -> torch.Tensor:

@@ -50,7 +50,9 @@ class GPUAttention:
 
 class GPUDenseFFN:
     """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl); act
-    SiLU, GELU (tanh approximation) or FATReLU; the output RMS-normed first where the model has a post-FFN norm."""
+    SiLU, GELU (tanh approximation) or FATReLU. One token in two kernels (`gate_up`, then the down GEMV with the
+    residual add as its epilogue); where the model has a post-FFN norm (gemma3) the down projection's output is
+    RMS-normed before the add, in the add's own kernel (one launch more)."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
@@ -60,15 +62,12 @@ class GPUDenseFFN:
         started = side.clock.start()
         x = s.on_device
         normed = ffn_input(side, index, x, layer)
-        gate, up = side.ops.matvec(layer.gate, normed), side.ops.matvec(layer.up, normed)
-        if c.activation == "silu":
-            hidden = torch.nn.functional.silu(gate).mul_(up)
-        elif c.activation == "gelu":
-            hidden = torch.nn.functional.gelu(gate, approximate="tanh").mul_(up)
+        hidden = side.ops.gate_up(layer.gate, layer.up, normed, c.activation, side.threshold)  # one kernel a token
+        if layer.post_ffw_norm is None:
+            s.on_device = side.ops.add_matvec(x, layer.down, hidden, c.residual_scale)  # the add in its epilogue
         else:
-            hidden = gate.masked_fill_(gate < side.threshold, 0.0).mul_(up)
-        s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale,
-                                     post_norm=layer.post_ffw_norm, eps=c.rms_eps)
+            s.on_device = side.norms.add(x, side.ops.matvec(layer.down, hidden), c.residual_scale,
+                                         post_norm=layer.post_ffw_norm, eps=c.rms_eps)
         side.clock.stop("gpu", started)
 
     def every_neuron(self) -> GPUDenseFFN:

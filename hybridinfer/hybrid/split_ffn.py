@@ -41,6 +41,11 @@ def _host(shape, dtype, pinned: bool) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=pinned)
 
 
+def _halves(packet: torch.Tensor, n_embd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The views (1, n_embd) float32 and (n_ff,) bool of a packet of 4 n_embd + n_ff bytes."""
+    return packet[:4 * n_embd].view(torch.float32).view(1, n_embd), packet[4 * n_embd:].view(torch.bool)
+
+
 class ColdHalf:
     """The cold neurons of the split layers, by the packed kernels on the decoding thread (with the run's `-t`
     threads), in their own scratch."""
@@ -57,8 +62,12 @@ class ColdHalf:
             mask[neurons] = False
             self.cold_mask[index], self.cold[index] = mask, np.flatnonzero(mask).astype(np.int64)
         pinned = device.type == "cuda"
-        self.normed_host = _host((1, n_embd), torch.float32, pinned)  # the FFN input, sent down
-        self.mask_host = _host((n_ff,), torch.bool, pinned)  # the predicted mask, sent down
+        # one token's FFN input (1, n_embd) float32 and predicted mask (n_ff,) bool, sent down in one copy: staged
+        # side by side on the device (the predictor's threshold kernel writes both) and received side by side
+        self.staged = torch.empty(4 * n_embd + n_ff, dtype=torch.uint8, device=device)
+        self.packet_host = _host((4 * n_embd + n_ff,), torch.uint8, pinned)
+        self.normed_staged, self.mask_staged = _halves(self.staged, n_embd)
+        self.normed_host, self.mask_host = _halves(self.packet_host, n_embd)
         self.out_host = _host((1, n_embd), torch.float32, pinned)  # the CPU half's output, sent up
         self.normed = activation_buffers(1, n_embd)  # the kernels' aligned copy, with its int8 blocks
         self.unused_x = np.zeros((1, n_embd), np.float32)  # the block adds its output here too; unused
@@ -74,10 +83,15 @@ class ColdHalf:
         return self.cold[index].shape[0] > 0
 
     def send(self, normed: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Queue the copies of one token's FFN input (1, n_embd) and mask (n_ff,) down to the host."""
-        self.normed_host.copy_(normed, non_blocking=True)
-        if mask is not None:
-            self.mask_host.copy_(mask, non_blocking=True)
+        """Queue the copy of one token's FFN input (1, n_embd) and mask (n_ff,) down to the host: one copy where
+        both are the staged ones (`normed_staged`, `mask_staged`), else one each."""
+        if mask is not None and mask.data_ptr() == self.mask_staged.data_ptr() and \
+                normed.data_ptr() == self.normed_staged.data_ptr():
+            self.packet_host.copy_(self.staged, non_blocking=True)
+        else:
+            self.normed_host.copy_(normed, non_blocking=True)
+            if mask is not None:
+                self.mask_host.copy_(mask, non_blocking=True)
         if self.ready is not None:
             self.ready.record()
 
@@ -149,24 +163,34 @@ class SplitFFN:
         started = clock.start()
         x = s.on_device
         normed = ffn_input(side, index, x, layer)  # (T, n_embd), from the attention part's kernel
-        mask = hot_mask = None  # (T, n_ff), (T, n_hot) bool: the predicted neurons, all and hot
-        if layer.fc1 is not None and self.predicting:
-            mask, hot_mask = self.predict(layer, x)
+        predicting = layer.fc1 is not None and self.predicting
         if x.shape[0] > 1:
+            mask, hot_mask = self.predict(layer, x) if predicting else (None, None)  # (T, n_ff), (T, n_hot) bool
             hot = self._several(index, layer, normed, mask, hot_mask, started)
             s.on_device = side.norms.add(x, hot, c.residual_scale, post_norm=layer.post_ffw_norm, eps=c.rms_eps)
             return
         on_cpu = self.cold.has_neurons(index)
+        mask = None  # (1, n_ff) bool: the predicted neurons
+        if predicting and on_cpu:  # the predictor's kernel stages the mask and the FFN input for one copy down
+            mask = self.predict_one(layer, x, self.cold.mask_staged[None], (normed, self.cold.normed_staged))
+            normed = self.cold.normed_staged
+        elif predicting:
+            mask = self.predict_one(layer, x)
         if on_cpu:
             clock.stop("gpu", started)
             started = clock.start()
             self.cold.send(normed, None if mask is None else mask[0])
             clock.stop("transfer", started)
             started = clock.start()
-        hot, fired = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0],
-                                      None if hot_mask is None else hot_mask[0], side.threshold)
-        side.fired += fired  # summed on the device: reading it here would wait for the GPU
+        # the fired neurons summed into side.fired on the device (reading them here would wait for the GPU); a layer
+        # whose neurons are all on the GPU (and that has no post-FFN norm) adds its output to x in the same kernels
+        fused_add = not on_cpu and layer.post_ffw_norm is None
+        hot, _ = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0], None if mask is None else mask[0],
+                                  side.threshold, mask_index=layer.hot_index, fired=side.fired,
+                                  residual=x[0] if fused_add else None, scale=c.residual_scale)
         clock.stop("gpu", started)
+        if fused_add:
+            return
         cold = None
         if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
             cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
@@ -184,10 +208,18 @@ class SplitFFN:
 
     def predict(self, layer: GPULayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, n_ff), (T, n_hot) bool: fc2 . ReLU(fc1 . x) >= threshold, x the residual stream before ffn_norm; at
-        every neuron and at the hot ones (one kernel, `gpu/predictor_*.py`)."""
+        every neuron and at the hot ones (`gpu/predictor_*.py`)."""
         side = self.side
-        scores = side.ops.matvec(layer.fc2, side.ops.matvec(layer.fc1, x).relu_())
+        scores = side.ops.matvec(layer.fc2, side.ops.matvec_relu(layer.fc1, x))
         return side.predictor_ops.masks(scores, layer.predictor_threshold, layer.hot_index)
+
+    def predict_one(self, layer: GPULayer, x: torch.Tensor, out: torch.Tensor | None = None,
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One token: (1, n_ff) bool, `predict`'s mask at every neuron (into `out` if given), in two GEMVs whose
+        epilogues apply the ReLU and the threshold (the S2 kernel reads it at the hot neurons through
+        layer.hot_index); the second also copies copy[0] into copy[1]."""
+        ops = self.side.ops
+        return ops.matvec_at_least(layer.fc2, ops.matvec_relu(layer.fc1, x), layer.predictor_threshold, out, copy)
 
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)
