@@ -290,6 +290,19 @@ def _shares_sum(partial_ptr, index, live, stride):
 
 
 @triton.jit
+def _finish(value, index, live, n, partial_ptr, counter_ptr, out_ptr, scale, SPLIT: tl.constexpr,
+            EPILOGUE: tl.constexpr):
+    """A program's sums `value` of outputs `index` (of n): through the epilogue at once, or (SPLIT) stored as its
+    split-K share, the tile's last program adding the shares and applying the epilogue."""
+    if SPLIT:
+        tl.store(partial_ptr + tl.program_id(1) * n + index, value, mask=live)
+        if _last_share(counter_ptr):
+            _epilogue(_shares_sum(partial_ptr, index, live, n), index, live, out_ptr, scale, EPILOGUE)
+    else:
+        _epilogue(value, index, live, out_ptr, scale, EPILOGUE)
+
+
+@triton.jit
 def _epilogue(value, index, live, out_ptr, scale, EPILOGUE: tl.constexpr):
     """Write a GEMV's (or S3's) result: out[index] = value (_STORE), max(value, 0) (_RELU), value >= scale as int8
     (_AT_LEAST), or out[index] += scale * value (_ADD: the residual add)."""
@@ -344,12 +357,7 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
     last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
     out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
                     low_bits, FMT, BLOCK_R, BLOCK_C)
-    if SPLIT:
-        tl.store(partial_ptr + tl.program_id(1) * rows + r, out, mask=in_matrix)
-        if _last_share(counter_ptr):
-            _epilogue(_shares_sum(partial_ptr, r, in_matrix, rows), r, in_matrix, out_ptr, scale, EPILOGUE)
-    else:
-        _epilogue(out, r, in_matrix, out_ptr, scale, EPILOGUE)
+    _finish(out, r, in_matrix, rows, partial_ptr, counter_ptr, out_ptr, scale, SPLIT, EPILOGUE)
 
 
 @triton.jit
@@ -473,12 +481,7 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
             acc += h[:, None] * w
         tl.debug_barrier()  # every slot read before the next chunk's are written
     total = tl.sum(acc, axis=0)
-    if SPLIT:
-        tl.store(partial_ptr + tl.program_id(1) * cols + c, total, mask=in_row)
-        if _last_share(counter_ptr):
-            _epilogue(_shares_sum(partial_ptr, c, in_row, cols), c, in_row, out_ptr, scale, EPILOGUE)
-    else:
-        _epilogue(total, c, in_row, out_ptr, scale, EPILOGUE)
+    _finish(total, c, in_row, cols, partial_ptr, counter_ptr, out_ptr, scale, SPLIT, EPILOGUE)
 
 
 @triton.jit
