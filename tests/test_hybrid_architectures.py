@@ -1,11 +1,14 @@
-"""The hybrid runtime's GPU side on qwen2, qwen3, gemma3 and Llama 3 (tests/tiny_architectures.py), on the CPU device
-(the torch twins, and the Triton kernels under TRITON_INTERPRET=1): every layer and the output there, or the last
+"""The hybrid runtime's GPU side on qwen2, qwen3, gemma3 and Llama 3 (tests/tiny_architectures.py), on
+HYBRIDINFER_TEST_DEVICE (cpu here: the torch twins, and the Triton kernels under TRITON_INTERPRET=1; `make gpu-check`
+sets cuda): every layer and the output there, or the last
 layers only (-ngl), gives the packed CPU engine's logits over a prompt and decoded tokens past gemma3's window of 4;
 what each architecture adds is on the side (biases, head norms, per-layer RoPE, windows, post norms, softcap, the
 27B's query scale); a ReLU-fied qwen3 runs the split FFN.
 
 Tolerances: float32 KV caches on both sides and float activations (no int8 rounding on the CPU side): F32 weights
 1e-5 of the largest logit (the same sums in another order), Q8_0 1e-4."""
+
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from hybridinfer.runtime.activations import profile_activations
 from logit_checks import F32_CACHE, relative_error
 from tiny_architectures import ARCHITECTURES, GEMMA_WINDOW, SHAPES, write_arch_gguf
 
+DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
 N_CTX = 32
 IDS = [1, 100, 200, 17, 260, 5, 66, 9, 31, 140]  # 10 positions: past gemma3's window
 SHORT_IDS = IDS[:7]  # the interpreted Triton kernels' (slow): still past the window
@@ -55,7 +59,7 @@ def expected_logits(path, ids):
 
 
 def gpu_engine(path, n_gpu_layers, kernels):
-    return hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device="cpu", gpu_kernels=kernels,
+    return hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=n_gpu_layers, device=DEVICE, gpu_kernels=kernels,
                             **EXACT)
 
 
@@ -136,13 +140,13 @@ def test_a_relu_qwen3_runs_the_split_ffn(tmp_path, kernels):
     reference = hybridinfer.load(str(path), n_ctx=N_CTX, backend="reference")
     activations = tmp_path / "qwen3-relu.act.gguf"
     save_profile(profile_activations(reference, [IDS]), activations)
-    m = memory_model(reference.file, reference.config, N_CTX, "cpu")
+    m = memory_model(reference.file, reference.config, N_CTX, DEVICE)
     budget = m.workspace + sum(m.layer) + m.output + 40 * m.neuron[0]
     profile = load_profile(str(activations), reference.fingerprint)
     save_split(solve_split(reference.config, profile, m, budget, 16), tmp_path / "qwen3-relu.split.gguf")
     ids = IDS if kernels == "torch" else SHORT_IDS
     packed = hybridinfer.load(str(path), n_ctx=N_CTX, exact=True, **EXACT)
-    engine = hybridinfer.load(str(path), n_ctx=N_CTX, split=str(tmp_path / "qwen3-relu.split.gguf"), device="cpu",
+    engine = hybridinfer.load(str(path), n_ctx=N_CTX, split=str(tmp_path / "qwen3-relu.split.gguf"), device=DEVICE,
                               gpu_kernels=kernels, exact=True, **EXACT)
     side = engine.gpu_side
     assert sorted(side.layers) == [0, 1] and 0 < side.n_hot < 2 * reference.config.n_ff
