@@ -23,8 +23,8 @@ from gguf import quants  # noqa: E402
 
 from hybridinfer.errors import HybridInferError  # noqa: E402
 from hybridinfer.gpu import kernels_for, reference  # noqa: E402
-from hybridinfer.gpu.weights import (GPU_FORMATS, K_QUANT_FIELDS, block_fields, dequantize_rows,  # noqa: E402
-                                     device_matrix)
+from hybridinfer.gpu.weights import (GPU_FORMATS, K_QUANT_FIELDS, WORD_FORMATS, block_fields,  # noqa: E402
+                                     dequantize_rows, device_matrix, stored_columns)
 from hybridinfer.model_file.gguf_file import GGUFTensor  # noqa: E402
 from hybridinfer.model_file.weight_formats import GPU_NATIVE_TYPES  # noqa: E402
 RTOL = 1e-5  # of the sum of |terms|: float32 accumulation over at most a few hundred terms
@@ -138,6 +138,24 @@ def test_device_matrix_holds_the_gguf_bytes(qtype):
     np.testing.assert_array_equal(dequantize_rows(picked).cpu().numpy(), exact[rows].astype(np.float32))
     empty = device_matrix(raw, qtype, (37, cols), DEVICE, rows=np.zeros(0, dtype=np.int64))
     assert empty.rows == 0 and empty.nbytes == 0 and dequantize_rows(empty).shape == (0, cols)
+
+
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
+def test_stored_order_rows_are_the_element_rows_permuted(qtype):
+    """The torch twins' fast dequantization: columns in the stored (interleaved) order, `stored_columns` saying
+    which element each holds, a permutation (every element once) for the interleaved formats, None otherwise."""
+    rng = np.random.default_rng(4321)
+    cols = width(qtype, 96)
+    _, exact, m = weight(rng, 19, cols, qtype)
+    stored = dequantize_rows(m, 2, 17, element_order=False).cpu().numpy()
+    columns = stored_columns(m)
+    if qtype not in WORD_FORMATS:
+        assert columns is None
+        np.testing.assert_array_equal(stored, exact[2:17].astype(np.float32))
+        return
+    columns = columns.cpu().numpy()
+    assert sorted(columns) == list(range(cols)) and not np.array_equal(columns, np.arange(cols))
+    np.testing.assert_array_equal(stored, exact[2:17][:, columns].astype(np.float32))
 
 
 def test_device_matrix_reads_any_dtype_and_rejects_what_it_cannot():

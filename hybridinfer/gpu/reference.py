@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from .weights import CHUNK_ELEMENTS, DeviceMatrix, dequantize_rows, take_rows
+from .weights import CHUNK_ELEMENTS, DeviceMatrix, dequantize_rows, stored_columns, take_rows
 
 
 def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) float32 = x @ W.T."""
     out = torch.empty((x.shape[0], m.rows), dtype=torch.float32, device=x.device)
+    x = _in_stored_order(m, x)
     for start, stop, weight in _chunks(m):
         out[:, start:stop] = x @ weight.T
     return out
@@ -78,6 +79,7 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     out = torch.zeros(down_t.cols, dtype=torch.float32, device=x.device)
     for start, stop, weight in _chunks(down_t, index):
         out += h[start:stop] @ weight
+    out = _in_element_order(down_t, out)
     count = fire.sum()
     if fired is not None:
         count = fired.add_(count)
@@ -98,7 +100,7 @@ def down_t_product(down_t: DeviceMatrix, hidden: torch.Tensor) -> torch.Tensor:
     out = torch.zeros((hidden.shape[0], down_t.cols), dtype=torch.float32, device=hidden.device)
     for start, stop, weight in _chunks(down_t):
         out += hidden[:, start:stop] @ weight
-    return out
+    return _in_element_order(down_t, out)
 
 
 def _fires(g: torch.Tensor, mask: torch.Tensor | None, threshold: float) -> torch.Tensor:
@@ -107,13 +109,30 @@ def _fires(g: torch.Tensor, mask: torch.Tensor | None, threshold: float) -> torc
     return fire if mask is None else fire & mask
 
 
+def _in_stored_order(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
+    """x (T, cols) in element order -> its columns in the order of `_chunks(m)`'s rows."""
+    columns = stored_columns(m)
+    return x if columns is None else x[:, columns]
+
+
+def _in_element_order(m: DeviceMatrix, y: torch.Tensor) -> torch.Tensor:
+    """y (.., cols) whose columns follow `_chunks(m)`'s rows -> the same in element order."""
+    columns = stored_columns(m)
+    if columns is None:
+        return y
+    out = torch.empty_like(y)
+    out[..., columns] = y
+    return out
+
+
 def _chunks(m: DeviceMatrix, index: torch.Tensor | None = None):
-    """(start, stop, float32 rows) covering m's rows (or the rows index[start:stop]), CHUNK_ELEMENTS at most each."""
+    """(start, stop, float32 rows) covering m's rows (or the rows index[start:stop]), CHUNK_ELEMENTS at most each,
+    their columns in m's stored order (`weights.stored_columns`: the vectors they meet are permuted instead)."""
     count = m.rows if index is None else int(index.shape[0])
     step = max(1, CHUNK_ELEMENTS // max(1, m.cols))
     for start in range(0, count, step):
         stop = min(start + step, count)
         if index is None:
-            yield start, stop, dequantize_rows(m, start, stop)
+            yield start, stop, dequantize_rows(m, start, stop, element_order=False)
         else:
-            yield start, stop, dequantize_rows(take_rows(m, index[start:stop]))
+            yield start, stop, dequantize_rows(take_rows(m, index[start:stop]), element_order=False)

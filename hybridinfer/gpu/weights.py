@@ -36,6 +36,7 @@ its top 2 in qh byte 32 h + r % 32 (bits 2 (r // 32) and up), its scale is sub_s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -157,13 +158,37 @@ def element_of_field(qtype: T) -> np.ndarray:
     return words * np.arange(fields)[None, :] + np.arange(words)[:, None]
 
 
+def stored_element_order(qtype: T) -> np.ndarray:
+    """(32,) int64: the block element at each position of an interleaved block's stored order, its bytes in order
+    (Q8_0) or its 16 bytes' low nibbles, then their high nibbles (Q4: byte 4i + k of word i holds fields 2k and
+    2k + 1)."""
+    if qtype == T.Q8_0:
+        return element_of_field(qtype).reshape(-1)
+    by_byte = element_of_field(qtype).reshape(4, 4, 2)  # [word i, byte k, low / high nibble]
+    return np.concatenate([by_byte[..., 0].reshape(-1), by_byte[..., 1].reshape(-1)])
+
+
+@lru_cache(maxsize=64)
+def _stored_columns(qtype: T, cols: int) -> np.ndarray:
+    blocks = np.arange(cols // 32, dtype=np.int64)[:, None] * 32
+    return (blocks + stored_element_order(qtype)[None, :]).reshape(-1)
+
+
+def stored_columns(m: DeviceMatrix) -> torch.Tensor | None:
+    """(cols,) int64 on m's device: the element column that each column of `dequantize_rows(m, element_order=False)`
+    holds; None when that is the element order (every format but `WORD_FORMATS`)."""
+    if m.qtype not in WORD_FORMATS:
+        return None
+    return torch.from_numpy(_stored_columns(m.qtype, m.cols)).to(m.device)
+
+
 def interleave(quants: np.ndarray, qtype: T) -> np.ndarray:
     """(.., quant bytes) of blocks in the file's order -> the same shape in the interleaved layout (module doc)."""
     if qtype == T.Q8_0:
         return quants[..., element_of_field(qtype).reshape(-1)]
     elements = np.concatenate([quants & 15, quants >> 4], axis=-1)  # (.., 32) nibbles in element order
-    order = element_of_field(qtype).reshape(4, 4, 2)  # word i, byte k: fields 2k (low nibble) and 2k + 1 (high)
-    return elements[..., order[..., 0].reshape(-1)] | (elements[..., order[..., 1].reshape(-1)] << 4)
+    stored = stored_element_order(qtype)
+    return elements[..., stored[:16]] | (elements[..., stored[16:]] << 4)
 
 
 def take_rows(m: DeviceMatrix, index: torch.Tensor) -> DeviceMatrix:
@@ -172,8 +197,12 @@ def take_rows(m: DeviceMatrix, index: torch.Tensor) -> DeviceMatrix:
     return DeviceMatrix(m.qtype, int(index.shape[0]), m.cols, **pick)
 
 
-def dequantize_rows(m: DeviceMatrix, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """float32 (stop - start, cols) values of rows start..stop-1, on m's device (computed as gguf.quants does)."""
+def dequantize_rows(m: DeviceMatrix, start: int = 0, stop: int | None = None,
+                    element_order: bool = True) -> torch.Tensor:
+    """float32 (stop - start, cols) values of rows start..stop-1, on m's device (computed as gguf.quants does).
+
+    element_order False: the columns of an interleaved format (`WORD_FORMATS`) come in its stored order instead,
+    column j holding element `stored_columns(m)[j]` (no permutation: the torch twins permute the vector instead)."""
     stop = m.rows if stop is None else min(stop, m.rows)
     if m.values is not None:
         return m.values[start:stop].to(torch.float32)
@@ -188,25 +217,39 @@ def dequantize_rows(m: DeviceMatrix, start: int = 0, stop: int | None = None) ->
         values = _k_quant_values(m.qtype, d, rows_of(m.quants), None if m.mins is None else rows_of(m.mins),
                                  None if m.highs is None else rows_of(m.highs), rows_of(m.sub_scales))
         return values.reshape(n, m.cols)
-    if m.qtype == T.Q8_0:
-        return (_element_order(rows_of(m.quants), m.qtype).to(torch.float32) * d).reshape(n, m.cols)
-    q = _nibbles(rows_of(m.quants))  # (n, blocks, 32) int32, element order
-    if m.qtype in WORD_FORMATS:
-        q = _element_order(torch.stack([q[..., :16], q[..., 16:]], dim=-1).reshape(n, n_blocks, 32), m.qtype)
+    if m.qtype in WORD_FORMATS and element_order:
+        q = _interleaved_quants(rows_of(m.quants), m.qtype)
+    elif m.qtype == T.Q8_0:
+        q = rows_of(m.quants).to(torch.float32)  # (n, blocks, 32), stored order
+    elif m.qtype in WORD_FORMATS:  # Q4's stored order, split into nibbles while still 8-bit
+        packed = rows_of(m.quants)
+        q = torch.cat([packed & 15, packed >> 4], dim=-1).to(torch.float32)
+    else:
+        q = _nibbles(rows_of(m.quants)).to(torch.float32)  # (n, blocks, 32), element order
     if m.highs is not None:
-        q = q + 16 * _bits(rows_of(m.highs), torch.arange(32, device=q.device))
-    q = q.to(torch.float32)
+        q += 16 * _bits(rows_of(m.highs), torch.arange(32, device=q.device))
+    if m.qtype == T.Q8_0:
+        return q.mul_(d).reshape(n, m.cols)
     if fmt.has_minimum:
-        return (q * d + rows_of(m.mins).to(torch.float32)).reshape(n, m.cols)
-    return ((q - (16 if fmt.high_bits else 8)) * d).reshape(n, m.cols)
+        return q.mul_(d).add_(rows_of(m.mins).to(torch.float32)).reshape(n, m.cols)
+    return q.sub_(16 if fmt.high_bits else 8).mul_(d).reshape(n, m.cols)
 
 
-def _element_order(fields: torch.Tensor, qtype: T) -> torch.Tensor:
-    """(.., 32) quants of interleaved blocks, word by word and field by field -> the same in element order."""
-    where = torch.as_tensor(element_of_field(qtype).reshape(-1), device=fields.device)
-    out = torch.empty_like(fields)
-    out[..., where] = fields
-    return out
+def _interleaved_quants(quants: torch.Tensor, qtype: T) -> torch.Tensor:
+    """(n, blocks, quant bytes) of interleaved blocks -> (n, blocks, 32) float32 quants in element order.
+
+    The module doc's layout: byte k of word i holds field k of Q8_0 (element 8k + i), or fields 2k (low nibble)
+    and 2k + 1 (high nibble) of Q4 (elements 8k + i and 8k + 4 + i): strided copies of the bytes, still 8-bit,
+    put every element in place before the one conversion to float32.
+    """
+    n, n_blocks = quants.shape[:2]
+    by_field = quants.reshape(n, n_blocks, WORD_FORMATS[qtype], 4).transpose(-1, -2)  # [.., k, i]: word i's byte k
+    if qtype == T.Q8_0:
+        return by_field.to(torch.float32, memory_format=torch.contiguous_format).reshape(n, n_blocks, 32)
+    nibbles = torch.empty((n, n_blocks, 4, 2, 4), dtype=torch.uint8, device=quants.device)  # [.., k, half, i]
+    torch.bitwise_and(by_field, 15, out=nibbles[..., 0, :])
+    torch.bitwise_right_shift(by_field, 4, out=nibbles[..., 1, :])
+    return nibbles.reshape(n, n_blocks, 32).to(torch.float32)
 
 
 def _k_quant_values(qtype: T, d, quants, dmin, highs, sub_scales) -> torch.Tensor:
