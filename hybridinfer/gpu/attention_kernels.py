@@ -8,7 +8,9 @@ is its torch twin (same function, same result) and serves several positions at o
                      layer), read in place in tiles of BLOCK_N
                      positions, each key/value tile read once for the whole group of query heads (the new
                      position's key and value come from registers, not from the cache being written)
-    _combine_kernel  program (query head): the splits' partial results merged (their maxima, sums, values)
+    _combine_kernel  program (query head): the splits' partial results merged (their maxima, sums, values); with
+                     ADVANCE, program 0 also adds 1 to the device position (the token's last layer: the next
+                     token's position without a write of its own; the split kernel, which reads it, has run)
 
 The position is read from a device tensor, and the grid and every buffer have fixed shapes: the pair can be captured
 in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it allocates
@@ -112,10 +114,14 @@ def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, to
 
 
 @triton.jit
-def _combine_kernel(best_ptr, total_ptr, acc_ptr, out_ptr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr):
-    """out (n_head * HEAD_DIM,) float32: query head program_id(0)'s splits merged."""
+def _combine_kernel(best_ptr, total_ptr, acc_ptr, out_ptr, pos_ptr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, ADVANCE: tl.constexpr):
+    """out (n_head * HEAD_DIM,) float32: query head program_id(0)'s splits merged; ADVANCE: *pos_ptr += 1 (int32,
+    by program 0; no program of this kernel reads it)."""
     head = tl.program_id(0)
+    if ADVANCE:
+        if head == 0:
+            tl.store(pos_ptr, tl.load(pos_ptr) + 1)
     kv, g = head // GROUP, head % GROUP
     s = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM_P2)
@@ -156,18 +162,20 @@ def scratch_for(n_head: int, n_head_kv: int, head_dim: int, device: torch.device
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
                      scratch: Scratch | None = None,
-                     options: attention_reference.HeadOptions = attention_reference.LLAMA) -> torch.Tensor:
+                     options: attention_reference.HeadOptions = attention_reference.LLAMA,
+                     advance: bool = False) -> torch.Tensor:
     """`attention_reference.decode_attention`; one position (T == 1) by the two kernels, several by the twin.
     `position`: the position as a device int32 tensor (1,) (a CUDA graph's input), else start_pos is written to
-    the scratch's; `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The
-    result is the scratch's output buffer, overwritten by the next call."""
+    the scratch's; `advance`: the given position is then advanced by 1 on the device, in the combine kernel;
+    `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The result is the
+    scratch's output buffer, overwritten by the next call."""
     if qkv.shape[0] != 1:
         return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head,
                                                     options=options)
     n_kv, head_dim = k_cache.shape[1], k_cache.shape[2]
     scratch = scratch or scratch_for(n_head, n_kv, head_dim, qkv.device)
     if position is None:
-        position = scratch.position
+        position, advance = scratch.position, False
         position.fill_(start_pos)
     group = n_head // n_kv
     group_p2, head_dim_p2 = scratch.best.shape[2], scratch.acc.shape[3]
@@ -180,6 +188,7 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                                   HEAD_DIM=head_dim, ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2,
                                   HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS, BLOCK_N=BLOCK_N, HAS_BIAS=has_bias,
                                   HAS_NORM=has_norm)
-    _combine_kernel[(n_head,)](scratch.best, scratch.total, scratch.acc, scratch.out, GROUP=group,
-                               HEAD_DIM=head_dim, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS)
+    _combine_kernel[(n_head,)](scratch.best, scratch.total, scratch.acc, scratch.out, position, GROUP=group,
+                               HEAD_DIM=head_dim, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS,
+                               ADVANCE=bool(advance))
     return scratch.out
