@@ -91,6 +91,12 @@ def test_gate_up_mixed_formats(tk, qtypes, monkeypatch):
     assert tk.split_k(rows, cols, *qtypes[:2]) < cols
     scale = (np.abs(x) @ np.abs(gate).T) * (np.abs(x) @ np.abs(up).T)
     assert_close(tk.gate_up(g_m, u_m, tensor(x), "silu", 0.0), ACTIVATIONS["silu"](x @ gate.T, 0) * (x @ up.T), scale)
+    # with the norm in the prologue (Q4_1 beside another format: x times the weight staged, read by both loops)
+    norm = (1 + 0.5 * rng.standard_normal(cols)).astype(np.float32) / np.sqrt(cols)
+    normed = rms_normed(x * 5, norm, 1e-6)
+    scale = (np.abs(normed) @ np.abs(gate).T) * (np.abs(normed) @ np.abs(up).T)
+    assert_close(tk.gate_up(g_m, u_m, tensor(x * 5), "silu", 0.0, (tensor(norm), 1e-6)),
+                 ACTIVATIONS["silu"](normed @ gate.T, 0) * (normed @ up.T), scale)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q8_0, T.F16, T.Q5_K], ids=lambda q: q.name)

@@ -186,18 +186,38 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, 
 
 
 @triton.jit
-def _block_x_sums(x_ptr, g_ptr, sums, b_first, b_last, NORM: tl.constexpr):
+def _block_x_sums(x_ptr, g_ptr, sums, staged, b_first, b_last, STAGE: tl.constexpr):
     """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
     caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
-    them: computed once per program here rather than by every thread that reads a block. NORM: of x times the norm
-    weight g_ptr, as the loop reads x."""
+    them: computed once per program here rather than by every thread that reads a block. STAGE: of x times the norm
+    weight g_ptr, which is also stored to staged (indexed by column) for the loop to read."""
     for b0 in range(b_first, b_last, 64):
         b = b0 + tl.arange(0, 64)
         at = b[:, None] * 32 + tl.arange(0, 32)[None, :]
         x = tl.load(x_ptr + at, mask=(b < b_last)[:, None], other=0)
-        if NORM:
+        if STAGE:
             x = x * tl.load(g_ptr + at, mask=(b < b_last)[:, None], other=0)
+            tl.store(staged + at, x, mask=(b < b_last)[:, None])
         tl.store(sums + b, tl.sum(x, axis=1), mask=b < b_last)
+
+
+@triton.jit
+def _q4_1_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAGE: tl.constexpr):
+    """(the x the loop reads, Q4_1's sums of it per block) of a GEMV or gate_up program whose columns are [c_first,
+    c_last), from its own rows of the scratch `_x_scratch` allocates: sums_ptr (programs, cols_per_split / 32); with
+    STAGE (an RMSNorm prologue) (programs, cols_per_split) first, where x times the norm weight is staged so that the
+    loop does not multiply it again for every 4 rows (Q4_1's loop has no instruction to spare)."""
+    program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    n_blocks = cols_per_split // 32
+    x_read = x_ptr
+    staged = sums_ptr + program * cols_per_split - c_first  # indexed by column (used with STAGE only)
+    x_sums = sums_ptr + program * n_blocks - c_first // 32
+    if STAGE:
+        x_read = staged
+        x_sums += tl.num_programs(0) * tl.num_programs(1) * cols_per_split
+    _block_x_sums(x_ptr, g_ptr, x_sums, staged, c_first // 32, c_last // 32, STAGE)
+    tl.debug_barrier()
+    return x_read, x_sums
 
 
 @triton.jit
@@ -383,15 +403,13 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
     c_last = tl.minimum(c_first + cols_per_split, cols)
-    x_sums = sums_ptr
-    if FMT == _Q4_1:
-        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
-        _block_x_sums(x_ptr, norm_ptr, x_sums, c_first // 32, c_last // 32, NORM)
-        tl.debug_barrier()
+    x_read, x_sums = x_ptr, sums_ptr
+    if FMT == _Q4_1:  # the norm weight staged with the sums of x (`_q4_1_prologue`), else applied in the loop
+        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and FMT != _Q4_1
     last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
-    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
-                    c_last, low_bits, FMT, BLOCK_R, BLOCK_C, NORM)
+    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
+                    c_last, low_bits, FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
     if NORM:
         out = out * _inverse_rms(x_ptr, cols, eps)
     _finish(out, r, in_matrix, rows, partial_ptr, counter_ptr, out_ptr, scale, SPLIT, EPILOGUE)
@@ -409,17 +427,15 @@ def _gate_up_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_p
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)
     c_last = tl.minimum(c_first + cols_per_split, cols)
-    x_sums = sums_ptr
+    x_read, x_sums = x_ptr, sums_ptr
     if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
-        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
-        _block_x_sums(x_ptr, norm_ptr, x_sums, c_first // 32, c_last // 32, NORM)
-        tl.debug_barrier()
+        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and GATE_FMT != _Q4_1 and UP_FMT != _Q4_1
     last_row = tl.minimum(r, rows - 1)
-    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
-                  c_last, gate_bits, GATE_FMT, BLOCK_R, BLOCK_C, NORM)
-    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
-                  c_last, up_bits, UP_FMT, BLOCK_R, BLOCK_C, NORM)
+    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols,
+                  c_first, c_last, gate_bits, GATE_FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
+    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols,
+                  c_first, c_last, up_bits, UP_FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
     if NORM:
         inverse = _inverse_rms(x_ptr, cols, eps)
         g, u = g * inverse, u * inverse
@@ -462,7 +478,7 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
     x_sums = sums_ptr
     if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
         x_sums = sums_ptr + pid * (cols // 32)
-        _block_x_sums(x_ptr, x_ptr, x_sums, 0, cols // 32, False)
+        _block_x_sums(x_ptr, x_ptr, x_sums, x_sums, 0, cols // 32, False)
     tl.debug_barrier()  # the list, the zeros and the sums written before any thread reads the list or writes h
     fired_total = tl.sum(tl.zeros([BLOCK_R], dtype=tl.int32), axis=0)
     for j0 in range(0, count, BLOCK_R):
@@ -713,7 +729,7 @@ def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: s
     shares = triton.cdiv(gate.cols, cols_per_split)
     row_tiles = triton.cdiv(gate.rows, BLOCK_R)
     partial = torch.empty((shares, 2 * gate.rows), dtype=torch.float32, device=x.device)
-    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, gate.qtype, up.qtype)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, gate.qtype, up.qtype, staged=norm is not None)
     _gate_up_kernel[(row_tiles, shares)](*_fields(gate), *_fields(up), x, sums, partial, _counters(row_tiles, x.device),
                                          out, gate.rows, gate.cols, cols_per_split, low_bits(gate.qtype),
                                          low_bits(up.qtype), float(threshold), x if norm is None else norm[0],
@@ -746,7 +762,7 @@ def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: 
     shares = triton.cdiv(m.cols, cols_per_split)
     partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
     row_tiles = triton.cdiv(m.rows, BLOCK_R)
-    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype, staged=norm is not None)
     _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, _counters(row_tiles, x.device), out, m.rows,
                                       m.cols, cols_per_split, low_bits(m.qtype), float(scale), source, destination,
                                       source.numel(), weight, float(eps), FMT=GPU_FORMATS[m.qtype].code,
@@ -820,11 +836,12 @@ def _counters(tiles: int, device: torch.device) -> torch.Tensor:
     return held
 
 
-def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes) -> torch.Tensor:
-    """float32 (programs, cols / 32) scratch for Q4_1's sums of x per block; x itself (never read) otherwise."""
+def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes, staged: bool = False) -> torch.Tensor:
+    """float32 scratch for Q4_1's sums of x per block, (programs, cols / 32), after (programs, cols) for x times the
+    norm weight where `staged` (`_q4_1_prologue`); x itself (never read) where no matrix is Q4_1."""
     if weight_formats.Q4_1.type not in qtypes:
         return x
-    return torch.empty((programs, cols // 32), dtype=torch.float32, device=x.device)
+    return torch.empty(programs * (cols // 32 + (cols if staged else 0)), dtype=torch.float32, device=x.device)
 
 
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:
