@@ -407,7 +407,8 @@ def test_the_kernels_compile_for_sm_90(tk):
         pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
-    for kernels, formats in (("gemv", [t.name for t in GPU_NATIVE_TYPES]), ("s2,s3,gate_up,norm_gemv,norm_gate_up", ["Q5_K"])):
+    every_format = [t.name for t in GPU_NATIVE_TYPES]
+    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up", ["Q5_K"])):
         result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
                                  kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
         assert result.returncode == 0, result.stderr[-2000:]

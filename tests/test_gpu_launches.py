@@ -94,3 +94,19 @@ def test_launches_per_token_per_layer(split_model, layout):
         assert count <= bound, (index, count, by_name)
     # the last decoded token's position was 5: the device holds the next one without a write of the host's
     assert int(engine.gpu_side.position[0]) == len(IDS) == engine.gpu_side.position_value
+
+
+def test_launches_of_a_model_with_post_norms(tmp_path):
+    """gemma3's post-attention and post-FFN norms keep their unfused adds: one launch more each, 7 per dense layer."""
+    pytest.importorskip("triton", reason="the launches counted are the Triton kernels'")
+    from tiny_architectures import SHAPES, write_arch_gguf
+
+    path = write_arch_gguf(tmp_path / "gemma3.gguf", "gemma3")
+    n_layer = SHAPES["gemma3"][0]
+    engine = hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=n_layer,
+                              device=os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu"), gpu_kernels="triton")
+    counts = launches_per_layer(engine)
+    assert sorted(counts) == list(range(n_layer))
+    for index, (count, by_name) in counts.items():
+        print(f"gemma3 dense layer {index}: {count} launches {by_name}")
+        assert count <= DENSE_LAYER_BOUND + 2, (index, count, by_name)

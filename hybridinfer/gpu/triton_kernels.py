@@ -181,7 +181,8 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, 
                                 u_last, low_bits, acc, acc_m, FMT, False, BLOCK_R, NORM)
     if whole < u_last:
         acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units,
-                                whole + tl.arange(0, WORD_UNITS), u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R, NORM)
+                                whole + tl.arange(0, WORD_UNITS), u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R,
+                                NORM)
     return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
 
 
@@ -417,8 +418,8 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
 
 @triton.jit
 def _gate_up_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
-                    partial_ptr, counter_ptr, out_ptr, rows, cols, cols_per_split, gate_bits, up_bits, threshold, norm_ptr,
-                    eps, ACT: tl.constexpr, SPLIT: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
+                    partial_ptr, counter_ptr, out_ptr, rows, cols, cols_per_split, gate_bits, up_bits, threshold,
+                    norm_ptr, eps, ACT: tl.constexpr, SPLIT: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
                     NORM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """out (rows,) = act(gate @ x) * (up @ x) (`_activation`), every row: the dense FFN's first half, `_gemv_kernel`'s
     tiles and split-K over both matrices; partial_ptr (splits, 2 rows): gate's partial sums, then up's. NORM: of

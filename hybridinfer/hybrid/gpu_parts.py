@@ -74,7 +74,8 @@ class GPUDenseFFN:
         x = s.on_device
         normed = handed_ffn_input(side, index)
         if normed is None:  # the FFN's norm in gate_up's prologue
-            hidden = side.ops.gate_up(layer.gate, layer.up, x, c.activation, side.threshold, (layer.ffn_norm, c.rms_eps))
+            norm = (layer.ffn_norm, c.rms_eps)
+            hidden = side.ops.gate_up(layer.gate, layer.up, x, c.activation, side.threshold, norm)
         else:
             hidden = side.ops.gate_up(layer.gate, layer.up, normed, c.activation, side.threshold)
         if layer.post_ffw_norm is None:
