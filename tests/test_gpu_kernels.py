@@ -408,7 +408,7 @@ def test_the_kernels_compile_for_sm_90(tk):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
     every_format = [t.name for t in GPU_NATIVE_TYPES]
-    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up", ["Q5_K"])):
+    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up,stage_gemv", ["Q5_K"])):
         result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
                                  kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -435,7 +435,7 @@ def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
     lines = result.stdout.strip().splitlines()
     assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in ("Q8_0", "Q4_0", "Q4_1")
                                                     for k in ("gemv", "s2", "s3", "gate_up", "norm_gemv",
-                                                              "norm_gate_up")]
+                                                              "norm_gate_up", "stage_gemv")]
     for line in lines:
         per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
         ffma = [float(v) for v in re.findall(r"ffma ([\d.]+)/w", line)]

@@ -48,7 +48,7 @@ from .weights import WORD_FORMATS, block_fields
 _POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int8": "*i8", "uint8": "*u8",
             "int32": "*i32"}
 FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `triton_kernels._fields`' order: q, d, m, h, s
-KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up")
+KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up", "stage_gemv")
 
 
 @dataclass
@@ -90,7 +90,8 @@ def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
 
 def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     """The GEMV, S2 (gate and up of `fmt`, with a mask), S3 and gate_up (the dense FFN's gate, up and SiLU) kernels
-    for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum."""
+    for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum; the GEMV and gate_up
+    with the RMSNorm prologue, and the GEMV as a split FFN's fc2 launches it (threshold, RMS-normed staging copy)."""
     p = field_pointers(fmt)
     warps = tk.NUM_WARPS
     step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
@@ -148,6 +149,9 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     kernels["norm_gemv"] = Kernel(_source(tk._gemv_kernel, gemv, norm_gemv), step, warps)
     kernels["norm_gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, {**gate_up_constants, "NORM": True}), step,
                                      warps)
+    # a split FFN's fc2: the threshold into a byte mask, the FFN input RMS-normed into the staging buffer beside it
+    stage = {**gemv_constants, "EPILOGUE": int(tk._AT_LEAST), "COPY": True, "COPY_NORM": True}
+    kernels["stage_gemv"] = Kernel(_source(tk._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
     return kernels
 
 
