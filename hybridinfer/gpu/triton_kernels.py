@@ -5,6 +5,9 @@ signatures and results as `reference.py`. Modelled on PowerInfer's / ProSparse's
                      narrow matrices get enough programs to fill the GPU), looping over the columns a tile at a time;
                      its partial sums are added on the host side (no atomics: the result does not depend on
                      scheduling)
+    norm_matvec      the GEMV of RMSNorm(x) (and gate_up's `norm`): each program computes the inverse RMS of the
+                     whole x, multiplies x tiles by the norm weight as it loads them (Q4_1: staged in its scratch,
+                     `_q4_1_prologue`) and scales its dot; one launch for a norm and the projection that reads it
     hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
                      BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (the
                      others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never read)
