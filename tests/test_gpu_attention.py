@@ -74,6 +74,31 @@ def test_triton_kernels_equal_the_twin(shape, dtype, start_pos):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
 
 
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_the_position_read_from_the_device_and_advanced(kernels):
+    """With the position as a device tensor and `advance`: the same result as with start_pos alone, and the tensor
+    then holds the next position (the kernel's last program adds 1; the twin does the same)."""
+    if kernels == "triton":
+        pytest.importorskip("triton", reason="the Triton kernels need triton")
+        from hybridinfer.gpu import attention_kernels as ops
+    else:
+        ops = attention_reference
+    n_head, n_kv, head_dim, rope_dim = SHAPES[1]
+    start_pos = 40
+    k_cache, v_cache, cos, sin, gen = case(17, 64, n_head, n_kv, head_dim, rope_dim, torch.float32)
+    qkv = torch.randn(1, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_twin, v_twin = k_cache.clone(), v_cache.clone()
+    expected = attention_reference.decode_attention(qkv, k_twin, v_twin, cos, sin, start_pos, n_head).clone()
+    position = torch.full((1,), start_pos, dtype=torch.int32, device=DEVICE)
+    got = ops.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, position, advance=True)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert torch.equal(k_cache, k_twin) and int(position[0]) == start_pos + 1
+    ops.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos + 1, n_head, position)
+    assert int(position[0]) == start_pos + 1  # not advanced unless asked
+    if kernels == "triton":  # the tickets of the heads' last splits and of the advance, left at 0 for the next launch
+        assert not ops.scratch_for(n_head, n_kv, head_dim, qkv.device).counters.any()
+
+
 def options_case(gen, n_head, n_kv, head_dim, bias, norms, query_scale, window):
     """Random biases and head-norm weights (not all ones), as a layer of qwen2 (bias), qwen3/gemma3 (norms) has."""
     rows = (n_head + 2 * n_kv) * head_dim
@@ -184,4 +209,4 @@ def test_the_step_kernels_compile_for_sm_90():
                             capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(result.stdout.strip().splitlines()) == 6, result.stdout
+    assert len(result.stdout.strip().splitlines()) == 5, result.stdout

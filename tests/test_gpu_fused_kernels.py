@@ -91,6 +91,12 @@ def test_gate_up_mixed_formats(tk, qtypes, monkeypatch):
     assert tk.split_k(rows, cols, *qtypes[:2]) < cols
     scale = (np.abs(x) @ np.abs(gate).T) * (np.abs(x) @ np.abs(up).T)
     assert_close(tk.gate_up(g_m, u_m, tensor(x), "silu", 0.0), ACTIVATIONS["silu"](x @ gate.T, 0) * (x @ up.T), scale)
+    # with the norm in the prologue (Q4_1 beside another format: x times the weight staged, read by both loops)
+    norm = (1 + 0.5 * rng.standard_normal(cols)).astype(np.float32) / np.sqrt(cols)
+    normed = rms_normed(x * 5, norm, 1e-6)
+    scale = (np.abs(normed) @ np.abs(gate).T) * (np.abs(normed) @ np.abs(up).T)
+    assert_close(tk.gate_up(g_m, u_m, tensor(x * 5), "silu", 0.0, (tensor(norm), 1e-6)),
+                 ACTIVATIONS["silu"](normed @ gate.T, 0) * (normed @ up.T), scale)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q8_0, T.F16, T.Q5_K], ids=lambda q: q.name)
@@ -125,3 +131,45 @@ def test_the_dense_kernels_with_no_rows(tk):
                       rows=np.zeros(0, dtype=np.int64))
     x = tensor(rng.standard_normal((1, 64)).astype(np.float32))
     assert tk.gate_up(m, m, x, "silu", 0.0).shape == (1, 0) and tk.matvec_relu(m, x).shape == (1, 0)
+
+
+def rms_normed(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """numpy's RMSNorm of the rows of x (float64)."""
+    x = x.astype(np.float64)
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * weight
+
+
+@pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
+def test_the_norm_in_the_prologue(tk, qtype, monkeypatch):
+    """RMSNorm folded into the kernel that reads its output: the Q/K/V GEMV (`norm_matvec`), the dense FFN's gate_up
+    and fc2's staging copy (`matvec_at_least`'s copy_norm), each against its twin and numpy, split-K and not."""
+    rng = np.random.default_rng(3131)
+    rows, cols, eps = 37, width(qtype, 544), 1e-5
+    for _ in split_cases(tk, monkeypatch, rows, cols, qtype, qtype):
+        (_, exact, m), (_, up, u_m) = (weight(rng, rows, cols, qtype) for _ in range(2))
+        x = (3 * rng.standard_normal((1, cols)) + 0.5).astype(np.float32)  # far from unit RMS
+        norm = ((1 + 0.5 * rng.standard_normal(cols)) / np.sqrt(cols)).astype(np.float32)  # SiLU within exp range
+        normed = rms_normed(x, norm, eps)
+        scores, scale = normed @ exact.T, np.abs(normed) @ np.abs(exact).T
+        for ops in (reference, tk):
+            assert_close(ops.norm_matvec(m, tensor(x), tensor(norm), eps), scores, scale)
+            g, u = normed @ exact.T, normed @ up.T
+            h = ops.gate_up(m, u_m, tensor(x / 8), "silu", 0.0, (tensor(norm), eps))  # the norm undoes the / 8
+            assert_close(h, ACTIVATIONS["silu"](g, 0) * u, scale * (np.abs(normed) @ np.abs(up).T))
+            staged = torch.zeros(cols, device=DEVICE)
+            threshold = float(np.median(scores))
+            ops.matvec_at_least(m, tensor(normed.astype(np.float32)), threshold, None, (tensor(x), staged),
+                                (tensor(norm), eps))
+            assert_close(staged, normed[0], np.abs(normed[0]))
+        assert_close(tk.norm_matvec(m, tensor(x), tensor(norm), eps),
+                     reference.norm_matvec(m, tensor(x), tensor(norm), eps).cpu().numpy(), scale)
+    assert not tk._COUNTERS[torch.device(DEVICE)].any()
+
+
+def test_a_gemv_norms_its_input_or_its_copy_not_both(tk):
+    rng = np.random.default_rng(12)
+    m = device_matrix(rng.standard_normal((8, 64)).astype(np.float32), T.F32, (8, 64), DEVICE)
+    x, norm = tensor(rng.standard_normal((1, 64)).astype(np.float32)), tensor(np.ones(64, np.float32))
+    with pytest.raises(ValueError, match="not both"):
+        tk._gemv(m, x, torch.empty((1, 8), device=DEVICE), tk._STORE, 0.0, (x, torch.empty(64, device=DEVICE)),
+                 norm=(norm, 1e-5), copy_norm=(norm, 1e-5))

@@ -399,14 +399,16 @@ def test_the_gpu_check_imports_without_pydantic():
 
 
 def test_the_kernels_compile_for_sm_90(tk):
-    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2 and S3 of the format
-    with the most fields; the interpreter does not catch what only compiling does (e.g. a non-constexpr global)."""
+    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2, S3, gate_up and the
+    GEMV and gate_up with the RMSNorm prologue of the format with the most fields; the interpreter does not catch what
+    only compiling does (e.g. a non-constexpr global)."""
     ptxas = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
-    for kernels, formats in (("gemv", [t.name for t in GPU_NATIVE_TYPES]), ("s2,s3,gate_up", ["Q5_K"])):
+    every_format = [t.name for t in GPU_NATIVE_TYPES]
+    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up,stage_gemv", ["Q5_K"])):
         result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
                                  kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -422,8 +424,9 @@ def _compile_check(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
-    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, compiled for sm_90 and
-    counted in their SASS by compile_check: at most 4 instructions per weight, one FFMA per weight or a little more."""
+    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, and the GEMV and gate_up
+    with the RMSNorm prologue, compiled for sm_90 and counted in their SASS by compile_check: at most 4 instructions
+    per weight, one FFMA per weight or a little more."""
     bin_dir = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin"
     if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
@@ -431,11 +434,12 @@ def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in ("Q8_0", "Q4_0", "Q4_1")
-                                                    for k in ("gemv", "s2", "s3", "gate_up")]
+                                                    for k in ("gemv", "s2", "s3", "gate_up", "norm_gemv",
+                                                              "norm_gate_up", "stage_gemv")]
     for line in lines:
         per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
         ffma = [float(v) for v in re.findall(r"ffma ([\d.]+)/w", line)]
-        assert len(per_weight) == (2 if line.split()[1] in ("s2", "gate_up") else 1), line
+        assert len(per_weight) == (2 if line.split()[1] in ("s2", "gate_up", "norm_gate_up") else 1), line
         assert all(v <= 4.0 for v in per_weight), line
         assert all(1.0 <= v <= 1.3 for v in ffma), line  # one multiply-add a weight: the loop was not unrolled
 

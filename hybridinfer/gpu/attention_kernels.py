@@ -1,18 +1,22 @@
-"""The GPU side's attention step for one new position as Triton kernels (flash-decoding); `attention_reference.py`
-is its torch twin (same function, same result) and serves several positions at once (a prompt).
+"""The GPU side's attention step for one new position as one Triton kernel (flash-decoding);
+`attention_reference.py` is its torch twin (same function, same result) and serves several positions at once (a
+prompt).
 
-    _split_kernel    program (kv head, split): the group's queries and the new key (their biases added and each
-                     head RMS-normed where the model has them), rotated (RoPE) in registers;
-                     split 0 writes the new key and value into the float16 (or float32) cache; then the online
-                     softmax over the split's share of positions 0..pos (pos - window + 1..pos on a sliding-window
-                     layer), read in place in tiles of BLOCK_N
-                     positions, each key/value tile read once for the whole group of query heads (the new
-                     position's key and value come from registers, not from the cache being written)
-    _combine_kernel  program (query head): the splits' partial results merged (their maxima, sums, values)
+    _attention_kernel  program (kv head, split): the group's queries and the new key (their biases added and each
+                       head RMS-normed where the model has them), rotated (RoPE) in registers; split 0 writes the new
+                       key and value into the float16 (or float32) cache; then the online softmax over the split's
+                       share of positions 0..pos (pos - window + 1..pos on a sliding-window layer), read in place in
+                       tiles of BLOCK_N positions, each key/value tile read once for the whole group of query heads
+                       (the new position's key and value come from registers, not from the cache being written).
+                       Its partial result stored, a program takes a ticket on its kv head's counter; the last of the
+                       head's splits merges them for the group's query heads (`_combine`: the split-K GEMV's one-pass
+                       sum, `triton_kernels._last_share`). With ADVANCE, the last kv head to finish also adds 1 to the
+                       device position, which every program has read by then (the token's last layer: the next
+                       token's position without a write of its own)
 
-The position is read from a device tensor, and the grid and every buffer have fixed shapes: the pair can be captured
-in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it allocates
-nothing that does (the partial results are (n_head_kv, SPLITS, group, head_dim), SPLITS fixed).
+The position is read from a device tensor, and the grid and every buffer have fixed shapes: the kernel can be
+captured in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it
+allocates nothing that does (the partial results are (n_head_kv, SPLITS, group, head_dim), SPLITS fixed).
 """
 
 from __future__ import annotations
@@ -51,13 +55,15 @@ def _head(qkv_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, at, pos, d, live, eps, 
 
 
 @triton.jit
-def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr, bias_ptr,
-                  q_norm_ptr, k_norm_ptr, scale, eps, window, N_HEAD_KV: tl.constexpr, GROUP: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr,
-                  SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr):
-    """best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): this split's running max, sum, values.
-    bias_ptr (q_rows + 2 kv_rows,) read if HAS_BIAS, q_norm_ptr and k_norm_ptr (HEAD_DIM,) if HAS_NORM; window > 0:
-    positions pos - window + 1..pos only."""
+def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr, counter_ptr,
+                      out_ptr, bias_ptr, q_norm_ptr, k_norm_ptr, scale, eps, window, N_HEAD_KV: tl.constexpr,
+                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr, GROUP_P2: tl.constexpr,
+                      HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, ADVANCE: tl.constexpr):
+    """out (n_head * HEAD_DIM,) float32; best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): each
+    split's running max, sum, values; counter_ptr (N_HEAD_KV + 1,) int32 zeros, left zero. bias_ptr (q_rows + 2
+    kv_rows,) read if HAS_BIAS, q_norm_ptr and k_norm_ptr (HEAD_DIM,) if HAS_NORM; window > 0: positions pos - window
+    + 1..pos only; ADVANCE: *pos_ptr += 1 once every program has read it."""
     kv = tl.program_id(0)
     split = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int64)
@@ -109,24 +115,32 @@ def _split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr, to
     tl.store(best_ptr + at, best)
     tl.store(total_ptr + at, total)
     tl.store(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], acc)
+    tl.debug_barrier()  # every thread's partial stored (and the position read) before the ticket (released by it)
+    if tl.atomic_add(counter_ptr + kv, 1) == SPLITS - 1:  # the head's last split: every split's partial is stored
+        tl.atomic_xchg(counter_ptr + kv, 0)
+        _combine(best_ptr, total_ptr, acc_ptr, out_ptr, kv, GROUP, HEAD_DIM, GROUP_P2, HEAD_DIM_P2, SPLITS)
+        if ADVANCE:
+            if tl.atomic_add(counter_ptr + N_HEAD_KV, 1) == N_HEAD_KV - 1:  # the last head: every program is done
+                tl.atomic_xchg(counter_ptr + N_HEAD_KV, 0)
+                tl.store(pos_ptr, (pos + 1).to(tl.int32))
 
 
 @triton.jit
-def _combine_kernel(best_ptr, total_ptr, acc_ptr, out_ptr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr):
-    """out (n_head * HEAD_DIM,) float32: query head program_id(0)'s splits merged."""
-    head = tl.program_id(0)
-    kv, g = head // GROUP, head % GROUP
+def _combine(best_ptr, total_ptr, acc_ptr, out_ptr, kv, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+             GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr):
+    """out[head] (HEAD_DIM,) for the query heads of key/value head kv: their splits' partial results merged, read
+    past L1 (other programs stored them)."""
     s = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM_P2)
-    at = (kv * SPLITS + s) * GROUP_P2 + g
-    best = tl.load(best_ptr + at)  # (SPLITS,): -inf for a split with no positions
-    top = tl.max(best, axis=0)
-    weight = tl.where(best > float("-inf"), tl.exp(best - top), 0.0)
-    total = tl.sum(weight * tl.load(total_ptr + at), axis=0)
-    acc = tl.load(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :])
-    out = tl.sum(weight[:, None] * acc, axis=0) / total
-    tl.store(out_ptr + head * HEAD_DIM + d, out, mask=d < HEAD_DIM)
+    for g in range(0, GROUP):
+        at = (kv * SPLITS + s) * GROUP_P2 + g
+        best = tl.load(best_ptr + at, cache_modifier=".cg")  # (SPLITS,): -inf for a split with no positions
+        top = tl.max(best, axis=0)
+        weight = tl.where(best > float("-inf"), tl.exp(best - top), 0.0)
+        total = tl.sum(weight * tl.load(total_ptr + at, cache_modifier=".cg"), axis=0)
+        acc = tl.load(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], cache_modifier=".cg")
+        out = tl.sum(weight[:, None] * acc, axis=0) / total
+        tl.store(out_ptr + (kv * GROUP + g) * HEAD_DIM + d, out, mask=d < HEAD_DIM)
 
 
 class Scratch:
@@ -140,6 +154,7 @@ class Scratch:
         self.total = torch.empty_like(self.best)
         self.acc = torch.empty((n_head_kv, SPLITS, group_p2, head_dim_p2), dtype=torch.float32, device=device)
         self.out = torch.empty((1, n_head * head_dim), dtype=torch.float32, device=device)
+        self.counters = torch.zeros(n_head_kv + 1, dtype=torch.int32, device=device)  # tickets; each launch leaves 0
         self.position = torch.zeros(1, dtype=torch.int32, device=device)
 
 
@@ -156,30 +171,31 @@ def scratch_for(n_head: int, n_head_kv: int, head_dim: int, device: torch.device
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
                      scratch: Scratch | None = None,
-                     options: attention_reference.HeadOptions = attention_reference.LLAMA) -> torch.Tensor:
-    """`attention_reference.decode_attention`; one position (T == 1) by the two kernels, several by the twin.
+                     options: attention_reference.HeadOptions = attention_reference.LLAMA,
+                     advance: bool = False) -> torch.Tensor:
+    """`attention_reference.decode_attention`; one position (T == 1) by the kernel, several by the twin.
     `position`: the position as a device int32 tensor (1,) (a CUDA graph's input), else start_pos is written to
-    the scratch's; `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The
-    result is the scratch's output buffer, overwritten by the next call."""
+    the scratch's; `advance`: the given position is then advanced by 1 on the device, by the same kernel;
+    `scratch`: the caller's buffers (a GPU side owns its own), else ones shared per shape. The result is the
+    scratch's output buffer, overwritten by the next call."""
     if qkv.shape[0] != 1:
         return attention_reference.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head,
                                                     options=options)
     n_kv, head_dim = k_cache.shape[1], k_cache.shape[2]
     scratch = scratch or scratch_for(n_head, n_kv, head_dim, qkv.device)
     if position is None:
-        position = scratch.position
+        position, advance = scratch.position, False
         position.fill_(start_pos)
     group = n_head // n_kv
     group_p2, head_dim_p2 = scratch.best.shape[2], scratch.acc.shape[3]
     o = options
     has_bias, has_norm = o.bias is not None, o.q_norm is not None
-    _split_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
-                                  scratch.total, scratch.acc, o.bias if has_bias else qkv,
-                                  o.q_norm if has_norm else qkv, o.k_norm if has_norm else qkv,
-                                  o.query_scale / math.sqrt(head_dim), o.eps, o.window, N_HEAD_KV=n_kv, GROUP=group,
-                                  HEAD_DIM=head_dim, ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2,
-                                  HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS, BLOCK_N=BLOCK_N, HAS_BIAS=has_bias,
-                                  HAS_NORM=has_norm)
-    _combine_kernel[(n_head,)](scratch.best, scratch.total, scratch.acc, scratch.out, GROUP=group,
-                               HEAD_DIM=head_dim, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2, SPLITS=SPLITS)
+    _attention_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
+                                      scratch.total, scratch.acc, scratch.counters, scratch.out,
+                                      o.bias if has_bias else qkv, o.q_norm if has_norm else qkv,
+                                      o.k_norm if has_norm else qkv, o.query_scale / math.sqrt(head_dim), o.eps,
+                                      o.window, N_HEAD_KV=n_kv, GROUP=group, HEAD_DIM=head_dim,
+                                      ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
+                                      SPLITS=SPLITS, BLOCK_N=BLOCK_N, HAS_BIAS=has_bias, HAS_NORM=has_norm,
+                                      ADVANCE=bool(advance))
     return scratch.out

@@ -48,10 +48,12 @@ LLAMA = HeadOptions()
 
 def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, start_pos: int, n_head: int, position: torch.Tensor | None = None,
-                     scratch=None, options: HeadOptions = LLAMA) -> torch.Tensor:
+                     scratch=None, options: HeadOptions = LLAMA, advance: bool = False) -> torch.Tensor:
     """Attention of the T positions start_pos.. (RoPE, then their K/V stored in the caches) over positions 0..end
     (within `options.window`). `position` and `scratch` (the kernels' device copy of start_pos, their buffers) are
-    not used here."""
+    not read here; `advance` with a position: 1 is added to it, as the kernels do."""
+    if advance and position is not None:
+        position.add_(1)
     q = rope_and_store(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, options)
     return attend(q, k_cache, v_cache, start_pos, options.query_scale, options.window)
 

@@ -48,7 +48,7 @@ from .weights import WORD_FORMATS, block_fields
 _POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int8": "*i8", "uint8": "*u8",
             "int32": "*i32"}
 FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `triton_kernels._fields`' order: q, d, m, h, s
-KERNELS = ("gemv", "s2", "s3", "gate_up")
+KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up", "stage_gemv")
 
 
 @dataclass
@@ -90,7 +90,8 @@ def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
 
 def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     """The GEMV, S2 (gate and up of `fmt`, with a mask), S3 and gate_up (the dense FFN's gate, up and SiLU) kernels
-    for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum."""
+    for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum; the GEMV and gate_up
+    with the RMSNorm prologue, and the GEMV as a split FFN's fc2 launches it (threshold, RMS-normed staging copy)."""
     p = field_pointers(fmt)
     warps = tk.NUM_WARPS
     step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
@@ -105,14 +106,14 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     gemv = {**named("q_ptr", "d_ptr", "m_ptr", "h_ptr", "s_ptr"), "x_ptr": "*fp32", "sums_ptr": "*fp32",
             "partial_ptr": "*fp32", "counter_ptr": "*i32", "out_ptr": "*fp32", "rows": "i32", "cols": "i32",
             "cols_per_split": "i32", "low_bits": "i32", "scale": "fp32", "copy_from": "*fp32", "copy_to": "*fp32",
-            "copy_n": "i32", "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "COPY": "constexpr",
-            **const}
+            "copy_n": "i32", "norm_ptr": "*fp32", "eps": "fp32", "FMT": "constexpr", "EPILOGUE": "constexpr",
+            "SPLIT": "constexpr", "COPY": "constexpr", "NORM": "constexpr", "COPY_NORM": "constexpr", **const}
     gate_up_fields = {**named("gq_ptr", "gd_ptr", "gm_ptr", "gh_ptr", "gs_ptr"),
                       **named("uq_ptr", "ud_ptr", "um_ptr", "uh_ptr", "us_ptr")}
     gate_up = {**gate_up_fields, "x_ptr": "*fp32", "sums_ptr": "*fp32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
                "out_ptr": "*fp32", "rows": "i32", "cols": "i32", "cols_per_split": "i32", "gate_bits": "i32",
-               "up_bits": "i32", "threshold": "fp32", "ACT": "constexpr", "SPLIT": "constexpr",
-               "GATE_FMT": "constexpr", "UP_FMT": "constexpr", **const}
+               "up_bits": "i32", "threshold": "fp32", "norm_ptr": "*fp32", "eps": "fp32", "ACT": "constexpr",
+               "SPLIT": "constexpr", "GATE_FMT": "constexpr", "UP_FMT": "constexpr", "NORM": "constexpr", **const}
     s2 = {**gate_up_fields, "x_ptr": "*fp32", "sums_ptr": "*fp32", "mask_ptr": "*u8", "index_ptr": "*i64",
           "list_ptr": "*i32", "out_ptr": "*fp32", "fired_ptr": "*i64",
           "n": "i32", "cols": "i32", "threshold": "fp32", "gate_bits": "i32", "up_bits": "i32",
@@ -121,7 +122,8 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
                  "out_ptr": "*fp32", "n": "i32", "cols": "i32", "rows_per_share": "i32"}
     s3_epilogue = {"EPILOGUE": int(tk._ADD), **split}
-    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split, "COPY": False, **tiles}
+    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split, "COPY": False, "NORM": False,
+                      "COPY_NORM": False, **tiles}
     kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, gemv_constants), step, warps),
                "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True, "GATE_FMT": fmt.code,
                                                         "UP_FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), step, warps)}
@@ -139,9 +141,17 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
         s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
         kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
                                                           "CHUNK": tk.CHUNK}), s3_step, tk.NUM_WARPS)
-    kernels["gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, {"ACT": tk.ACTIVATIONS["silu"], **split,
-                                                                      "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
-                                                                      **tiles}), step, warps)
+    gate_up_constants = {"ACT": tk.ACTIVATIONS["silu"], **split, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
+                         "NORM": False, **tiles}
+    kernels["gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, gate_up_constants), step, warps)
+    # with the RMSNorm prologue (x times the norm weight as loaded): the attention's Q/K/V, the dense FFN's gate/up
+    norm_gemv = {**gemv_constants, "EPILOGUE": int(tk._STORE), "NORM": True}
+    kernels["norm_gemv"] = Kernel(_source(tk._gemv_kernel, gemv, norm_gemv), step, warps)
+    kernels["norm_gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, {**gate_up_constants, "NORM": True}), step,
+                                     warps)
+    # a split FFN's fc2: the threshold into a byte mask, the FFN input RMS-normed into the staging buffer beside it
+    stage = {**gemv_constants, "EPILOGUE": int(tk._AT_LEAST), "COPY": True, "COPY_NORM": True}
+    kernels["stage_gemv"] = Kernel(_source(tk._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
     return kernels
 
 
@@ -242,7 +252,7 @@ def describe(fmt: WeightFormat, name: str, stats: dict, opcodes: bool = False) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
-    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated: gemv, s2, s3, gate_up")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated: {', '.join(KERNELS)}")
     parser.add_argument("--opcodes", action="store_true", help="print each inner loop's instruction mix")
     parser.add_argument("formats", nargs="*", help="weight formats (default: every one the GPU kernels read)")
     args = parser.parse_args()

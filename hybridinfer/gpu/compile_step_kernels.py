@@ -24,19 +24,17 @@ from .compile_check import nvidia_tool, cuobjdump, ptx_instructions
 def sources() -> dict[str, ASTSource]:
     split = dict(N_HEAD_KV=8, GROUP=5, HEAD_DIM=128, ROPE_DIM=128, GROUP_P2=16, HEAD_DIM_P2=128, SPLITS=ak.SPLITS,
                  BLOCK_N=ak.BLOCK_N)
-    combine = dict(GROUP=5, HEAD_DIM=128, GROUP_P2=16, HEAD_DIM_P2=128, SPLITS=ak.SPLITS)
     found = {}
-    for cache, extras in (("fp16", True), ("fp32", False)):  # extras: Q/K/V biases and Q/K head norms compiled in
-        constants = {**split, "HAS_BIAS": extras, "HAS_NORM": extras}
+    # extras: Q/K/V biases, Q/K head norms and the position's advance compiled in
+    for cache, extras in (("fp16", True), ("fp32", False)):
+        constants = {**split, "HAS_BIAS": extras, "HAS_NORM": extras, "ADVANCE": extras}
         signature = {"qkv_ptr": "*fp32", "k_ptr": f"*{cache}", "v_ptr": f"*{cache}", "cos_ptr": "*fp32",
                      "sin_ptr": "*fp32", "pos_ptr": "*i32", "best_ptr": "*fp32", "total_ptr": "*fp32",
-                     "acc_ptr": "*fp32", "bias_ptr": "*fp32", "q_norm_ptr": "*fp32", "k_norm_ptr": "*fp32",
-                     "scale": "fp32", "eps": "fp32", "window": "i32", **{name: "constexpr" for name in constants}}
-        name = f"attention split ({cache} cache{', biases, head norms' if extras else ''})"
-        found[name] = ASTSource(ak._split_kernel, signature, constants)
-    signature = {"best_ptr": "*fp32", "total_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": "*fp32",
-                 **{name: "constexpr" for name in combine}}
-    found["attention combine"] = ASTSource(ak._combine_kernel, signature, combine)
+                     "acc_ptr": "*fp32", "counter_ptr": "*i32", "out_ptr": "*fp32", "bias_ptr": "*fp32",
+                     "q_norm_ptr": "*fp32", "k_norm_ptr": "*fp32", "scale": "fp32", "eps": "fp32", "window": "i32",
+                     **{name: "constexpr" for name in constants}}
+        name = f"attention ({cache} cache{', biases, head norms, advance' if extras else ''})"
+        found[name] = ASTSource(ak._attention_kernel, signature, constants)
     for has_add in (False, True):  # with the add: gemma3's post-norm of the block's output too
         norm = dict(HAS_ADD=has_add, HAS_B=False, HAS_POST=has_add, HAS_OUT=True, BLOCK=8192)
         signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "p_ptr": "*fp32", "w_ptr": "*fp32",

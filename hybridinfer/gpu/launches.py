@@ -5,7 +5,7 @@ device-to-host reads are) and the Triton kernel launches (counted at `JITFunctio
 
     with Launches() as launches:
         ...
-    launches.total, launches.by_name   # e.g. 11, {"triton:_split_kernel": 1, "aten.add.Tensor": 2, ...}
+    launches.total, launches.by_name   # e.g. 11, {"triton:_attention_kernel": 1, "aten.add.Tensor": 2, ...}
 """
 
 from __future__ import annotations

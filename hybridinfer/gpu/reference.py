@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reference.model import rms_norm
 from .weights import CHUNK_ELEMENTS, DeviceMatrix, dequantize_rows, stored_columns, take_rows
 
 
@@ -27,17 +28,25 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def norm_matvec(m: DeviceMatrix, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) float32 = RMSNorm(x, weight, eps) @ W.T."""
+    return matvec(m, rms_norm(x, weight, eps))
+
+
 def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) float32 = ReLU(x @ W.T)."""
     return matvec(m, x).relu_()
 
 
 def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
-                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    copy_norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given); copy (source,
-    destination), float32 tensors of one size: source is also copied into destination."""
+    destination), float32 tensors of one size: source is also copied into destination, RMSNorm(source) with
+    copy_norm (weight, eps) if given."""
     if copy is not None:
-        copy[1].copy_(copy[0].reshape(copy[1].shape))
+        source = copy[0] if copy_norm is None else rms_norm(copy[0], *copy_norm)
+        copy[1].copy_(source.reshape(copy[1].shape))
     if out is None:
         return matvec(m, x) >= threshold
     return torch.ge(matvec(m, x), threshold, out=out)
@@ -48,9 +57,12 @@ def add_matvec(out: torch.Tensor, m: DeviceMatrix, x: torch.Tensor, scale: float
     return out.add_(matvec(m, x), alpha=scale)
 
 
-def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float,
+            norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x (T, cols) float32 -> h (T, rows) float32 = act(x @ gate.T) * (x @ up.T): act "silu", "gelu" (its tanh
-    approximation), "relu" or "fatrelu" (g where g >= threshold, else 0)."""
+    approximation), "relu" or "fatrelu" (g where g >= threshold, else 0); norm (weight, eps): of RMSNorm(x)."""
+    if norm is not None:
+        x = rms_norm(x, *norm)
     g = matvec(gate, x)
     if activation == "silu":
         a = torch.nn.functional.silu(g)

@@ -5,6 +5,9 @@ signatures and results as `reference.py`. Modelled on PowerInfer's / ProSparse's
                      narrow matrices get enough programs to fill the GPU), looping over the columns a tile at a time;
                      its partial sums are added on the host side (no atomics: the result does not depend on
                      scheduling)
+    norm_matvec      the GEMV of RMSNorm(x) (and gate_up's `norm`): each program computes the inverse RMS of the
+                     whole x, multiplies x tiles by the norm weight as it loads them (Q4_1: staged in its scratch,
+                     `_q4_1_prologue`) and scales its dot; one launch for a norm and the projection that reads it
     hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
                      BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (the
                      others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never read)
@@ -56,6 +59,7 @@ _STORE, _RELU, _AT_LEAST, _ADD = (tl.constexpr(k) for k in range(4))
 _FATRELU, _SILU, _GELU = (tl.constexpr(k) for k in range(3))
 ACTIVATIONS = {"relu": 0, "fatrelu": 0, "silu": 1, "gelu": 2}
 COPY_BLOCK = tl.constexpr(128)  # elements a GEMV program copies at a time beside its work (`_gemv_kernel`'s COPY)
+NORM_BLOCK = tl.constexpr(128)  # elements a program squares at a time for an RMSNorm prologue (`_inverse_rms`)
 
 BLOCK_R = 32  # rows a GEMV program, an S2 step or an S3 step takes
 WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
@@ -122,12 +126,13 @@ def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
 
 
 @triton.jit
-def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m, FMT: tl.constexpr,
-               TAIL: tl.constexpr, BLOCK_R: tl.constexpr):
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m,
+               FMT: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
     """(acc, acc_m) plus W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`): acc (BLOCK_R,
     WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
     sum of x (x_sums[u]), so that every tensor keeps the words' layout. TAIL: units at or past u_last give 0 (d = m
-    = 0 there, x of the last unit). No other load is masked or filled."""
+    = 0 there, x of the last unit). No other load is masked or filled. NORM: x times the norm weight g_ptr (same
+    offsets) as it is loaded (`_gemv_kernel`'s RMSNorm prologue)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     FIELDS: tl.constexpr = 8 // U
     i = tl.arange(0, 4)
@@ -142,10 +147,13 @@ def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u, u_last, low_bi
         words = tl.load(words_at)
         d = tl.load(d_ptr + block).to(tl.float32)
         x_unit = u
-    x_at = x_ptr + ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
+    x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
     dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     for p in tl.static_range(FIELDS):
-        dot += _field(words, p, FMT, low_bits) * tl.load(x_at + p * 4 * U)
+        x = tl.load(x_ptr + x_offsets + p * 4 * U)
+        if NORM:
+            x = x * tl.load(g_ptr + x_offsets + p * 4 * U)
+        dot += _field(words, p, FMT, low_bits) * x
     acc += d * dot
     if FMT == _Q4_1:
         if TAIL:
@@ -157,8 +165,8 @@ def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u, u_last, low_bi
 
 
 @triton.jit
-def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT: tl.constexpr,
-                   BLOCK_R: tl.constexpr):
+def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
+                   FMT: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
     """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
     (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
     half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
@@ -172,23 +180,48 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last,
     acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
     for u0 in range(u_first, whole, WORD_UNITS):
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS), u_last,
-                                low_bits, acc, acc_m, FMT, False, BLOCK_R)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS),
+                                u_last, low_bits, acc, acc_m, FMT, False, BLOCK_R, NORM)
     if whole < u_last:
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, n_units, whole + tl.arange(0, WORD_UNITS),
-                                u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units,
+                                whole + tl.arange(0, WORD_UNITS), u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R,
+                                NORM)
     return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
 
 
 @triton.jit
-def _block_x_sums(x_ptr, sums, b_first, b_last):
+def _block_x_sums(x_ptr, g_ptr, sums, staged, b_first, b_last, STAGE: tl.constexpr):
     """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
     caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
-    them: computed once per program here rather than by every thread that reads a block."""
+    them: computed once per program here rather than by every thread that reads a block. STAGE: of x times the norm
+    weight g_ptr, which is also stored to staged (indexed by column) for the loop to read."""
     for b0 in range(b_first, b_last, 64):
         b = b0 + tl.arange(0, 64)
-        x = tl.load(x_ptr + b[:, None] * 32 + tl.arange(0, 32)[None, :], mask=(b < b_last)[:, None], other=0)
+        at = b[:, None] * 32 + tl.arange(0, 32)[None, :]
+        x = tl.load(x_ptr + at, mask=(b < b_last)[:, None], other=0)
+        if STAGE:
+            x = x * tl.load(g_ptr + at, mask=(b < b_last)[:, None], other=0)
+            tl.store(staged + at, x, mask=(b < b_last)[:, None])
         tl.store(sums + b, tl.sum(x, axis=1), mask=b < b_last)
+
+
+@triton.jit
+def _q4_1_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAGE: tl.constexpr):
+    """(the x the loop reads, Q4_1's sums of it per block) of a GEMV or gate_up program whose columns are [c_first,
+    c_last), from its own rows of the scratch `_x_scratch` allocates: sums_ptr (programs, cols_per_split / 32); with
+    STAGE (an RMSNorm prologue) (programs, cols_per_split) first, where x times the norm weight is staged so that the
+    loop does not multiply it again for every 4 rows (Q4_1's loop has no instruction to spare)."""
+    program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    n_blocks = cols_per_split // 32
+    x_read = x_ptr
+    staged = sums_ptr + program * cols_per_split - c_first  # indexed by column (used with STAGE only)
+    x_sums = sums_ptr + program * n_blocks - c_first // 32
+    if STAGE:
+        x_read = staged
+        x_sums += tl.num_programs(0) * tl.num_programs(1) * cols_per_split
+    _block_x_sums(x_ptr, g_ptr, x_sums, staged, c_first // 32, c_last // 32, STAGE)
+    tl.debug_barrier()
+    return x_read, x_sums
 
 
 @triton.jit
@@ -245,20 +278,24 @@ def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FM
 
 
 @triton.jit
-def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
-              FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
+              FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NORM: tl.constexpr):
     """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int32, all valid
     rows; the results for rows not live are garbage, to be discarded (Q4_0/Q4_1/Q8_0 read every row r: a caller
     that must not read a row points it at one it reads; the other formats read only the live rows); c_first, c_last
-    multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`."""
+    multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`. NORM: x[c] times the norm
+    weight g_ptr[c] (the RMSNorm prologue: the inverse RMS is the caller's, applied to the dot)."""
     if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
-        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT, BLOCK_R)
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT,
+                             BLOCK_R, NORM)
     else:
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         for c0 in range(c_first, c_last, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             in_range = c < c_last
             x = tl.load(x_ptr + c, mask=in_range, other=0).to(tl.float32)
+            if NORM:
+                x = x * tl.load(g_ptr + c, mask=in_range, other=0)
             w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :],
                          live[:, None] & in_range[None, :], cols, FMT)
             acc += w * x[None, :]
@@ -330,58 +367,82 @@ def _activation(g, threshold, ACT: tl.constexpr):
 
 
 @triton.jit
+def _inverse_rms(x_ptr, n, eps):
+    """1 / sqrt(mean(x[:n]^2) + eps): RMSNorm's scale of a whole vector (n_embd long), which each program that needs
+    it computes on its own (no launch, no wait for another program)."""
+    total = tl.zeros([NORM_BLOCK], dtype=tl.float32)
+    for start in range(0, n, NORM_BLOCK):
+        i = start + tl.arange(0, NORM_BLOCK)
+        x = tl.load(x_ptr + i, mask=i < n, other=0.0)
+        total += x * x
+    return 1.0 / tl.sqrt(tl.sum(total, axis=0) / n + eps)
+
+
+@triton.jit
 def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr, counter_ptr, out_ptr, rows, cols,
-                 cols_per_split, low_bits, scale, copy_from, copy_to, copy_n, FMT: tl.constexpr,
-                 EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, COPY: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_C: tl.constexpr):
+                 cols_per_split, low_bits, scale, copy_from, copy_to, copy_n, norm_ptr, eps, FMT: tl.constexpr,
+                 EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, COPY: tl.constexpr, NORM: tl.constexpr,
+                 COPY_NORM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """out (rows,) = epilogue(W @ x) (`_epilogue`); program (i, k) takes rows [i*BLOCK_R, (i+1)*BLOCK_R) of the
     k-th share of the columns (program axis 1). SPLIT: several shares, their partial sums in partial_ptr (splits,
     rows), added by the tile's last program (`_last_share`). sums_ptr (programs, cols_per_split / 32): Q4_1's
     scratch for the sums of x per block. COPY: the share-0 programs also copy copy_from[:copy_n] to copy_to (float32),
-    COPY_BLOCK elements at a time (a split FFN stages its input beside the predicted mask: one copy to the host)."""
+    COPY_BLOCK elements at a time (a split FFN stages its input beside the predicted mask: one copy to the host);
+    COPY_NORM: RMS-normed on the way with the weight norm_ptr (copy_to = RMSNorm(copy_from), the FFN's norm).
+    NORM: out = epilogue(W @ RMSNorm(x)) with the weight norm_ptr, the norm in the prologue: each program computes
+    the inverse RMS of the whole x itself, its loop multiplies each x tile by the weight as it loads it, and the
+    dot is scaled by the inverse RMS (an attention's norm and Q/K/V, or a dense FFN's norm and gate/up, one
+    launch)."""
     if COPY:
         if tl.program_id(1) == 0:
+            if COPY_NORM:
+                copy_scale = _inverse_rms(copy_from, copy_n, eps)
             for start in range(tl.program_id(0) * COPY_BLOCK, copy_n, tl.num_programs(0) * COPY_BLOCK):
                 i = start + tl.arange(0, COPY_BLOCK)
-                tl.store(copy_to + i, tl.load(copy_from + i, mask=i < copy_n), mask=i < copy_n)
+                value = tl.load(copy_from + i, mask=i < copy_n)
+                if COPY_NORM:
+                    value = value * copy_scale * tl.load(norm_ptr + i, mask=i < copy_n)
+                tl.store(copy_to + i, value, mask=i < copy_n)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
     c_last = tl.minimum(c_first + cols_per_split, cols)
-    x_sums = sums_ptr
-    if FMT == _Q4_1:
-        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
-        _block_x_sums(x_ptr, x_sums, c_first // 32, c_last // 32)
-        tl.debug_barrier()
+    x_read, x_sums = x_ptr, sums_ptr
+    if FMT == _Q4_1:  # the norm weight staged with the sums of x (`_q4_1_prologue`), else applied in the loop
+        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and FMT != _Q4_1
     last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
-    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
-                    low_bits, FMT, BLOCK_R, BLOCK_C)
+    out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
+                    c_last, low_bits, FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
+    if NORM:
+        out = out * _inverse_rms(x_ptr, cols, eps)
     _finish(out, r, in_matrix, rows, partial_ptr, counter_ptr, out_ptr, scale, SPLIT, EPILOGUE)
 
 
 @triton.jit
 def _gate_up_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, sums_ptr,
                     partial_ptr, counter_ptr, out_ptr, rows, cols, cols_per_split, gate_bits, up_bits, threshold,
-                    ACT: tl.constexpr, SPLIT: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                    norm_ptr, eps, ACT: tl.constexpr, SPLIT: tl.constexpr, GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr,
+                    NORM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """out (rows,) = act(gate @ x) * (up @ x) (`_activation`), every row: the dense FFN's first half, `_gemv_kernel`'s
-    tiles and split-K over both matrices; partial_ptr (splits, 2 rows): gate's partial sums, then up's."""
+    tiles and split-K over both matrices; partial_ptr (splits, 2 rows): gate's partial sums, then up's. NORM: of
+    RMSNorm(x) with the weight norm_ptr, in the prologue as `_gemv_kernel`'s."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_matrix = r < rows
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)
     c_last = tl.minimum(c_first + cols_per_split, cols)
-    x_sums = sums_ptr
+    x_read, x_sums = x_ptr, sums_ptr
     if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
-        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        x_sums = sums_ptr + program * (cols_per_split // 32) - c_first // 32
-        _block_x_sums(x_ptr, x_sums, c_first // 32, c_last // 32)
-        tl.debug_barrier()
+        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and GATE_FMT != _Q4_1 and UP_FMT != _Q4_1
     last_row = tl.minimum(r, rows - 1)
-    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
-                  gate_bits, GATE_FMT, BLOCK_R, BLOCK_C)
-    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_sums, last_row, in_matrix, cols, c_first, c_last,
-                  up_bits, UP_FMT, BLOCK_R, BLOCK_C)
+    g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols,
+                  c_first, c_last, gate_bits, GATE_FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
+    u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols,
+                  c_first, c_last, up_bits, UP_FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
+    if NORM:
+        inverse = _inverse_rms(x_ptr, cols, eps)
+        g, u = g * inverse, u * inverse
     if SPLIT:
         share = partial_ptr + tl.program_id(1) * 2 * rows
         tl.store(share + r, g, mask=in_matrix)
@@ -421,7 +482,7 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
     x_sums = sums_ptr
     if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
         x_sums = sums_ptr + pid * (cols // 32)
-        _block_x_sums(x_ptr, x_sums, 0, cols // 32)
+        _block_x_sums(x_ptr, x_ptr, x_sums, x_sums, 0, cols // 32, False)
     tl.debug_barrier()  # the list, the zeros and the sums written before any thread reads the list or writes h
     fired_total = tl.sum(tl.zeros([BLOCK_R], dtype=tl.int32), axis=0)
     for j0 in range(0, count, BLOCK_R):
@@ -432,14 +493,14 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
         else:
             r = tl.minimum(pid * CHUNK + j, n - 1)
         # a slot past the count reads row 0 (or the chunk's last), discarded
-        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_sums, r, live, cols, 0, cols, gate_bits,
-                      GATE_FMT, BLOCK_R, BLOCK_C)
+        g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_ptr, x_ptr, x_sums, r, live, cols, 0, cols,
+                      gate_bits, GATE_FMT, BLOCK_R, BLOCK_C, False)
         fired = live & (g >= threshold) & (g != 0.0)
         n_fired = tl.sum(fired.to(tl.int32), axis=0)
         if n_fired > 0:  # up rows of the fired rows only: the others point at a fired row (no bytes of their own)
             r_up = tl.where(fired, r, tl.max(tl.where(fired, r, -1), axis=0))
-            u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_sums, r_up, fired, cols, 0, cols, up_bits,
-                          UP_FMT, BLOCK_R, BLOCK_C)
+            u = _row_dots(uq_ptr, ud_ptr, um_ptr, uh_ptr, us_ptr, x_ptr, x_ptr, x_sums, r_up, fired, cols, 0, cols,
+                          up_bits, UP_FMT, BLOCK_R, BLOCK_C, False)
             tl.store(out_ptr + r, g * u, mask=fired)  # NaN if an unfired row's up bytes were read
         fired_total += n_fired
     tl.atomic_add(fired_ptr, fired_total.to(tl.int64))
@@ -619,6 +680,15 @@ def matvec(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     return _gemv(m, x, torch.empty((1, m.rows), dtype=torch.float32, device=x.device), _STORE, 0.0)
 
 
+def norm_matvec(m: DeviceMatrix, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (T, cols) float32 -> (T, rows) float32 = RMSNorm(x, weight, eps) @ W.T: one kernel for T == 1, the norm in
+    the GEMV's prologue (`_gemv_kernel`'s NORM)."""
+    if x.shape[0] != 1:
+        return reference.norm_matvec(m, x, weight, eps)
+    return _gemv(m, x, torch.empty((1, m.rows), dtype=torch.float32, device=x.device), _STORE, 0.0,
+                 norm=(weight, eps))
+
+
 def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) float32 = ReLU(x @ W.T), one kernel for T == 1."""
     if x.shape[0] != 1:
@@ -627,15 +697,16 @@ def matvec_relu(m: DeviceMatrix, x: torch.Tensor) -> torch.Tensor:
 
 
 def matvec_at_least(m: DeviceMatrix, x: torch.Tensor, threshold: float, out: torch.Tensor | None = None,
-                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    copy_norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x (T, cols) float32 -> (T, rows) bool = x @ W.T >= threshold (written into `out` if given), one kernel for
     T == 1; copy (source, destination), float32 tensors of one size: the same kernel also copies source into
-    destination."""
+    destination, RMS-normed on the way where copy_norm (weight, eps) is given (a split FFN's input)."""
     if x.shape[0] != 1:
-        return reference.matvec_at_least(m, x, threshold, out, copy)
+        return reference.matvec_at_least(m, x, threshold, out, copy, copy_norm)
     if out is None:
         out = torch.empty((1, m.rows), dtype=torch.bool, device=x.device)
-    _gemv(m, x, out.view(torch.int8), _AT_LEAST, threshold, copy)
+    _gemv(m, x, out.view(torch.int8), _AT_LEAST, threshold, copy, copy_norm=copy_norm)
     return out
 
 
@@ -647,11 +718,13 @@ def add_matvec(out: torch.Tensor, m: DeviceMatrix, x: torch.Tensor, scale: float
     return _gemv(m, x, out, _ADD, scale)
 
 
-def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: str, threshold: float,
+            norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x (T, cols) float32 -> h (T, rows) float32 = act(x @ gate.T) * (x @ up.T), act `activation` ("silu", "gelu":
-    its tanh approximation, "relu", "fatrelu": g where g >= threshold, else 0); one kernel for T == 1."""
+    its tanh approximation, "relu", "fatrelu": g where g >= threshold, else 0); one kernel for T == 1. norm (weight,
+    eps): of RMSNorm(x) instead, the norm in the same kernel's prologue."""
     if x.shape[0] != 1:
-        return reference.gate_up(gate, up, x, activation, threshold)
+        return reference.gate_up(gate, up, x, activation, threshold, norm)
     x = x.to(torch.float32).contiguous()
     out = torch.empty((1, gate.rows), dtype=torch.float32, device=x.device)
     if gate.rows == 0:
@@ -660,37 +733,45 @@ def gate_up(gate: DeviceMatrix, up: DeviceMatrix, x: torch.Tensor, activation: s
     shares = triton.cdiv(gate.cols, cols_per_split)
     row_tiles = triton.cdiv(gate.rows, BLOCK_R)
     partial = torch.empty((shares, 2 * gate.rows), dtype=torch.float32, device=x.device)
-    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, gate.qtype, up.qtype)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, gate.qtype, up.qtype, staged=norm is not None)
     _gate_up_kernel[(row_tiles, shares)](*_fields(gate), *_fields(up), x, sums, partial, _counters(row_tiles, x.device),
                                          out, gate.rows, gate.cols, cols_per_split, low_bits(gate.qtype),
-                                         low_bits(up.qtype), float(threshold), ACT=ACTIVATIONS[activation],
+                                         low_bits(up.qtype), float(threshold), x if norm is None else norm[0],
+                                         0.0 if norm is None else float(norm[1]), ACT=ACTIVATIONS[activation],
                                          SPLIT=shares > 1, GATE_FMT=GPU_FORMATS[gate.qtype].code,
-                                         UP_FMT=GPU_FORMATS[up.qtype].code, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
-                                         num_warps=NUM_WARPS, **LAUNCH)
+                                         UP_FMT=GPU_FORMATS[up.qtype].code, NORM=norm is not None, BLOCK_R=BLOCK_R,
+                                         BLOCK_C=BLOCK_C, num_warps=NUM_WARPS, **LAUNCH)
     return out
 
 
 def _gemv(m: DeviceMatrix, x: torch.Tensor, out: torch.Tensor, epilogue, scale: float,
-          copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """One GEMV launch: x (1, cols) -> out (1, rows) written by `epilogue` (`_epilogue`); copy: (source,
-    destination) copied by the same launch."""
+          copy: tuple[torch.Tensor, torch.Tensor] | None = None, norm: tuple[torch.Tensor, float] | None = None,
+          copy_norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """One GEMV launch: x (1, cols) -> out (1, rows) written by `epilogue` (`_epilogue`), of RMSNorm(x) with norm
+    (weight, eps) if given; copy: (source, destination) copied by the same launch, RMS-normed with copy_norm
+    (weight, eps) if given (one of norm and copy_norm at most: the kernel reads one norm weight)."""
     x = x.to(torch.float32).contiguous()
+    if norm is not None and copy_norm is not None:
+        raise ValueError("a GEMV launch norms its input or its copy, not both")
     if m.rows == 0:
         if copy is not None:
-            copy[1].copy_(copy[0])
+            source = copy[0] if copy_norm is None else reference.rms_norm(copy[0], *copy_norm)
+            copy[1].copy_(source.reshape(copy[1].shape))
         return out
     if copy is not None and (copy[0].numel() != copy[1].numel() or not copy[1].is_contiguous()):
         raise ValueError("the copy's source and destination must have one size, the destination contiguous")
+    weight, eps = norm or copy_norm or (x, 0.0)
     source, destination = (x, x) if copy is None else (copy[0].contiguous(), copy[1])
     cols_per_split = split_k(m.rows, m.cols, m.qtype)
     shares = triton.cdiv(m.cols, cols_per_split)
     partial = torch.empty((shares, m.rows), dtype=torch.float32, device=x.device)
     row_tiles = triton.cdiv(m.rows, BLOCK_R)
-    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype)
+    sums = _x_sums_scratch(row_tiles * shares, cols_per_split, x, m.qtype, staged=norm is not None)
     _gemv_kernel[(row_tiles, shares)](*_fields(m), x, sums, partial, _counters(row_tiles, x.device), out, m.rows,
                                       m.cols, cols_per_split, low_bits(m.qtype), float(scale), source, destination,
-                                      source.numel(), FMT=GPU_FORMATS[m.qtype].code, EPILOGUE=epilogue,
-                                      SPLIT=shares > 1, COPY=copy is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
+                                      source.numel(), weight, float(eps), FMT=GPU_FORMATS[m.qtype].code,
+                                      EPILOGUE=epilogue, SPLIT=shares > 1, COPY=copy is not None, NORM=norm is not None,
+                                      COPY_NORM=copy_norm is not None, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
                                       num_warps=NUM_WARPS, **LAUNCH)
     return out
 
@@ -759,11 +840,12 @@ def _counters(tiles: int, device: torch.device) -> torch.Tensor:
     return held
 
 
-def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes) -> torch.Tensor:
-    """float32 (programs, cols / 32) scratch for Q4_1's sums of x per block; x itself (never read) otherwise."""
+def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes, staged: bool = False) -> torch.Tensor:
+    """float32 scratch for Q4_1's sums of x per block, (programs, cols / 32), after (programs, cols) for x times the
+    norm weight where `staged` (`_q4_1_prologue`); x itself (never read) where no matrix is Q4_1."""
     if weight_formats.Q4_1.type not in qtypes:
         return x
-    return torch.empty((programs, cols // 32), dtype=torch.float32, device=x.device)
+    return torch.empty(programs * (cols // 32 + (cols if staged else 0)), dtype=torch.float32, device=x.device)
 
 
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:

@@ -16,9 +16,11 @@ from .gpu_side import GPULayer, GPUSide
 
 
 class GPUAttention:
-    """x += residual_scale * attention(RMSNorm(x)) over the layer's KV cache on the device (x in place; the
-    attention's output RMS-normed first where the model has a post-attention norm); then the FFN's RMSNorm of x in
-    the same kernel, handed to the layer's FFN part (`side.ffn_input`)."""
+    """x += residual_scale * wo . attention(RMSNorm(x)) over the layer's KV cache on the device (x in place). One
+    token in 4 kernels: the norm in the Q/K/V GEMV's prologue, the attention's two, the residual add in the output
+    GEMV's epilogue; the layer's FFN part norms x itself. Where the model has a post-attention norm (gemma3) the
+    output is RMS-normed before the add, in the add's own kernel (one launch more), which also computes the FFN's
+    RMSNorm of x and hands it to the layer's FFN part (`side.ffn_input`)."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
@@ -27,22 +29,31 @@ class GPUAttention:
         side, layer, c = self.side, self.side.layers[index], self.config
         started = side.clock.start()
         x = s.on_device
-        h = side.norms.rms_norm(x, layer.attn_norm, c.rms_eps)
-        x, normed = side.norms.add_rms_norm(x, self.attention(layer, h, s.start_pos), c.residual_scale,
-                                            layer.ffn_norm, c.rms_eps, layer.post_attention_norm)
-        s.on_device, side.ffn_input = x, (index, normed)
+        attended = self.attention(index, layer, x, s.start_pos)  # (T, q_rows)
+        if layer.post_attention_norm is None:
+            s.on_device = side.ops.add_matvec(x, layer.wo, attended, c.residual_scale)
+        else:
+            x, normed = side.norms.add_rms_norm(x, side.ops.matvec(layer.wo, attended), c.residual_scale,
+                                                layer.ffn_norm, c.rms_eps, layer.post_attention_norm)
+            s.on_device, side.ffn_input = x, (index, normed)
         side.clock.stop("gpu", started)
 
-    def attention(self, layer: GPULayer, h: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def attention(self, index: int, layer: GPULayer, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Causal attention of T new positions over the layer's KV cache, read in place (`gpu/attention_*.py`), with
-        the layer's biases, head norms, query scale and window (`layer.heads`); h = RMSNorm(x) (T, n_embd)."""
+        the layer's biases, head norms, query scale and window (`layer.heads`), of RMSNorm(x) (x (T, n_embd): the
+        residual stream). One token: the side's device position is read, and advanced by the token's last GPU
+        layer (`GPUSide.at_position`)."""
         side = self.side
-        qkv = side.ops.matvec(layer.qkv, h)  # (T, q_rows + 2 kv_rows)
+        qkv = side.ops.norm_matvec(layer.qkv, x, layer.attn_norm, self.config.rms_eps)  # (T, q_rows + 2 kv_rows)
+        one = x.shape[0] == 1
+        advance = one and index == side.last_layer
         attended = side.attention_ops.decode_attention(qkv, layer.k_cache, layer.v_cache, layer.rope_cos,
                                                        layer.rope_sin, start_pos, self.config.n_head,
-                                                       side.at_position(start_pos) if h.shape[0] == 1 else None,
-                                                       side.attention_scratch, layer.heads)
-        return side.ops.matvec(layer.wo, attended)  # (T, n_embd)
+                                                       side.at_position(start_pos) if one else None,
+                                                       side.attention_scratch, layer.heads, advance)
+        if advance:
+            side.advanced(start_pos)
+        return attended
 
     def every_neuron(self) -> GPUAttention:
         return self
@@ -50,9 +61,9 @@ class GPUAttention:
 
 class GPUDenseFFN:
     """x += residual_scale * down(act(gate(RMSNorm(x))) * up(RMSNorm(x))), every neuron on the device (-ngl); act
-    SiLU, GELU (tanh approximation) or FATReLU. One token in two kernels (`gate_up`, then the down GEMV with the
-    residual add as its epilogue); where the model has a post-FFN norm (gemma3) the down projection's output is
-    RMS-normed before the add, in the add's own kernel (one launch more)."""
+    SiLU, GELU (tanh approximation) or FATReLU. One token in two kernels (`gate_up` with the norm in its prologue,
+    then the down GEMV with the residual add as its epilogue); where the model has a post-FFN norm (gemma3) the
+    down projection's output is RMS-normed before the add, in the add's own kernel (one launch more)."""
 
     def __init__(self, side: GPUSide):
         self.side, self.config = side, side.config
@@ -61,8 +72,12 @@ class GPUDenseFFN:
         side, layer, c = self.side, self.side.layers[index], self.config
         started = side.clock.start()
         x = s.on_device
-        normed = ffn_input(side, index, x, layer)
-        hidden = side.ops.gate_up(layer.gate, layer.up, normed, c.activation, side.threshold)  # one kernel a token
+        normed = handed_ffn_input(side, index)
+        if normed is None:  # the FFN's norm in gate_up's prologue
+            norm = (layer.ffn_norm, c.rms_eps)
+            hidden = side.ops.gate_up(layer.gate, layer.up, x, c.activation, side.threshold, norm)
+        else:
+            hidden = side.ops.gate_up(layer.gate, layer.up, normed, c.activation, side.threshold)
         if layer.post_ffw_norm is None:
             s.on_device = side.ops.add_matvec(x, layer.down, hidden, c.residual_scale)  # the add in its epilogue
         else:
@@ -74,12 +89,17 @@ class GPUDenseFFN:
         return self
 
 
+def handed_ffn_input(side: GPUSide, index: int) -> torch.Tensor | None:
+    """RMSNorm(x) with the FFN's weight where the layer's attention part computed it (a model with post-norms),
+    else None: the FFN part norms x in its first kernel."""
+    handed, side.ffn_input = side.ffn_input, None
+    return handed[1] if handed is not None and handed[0] == index else None
+
+
 def ffn_input(side: GPUSide, index: int, x: torch.Tensor, layer: GPULayer) -> torch.Tensor:
     """RMSNorm(x) with the FFN's weight: the one the layer's attention part handed over, else computed."""
-    handed, side.ffn_input = side.ffn_input, None
-    if handed is not None and handed[0] == index:
-        return handed[1]
-    return side.norms.rms_norm(x, layer.ffn_norm, side.config.rms_eps)
+    handed = handed_ffn_input(side, index)
+    return handed if handed is not None else side.norms.rms_norm(x, layer.ffn_norm, side.config.rms_eps)
 
 
 class ToDevice:

@@ -133,11 +133,12 @@ class GPUSide:
         self.threshold = float(c.activation_threshold)
         self.rope: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}  # (base, scale) -> cos, sin
         self.position = torch.zeros(1, dtype=torch.int32, device=device)  # the decoded position, on the device
-        self.position_value = -1  # ... and as last written
+        self.position_value = -1  # ... and what it holds once the work queued so far has run
         self.fired = torch.zeros((), dtype=torch.int64, device=device)  # hot neurons fired, summed on the device
         self.layers: dict[int, GPULayer] = {}
         for index in placement.gpu_layers:
             self.layers[index] = self._layer(model, index, placement, n_ctx, predictors, down_t)
+        self.last_layer = max(self.layers, default=-1)  # its attention advances the device position (one token)
         self.output = self.output_norm = None
         if placement.output_on_gpu:
             self.output_norm = _vector(model, OUTPUT_NORM, device)
@@ -220,11 +221,16 @@ class GPUSide:
         return sum(layer.nbytes for layer in self.layers.values()) + output
 
     def at_position(self, start_pos: int) -> torch.Tensor:
-        """The device's copy of the position, written once per token (not once per layer)."""
+        """The device's copy of the position: written only where it does not hold start_pos already (the token's
+        last GPU layer advances it on the device, `advanced`: a run of decoded tokens writes it once)."""
         if start_pos != self.position_value:
             self.position.fill_(start_pos)
             self.position_value = start_pos
         return self.position
+
+    def advanced(self, start_pos: int) -> None:
+        """The last GPU layer's attention has been queued with the position's advance to start_pos + 1."""
+        self.position_value = start_pos + 1
 
     def token_done(self) -> None:
         """Close one decoded token's statistics (the logits' copy to the CPU has synchronised the device)."""

@@ -2,7 +2,8 @@
 cold neurons on the CPU, summed. The only code that knows that the two halves may overlap.
 
 One token, x (1, n_embd) on the device, all on the decoding thread:
-    normed = RMSNorm(x); mask = predictor(x)                      (GPU)
+    mask = predictor(x); normed = RMSNorm(x)                      (GPU: two GEMVs, the second also writing normed
+                                                                   beside the mask)
     normed, mask -> host                                          (down: n_embd floats + n_ff bytes, pinned)
     hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU: queued, not waited for)
     cold = the CPU half (`ColdHalf.run`)                          (CPU, while the GPU computes hot)
@@ -33,7 +34,7 @@ from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from ..kernels.cpu_quant import activation_buffers, matmul
 from ..model_file.config import ModelConfig
 from ..runtime.weights import PackedWeights
-from .gpu_parts import ffn_input
+from .gpu_parts import ffn_input, handed_ffn_input
 from .gpu_side import GPULayer, GPUSide
 
 
@@ -162,20 +163,22 @@ class SplitFFN:
         clock = side.clock
         started = clock.start()
         x = s.on_device
-        normed = ffn_input(side, index, x, layer)  # (T, n_embd), from the attention part's kernel
         predicting = layer.fc1 is not None and self.predicting
         if x.shape[0] > 1:
+            normed = ffn_input(side, index, x, layer)  # (T, n_embd)
             mask, hot_mask = self.predict(layer, x) if predicting else (None, None)  # (T, n_ff), (T, n_hot) bool
             hot = self._several(index, layer, normed, mask, hot_mask, started)
             s.on_device = side.norms.add(x, hot, c.residual_scale, post_norm=layer.post_ffw_norm, eps=c.rms_eps)
             return
         on_cpu = self.cold.has_neurons(index)
         mask = None  # (1, n_ff) bool: the predicted neurons
-        if predicting and on_cpu:  # the predictor's kernel stages the mask and the FFN input for one copy down
-            mask = self.predict_one(layer, x, self.cold.mask_staged[None], (normed, self.cold.normed_staged))
-            normed = self.cold.normed_staged
-        elif predicting:
-            mask = self.predict_one(layer, x)
+        if predicting:  # fc2's kernel stages the mask and RMSNorm(x) (normed there, or handed over) side by side
+            handed = handed_ffn_input(side, index)
+            normed = self.cold.normed_staged  # (1, n_embd)
+            mask = self.predict_one(layer, x, self.cold.mask_staged[None], (x if handed is None else handed, normed),
+                                    (layer.ffn_norm, c.rms_eps) if handed is None else None)
+        else:  # its own kernel, or the attention part's (`ffn_input`)
+            normed = ffn_input(side, index, x, layer)
         if on_cpu:
             clock.stop("gpu", started)
             started = clock.start()
@@ -214,12 +217,15 @@ class SplitFFN:
         return side.predictor_ops.masks(scores, layer.predictor_threshold, layer.hot_index)
 
     def predict_one(self, layer: GPULayer, x: torch.Tensor, out: torch.Tensor | None = None,
-                    copy: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    copy: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    copy_norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
         """One token: (1, n_ff) bool, `predict`'s mask at every neuron (into `out` if given), in two GEMVs whose
         epilogues apply the ReLU and the threshold (the S2 kernel reads it at the hot neurons through
-        layer.hot_index); the second also copies copy[0] into copy[1]."""
+        layer.hot_index); the second also copies copy[0] into copy[1], RMS-normed with copy_norm (weight, eps) if
+        given."""
         ops = self.side.ops
-        return ops.matvec_at_least(layer.fc2, ops.matvec_relu(layer.fc1, x), layer.predictor_threshold, out, copy)
+        return ops.matvec_at_least(layer.fc2, ops.matvec_relu(layer.fc1, x), layer.predictor_threshold, out, copy,
+                                   copy_norm)
 
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)
