@@ -5,6 +5,7 @@ Q5_1, Q4_K, Q5_K, Q6_K).
     reference.py       plain torch twins of the kernels (what each must compute; they also run on the CPU device)
     triton_kernels.py  the same functions as Triton kernels: GEMV per format, the fused S2 (gate, FATReLU, up)
                        and S3 (down_t rows of the neurons that fired)
+    tile_decoders.py   their device functions that decode a tile of each format and dot it with x
 
 Both kernel modules offer matvec, hot_ffn, hidden_dense and down_t_product with the same signatures and
 results; `kernels_for` says which one a device uses. Importing this package never imports triton.

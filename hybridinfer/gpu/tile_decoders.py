@@ -1,0 +1,251 @@
+"""Triton device functions that decode a tile of a DeviceMatrix's fields (`weights.py`) and dot it with x: the
+GEMV, gate_up and S2 kernels of `triton_kernels.py` call them for each loop step.
+
+How a tile is decoded depends on the format:
+- Q4_0, Q4_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's quants as int32
+  words in one vector load, and x field by field in the same layout (W consecutive elements per field, one vector
+  load). A field becomes a float exactly in two instructions: masked into the mantissa of a float whose exponent
+  makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
+  FFMA multiplies it by x. d scales each word's sum of fields once; Q4_1's m multiplies the block's sum of x, which
+  each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
+- the other formats (F32/F16/BF16, Q5_0/1, Q4_K, Q5_K, Q6_K): each element decoded from its own block's fields.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..model_file import weight_formats
+
+# the formats' kernel codes as Triton constexprs: compiled, a kernel may read only globals made with tl.constexpr (a
+# plain int global passes under TRITON_INTERPRET=1 but fails to compile)
+_BF16 = tl.constexpr(weight_formats.BF16.code)
+_Q8_0 = tl.constexpr(weight_formats.Q8_0.code)
+_Q4_0 = tl.constexpr(weight_formats.Q4_0.code)
+_Q4_1 = tl.constexpr(weight_formats.Q4_1.code)
+_Q5_0 = tl.constexpr(weight_formats.Q5_0.code)
+_Q5_1 = tl.constexpr(weight_formats.Q5_1.code)
+_Q4_K = tl.constexpr(weight_formats.Q4_K.code)
+_Q5_K = tl.constexpr(weight_formats.Q5_K.code)
+_Q6_K = tl.constexpr(weight_formats.Q6_K.code)
+WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
+
+
+@triton.jit
+def _nibble(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
+    """float32 value of nibble P (bits 4P..4P+3) of each int32 word, minus OFFSET, exactly: the nibble (at most bit
+    15, after a shift by 16 for P >= 4) is masked into the mantissa of a float whose exponent makes its lowest bit
+    worth 1, 2^(23 - SHIFT) + q, from which the constant is subtracted. low_bits: 15, a run-time value so that the
+    compiler keeps the masks in registers (an instruction takes one immediate) and does not turn them into
+    bit-field extracts."""
+    SHIFT: tl.constexpr = 4 * (P % 4)
+    if P >= 4:
+        words = words >> 16
+    bits = (words & (low_bits << SHIFT)) | ((150 - SHIFT) << 23)
+    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + OFFSET)
+
+
+@triton.jit
+def _byte(words, P: tl.constexpr, low_bits):
+    """float32 value of signed byte P of each int32 word, exactly. Bytes 0 and 1 as `_nibble` does (low_bits: 255),
+    with the byte's sign bit flipped in the same logic instruction (q + 128) and 128 subtracted with the magic;
+    bytes 2 and 3 by one byte-selecting int8 -> float conversion each (I2F.S8 .B2/.B3 on sm_90), so that half the
+    bytes go through the conversion unit and none needs a shift."""
+    if P >= 2:
+        v = (words >> (8 * P)).to(tl.int8).to(tl.float32)
+    else:
+        SHIFT: tl.constexpr = 8 * P
+        bits = (words & (low_bits << SHIFT)) ^ ((128 << SHIFT) | ((150 - SHIFT) << 23))
+        v = bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + 128)
+    return v
+
+
+@triton.jit
+def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
+    """float32 quant of field P of each interleaved word (`weights.py`): Q8_0 q, Q4_0 q - 8, Q4_1 q."""
+    if FMT == _Q8_0:
+        v = _byte(words, P, low_bits)
+    elif FMT == _Q4_0:
+        v = _nibble(words, P, 8, low_bits)
+    else:
+        v = _nibble(words, P, 0, low_bits)
+    return v
+
+
+@triton.jit
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m,
+               FMT: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
+    """(acc, acc_m) plus W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`): acc (BLOCK_R,
+    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
+    sum of x (x_sums[u]), so that every tensor keeps the words' layout. TAIL: units at or past u_last give 0 (d = m
+    = 0 there, x of the last unit). No other load is masked or filled. NORM: x times the norm weight g_ptr (same
+    offsets) as it is loaded (`_gemv_kernel`'s RMSNorm prologue)."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
+    FIELDS: tl.constexpr = 8 // U
+    i = tl.arange(0, 4)
+    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
+    block = r[:, None, None] * (n_units // U) + (u // U)[None, :, None]
+    if TAIL:
+        ok = (u < u_last)[None, :, None] & (r >= 0)[:, None, None]
+        words = tl.load(words_at, mask=ok, other=0)
+        d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
+        x_unit = tl.minimum(u, u_last - 1)
+    else:
+        words = tl.load(words_at)
+        d = tl.load(d_ptr + block).to(tl.float32)
+        x_unit = u
+    x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
+    dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    for p in tl.static_range(FIELDS):
+        x = tl.load(x_ptr + x_offsets + p * 4 * U)
+        if NORM:
+            x = x * tl.load(g_ptr + x_offsets + p * 4 * U)
+        dot += _field(words, p, FMT, low_bits) * x
+    acc += d * dot
+    if FMT == _Q4_1:
+        if TAIL:
+            m = tl.load(m_ptr + block, mask=ok, other=0)
+        else:
+            m = tl.load(m_ptr + block)
+        acc_m += m.to(tl.float32) * tl.load(x_sums + x_unit)[None, :, None]
+    return acc, acc_m
+
+
+@triton.jit
+def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
+                   FMT: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
+    (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
+    half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
+    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's sums of x per
+    block (`_block_x_sums`), indexed by block."""
+    U: tl.constexpr = 2 if FMT == _Q8_0 else 1
+    n_units = cols // 32 * U
+    u_first = c_first // 32 * U
+    u_last = c_last // 32 * U
+    whole = u_first + (u_last - u_first) // WORD_UNITS * WORD_UNITS
+    acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
+    acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
+    for u0 in range(u_first, whole, WORD_UNITS):
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS),
+                                u_last, low_bits, acc, acc_m, FMT, False, BLOCK_R, NORM)
+    if whole < u_last:
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units,
+                                whole + tl.arange(0, WORD_UNITS), u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R,
+                                NORM)
+    return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
+
+
+@triton.jit
+def _block_x_sums(x_ptr, g_ptr, sums, staged, b_first, b_last, STAGE: tl.constexpr):
+    """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
+    caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
+    them: computed once per program here rather than by every thread that reads a block. STAGE: of x times the norm
+    weight g_ptr, which is also stored to staged (indexed by column) for the loop to read."""
+    for b0 in range(b_first, b_last, 64):
+        b = b0 + tl.arange(0, 64)
+        at = b[:, None] * 32 + tl.arange(0, 32)[None, :]
+        x = tl.load(x_ptr + at, mask=(b < b_last)[:, None], other=0)
+        if STAGE:
+            x = x * tl.load(g_ptr + at, mask=(b < b_last)[:, None], other=0)
+            tl.store(staged + at, x, mask=(b < b_last)[:, None])
+        tl.store(sums + b, tl.sum(x, axis=1), mask=b < b_last)
+
+
+@triton.jit
+def _q4_1_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAGE: tl.constexpr):
+    """(the x the loop reads, Q4_1's sums of it per block) of a GEMV or gate_up program whose columns are [c_first,
+    c_last), from its own rows of the scratch `_x_scratch` allocates: sums_ptr (programs, cols_per_split / 32); with
+    STAGE (an RMSNorm prologue) (programs, cols_per_split) first, where x times the norm weight is staged so that the
+    loop does not multiply it again for every 4 rows (Q4_1's loop has no instruction to spare)."""
+    program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    n_blocks = cols_per_split // 32
+    x_read = x_ptr
+    staged = sums_ptr + program * cols_per_split - c_first  # indexed by column (used with STAGE only)
+    x_sums = sums_ptr + program * n_blocks - c_first // 32
+    if STAGE:
+        x_read = staged
+        x_sums += tl.num_programs(0) * tl.num_programs(1) * cols_per_split
+    _block_x_sums(x_ptr, g_ptr, x_sums, staged, c_first // 32, c_last // 32, STAGE)
+    tl.debug_barrier()
+    return x_read, x_sums
+
+
+@triton.jit
+def _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT: tl.constexpr):
+    """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere) of a
+    format other than Q4_0/Q4_1/Q8_0, reading the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats)
+    or quants, d_ptr = scales, m_ptr = mins, h_ptr = highs, s_ptr = sub_scales; FMT is the format's code."""
+    if FMT <= _BF16:  # the float formats
+        w = tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
+    elif FMT == _Q4_K or FMT == _Q5_K or FMT == _Q6_K:
+        w = _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT)
+    else:  # Q5_0, Q5_1
+        block = r * (cols // 32) + c // 32
+        d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
+        byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
+        q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
+        q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16  # bit e of qh: element e's 5th bit
+        if FMT == _Q5_0:
+            w = d * (q - 16).to(tl.float32)
+        else:
+            w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
+    return w
+
+
+@triton.jit
+def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT: tl.constexpr):
+    """`_weights` for the K-quants (Q4_K, Q5_K, Q6_K): 256-element super-blocks, element e = c % 256 of block
+    `block`, as `weights.py`'s module doc lays them out."""
+    block = r * (cols // 256) + c // 256
+    e = c % 256
+    d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
+    if FMT == _Q6_K:
+        h, i = e // 128, e % 128
+        low = tl.load(q_ptr + block * 128 + h * 64 + i % 64, mask=live, other=0).to(tl.int32)
+        top = tl.load(h_ptr + block * 64 + h * 32 + i % 32, mask=live, other=0).to(tl.int32)
+        q = ((low >> (4 * (i // 64))) & 15) | (((top >> (2 * (i // 32))) & 3) << 4)
+        sc = tl.load(s_ptr + block * 16 + e // 16, mask=live, other=0).to(tl.float32)
+        w = (d * sc) * (q - 32).to(tl.float32)
+    else:
+        s = e // 32  # the sub-block: its 6-bit (sc, m) from bytes s % 4, s % 4 + 4 and s % 4 + 8 of the 12
+        packed = s_ptr + block * 12 + s % 4
+        b0 = tl.load(packed, mask=live, other=0).to(tl.int32)
+        b1 = tl.load(packed + 4, mask=live, other=0).to(tl.int32)
+        b2 = tl.load(packed + 8, mask=live, other=0).to(tl.int32)
+        sc = tl.where(s < 4, b0 & 63, (b2 & 15) | ((b0 >> 2) & 48))
+        mn = tl.where(s < 4, b1 & 63, (b2 >> 4) | ((b1 >> 2) & 48))
+        byte = tl.load(q_ptr + block * 128 + (e // 64) * 32 + e % 32, mask=live, other=0).to(tl.int32)
+        q = tl.where(s % 2 == 1, byte >> 4, byte & 15)
+        if FMT == _Q5_K:  # bit s of qh byte e % 32
+            q += ((tl.load(h_ptr + block * 32 + e % 32, mask=live, other=0).to(tl.int32) >> s) & 1) * 16
+        dmin = tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
+        w = (d * sc.to(tl.float32)) * q.to(tl.float32) - dmin * mn.to(tl.float32)
+    return w
+
+
+@triton.jit
+def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
+              FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NORM: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int32, all valid
+    rows; the results for rows not live are garbage, to be discarded (Q4_0/Q4_1/Q8_0 read every row r: a caller
+    that must not read a row points it at one it reads; the other formats read only the live rows); c_first, c_last
+    multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`. NORM: x[c] times the norm
+    weight g_ptr[c] (the RMSNorm prologue: the inverse RMS is the caller's, applied to the dot)."""
+    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT,
+                             BLOCK_R, NORM)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        for c0 in range(c_first, c_last, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            in_range = c < c_last
+            x = tl.load(x_ptr + c, mask=in_range, other=0).to(tl.float32)
+            if NORM:
+                x = x * tl.load(g_ptr + c, mask=in_range, other=0)
+            w = _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r.to(tl.int64)[:, None], c[None, :],
+                         live[:, None] & in_range[None, :], cols, FMT)
+            acc += w * x[None, :]
+        out = tl.sum(acc, axis=1)
+    return out
