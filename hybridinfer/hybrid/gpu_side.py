@@ -45,6 +45,11 @@ def upload(tensor: GGUFTensor, device: torch.device, rows: np.ndarray | None = N
     return device_matrix(dequantize(tensor), T.F32, tensor.shape, device, rows)
 
 
+def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """values' rows (or entries) in `order`, or as they are where it is None."""
+    return values if order is None else values[order]
+
+
 def upload_stacked(tensors: list[GGUFTensor], device: torch.device,
                    orders: list[np.ndarray | None] | None = None) -> DeviceMatrix:
     """The rows of several weights with one column count as one matrix (Q, K and V), each tensor's rows in its
@@ -52,10 +57,6 @@ def upload_stacked(tensors: list[GGUFTensor], device: torch.device,
     rows, cols = sum(t.shape[0] for t in tensors), tensors[0].shape[1]
     orders = orders or [None] * len(tensors)
     qtype = tensors[0].type
-
-    def ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-        return values if order is None else values[order]
-
     if qtype in GPU_NATIVE_TYPES and all(t.type == qtype for t in tensors):
         raw = np.concatenate([ordered(np.ascontiguousarray(t.raw).view(np.uint8).reshape(t.shape[0], -1), order)
                               for t, order in zip(tensors, orders)])
@@ -166,7 +167,7 @@ class GPUSide:
         bias = q_norm = k_norm = None
         if c.attention_bias:
             parts = [_values(model, bias_name(part, i)) for part in (ATTN_Q, ATTN_K, ATTN_V)]
-            bias = _on(np.concatenate([b if o is None else b[o] for b, o in zip(parts, orders)]), device)
+            bias = _on(np.concatenate([ordered(b, o) for b, o in zip(parts, orders)]), device)
         if c.qk_norm:
             q_norm, k_norm = (_on(head_vector(c, _values(model, tensor_name(part, i))), device)
                               for part in (ATTN_Q_NORM, ATTN_K_NORM))
