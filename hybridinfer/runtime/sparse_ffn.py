@@ -5,7 +5,8 @@ neurons they choose:
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
   calibrated (CATS)      SiLU and GELU models with a sparsity file (`sparsity/`): every gate row, then up rows and
-                         down_t rows only where |act(gate)| passes the layer's calibrated threshold (approximate)
+                         down_t rows only where |act(gate)| passes the layer's calibrated threshold (approximate);
+                         CHESS: |act(gate)| times the neuron's calibrated scale
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
@@ -29,8 +30,9 @@ from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..model_file.tensor_shapes import FC1, FC2, block_name
-from ..reference.sparse_ffn import SparseFFNStats, require_silu_or_gelu, require_sparse_activation
-from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
+from ..reference.sparse_ffn import (SparseFFNStats, checked_neuron_scales, require_silu_or_gelu,
+                                     require_sparse_activation)
+from ..kernels.block_args import NONE, BoundCall, FFNWeights, SparseFFNScratch
 from .parts import CPUFFN
 from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
@@ -60,6 +62,9 @@ class SparseFFN(CPUFFN):
         self.threshold = np.float32(config.activation_threshold)  # FATReLU's
         self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.cats else \
             [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
+        # CHESS: per layer (n_ff,) float32, the scale each neuron's |act| is multiplied by; CATS, FATReLU: NONE
+        self.scales = [checked_neuron_scales(config, s) for s in sparsity.neuron_scales] \
+            if self.cats and sparsity.neuron_scales is not None else [NONE] * config.n_layer
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
         self.stats = SparseFFNStats()
@@ -123,7 +128,8 @@ class SparseFFN(CPUFFN):
             layer, c = self.weights.layers[index], self.config
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw,
                                               self.thresholds[index], self.cats, np.float32(c.residual_scale),
-                                              c.activation == "gelu", layer.post_ffw_norm, np.float32(c.rms_eps))
+                                              c.activation == "gelu", layer.post_ffw_norm, np.float32(c.rms_eps),
+                                              self.scales[index])
             block = self._blocks[index] = BoundCall(
                 cpu_layer.sparse_ffn_block(*layer.ffn_codes[:2], self.down_t[index].code, self.float_activations))
         fired = block(s.x, s.normed, self._weights[index], self.candidates, n_candidates, self.scratch,
@@ -152,15 +158,18 @@ class SparseFFN(CPUFFN):
             matmul(layer.ffn_gate, b.normed, b.gate, float_activations=fa)
             if self.cats:  # CATS: the model's own activation, SiLU or GELU
                 (cpu_ops.gelu if self.config.activation == "gelu" else cpu_ops.silu)(b.gate, b.gate)
-            rows = np.flatnonzero(((np.abs(b.gate) if self.cats else b.gate) >= threshold).any(axis=0))
+            criterion = np.abs(b.gate) * self.scales[index] if self.scales[index].shape[0] else \
+                np.abs(b.gate) if self.cats else b.gate
+            passed = criterion >= threshold  # (T, n_ff)
+            rows = np.flatnonzero(passed.any(axis=0))
             gate = np.ascontiguousarray(b.gate[:, rows])
         up = np.empty(gate.shape, np.float32)
         if rows.shape[0]:
             matmul_rows(layer.ffn_up, b.normed, rows, up, float_activations=fa)
         fired = np.empty(gate.shape, np.float32)
-        if self.cats:  # CATS: act * up where |act| passes
+        if self.cats:  # CATS: act * up where |act| (CHESS: times the neuron's scale) passes
             np.multiply(gate, up, out=fired)
-            fired[np.abs(gate) < threshold] = 0.0
+            fired[~passed[:, rows]] = 0.0
         else:
             cpu_ops.fatrelu_times(gate, up, threshold, fired)
         self.stats.all_tokens += tokens
