@@ -34,7 +34,7 @@ from .options import open_engine
               help="cats: zero |act(gate)| below a per-layer threshold (up/down rows of those neurons skipped); "
                    "teal: zero small entries of every projection's input (those weight columns skipped); "
                    "wina: as teal, entries small by |x_i| times the norm of their weight column; "
-                   "chess: as cats, |act_i| times a calibrated per-neuron scale (mean |up_i| x norm of its down column)")
+                   "chess: as cats, |act_i| times a calibrated per-neuron scale (mean |up_i| x its down column's norm)")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
               help="teal, wina: the target at every site (uniform), or per-site shares chosen greedily by the least "
                    "output error per weight skipped, the model-wide share of weights skipped at the target")
@@ -58,7 +58,8 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
                             held_out_tokens, chunk_len) if held_out_tokens > 0 else []
-    with tqdm(total=runs_over_chunks(method) * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
+    runs = runs_over_chunks(method)
+    with tqdm(total=runs * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
         result = calibrate_thresholds(engine, chunks, target, method, on_chunk=bar.update, allocation=allocation)
     with tqdm(total=sum(map(len, held_out)), unit="tok", desc="held-out", disable=as_json or not held_out) as bar:
         measured = measure_sparsity(engine, held_out, result, on_chunk=bar.update) if held_out else None

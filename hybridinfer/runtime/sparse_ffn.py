@@ -11,9 +11,10 @@ neurons they choose:
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
 and up row they need once for all of them: the gate of every neuron (exact) or of the union of the tokens'
-predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t. Only
-down_t is kept (not the dense down projection too): for quantized files it is made at load by re-quantizing the
-transpose, one more rounding than the dense path.
+predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t (CATS,
+CHESS: the file's row-major down projection over the masked act * up, each row once for all tokens). down_t is
+made at load for quantized files by re-quantizing the transpose, one more rounding than the dense path, which
+one-token decoding takes.
 Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
 of their float32 bytes per token.
 """
@@ -145,7 +146,9 @@ class SparseFFN(CPUFFN):
         """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
         neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
         fired, each row read once for all T; then each token's own active rows of down_t. CATS: every gate row,
-        the activation, the up rows of the union of the neurons whose |act| passes."""
+        the activation, the up rows of the union of the neurons whose |act| (CHESS: times its scale) passes, then
+        the down projection as the file stores it (row-major, not the re-quantized down_t) over act * up with the
+        dropped neurons zeroed: a prompt's FFN has none of down_t's extra rounding, as TEAL's prompts have none."""
         fa, tokens, threshold = self.float_activations, b.x.shape[0], self.thresholds[index]
         if self.predictors is not None:
             predicted = self._predicted(index, b.x)  # (T, n_ff) bool
@@ -177,9 +180,13 @@ class SparseFFN(CPUFFN):
         hidden = b.hidden.x  # (T, n_ff)
         hidden[:] = 0.0
         hidden[:, rows] = fired
-        down_t = self.down_t[index]
-        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
-                                               b.block_out, numba.get_num_threads())
+        if self.cats:  # the file's own down rows, each read once for all T (no re-quantized transpose)
+            down = layer.ffn_down()
+            matmul(down, prepare(hidden, code=down.code), b.block_out, float_activations=fa)
+        else:
+            down_t = self.down_t[index]
+            cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
+                                                   b.block_out, numba.get_num_threads())
         if layer.post_ffw_norm.shape[0]:
             cpu_ops.rms_norm(b.block_out, layer.post_ffw_norm, np.float32(self.config.rms_eps), b.block_out)
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))
