@@ -34,7 +34,7 @@ from .options import open_engine
               help="cats: zero |act(gate)| below a per-layer threshold (up/down rows of those neurons skipped); "
                    "teal: zero small entries of every projection's input (those weight columns skipped); "
                    "wina: as teal, entries small by |x_i| times the norm of their weight column; "
-                   "chess: as cats, |act_i| times a calibrated per-neuron scale (mean |up_i| x its down column's norm)")
+                   "chess: as cats, |act_i| times a calibrated per-neuron scale (its mean |up_i|)")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
               help="teal, wina: the target at every site (uniform), or per-site shares chosen greedily by the least "
                    "output error per weight skipped, the model-wide share of weights skipped at the target")

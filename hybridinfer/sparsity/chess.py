@@ -5,13 +5,13 @@ with the largest |act_i| alone; CHESS weighs |act_i| by what it multiplies, esti
 calibration text, since up_i is not known before its row is read: neuron i is kept when |act_i| * s_i passes the
 layer's threshold, with
 
-    s_i = mean over calibration tokens of |up_i . x|  *  ||down[:, i]||_2
+    s_i = mean over calibration tokens of |up_i . x|
 
-(x the FFN's normed input). The first factor is the paper's channel-wise statistic of the up projection; the second,
-the norm of the down column the product scales, is WINA's weight-informed factor (the paper's objective weighs the
-dropped activations by the down projection, which CHESS approximates away). Equivalently, each neuron has its own
-threshold t / s_i on |act_i|. The scales are measured on the dense model with the weights as the model file stores
-them (dequantized to float32) and kept in the sparsity file, so that both backends use the same ones.
+(x the FFN's normed input), the paper's channel-wise statistic of the up projection. Equivalently, each neuron
+has its own threshold t / s_i on |act_i|. Weighing s_i by the norm of the neuron's down column too (WINA's factor)
+was measured worse on SmolLM2 (docs/sparsity.md). The scales are measured on the dense model with the up weights
+as the model file stores them (dequantized to float32) and kept in the sparsity file, so that both backends use
+the same ones.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..model_file.dequantize import dequantize
-from ..model_file.tensor_shapes import FFN_DOWN_T, FFN_NORM, FFN_UP, down_name, split_name, tensor_name
+from ..model_file.tensor_shapes import FFN_NORM, FFN_UP, tensor_name
 from ..runtime.activations import run_observed
 
 if TYPE_CHECKING:
@@ -47,15 +47,4 @@ def neuron_scales(engine: Engine, chunks: list[list[int]],
         counts[index] += x.shape[0]
 
     run_observed(engine, chunks, observe, on_chunk)
-    return [(sums[i].numpy() / max(counts[i], 1) * down_column_norms(file, i)).astype(np.float32)
-            for i in range(config.n_layer)]
-
-
-def down_column_norms(file, layer: int) -> np.ndarray:
-    """float64 (n_ff,): ||down[:, i]||_2 of each neuron i of `layer`, from the file's down projection (ffn_down
-    (n_embd, n_ff) or PowerInfer's ffn_down_t (n_ff, n_embd))."""
-    name = down_name(file, layer)
-    down = dequantize(file.tensor(name))
-    if split_name(name)[0] != FFN_DOWN_T:
-        down = down.T  # (n_ff, n_embd): row i is neuron i's column
-    return np.sqrt(np.einsum("ij,ij->i", down, down, dtype=np.float64))
+    return [(sums[i].numpy() / max(counts[i], 1)).astype(np.float32) for i in range(config.n_layer)]
