@@ -208,7 +208,7 @@ class Engine:
 
     def _reference_sparse(self, exact: bool, predictor_set, sparsity):
         if sparsity is not None:
-            return CalibratedSparseFFN(self.config, sparsity) if sparsity.method == "cats" else None
+            return CalibratedSparseFFN(self.config, sparsity) if not sparsity.zeroes_inputs else None
         if exact:
             return ExactSparseFFN(self.config)
         if predictor_set is not None:

@@ -90,17 +90,22 @@ def test_ffn_activations_and_row_selection(rng):
     np.testing.assert_array_equal(out, reference.fatrelu(gate, 0.3) * up)
     selected = np.empty(50, np.int64)
     candidates = rng.permutation(100)[:50].astype(np.int64)
-    k = cpu_ops.select_rows(gate[0], np.float32(0.3), candidates, selected, False)
+    none = np.zeros(0, np.float32)
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), candidates, selected, False, none)
     np.testing.assert_array_equal(selected[:k], candidates[gate[0] >= 0.3])
-    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, False)
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, False, none)
     np.testing.assert_array_equal(selected[:k], np.flatnonzero(gate[0] >= 0.3))
-    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, True)  # CATS: |value|
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, True, none)  # CATS: |value|
     np.testing.assert_array_equal(selected[:k], np.flatnonzero(np.abs(gate[0]) >= 0.3))
-    for magnitude in (False, True):
-        fired = (np.abs(gate[0]) if magnitude else gate[0]) >= 0.3
+    scales = rng.uniform(0.2, 3.0, 50).astype(np.float32)  # CHESS: |value| times each neuron's scale
+    k = cpu_ops.select_rows(gate[0], np.float32(0.3), np.zeros(0, np.int64), selected, True, scales)
+    np.testing.assert_array_equal(selected[:k], np.flatnonzero(np.abs(gate[0]) * scales >= 0.3))
+    assert k != np.count_nonzero(np.abs(gate[0]) >= 0.3)
+    for magnitude, weights in ((False, none), (True, none), (True, scales)):
+        fired = ((np.abs(gate[0]) * (weights if weights.shape[0] else 1)) if magnitude else gate[0]) >= 0.3
         compact = np.empty(50, np.float32)
         assert cpu_ops.compact_products(gate[0], up[0, :fired.sum()].copy(), np.float32(0.3), compact,
-                                        magnitude) == fired.sum()
+                                        magnitude, weights) == fired.sum()
         np.testing.assert_allclose(compact[:fired.sum()], gate[0][fired] * up[0, :fired.sum()])
     cpu_ops.silu(gate, out)
     np.testing.assert_allclose(out, torch.nn.functional.silu(torch.from_numpy(gate)).numpy(), rtol=1e-5, atol=1e-6)

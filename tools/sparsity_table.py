@@ -1,4 +1,4 @@
-"""The quality/speed table of docs/sparsity.md: CATS, TEAL and WINA (uniform and greedy allocations) at 25/40/50%
+"""The quality/speed table of docs/sparsity.md: CATS, TEAL, WINA (uniform and greedy allocations) and CHESS at 25/40/50%
 on a model, in two separable passes over the same sparsity files in --out:
 
 - quality (default): each file calibrated on the built-in corpus's training split, then held-out perplexity and
@@ -27,7 +27,7 @@ from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import save_thresholds
 from hybridinfer.text.calibration import calibration_texts, token_chunks
 
-MODES = ["cats", "teal", "wina", "teal-greedy", "wina-greedy"]  # METHOD[-ALLOCATION]
+MODES = ["cats", "teal", "wina", "teal-greedy", "wina-greedy", "chess"]  # METHOD[-ALLOCATION]
 QUALITY_HEADER = ("| model | mode | calibration tokens | calibration s | held-out PPL (+change; dense) | KL to dense | "
                   "sparsity over that text |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 SPEED_HEADER = ("| model | mode | decode sparsity | dense t/s | sparse t/s | sparse / dense |\n"

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..atomic_file import check_destination
 from ..options import RunOptions
-from ..sparsity.calibrate import PASSES, calibrate_thresholds, measure_sparsity
+from ..sparsity.calibrate import calibrate_thresholds, measure_sparsity, runs_over_chunks
 from ..sparsity.plot import plot_thresholds
 from ..reference.sparse_ffn import require_silu_or_gelu
 from ..sparsity.thresholds import ALLOCATIONS, METHODS, SITES, check_target, path_beside, save_thresholds
@@ -33,7 +33,8 @@ from .options import open_engine
 @click.option("--method", type=click.Choice(METHODS), default="cats", show_default=True,
               help="cats: zero |act(gate)| below a per-layer threshold (up/down rows of those neurons skipped); "
                    "teal: zero small entries of every projection's input (those weight columns skipped); "
-                   "wina: as teal, entries small by |x_i| times the norm of their weight column")
+                   "wina: as teal, entries small by |x_i| times the norm of their weight column; "
+                   "chess: as cats, |act_i| times a calibrated per-neuron scale (its mean |up_i|)")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
               help="teal, wina: the target at every site (uniform), or per-site shares chosen greedily by the least "
                    "output error per weight skipped, the model-wide share of weights skipped at the target")
@@ -57,7 +58,8 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
     chunks = token_chunks(engine.tokenizer, calibration_texts(list(corpus_files)), n_tokens, chunk_len)
     held_out = token_chunks(engine.tokenizer, calibration_texts(list(held_out_files), "validation"),
                             held_out_tokens, chunk_len) if held_out_tokens > 0 else []
-    with tqdm(total=PASSES[method] * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
+    runs = runs_over_chunks(method)
+    with tqdm(total=runs * sum(map(len, chunks)), unit="tok", desc="calibrating", disable=as_json) as bar:
         result = calibrate_thresholds(engine, chunks, target, method, on_chunk=bar.update, allocation=allocation)
     with tqdm(total=sum(map(len, held_out)), unit="tok", desc="held-out", disable=as_json or not held_out) as bar:
         measured = measure_sparsity(engine, held_out, result, on_chunk=bar.update) if held_out else None
@@ -69,7 +71,7 @@ def sparsify(model_path, corpus_files, n_tokens, chunk_len, held_out_files, held
         summary["held_out_tokens"] = sum(map(len, held_out))
         summary["held_out_sparsity"] = float(measured.mean())
         for row, shares in zip(summary["layers"], measured):
-            row["held_out_sparsity"] = float(shares[0]) if method == "cats" else \
+            row["held_out_sparsity"] = float(shares[0]) if len(SITES[method]) == 1 else \
                 {site: float(v) for site, v in zip(SITES[method], shares)}
     if as_json:
         click.echo(json.dumps({"output": output, **summary}))
@@ -89,7 +91,7 @@ SITE_LABELS = {"attn_input": "qkv", "attn_output_input": "o", "ffn_input": "gate
 def print_table(summary: dict, method: str, held_out: bool) -> None:
     """Per layer: the threshold, calibration and held-out sparsity (CATS), or per site the threshold and the
     held-out (else calibration) sparsity (TEAL)."""
-    if method == "cats":
+    if len(SITES[method]) == 1:  # CATS, CHESS
         click.echo(f"{'layer':>5} {'threshold':>11} {'calibration':>12} {'held-out':>9}")
         for row in summary["layers"]:
             share = f"{row['held_out_sparsity']:9.4f}" if held_out else f"{'-':>9}"

@@ -72,6 +72,7 @@ class FFNWeights(NamedTuple):
     gelu: bool = False  # the activation is GELU (tanh approximation; gemma3), whatever `silu` says (CATS: its act)
     post_norm: np.ndarray = NONE  # (n_embd,) float32: RMSNorm of the block's output (gemma3), or NONE
     eps: np.float32 = np.float32(0.0)  # the post norm's
+    scales: np.ndarray = NONE  # (n_ff,) float32: CHESS's per-neuron scales of |act(gate)| (sparse), or NONE (CATS)
 
 
 class DenseFFNScratch(NamedTuple):

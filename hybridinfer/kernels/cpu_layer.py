@@ -148,7 +148,7 @@ def predict(fc1_code: int, fc2_code: int, float_activations: bool):
             hidden.x[0, i] = max(hidden.x[0, i], np.float32(0.0))
         prepare(hidden, fc2_code)
         product(fc2_code, fc2, hidden, ALL_ROWS, True, float_activations, logits)
-        return cpu_ops.select_rows(logits[0], threshold, ALL_ROWS, selected, False)
+        return cpu_ops.select_rows(logits[0], threshold, ALL_ROWS, selected, False, logits[0, :0])
 
     return block
 
@@ -164,7 +164,8 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
         gate rows -> the activation -> up rows of the neurons that fired (S2) -> sum of their down_t rows scaled
         by act * up (S3); x += residual_scale * that (its output normed first when the model has a post-FFN norm).
         The activation: FATReLU (gate >= threshold), or with `silu` CATS (every gate row, SiLU, or GELU with
-        `gelu`, the neurons whose |act(gate)| >= threshold, the layer's calibrated one).
+        `gelu`, the neurons whose |act(gate)| >= threshold, the layer's calibrated one; CHESS: |act(gate)| times
+        the neuron's scale, `w.scales`, when not empty).
         weights: `FFNWeights` (down transposed), scratch: `SparseFFNScratch`; chunks: threads for S3
         (numba.get_num_threads() from Python). Returns the number of neurons that fired."""
         w, s = weights, scratch
@@ -172,14 +173,16 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
         n_embd = x.shape[1]
         if n_candidates < 0:
             count = gate.shape[0]
+            scales = w.scales[:count]  # CHESS's (n_ff,), or empty
             product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, gate.reshape((1, -1)))
             if w.silu and w.gelu:
                 cpu_ops.gelu(gate.reshape((1, -1)), gate.reshape((1, -1)))
             elif w.silu:
                 cpu_ops.silu(gate.reshape((1, -1)), gate.reshape((1, -1)))
-            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, w.silu)
+            fired = cpu_ops.select_rows(gate, threshold, ALL_ROWS, active, w.silu, scales)
         else:
             count = n_candidates
+            scales = w.scales[:0]  # FATReLU: none
             if count > dense_gate_above(gate.shape[0]):  # every gate row (hidden as scratch), then the candidates'
                 product(gate_code, w.gate, normed, ALL_ROWS, True, float_activations, hidden.reshape((1, -1)))
                 for j in range(count):
@@ -187,9 +190,9 @@ def sparse_ffn_block(gate_code: int, up_code: int, down_code: int, float_activat
             else:
                 product(gate_code, w.gate, normed, candidates[:count], False, float_activations,
                         gate[:count].reshape((1, -1)))
-            fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active, False)
+            fired = cpu_ops.select_rows(gate[:count], threshold, candidates[:count], active, False, scales)
         product(up_code, w.up, normed, active[:fired], False, float_activations, up[:fired].reshape((1, -1)))
-        cpu_ops.compact_products(gate[:count], up, threshold, hidden, w.silu)
+        cpu_ops.compact_products(gate[:count], up, threshold, hidden, w.silu, scales)
         accumulate(down_code, w.down, n_embd, active[:fired], hidden[:fired], s.out[0], chunks, float_activations)
         if w.post_norm.shape[0]:
             cpu_ops.rms_norm(s.out, w.post_norm, w.eps, s.out)

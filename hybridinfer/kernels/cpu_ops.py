@@ -165,33 +165,38 @@ def fatrelu_times(gate, up, threshold, out):
 
 
 @njit(**_OPTIONS)
-def select_rows(values, threshold, candidates, selected, magnitude):
-    """selected[:k] = the candidates[i] with values[i] >= threshold (|values[i]| with `magnitude`: CATS), in
-    order; returns k. candidates, values (n,); an empty `candidates` array means 0..n-1."""
+def select_rows(values, threshold, candidates, selected, magnitude, scales):
+    """selected[:k] = the candidates[i] with values[i] >= threshold (|values[i]| with `magnitude`: CATS; times
+    scales[i] when `scales` (n,) is not empty: CHESS's per-neuron scales), in order; returns k. candidates,
+    values (n,); an empty `candidates` array means 0..n-1."""
     k = 0
     for i in range(values.shape[0]):
-        if _passes(values[i], threshold, magnitude):
+        if _passes(values[i], threshold, magnitude, scales, i):
             selected[k] = candidates[i] if candidates.shape[0] else i
             k += 1
     return k
 
 
 @njit(**_OPTIONS)
-def compact_products(gate, up, threshold, out, magnitude):
-    """out[:k] = gate[i] * up[j] over the i with gate[i] >= threshold (|gate[i]| with `magnitude`), j counting
-    those (up holds only their rows, in order): the S2 products of the neurons that fired; returns k."""
+def compact_products(gate, up, threshold, out, magnitude, scales):
+    """out[:k] = gate[i] * up[j] over the i with gate[i] >= threshold (|gate[i]| with `magnitude`, times scales[i]
+    when not empty), j counting those (up holds only their rows, in order): the S2 products of the neurons that
+    fired; returns k."""
     k = 0
     for i in range(gate.shape[0]):
-        if _passes(gate[i], threshold, magnitude):
+        if _passes(gate[i], threshold, magnitude, scales, i):
             out[k] = gate[i] * up[k]
             k += 1
     return k
 
 
 @njit(inline="always", **_OPTIONS)
-def _passes(value, threshold, magnitude):
-    """Whether a neuron fires: FATReLU's value >= threshold, or CATS's |SiLU value| >= threshold."""
-    return (abs(value) if magnitude else value) >= threshold
+def _passes(value, threshold, magnitude, scales, i):
+    """Whether a neuron fires: FATReLU's value >= threshold, or CATS's |act| >= threshold (CHESS's |act| *
+    scales[i], when scales is not empty)."""
+    if not magnitude:
+        return value >= threshold
+    return (abs(value) * scales[i] if scales.shape[0] else abs(value)) >= threshold
 
 
 @njit(**_OPTIONS)

@@ -13,6 +13,7 @@ The fast twins are `runtime/sparse_ffn.py` (CPU) and the hybrid runtime's split 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..model_file.config import ModelConfig
@@ -106,15 +107,27 @@ class PredictedSparseFFN(ExactSparseFFN):
 
 class CalibratedSparseFFN(ExactSparseFFN):
     """CATS for SiLU and GELU models: activations with |act(gate)| below the layer's calibrated threshold are
-    zeroed."""
+    zeroed; CHESS: |act(gate)| times the neuron's scale (`SparsityThresholds.neuron_scales`)."""
 
     def __init__(self, config: ModelConfig, sparsity):
         """`sparsity`: a `sparsity.thresholds.SparsityThresholds` made for this model."""
         require_silu_or_gelu(config)
         self.config, self.sparsity = config, sparsity
         self.thresholds = torch.from_numpy(sparsity.thresholds[:, 0].copy())  # the one site: the activation
+        self.scales = None if sparsity.neuron_scales is None else \
+            [torch.from_numpy(checked_neuron_scales(config, s)) for s in sparsity.neuron_scales]
         self.stats = SparseFFNStats()
 
     def masked(self, index: int, residual: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-        kept = activation.abs() >= self.thresholds[index].to(activation.dtype)
+        magnitude = activation.abs() if self.scales is None else activation.abs() * self.scales[index]
+        kept = magnitude >= self.thresholds[index].to(activation.dtype)
         return super().masked(index, residual, activation * kept.to(activation.dtype))
+
+
+def checked_neuron_scales(config: ModelConfig, scales) -> np.ndarray:
+    """One layer's CHESS scales as float32 (n_ff,), refused when of another width."""
+    scales = np.ascontiguousarray(scales, np.float32)
+    if scales.shape != (config.n_ff,):
+        raise HybridInferError(f"the sparsity file's neuron scales have shape {scales.shape}, not this model's "
+                               f"({config.n_ff},)")
+    return scales

@@ -5,14 +5,16 @@ neurons they choose:
   predicted              the layer's predictor (fc2 . ReLU(fc1 . residual) >= threshold) picks candidates first;
                          gate, up and down_t rows are read only for them (a missed active neuron is lost)
   calibrated (CATS)      SiLU and GELU models with a sparsity file (`sparsity/`): every gate row, then up rows and
-                         down_t rows only where |act(gate)| passes the layer's calibrated threshold (approximate)
+                         down_t rows only where |act(gate)| passes the layer's calibrated threshold (approximate);
+                         CHESS: |act(gate)| times the neuron's calibrated scale
 
 One token (decoding) is one numba call per layer (`cpu_layer.predict` + `cpu_layer.sparse_ffn_block`) over
 preallocated buffers. Several tokens (a prompt, or several sequences' tokens decoded together) read each gate
 and up row they need once for all of them: the gate of every neuron (exact) or of the union of the tokens'
-predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t. Only
-down_t is kept (not the dense down projection too): for quantized files it is made at load by re-quantizing the
-transpose, one more rounding than the dense path.
+predicted ones, the up rows of the union of those that fired; then each token's active rows of down_t (CATS,
+CHESS: the file's row-major down projection over the masked act * up, each row once for all tokens). down_t is
+made at load for quantized files by re-quantizing the transpose, one more rounding than the dense path, which
+one-token decoding takes.
 Predictor weights are packed as Q8_0 (F32 where a width is not a multiple of 32), so they cost about a quarter
 of their float32 bytes per token.
 """
@@ -29,8 +31,9 @@ from ..kernels.cpu_quant import activation_buffers, matmul, matmul_rows, prepare
 from ..kernels.packed import BLOCK, PackedMatrix, pack
 from ..model_file.config import ModelConfig
 from ..model_file.tensor_shapes import FC1, FC2, block_name
-from ..reference.sparse_ffn import SparseFFNStats, require_silu_or_gelu, require_sparse_activation
-from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
+from ..reference.sparse_ffn import (SparseFFNStats, checked_neuron_scales, require_silu_or_gelu,
+                                     require_sparse_activation)
+from ..kernels.block_args import NONE, BoundCall, FFNWeights, SparseFFNScratch
 from .parts import CPUFFN
 from .repack_cache import RepackCache
 from .weights import PackedLayer, PackedWeights
@@ -60,6 +63,9 @@ class SparseFFN(CPUFFN):
         self.threshold = np.float32(config.activation_threshold)  # FATReLU's
         self.thresholds = [np.float32(t) for t in sparsity.thresholds[:, 0]] if self.cats else \
             [self.threshold] * config.n_layer  # each layer's, of the activation (FATReLU) or its magnitude (CATS)
+        # CHESS: per layer (n_ff,) float32, the scale each neuron's |act| is multiplied by; CATS, FATReLU: NONE
+        self.scales = [checked_neuron_scales(config, s) for s in sparsity.neuron_scales] \
+            if self.cats and sparsity.neuron_scales is not None else [NONE] * config.n_layer
         # (n_ff, n_embd); formats: layer.ffn_codes; None for a layer whose whole FFN is on the GPU side (-ngl)
         self.down_t = [layer.ffn_down_t() if layer.ffn_gate is not None else None for layer in weights.layers]
         self.stats = SparseFFNStats()
@@ -123,7 +129,8 @@ class SparseFFN(CPUFFN):
             layer, c = self.weights.layers[index], self.config
             self._weights[index] = FFNWeights(layer.ffn_gate.raw, layer.ffn_up.raw, self.down_t[index].raw,
                                               self.thresholds[index], self.cats, np.float32(c.residual_scale),
-                                              c.activation == "gelu", layer.post_ffw_norm, np.float32(c.rms_eps))
+                                              c.activation == "gelu", layer.post_ffw_norm, np.float32(c.rms_eps),
+                                              self.scales[index])
             block = self._blocks[index] = BoundCall(
                 cpu_layer.sparse_ffn_block(*layer.ffn_codes[:2], self.down_t[index].code, self.float_activations))
         fired = block(s.x, s.normed, self._weights[index], self.candidates, n_candidates, self.scratch,
@@ -139,7 +146,9 @@ class SparseFFN(CPUFFN):
         """T tokens (a prompt, or one token of each of several sequences decoded together): the gate rows of every
         neuron (exact) or of the union of the tokens' predicted ones, then the up rows of the union of those that
         fired, each row read once for all T; then each token's own active rows of down_t. CATS: every gate row,
-        the activation, the up rows of the union of the neurons whose |act| passes."""
+        the activation, the up rows of the union of the neurons whose |act| (CHESS: times its scale) passes, then
+        the down projection as the file stores it (row-major, not the re-quantized down_t) over act * up with the
+        dropped neurons zeroed: a prompt's FFN has none of down_t's extra rounding, as TEAL's prompts have none."""
         fa, tokens, threshold = self.float_activations, b.x.shape[0], self.thresholds[index]
         if self.predictors is not None:
             predicted = self._predicted(index, b.x)  # (T, n_ff) bool
@@ -152,15 +161,18 @@ class SparseFFN(CPUFFN):
             matmul(layer.ffn_gate, b.normed, b.gate, float_activations=fa)
             if self.cats:  # CATS: the model's own activation, SiLU or GELU
                 (cpu_ops.gelu if self.config.activation == "gelu" else cpu_ops.silu)(b.gate, b.gate)
-            rows = np.flatnonzero(((np.abs(b.gate) if self.cats else b.gate) >= threshold).any(axis=0))
+            criterion = np.abs(b.gate) * self.scales[index] if self.scales[index].shape[0] else \
+                np.abs(b.gate) if self.cats else b.gate
+            passed = criterion >= threshold  # (T, n_ff)
+            rows = np.flatnonzero(passed.any(axis=0))
             gate = np.ascontiguousarray(b.gate[:, rows])
         up = np.empty(gate.shape, np.float32)
         if rows.shape[0]:
             matmul_rows(layer.ffn_up, b.normed, rows, up, float_activations=fa)
         fired = np.empty(gate.shape, np.float32)
-        if self.cats:  # CATS: act * up where |act| passes
+        if self.cats:  # CATS: act * up where |act| (CHESS: times the neuron's scale) passes
             np.multiply(gate, up, out=fired)
-            fired[np.abs(gate) < threshold] = 0.0
+            fired[~passed[:, rows]] = 0.0
         else:
             cpu_ops.fatrelu_times(gate, up, threshold, fired)
         self.stats.all_tokens += tokens
@@ -168,9 +180,13 @@ class SparseFFN(CPUFFN):
         hidden = b.hidden.x  # (T, n_ff)
         hidden[:] = 0.0
         hidden[:, rows] = fired
-        down_t = self.down_t[index]
-        cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
-                                               b.block_out, numba.get_num_threads())
+        if self.cats:  # the file's own down rows, each read once for all T (no re-quantized transpose)
+            down = layer.ffn_down()
+            matmul(down, prepare(hidden, code=down.code), b.block_out, float_activations=fa)
+        else:
+            down_t = self.down_t[index]
+            cpu_layer.sparse_down(down_t.code, fa)(hidden, down_t.raw, self.scratch.active, self.scratch.hidden,
+                                                   b.block_out, numba.get_num_threads())
         if layer.post_ffw_norm.shape[0]:
             cpu_ops.rms_norm(b.block_out, layer.post_ffw_norm, np.float32(self.config.rms_eps), b.block_out)
         cpu_ops.add_scaled(b.x, b.block_out, np.float32(self.config.residual_scale))

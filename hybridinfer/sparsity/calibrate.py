@@ -1,6 +1,7 @@
 """Calibrate magnitude thresholds: per layer and site, the quantile of the site's magnitudes at the site's target
 sparsity (CATS: |act(gate . x)|, one site; TEAL: the inputs of the projections, four sites: `thresholds.SITES`;
-WINA: TEAL's sites, each input entry's magnitude times the norm of its weight column, `wina.py`).
+WINA: TEAL's sites, each input entry's magnitude times the norm of its weight column, `wina.py`; CHESS: CATS's site,
+|act_i| times the neuron's scale, measured first in a dense pass of its own, `chess.py`).
 
 The dense model runs over calibration chunks while an observer bins every value's magnitude into a fine
 log-spaced histogram per layer and site (memory independent of the token count): CATS through the models'
@@ -29,15 +30,21 @@ from ..runtime.activations import run_dense, run_observed
 from ..reference.sparse_ffn import require_silu_or_gelu
 from ..reference.sparse_inputs import CalibratedSparseInputs, site_weights, site_widths
 from ..runtime import teal
+from .chess import neuron_scales
 from .greedy import allocate
-from .thresholds import ALLOCATIONS, SITES, SparsityThresholds, check_target
+from .thresholds import ALLOCATIONS, INPUT_METHODS, SITES, SparsityThresholds, check_target
 from .wina import column_norms as wina_column_norms
 
 if TYPE_CHECKING:
     from ..engine import Engine
 
 LOG_LOW, LOG_HIGH, BINS = -12.0, 4.0, 16384  # log10 |activation| range and its bins (smaller go to the first)
-PASSES = {"cats": 1, "teal": 2, "wina": 2}  # calibration passes over the chunks (above)
+PASSES = {"cats": 1, "teal": 2, "wina": 2, "chess": 1}  # calibration passes over the chunks (above)
+
+
+def runs_over_chunks(method: str, passes: int | None = None) -> int:
+    """How many times calibration runs the model over the chunks: its passes, and CHESS's pass for its scales."""
+    return (PASSES[method] if passes is None else passes) + (method == "chess")
 
 
 def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float, method: str = "cats",
@@ -50,13 +57,16 @@ def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float,
     require_silu_or_gelu(engine.config, f"{method.upper()} calibration")
     check_target(target)
     passes = PASSES[method] if passes is None else passes
-    if passes < 1 or (passes > 1 and method == "cats"):
-        raise HybridInferError(f"{method} calibrates in 1 pass{'' if method == 'cats' else ' or more'}, not {passes}")
-    if allocation not in ALLOCATIONS or (allocation == "greedy" and method == "cats"):
+    one_site = method not in INPUT_METHODS  # CATS, CHESS: the FFN activation
+    if passes < 1 or (passes > 1 and one_site):
+        raise HybridInferError(f"{method} calibrates in 1 pass{'' if one_site else ' or more'}, not {passes}")
+    if allocation not in ALLOCATIONS or (allocation == "greedy" and one_site):
         raise HybridInferError(f"--allocation {allocation} is not one {method} takes: "
-                               f"{'uniform' if method == 'cats' else ', '.join(ALLOCATIONS)}")
+                               f"{'uniform' if one_site else ', '.join(ALLOCATIONS)}")
     config = engine.config
-    norms = wina_column_norms(engine.file, config) if method == "wina" else None
+    scales = neuron_scales(engine, chunks, on_chunk) if method == "chess" else None
+    norms = wina_column_norms(engine.file, config) if method == "wina" else \
+        [(s,) for s in scales] if scales is not None else None  # per layer, per site: the criterion's weights
     # the greedy allocation's error weighs each entry by its column's norm (TEAL's too)
     energy_norms = None if allocation != "greedy" else norms if norms is not None else \
         wina_column_norms(engine.file, config)
@@ -85,7 +95,7 @@ def calibrate_thresholds(engine: Engine, chunks: list[list[int]], target: float,
     reached = np.array([[share_below(h, t) for h, t in zip(layer, limits)]
                         for layer, limits in zip(counts.numpy(), thresholds)], np.float32)
     return SparsityThresholds(method, float(target), sum(map(len, chunks)), thresholds, reached, engine.fingerprint,
-                              norms, allocation)
+                              norms if method == "wina" else None, allocation, scales)
 
 
 def bin_of(magnitudes: torch.Tensor) -> torch.Tensor:
@@ -97,9 +107,12 @@ def bin_of(magnitudes: torch.Tensor) -> torch.Tensor:
 def measure_sparsity(engine: Engine, chunks: list[list[int]], sparsity: SparsityThresholds,
                      on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """(n_layer, n_sites): the share of each layer's (and site's) values over `chunks` whose magnitude (WINA: times
-    its column norm) is below its threshold (held-out text says how well the calibration carries over): CATS's over
+    its column norm; CHESS: its neuron's scale) is below its threshold (held-out text says how well the calibration
+    carries over): CATS's and CHESS's over
     the dense model's values, TEAL's and WINA's over the values of the model they sparsify."""
     thresholds, norms = sparsity.thresholds, sparsity.column_norms
+    if sparsity.neuron_scales is not None:  # CHESS
+        norms = [(s,) for s in sparsity.neuron_scales]
     below = np.zeros(thresholds.shape, np.int64)
     seen = np.zeros(thresholds.shape, np.int64)
 
@@ -121,7 +134,7 @@ def observe_sites(engine: Engine, method: str, chunks: list[list[int]], observe:
     """Run `chunks` through the dense model with observe(layer, site, values) called at every site of `method`;
     TEAL or WINA `thresholds` (n_layer, 4) (WINA's with its `column_norms`): through the model they sparsify
     instead (each site observed before its zeroing)."""
-    if method == "cats":
+    if method not in INPUT_METHODS:  # CATS, CHESS: the FFN activation
         run_observed(engine, chunks, lambda index, residual, activation: observe(index, 0, activation), on_chunk)
         return
     observing = teal.observing if engine.backend == "packed" else CalibratedSparseInputs.observing  # TEAL's parts

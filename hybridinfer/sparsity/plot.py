@@ -22,7 +22,8 @@ def plot_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> No
         offset = (s - (len(sites) - 1) / 2) * width
         left.bar(layers + offset, sparsity.thresholds[:, s], width, label=site)
         right.bar(layers + offset, sparsity.calibration_sparsity[:, s], width, label=site)
-    what = {"cats": "|act(gate)|", "teal": "|input|", "wina": "|input| x column norm"}[sparsity.method] + " threshold"
+    what = {"cats": "|act(gate)|", "teal": "|input|", "wina": "|input| x column norm",
+            "chess": "|act(gate)| x neuron scale"}[sparsity.method] + " threshold"
     left.set(xlabel="layer", ylabel=what, title=f"{sparsity.method.upper()} thresholds", yscale="log")
     right.axhline(sparsity.target, color="grey", ls=":", label=f"target {sparsity.target}")
     right.set(xlabel="layer", ylabel="share of values zeroed", ylim=(0, 1),

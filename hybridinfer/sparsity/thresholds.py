@@ -8,12 +8,14 @@ per site (a vector of the forward pass whose small entries are zeroed).
         an entry below the threshold is zeroed, so that weight column is skipped
   wina  (arXiv 2505.19427) TEAL's four sites, but an entry x_i is zeroed when |x_i| * ||W[:, i]||_2 is below the
         threshold, the norm of the weight column it multiplies (of Q/K/V stacked, of gate/up stacked)
+  chess (arXiv 2409.01366, channel-wise thresholding) CATS's site, but neuron i is dropped when |act_i| * s_i is
+        below the layer's threshold, s_i a per-neuron scale calibrated with it (`chess.py`)
 Each threshold is the quantile of its site's magnitudes (WINA: of the products) at the site's target sparsity over
 calibration text: the target itself (allocation "uniform"), or a share chosen per site by `greedy.py` (allocation
 "greedy") so that the model-wide share of weights skipped is the target. The file:
 
     GGUF, general.architecture = "hybridinfer-sparsity"
-    hybridinfer.sparsity.method                 "cats", "teal" or "wina"
+    hybridinfer.sparsity.method                 "cats", "teal", "wina" or "chess"
     hybridinfer.sparsity.target                 f32: the share of values (TEAL, WINA: of weights) to zero
     hybridinfer.sparsity.allocation             "uniform" or "greedy" (absent: uniform)
     hybridinfer.sparsity.n_tokens               u64: calibration tokens
@@ -21,6 +23,7 @@ calibration text: the target itself (allocation "uniform"), or a share chosen pe
     hybridinfer.sparsity.calibration_sparsity   f32 [n_layer * n_sites]: the share zeroed on the calibration text
     hybridinfer.fingerprint.*                   the model's fingerprint (fingerprint.py)
     tensors blk.I.SITE_column_norm              f32 (site's input width,): WINA's column norms of layer I's site
+    tensors blk.I.ffn_activation_neuron_scale   f32 (n_ff,): CHESS's per-neuron scales of layer I
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ SITES = {  # each method's sites, in the order of a layer's thresholds
     "cats": ("ffn_activation",),
     "teal": ("attn_input", "attn_output_input", "ffn_input", "ffn_down_input"),
     "wina": ("attn_input", "attn_output_input", "ffn_input", "ffn_down_input"),
+    "chess": ("ffn_activation",),
 }
 METHODS = tuple(SITES)
 INPUT_METHODS = ("teal", "wina")  # the methods that zero the inputs of every projection
@@ -73,6 +77,7 @@ class SparsityThresholds:
     fingerprint: Fingerprint
     column_norms: list[tuple[np.ndarray, ...]] | None = None  # WINA: per layer, per site (input width,) float32
     allocation: str = "uniform"
+    neuron_scales: list[np.ndarray] | None = None  # CHESS: per layer (n_ff,) float32, |act_i| * scale_i thresholded
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -87,7 +92,7 @@ class SparsityThresholds:
         """Per layer its threshold and calibration sparsity (CATS), or per site of it (TEAL: "thresholds" and
         "sparsity" are then {site: value})."""
         def per_site(row):
-            return float(row[0]) if self.method == "cats" else {s: float(v) for s, v in zip(self.sites, row)}
+            return float(row[0]) if not self.zeroes_inputs else {s: float(v) for s, v in zip(self.sites, row)}
 
         return {"method": self.method, "target": self.target, "allocation": self.allocation, "n_tokens": self.n_tokens,
                 "average_sparsity": float(self.calibration_sparsity.mean()),
@@ -108,6 +113,8 @@ def save_thresholds(sparsity: SparsityThresholds, path: str | os.PathLike) -> No
         for i, norms in enumerate(sparsity.column_norms or []):
             for site, norm in zip(sparsity.sites, norms):
                 writer.add_tensor(column_norm_name(i, site), np.ascontiguousarray(norm, np.float32))
+        for i, scales in enumerate(sparsity.neuron_scales or []):
+            writer.add_tensor(neuron_scale_name(i), np.ascontiguousarray(scales, np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -130,9 +137,10 @@ def load_thresholds(path: str | os.PathLike, model_fingerprint: Fingerprint | No
         raise file.bad_value(_KEY + "allocation", allocation, f"one of {', '.join(ALLOCATIONS)}")
     norms = [tuple(_column_norm(file, i, site) for site in SITES[method]) for i in range(shape[0])] \
         if method == "wina" else None
+    scales = [_neuron_scales(file, i) for i in range(shape[0])] if method == "chess" else None
     return SparsityThresholds(method, file.number(_KEY + "target", at_least=0.0, below=1.0),
                               file.integer(_KEY + "n_tokens", 0, 2**63 - 1), thresholds, reached, fingerprint, norms,
-                              allocation)
+                              allocation, scales)
 
 
 def column_norm_name(layer: int, site: str) -> str:
@@ -140,15 +148,29 @@ def column_norm_name(layer: int, site: str) -> str:
     return block_name(f"{site}_column_norm", layer)
 
 
+def neuron_scale_name(layer: int) -> str:
+    """The tensor of CHESS's per-neuron scales of one layer: "blk.I.ffn_activation_neuron_scale"."""
+    return block_name("ffn_activation_neuron_scale", layer)
+
+
 def _column_norm(file, layer: int, site: str) -> np.ndarray:
     """WINA's column norms of one layer's site, checked: a vector of finite non-negative numbers."""
-    name = column_norm_name(layer, site)
+    return _weights_vector(file, column_norm_name(layer, site), "wina", "column norms")
+
+
+def _neuron_scales(file, layer: int) -> np.ndarray:
+    """CHESS's per-neuron scales of one layer, checked: a vector of finite non-negative numbers."""
+    return _weights_vector(file, neuron_scale_name(layer), "chess", "neuron scales")
+
+
+def _weights_vector(file, name: str, method: str, what: str) -> np.ndarray:
+    """The vector tensor `name` of a `method` sparsity file, checked: finite non-negative numbers."""
     try:
         tensor = file.tensor(name)
     except (KeyError, HybridInferError):
-        raise HybridInferError(f"{file.path}: a WINA sparsity file without its tensor {name}; make it again with "
-                               "`hybridinfer sparsify --method wina`") from None
-    norm = np.ascontiguousarray(dequantize(tensor), np.float32).reshape(-1)
-    if not np.all(np.isfinite(norm)) or np.any(norm < 0):
-        raise HybridInferError(f"{file.path}: tensor {name} holds negative or non-finite column norms")
-    return norm
+        raise HybridInferError(f"{file.path}: a {method.upper()} sparsity file without its tensor {name}; make it "
+                               f"again with `hybridinfer sparsify --method {method}`") from None
+    vector = np.ascontiguousarray(dequantize(tensor), np.float32).reshape(-1)
+    if not np.all(np.isfinite(vector)) or np.any(vector < 0):
+        raise HybridInferError(f"{file.path}: tensor {name} holds negative or non-finite {what}")
+    return vector
