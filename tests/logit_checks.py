@@ -34,3 +34,32 @@ def write_sparsity_file(model, path, target, method):
     engine = hybridinfer.load(str(model), n_ctx=64)
     save_thresholds(calibrate_thresholds(engine, calibration_chunks(), target, method), path)
     return path
+
+
+def assert_refused_by_another_model(sparsity_file, tmp_path):
+    """A tiny model of the same shape but other weights refuses `sparsity_file` (its fingerprint) in one line."""
+    import pytest
+
+    import hybridinfer
+    from tiny_models import random_weights, write_tiny_gguf
+    other = write_tiny_gguf(tmp_path / "other.gguf", random_weights(seed=6, n_ff=N_FF))
+    with pytest.raises(hybridinfer.HybridInferError, match="another model"):
+        hybridinfer.load(str(other), sparsity_file=str(sparsity_file))
+
+
+def sparsify_beside_the_model(silu_model, texts, tmp_path, method):
+    """`sparsify --method METHOD --sparsity 0.4 --json` on a copy of `silu_model` in tmp_path, the file written
+    beside it: (the copy's path, the command's JSON summary)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hybridinfer.cli.main import cli
+    calibration, held_out = texts
+    model = tmp_path / "model.gguf"
+    model.write_bytes(silu_model.read_bytes())
+    result = CliRunner().invoke(cli, ["sparsify", "-m", str(model), "--method", method, "--corpus", str(calibration),
+                                      "--tokens", "600", "--chunk", "64", "--held-out", str(held_out),
+                                      "--held-out-tokens", "300", "--sparsity", "0.4", "--json"])
+    assert result.exit_code == 0, result.output
+    return model, json.loads(result.stdout)

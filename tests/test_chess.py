@@ -2,7 +2,6 @@
 come from, the calibrated criterion's quantiles, the file, the packed path against its reference twin (one token
 and a prompt), and the CLI."""
 
-import json
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ from hybridinfer.runtime.activations import run_observed
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.chess import neuron_scales
 from hybridinfer.sparsity.thresholds import load_thresholds, neuron_scale_name
-from logit_checks import F32_CACHE, IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
-from tiny_models import random_weights, write_tiny_gguf
+from logit_checks import (F32_CACHE, IDS, N_FF, assert_refused_by_another_model, calibration_chunks, decode_logits,
+                         relative_error, sparsify_beside_the_model, write_sparsity_file)
 
 TARGET = 0.4
 
@@ -71,9 +70,7 @@ def test_the_chess_file_round_trips_its_scales_and_is_refused_by_another_model(c
     for stored, computed in zip(loaded.neuron_scales, neuron_scales(engine, calibration_chunks())):
         np.testing.assert_allclose(stored, computed, rtol=1e-5)
     assert neuron_scale_name(1) == "blk.1.ffn_activation_neuron_scale"
-    other = write_tiny_gguf(tmp_path / "other.gguf", random_weights(seed=6, n_ff=N_FF))
-    with pytest.raises(hybridinfer.HybridInferError, match="another model"):
-        hybridinfer.load(str(other), sparsity_file=str(chess_file))
+    assert_refused_by_another_model(chess_file, tmp_path)
 
 
 def test_packed_chess_equals_the_reference_twin_and_differs_from_cats(silu_model, chess_file):
@@ -93,13 +90,7 @@ def test_packed_chess_equals_the_reference_twin_and_differs_from_cats(silu_model
 
 def test_sparsify_chess_and_the_file_beside_the_model(silu_model, texts, tmp_path):
     calibration, held_out = texts
-    model = tmp_path / "model.gguf"
-    model.write_bytes(silu_model.read_bytes())
-    result = CliRunner().invoke(cli, ["sparsify", "-m", str(model), "--method", "chess", "--corpus", str(calibration),
-                                      "--tokens", "600", "--chunk", "64", "--held-out", str(held_out),
-                                      "--held-out-tokens", "300", "--sparsity", "0.4", "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    model, summary = sparsify_beside_the_model(silu_model, texts, tmp_path, "chess")
     assert summary["output"] == str(tmp_path / "model.chess-40.sparsity.gguf") and summary["method"] == "chess"
     assert abs(summary["held_out_sparsity"] - 0.4) < 0.15 and isinstance(summary["layers"][0]["threshold"], float)
     text = CliRunner().invoke(cli, ["perplexity", "-m", str(model), "-f", str(held_out), "-c", "64", "--chunks", "1",

@@ -15,7 +15,8 @@ from hybridinfer.runtime.activations import run_observed
 from hybridinfer.runtime.parts import DenseFFN
 from hybridinfer.sparsity.calibrate import calibrate_thresholds
 from hybridinfer.sparsity.thresholds import load_thresholds
-from logit_checks import F32_CACHE, IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
+from logit_checks import (F32_CACHE, IDS, N_FF, assert_refused_by_another_model, calibration_chunks, decode_logits,
+                         relative_error, write_sparsity_file)
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -80,9 +81,7 @@ def test_a_silu_model_without_a_sparsity_file_runs_dense(silu_model):
 
 
 def test_a_sparsity_file_for_another_model_is_refused(sparsity_file, tmp_path):
-    other = write_tiny_gguf(tmp_path / "other.gguf", random_weights(seed=6, n_ff=N_FF))
-    with pytest.raises(hybridinfer.HybridInferError, match="another model"):
-        hybridinfer.load(str(other), sparsity_file=str(sparsity_file))
+    assert_refused_by_another_model(sparsity_file, tmp_path)
     wider = write_tiny_gguf(tmp_path / "wider.gguf", random_weights(seed=5, n_ff=N_FF + 32))
     with pytest.raises(hybridinfer.HybridInferError, match="shape"):
         hybridinfer.load(str(wider), sparsity_file=str(sparsity_file))

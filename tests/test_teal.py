@@ -18,7 +18,8 @@ from hybridinfer.model_file.weight_formats import CPU_NATIVE_FORMATS
 from hybridinfer.runtime.weights import transposed_rows
 from hybridinfer.sparsity.calibrate import calibrate_thresholds, measure_sparsity, observe_sites
 from hybridinfer.sparsity.thresholds import SITES, load_thresholds
-from logit_checks import F32_CACHE, IDS, N_FF, calibration_chunks, decode_logits, relative_error, write_sparsity_file
+from logit_checks import (F32_CACHE, IDS, N_FF, assert_refused_by_another_model, calibration_chunks, decode_logits,
+                         relative_error, sparsify_beside_the_model, write_sparsity_file)
 from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.5
@@ -108,9 +109,7 @@ def test_the_teal_file_round_trips_and_is_refused_by_another_model(teal_file, si
     engine = hybridinfer.load(str(silu_model), n_ctx=64)
     loaded = load_thresholds(teal_file, engine.fingerprint)
     assert loaded.method == "teal" and loaded.thresholds.shape == (2, 4) and np.all(loaded.thresholds > 0)
-    other = write_tiny_gguf(tmp_path / "other.gguf", random_weights(seed=6, n_ff=N_FF))
-    with pytest.raises(hybridinfer.HybridInferError, match="another model"):
-        hybridinfer.load(str(other), sparsity_file=str(teal_file))
+    assert_refused_by_another_model(teal_file, tmp_path)
 
 
 def test_packed_teal_equals_the_reference_twin(silu_model, teal_file):
@@ -165,13 +164,7 @@ def test_teal_runs_with_one_thread(silu_model, teal_file):
 
 def test_sparsify_teal_and_the_files_beside_the_model(silu_model, texts, tmp_path):
     calibration, held_out = texts
-    model = tmp_path / "model.gguf"
-    model.write_bytes(silu_model.read_bytes())
-    result = CliRunner().invoke(cli, ["sparsify", "-m", str(model), "--method", "teal", "--corpus", str(calibration),
-                                      "--tokens", "600", "--chunk", "64", "--held-out", str(held_out),
-                                      "--held-out-tokens", "300", "--sparsity", "0.4", "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    model, summary = sparsify_beside_the_model(silu_model, texts, tmp_path, "teal")
     assert summary["output"] == str(tmp_path / "model.teal-40.sparsity.gguf") and summary["method"] == "teal"
     assert set(summary["layers"][0]["threshold"]) == set(SITES["teal"])
     assert abs(summary["held_out_sparsity"] - 0.4) < 0.05
