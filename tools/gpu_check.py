@@ -38,13 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = [sys.executable, "-u", str(ROOT / "tools" / "gpu_check_steps.py")]
 RESULT_MARK = "GPU_CHECK_RESULT "  # as gpu_check_steps.RESULT_MARK (not imported: that module needs torch)
 TESTS = ["tests/test_gpu_attention.py", "tests/test_gpu_norms.py", "tests/test_gpu_predictor.py",
-         "tests/test_gpu_launches.py", "tests/test_gpu_kernels.py", "tests/test_gpu_fused_kernels.py",
+         "tests/test_gpu_launches.py", "tests/test_decode_graphs.py", "tests/test_gpu_kernels.py",
+         "tests/test_gpu_fused_kernels.py",
          "tests/test_hybrid.py", "tests/test_hybrid_kquants.py",
          "tests/test_hybrid_architectures.py"]  # the quick ones first, then the hybrid runtime's
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 MODULES = ("torch", "triton", "numba", "llvmlite", "numpy", "gguf", "pydantic")
 QUICK = {"tests/test_gpu_attention.py": "h8kv2 or allocates or compile", "tests/test_gpu_kernels.py": "Q4_0",
+         "tests/test_decode_graphs.py": "recorded",
          "tests/test_hybrid_kquants.py": "Q4_K", "tests/test_hybrid.py": "Q4_0",
          "tests/test_gpu_fused_kernels.py": "Q4_0 and not mixed",
          "tests/test_hybrid_architectures.py": "gemma3 and not last"}  # --quick: one case of each kind

@@ -56,6 +56,9 @@ def plan(out: Path, device: str, shape: str, layers: int | None) -> None:
         n = gpu_layers_for(memory_model(file, config, N_CTX, device), budget)
         configs.append(dict(sparse, label=f"hybrid, {int(100 * share)}% of the neurons fit", vram_budget=str(budget)))
         configs.append(dict(dense, label=f"-ngl {n} (dense, same VRAM)", n_gpu_layers=n))
+    if device.startswith("cuda"):  # what the decode step's CUDA graphs save: two configurations again, eagerly
+        configs.append(dict(every, label=every["label"] + ", eager (no CUDA graphs)", graphs="0"))
+        configs.append(dict(configs[4], label=configs[4]["label"] + ", eager (no CUDA graphs)", graphs="0"))
     result({"synth_s": synth_s, "model_gb": model.stat().st_size / 1e9,
             "predictors_gb": predictors.stat().st_size / 1e9,
             "n_layer": config.n_layer, "n_embd": config.n_embd, "n_ff": config.n_ff, "n_ctx": N_CTX,
@@ -68,8 +71,10 @@ def decode(config: dict, device: str, n_tokens: int) -> None:
     from hybridinfer.hybrid.report import hybrid_report
     from hybridinfer.kernels import compile_time
 
-    options = {key: value for key, value in config.items() if key not in ("model", "label", "compiles")}
+    options = {key: value for key, value in config.items() if key not in ("model", "label", "compiles", "graphs")}
     os.environ["HYBRIDINFER_GPU_TIMING"] = "1"  # the table's GPU and transfer ms (CUDA events, off by default)
+    if "graphs" in config:
+        os.environ["HYBRIDINFER_GPU_GRAPHS"] = config["graphs"]
     print(f"{config['label']}: loading", flush=True)
     start = time.perf_counter()
     engine = hybridinfer.load(config["model"], n_ctx=N_CTX, device=device, **options)

@@ -8,7 +8,8 @@ The model is a lower bound, by construction:
   up to the positions decoded, and of the sparse FFNs only the rows of the neurons that fired (gate, up and down
   rows; a predictor's false positives are reads it does not count);
 - bandwidth: a device-to-device copy (reads and writes, counted both), on the GPU side's device and on the CPU;
-- launches: those of one decoded token, counted by `gpu/launches.Launches`, times one small op's launch time;
+- launches: those of one decoded token, counted by `gpu/launches.Launches`, times one small op's launch time (a
+  CUDA graph's replay counted as one: the kernels it holds are not launched one by one);
 - copies: the residual stream and logits across the boundary, a split FFN's input, mask and CPU half, each at the
   measured latency of a small copy plus its bytes at the measured host-device bandwidth.
 On the CPU stand-in device both sides are this machine's cores and memory: the model's columns still add up,
@@ -81,9 +82,14 @@ def probe(device: torch.device, n_embd: int, large_mib: int = 256) -> Probe:
 
 
 def launches_per_token(engine, history: list[int]) -> tuple[int, dict]:
-    """Kernels launched (and copies made) by one decoded token after `history` (its last token new)."""
+    """Kernels launched (and copies made) by one decoded token after `history` (its last token new), and CUDA graphs
+    replayed (`hybrid/decode_graphs.py`)."""
+    graphed = engine.model.graphed
+    replays = graphed.replays if graphed is not None else 0
     with Launches() as launches:
         engine.feed(history)
+    if graphed is not None and graphed.graphs.cuda:  # the CPU device's twin replays each kernel, seen above
+        launches.by_name["cuda graph replays"] += graphed.replays - replays
     return launches.total, dict(launches.by_name)
 
 

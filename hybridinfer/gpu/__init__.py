@@ -17,6 +17,8 @@ The decode step's own kernels, each a Triton module and its torch twin (`hybrid/
     predictor_kernels.py / predictor_reference.py   the predictor's threshold, at every neuron and the hot ones
     compile_step_kernels.py                         compiles them for an NVIDIA architecture without a GPU
     launches.py                                     counts the kernels a piece of GPU-side work launches
+    graphs.py                                       device work captured once and replayed: a CUDA graph, or its
+                                                    recorded twin on the CPU device
 """
 
 from __future__ import annotations

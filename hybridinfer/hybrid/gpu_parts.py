@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..finite_check import require_finite
+from .decode_graphs import Device, Host, run_steps
 from .gpu_side import GPULayer, GPUSide
 
 
@@ -55,6 +56,9 @@ class GPUAttention:
             side.advanced(start_pos)
         return attended
 
+    def decode_steps(self, index: int) -> list:
+        return [Device(lambda s: self(index, s))]
+
     def every_neuron(self) -> GPUAttention:
         return self
 
@@ -85,6 +89,9 @@ class GPUDenseFFN:
                                          post_norm=layer.post_ffw_norm, eps=c.rms_eps)
         side.clock.stop("gpu", started)
 
+    def decode_steps(self, index: int) -> list:
+        return [Device(lambda s: self(index, s))]
+
     def every_neuron(self) -> GPUDenseFFN:
         return self
 
@@ -103,13 +110,30 @@ def ffn_input(side: GPUSide, index: int, x: torch.Tensor, layer: GPULayer) -> to
 
 
 class ToDevice:
-    """The boundary before a GPU layer that follows the embedding or a CPU layer: s.x goes up to s.on_device."""
+    """The boundary before a GPU layer that follows the embedding or a CPU layer: s.x goes up to s.on_device (one
+    token: through the side's fixed buffers)."""
 
     def __init__(self, side: GPUSide):
         self.side = side
 
     def __call__(self, index: int, s) -> None:
-        s.on_device = self.side.upload_stream(s.x)
+        if s.tokens == 1:
+            run_steps(self.decode_steps(index), s)
+        else:
+            s.on_device = self.side.upload_stream(s.x)
+
+    def decode_steps(self, index: int) -> list:
+        side = self.side
+
+        def stage(s) -> None:
+            side.stream_host.numpy()[:] = s.x
+
+        def upload(s) -> None:
+            started = side.clock.start()
+            s.on_device = side.stream_device.copy_(side.stream_host, non_blocking=True)
+            side.clock.stop("transfer", started)
+
+        return [Host(stage), Device(upload)]
 
     def every_neuron(self) -> ToDevice:
         return self
@@ -122,9 +146,28 @@ class ToHost:
         self.side = side
 
     def __call__(self, index: int, s) -> None:
+        if s.tokens == 1:
+            run_steps(self.decode_steps(index), s)
+            return
         self.side.download_stream(s.on_device, s.x)
         s.on_device = None
         require_finite(s.x, f"the GPU side's layers before layer {index + 1}", s.start_pos)
+
+    def decode_steps(self, index: int) -> list:
+        side = self.side
+
+        def download(s) -> None:
+            started = side.clock.start()
+            side.stream_host.copy_(s.on_device, non_blocking=True)
+            side.clock.stop("transfer", started)
+
+        def receive(s) -> None:
+            side.wait()
+            s.x[:] = side.stream_host.numpy()
+            s.on_device = None
+            require_finite(s.x, f"the GPU side's layers before layer {index + 1}", s.start_pos)
+
+        return [Device(download), Host(receive)]
 
     def every_neuron(self) -> ToHost:
         return self
@@ -137,7 +180,23 @@ class GPUOutput:
         self.side = side
 
     def __call__(self, s) -> np.ndarray:
+        if s.tokens == 1:
+            return run_steps(self.decode_steps(), s)
         return self.side.logits(s.on_device[s.tokens - s.logits.shape[0]:])
+
+    def decode_steps(self) -> list:
+        side = self.side
+
+        def project(s) -> None:
+            started = side.clock.start()
+            side.logits_host.copy_(side.logits_on_device(s.on_device), non_blocking=True)
+            side.clock.stop("gpu", started)
+
+        def receive(s) -> np.ndarray:
+            side.wait()
+            return side.logits_host.numpy().copy()
+
+        return [Device(project), Host(receive)]
 
 
 class TimedOnCPU:
@@ -152,6 +211,10 @@ class TimedOnCPU:
         if args[-1].tokens == 1:
             self.side.clock.add("cpu", time.perf_counter() - start)
         return result
+
+    def decode_steps(self, *index: int) -> list:
+        """One host step (a layer's part: decode_steps(index); the output part: decode_steps())."""
+        return [Host(lambda s: self(*index, s))]
 
     def every_neuron(self) -> TimedOnCPU:
         return TimedOnCPU(self.part.every_neuron(), self.side)

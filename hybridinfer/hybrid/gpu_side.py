@@ -145,6 +145,12 @@ class GPUSide:
             self.output_norm = _vector(model, OUTPUT_NORM, device)
             name = TOKEN_EMBD if c.tied_embeddings else OUTPUT
             self.output = self._upload(model, name)
+        # one token's residual stream across the boundary and its logits, through fixed buffers (pinned on CUDA)
+        pinned = device.type == "cuda"
+        self.stream_host = torch.empty((1, c.n_embd), dtype=torch.float32, pin_memory=pinned)
+        self.stream_device = torch.empty((1, c.n_embd), dtype=torch.float32, device=device)
+        self.logits_host = torch.empty((1, c.n_vocab), dtype=torch.float32, pin_memory=pinned) \
+            if self.output is not None else None
 
     def _upload(self, model: GGUFFile, name: str, rows: np.ndarray | None = None) -> DeviceMatrix:
         """`upload`, then the copied pages of the memory-mapped file released (floats may be read in place)."""
@@ -240,6 +246,11 @@ class GPUSide:
         self.fired.zero_()
         self.clock.flush()
 
+    def wait(self) -> None:
+        """Wait for the device work queued so far (on the CPU device it is done)."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
     # ---- the residual stream across the boundary --------------------------------------------------------
 
     def upload_stream(self, x: np.ndarray) -> torch.Tensor:
@@ -257,18 +268,23 @@ class GPUSide:
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """(T, n_vocab) float32 on the CPU from the final residual stream on the device (divided by the logit scale,
         softcapped where the model says so)."""
-        c = self.config
         started = self.clock.start()
-        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, c.rms_eps))
-        if c.logit_scale != 1.0:
-            logits = logits / c.logit_scale
-        if c.logit_softcap > 0:  # cap * tanh(logits / cap)
-            logits = torch.tanh(logits / c.logit_softcap) * c.logit_softcap
+        logits = self.logits_on_device(x)
         self.clock.stop("gpu", started)
         started = self.clock.start()
         out = logits.cpu().numpy()
         self.clock.stop("transfer", started)
         return out
+
+    def logits_on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """`logits`, left on the device."""
+        c = self.config
+        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, c.rms_eps))
+        if c.logit_scale != 1.0:
+            logits = logits / c.logit_scale
+        if c.logit_softcap > 0:  # cap * tanh(logits / cap)
+            logits = torch.tanh(logits / c.logit_softcap) * c.logit_softcap
+        return logits
 
 
 def step_kernels_for(kernels_name: str) -> tuple[ModuleType, ModuleType, ModuleType]:

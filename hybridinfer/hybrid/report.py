@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -44,12 +46,24 @@ class Clock:
         self.cuda = device.type == "cuda"
         self.events = self.cuda and (events if events is not None else os.environ.get(TIMING_ENV) == "1")
         self.stats = stats
+        self._paused = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time nothing for the duration (a graph's capture: its replays are timed instead)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     @property
     def times_the_gpu(self) -> bool:
         return self.events or not self.cuda
 
     def start(self):
+        if self._paused:
+            return None
         if self.cuda:
             if not self.events:
                 return None
@@ -59,10 +73,10 @@ class Clock:
         return time.perf_counter()
 
     def stop(self, kind: str, started) -> None:
-        """Add the time since `started` to `kind` ("gpu" or "transfer")."""
+        """Add the time since `started` to `kind` ("gpu" or "transfer"); nothing where `start` timed nothing."""
+        if started is None:
+            return
         if self.cuda:
-            if started is None:
-                return
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             self.stats._pending.append((kind, started, event))

@@ -1,20 +1,22 @@
 """The split FFN part (`runtime/parts.py`'s protocol, over s.on_device): a GPU layer's hot neurons on the GPU, its
 cold neurons on the CPU, summed. The only code that knows that the two halves may overlap.
 
-One token, x (1, n_embd) on the device, all on the decoding thread:
-    mask = predictor(x); normed = RMSNorm(x)                      (GPU: two GEMVs, the second also writing normed
-                                                                   beside the mask)
-    normed, mask -> host                                          (down: n_embd floats + n_ff bytes, pinned)
-    hot = S3(S2(hot gate/up rows, normed, mask))                  (GPU: queued, not waited for)
-    cold = the CPU half (`ColdHalf.run`)                          (CPU, while the GPU computes hot)
-    x += residual_scale * (hot + cold)                            (up: n_embd floats; the sum RMS-normed first
+One token, x (1, n_embd) on the device, all on the decoding thread, in five steps (`decode_graphs.py`):
+    Device  mask = predictor(x); normed = RMSNorm(x)              (two GEMVs, the second also writing normed beside
+            normed, mask -> host                                   the mask; down: n_embd floats + n_ff bytes, pinned)
+    Host    mark the copy down (a CUDA event)
+    Device  hot = S3(S2(hot gate/up rows, normed, mask))          (queued, not waited for)
+    Host    cold = the CPU half (`ColdHalf.run`)                  (once the copy down has arrived; the CPU computes
+                                                                   while the GPU computes hot)
+    Device  cold -> device; x += residual_scale * (hot + cold)    (up: n_embd floats; the sum RMS-normed first
                                                                    where the model has a post-FFN norm)
 GPU work is queued asynchronously, so the decoding thread itself computes the cold half once the copy down has
 arrived: no thread hand-off, and the run's `-t` threads. `ColdHalf` picks its candidates (the cold neurons, or the
 predicted cold ones) and runs the packed sparse FFN block over the CPU's packed weights (the hot rows are simply
 never read) in its own scratch: nothing it writes is shared with a CPU layer's part. A layer with no cold neuron
-(a budget that holds them all) sends nothing; a token whose predicted cold candidates are none skips the CPU
-block. On the CPU stand-in device the GPU half is computed before the CPU half, each side's time its own.
+(a budget that holds them all) is one device step and sends nothing; a token whose predicted cold candidates are
+none skips the CPU block (its half is zeros). On the CPU stand-in device the GPU half is computed before the CPU
+half, each side's time its own.
 
 Several tokens (a prompt): the hot neurons' gate and up densely on the device, the cold ones' by the packed
 kernels, masked to the cold (and predicted) neurons, and each token's active rows of down_t.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
+from functools import partial
 
 import numba
 import numpy as np
@@ -34,6 +37,7 @@ from ..kernels.block_args import BoundCall, FFNWeights, SparseFFNScratch
 from ..kernels.cpu_quant import activation_buffers, matmul
 from ..model_file.config import ModelConfig
 from ..runtime.weights import PackedWeights
+from .decode_graphs import Device, Host, run_steps
 from .gpu_parts import ffn_input, handed_ffn_input
 from .gpu_side import GPULayer, GPUSide
 
@@ -69,7 +73,8 @@ class ColdHalf:
         self.packet_host = _host((4 * n_embd + n_ff,), torch.uint8, pinned)
         self.normed_staged, self.mask_staged = _halves(self.staged, n_embd)
         self.normed_host, self.mask_host = _halves(self.packet_host, n_embd)
-        self.out_host = _host((1, n_embd), torch.float32, pinned)  # the CPU half's output, sent up
+        self.out_host = _host((1, n_embd), torch.float32, pinned)  # the CPU half's output, sent up ...
+        self.out_device = torch.empty((1, n_embd), dtype=torch.float32, device=device)  # ... here
         self.normed = activation_buffers(1, n_embd)  # the kernels' aligned copy, with its int8 blocks
         self.unused_x = np.zeros((1, n_embd), np.float32)  # the block adds its output here too; unused
         self.candidates = np.empty(n_ff, np.int64)
@@ -93,13 +98,15 @@ class ColdHalf:
             self.normed_host.copy_(normed, non_blocking=True)
             if mask is not None:
                 self.mask_host.copy_(mask, non_blocking=True)
+
+    def sent(self) -> None:
+        """Mark the copies queued so far (`run` waits for them, not for the GPU work queued after)."""
         if self.ready is not None:
             self.ready.record()
 
-    def run(self, index: int, predicted: bool) -> tuple[torch.Tensor | None, int, float]:
-        """Wait for the copies `send` queued (not for the GPU work queued after them), then the cold neurons' FFN:
-        (its output (n_embd,) sent up to the device, or None where no cold neuron is a candidate; the neurons that
-        fired; the seconds it took on the CPU)."""
+    def run(self, index: int, predicted: bool) -> tuple[int, float]:
+        """Wait for the copies `send` queued and `sent` marked, then the cold neurons' FFN into out_host (zeros where
+        no cold neuron is a candidate): (the neurons that fired, the seconds it took on the CPU)."""
         if self.ready is not None:
             self.ready.synchronize()
         start = time.perf_counter()
@@ -109,15 +116,19 @@ class ColdHalf:
             chosen = self.cold[index]
         count = chosen.shape[0]
         if count == 0:
-            return None, 0, time.perf_counter() - start
+            self.out_host.zero_()
+            return 0, time.perf_counter() - start
         self.candidates[:count] = chosen
         self.normed.x[:] = self.normed_host.numpy()
         cpu_layer.prepare(self.normed, self.weights.layers[index].ffn_codes[0])
         self.unused_x[:] = 0
         fired = self._block(index)(self.unused_x, self.normed, self._weights[index], self.candidates, count,
                                    self.scratch, numba.get_num_threads())
-        seconds = time.perf_counter() - start
-        return self.out_host[0].to(self.device, non_blocking=True), fired, seconds
+        return fired, time.perf_counter() - start
+
+    def upload(self) -> torch.Tensor:
+        """Queue the copy of `run`'s output up to the device: (1, n_embd) there."""
+        return self.out_device.copy_(self.out_host, non_blocking=True)
 
     def _block(self, index: int) -> BoundCall:
         block = self._blocks.get(index)
@@ -157,50 +168,91 @@ class SplitFFN:
     def __init__(self, side: GPUSide, cold: ColdHalf, predicting: bool = True):
         self.side, self.cold, self.config = side, cold, side.config
         self.predicting = predicting
+        self._inputs: dict[int, tuple] = {}  # one token's (normed, mask) per layer, between its steps
+        self._hot: dict[int, torch.Tensor] = {}  # ... and its hot half
 
     def __call__(self, index: int, s) -> None:
-        side, layer, c = self.side, self.side.layers[index], self.config
-        clock = side.clock
-        started = clock.start()
         x = s.on_device
-        predicting = layer.fc1 is not None and self.predicting
-        if x.shape[0] > 1:
-            normed = ffn_input(side, index, x, layer)  # (T, n_embd)
-            mask, hot_mask = self.predict(layer, x) if predicting else (None, None)  # (T, n_ff), (T, n_hot) bool
-            hot = self._several(index, layer, normed, mask, hot_mask, started)
-            s.on_device = side.norms.add(x, hot, c.residual_scale, post_norm=layer.post_ffw_norm, eps=c.rms_eps)
+        if x.shape[0] == 1:
+            run_steps(self.decode_steps(index), s)
             return
-        on_cpu = self.cold.has_neurons(index)
-        mask = None  # (1, n_ff) bool: the predicted neurons
-        if predicting:  # fc2's kernel stages the mask and RMSNorm(x) (normed there, or handed over) side by side
-            handed = handed_ffn_input(side, index)
-            normed = self.cold.normed_staged  # (1, n_embd)
-            mask = self.predict_one(layer, x, self.cold.mask_staged[None], (x if handed is None else handed, normed),
-                                    (layer.ffn_norm, c.rms_eps) if handed is None else None)
-        else:  # its own kernel, or the attention part's (`ffn_input`)
-            normed = ffn_input(side, index, x, layer)
-        if on_cpu:
-            clock.stop("gpu", started)
-            started = clock.start()
-            self.cold.send(normed, None if mask is None else mask[0])
-            clock.stop("transfer", started)
-            started = clock.start()
-        # the fired neurons summed into side.fired on the device (reading them here would wait for the GPU); a layer
-        # whose neurons are all on the GPU (and that has no post-FFN norm) adds its output to x in the same kernels
-        fused_add = not on_cpu and layer.post_ffw_norm is None
-        hot, _ = side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0], None if mask is None else mask[0],
-                                  side.threshold, mask_index=layer.hot_index, fired=side.fired,
-                                  residual=x[0] if fused_add else None, scale=c.residual_scale)
+        side, layer, c = self.side, self.side.layers[index], self.config
+        started = side.clock.start()
+        normed = ffn_input(side, index, x, layer)  # (T, n_embd)
+        mask, hot_mask = self.predict(layer, x) if self._predicting(layer) else (None, None)  # (T, n_ff), (T, n_hot)
+        hot = self._several(index, layer, normed, mask, hot_mask, started)
+        s.on_device = side.norms.add(x, hot, c.residual_scale, post_norm=layer.post_ffw_norm, eps=c.rms_eps)
+
+    def _predicting(self, layer: GPULayer) -> bool:
+        return layer.fc1 is not None and self.predicting
+
+    def decode_steps(self, index: int) -> list:
+        """One token's steps (the module's doc): one device step where the layer has no cold neuron."""
+        if not self.cold.has_neurons(index):
+            return [Device(partial(self._gpu_only, index))]
+        return [Device(partial(self._send_down, index)), Host(lambda s: self.cold.sent()),
+                Device(partial(self._hot_half, index)), Host(partial(self._cold_half, index)),
+                Device(partial(self._add_halves, index))]
+
+    def _inputs_of(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One token's FFN input (1, n_embd) and predicted mask (1, n_ff) bool or None (every neuron)."""
+        side, layer, c = self.side, self.side.layers[index], self.config
+        if not self._predicting(layer):  # its own kernel, or the attention part's (`ffn_input`)
+            return ffn_input(side, index, x, layer), None
+        # fc2's kernel stages the mask and RMSNorm(x) (normed there, or handed over) side by side
+        handed = handed_ffn_input(side, index)
+        normed = self.cold.normed_staged
+        mask = self.predict_one(layer, x, self.cold.mask_staged[None], (x if handed is None else handed, normed),
+                                (layer.ffn_norm, c.rms_eps) if handed is None else None)
+        return normed, mask
+
+    def _hot_ffn(self, index: int, normed, mask, residual=None) -> torch.Tensor:
+        """(n_embd,): the hot neurons' output (added to `residual` in place, and it, where given); the neurons that
+        fired are summed into side.fired on the device (reading them here would wait for the GPU)."""
+        side, layer = self.side, self.side.layers[index]
+        return side.ops.hot_ffn(layer.gate, layer.up, layer.down_t, normed[0], None if mask is None else mask[0],
+                                side.threshold, mask_index=layer.hot_index, fired=side.fired, residual=residual,
+                                scale=self.config.residual_scale)[0]
+
+    def _gpu_only(self, index: int, s) -> None:
+        """A layer whose neurons are all on the GPU: without a post-FFN norm its output is added to x in the hot
+        half's own kernels."""
+        side, layer, c = self.side, self.side.layers[index], self.config
+        started, x = side.clock.start(), s.on_device
+        normed, mask = self._inputs_of(index, x)
+        if layer.post_ffw_norm is None:
+            self._hot_ffn(index, normed, mask, residual=x[0])
+        else:
+            s.on_device = side.norms.add(x, self._hot_ffn(index, normed, mask)[None], c.residual_scale,
+                                         post_norm=layer.post_ffw_norm, eps=c.rms_eps)
+        side.clock.stop("gpu", started)
+
+    def _send_down(self, index: int, s) -> None:
+        clock = self.side.clock
+        started = clock.start()
+        normed, mask = self._inputs[index] = self._inputs_of(index, s.on_device)
         clock.stop("gpu", started)
-        if fused_add:
-            return
-        cold = None
-        if on_cpu:  # on CUDA the hot half runs meanwhile, queued above
-            cold, cpu_fired, seconds = self.cold.run(index, mask is not None)
-            clock.add("cpu", seconds)
-            side.stats.cpu_fired += cpu_fired
-        s.on_device = side.norms.add(x, hot[None], c.residual_scale, None if cold is None else cold[None],
+        started = clock.start()
+        self.cold.send(normed, None if mask is None else mask[0])
+        clock.stop("transfer", started)
+
+    def _hot_half(self, index: int, s) -> None:
+        started = self.side.clock.start()
+        self._hot[index] = self._hot_ffn(index, *self._inputs[index])
+        self.side.clock.stop("gpu", started)
+
+    def _cold_half(self, index: int, s) -> None:
+        """On CUDA the hot half runs meanwhile, queued before."""
+        fired, seconds = self.cold.run(index, self._predicting(self.side.layers[index]))
+        self.side.clock.add("cpu", seconds)
+        self.side.stats.cpu_fired += fired
+
+    def _add_halves(self, index: int, s) -> None:
+        side, layer, c = self.side, self.side.layers[index], self.config
+        started = side.clock.start()
+        s.on_device = side.norms.add(s.on_device, self._hot[index][None], c.residual_scale, self.cold.upload(),
                                      layer.post_ffw_norm, c.rms_eps)
+        side.clock.stop("gpu", started)
 
     def _several(self, index: int, layer: GPULayer, normed, mask, hot_mask, started) -> torch.Tensor:
         side = self.side
@@ -230,4 +282,5 @@ class SplitFFN:
     def every_neuron(self) -> SplitFFN:
         twin = copy.copy(self)
         twin.predicting = False
+        twin._inputs, twin._hot = {}, {}
         return twin

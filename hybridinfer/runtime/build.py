@@ -67,13 +67,15 @@ def build_decoder(file: GGUFFile, config: ModelConfig, n_ctx: int, choices: Choi
                                       choices.predictor_cache, sparsity=choices.sparsity)
     layers = [(attention, ffn) for _ in range(c.n_layer)]
     output = CPUOutput(c, weights, fa)
-    side, token_done = None, None
+    side, token_done, graphed = None, None, None
     if placement is not None and not placement.empty:
+        from ..hybrid.decode_graphs import GraphedDecode, graphs_wanted
         side = _gpu_side(file, config, n_ctx, choices, placement, weights, sparse_mode)
         layers, output = _hybrid_layers(layers, output, side, placement, weights, choices)
         token_done = side.token_done
+        graphed = GraphedDecode(side, layers, output) if graphs_wanted(side) else None
     return Decoder(c, weights, n_ctx, layers, output, observers, fa, side, sparse_mode, token_done,
-                   choices.cache_types)
+                   choices.cache_types, graphed)
 
 
 def _gpu_side(file, config, n_ctx, choices: Choices, placement, weights, sparse_mode):

@@ -34,14 +34,16 @@ class Decoder:
     residual, activation) (`parts.CPUFFN`). `gpu_side` (`hybrid/gpu_side.GPUSide`) holds what the GPU side does,
     or is None; `token_done()` closes a decoded token's statistics (the hybrid report). `sparse_mode` is the part
     with the run's sparse statistics (`stats`, `predictors`), or None when dense. `cache_types`: the CPU layers'
-    KV cache types (keys', values'; `kv_types.py`)."""
+    KV cache types (keys', values'; `kv_types.py`). `graphed` (`hybrid/decode_graphs.GraphedDecode`), where given,
+    runs a decoded token of the built layers (captured once, then replayed)."""
 
     def __init__(self, config: ModelConfig, weights: PackedWeights, n_ctx: int, layers: list[tuple],
                  output: Callable, observers: list, float_activations: bool = False, gpu_side=None,
                  sparse_mode=None, token_done: Callable[[], None] | None = None,
-                 cache_types: tuple[KVType, KVType] = (KV_TYPES[DEFAULT_KV_TYPE],) * 2):
+                 cache_types: tuple[KVType, KVType] = (KV_TYPES[DEFAULT_KV_TYPE],) * 2, graphed=None):
         self.config, self.weights, self.float_activations = config, weights, bool(float_activations)
         self.layers, self.output, self.observers = layers, output, observers
+        self.graphed = graphed
         self.gpu_side, self.sparse_mode = gpu_side, sparse_mode
         self.token_done = token_done or (lambda: None)
         self.caches = KVCaches.new(config, 1, n_ctx, cache_types)
@@ -108,6 +110,8 @@ class Decoder:
         require_finite(s.x, "the token embeddings (token_embd)", start_pos)
         if c.embedding_scale != 1.0:
             s.x *= np.float32(c.embedding_scale)
+        if s.tokens == 1 and self.graphed is not None and self.layers is self.graphed.layers:
+            return self._finished(self.graphed(s), s, start_pos)
         for index, parts in enumerate(self.layers):
             try:
                 for part in parts:
@@ -116,7 +120,9 @@ class Decoder:
                 raise non_finite_error(f"layer {index} ({block_name('*', index)})", start_pos) from None
             if s.on_device is None:
                 require_finite(s.x, f"layer {index} ({block_name('*', index)})", start_pos)
-        logits = self.output(s)
+        return self._finished(self.output(s), s, start_pos)
+
+    def _finished(self, logits: np.ndarray, s: RunState, start_pos: int) -> torch.Tensor:
         require_finite(logits, "the output projection", start_pos)
         if s.tokens == 1:
             self.token_done()
