@@ -52,10 +52,14 @@ def float64_scales(model, engine) -> list[np.ndarray]:
     return scales
 
 
-@pytest.mark.parametrize("backend", ["packed", "reference"])
-def test_scales_equal_a_float64_computation_from_the_file(q4_1_up_model, backend):
+@pytest.mark.parametrize("backend,block_elements", [("packed", None), ("reference", None), ("packed", 100 * 64)],
+                         ids=["packed", "reference", "blocks-of-100-rows"])
+def test_scales_equal_a_float64_computation_from_the_file(q4_1_up_model, backend, block_elements):
+    """In one block of up rows per layer (the default at this size) or in blocks of 100 of the 256 rows."""
     engine = hybridinfer.load(str(q4_1_up_model), n_ctx=64, backend=backend, float_activations=True)
-    for found, expected in zip(neuron_scales(engine, calibration_chunks()), float64_scales(q4_1_up_model, engine)):
+    blocks = {} if block_elements is None else {"block_elements": block_elements}
+    scales = neuron_scales(engine, calibration_chunks(), **blocks)
+    for found, expected in zip(scales, float64_scales(q4_1_up_model, engine)):
         assert found.shape == (N_FF,) and found.dtype == np.float32
         np.testing.assert_allclose(found, expected, rtol=1e-5)
 
