@@ -1,5 +1,6 @@
 """CHESS (CATS with per-neuron scales, `sparsity/chess.py`): the scales against a float64 numpy computation from the
-file's weights (gguf-py's dequantization) and the observed residuals, the calibrated criterion's quantiles, the file, the packed path against its reference twin (one token
+file's weights (gguf-py's dequantization) and the observed residuals, and against the weights and activations they
+come from, the calibrated criterion's quantiles, the file, the packed path against its reference twin (one token
 and a prompt), and the CLI."""
 
 

@@ -13,7 +13,8 @@ was measured worse on SmolLM2 (docs/sparsity.md). The scales are measured on the
 as the model file stores them (dequantized to float32) and kept in the sparsity file, so that both backends use
 the same ones. `run_observed` shows the observer every layer once per chunk, so a layer's up rows are dequantized
 when it is observed, a block of rows at a time, and dropped after: calibration holds one block in float32, not the
-model's up weights, and decodes them again for each chunk.
+model's up weights, and decodes them again for each chunk. The file's pages of a quantized up are dropped after,
+as the engine drops them once it holds its own copy.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from ..model_file.dequantize import dequantize, dequantize_rows
 from ..model_file.tensor_shapes import FFN_NORM, FFN_UP, tensor_name
+from ..model_file.weight_formats import FLOAT_TYPES
 from ..reference.model import rms_norm
 from ..runtime.activations import run_observed
 
@@ -53,6 +55,8 @@ def neuron_scales(engine: Engine, chunks: list[list[int]], on_chunk: Callable[[i
             stop = min(start + rows, config.n_ff)
             up = np.ascontiguousarray(dequantize_rows(ups[index], stop, start), np.float32)  # (stop - start, n_embd)
             sums[index, start:stop] += (normed @ torch.from_numpy(up).T).abs().sum(0).double()
+        if ups[index].type not in FLOAT_TYPES:  # its pages, as `GGUFFile.release_copied` drops them
+            file.release(ups[index].name)
         counts[index] += x.shape[0]
 
     run_observed(engine, chunks, observe, on_chunk)
