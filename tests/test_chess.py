@@ -1,12 +1,15 @@
-"""CHESS (CATS with per-neuron scales, `sparsity/chess.py`): the scales against the weights and activations they
+"""CHESS (CATS with per-neuron scales, `sparsity/chess.py`): the scales against a float64 numpy computation from the
+file's weights (gguf-py's dequantization) and the observed residuals, and against the weights and activations they
 come from, the calibrated criterion's quantiles, the file, the packed path against its reference twin (one token
 and a prompt), and the CLI."""
 
 
+import gguf
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from gguf import GGMLQuantizationType as T
 
 import hybridinfer
 from hybridinfer.cli.main import cli
@@ -16,6 +19,7 @@ from hybridinfer.sparsity.chess import neuron_scales
 from hybridinfer.sparsity.thresholds import load_thresholds, neuron_scale_name
 from logit_checks import (F32_CACHE, IDS, N_FF, assert_refused_by_another_model, calibration_chunks, decode_logits,
                          relative_error, sparsify_beside_the_model, write_sparsity_file)
+from tiny_models import random_weights, write_tiny_gguf
 
 TARGET = 0.4
 
@@ -23,6 +27,42 @@ TARGET = 0.4
 @pytest.fixture(scope="module")
 def chess_file(silu_model, tmp_path_factory):
     return write_sparsity_file(silu_model, tmp_path_factory.mktemp("s") / "silu.chess.sparsity.gguf", TARGET, "chess")
+
+
+@pytest.fixture(scope="module")
+def q4_1_up_model(tmp_path_factory):
+    """The SiLU model's weights with the up projections in Q4_1: the scales see the file's dequantized numbers."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "q4_1_up.gguf", random_weights(seed=5, n_ff=N_FF),
+                           types={"ffn_up.weight": T.Q4_1})
+
+
+def float64_scales(model, engine) -> list[np.ndarray]:
+    """Per layer, s_i = mean over calibration_chunks() of |up_i . rms_norm(x)| in float64 numpy, x the residuals
+    `engine` observes, the weights read and dequantized by gguf-py."""
+    tensors = {t.name: t for t in gguf.GGUFReader(str(model)).tensors}
+    residuals = [[] for _ in range(engine.config.n_layer)]
+    run_observed(engine, calibration_chunks(), lambda index, residual, _: residuals[index].append(residual.numpy()))
+    scales = []
+    for i, seen in enumerate(residuals):
+        x = np.concatenate(seen).astype(np.float64)  # (tokens, n_embd)
+        up = tensors[f"blk.{i}.ffn_up.weight"]
+        up = gguf.quants.dequantize(up.data, up.tensor_type).astype(np.float64)  # (n_ff, n_embd)
+        norm = np.asarray(tensors[f"blk.{i}.ffn_norm.weight"].data, np.float64)
+        normed = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + engine.config.rms_eps) * norm
+        scales.append(np.abs(normed @ up.T).mean(axis=0))
+    return scales
+
+
+@pytest.mark.parametrize("backend,block_elements", [("packed", None), ("reference", None), ("packed", 100 * 64)],
+                         ids=["packed", "reference", "blocks-of-100-rows"])
+def test_scales_equal_a_float64_computation_from_the_file(q4_1_up_model, backend, block_elements):
+    """In one block of up rows per layer (the default at this size) or in blocks of 100 of the 256 rows."""
+    engine = hybridinfer.load(str(q4_1_up_model), n_ctx=64, backend=backend, float_activations=True)
+    blocks = {} if block_elements is None else {"block_elements": block_elements}
+    scales = neuron_scales(engine, calibration_chunks(), **blocks)
+    for found, expected in zip(scales, float64_scales(q4_1_up_model, engine)):
+        assert found.shape == (N_FF,) and found.dtype == np.float32
+        np.testing.assert_allclose(found, expected, rtol=1e-5)
 
 
 def observed_products(engine) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -31,9 +31,9 @@ def dequantize(tensor: GGUFTensor) -> np.ndarray:
     return values.reshape(tensor.shape)
 
 
-def dequantize_rows(tensor: GGUFTensor, stop: int) -> np.ndarray:
-    """float32 rows 0..stop-1 of a 2-D tensor, decoding only those rows' bytes."""
-    rows = np.asarray(tensor.raw)[:stop]
+def dequantize_rows(tensor: GGUFTensor, stop: int, start: int = 0) -> np.ndarray:
+    """float32 rows start..stop-1 of a 2-D tensor, decoding only those rows' bytes."""
+    rows = np.asarray(tensor.raw)[start:stop]
     return dequantize(GGUFTensor(tensor.name, tensor.type, (rows.shape[0], tensor.shape[1]), rows))
 
 
