@@ -1,5 +1,5 @@
-"""The instruction-set switch: which target numba compiles the kernels for, what `simd.py` emits for it, where its
-compiled kernels are cached, and the one-line error for a value that names none. Each case is a fresh process:
+"""The instruction-set switch: which target numba compiles the kernels for, what the `simd_*` intrinsics emit for it,
+where its compiled kernels are cached, and the one-line error for a value that names none. Each case is a fresh process:
 the target is fixed before the first kernel compiles. (The kernels' own tests run under the AVX2 and generic
 builds in CI: `make test-targets`.)"""
 
@@ -14,11 +14,12 @@ PROBE = """
 import json
 from numba.core import config
 from hybridinfer import kernels
-from hybridinfer.kernels import simd
+from hybridinfer.kernels import simd_dot, simd_planes
 from hybridinfer.kernels.cpu_target import TARGET
 print(json.dumps({"name": TARGET.name, "cpu": config.CPU_NAME, "features": config.CPU_FEATURES,
-                  "vnni512": simd.VNNI_512, "vnni256": simd.VNNI_256, "madd512": simd.MADD_512,
-                  "madd256": simd.MADD_256, "permute512": simd.PERMUTE_512, "biased": simd.SIGNED_DOT_BY_BIAS,
+                  "vnni512": simd_dot.VNNI_512, "vnni256": simd_dot.VNNI_256, "madd512": simd_dot.MADD_512,
+                  "madd256": simd_dot.MADD_256, "permute512": simd_planes.PERMUTE_512,
+                  "biased": simd_dot.SIGNED_DOT_BY_BIAS,
                   "cache": kernels._cache_dir()}))
 """
 
@@ -71,7 +72,8 @@ def test_an_unknown_instruction_set_is_a_one_line_error(tmp_path):
 HALVES = """
 import numpy as np
 from numba import njit
-from hybridinfer.kernels.simd import as_float32, load_f16_bytes, store_f32
+from hybridinfer.kernels.simd_half import as_float32
+from hybridinfer.kernels.simd_memory import load_f16_bytes, store_f32
 
 @njit
 def widened(bits, out):

@@ -14,7 +14,7 @@ from hybridinfer.cli.main import cli
 from hybridinfer.errors import ArgumentTypeError, HybridInferError
 from hybridinfer.kernels import cpu_layer, cpu_ops, reference, threads
 from hybridinfer.kernels.kv_rows import store_row
-from hybridinfer.kernels.simd import half_bits
+from hybridinfer.kernels.simd_half import half_bits
 from hybridinfer.model_file.config import ModelConfig
 from hybridinfer.model_file.gguf_file import GGUFFile
 from hybridinfer.runtime.kv_types import KV_TYPES

@@ -8,8 +8,12 @@
   cpu_layer                  a decoder layer's blocks as single numba calls, each made for its weights' formats
   cpu_quant                  activations (`Activations`, int8 blocks) and the Python API over one matrix
   cpu_ops, requantize        norms, RoPE, attention, activations; transposing a quantized weight at load
-  simd, simd_rows, row_tiles the vector intrinsics (AVX-512, AVX2, generic) and packed-row helpers the kernels inline
-  simd_bits                  the Q5 formats' 5-bit quants from nibbles and fifth bits (plain IR, any target)
+  simd_types                 the vector intrinsics' types (F32x16, I32x16) and LLVM codegen helpers; the intrinsics:
+  simd_memory, simd_half     masked loads and stores, prefetch; F16/BF16 bits to and from float32
+  simd_float, simd_int       float and integer lane arithmetic (plain IR, any target)
+  simd_dot, simd_planes      byte dot products (AVX-512, AVX2, generic); bytes and nibbles widened to float planes
+  simd_bits, simd_rows       the Q5 and K formats' 5- and 6-bit quants; the int8 S3's four rows interleaved
+  row_tiles                  packed-row helpers the kernels inline (tile offsets, prefetch shares)
   cpu_target                 the CPU and instruction set the kernels are compiled for (HYBRIDINFER_CPU)
   formats, reference         the one numbering of weight formats; plain numpy twins of every kernel
   compile_time               the time spent compiling, reported on its own line

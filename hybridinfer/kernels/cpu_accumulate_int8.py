@@ -12,7 +12,7 @@ llama.cpp quantizes the hidden activations per block before the down projection:
 (Centring Q4_1's and Q5_1's quants keeps the integer sums, and so their rounding, as small as Q4_0's.)
 The integer sums run on vpdpbusd: the bytes of four rows are interleaved (`simd_rows.interleave4`) so that each
 32-bit lane holds one element of the four rows and the four rows' coefficients multiply them in one instruction
-(unsigned weights times signed coefficients; Q8_0 weights as `simd.dot_s8s8` takes them, its start subtracted
+(unsigned weights times signed coefficients; Q8_0 weights as `simd_dot.dot_s8s8` takes them, its start subtracted
 once per block).
 That is fewer instructions than turning every weight into a float (`quant_accumulate.py`, the float32
 path), which for Q4 cannot keep up with the memory (docs/cpu-decoding.md, "Kernel design choices"). Reference twin: `reference.accumulate_rows_int8`.
@@ -28,9 +28,11 @@ from numba import njit, prange
 from .formats import Q8_0
 from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (SIGNED_DOT_BY_BIAS, add, add_i32, dot_s8s8, dot_u8s8, fma, high_nibbles, load_bytes, load_f16_bytes,
-                   load_f32, load_i32, low_nibbles, mul, scale_i32, splat_f32, store_f32, to_f32, zeros_f32, zeros_i32)
 from .simd_bits import five_bit_quants
+from .simd_dot import SIGNED_DOT_BY_BIAS, dot_s8s8, dot_u8s8
+from .simd_float import add, fma, mul, splat_f32, to_f32, zeros_f32
+from .simd_int import add_i32, high_nibbles, low_nibbles, scale_i32, zeros_i32
+from .simd_memory import load_bytes, load_f16_bytes, load_f32, load_i32, store_f32
 from .simd_rows import abs_max, block_lanes, int8_scales, interleave4, pack_bytes4, round_i32, store_i32
 from .variants import specialization
 
@@ -261,8 +263,8 @@ def _q5_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
 
 @njit(inline="always", **OPTIONS)
 def _q8_tile(flat, base, quants, t, width, codes, scales, offsets, acc):
-    """As `_q4_tile` for Q8_0: eight groups of whole bytes, signed dots against the codes (`simd.dot_s8s8`, whose
-    start, 0 or -128 sum(k), the offsets hold)."""
+    """As `_q4_tile` for Q8_0: eight groups of whole bytes, signed dots against the codes (`simd_dot.dot_s8s8`,
+    whose start, 0 or -128 sum(k), the offsets hold)."""
     n = width * 4
     s0, s1, s2, s3 = block_lanes(load_f32(scales, t * 16, 16))
     o0, o1, o2, o3 = block_lanes(load_i32(offsets, t * 16, 16))

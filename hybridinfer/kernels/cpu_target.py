@@ -3,7 +3,7 @@
 numba compiles for the host unless told otherwise by its own settings, NUMBA_CPU_NAME and NUMBA_CPU_FEATURES;
 hybridinfer follows them, and its instruction-set switch HYBRIDINFER_CPU sets both for a named level:
 
-  HYBRIDINFER_CPU  numba target                    what `simd.py` emits
+  HYBRIDINFER_CPU  numba target                    what the `simd_*` intrinsics emit
   host (default)   this machine                    the best of the rows below that it has
   avx512-vnni      icelake-server                  512-bit vectors, vpdpbusd (AVX-512 VNNI), vpermps
   avx512           skylake-avx512                  512-bit vectors, vpmaddubsw + vpmaddwd, vpermps
@@ -33,7 +33,7 @@ LEVELS = {  # the switch's values: numba's CPU name for each
     "avx512-vnni": "icelake-server", "avx512": "skylake-avx512", "avx-vnni": "alderlake", "avx2": "haswell",
     "generic": "generic",
 }
-_LEVEL_FEATURES = {  # the features `simd.py` looks at, per level
+_LEVEL_FEATURES = {  # the features the `simd_*` modules look at, per level
     "avx512-vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni"},
     "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw"},
     "avx-vnni": {"avx2", "fma", "f16c", "avxvnni"},

@@ -1,5 +1,5 @@
-"""numba kernels over float weights (F32; F16 as int16 bits, BF16 as uint16 bits, widened by `simd.as_float32`):
-the dense/gathered dot products and the sparse down projection (S3), computed in float32.
+"""numba kernels over float weights (F32; F16 as int16 bits, BF16 as uint16 bits, widened by
+`simd_half.as_float32`): the dense/gathered dot products and the sparse down projection (S3), computed in float32.
 `dispatch.py` picks them by format; reference twins: `reference.py`.
 """
 
@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .row_tiles import OPTIONS
-from .simd import as_float32
+from .simd_half import as_float32
 
 
 @njit(parallel=True, **OPTIONS)

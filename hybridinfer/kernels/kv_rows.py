@@ -4,7 +4,7 @@ to float32). Callable from numba code only; each resolves by the row's dtype to 
 compiles only its cache types':
 
   float32   copied, read as is
-  int16     float16 bits: written by `simd.half_bits`, read by `simd.as_float32`
+  int16     float16 bits: written by `simd_half.half_bits`, read by `simd_half.as_float32`
   int8      Q8_0: per 32-value block d = max|x| / 127 (kept as float16 bits in `scales`) and q = roundf(x / d),
             bit for bit as ggml's quantize_row_q8_0_ref and gguf-py's Q8_0 (the reference twin:
             `reference.kv_encode`); read as d * q
@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .simd import as_float32, half_bits
+from .simd_half import as_float32, half_bits
 
 Q8_BLOCK = 32
 

@@ -14,9 +14,10 @@ from numba import njit, prange
 from .formats import Q8_0
 from .packed import BLOCK, QUANT_LAYOUTS, TILE
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (add, byte_planes_as_f32, expand4, fma, load_bytes, load_f16_bytes, load_f32, load_s8_as_f32, mul,
-                   nibble_planes_as_f32, nibble_table, splat_f32, store_f32)
 from .simd_bits import five_bit_quants
+from .simd_float import add, expand4, fma, mul, splat_f32
+from .simd_memory import load_bytes, load_f16_bytes, load_f32, load_s8_as_f32, store_f32
+from .simd_planes import byte_planes_as_f32, nibble_planes_as_f32, nibble_table
 from .variants import specialization
 
 ROW_BATCH = 8  # rows summed per pass over the output, the partial sums kept in registers

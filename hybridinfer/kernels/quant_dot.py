@@ -14,12 +14,14 @@ from numba import njit, prange
 from .formats import Q4_K, Q5_K, Q6_K, Q8_0
 from .packed import BLOCK, TILE, quant_layout
 from .row_tiles import OPTIONS, prefetch_shares, share_bytes, unit_offsets
-from .simd import (add, add_i32, byte_planes_as_f32, dot_s8s8, dot_u8s8, fma, high_nibbles, hsum, load_bytes,
-                   load_f16_bytes, load_f32, load_i32, low_nibbles, mul, nibble_planes_as_f32, nibble_table, scale_i32,
-                   signed_dot_start, splat_f32, to_f32, zeros_f32, zeros_i32)
+from .simd_bits import five_bit_quants
+from .simd_dot import dot_s8s8, dot_u8s8, signed_dot_start
+from .simd_float import add, fma, hsum, mul, splat_f32, to_f32, zeros_f32
+from .simd_int import add_i32, high_nibbles, low_nibbles, scale_i32, zeros_i32
+from .simd_memory import load_bytes, load_f16_bytes, load_f32, load_i32
+from .simd_planes import byte_planes_as_f32, nibble_planes_as_f32, nibble_table
 from .quant_dot_k import (q4k_float_tile, q4k_int8_pair, q4k_int8_tile, q5k_float_tile, q5k_int8_pair, q5k_int8_tile,
                           q6k_float_tile, q6k_int8_pair, q6k_int8_tile)
-from .simd_bits import five_bit_quants
 from .variants import specialization
 
 # A row is handled a tile (16 blocks) at a time: whole tiles with the constant width TILE, so that every masked
@@ -167,7 +169,7 @@ def _four_rows_pair(pair, w, wo, nb, ops, xo0, bo0, xo1, bo1, ahead, share):
 def _q8_int8_tile(w, wo, ops, xo, bo, start, width, total):
     """(Every tile helper: w[wo:] one packed row, ops = (minimums, table, xp, xsum, qx, dx, qsum) with the
     activations at xo and the per-block arrays at bo; adds the tile whose first block is `start` to `total`.)
-    total + per block b of the tile: d_b dx_b (q_b . qx_b), the dot exact in int32 (`simd.dot_s8s8`).
+    total + per block b of the tile: d_b dx_b (q_b . qx_b), the dot exact in int32 (`simd_dot.dot_s8s8`).
     Four independent sums: one chain would be bound by the dot instruction's latency, not its throughput."""
     qx, dx, qsum = ops[4], ops[5], ops[6]
     n = width * 4  # bytes per group of 4 elements x `width` blocks

@@ -12,11 +12,13 @@ from numba import njit
 
 from .packed_k import K_FACTORS
 from .row_tiles import OPTIONS, unit_offsets
-from .simd import (add, add_i32, byte_planes_as_f32, dot_u8s8, fma, high_nibbles, load_bytes, load_f32, load_i32,
-                   load_s8_as_f32, low_nibbles, mul, nibble_planes_as_f32, scale_i32, splat_f32, to_f32, zeros_f32,
-                   zeros_i32)
 from .simd_bits import (five_bit_quants, load_s8_as_i32, mul_i32, six_bit_quants, splat_bytes,
                         super_block_factors)
+from .simd_dot import dot_u8s8
+from .simd_float import add, fma, mul, splat_f32, to_f32, zeros_f32
+from .simd_int import add_i32, high_nibbles, low_nibbles, scale_i32, zeros_i32
+from .simd_memory import load_bytes, load_f32, load_i32, load_s8_as_f32
+from .simd_planes import byte_planes_as_f32, nibble_planes_as_f32
 
 Q4_K_TILE, Q5_K_TILE, Q6_K_TILE = 256, 320, 384  # quant bytes of a whole tile (`QuantLayout.tile_bytes`)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from numba import njit
 
 from .packed import TILE
-from .simd import prefetch_l2
+from .simd_memory import prefetch_l2
 
 OPTIONS = dict(nogil=True, fastmath=True, cache=True)  # numba options of the kernels over packed rows
 

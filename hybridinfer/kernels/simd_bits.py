@@ -1,6 +1,6 @@
-"""`simd.py` vector operations for the Q5 formats and the K-quants (the packed layout of `packed.py`): 5- and 6-bit
-quants from a group of nibbles and the tile's groups of higher bits, the per-super-block factors of a K tile, a
-constant. Plain LLVM IR: shifts, masks, ors and a shuffle, on any x86 target."""
+"""Vector operations for the Q5 formats and the K-quants (the packed layout of `packed.py`), on `simd_types`' vectors:
+5- and 6-bit quants from a group of nibbles and the tile's groups of higher bits, the per-super-block factors of a K
+tile, a constant. Plain LLVM IR: shifts, masks, ors and a shuffle, on any x86 target."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from .simd import (_BYTES, _F32, _I8, _I32, _V16I32, F32x16, I32x16, _element_pointer, _is_1d, _masked_loader, _splat,
-                   _splat_i32)
+from .simd_memory import _masked_loader
+from .simd_types import _BYTES, _F32, _I8, _I32, _V16I32, F32x16, I32x16, _element_pointer, _is_1d, _splat, _splat_i32
 
 
 @intrinsic
@@ -73,7 +73,7 @@ def super_block_factors(typingctx, array, offset):
 
 @intrinsic
 def splat_bytes(typingctx, word):
-    """I32x16 with every 32-bit lane `word` (a constant of four bytes, for `simd.dot_u8s8`)."""
+    """I32x16 with every 32-bit lane `word` (a constant of four bytes, for `simd_dot.dot_u8s8`)."""
     if not isinstance(word, types.IntegerLiteral):
         return None
     value = word.literal_value

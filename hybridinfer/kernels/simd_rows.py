@@ -1,5 +1,5 @@
-"""More `simd.py` vector operations, for `cpu_accumulate_int8.py`: four rows' bytes interleaved lane by lane, per-block
-values spread to match them, and int8 quantization of coefficients with numpy's exact roundings."""
+"""Vector operations on `simd_types`' vectors for `cpu_accumulate_int8.py`: four rows' bytes interleaved lane by lane,
+per-block values spread to match them, and int8 quantization of coefficients with numpy's exact roundings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from .simd import _I32, _V16F32, _V16I32, F32x16, I32x16, _element_pointer, _function, _is_1d, _splat_i32
+from .simd_types import _I32, _V16F32, _V16I32, F32x16, I32x16, _element_pointer, _function, _is_1d, _splat_i32
 
 
 def _unpack(builder, x, y, lanes, element_bits, high):

@@ -2,8 +2,8 @@
 once: what each stores per value, its bytes, and how its arrays are made.
 
   f32    float32
-  f16    IEEE half, stored as int16 bits (numba has no float16 arithmetic on the CPU; `simd.half_bits` writes them,
-         `simd.as_float32` reads them); llama.cpp's default, and this one's
+  f16    IEEE half, stored as int16 bits (numba has no float16 arithmetic on the CPU; `simd_half.half_bits` writes
+         them, `simd_half.as_float32` reads them); llama.cpp's default, and this one's
   q8_0   GGML's Q8_0: blocks of 32 int8 values with one float16 scale each (34 bytes per 32 values), the quants and
          the scales in two arrays
 
