@@ -101,10 +101,11 @@ class GraphedDecode:
         steps = [(index, step) for index, parts in enumerate(layers) for part in parts
                  for step in part.decode_steps(index)]
         steps += [(None, step) for step in output.decode_steps()]
-        self.plan: list[Segment | tuple[int | None, Host]] = []
-        for index, step in steps:
+        self.plan: list[Segment | tuple[int | None, Host, bool]] = []  # a host step: (layer, step, its layer's last)
+        for at, (index, step) in enumerate(steps):
             if isinstance(step, Host):
-                self.plan.append((index, step))
+                last = index is not None and (at + 1 == len(steps) or steps[at + 1][0] != index)
+                self.plan.append((index, step, last))
             elif self.plan and isinstance(self.plan[-1], Segment):
                 self.plan[-1].steps.append((index, step))
             else:
@@ -126,9 +127,9 @@ class GraphedDecode:
                     index = item.steps[-1][0]
                     graphs = self._run(item, s, graphs)
                     continue
-                index, step = item
+                index, step, last = item
                 result = step.run(s)
-                if index is not None and s.on_device is None:
+                if last and s.on_device is None:  # a layer ended on the CPU, checked as the decoder's loop checks
                     require_finite(s.x, f"layer {index} ({block_name('*', index)})", s.start_pos)
         except ZeroDivisionError:
             where = "the output" if index is None else f"layer {index} ({block_name('*', index)})"
