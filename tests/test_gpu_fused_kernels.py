@@ -13,10 +13,10 @@ from gguf import GGMLQuantizationType as T
 from hybridinfer.gpu import reference
 from hybridinfer.gpu.weights import device_matrix
 from hybridinfer.model_file.weight_formats import GPU_NATIVE_TYPES
-from test_gpu_kernels import (DEVICE, MIXED_FORMATS, RTOL, assert_close, ffn_expected, tensor, tk,  # noqa: F401
-                              weight, width)
+from test_gpu_kernels import (DEVICE, MIXED_FORMATS, RTOL, assert_close, ffn_expected, kernel_common,  # noqa: F401
+                              tensor, tk, weight, width)
 
-# triton_kernels settings for one share of the columns, and for split-K (several shares, whole loop steps each)
+# split_k's settings (`kernel_common`) for one share of the columns, and for split-K (several shares, whole steps)
 SPLITS = ({"TARGET_PROGRAMS": 1}, {"MIN_SPLIT_STEPS": 1})
 ACTIVATIONS = {"silu": lambda g, t: g / (1 + np.exp(-g)),
                "gelu": lambda g, t: 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))),
@@ -24,21 +24,21 @@ ACTIVATIONS = {"silu": lambda g, t: g / (1 + np.exp(-g)),
                "fatrelu": lambda g, t: np.where(g >= t, g, 0.0)}
 
 
-def split_cases(tk, monkeypatch, rows, cols, *qtypes):
+def split_cases(kernel_common, monkeypatch, rows, cols, *qtypes):
     """Yield twice, for one share and for several (`SPLITS`)."""
     for split, settings in enumerate(SPLITS):
         monkeypatch.undo()
         for name, value in settings.items():
-            monkeypatch.setattr(tk, name, value)
-        assert (tk.split_k(rows, cols, *qtypes) < cols) == bool(split)
+            monkeypatch.setattr(kernel_common, name, value)
+        assert (kernel_common.split_k(rows, cols, *qtypes) < cols) == bool(split)
         yield
 
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_gemv_epilogues(tk, qtype, monkeypatch):
+def test_gemv_epilogues(tk, kernel_common, qtype, monkeypatch):
     rng = np.random.default_rng(2024)
     rows, cols = 37, width(qtype, 544)
-    for _ in split_cases(tk, monkeypatch, rows, cols, qtype):
+    for _ in split_cases(kernel_common, monkeypatch, rows, cols, qtype):
         _, exact, m = weight(rng, rows, cols, qtype)
         x = rng.standard_normal((1, cols)).astype(np.float32)
         scores, scale = x @ exact.T, np.abs(x) @ np.abs(exact).T
@@ -59,14 +59,14 @@ def test_gemv_epilogues(tk, qtype, monkeypatch):
             assert ops.matvec_at_least(m, tensor(x), threshold, into, (tensor(side), staged)) is into
             assert torch.equal(into.cpu(), torch.as_tensor(at_least)) and np.array_equal(staged.cpu().numpy(), side[0])
         assert_close(tk.matvec_relu(m, tensor(x)), reference.matvec_relu(m, tensor(x)).cpu().numpy(), scale)
-    assert not tk._COUNTERS[torch.device(DEVICE)].any()  # each split launch set its counters back to 0
+    assert not kernel_common._COUNTERS[torch.device(DEVICE)].any()  # each split launch set its counters back to 0
 
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_gate_up(tk, qtype, monkeypatch):
+def test_gate_up(tk, kernel_common, qtype, monkeypatch):
     rng = np.random.default_rng(99)
     rows, cols = 37, width(qtype, 544)
-    for _ in split_cases(tk, monkeypatch, rows, cols, qtype, qtype):
+    for _ in split_cases(kernel_common, monkeypatch, rows, cols, qtype, qtype):
         (_, gate, g_m), (_, up, u_m) = (weight(rng, rows, cols, qtype) for _ in range(2))
         x = (rng.standard_normal((1, cols)) / np.sqrt(cols)).astype(np.float32)
         g, u = x @ gate.T, x @ up.T
@@ -82,13 +82,13 @@ def test_gate_up(tk, qtype, monkeypatch):
 
 
 @pytest.mark.parametrize("qtypes", MIXED_FORMATS, ids=lambda qs: "-".join(q.name for q in qs))
-def test_gate_up_mixed_formats(tk, qtypes, monkeypatch):
+def test_gate_up_mixed_formats(tk, kernel_common, qtypes, monkeypatch):
     rng = np.random.default_rng(5)
     rows, cols = 70, min(width(q, 544) for q in qtypes[:2])  # 512 where a K-quant needs whole super-blocks
-    monkeypatch.setattr(tk, "MIN_SPLIT_STEPS", 1)
+    monkeypatch.setattr(kernel_common, "MIN_SPLIT_STEPS", 1)
     (_, gate, g_m), (_, up, u_m) = (weight(rng, rows, cols, q) for q in qtypes[:2])
     x = (rng.standard_normal((1, cols)) / np.sqrt(cols)).astype(np.float32)
-    assert tk.split_k(rows, cols, *qtypes[:2]) < cols
+    assert kernel_common.split_k(rows, cols, *qtypes[:2]) < cols
     scale = (np.abs(x) @ np.abs(gate).T) * (np.abs(x) @ np.abs(up).T)
     assert_close(tk.gate_up(g_m, u_m, tensor(x), "silu", 0.0), ACTIVATIONS["silu"](x @ gate.T, 0) * (x @ up.T), scale)
     # with the norm in the prologue (Q4_1 beside another format: x times the weight staged, read by both loops)
@@ -140,12 +140,12 @@ def rms_normed(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_the_norm_in_the_prologue(tk, qtype, monkeypatch):
+def test_the_norm_in_the_prologue(tk, kernel_common, qtype, monkeypatch):
     """RMSNorm folded into the kernel that reads its output: the Q/K/V GEMV (`norm_matvec`), the dense FFN's gate_up
     and fc2's staging copy (`matvec_at_least`'s copy_norm), each against its twin and numpy, split-K and not."""
     rng = np.random.default_rng(3131)
     rows, cols, eps = 37, width(qtype, 544), 1e-5
-    for _ in split_cases(tk, monkeypatch, rows, cols, qtype, qtype):
+    for _ in split_cases(kernel_common, monkeypatch, rows, cols, qtype, qtype):
         (_, exact, m), (_, up, u_m) = (weight(rng, rows, cols, qtype) for _ in range(2))
         x = (3 * rng.standard_normal((1, cols)) + 0.5).astype(np.float32)  # far from unit RMS
         norm = ((1 + 0.5 * rng.standard_normal(cols)) / np.sqrt(cols)).astype(np.float32)  # SiLU within exp range
@@ -163,13 +163,15 @@ def test_the_norm_in_the_prologue(tk, qtype, monkeypatch):
             assert_close(staged, normed[0], np.abs(normed[0]))
         assert_close(tk.norm_matvec(m, tensor(x), tensor(norm), eps),
                      reference.norm_matvec(m, tensor(x), tensor(norm), eps).cpu().numpy(), scale)
-    assert not tk._COUNTERS[torch.device(DEVICE)].any()
+    assert not kernel_common._COUNTERS[torch.device(DEVICE)].any()
 
 
-def test_a_gemv_norms_its_input_or_its_copy_not_both(tk):
+def test_a_gemv_norms_its_input_or_its_copy_not_both(kernel_common):
+    from hybridinfer.gpu.gemv_kernels import _gemv
+
     rng = np.random.default_rng(12)
     m = device_matrix(rng.standard_normal((8, 64)).astype(np.float32), T.F32, (8, 64), DEVICE)
     x, norm = tensor(rng.standard_normal((1, 64)).astype(np.float32)), tensor(np.ones(64, np.float32))
     with pytest.raises(ValueError, match="not both"):
-        tk._gemv(m, x, torch.empty((1, 8), device=DEVICE), tk._STORE, 0.0, (x, torch.empty(64, device=DEVICE)),
-                 norm=(norm, 1e-5), copy_norm=(norm, 1e-5))
+        _gemv(m, x, torch.empty((1, 8), device=DEVICE), kernel_common._STORE, 0.0, (x, torch.empty(64, device=DEVICE)),
+              norm=(norm, 1e-5), copy_norm=(norm, 1e-5))

@@ -40,6 +40,34 @@ def tk():
     return triton_kernels
 
 
+# the modules behind triton_kernels whose settings the tests change: each where the function that reads it lives
+@pytest.fixture
+def kernel_common(tk):
+    """split_k's settings (MIN_SPLIT_STEPS, TARGET_PROGRAMS), the epilogues, the split-K counters."""
+    from hybridinfer.gpu import kernel_common
+
+    return kernel_common
+
+
+@pytest.fixture
+def hot_ffn_kernels(tk):
+    """hot_ffn's settings (CHUNK, S3_COLUMNS, S3_MAX_SHARES, TARGET_PROGRAMS for S3's shares) and its kernels."""
+    from hybridinfer.gpu import hot_ffn_kernels
+
+    return hot_ffn_kernels
+
+
+class LaunchSpy:
+    """Stands in for a Triton kernel: `kernel[grid](...)` records the grid, then launches the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Make the torch twins dequantize 3 rows at a time, so that the chunk loops take several steps."""
@@ -236,15 +264,15 @@ def test_reference_with_no_hot_neurons():
 # ---- the Triton kernels against the twins --------------------------------------------------------------------
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_triton_matvec(tk, qtype, monkeypatch):
+def test_triton_matvec(tk, kernel_common, qtype, monkeypatch):
     rng = np.random.default_rng(4321)
     # 37 rows: a tile and a partial one; 160 columns: a partial column step only; 544: whole steps (2 of 8 Q4 blocks)
     # and a partial one; (2, 160): the twin's batch matmul; then split-K: shares of one column step each
     cases = ((37, 160, 1), (1, 64, 1), (70, 544, 1), (37, 160, 2), (37, 544, 1))
     for case, (rows, cols, tokens) in enumerate(cases):
         if case == len(cases) - 1:
-            monkeypatch.setattr(tk, "MIN_SPLIT_STEPS", 1)
-            assert tk.split_k(rows, width(qtype, cols), qtype) < width(qtype, cols)
+            monkeypatch.setattr(kernel_common, "MIN_SPLIT_STEPS", 1)
+            assert kernel_common.split_k(rows, width(qtype, cols), qtype) < width(qtype, cols)
         cols = width(qtype, cols)
         _, exact, m = weight(rng, rows, cols, qtype)
         x = rng.standard_normal((tokens, cols)).astype(np.float32)
@@ -253,7 +281,7 @@ def test_triton_matvec(tk, qtype, monkeypatch):
 
 
 @pytest.mark.parametrize("qtype", GPU_NATIVE_TYPES, ids=lambda q: q.name)
-def test_triton_hot_ffn(tk, qtype, monkeypatch):
+def test_triton_hot_ffn(tk, hot_ffn_kernels, qtype, monkeypatch):
     rng = np.random.default_rng(777)
     n_hot, n_embd = 37, width(qtype, 160)
     (_, gate, g_m), (_, up, u_m), (_, down_t, d_m) = (weight(rng, n_hot, n_embd, qtype) for _ in range(3))
@@ -267,11 +295,16 @@ def test_triton_hot_ffn(tk, qtype, monkeypatch):
         assert count.dtype == torch.int64 and count.shape == () and count.device.type == out.device.type
         assert int(count) == int(expected_count) == fired[0] and 0 < fired[0] < n_hot
         assert_close(out, expected.cpu().numpy(), scale[0])
-    monkeypatch.setattr(tk, "TARGET_PROGRAMS", 1)  # one S3 share of all the rows (several chunks and steps)
-    monkeypatch.setattr(tk, "S3_MAX_SHARES", 1)
-    monkeypatch.setattr(tk, "CHUNK", 16)  # several S2 programs, several S3 chunks
-    monkeypatch.setattr(tk, "S3_COLUMNS", 64)  # several S3 column tiles (Q4: 2 units a tile, Q8_0: 4)
+    monkeypatch.setattr(hot_ffn_kernels, "TARGET_PROGRAMS", 1)  # one S3 share of all the rows (several chunks, steps)
+    monkeypatch.setattr(hot_ffn_kernels, "S3_MAX_SHARES", 1)
+    monkeypatch.setattr(hot_ffn_kernels, "CHUNK", 16)  # several S2 programs, several S3 chunks
+    monkeypatch.setattr(hot_ffn_kernels, "S3_COLUMNS", 64)  # several S3 column tiles (Q4: 2 units a tile, Q8_0: 4)
+    s3_name = "_s3_words_kernel" if qtype in WORD_FORMATS else "_s3_kernel"
+    s2, s3 = LaunchSpy(hot_ffn_kernels._s2_kernel), LaunchSpy(getattr(hot_ffn_kernels, s3_name))
+    monkeypatch.setattr(hot_ffn_kernels, "_s2_kernel", s2)
+    monkeypatch.setattr(hot_ffn_kernels, s3_name, s3)
     out, count = tk.hot_ffn(*args)
+    assert s2.grids == [(3,)] and s3.grids[0][0] > 1 and s3.grids[0][1] == 1  # the settings reached hot_ffn
     assert int(count) == fired[0]
     assert_close(out, expected.cpu().numpy(), scale[0])
 
@@ -402,7 +435,9 @@ def test_the_kernels_compile_for_sm_90(tk):
     """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2, S3, gate_up and the
     GEMV and gate_up with the RMSNorm prologue of the format with the most fields; the interpreter does not catch what
     only compiling does (e.g. a non-constexpr global)."""
-    ptxas = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
@@ -427,7 +462,9 @@ def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
     """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, and the GEMV and gate_up
     with the RMSNorm prologue, compiled for sm_90 and counted in their SASS by compile_check: at most 4 instructions
     per weight, one FFMA per weight or a little more."""
-    bin_dir = Path(tk.triton.__file__).parent / "backends" / "nvidia" / "bin"
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
     result = _compile_check("--arch", "90", "Q4_0", "Q4_1", "Q8_0")

@@ -11,7 +11,7 @@ iteration and its FFMAs per weight (figures for sm_90 in docs/hybrid.md):
 
     FORMAT KERNEL sass regs R loop I/w (N instr, W w/thread/iter, ffma F/w) [| loop ...]
 
-Method. Each kernel is compiled as its launch compiles it (`triton_kernels`' tile sizes, num_warps, LAUNCH;
+Method. Each kernel is compiled as its launch compiles it (its launch's tile sizes, num_warps, LAUNCH;
 pointers, `cols` and `cols_per_split` marked 16-divisible, as Triton's launcher specializes them) with Triton's own
 compiler for sm_ARCH; Triton's bundled cuobjdump disassembles the cubin to SASS (without it: the PTX, counted the
 same way, a less faithful figure). A loop is a backward branch (`BRA` to a lower address, PTX: `bra` to an earlier
@@ -42,12 +42,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..model_file.weight_formats import GPU_NATIVE_FORMATS, WeightFormat
-from . import triton_kernels as tk
+from . import gemv_kernels as dense
+from . import hot_ffn_kernels as sparse
+from . import kernel_common as common
+from . import s3_kernels
 from .weights import WORD_FORMATS, block_fields
 
 _POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int8": "*i8", "uint8": "*u8",
             "int32": "*i32"}
-FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `triton_kernels._fields`' order: q, d, m, h, s
+FIELDS = ("quants", "scales", "mins", "highs", "sub_scales")  # `kernel_common._fields`' order: q, d, m, h, s
 KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up", "stage_gemv")
 
 
@@ -70,7 +73,7 @@ class Loop:
 
 
 def field_pointers(fmt: WeightFormat) -> list[str]:
-    """The Triton pointer types of `triton_kernels._fields(m)` for a matrix of `fmt`."""
+    """The Triton pointer types of `kernel_common._fields(m)` for a matrix of `fmt`."""
     if not fmt.quantized:
         return [_POINTER[fmt.value_type]] * 5
     stored = {name: _POINTER[np.dtype(kind).name] for name, (_, _, kind) in block_fields(fmt).items()}
@@ -93,9 +96,9 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     for `fmt`, as Triton compiles them; the GEMV, S3 and gate_up with split-K's one-pass sum; the GEMV and gate_up
     with the RMSNorm prologue, and the GEMV as a split FFN's fc2 launches it (threshold, RMS-normed staging copy)."""
     p = field_pointers(fmt)
-    warps = tk.NUM_WARPS
-    step = tk.BLOCK_R * tk.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 loop step
-    tiles = {"BLOCK_R": tk.BLOCK_R, "BLOCK_C": tk.BLOCK_C}
+    warps = common.NUM_WARPS
+    step = common.BLOCK_R * common.tile_columns(fmt.type) // (32 * warps)  # weights a thread takes per GEMV/S2 step
+    tiles = {"BLOCK_R": common.BLOCK_R, "BLOCK_C": common.BLOCK_C}
     const = {name: "constexpr" for name in tiles}
 
     def named(*names: str) -> dict[str, str]:  # the five field pointers under a kernel's own argument names
@@ -121,37 +124,38 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
           "CHUNK": "constexpr"}
     s3_common = {"h_ptr": "*fp32", "slots_ptr": "*i32", "partial_ptr": "*fp32", "counter_ptr": "*i32",
                  "out_ptr": "*fp32", "n": "i32", "cols": "i32", "rows_per_share": "i32"}
-    s3_epilogue = {"EPILOGUE": int(tk._ADD), **split}
-    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(tk._ADD), **split, "COPY": False, "NORM": False,
+    s3_epilogue = {"EPILOGUE": int(common._ADD), **split}
+    gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(common._ADD), **split, "COPY": False, "NORM": False,
                       "COPY_NORM": False, **tiles}
-    kernels = {"gemv": Kernel(_source(tk._gemv_kernel, gemv, gemv_constants), step, warps),
-               "s2": Kernel(_source(tk._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True, "GATE_FMT": fmt.code,
-                                                        "UP_FMT": fmt.code, **tiles, "CHUNK": tk.CHUNK}), step, warps)}
+    kernels = {"gemv": Kernel(_source(dense._gemv_kernel, gemv, gemv_constants), step, warps),
+               "s2": Kernel(_source(sparse._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True,
+                                                            "GATE_FMT": fmt.code, "UP_FMT": fmt.code, **tiles,
+                                                            "CHUNK": sparse.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "scale": "fp32",
               "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "S3_ROWS": "constexpr",
               "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
-        s3_step = tk.S3_ROWS * tk.s3_columns(fmt.type) // (32 * tk.S3_WARPS)
-        constants = {"FMT": fmt.code, **s3_epilogue, "S3_ROWS": tk.S3_ROWS, "S3_UNITS": tk.s3_units(fmt.type),
-                     "CHUNK": tk.CHUNK}
-        kernels["s3"] = Kernel(_source(tk._s3_words_kernel, s3, constants), s3_step, tk.S3_WARPS)
+        s3_step = sparse.S3_ROWS * sparse.s3_columns(fmt.type) // (32 * sparse.S3_WARPS)
+        constants = {"FMT": fmt.code, **s3_epilogue, "S3_ROWS": sparse.S3_ROWS,
+                     "S3_UNITS": sparse.s3_units(fmt.type), "CHUNK": sparse.CHUNK}
+        kernels["s3"] = Kernel(_source(s3_kernels._s3_words_kernel, s3, constants), s3_step, sparse.S3_WARPS)
     else:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "scale": "fp32",
               "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", **const, "CHUNK": "constexpr"}
-        s3_step = tk.BLOCK_R * tk.BLOCK_C // (32 * tk.NUM_WARPS)
-        kernels["s3"] = Kernel(_source(tk._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
-                                                          "CHUNK": tk.CHUNK}), s3_step, tk.NUM_WARPS)
-    gate_up_constants = {"ACT": tk.ACTIVATIONS["silu"], **split, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
+        s3_step = common.BLOCK_R * common.BLOCK_C // (32 * common.NUM_WARPS)
+        kernels["s3"] = Kernel(_source(s3_kernels._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
+                                                                  "CHUNK": sparse.CHUNK}), s3_step, common.NUM_WARPS)
+    gate_up_constants = {"ACT": common.ACTIVATIONS["silu"], **split, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
                          "NORM": False, **tiles}
-    kernels["gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, gate_up_constants), step, warps)
+    kernels["gate_up"] = Kernel(_source(dense._gate_up_kernel, gate_up, gate_up_constants), step, warps)
     # with the RMSNorm prologue (x times the norm weight as loaded): the attention's Q/K/V, the dense FFN's gate/up
-    norm_gemv = {**gemv_constants, "EPILOGUE": int(tk._STORE), "NORM": True}
-    kernels["norm_gemv"] = Kernel(_source(tk._gemv_kernel, gemv, norm_gemv), step, warps)
-    kernels["norm_gate_up"] = Kernel(_source(tk._gate_up_kernel, gate_up, {**gate_up_constants, "NORM": True}), step,
-                                     warps)
+    norm_gemv = {**gemv_constants, "EPILOGUE": int(common._STORE), "NORM": True}
+    kernels["norm_gemv"] = Kernel(_source(dense._gemv_kernel, gemv, norm_gemv), step, warps)
+    kernels["norm_gate_up"] = Kernel(_source(dense._gate_up_kernel, gate_up, {**gate_up_constants, "NORM": True}),
+                                     step, warps)
     # a split FFN's fc2: the threshold into a byte mask, the FFN input RMS-normed into the staging buffer beside it
-    stage = {**gemv_constants, "EPILOGUE": int(tk._AT_LEAST), "COPY": True, "COPY_NORM": True}
-    kernels["stage_gemv"] = Kernel(_source(tk._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
+    stage = {**gemv_constants, "EPILOGUE": int(common._AT_LEAST), "COPY": True, "COPY_NORM": True}
+    kernels["stage_gemv"] = Kernel(_source(dense._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
     return kernels
 
 
@@ -225,7 +229,7 @@ def compile_stats(kernel: Kernel, arch: int) -> dict:
     """Compile for sm_`arch`: registers (from cuobjdump; None without it), the inner loops (SASS, or PTX without
     cuobjdump) and which one was read."""
     compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": kernel.warps, **tk.LAUNCH})
+                              options={"num_warps": kernel.warps, **common.LAUNCH})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
