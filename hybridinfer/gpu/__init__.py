@@ -1,14 +1,18 @@
 """The GPU side's weights and kernels, in the GGUF file's own formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
 Q5_1, Q4_K, Q5_K, Q6_K).
 
-    weights.py         DeviceMatrix: a (rows, cols) weight on a torch device as the file's bytes, split by field
-    reference.py       plain torch twins of the kernels (what each must compute; they also run on the CPU device)
-    triton_kernels.py  the same functions as Triton kernels: GEMV per format, the fused S2 (gate, FATReLU, up)
-                       and S3 (down_t rows of the neurons that fired)
-    tile_decoders.py   their device functions that decode a tile of each format and dot it with x
+    weights.py          DeviceMatrix: a (rows, cols) weight on a torch device as the file's bytes, split by field
+    reference.py        plain torch twins of the kernels (what each must compute; they also run on the CPU device)
+    triton_kernels.py   the same functions as Triton kernels, gathered from the modules below
+    gemv_kernels.py     the GEMV per format, with its epilogues and RMSNorm prologue, and the dense FFN's gate_up
+    hot_ffn_kernels.py  the sparse FFN on the hot neurons: the fused S2 (gate, FATReLU, up), then S3's launch
+    s3_kernels.py       S3: the down_t rows of the neurons that fired, summed
+    kernel_common.py    what they share: tile sizes, launch options, split-K in one pass, epilogues, activations
+    tile_decoders.py    their device functions that decode a tile of each format and dot it with x
 
-Both kernel modules offer matvec, hot_ffn, hidden_dense and down_t_product with the same signatures and
-results; `kernels_for` says which one a device uses. Importing this package never imports triton.
+Both kernel modules (reference.py, triton_kernels.py) offer matvec, hot_ffn, hidden_dense and down_t_product
+with the same signatures and results; `kernels_for` says which one a device uses.
+Importing this package never imports triton.
 
 The decode step's own kernels, each a Triton module and its torch twin (`hybrid/gpu_side.step_kernels_for`):
 

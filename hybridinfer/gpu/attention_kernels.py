@@ -10,7 +10,7 @@ prompt).
                        (the new position's key and value come from registers, not from the cache being written).
                        Its partial result stored, a program takes a ticket on its kv head's counter; the last of the
                        head's splits merges them for the group's query heads (`_combine`: the split-K GEMV's one-pass
-                       sum, `triton_kernels._last_share`). With ADVANCE, the last kv head to finish also adds 1 to the
+                       sum, `kernel_common._last_share`). With ADVANCE, the last kv head to finish also adds 1 to the
                        device position, which every program has read by then (the token's last layer: the next
                        token's position without a write of its own)
 

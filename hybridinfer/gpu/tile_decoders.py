@@ -1,5 +1,6 @@
 """Triton device functions that decode a tile of a DeviceMatrix's fields (`weights.py`) and dot it with x: the
-GEMV, gate_up and S2 kernels of `triton_kernels.py` call them for each loop step.
+GEMV and gate_up kernels (`gemv_kernels.py`), S2 (`hot_ffn_kernels.py`) and S3 (`s3_kernels.py`) call them for each
+loop step.
 
 How a tile is decoded depends on the format:
 - Q4_0, Q4_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's quants as int32

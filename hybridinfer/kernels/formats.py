@@ -1,7 +1,7 @@
 """The one numbering of the weight formats that kernels branch on, each format's `code` in the registry
 (`model_file/weight_formats.py`): the numba kernels (`cpu_quant`, `cpu_accumulate_int8`, `cpu_layer`, `requantize`)
-take it as their `code` / `kind` argument, the Triton kernels (`gpu/triton_kernels.py`) as their FMT constexpr, and
-`PackedMatrix.code` gives it for a packed weight.
+take it as their `code` / `kind` argument, the Triton kernels (`gpu/tile_decoders.py` and its callers) as their FMT
+constexpr, and `PackedMatrix.code` gives it for a packed weight.
 
 Float formats come first (code <= BF16), then the quantized ones. numba reads these module-level ints as
 compile-time constants, so `kind == Q8_0` costs what a literal does.
