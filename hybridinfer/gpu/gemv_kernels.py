@@ -1,5 +1,5 @@
-"""The dense GEMV family as Triton kernels, one launch a call for T == 1 (twins in `reference.py`; batches are
-theirs):
+"""The dense GEMV family as Triton kernels, one launch a call for T == 1 (twins in `reference.py`, which also
+serve batches):
 
     matvec (T == 1)  GEMV: program (i, k) takes a tile of BLOCK_R rows and the k-th share of the columns (split-K:
                      narrow matrices get enough programs to fill the GPU), looping over the columns a tile at a time;
@@ -8,7 +8,6 @@ theirs):
     norm_matvec      the GEMV of RMSNorm(x) (and gate_up's `norm`): each program computes the inverse RMS of the
                      whole x, multiplies x tiles by the norm weight as it loads them (Q4_1: staged in its scratch,
                      `_q4_1_prologue`) and scales its dot; one launch for a norm and the projection that reads it
-    hot_ffn          S2: each program compacts its chunk's candidate rows (the mask) into a list, then takes them
     matvec_relu, matvec_at_least, add_matvec
                      the GEMV with another epilogue (`_epilogue`): ReLU, the threshold as a byte mask (which can also
                      copy a vector, RMS-normed or not, beside its work: a split FFN's input), the residual add

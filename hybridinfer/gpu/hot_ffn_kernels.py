@@ -1,16 +1,15 @@
 """PowerInfer's sparse FFN over the hot neurons as two Triton launches (twin: `reference.hot_ffn`):
 
-                     BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that fired (the
-                     others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never read)
-                     -> h (n_hot,); then
-                     S3: out = sum_i h_i * down_t[i], each program a tile of output columns and a share of the rows,
-                     which it compacts to the rows with h_i != 0 before loading any weight; shares added on the host
-
+    hot_ffn          S2 (`_s2_kernel`): each program compacts its chunk's candidate rows (the mask) into a list, then
+                     takes them BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that
+                     fired (the others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never
+                     read) -> h (n_hot,); then
                      S3 (`s3_kernels.py`): out = sum_i h_i * down_t[i], each program a tile of output columns and a
                      share of the rows, which it compacts to the rows with h_i != 0 before loading any weight; the
                      tile's last program adds the shares (`kernel_common._finish`)
 
-The S2/S3 settings below are read here (and by `compile_check.py`): a test that changes one patches it here.
+hot_ffn reads its settings as this module's names (the S2/S3 ones below; BLOCK_R, BLOCK_C, NUM_WARPS and
+TARGET_PROGRAMS imported by name from `kernel_common.py`): a test that changes one for hot_ffn patches it here.
 """
 
 from __future__ import annotations
