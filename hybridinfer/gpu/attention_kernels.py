@@ -215,5 +215,5 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                                       ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
                                       SPLITS=SPLITS, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
                                       ADVANCE=bool(advance), HALF_DOTS=k_cache.dtype == torch.float16,
-                                      num_warps=num_warps)
+                                      num_warps=num_warps, enable_fp_fusion=True)
     return scratch.out

@@ -61,7 +61,8 @@ def compile_stats(kernel: Kernel, arch: int) -> dict[str, int | float]:
     """Compile for sm_`arch`; the PTX's instruction and global load counts, and where cuobjdump is bundled the
     registers, stack bytes (a spill shows as stack), SASS instructions and (attention) the position loop's
     instructions per cached element."""
-    compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32), options={"num_warps": kernel.warps})
+    compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32), options={"num_warps": kernel.warps,
+                                                                                      "enable_fp_fusion": True})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
