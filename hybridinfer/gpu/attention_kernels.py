@@ -3,11 +3,12 @@
 prompt).
 
     _attention_kernel  program (kv head, split): the group's queries and the new key (their biases added and each
-                       head RMS-normed where the model has them), rotated (RoPE) in registers; split 0 writes the new
-                       key and value into the float16 (or float32) cache; then the online softmax over the split's
-                       share of positions 0..pos (pos - window + 1..pos on a sliding-window layer), read in place in
-                       tiles of BLOCK_N positions, each key/value tile read once for the whole group of query heads
-                       (the new position's key and value come from registers, not from the cache being written).
+                       head RMS-normed where the model has them), rotated (RoPE) in registers; the split whose share
+                       holds the new position writes its key and value into the float16 (or float32) cache, which its
+                       threads then read back as any cached position (a barrier between); then the online softmax
+                       over the split's share of positions 0..pos (pos - window + 1..pos on a sliding-window layer),
+                       read in place in tiles of BLOCK_N positions, each key/value tile read once for the whole group
+                       of query heads.
                        Its partial result stored, a program takes a ticket on its kv head's counter; the last of the
                        head's splits merges them for the group's query heads (`_combine`: the split-K GEMV's one-pass
                        sum, `triton_kernels._last_share`). With ADVANCE, the last kv head to finish also adds 1 to the
@@ -30,9 +31,9 @@ import triton.language as tl
 from . import attention_reference
 
 SPLITS = 16  # position shares of a long context (programs per key/value head)
-# positions a loop step reads and warps a program has, per cache type: the most positions that compile for sm_90
-# without a spill (`compile_step_kernels`; docs/hybrid.md)
-TILES = {torch.float16: (64, 8), torch.float32: (16, 8)}
+# positions a loop step reads and warps a program has, per cache type: of those tried, the fewest SASS instructions
+# per cached element for sm_90 without a spill (`compile_step_kernels`; docs/hybrid.md)
+TILES = {torch.float16: (64, 4), torch.float32: (32, 4)}
 
 
 @triton.jit
@@ -86,33 +87,27 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
     v_new = tl.load(qkv_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v_new += tl.load(bias_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0)
-    k_new = k_new.to(k_ptr.dtype.element_ty)  # as stored: the new position reads as every later one will
-    v_new = v_new.to(v_ptr.dtype.element_ty)
-    if split == 0:
-        tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new, mask=d_live)
-        tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new, mask=d_live)
     if HALF_DOTS:
         q = q.to(tl.float16)
-    else:
-        k_new, v_new = k_new.to(tl.float32), v_new.to(tl.float32)
     oldest = tl.where(window > 0, tl.maximum(pos + 1 - window, 0), 0)  # the first position attended to
     share = tl.cdiv(tl.cdiv(pos + 1 - oldest, SPLITS), BLOCK_N) * BLOCK_N
     lo = oldest + split * share
     hi = tl.minimum(lo + share, pos + 1)
+    if (lo <= pos) & (pos < hi):  # the split that reads the new position writes it, then reads it as cached
+        tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new.to(k_ptr.dtype.element_ty), mask=d_live)
+        tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new.to(v_ptr.dtype.element_ty), mask=d_live)
+    tl.debug_barrier()  # the program's stores seen by all its threads' loads
     best = tl.full([GROUP_P2], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_P2], tl.float32)
     acc = tl.zeros([GROUP_P2, HEAD_DIM_P2], tl.float32)
     for first in range(lo, hi, BLOCK_N):
         p = first + tl.arange(0, BLOCK_N)
-        cached = ((p < pos) & (p < hi))[:, None] & d_live[None, :]
+        cached = (p < hi)[:, None] & d_live[None, :]
         at = p[:, None] * row + kv * HEAD_DIM + d[None, :]
         keys = tl.load(k_ptr + at, mask=cached, other=0.0)  # (BLOCK_N, HEAD_DIM_P2) as cached
         values = tl.load(v_ptr + at, mask=cached, other=0.0)
         if not HALF_DOTS:
             keys, values = keys.to(tl.float32), values.to(tl.float32)
-        is_new = (p == pos)[:, None]
-        keys = tl.where(is_new, k_new[None, :], keys)
-        values = tl.where(is_new, v_new[None, :], values)
         if HALF_DOTS:  # (GROUP_P2, BLOCK_N)
             scores = tl.dot(q, tl.trans(keys))
         else:
