@@ -12,6 +12,16 @@ import torch
 from hybridinfer.gpu import attention_reference
 
 DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
+# the kernel against the twin: a float32 cache takes float32 products; a float16 cache takes them on tensor cores, the
+# queries and the softmax weights rounded to float16 (docs/hybrid.md), so the result may move by about their rounding
+KERNEL_BOUND = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def assert_kernel_close(got, expected, dtype):
+    """The kernel's result against the twin's, within the bound of the cache's type."""
+    bound = KERNEL_BOUND[dtype]
+    print(f"{dtype}: largest difference {(got - expected).abs().max():.2e}")
+    assert torch.allclose(got, expected, rtol=bound, atol=bound), (got - expected).abs().max()
 
 
 def plain_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head):
@@ -71,7 +81,7 @@ def test_triton_kernels_equal_the_twin(shape, dtype, start_pos):
     expected = attention_reference.decode_attention(qkv, k_twin, v_twin, cos, sin, start_pos, n_head)
     got = attention_kernels.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head)
     assert torch.equal(k_cache, k_twin) and torch.equal(v_cache, v_twin)
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert_kernel_close(got, expected, dtype)
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
@@ -169,7 +179,7 @@ def test_triton_kernels_with_head_options_equal_the_twin(options, dtype, start_p
     got = attention_kernels.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, options=o)
     assert torch.allclose(k_cache.float(), k_twin.float(), rtol=1e-5, atol=1e-5)
     assert torch.equal(v_cache, v_twin)
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert_kernel_close(got, expected, dtype)
 
 
 def test_a_decode_step_allocates_no_more_at_position_4000_than_at_10(tmp_path):

@@ -111,3 +111,31 @@ def test_launches_of_a_model_with_post_norms(tmp_path):
     for index, (count, by_name) in counts.items():
         print(f"gemma3 dense layer {index}: {count} launches {by_name}")
         assert count <= DENSE_LAYER_BOUND + 2, (index, count, by_name)
+
+
+def test_launches_of_the_output_part(split_model):
+    """The output part on the device, one token: the GEMV with the final RMSNorm in its prologue and the logits' copy
+    down (before, the norm was torch's five kernels); the logits as the reference's."""
+    pytest.importorskip("triton", reason="the launches counted are the Triton kernels'")
+    path, _, _ = split_model  # -ngl n_layer + 1: the output part on the device too, as in llama.cpp
+    engine = hybridinfer.load(str(path), n_ctx=N_CTX, n_gpu_layers=N_LAYER + 1, gpu_kernels="triton",
+                              device=os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu"))
+    engine.reset()
+    engine.feed(IDS[:-1])
+    counts: list[int] = []
+    built = engine.model.output
+
+    def counted(s):
+        with Launches() as launches:
+            logits = built(s)
+        counts.append(launches.total)
+        return logits
+
+    engine.model.output = counted
+    try:
+        logits, _ = engine.feed(IDS)
+    finally:
+        engine.model.output = built
+    assert counts and counts[-1] <= 2, counts  # 8 before
+    expected, _ = hybridinfer.load(str(path), n_ctx=N_CTX, backend="reference").feed(IDS)
+    torch.testing.assert_close(torch.from_numpy(logits), torch.from_numpy(expected), rtol=1e-3, atol=1e-3)

@@ -3,11 +3,12 @@
 prompt).
 
     _attention_kernel  program (kv head, split): the group's queries and the new key (their biases added and each
-                       head RMS-normed where the model has them), rotated (RoPE) in registers; split 0 writes the new
-                       key and value into the float16 (or float32) cache; then the online softmax over the split's
-                       share of positions 0..pos (pos - window + 1..pos on a sliding-window layer), read in place in
-                       tiles of BLOCK_N positions, each key/value tile read once for the whole group of query heads
-                       (the new position's key and value come from registers, not from the cache being written).
+                       head RMS-normed where the model has them), rotated (RoPE) in registers; the split whose share
+                       holds the new position writes its key and value into the float16 (or float32) cache, which its
+                       threads then read back as any cached position (a barrier between); then the online softmax
+                       over the split's share of positions 0..pos (pos - window + 1..pos on a sliding-window layer),
+                       read in place in tiles of BLOCK_N positions, each key/value tile read once for the whole group
+                       of query heads.
                        Its partial result stored, a program takes a ticket on its kv head's counter; the last of the
                        head's splits merges them for the group's query heads (`_combine`: the split-K GEMV's one-pass
                        sum, `kernel_common._last_share`). With ADVANCE, the last kv head to finish also adds 1 to the
@@ -30,7 +31,9 @@ import triton.language as tl
 from . import attention_reference
 
 SPLITS = 16  # position shares of a long context (programs per key/value head)
-BLOCK_N = 32  # positions a loop step reads
+# positions a loop step reads and warps a program has, per cache type: of those tried, the fewest SASS instructions
+# per cached element for sm_90 without a spill (`compile_step_kernels`; docs/hybrid.md)
+TILES = {torch.float16: (64, 4), torch.float32: (32, 4)}
 
 
 @triton.jit
@@ -59,11 +62,14 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
                       out_ptr, bias_ptr, q_norm_ptr, k_norm_ptr, scale, eps, window, N_HEAD_KV: tl.constexpr,
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr, GROUP_P2: tl.constexpr,
                       HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, ADVANCE: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, ADVANCE: tl.constexpr,
+                      HALF_DOTS: tl.constexpr):
     """out (n_head * HEAD_DIM,) float32; best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): each
     split's running max, sum, values; counter_ptr (N_HEAD_KV + 1,) int32 zeros, left zero. bias_ptr (q_rows + 2
     kv_rows,) read if HAS_BIAS, q_norm_ptr and k_norm_ptr (HEAD_DIM,) if HAS_NORM; window > 0: positions pos - window
-    + 1..pos only; ADVANCE: *pos_ptr += 1 once every program has read it."""
+    + 1..pos only; ADVANCE: *pos_ptr += 1 once every program has read it. HALF_DOTS (a float16 cache): the two
+    products on tensor cores, the queries and the softmax weights rounded to float16, the sums float32 (as
+    llama.cpp's CUDA flash attention); else float32 products (a float32 cache: the exact option)."""
     kv = tl.program_id(0)
     split = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int64)
@@ -81,35 +87,40 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
     v_new = tl.load(qkv_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v_new += tl.load(bias_ptr + q_rows + row + kv * HEAD_DIM + d, mask=d_live, other=0.0)
-    k_new = k_new.to(k_ptr.dtype.element_ty)  # as stored: the new position reads as every later one will
-    v_new = v_new.to(v_ptr.dtype.element_ty)
-    if split == 0:
-        tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new, mask=d_live)
-        tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new, mask=d_live)
-    k_new, v_new = k_new.to(tl.float32), v_new.to(tl.float32)
+    if HALF_DOTS:
+        q = q.to(tl.float16)
     oldest = tl.where(window > 0, tl.maximum(pos + 1 - window, 0), 0)  # the first position attended to
     share = tl.cdiv(tl.cdiv(pos + 1 - oldest, SPLITS), BLOCK_N) * BLOCK_N
     lo = oldest + split * share
     hi = tl.minimum(lo + share, pos + 1)
+    if (lo <= pos) & (pos < hi):  # the split that reads the new position writes it, then reads it as cached
+        tl.store(k_ptr + pos * row + kv * HEAD_DIM + d, k_new.to(k_ptr.dtype.element_ty), mask=d_live)
+        tl.store(v_ptr + pos * row + kv * HEAD_DIM + d, v_new.to(v_ptr.dtype.element_ty), mask=d_live)
+    tl.debug_barrier()  # the program's stores seen by all its threads' loads
     best = tl.full([GROUP_P2], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_P2], tl.float32)
     acc = tl.zeros([GROUP_P2, HEAD_DIM_P2], tl.float32)
     for first in range(lo, hi, BLOCK_N):
         p = first + tl.arange(0, BLOCK_N)
-        cached = ((p < pos) & (p < hi))[:, None] & d_live[None, :]
+        cached = (p < hi)[:, None] & d_live[None, :]
         at = p[:, None] * row + kv * HEAD_DIM + d[None, :]
-        keys = tl.load(k_ptr + at, mask=cached, other=0.0).to(tl.float32)  # (BLOCK_N, HEAD_DIM_P2)
-        values = tl.load(v_ptr + at, mask=cached, other=0.0).to(tl.float32)
-        is_new = (p == pos)[:, None]
-        keys = tl.where(is_new, k_new[None, :], keys)
-        values = tl.where(is_new, v_new[None, :], values)
-        scores = tl.dot(q, tl.trans(keys), input_precision="ieee")  # (GROUP_P2, BLOCK_N): float32 products
+        keys = tl.load(k_ptr + at, mask=cached, other=0.0)  # (BLOCK_N, HEAD_DIM_P2) as cached
+        values = tl.load(v_ptr + at, mask=cached, other=0.0)
+        if not HALF_DOTS:
+            keys, values = keys.to(tl.float32), values.to(tl.float32)
+        if HALF_DOTS:  # (GROUP_P2, BLOCK_N)
+            scores = tl.dot(q, tl.trans(keys))
+        else:
+            scores = tl.dot(q, tl.trans(keys), input_precision="ieee")
         scores = tl.where((p < hi)[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
         weights = tl.exp(scores - new_best[:, None])
         rescale = tl.exp(best - new_best)
         total = total * rescale + tl.sum(weights, axis=1)
-        acc = acc * rescale[:, None] + tl.dot(weights, values, input_precision="ieee")
+        if HALF_DOTS:
+            acc = acc * rescale[:, None] + tl.dot(weights.to(tl.float16), values)
+        else:
+            acc = acc * rescale[:, None] + tl.dot(weights, values, input_precision="ieee")
         best = new_best
     at = (kv * SPLITS + split) * GROUP_P2 + g
     tl.store(best_ptr + at, best)
@@ -190,12 +201,14 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     group_p2, head_dim_p2 = scratch.best.shape[2], scratch.acc.shape[3]
     o = options
     has_bias, has_norm = o.bias is not None, o.q_norm is not None
+    block_n, num_warps = TILES[k_cache.dtype]
     _attention_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
                                       scratch.total, scratch.acc, scratch.counters, scratch.out,
                                       o.bias if has_bias else qkv, o.q_norm if has_norm else qkv,
                                       o.k_norm if has_norm else qkv, o.query_scale / math.sqrt(head_dim), o.eps,
                                       o.window, N_HEAD_KV=n_kv, GROUP=group, HEAD_DIM=head_dim,
                                       ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
-                                      SPLITS=SPLITS, BLOCK_N=BLOCK_N, HAS_BIAS=has_bias, HAS_NORM=has_norm,
-                                      ADVANCE=bool(advance))
+                                      SPLITS=SPLITS, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
+                                      ADVANCE=bool(advance), HALF_DOTS=k_cache.dtype == torch.float16,
+                                      num_warps=num_warps, enable_fp_fusion=True)
     return scratch.out

@@ -53,12 +53,14 @@ def add(x: torch.Tensor, a: torch.Tensor, scale: float, b: torch.Tensor | None =
     if post_norm is not None:
         _add_rms_norm_kernel[(x.shape[0],)](x, a.contiguous(), a if b is None else b.contiguous(), post_norm, x, x,
                                             x.shape[1], float(scale), eps, HAS_ADD=True, HAS_B=b is not None,
-                                            HAS_POST=True, HAS_OUT=False, BLOCK=triton.next_power_of_2(x.shape[1]))
+                                            HAS_POST=True, HAS_OUT=False, BLOCK=triton.next_power_of_2(x.shape[1]),
+                                            enable_fp_fusion=True)
         return x
     if b is None:
         return x.add_(a, alpha=scale)
     n = x.numel()
-    _add_kernel[(triton.cdiv(n, ADD_BLOCK),)](x, a.contiguous(), b.contiguous(), n, float(scale), BLOCK=ADD_BLOCK)
+    _add_kernel[(triton.cdiv(n, ADD_BLOCK),)](x, a.contiguous(), b.contiguous(), n, float(scale), BLOCK=ADD_BLOCK,
+                                              enable_fp_fusion=True)
     return x
 
 
@@ -67,7 +69,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     _add_rms_norm_kernel[(x.shape[0],)](x, x, x, weight, weight, out, x.shape[1], 0.0, eps, HAS_ADD=False,
                                         HAS_B=False, HAS_POST=False, HAS_OUT=True,
-                                        BLOCK=triton.next_power_of_2(x.shape[1]))
+                                        BLOCK=triton.next_power_of_2(x.shape[1]), enable_fp_fusion=True)
     return out
 
 
@@ -79,5 +81,5 @@ def add_rms_norm(x: torch.Tensor, a: torch.Tensor, scale: float, weight: torch.T
     _add_rms_norm_kernel[(x.shape[0],)](x, a.contiguous(), x, weight if post_norm is None else post_norm, weight,
                                         out, x.shape[1], float(scale), eps, HAS_ADD=True, HAS_B=False,
                                         HAS_POST=post_norm is not None, HAS_OUT=True,
-                                        BLOCK=triton.next_power_of_2(x.shape[1]))
+                                        BLOCK=triton.next_power_of_2(x.shape[1]), enable_fp_fusion=True)
     return x, out

@@ -41,5 +41,5 @@ def masks(scores: torch.Tensor, threshold: float, hot_index: torch.Tensor) -> tu
     hot_mask = torch.empty((1, n_hot), dtype=torch.bool, device=scores.device)
     grid = (triton.cdiv(n_ff, BLOCK) + triton.cdiv(n_hot, BLOCK),)
     _masks_kernel[grid](scores.contiguous(), hot_index, mask.view(torch.int8), hot_mask.view(torch.int8), n_ff, n_hot,
-                        float(threshold), BLOCK=BLOCK)
+                        float(threshold), BLOCK=BLOCK, enable_fp_fusion=True)
     return mask, hot_mask

@@ -32,7 +32,7 @@ from ..gpu import kernels_for
 from ..gpu.attention_reference import HeadOptions
 from ..gpu.weights import DeviceMatrix, device_matrix
 from ..kernels.packed import to_gguf_bytes
-from ..reference.model import rms_norm, rope_tables
+from ..reference.model import rope_tables
 from ..runtime.rope_rows import head_rows, head_vector
 from .placement.memory_model import kv_element_bytes_for
 from .report import Clock, HybridStats
@@ -279,7 +279,7 @@ class GPUSide:
     def logits_on_device(self, x: torch.Tensor) -> torch.Tensor:
         """`logits`, left on the device."""
         c = self.config
-        logits = self.ops.matvec(self.output, rms_norm(x, self.output_norm, c.rms_eps))
+        logits = self.ops.norm_matvec(self.output, x, self.output_norm, c.rms_eps)  # one kernel for one token
         if c.logit_scale != 1.0:
             logits = logits / c.logit_scale
         if c.logit_softcap > 0:  # cap * tanh(logits / cap)
