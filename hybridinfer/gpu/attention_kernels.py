@@ -122,10 +122,10 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
         else:
             acc = acc * rescale[:, None] + tl.dot(weights, values, input_precision="ieee")
         best = new_best
-    at = (kv * SPLITS + split) * GROUP_P2 + g
-    tl.store(best_ptr + at, best)
-    tl.store(total_ptr + at, total)
-    tl.store(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], acc)
+    at = (kv * SPLITS + split) * GROUP_P2 + g  # the group's own heads only, not tl.dot's padding rows
+    tl.store(best_ptr + at, best, mask=g_live)
+    tl.store(total_ptr + at, total, mask=g_live)
+    tl.store(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], acc, mask=g_live[:, None])
     tl.debug_barrier()  # every thread's partial stored (and the position read) before the ticket (released by it)
     if tl.atomic_add(counter_ptr + kv, 1) == SPLITS - 1:  # the head's last split: every split's partial is stored
         tl.atomic_xchg(counter_ptr + kv, 0)
