@@ -42,8 +42,8 @@ def sources() -> dict[str, Kernel]:
                      "q_norm_ptr": "*fp32", "k_norm_ptr": "*fp32", "scale": "fp32", "eps": "fp32", "window": "i32",
                      **{name: "constexpr" for name in constants}}
         name = f"attention ({cache} cache{', biases, head norms, advance' if extras else ''})"
-        found[name] = Kernel(_source(ak._attention_kernel, signature, constants), 2 * block_n * HEAD_DIM // (32 * warps),
-                             warps)
+        per_thread = 2 * block_n * HEAD_DIM // (32 * warps)  # keys and values a thread reads per loop step
+        found[name] = Kernel(_source(ak._attention_kernel, signature, constants), per_thread, warps)
     for has_add in (False, True):  # with the add: gemma3's post-norm of the block's output too
         norm = dict(HAS_ADD=has_add, HAS_B=False, HAS_POST=has_add, HAS_OUT=True, BLOCK=8192)
         signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "p_ptr": "*fp32", "w_ptr": "*fp32",
