@@ -62,14 +62,14 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
                       out_ptr, bias_ptr, q_norm_ptr, k_norm_ptr, scale, eps, window, N_HEAD_KV: tl.constexpr,
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE_DIM: tl.constexpr, GROUP_P2: tl.constexpr,
                       HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, ADVANCE: tl.constexpr,
-                      HALF_DOTS: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, ADVANCE: tl.constexpr):
     """out (n_head * HEAD_DIM,) float32; best, total (N_HEAD_KV, SPLITS, GROUP_P2), acc (.., HEAD_DIM_P2): each
     split's running max, sum, values; counter_ptr (N_HEAD_KV + 1,) int32 zeros, left zero. bias_ptr (q_rows + 2
     kv_rows,) read if HAS_BIAS, q_norm_ptr and k_norm_ptr (HEAD_DIM,) if HAS_NORM; window > 0: positions pos - window
-    + 1..pos only; ADVANCE: *pos_ptr += 1 once every program has read it. HALF_DOTS (a float16 cache): the two
-    products on tensor cores, the queries and the softmax weights rounded to float16, the sums float32 (as
-    llama.cpp's CUDA flash attention); else float32 products (a float32 cache: the exact option)."""
+    + 1..pos only; ADVANCE: *pos_ptr += 1 once every program has read it. A float16 cache: the two products on
+    tensor cores, the queries and the softmax weights rounded to float16, the sums float32 (as llama.cpp's CUDA flash
+    attention); a float32 cache (the exact option): float32 products."""
+    HALF_DOTS: tl.constexpr = k_ptr.dtype.element_ty == tl.float16
     kv = tl.program_id(0)
     split = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int64)
@@ -104,10 +104,8 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
         p = first + tl.arange(0, BLOCK_N)
         cached = (p < hi)[:, None] & d_live[None, :]
         at = p[:, None] * row + kv * HEAD_DIM + d[None, :]
-        keys = tl.load(k_ptr + at, mask=cached, other=0.0)  # (BLOCK_N, HEAD_DIM_P2) as cached
+        keys = tl.load(k_ptr + at, mask=cached, other=0.0)  # (BLOCK_N, HEAD_DIM_P2) in the cache's type
         values = tl.load(v_ptr + at, mask=cached, other=0.0)
-        if not HALF_DOTS:
-            keys, values = keys.to(tl.float32), values.to(tl.float32)
         if HALF_DOTS:  # (GROUP_P2, BLOCK_N)
             scores = tl.dot(q, tl.trans(keys))
         else:
@@ -209,6 +207,5 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                                       o.window, N_HEAD_KV=n_kv, GROUP=group, HEAD_DIM=head_dim,
                                       ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
                                       SPLITS=SPLITS, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
-                                      ADVANCE=bool(advance), HALF_DOTS=k_cache.dtype == torch.float16,
-                                      num_warps=num_warps, enable_fp_fusion=True)
+                                      ADVANCE=bool(advance), num_warps=num_warps, enable_fp_fusion=True)
     return scratch.out

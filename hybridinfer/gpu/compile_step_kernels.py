@@ -34,8 +34,7 @@ def sources() -> dict[str, Kernel]:
     # extras: Q/K/V biases, Q/K head norms and the position's advance compiled in
     for cache, extras in (("fp16", True), ("fp32", False)):
         block_n, warps = ak.TILES[torch.float16 if cache == "fp16" else torch.float32]
-        constants = {**split, "BLOCK_N": block_n, "HAS_BIAS": extras, "HAS_NORM": extras, "ADVANCE": extras,
-                     "HALF_DOTS": cache == "fp16"}
+        constants = {**split, "BLOCK_N": block_n, "HAS_BIAS": extras, "HAS_NORM": extras, "ADVANCE": extras}
         signature = {"qkv_ptr": "*fp32", "k_ptr": f"*{cache}", "v_ptr": f"*{cache}", "cos_ptr": "*fp32",
                      "sin_ptr": "*fp32", "pos_ptr": "*i32", "best_ptr": "*fp32", "total_ptr": "*fp32",
                      "acc_ptr": "*fp32", "counter_ptr": "*i32", "out_ptr": "*fp32", "bias_ptr": "*fp32",
