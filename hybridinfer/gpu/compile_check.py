@@ -82,7 +82,7 @@ def field_pointers(fmt: WeightFormat) -> list[str]:
     return [stored.get(name, stored["quants"]) for name in FIELDS]
 
 
-def _source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
+def aligned_source(fn, signature: dict[str, str], constants: dict) -> ASTSource:
     """ASTSource with the pointers, `cols` and `cols_per_split` 16-divisible, as Triton's launcher specializes them
     (torch's allocations, model widths, and split-K shares of whole tiles)."""
     names = list(signature)
@@ -127,8 +127,8 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
     s3_epilogue = {"EPILOGUE": int(common._ADD), **split}
     gemv_constants = {"FMT": fmt.code, "EPILOGUE": int(common._ADD), **split, "COPY": False, "NORM": False,
                       "COPY_NORM": False, **tiles}
-    kernels = {"gemv": Kernel(_source(dense._gemv_kernel, gemv, gemv_constants), step, warps),
-               "s2": Kernel(_source(sparse._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True,
+    kernels = {"gemv": Kernel(aligned_source(dense._gemv_kernel, gemv, gemv_constants), step, warps),
+               "s2": Kernel(aligned_source(sparse._s2_kernel, s2, {"HAS_MASK": True, "HAS_INDEX": True,
                                                             "GATE_FMT": fmt.code, "UP_FMT": fmt.code, **tiles,
                                                             "CHUNK": sparse.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:
@@ -138,24 +138,24 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
         s3_step = sparse.S3_ROWS * sparse.s3_columns(fmt.type) // (32 * sparse.S3_WARPS)
         constants = {"FMT": fmt.code, **s3_epilogue, "S3_ROWS": sparse.S3_ROWS,
                      "S3_UNITS": sparse.s3_units(fmt.type), "CHUNK": sparse.CHUNK}
-        kernels["s3"] = Kernel(_source(s3_kernels._s3_words_kernel, s3, constants), s3_step, sparse.S3_WARPS)
+        kernels["s3"] = Kernel(aligned_source(s3_kernels._s3_words_kernel, s3, constants), s3_step, sparse.S3_WARPS)
     else:
         s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr", "s_ptr"), **s3_common, "scale": "fp32",
               "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", **const, "CHUNK": "constexpr"}
         s3_step = common.BLOCK_R * common.BLOCK_C // (32 * common.NUM_WARPS)
-        kernels["s3"] = Kernel(_source(s3_kernels._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
+        kernels["s3"] = Kernel(aligned_source(s3_kernels._s3_kernel, s3, {"FMT": fmt.code, **s3_epilogue, **tiles,
                                                                   "CHUNK": sparse.CHUNK}), s3_step, common.NUM_WARPS)
     gate_up_constants = {"ACT": common.ACTIVATIONS["silu"], **split, "GATE_FMT": fmt.code, "UP_FMT": fmt.code,
                          "NORM": False, **tiles}
-    kernels["gate_up"] = Kernel(_source(dense._gate_up_kernel, gate_up, gate_up_constants), step, warps)
+    kernels["gate_up"] = Kernel(aligned_source(dense._gate_up_kernel, gate_up, gate_up_constants), step, warps)
     # with the RMSNorm prologue (x times the norm weight as loaded): the attention's Q/K/V, the dense FFN's gate/up
     norm_gemv = {**gemv_constants, "EPILOGUE": int(common._STORE), "NORM": True}
-    kernels["norm_gemv"] = Kernel(_source(dense._gemv_kernel, gemv, norm_gemv), step, warps)
-    kernels["norm_gate_up"] = Kernel(_source(dense._gate_up_kernel, gate_up, {**gate_up_constants, "NORM": True}),
-                                     step, warps)
+    kernels["norm_gemv"] = Kernel(aligned_source(dense._gemv_kernel, gemv, norm_gemv), step, warps)
+    norm_gate_up = {**gate_up_constants, "NORM": True}
+    kernels["norm_gate_up"] = Kernel(aligned_source(dense._gate_up_kernel, gate_up, norm_gate_up), step, warps)
     # a split FFN's fc2: the threshold into a byte mask, the FFN input RMS-normed into the staging buffer beside it
     stage = {**gemv_constants, "EPILOGUE": int(common._AT_LEAST), "COPY": True, "COPY_NORM": True}
-    kernels["stage_gemv"] = Kernel(_source(dense._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
+    kernels["stage_gemv"] = Kernel(aligned_source(dense._gemv_kernel, {**gemv, "out_ptr": "*i8"}, stage), step, warps)
     return kernels
 
 
@@ -167,8 +167,13 @@ def nvidia_tool(name: str) -> str | None:
 def sass(cubin: bytes) -> tuple[int, list[tuple[int, str]]]:
     """(registers per thread, [(address, instruction text)]) of a cubin, from the bundled cuobjdump."""
     registers, _, text = cuobjdump(cubin)
-    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", text)
-    return registers, [(int(address, 16), line.strip()) for address, line in found]
+    return registers, sass_instructions(text)
+
+
+def sass_instructions(listing: str) -> list[tuple[int, str]]:
+    """[(address, instruction text)] of a cuobjdump SASS listing."""
+    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", listing)
+    return [(int(address, 16), line.strip()) for address, line in found]
 
 
 def cuobjdump(cubin: bytes) -> tuple[int, int, str]:

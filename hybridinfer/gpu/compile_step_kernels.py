@@ -20,7 +20,8 @@ from triton.backends.compiler import GPUTarget
 from . import attention_kernels as ak
 from . import norm_kernels as nk
 from . import predictor_kernels as pk
-from .compile_check import Kernel, _source, cuobjdump, inner_loops, nvidia_tool, ptx_instructions, sass
+from .compile_check import (Kernel, aligned_source, cuobjdump, inner_loops, nvidia_tool, ptx_instructions,
+                            sass_instructions)
 
 HEAD_DIM = 128
 
@@ -42,17 +43,17 @@ def sources() -> dict[str, Kernel]:
                      **{name: "constexpr" for name in constants}}
         name = f"attention ({cache} cache{', biases, head norms, advance' if extras else ''})"
         per_thread = 2 * block_n * HEAD_DIM // (32 * warps)  # keys and values a thread reads per loop step
-        found[name] = Kernel(_source(ak._attention_kernel, signature, constants), per_thread, warps)
+        found[name] = Kernel(aligned_source(ak._attention_kernel, signature, constants), per_thread, warps)
     for has_add in (False, True):  # with the add: gemma3's post-norm of the block's output too
         norm = dict(HAS_ADD=has_add, HAS_B=False, HAS_POST=has_add, HAS_OUT=True, BLOCK=8192)
         signature = {"x_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "p_ptr": "*fp32", "w_ptr": "*fp32",
                      "out_ptr": "*fp32", "n": "i32", "scale": "fp32", "eps": "fp32",
                      **{name: "constexpr" for name in norm}}
         found["add + post-norm + RMSNorm" if has_add else "RMSNorm"] = Kernel(
-            _source(nk._add_rms_norm_kernel, signature, norm), 0, 4)
+            aligned_source(nk._add_rms_norm_kernel, signature, norm), 0, 4)
     signature = {"scores_ptr": "*fp32", "hot_index_ptr": "*i64", "mask_ptr": "*i8", "hot_mask_ptr": "*i8",
                  "n_ff": "i32", "n_hot": "i32", "threshold": "fp32", "BLOCK": "constexpr"}
-    found["predictor masks"] = Kernel(_source(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK}), 0, 4)
+    found["predictor masks"] = Kernel(aligned_source(pk._masks_kernel, signature, {"BLOCK": pk.BLOCK}), 0, 4)
     return found
 
 
@@ -71,7 +72,7 @@ def compile_stats(kernel: Kernel, arch: int) -> dict[str, int | float]:
         stats["registers"], stats["stack"], listing = cuobjdump(compiled.asm["cubin"])
         stats["sass"] = len(re.findall(r"/\*[0-9a-f]{4}\*/", listing))
         if kernel.weights_per_iteration:  # the position loop: the largest inner loop
-            loop = max(inner_loops(sass(compiled.asm["cubin"])[1], kernel.weights_per_iteration),
+            loop = max(inner_loops(sass_instructions(listing), kernel.weights_per_iteration),
                        key=lambda found: found.instructions)
             stats["loop_per_element"] = round(loop.per_weight, 2)
     return stats
