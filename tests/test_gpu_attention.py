@@ -84,6 +84,37 @@ def test_triton_kernels_equal_the_twin(shape, dtype, start_pos):
     assert_kernel_close(got, expected, dtype)
 
 
+def test_splits_per_key_value_head_fill_the_gpu_for_grouped_heads():
+    """About TARGET_PROGRAMS programs, a power of two per head, within 4..MAX_SPLITS."""
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    from hybridinfer.gpu.attention_kernels import MAX_SPLITS, splits_for
+    assert [splits_for(n) for n in (1, 4, 8, 32, 40, 64, 128)] == [MAX_SPLITS, 64, 64, 16, 16, 8, 4]
+    with pytest.raises(ValueError, match="power of two"):
+        from hybridinfer.gpu.attention_kernels import Scratch
+        Scratch(8, 2, 16, torch.device(DEVICE), splits=12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("splits", [1, 4, 64])
+@pytest.mark.parametrize("start_pos", [299, 4100])
+def test_triton_kernels_equal_the_twin_at_any_split_count(splits, dtype, start_pos):
+    """One split, a few, and MAX_SPLITS (past position 64 x 64 every one of them holds positions; the merge reads
+    them a chunk at a time): the same result, the new position written once."""
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    from hybridinfer.gpu import attention_kernels
+    n_head, n_kv, head_dim, rope_dim = SHAPES[0]
+    k_cache, v_cache, cos, sin, gen = case(splits + start_pos, start_pos + 8, n_head, n_kv, head_dim, rope_dim,
+                                           dtype)
+    qkv = torch.randn(1, (n_head + 2 * n_kv) * head_dim, generator=gen).to(DEVICE)
+    k_twin, v_twin = k_cache.clone(), v_cache.clone()
+    expected = attention_reference.decode_attention(qkv, k_twin, v_twin, cos, sin, start_pos, n_head)
+    scratch = attention_kernels.Scratch(n_head, n_kv, head_dim, torch.device(DEVICE), splits=splits)
+    got = attention_kernels.decode_attention(qkv, k_cache, v_cache, cos, sin, start_pos, n_head, scratch=scratch)
+    assert torch.equal(k_cache, k_twin) and torch.equal(v_cache, v_twin)
+    assert_kernel_close(got, expected, dtype)
+    assert not scratch.counters.any()
+
+
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 def test_the_position_read_from_the_device_and_advanced(kernels):
     """With the position as a device tensor and `advance`: the same result as with start_pos alone, and the tensor

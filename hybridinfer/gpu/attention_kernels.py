@@ -17,7 +17,8 @@ prompt).
 
 The position is read from a device tensor, and the grid and every buffer have fixed shapes: the kernel can be
 captured in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it
-allocates nothing that does (the partial results are (n_head_kv, SPLITS, group, head_dim), SPLITS fixed).
+allocates nothing that does (the partial results are (n_head_kv, splits, group, head_dim), the splits fixed per
+shape by `splits_for`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ import triton.language as tl
 
 from . import attention_reference
 
-SPLITS = 16  # position shares of a long context (programs per key/value head)
+TARGET_PROGRAMS = 512  # about how many programs (key/value heads x position shares) a long context's launch has
+MAX_SPLITS = 64  # the most position shares per key/value head
+COMBINE_CHUNK = tl.constexpr(16)  # splits the merge of a head's partial results reads at a time
 # positions a loop step reads and warps a program has, per cache type: of those tried, the fewest SASS instructions
 # per cached element for sm_90 without a spill (`compile_step_kernels`; docs/hybrid.md)
 TILES = {torch.float16: (64, 4), torch.float32: (32, 4)}
+
+
+def splits_for(n_head_kv: int) -> int:
+    """Position shares per key/value head (programs per head): a power of two from 4 to MAX_SPLITS, about
+    TARGET_PROGRAMS programs in all, so that a grouped-query model's few key/value heads still fill the GPU at long
+    contexts (LLaMA-2 13B's 40 heads: 16; 8 heads: 64)."""
+    return min(MAX_SPLITS, max(4, triton.next_power_of_2(triton.cdiv(TARGET_PROGRAMS, n_head_kv))))
 
 
 @triton.jit
@@ -138,30 +148,39 @@ def _attention_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, best_ptr
 def _combine(best_ptr, total_ptr, acc_ptr, out_ptr, kv, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
              GROUP_P2: tl.constexpr, HEAD_DIM_P2: tl.constexpr, SPLITS: tl.constexpr):
     """out[head] (HEAD_DIM,) for the query heads of key/value head kv: their splits' partial results merged, read
-    past L1 (other programs stored them)."""
-    s = tl.arange(0, SPLITS)
+    past L1 (other programs stored them), COMBINE_CHUNK splits at a time (few registers, however many splits)."""
+    CHUNK: tl.constexpr = min(SPLITS, COMBINE_CHUNK)
+    s = tl.arange(0, CHUNK)
     d = tl.arange(0, HEAD_DIM_P2)
     for g in range(0, GROUP):
-        at = (kv * SPLITS + s) * GROUP_P2 + g
-        best = tl.load(best_ptr + at, cache_modifier=".cg")  # (SPLITS,): -inf for a split with no positions
-        top = tl.max(best, axis=0)
-        weight = tl.where(best > float("-inf"), tl.exp(best - top), 0.0)
-        total = tl.sum(weight * tl.load(total_ptr + at, cache_modifier=".cg"), axis=0)
-        acc = tl.load(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], cache_modifier=".cg")
-        out = tl.sum(weight[:, None] * acc, axis=0) / total
-        tl.store(out_ptr + (kv * GROUP + g) * HEAD_DIM + d, out, mask=d < HEAD_DIM)
+        bests = tl.load(best_ptr + (kv * SPLITS + tl.arange(0, SPLITS)) * GROUP_P2 + g, cache_modifier=".cg")
+        top = tl.max(bests, axis=0)  # over the splits (-inf for a split with no positions)
+        total = tl.zeros([CHUNK], tl.float32)
+        out = tl.zeros([HEAD_DIM_P2], tl.float32)
+        for first in range(0, SPLITS, CHUNK):
+            at = (kv * SPLITS + first + s) * GROUP_P2 + g
+            best = tl.load(best_ptr + at, cache_modifier=".cg")  # (CHUNK,)
+            weight = tl.where(best > float("-inf"), tl.exp(best - top), 0.0)
+            total += weight * tl.load(total_ptr + at, cache_modifier=".cg")
+            acc = tl.load(acc_ptr + at[:, None] * HEAD_DIM_P2 + d[None, :], cache_modifier=".cg")
+            out += tl.sum(weight[:, None] * acc, axis=0)
+        tl.store(out_ptr + (kv * GROUP + g) * HEAD_DIM + d, out / tl.sum(total, axis=0), mask=d < HEAD_DIM)
 
 
 class Scratch:
     """The fixed buffers of one attention step (shared by the layers: they run one after another)."""
 
-    def __init__(self, n_head: int, n_head_kv: int, head_dim: int, device: torch.device):
+    def __init__(self, n_head: int, n_head_kv: int, head_dim: int, device: torch.device, splits: int | None = None):
+        """`splits`: position shares per key/value head, a power of two (`splits_for`'s if None)."""
         # tl.dot's tiles are at least 16 wide: a group of query heads is padded to 16 rows
         group_p2 = max(16, triton.next_power_of_2(n_head // n_head_kv))
         head_dim_p2 = max(16, triton.next_power_of_2(head_dim))
-        self.best = torch.empty((n_head_kv, SPLITS, group_p2), dtype=torch.float32, device=device)
+        self.splits = splits or splits_for(n_head_kv)
+        if self.splits & (self.splits - 1):
+            raise ValueError(f"splits must be a power of two, not {self.splits}")
+        self.best = torch.empty((n_head_kv, self.splits, group_p2), dtype=torch.float32, device=device)
         self.total = torch.empty_like(self.best)
-        self.acc = torch.empty((n_head_kv, SPLITS, group_p2, head_dim_p2), dtype=torch.float32, device=device)
+        self.acc = torch.empty((n_head_kv, self.splits, group_p2, head_dim_p2), dtype=torch.float32, device=device)
         self.out = torch.empty((1, n_head * head_dim), dtype=torch.float32, device=device)
         self.counters = torch.zeros(n_head_kv + 1, dtype=torch.int32, device=device)  # tickets; each launch leaves 0
         self.position = torch.zeros(1, dtype=torch.int32, device=device)
@@ -200,12 +219,12 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     o = options
     has_bias, has_norm = o.bias is not None, o.q_norm is not None
     block_n, num_warps = TILES[k_cache.dtype]
-    _attention_kernel[(n_kv, SPLITS)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
+    _attention_kernel[(n_kv, scratch.splits)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
                                       scratch.total, scratch.acc, scratch.counters, scratch.out,
                                       o.bias if has_bias else qkv, o.q_norm if has_norm else qkv,
                                       o.k_norm if has_norm else qkv, o.query_scale / math.sqrt(head_dim), o.eps,
                                       o.window, N_HEAD_KV=n_kv, GROUP=group, HEAD_DIM=head_dim,
                                       ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
-                                      SPLITS=SPLITS, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
+                                      SPLITS=scratch.splits, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
                                       ADVANCE=bool(advance), num_warps=num_warps, enable_fp_fusion=True)
     return scratch.out

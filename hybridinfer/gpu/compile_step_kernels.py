@@ -30,7 +30,7 @@ def sources() -> dict[str, Kernel]:
     """name -> the kernel as launched; `weights_per_iteration`: the cached elements a thread reads per position loop
     step (attention), else 0."""
     split = dict(N_HEAD_KV=8, GROUP=5, HEAD_DIM=HEAD_DIM, ROPE_DIM=128, GROUP_P2=16, HEAD_DIM_P2=HEAD_DIM,
-                 SPLITS=ak.SPLITS)
+                 SPLITS=ak.splits_for(8))
     found = {}
     # extras: Q/K/V biases, Q/K head norms and the position's advance compiled in
     for cache, extras in (("fp16", True), ("fp32", False)):
