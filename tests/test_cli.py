@@ -82,3 +82,13 @@ def test_bench_kernels_refuses_an_unknown_format_in_one_line():
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "q2_k" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("extra, message", [(["--formats", "q4_0,q9"], "q9"), ([], "no CUDA GPU is visible")])
+def test_bench_gpu_kernels_without_a_gpu_or_with_an_unknown_format_says_so_in_one_line(extra, message):
+    import torch
+    if message.startswith("no CUDA") and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here: the benchmark would run")
+    done = run("bench", "--kernels", "--device", "cuda", *extra)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and message in lines[0], done.stderr

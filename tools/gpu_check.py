@@ -1,4 +1,4 @@
-"""GPU check (`make gpu-check`): one call on a fresh NVIDIA machine with its own Python answers, in three sections,
+"""GPU check (`make gpu-check`): one call on a fresh NVIDIA machine with its own Python answers, in four sections,
 each under a deadline, each step in a process of its own (a crash, a hang or a timeout loses that step alone):
 
 1. the machine: CPU model and flags; Python, torch, Triton, numba, numpy, gguf versions; CUDA, the GPU, its driver;
@@ -9,7 +9,10 @@ each under a deadline, each step in a process of its own (a crash, a hang or a t
    compilation) and numba compile seconds;
 3. the GPU kernel and hybrid tests on the device, collected with pydantic and FastAPI hidden
    (`tools/hide_server_deps.py`: the server's dependencies, which the device's Python lacks), every failure and
-   error printed whole.
+   error printed whole;
+4. the GPU kernels one by one at the shape's layer sizes (`hybridinfer/eval/gpu_kernel_bench.py`): GB/s of each
+   format's GEMV, the sparse FFN and the attention at contexts up to 32k (at several position shares), beside a
+   device-to-device copy's, each row printed as it is measured.
 
 Output is unbuffered and also written to --out. It installs nothing: it imports only the standard library itself;
 `gguf`, if missing, travels as a wheel unpacked onto PYTHONPATH (docs/hybrid.md). `--device cpu --layers 2` dry-runs
@@ -17,7 +20,8 @@ every step on the CPU (the torch twins; Triton interpreted in the tests); `--dev
 --deadline 350` does so within 6 minutes on a loaded 2-core machine with an empty kernel cache (docs/hybrid.md).
 
 Usage: PYTHONPATH=. python tools/gpu_check.py [--device cuda] [--shape 13b] [--layers N] [-n TOKENS]
-           [--deadline SECONDS] [--tests-seconds SECONDS] [--tests-k EXPR] [--quick] [--out FILE] [--skip-tests]
+           [--deadline SECONDS] [--tests-seconds SECONDS] [--kernels-seconds SECONDS] [--tests-k EXPR] [--quick]
+           [--out FILE] [--skip-tests]
 """
 
 from __future__ import annotations
@@ -255,6 +259,16 @@ def tests(report: Report, args, env: dict, deadline: float) -> None:
         report(line)
 
 
+def kernels(report: Report, args, env: dict, deadline: float) -> None:
+    """Section 4: the kernel benchmark in a process of its own, until the deadline (a dry run: small pools)."""
+    command = [sys.executable, "-u", "-m", "hybridinfer.eval.gpu_kernel_bench", "--device", args.device, "--shape",
+               args.shape]
+    if not args.device.startswith("cuda"):  # the CPU device's torch twins: a dry run, small and short
+        command += ["--pool-mb", "4", "--repeats", "2", "--contexts", "64,300"]
+    _, ended = run_step(report, command, deadline - time.monotonic(), env, "")
+    report(f"(kernel benchmark: {ended})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -263,6 +277,7 @@ def main() -> None:
     parser.add_argument("-n", "--tokens", type=int, default=16)
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole check")
     parser.add_argument("--tests-seconds", type=float, default=180, help="seconds kept for the tests")
+    parser.add_argument("--kernels-seconds", type=float, default=60, help="seconds kept for the kernel benchmark")
     parser.add_argument("--tests-k", default=None, help="pytest -k expression selecting the tests")
     parser.add_argument("--quick", action="store_true", help="a dry run's tests: one weight format, one shape")
     parser.add_argument("--skip-tests", action="store_true")
@@ -290,12 +305,15 @@ def main() -> None:
     start = section(f"2. decode table on {args.device}")
     reserve = 0 if args.skip_tests else args.tests_seconds
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        table(report, args, Path(scratch), env, deadline - reserve)
+        table(report, args, Path(scratch), env, deadline - reserve - args.kernels_seconds)
     report(f"(decode table: {time.monotonic() - start:.0f} s)")
     if not args.skip_tests:
         start = section(f"3. GPU tests on {args.device}")
-        tests(report, args, env, deadline)
+        tests(report, args, env, deadline - args.kernels_seconds)
         report(f"(tests: {time.monotonic() - start:.0f} s)")
+    start = section(f"4. GPU kernels on {args.device}")
+    kernels(report, args, env, deadline)
+    report(f"(kernels: {time.monotonic() - start:.0f} s)")
     report(f"\n(gpu-check took {time.monotonic() - began:.0f} s; this report is also in {args.out})")
 
 

@@ -1,5 +1,6 @@
 """`hybridinfer bench`: llama-bench style prompt (pp) and generation (tg) rates for one runtime setup, optionally
-next to llama.cpp's on the same file; or, with --kernels, the CPU kernels against the machine's bandwidth."""
+next to llama.cpp's on the same file; or, with --kernels, the CPU kernels against the machine's bandwidth (with
+--device cuda: the GPU side's kernels against the GPU's)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ from .options import model_options, open_engine, runtime_settings
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("--llama-cpp", "llama_cpp", is_flag=True,
               help="also time llama.cpp's decoding of the same file (needs the optional llama-cpp-python)")
-@click.option("--kernels", is_flag=True, help="benchmark the CPU kernels at 7B layer shapes instead of a model")
-@click.option("--formats", default="f16,bf16,q8_0,q4_0", show_default=True, help="--kernels: weight formats")
+@click.option("--kernels", is_flag=True, help="benchmark the CPU kernels at 7B layer shapes instead of a model "
+              "(with --device cuda: the GPU kernels at 13B shapes)")
+@click.option("--formats", default=None, help="--kernels: weight formats [CPU: f16,bf16,q8_0,q4_0; GPU: "
+              "q4_0,q4_1,q8_0,q4_k,q6_k]")
 @click.option("--parallel", default=None, metavar="N[,N...]",
               help="aggregate decode rate of N sequences decoded together (as `serve --parallel N`), e.g. 1,2,4,8")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def bench(n_prompt, n_gen, repetitions, llama_cpp, kernels, formats, parallel, as_json, **kwargs):
     """Measure prompt processing and generation speed (medians of -r runs)."""
+    if kernels and kwargs.get("device") not in (None, "cpu"):
+        _gpu_kernels(kwargs["device"], kwargs.get("gpu_kernels"), formats, repetitions, as_json)
+        return
     if kernels:
-        _kernels(formats, repetitions, kwargs["n_threads"], as_json)
+        _kernels(formats or "f16,bf16,q8_0,q4_0", repetitions, kwargs["n_threads"], as_json)
         return
     if parallel is not None:
         _parallel(_counts(parallel), n_gen, repetitions, as_json, kwargs)
@@ -107,6 +113,36 @@ def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -
     if not llamacpp_reference.available():
         raise HybridInferError("--llama-cpp needs llama-cpp-python: pip install 'hybridinfer[llama]'")
     return llamacpp_reference.decode_rate(path, n_threads=n_threads or 2, n_gen=n_gen, repetitions=repetitions)
+
+
+def _gpu_kernels(device_name: str, kernels: str | None, formats: str | None, repetitions: int, as_json: bool) -> None:
+    import torch
+
+    from ..eval import gpu_kernel_bench as bench
+    from ..errors import HybridInferError
+    formats = (formats or "q4_0,q4_1,q8_0,q4_k,q6_k").split(",")
+    try:
+        bench.check_formats(formats)
+        device = torch.device(device_name)
+    except (ValueError, RuntimeError) as error:
+        raise HybridInferError(f"--kernels on {device_name}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HybridInferError("--device cuda: no CUDA GPU is visible to torch here")
+    machine = bench.machine_figures(device, kernels)
+    contexts = [512, 4096, 16384, 32768]
+    if not as_json:
+        click.echo(f"{bench.machine_line(machine)}; pools of ~512 MB per kernel")
+        click.echo("\n".join(bench.HEADER))
+    rows = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if not as_json:
+            click.echo(bench.table_line(row))
+
+    bench.run(machine, "13b", formats, contexts, 512, max(repetitions, 5), emit)
+    if as_json:
+        click.echo(json.dumps({"machine": machine, "results": rows}))
 
 
 def _kernels(formats: str, repetitions: int, n_threads: int | None, as_json: bool) -> None:
