@@ -89,9 +89,12 @@ def test_splits_per_key_value_head_fill_the_gpu_for_grouped_heads():
     pytest.importorskip("triton", reason="the Triton kernels need triton")
     from hybridinfer.gpu.attention_kernels import MAX_SPLITS, splits_for
     assert [splits_for(n) for n in (1, 4, 8, 32, 40, 64, 128)] == [MAX_SPLITS, 64, 64, 16, 16, 8, 4]
+    from hybridinfer.gpu.attention_kernels import Scratch, shares
     with pytest.raises(ValueError, match="power of two"):
-        from hybridinfer.gpu.attention_kernels import Scratch
         Scratch(8, 2, 16, torch.device(DEVICE), splits=12)
+    scratch = Scratch(8, 2, 16, torch.device(DEVICE), splits=64)  # a launch: no more shares than the cache has tiles
+    assert [shares(scratch, torch.empty(n, 2, 16, dtype=dtype)) for n, dtype in
+            ((64, torch.float16), (100, torch.float16), (100, torch.float32), (10000, torch.float16))] == [1, 2, 4, 64]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
@@ -99,7 +102,8 @@ def test_splits_per_key_value_head_fill_the_gpu_for_grouped_heads():
 @pytest.mark.parametrize("start_pos", [299, 4100])
 def test_triton_kernels_equal_the_twin_at_any_split_count(splits, dtype, start_pos):
     """One split, a few, and MAX_SPLITS (past position 64 x 64 every one of them holds positions; the merge reads
-    them a chunk at a time): the same result, the new position written once."""
+    them a chunk at a time; at 299 the cache's length caps them at 8 or 16): the same result, the new position
+    written once."""
     pytest.importorskip("triton", reason="the Triton kernels need triton")
     from hybridinfer.gpu import attention_kernels
     n_head, n_kv, head_dim, rope_dim = SHAPES[0]

@@ -37,12 +37,13 @@ def test_every_kernel_measured_with_the_bytes_it_reads():
 
 
 def test_the_attention_kernel_at_its_chosen_shares_and_others():
+    """At a short context the shares a launch can use are few (one row); at a long one, the chosen shares and a
+    quarter of them (4 times as many: over MAX_SPLITS)."""
     pytest.importorskip("triton", reason="the Triton kernels need triton")
-    from hybridinfer.gpu.attention_kernels import splits_for
-    rows = list(bench.attention_rows("triton", 16, 8, 16, [70], CPU, 1, 1, 1.0))
-    chosen = splits_for(8)
-    assert [r["shape"] for r in rows] == [f"16/8 heads of 16, context 70, {s} shares{' (chosen)' * (s == chosen)}"
-                                          for s in (chosen // 4, chosen)]  # 4x chosen: over MAX_SPLITS
+    rows = list(bench.attention_rows("triton", 4, 1, 16, [70, 5000], CPU, 1, 1, 1.0))
+    assert [r["shape"] for r in rows] == ["4/1 heads of 16, context 70, 2 shares (chosen)",
+                                          "4/1 heads of 16, context 5000, 16 shares",
+                                          "4/1 heads of 16, context 5000, 64 shares (chosen)"]
 
 
 def test_a_copy_reads_its_bytes_at_a_finite_rate():

@@ -130,18 +130,13 @@ def hot_ffn_row(ops, rng, name: str, qtype: T, n_embd: int, n_ff: int, device, p
 
 def attention_rows(kernels_name: str, n_head: int, n_kv: int, head_dim: int, contexts: list[int], device,
                    pool_bytes: int, repeats: int, copy: float):
-    """One new position at each context over a float16 cache; the Triton kernel at `splits_for`'s shares and at a
-    quarter and 4 times as many (within 1..MAX_SPLITS), the twin as it is."""
-    chosen, splits, ops = None, [None], attention_reference
-    if kernels_name == "triton":
-        from ..gpu import attention_kernels as ops
-        chosen = ops.splits_for(n_kv)
-        splits = sorted({s for s in (chosen // 4, chosen, chosen * 4) if 1 <= s <= ops.MAX_SPLITS})
+    """One new position at each context over a float16 cache; the Triton kernel at the position shares
+    `splits_for` picks and at a quarter and 4 times as many (within 1..MAX_SPLITS, and as `shares` caps them for
+    the cache's length), the twin as it is."""
     rope = head_dim // 2
     for context in contexts:
         n_ctx = context + 1  # the new position is the last one
         cache_bytes = 2 * n_ctx * n_kv * head_dim * 2
-
         gen = torch.Generator(device=device).manual_seed(context)
         caches = [tuple(torch.randn((n_ctx, n_kv, head_dim), generator=gen, device=device, dtype=torch.float16)
                         for _ in range(2)) for _ in range(max(2, math.ceil(pool_bytes / cache_bytes)))]
@@ -149,13 +144,22 @@ def attention_rows(kernels_name: str, n_head: int, n_kv: int, head_dim: int, con
         cos, sin = angles.cos().float().to(device), angles.sin().float().to(device)
         qkv = torch.randn((1, (n_head + 2 * n_kv) * head_dim), generator=gen, device=device)
         position = torch.full((1,), context, dtype=torch.int32, device=device)
-        for split in splits:
-            scratch = ops.Scratch(n_head, n_kv, head_dim, device, splits=split) if split else None
-            calls = [lambda k=k, v=v: ops.decode_attention(qkv, k, v, cos, sin, context, n_head, position, scratch)
-                     for k, v in caches]
+        ops, scratches, chosen = attention_reference, {0: None}, 0  # shares a launch uses -> its scratch (0: twin)
+        if kernels_name == "triton":
+            from ..gpu import attention_kernels as ops
+            picked = ops.splits_for(n_kv)
+            scratches = {}
+            for splits in (picked, picked // 4, picked * 4):
+                if 1 <= splits <= ops.MAX_SPLITS:
+                    scratch = ops.Scratch(n_head, n_kv, head_dim, device, splits=splits)
+                    scratches.setdefault(ops.shares(scratch, caches[0][0]), scratch)
+            chosen = next(iter(scratches))  # picked's
+        for used in sorted(scratches):
+            calls = [lambda k=k, v=v: ops.decode_attention(qkv, k, v, cos, sin, context, n_head, position,
+                                                           scratches[used]) for k, v in caches]
             seconds = seconds_per_call(calls, device, repeats)
-            shares = f", {split} shares{' (chosen)' if split == chosen else ''}" if split else ""
-            yield row("attention f16", f"{n_head}/{n_kv} heads of {head_dim}, context {context}{shares}",
+            label = f", {used} shares{' (chosen)' if used == chosen else ''}" if used else ""
+            yield row("attention f16", f"{n_head}/{n_kv} heads of {head_dim}, context {context}{label}",
                       cache_bytes + qkv.numel() * 4, seconds, copy)
         del caches
 

@@ -17,8 +17,8 @@ prompt).
 
 The position is read from a device tensor, and the grid and every buffer have fixed shapes: the kernel can be
 captured in a CUDA graph and replayed at any position. The bytes a step reads grow with the positions used; it
-allocates nothing that does (the partial results are (n_head_kv, splits, group, head_dim), the splits fixed per
-shape by `splits_for`).
+allocates nothing that does (the partial results are (n_head_kv, splits, group, head_dim), the splits fixed by the
+heads and the cache's length: `splits_for`, `shares`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def splits_for(n_head_kv: int) -> int:
     TARGET_PROGRAMS programs in all, so that a grouped-query model's few key/value heads still fill the GPU at long
     contexts (LLaMA-2 13B's 40 heads: 16; 8 heads: 64)."""
     return min(MAX_SPLITS, max(4, triton.next_power_of_2(triton.cdiv(TARGET_PROGRAMS, n_head_kv))))
+
+
+def shares(scratch: "Scratch", k_cache: torch.Tensor) -> int:
+    """The position shares a launch over this cache uses: the scratch's, but no more than the cache's capacity has
+    tiles (rounded up to a power of two), as more would never hold a position. Fixed for a run's cache."""
+    tiles = triton.cdiv(k_cache.shape[0], TILES[k_cache.dtype][0])
+    return min(scratch.splits, triton.next_power_of_2(tiles))
 
 
 @triton.jit
@@ -219,12 +226,13 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     o = options
     has_bias, has_norm = o.bias is not None, o.q_norm is not None
     block_n, num_warps = TILES[k_cache.dtype]
-    _attention_kernel[(n_kv, scratch.splits)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
+    splits = shares(scratch, k_cache)
+    _attention_kernel[(n_kv, splits)](qkv.contiguous(), k_cache, v_cache, cos, sin, position, scratch.best,
                                       scratch.total, scratch.acc, scratch.counters, scratch.out,
                                       o.bias if has_bias else qkv, o.q_norm if has_norm else qkv,
                                       o.k_norm if has_norm else qkv, o.query_scale / math.sqrt(head_dim), o.eps,
                                       o.window, N_HEAD_KV=n_kv, GROUP=group, HEAD_DIM=head_dim,
                                       ROPE_DIM=cos.shape[1] * 2, GROUP_P2=group_p2, HEAD_DIM_P2=head_dim_p2,
-                                      SPLITS=scratch.splits, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
+                                      SPLITS=splits, BLOCK_N=block_n, HAS_BIAS=has_bias, HAS_NORM=has_norm,
                                       ADVANCE=bool(advance), num_warps=num_warps, enable_fp_fusion=True)
     return scratch.out
