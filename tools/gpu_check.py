@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole check")
     parser.add_argument("--tests-seconds", type=float, default=180, help="seconds kept for the tests")
     parser.add_argument("--kernels-seconds", type=float, default=None,
-                        help="seconds kept for the kernel benchmark (default: 60 on CUDA, 15 for a dry run's)")
+                        help="seconds kept for the kernel benchmark (default: 45 on CUDA, 15 for a dry run's)")
     parser.add_argument("--tests-k", default=None, help="pytest -k expression selecting the tests")
     parser.add_argument("--quick", action="store_true", help="a dry run's tests: one weight format, one shape")
     parser.add_argument("--skip-tests", action="store_true")
@@ -293,7 +293,7 @@ def main() -> None:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     deadline = began + args.deadline
     if args.kernels_seconds is None:
-        args.kernels_seconds = 60 if args.device.startswith("cuda") else 15
+        args.kernels_seconds = 45 if args.device.startswith("cuda") else 15
 
     def section(title: str) -> float:
         report(f"\n## {title} ({time.monotonic() - began:.0f} s since the start)\n")
