@@ -481,6 +481,26 @@ def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
         assert all(1.0 <= v <= 1.3 for v in ffma), line  # one multiply-add a weight: the loop was not unrolled
 
 
+def test_the_k_quant_row_loops_read_words_at_under_8_instructions_per_weight(tk):
+    """Q4_K, Q5_K and Q6_K's GEMV, S2 and gate_up loops (super-blocks as int32 words, scales decoded once per
+    sub-block) compiled for sm_90: at most 8 instructions per weight (each element decoded from its own block's
+    fields, as S3 still does, took 18 to 23), no spill."""
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
+        pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
+    result = _compile_check("--arch", "90", "--kernels", "gemv,s2,gate_up,norm_gemv", "Q4_K", "Q5_K", "Q6_K")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines] == [[f, k] for f in ("Q4_K", "Q5_K", "Q6_K")
+                                                    for k in ("gemv", "s2", "gate_up", "norm_gemv")]
+    for line in lines:
+        per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
+        assert per_weight and all(v <= 8.0 for v in per_weight), line
+        assert " stack 0 " in line, line
+
+
 def test_the_loop_count_finds_the_innermost_loops():
     """compile_check's loop finder on a made-up SASS listing: an outer loop holding two inner ones, and a retry loop
     without FFMA that is not a weight loop."""

@@ -164,10 +164,6 @@ def nvidia_tool(name: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def sass(cubin: bytes) -> tuple[int, list[tuple[int, str]]]:
-    """(registers per thread, [(address, instruction text)]) of a cubin, from the bundled cuobjdump."""
-    registers, _, text = cuobjdump(cubin)
-    return registers, sass_instructions(text)
 
 
 def sass_instructions(listing: str) -> list[tuple[int, str]]:
@@ -231,18 +227,18 @@ def weight_loops(loops: list[Loop]) -> list[Loop]:
 
 
 def compile_stats(kernel: Kernel, arch: int) -> dict:
-    """Compile for sm_`arch`: registers (from cuobjdump; None without it), the inner loops (SASS, or PTX without
-    cuobjdump) and which one was read."""
+    """Compile for sm_`arch`: registers and stack bytes per thread (from cuobjdump; None without it: a spill shows
+    as stack), the inner loops (SASS, or PTX without cuobjdump) and which one was read."""
     compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": kernel.warps, **common.LAUNCH})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
     if nvidia_tool("cuobjdump") and "cubin" in compiled.asm:
-        registers, instructions = sass(compiled.asm["cubin"])
-        return {"registers": registers, "loops": weight_loops(inner_loops(instructions, kernel.weights_per_iteration)),
-                "asm": "sass"}
-    return {"registers": None, "asm": "ptx",
+        registers, stack, listing = cuobjdump(compiled.asm["cubin"])
+        loops = weight_loops(inner_loops(sass_instructions(listing), kernel.weights_per_iteration))
+        return {"registers": registers, "stack": stack, "loops": loops, "asm": "sass"}
+    return {"registers": None, "stack": None, "asm": "ptx",
             "loops": weight_loops(inner_loops(ptx_instructions(ptx), kernel.weights_per_iteration))}
 
 
@@ -251,7 +247,7 @@ def describe(fmt: WeightFormat, name: str, stats: dict, opcodes: bool = False) -
     loops = " | ".join(f"loop {loop.per_weight:.2f}/w ({loop.instructions} instr, {loop.weights} w/thread/iter, "
                        f"ffma {(loop.counts['FFMA'] + loop.counts['FMA']) / loop.weights:.2f}/w)"
                        for loop in stats["loops"])
-    line = f"{fmt.name:5s} {name:4s} {stats['asm']} regs {stats['registers']} {loops}"
+    line = f"{fmt.name:5s} {name:4s} {stats['asm']} regs {stats['registers']} stack {stats['stack']} {loops}"
     if opcodes:
         line += "".join("\n    " + " ".join(f"{op} {n}" for op, n in loop.counts.most_common())
                         for loop in stats["loops"])

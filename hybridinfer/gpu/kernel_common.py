@@ -119,6 +119,8 @@ def tile_columns(qtype) -> int:
     """Columns a GEMV/S2 loop step takes for a matrix of `qtype`."""
     if qtype in WORD_FORMATS:
         return int(WORD_UNITS) * 32 // (WORD_FORMATS[qtype] // 4)
+    if weight_formats.FORMATS[qtype].k_quant:  # a super-block (`_q4_k_row_dots`, `_q6_k_row_dots`)
+        return 256
     return BLOCK_C
 
 
@@ -133,8 +135,8 @@ def split_k(rows: int, cols: int, qtype, *qtypes) -> int:
 
 
 def low_bits(qtype) -> int:
-    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`)."""
-    return 255 if qtype == weight_formats.Q8_0.type else 15
+    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`, `_six_bits`)."""
+    return {weight_formats.Q8_0.type: 255, weight_formats.Q5_K.type: 31, weight_formats.Q6_K.type: 63}.get(qtype, 15)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}

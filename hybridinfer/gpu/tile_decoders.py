@@ -9,7 +9,11 @@ How a tile is decoded depends on the format:
   makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
   FFMA multiplies it by x. d scales each word's sum of fields once; Q4_1's m multiplies the block's sum of x, which
   each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
-- the other formats (F32/F16/BF16, Q5_0/1, Q4_K, Q5_K, Q6_K): each element decoded from its own block's fields.
+- Q4_K, Q5_K, Q6_K in the GEMV, gate_up and S2 (`_q4_k_row_dots`, `_q6_k_row_dots`): a super-block of each row a
+  loop step, its quants loaded as int32 words in the file's order (a word's low and high nibbles are two runs of 4
+  consecutive elements), x as runs of consecutive floats split into the words' fields in registers; the fields
+  decoded as above, each word's sums scaled once per sub-block.
+- the other formats (F32/F16/BF16, Q5_0/1, and the K-quants in S3): each element decoded from its own block's fields.
 """
 
 from __future__ import annotations
@@ -139,6 +143,131 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, 
 
 
 @triton.jit
+def _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last, low_bits,
+                   FIVE: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_K (FIVE: Q5_K), rows r (BLOCK_R,) int32
+    (only the live ones read), c_first and c_last multiples of 256: a loop step takes a super-block of every row as
+    int32 words of quants (BLOCK_R, 4, 8): word i of 32-byte chunk k holds elements 64 k + 4 i + p of sub-block 2 k
+    in the low nibbles of its bytes p, and 64 k + 32 + 4 i + p of sub-block 2 k + 1 in the high ones (Q5_K: their
+    fifth bits are bits 2 k and 2 k + 1 of byte p of qh word i, merged a word at a time), so x is read as two runs
+    of 32 consecutive floats per chunk, split into its four fields in registers. Each word's two sums of fields
+    times x are scaled once by d * sc of their sub-blocks; the mins by dmin * m times the sums of those x."""
+    k = tl.arange(0, 4)[None, :, None]
+    i = tl.arange(0, 8)[None, None, :]
+    p = tl.arange(0, 4)[None, None, None, :]
+    rows = r.to(tl.int64)[:, None, None]
+    ok = live[:, None, None]
+    words_ptr = q_ptr.to(tl.pointer_type(tl.int32)) + rows * (cols // 8) + k * 8 + i  # + 32 a super-block
+    qh_ptr = h_ptr.to(tl.pointer_type(tl.int32)) + rows * (cols // 32) + i  # Q5_K: + 8 a super-block
+    acc = tl.zeros([BLOCK_R, 4, 8], dtype=tl.float32)
+    for c0 in range(c_first, c_last, 256):
+        block = rows * (cols // 256) + c0 // 256  # (BLOCK_R, 1, 1)
+        words = tl.load(words_ptr + c0 // 8, mask=ok, other=0)
+        at = c0 + 64 * k[:, :, :, None] + 4 * i[:, :, :, None] + p  # (1, 4, 8, 4): the low nibbles' x
+        x_low = tl.load(x_ptr + at)
+        x_high = tl.load(x_ptr + at + 32)
+        if NORM:
+            x_low = x_low * tl.load(g_ptr + at)
+            x_high = x_high * tl.load(g_ptr + at + 32)
+        low_a, low_b = tl.split(tl.reshape(x_low, [1, 4, 8, 2, 2]))  # p = 2 p1 + p0: p0 = 0, 1
+        x0, x2 = tl.split(low_a)
+        x1, x3 = tl.split(low_b)
+        high_a, high_b = tl.split(tl.reshape(x_high, [1, 4, 8, 2, 2]))
+        y0, y2 = tl.split(high_a)
+        y1, y3 = tl.split(high_b)
+        if FIVE:
+            qh = tl.load(qh_ptr + c0 // 32, mask=ok, other=0) >> (2 * k)  # byte p: bit 0 low's, bit 1 high's
+            low_words = (words & 0x0F0F0F0F) | ((qh << 4) & 0x10101010)
+            high_words = ((words >> 4) & 0x0F0F0F0F) | ((qh << 3) & 0x10101010)
+            low = (_byte_bits(low_words, 0, 0, low_bits) * x0 + _byte_bits(low_words, 1, 0, low_bits) * x1
+                   + _byte_bits(low_words, 2, 0, low_bits) * x2 + _byte_bits(low_words, 3, 0, low_bits) * x3)
+            high = (_byte_bits(high_words, 0, 0, low_bits) * y0 + _byte_bits(high_words, 1, 0, low_bits) * y1
+                    + _byte_bits(high_words, 2, 0, low_bits) * y2 + _byte_bits(high_words, 3, 0, low_bits) * y3)
+        else:
+            low = (_nibble(words, 0, 0, low_bits) * x0 + _nibble(words, 2, 0, low_bits) * x1
+                   + _nibble(words, 4, 0, low_bits) * x2 + _nibble(words, 6, 0, low_bits) * x3)
+            high = (_nibble(words, 1, 0, low_bits) * y0 + _nibble(words, 3, 0, low_bits) * y1
+                    + _nibble(words, 5, 0, low_bits) * y2 + _nibble(words, 7, 0, low_bits) * y3)
+        d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
+        dmin = tl.load(m_ptr + block, mask=ok, other=0).to(tl.float32)
+        scales = s_ptr + block * 12
+        sc_low, m_low = _q4_k_pair(scales, 2 * k, ok)
+        sc_high, m_high = _q4_k_pair(scales, 2 * k + 1, ok)
+        acc += (d * sc_low) * low + (d * sc_high) * high - (dmin * m_low) * (x0 + x1 + x2 + x3) \
+            - (dmin * m_high) * (y0 + y1 + y2 + y3)
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
+def _byte_bits(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
+    """float32 value of the low bits of byte P of each int32 word (low_bits: 31 or 63, the 5 or 6 bits of a Q5_K or
+    Q6_K quant), minus OFFSET, exactly (as `_nibble`)."""
+    SHIFT: tl.constexpr = 8 * (P % 2)
+    if P >= 2:
+        words = words >> 16
+    bits = (words & (low_bits << SHIFT)) | ((150 - SHIFT) << 23)
+    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + OFFSET)
+
+
+@triton.jit
+def _q6_k_row_dots(q_ptr, d_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last, low_bits,
+                   BLOCK_R: tl.constexpr, NORM: tl.constexpr):
+    """`_q4_k_row_dots` for Q6_K: a loop step takes a super-block of every row, its low bits as int32 words
+    (BLOCK_R, 2, 16): word j of half h holds elements 128 h + 4 j + p in the low nibbles of its bytes p and 128 h +
+    64 + 4 j + p in the high ones; their top 2 bits are in qh word 8 h + j % 8, bits 2 (j // 8) of byte p (4 higher
+    for the high nibbles). The two are merged a word at a time into words of 6-bit fields; each word's two sums of
+    fields times x are scaled by d * sc of their 16 elements."""
+    h = tl.arange(0, 2)[None, :, None]
+    j = tl.arange(0, 16)[None, None, :]
+    rows = r.to(tl.int64)[:, None, None]
+    ok = live[:, None, None]
+    n_blocks = cols // 256
+    ql_ptr = q_ptr.to(tl.pointer_type(tl.int32)) + rows * (cols // 8) + h * 16 + j  # + 32 a super-block
+    qh_ptr = h_ptr.to(tl.pointer_type(tl.int32)) + rows * (n_blocks * 16) + h * 8 + j % 8  # + 16 a super-block
+    sc_ptr = s_ptr + rows * (n_blocks * 16) + h * 8 + j // 4  # the low fields' scale; + 4: the high ones'
+    acc = tl.zeros([BLOCK_R, 2, 16], dtype=tl.float32)
+    for c0 in range(c_first, c_last, 256):
+        b = c0 // 256
+        ql = tl.load(ql_ptr + b * 32, mask=ok, other=0)
+        qh = tl.load(qh_ptr + b * 16, mask=ok, other=0) >> (2 * (j // 8))
+        low = (ql & 0x0F0F0F0F) | ((qh << 4) & 0x30303030)  # byte p: the low field's 6 bits
+        high = ((ql >> 4) & 0x0F0F0F0F) | (qh & 0x30303030)
+        at = c0 + 128 * h[:, :, :, None] + 4 * j[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
+        x_low = tl.load(x_ptr + at)  # (1, 2, 16, 4)
+        x_high = tl.load(x_ptr + at + 64)
+        if NORM:
+            x_low = x_low * tl.load(g_ptr + at)
+            x_high = x_high * tl.load(g_ptr + at + 64)
+        low_a, low_b = tl.split(tl.reshape(x_low, [1, 2, 16, 2, 2]))  # p = 2 p1 + p0: p0 = 0, 1
+        x0, x2 = tl.split(low_a)
+        x1, x3 = tl.split(low_b)
+        high_a, high_b = tl.split(tl.reshape(x_high, [1, 2, 16, 2, 2]))
+        y0, y2 = tl.split(high_a)
+        y1, y3 = tl.split(high_b)
+        dot_low = (_byte_bits(low, 0, 32, low_bits) * x0 + _byte_bits(low, 1, 32, low_bits) * x1
+                   + _byte_bits(low, 2, 32, low_bits) * x2 + _byte_bits(low, 3, 32, low_bits) * x3)
+        dot_high = (_byte_bits(high, 0, 32, low_bits) * y0 + _byte_bits(high, 1, 32, low_bits) * y1
+                    + _byte_bits(high, 2, 32, low_bits) * y2 + _byte_bits(high, 3, 32, low_bits) * y3)
+        d = tl.load(d_ptr + rows * n_blocks + b, mask=ok, other=0).to(tl.float32)
+        sc_low = tl.load(sc_ptr + b * 16, mask=ok, other=0).to(tl.float32)
+        sc_high = tl.load(sc_ptr + b * 16 + 4, mask=ok, other=0).to(tl.float32)
+        acc += d * (sc_low * dot_low + sc_high * dot_high)
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
+def _q4_k_pair(scales, sub, ok):
+    """float32 (scale, min) of sub-blocks `sub` (1, 4, 1) of the super-blocks whose 12 scale bytes are at `scales`
+    (BLOCK_R, 1, 1), as `_super_block_weights` decodes them."""
+    b0 = tl.load(scales + sub % 4, mask=ok, other=0).to(tl.int32)
+    b1 = tl.load(scales + sub % 4 + 4, mask=ok, other=0).to(tl.int32)
+    b2 = tl.load(scales + sub % 4 + 8, mask=ok, other=0).to(tl.int32)
+    sc = tl.where(sub < 4, b0 & 63, (b2 & 15) | ((b0 >> 2) & 48))
+    mn = tl.where(sub < 4, b1 & 63, (b2 >> 4) | ((b1 >> 2) & 48))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
 def _block_x_sums(x_ptr, g_ptr, sums, staged, b_first, b_last, STAGE: tl.constexpr):
     """sums[b] = x[32 b : 32 b + 32].sum() for the blocks b in [b_first, b_last) (`sums` indexed by block: the
     caller's scratch minus b_first); the caller waits (tl.debug_barrier) before reading them. Q4_1's m term needs
@@ -236,6 +365,12 @@ def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, x_sums, r, live, 
     weight g_ptr[c] (the RMSNorm prologue: the inverse RMS is the caller's, applied to the dot)."""
     if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
         out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT,
+                             BLOCK_R, NORM)
+    elif FMT == _Q4_K or FMT == _Q5_K:
+        out = _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last,
+                             low_bits, FMT == _Q5_K, BLOCK_R, NORM)
+    elif FMT == _Q6_K:
+        out = _q6_k_row_dots(q_ptr, d_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last, low_bits,
                              BLOCK_R, NORM)
     else:
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
