@@ -164,25 +164,14 @@ def _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, col
         block = rows * (cols // 256) + c0 // 256  # (BLOCK_R, 1, 1)
         words = tl.load(words_ptr + c0 // 8, mask=ok, other=0)
         at = c0 + 64 * k[:, :, :, None] + 4 * i[:, :, :, None] + p  # (1, 4, 8, 4): the low nibbles' x
-        x_low = tl.load(x_ptr + at)
-        x_high = tl.load(x_ptr + at + 32)
-        if NORM:
-            x_low = x_low * tl.load(g_ptr + at)
-            x_high = x_high * tl.load(g_ptr + at + 32)
-        low_a, low_b = tl.split(tl.reshape(x_low, [1, 4, 8, 2, 2]))  # p = 2 p1 + p0: p0 = 0, 1
-        x0, x2 = tl.split(low_a)
-        x1, x3 = tl.split(low_b)
-        high_a, high_b = tl.split(tl.reshape(x_high, [1, 4, 8, 2, 2]))
-        y0, y2 = tl.split(high_a)
-        y1, y3 = tl.split(high_b)
+        x0, x1, x2, x3 = _x_fields(x_ptr, g_ptr, at, 4, 8, NORM)
+        y0, y1, y2, y3 = _x_fields(x_ptr, g_ptr, at + 32, 4, 8, NORM)
         if FIVE:
             qh = tl.load(qh_ptr + c0 // 32, mask=ok, other=0) >> (2 * k)  # byte p: bit 0 low's, bit 1 high's
             low_words = (words & 0x0F0F0F0F) | ((qh << 4) & 0x10101010)
             high_words = ((words >> 4) & 0x0F0F0F0F) | ((qh << 3) & 0x10101010)
-            low = (_byte_bits(low_words, 0, 0, low_bits) * x0 + _byte_bits(low_words, 1, 0, low_bits) * x1
-                   + _byte_bits(low_words, 2, 0, low_bits) * x2 + _byte_bits(low_words, 3, 0, low_bits) * x3)
-            high = (_byte_bits(high_words, 0, 0, low_bits) * y0 + _byte_bits(high_words, 1, 0, low_bits) * y1
-                    + _byte_bits(high_words, 2, 0, low_bits) * y2 + _byte_bits(high_words, 3, 0, low_bits) * y3)
+            low = _byte_dots(low_words, x0, x1, x2, x3, 0, low_bits)
+            high = _byte_dots(high_words, y0, y1, y2, y3, 0, low_bits)
         else:
             low = (_nibble(words, 0, 0, low_bits) * x0 + _nibble(words, 2, 0, low_bits) * x1
                    + _nibble(words, 4, 0, low_bits) * x2 + _nibble(words, 6, 0, low_bits) * x3)
@@ -210,6 +199,26 @@ def _byte_bits(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
 
 
 @triton.jit
+def _byte_dots(words, x0, x1, x2, x3, OFFSET: tl.constexpr, low_bits):
+    """sum over the bytes p of each word of `_byte_bits`(words, p, OFFSET) * xp."""
+    return (_byte_bits(words, 0, OFFSET, low_bits) * x0 + _byte_bits(words, 1, OFFSET, low_bits) * x1
+            + _byte_bits(words, 2, OFFSET, low_bits) * x2 + _byte_bits(words, 3, OFFSET, low_bits) * x3)
+
+
+@triton.jit
+def _x_fields(x_ptr, g_ptr, at, A: tl.constexpr, B: tl.constexpr, NORM: tl.constexpr):
+    """x[at] (1, A, B, 4) (times the norm weight g_ptr's if NORM) as its four fields x[at][..., p], each (1, A, B):
+    loaded as runs of consecutive floats, split in registers."""
+    x = tl.load(x_ptr + at)
+    if NORM:
+        x = x * tl.load(g_ptr + at)
+    a, b = tl.split(tl.reshape(x, [1, A, B, 2, 2]))  # p = 2 p1 + p0: p0 = 0, 1
+    x0, x2 = tl.split(a)
+    x1, x3 = tl.split(b)
+    return x0, x1, x2, x3
+
+
+@triton.jit
 def _q6_k_row_dots(q_ptr, d_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last, low_bits,
                    BLOCK_R: tl.constexpr, NORM: tl.constexpr):
     """`_q4_k_row_dots` for Q6_K: a loop step takes a super-block of every row, its low bits as int32 words
@@ -232,22 +241,11 @@ def _q6_k_row_dots(q_ptr, d_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_fi
         qh = tl.load(qh_ptr + b * 16, mask=ok, other=0) >> (2 * (j // 8))
         low = (ql & 0x0F0F0F0F) | ((qh << 4) & 0x30303030)  # byte p: the low field's 6 bits
         high = ((ql >> 4) & 0x0F0F0F0F) | (qh & 0x30303030)
-        at = c0 + 128 * h[:, :, :, None] + 4 * j[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
-        x_low = tl.load(x_ptr + at)  # (1, 2, 16, 4)
-        x_high = tl.load(x_ptr + at + 64)
-        if NORM:
-            x_low = x_low * tl.load(g_ptr + at)
-            x_high = x_high * tl.load(g_ptr + at + 64)
-        low_a, low_b = tl.split(tl.reshape(x_low, [1, 2, 16, 2, 2]))  # p = 2 p1 + p0: p0 = 0, 1
-        x0, x2 = tl.split(low_a)
-        x1, x3 = tl.split(low_b)
-        high_a, high_b = tl.split(tl.reshape(x_high, [1, 2, 16, 2, 2]))
-        y0, y2 = tl.split(high_a)
-        y1, y3 = tl.split(high_b)
-        dot_low = (_byte_bits(low, 0, 32, low_bits) * x0 + _byte_bits(low, 1, 32, low_bits) * x1
-                   + _byte_bits(low, 2, 32, low_bits) * x2 + _byte_bits(low, 3, 32, low_bits) * x3)
-        dot_high = (_byte_bits(high, 0, 32, low_bits) * y0 + _byte_bits(high, 1, 32, low_bits) * y1
-                    + _byte_bits(high, 2, 32, low_bits) * y2 + _byte_bits(high, 3, 32, low_bits) * y3)
+        at = c0 + 128 * h[:, :, :, None] + 4 * j[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]  # (1, 2, 16, 4)
+        x0, x1, x2, x3 = _x_fields(x_ptr, g_ptr, at, 2, 16, NORM)
+        y0, y1, y2, y3 = _x_fields(x_ptr, g_ptr, at + 64, 2, 16, NORM)
+        dot_low = _byte_dots(low, x0, x1, x2, x3, 32, low_bits)
+        dot_high = _byte_dots(high, y0, y1, y2, y3, 32, low_bits)
         d = tl.load(d_ptr + rows * n_blocks + b, mask=ok, other=0).to(tl.float32)
         sc_low = tl.load(sc_ptr + b * 16, mask=ok, other=0).to(tl.float32)
         sc_high = tl.load(sc_ptr + b * 16 + 4, mask=ok, other=0).to(tl.float32)
