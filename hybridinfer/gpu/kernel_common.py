@@ -135,7 +135,7 @@ def split_k(rows: int, cols: int, qtype, *qtypes) -> int:
 
 
 def low_bits(qtype) -> int:
-    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`, `_six_bits`)."""
+    """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`, `_byte_dots`)."""
     return {weight_formats.Q8_0.type: 255, weight_formats.Q5_K.type: 31, weight_formats.Q6_K.type: 63}.get(qtype, 15)
 
 

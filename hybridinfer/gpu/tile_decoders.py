@@ -43,7 +43,7 @@ def _nibble(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
     15, after a shift by 16 for P >= 4) is masked into the mantissa of a float whose exponent makes its lowest bit
     worth 1, 2^(23 - SHIFT) + q, from which the constant is subtracted. low_bits: 15, a run-time value so that the
     compiler keeps the masks in registers (an instruction takes one immediate) and does not turn them into
-    bit-field extracts."""
+    bit-field extracts; 31 or 63 (an even P): the 5 or 6 low bits of byte P / 2 (`_byte_dots`)."""
     SHIFT: tl.constexpr = 4 * (P % 4)
     if P >= 4:
         words = words >> 16
@@ -188,21 +188,11 @@ def _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, col
 
 
 @triton.jit
-def _byte_bits(words, P: tl.constexpr, OFFSET: tl.constexpr, low_bits):
-    """float32 value of the low bits of byte P of each int32 word (low_bits: 31 or 63, the 5 or 6 bits of a Q5_K or
-    Q6_K quant), minus OFFSET, exactly (as `_nibble`)."""
-    SHIFT: tl.constexpr = 8 * (P % 2)
-    if P >= 2:
-        words = words >> 16
-    bits = (words & (low_bits << SHIFT)) | ((150 - SHIFT) << 23)
-    return bits.to(tl.float32, bitcast=True) - ((1 << (23 - SHIFT)) + OFFSET)
-
-
-@triton.jit
 def _byte_dots(words, x0, x1, x2, x3, OFFSET: tl.constexpr, low_bits):
-    """sum over the bytes p of each word of `_byte_bits`(words, p, OFFSET) * xp."""
-    return (_byte_bits(words, 0, OFFSET, low_bits) * x0 + _byte_bits(words, 1, OFFSET, low_bits) * x1
-            + _byte_bits(words, 2, OFFSET, low_bits) * x2 + _byte_bits(words, 3, OFFSET, low_bits) * x3)
+    """sum over the bytes p of each word of xp times the low bits of byte p (low_bits: 31 or 63, a Q5_K or Q6_K
+    quant's 5 or 6 bits) minus OFFSET: `_nibble`'s field 2p with the wider mask."""
+    return (_nibble(words, 0, OFFSET, low_bits) * x0 + _nibble(words, 2, OFFSET, low_bits) * x1
+            + _nibble(words, 4, OFFSET, low_bits) * x2 + _nibble(words, 6, OFFSET, low_bits) * x3)
 
 
 @triton.jit
