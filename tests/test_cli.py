@@ -92,3 +92,29 @@ def test_bench_gpu_kernels_without_a_gpu_or_with_an_unknown_format_says_so_in_on
     done = run("bench", "--kernels", "--device", "cuda", *extra)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0 and len(lines) == 1 and message in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_an_interrupt_in_a_constructor_prints_no_finalizer_traceback(sig, code):
+    """As tqdm's progress bar does when a conversion is stopped while it builds one: its finalizer then fails."""
+    script = f"""
+import os, signal, sys
+from hybridinfer.cli.main import _sigterm_unwinds
+
+class HalfBuilt:
+    def __init__(self):
+        os.kill(os.getpid(), signal.{sig})  # the interrupt arrives mid-constructor
+        self.pos = 0
+
+    def __del__(self):
+        self.pos  # AttributeError: the constructor never got here
+
+try:
+    with _sigterm_unwinds():
+        HalfBuilt()
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, \
+        done.stderr

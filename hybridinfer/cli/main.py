@@ -55,19 +55,36 @@ def one_line(message: str) -> str:
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """While a command runs, SIGTERM raises SystemExit(143) in the main thread: `finally` blocks and context
-    managers (atomic_file.atomic_output's cleanup) run, as for SIGINT, instead of the process dying at once."""
+    managers (atomic_file.atomic_output's cleanup) run, as for SIGINT, instead of the process dying at once. From
+    either interrupt on, a finalizer that fails prints nothing (`_quiet_finalizers`)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
 
     def exit_143(signum, frame):
+        _quiet_finalizers()
         raise SystemExit(128 + signum)
 
+    def interrupt(signum, frame):
+        _quiet_finalizers()
+        raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, exit_143)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not where SIGINT is ignored (a background job)
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _quiet_finalizers() -> None:
+    """An interrupt may leave an object half-built (a progress bar stopped in its constructor), whose finalizer then
+    fails as it is collected; Python would print that error's traceback. It is not the user's: print nothing."""
+    sys.unraisablehook = lambda unraisable: None
 
 
 @click.group(cls=_Group)
