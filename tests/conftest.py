@@ -1,12 +1,17 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 if os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu") != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU tensors (read at `import triton`)
 
-# the repack cache of the models the tests write lives and dies with the test run (subprocesses inherit it)
-os.environ.setdefault("HYBRIDINFER_REPACK_CACHE", tempfile.mkdtemp(prefix="hybridinfer-repack-"))
+# the repack cache of the models the tests write lives and dies with the test run: made by the process that starts
+# it, inherited by its workers and subprocesses, removed when that process exits (a full run leaves GBs there)
+if "HYBRIDINFER_REPACK_CACHE" not in os.environ:
+    os.environ["HYBRIDINFER_REPACK_CACHE"] = tempfile.mkdtemp(prefix="hybridinfer-repack-")
+    atexit.register(shutil.rmtree, os.environ["HYBRIDINFER_REPACK_CACHE"], ignore_errors=True)
 
 import numpy as np
 import pytest

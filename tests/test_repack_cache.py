@@ -2,9 +2,11 @@
 a changed file, a damaged entry or the cache turned off are packed again."""
 
 import mmap
+import shutil
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +77,7 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
 
 SECOND_START = """
 import sys
+from pathlib import Path
 import numpy as np
 import hybridinfer
 engine = hybridinfer.load(sys.argv[1])
@@ -93,3 +96,22 @@ def test_a_fresh_process_runs_on_mapped_weights_and_cached_kernels(tmp_path, cac
         assert run.returncode == 0, run.stderr[-2000:]
     (first_mapped, first), (second_mapped, second) = [run.stdout.split(" ", 1) for run in runs]
     assert (first_mapped, second_mapped) == ("False", "True") and first == second
+
+
+def test_a_test_run_removes_the_repack_cache_it_made(tmp_path):
+    """conftest.py gives a test run its own repack cache (GBs after a full run) and removes it when the run ends."""
+    (tmp_path / "test_writes_there.py").write_text(
+        "import os\n"
+        "def test_it():\n"
+        "    cache = os.environ['HYBRIDINFER_REPACK_CACHE']\n"
+        "    open(os.path.join(cache, 'entry.bin'), 'wb').write(b'x' * 1000)\n"
+        "    print('CACHE', cache)\n")
+    shutil.copy(Path(__file__).parent / "conftest.py", tmp_path / "conftest.py")
+    env = {k: v for k, v in os.environ.items() if k != "HYBRIDINFER_REPACK_CACHE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-o", "addopts=",
+                           str(tmp_path / "test_writes_there.py")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cache = Path(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("CACHE")))
+    assert cache.name.startswith("hybridinfer-repack-") and not cache.exists()
