@@ -164,8 +164,6 @@ def nvidia_tool(name: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
-
-
 def sass_instructions(listing: str) -> list[tuple[int, str]]:
     """[(address, instruction text)] of a cuobjdump SASS listing."""
     found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", listing)
