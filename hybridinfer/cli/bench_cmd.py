@@ -116,33 +116,16 @@ def _llama_cpp(path: str, n_threads: int | None, n_gen: int, repetitions: int) -
 
 
 def _gpu_kernels(device_name: str, kernels: str | None, formats: str | None, repetitions: int, as_json: bool) -> None:
-    import torch
-
     from ..eval import gpu_kernel_bench as bench
     from ..errors import HybridInferError
-    formats = (formats or "q4_0,q4_1,q8_0,q4_k,q6_k").split(",")
+    formats = (formats or bench.DEFAULT_FORMATS).split(",")
     try:
         bench.check_formats(formats)
-        device = torch.device(device_name)
-    except (ValueError, RuntimeError) as error:
+        device = bench.device_for(device_name, kernels)
+    except ValueError as error:
         raise HybridInferError(f"--kernels on {device_name}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HybridInferError("--device cuda: no CUDA GPU is visible to torch here")
-    machine = bench.machine_figures(device, kernels)
-    contexts = [512, 4096, 16384, 32768]
-    if not as_json:
-        click.echo(f"{bench.machine_line(machine)}; pools of ~512 MB per kernel")
-        click.echo("\n".join(bench.HEADER))
-    rows = []
-
-    def emit(row: dict) -> None:
-        rows.append(row)
-        if not as_json:
-            click.echo(bench.table_line(row))
-
-    bench.run(machine, "13b", formats, contexts, 512, max(repetitions, 5), emit)
-    if as_json:
-        click.echo(json.dumps({"machine": machine, "results": rows}))
+    bench.report(bench.machine_figures(device, kernels), "13b", formats, list(bench.CONTEXTS), bench.POOL_MB,
+                 max(repetitions, 5), as_json, click.echo)
 
 
 def _kernels(formats: str, repetitions: int, n_threads: int | None, as_json: bool) -> None:

@@ -45,6 +45,9 @@ SHAPES = {  # n_embd, n_ff, n_head, n_head_kv, head_dim (LLaMA-2's; tiny: a dry 
 FORMATS = {"q4_0": T.Q4_0, "q4_1": T.Q4_1, "q8_0": T.Q8_0, "q4_k": T.Q4_K, "q6_k": T.Q6_K, "f16": T.F16}
 CANDIDATES = 0.2  # of the hot neurons, the share the predictor marks (about half of them fire)
 GROUPED_KV_HEADS = 8  # the grouped-query attention shape's key/value heads (Llama 3 8B's, Qwen's)
+DEFAULT_FORMATS = "q4_0,q4_1,q8_0,q4_k,q6_k"
+CONTEXTS = (512, 4096, 16384, 32768)  # attention: positions already cached
+POOL_MB = 512  # distinct copies of each kernel's weights, about ten times an H100's L2
 HEADER = ["| kernel | shape | MB read | us | GB/s | % of copy |", "| --- | --- | ---: | ---: | ---: | ---: |"]
 
 
@@ -216,13 +219,45 @@ def table_line(r: dict) -> str:
             f"{100 * r['of_copy']:.0f}% |")
 
 
+def device_for(name: str, kernels: str | None) -> torch.device:
+    """The torch device `name`, if the benchmark can run there with `kernels` (else ValueError, one line)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: {name!r} is not a torch device (cuda, cuda:1, cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is visible to torch here")
+    kernels = kernels or os.environ.get("HYBRIDINFER_GPU_KERNELS")
+    if device.type != "cuda" and kernels == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the Triton kernels run on the CPU device only interpreted: set TRITON_INTERPRET=1")
+    return device
+
+
+def report(machine: dict, shape: str, formats: list[str], contexts: list[int], pool_mb: int, repeats: int,
+           as_json: bool, echo: Callable[[str], None]) -> None:
+    """`run`, its rows as table lines through `echo` as they are measured, or one JSON object at the end."""
+    rows: list[dict] = []
+
+    def emit(measured: dict) -> None:
+        rows.append(measured)
+        if not as_json:
+            echo(table_line(measured))
+
+    if not as_json:
+        echo(f"{machine_line(machine)}; pools of ~{pool_mb} MB per kernel")
+        echo("\n".join(HEADER))
+    run(machine, shape, formats, contexts, pool_mb, repeats, emit)
+    if as_json:
+        echo(json.dumps({"machine": machine, "pool_mb": pool_mb, "results": rows}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", default="13b", choices=sorted(SHAPES))
-    parser.add_argument("--formats", default="q4_0,q4_1,q8_0,q4_k,q6_k", help="comma-separated: " + ", ".join(FORMATS))
-    parser.add_argument("--contexts", default="512,4096,16384,32768", help="attention: positions already cached")
-    parser.add_argument("--pool-mb", type=int, default=512, help="bytes of distinct copies per kernel (>> L2)")
+    parser.add_argument("--formats", default=DEFAULT_FORMATS, help="comma-separated: " + ", ".join(FORMATS))
+    parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="attention: positions already cached")
+    parser.add_argument("--pool-mb", type=int, default=POOL_MB, help="bytes of distinct copies per kernel (>> L2)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--gpu-kernels", choices=["triton", "torch"], default=None)
     parser.add_argument("--json", action="store_true", help="one JSON object at the end instead of the table")
@@ -238,28 +273,11 @@ def main() -> None:
     if min(contexts) < 1 or args.pool_mb < 1 or args.repeats < 1:
         parser.error("--contexts, --pool-mb and --repeats take positive numbers")
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: {args.device!r} is not a torch device (cuda, cuda:1, cpu)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA GPU is visible to torch here; --device cpu runs the torch twins instead")
-    kernels = args.gpu_kernels or os.environ.get("HYBRIDINFER_GPU_KERNELS")
-    if device.type != "cuda" and kernels == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        parser.error("the Triton kernels run on the CPU device only interpreted: set TRITON_INTERPRET=1")
-    machine = machine_figures(device, kernels)
-    rows: list[dict] = []
-
-    def emit(measured: dict) -> None:
-        rows.append(measured)
-        if not args.json:
-            print(table_line(measured), flush=True)
-
-    if not args.json:
-        print(f"{machine_line(machine)}; pools of ~{args.pool_mb} MB per kernel", flush=True)
-        print("\n".join(HEADER), flush=True)
-    run(machine, args.shape, args.formats.split(","), contexts, args.pool_mb, args.repeats, emit)
-    if args.json:
-        print(json.dumps({"machine": machine, "pool_mb": args.pool_mb, "results": rows}, indent=1))
+        device = device_for(args.device, args.gpu_kernels)
+    except ValueError as error:
+        parser.error(str(error))
+    report(machine_figures(device, args.gpu_kernels), args.shape, args.formats.split(","), contexts, args.pool_mb,
+           args.repeats, args.json, lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
