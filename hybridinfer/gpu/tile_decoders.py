@@ -79,41 +79,55 @@ def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
 
 
 @triton.jit
-def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u, u_last, low_bits, acc, acc_m,
+def _per_unit(per_block, BLOCK_R: tl.constexpr, U: tl.constexpr):
+    """(BLOCK_R, WORD_UNITS, 1): a (BLOCK_R, WORD_UNITS // U) tile of per-block values (d, m) repeated for each of
+    a block's U units."""
+    if U == 2:
+        per_block = tl.reshape(tl.join(per_block, per_block), [BLOCK_R, WORD_UNITS])
+    return per_block[:, :, None]
+
+
+@triton.jit
+def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc, acc_m,
                FMT: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
-    """(acc, acc_m) plus W[r, unit u] . x[unit u] for Q4_0/Q4_1/Q8_0 units u (`_word_row_dots`): acc (BLOCK_R,
+    """(acc, acc_m) plus W[r, the tile of units from u0] . x for Q4_0/Q4_1/Q8_0 (`_word_row_dots`): acc (BLOCK_R,
     WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
-    sum of x (x_sums[u]), so that every tensor keeps the words' layout. TAIL: units at or past u_last give 0 (d = m
-    = 0 there, x of the last unit). No other load is masked or filled. NORM: x times the norm weight g_ptr (same
-    offsets) as it is loaded (`_gemv_kernel`'s RMSNorm prologue)."""
+    sum of x (x_sums[u]), so that every tensor keeps the words' layout. A row's words and scales are each loaded as
+    one contiguous run: the compiler then lays rows across threads (several a thread), and a thread's x serves all
+    its rows, with Triton 3.6 as with 3.9 (a tie in contiguity across the dimensions is broken one way by 3.6, the
+    other by 3.9). TAIL: units at or past u_last give 0 (d = m = 0 there, x of the last unit). No other load is
+    masked or filled. NORM: x times the norm weight g_ptr (same offsets) as it is loaded (`_gemv_kernel`'s RMSNorm
+    prologue)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
-    FIELDS: tl.constexpr = 8 // U
-    i = tl.arange(0, 4)
-    words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
-    block = r[:, None, None] * (n_units // U) + (u // U)[None, :, None]
+    u = u0 + tl.arange(0, WORD_UNITS)
+    k = u0 * 4 + tl.arange(0, WORD_UNITS * 4)  # the tile's words in a row
+    b = u0 // U + tl.arange(0, WORD_UNITS // U)  # its blocks
+    words_at = q_ptr + r[:, None] * (n_units * 4) + k[None, :]
+    block = r[:, None] * (n_units // U) + b[None, :]
     if TAIL:
-        ok = (u < u_last)[None, :, None] & (r >= 0)[:, None, None]
-        words = tl.load(words_at, mask=ok, other=0)
-        d = tl.load(d_ptr + block, mask=ok, other=0).to(tl.float32)
+        words = tl.load(words_at, mask=(k < u_last * 4)[None, :] & (r >= 0)[:, None], other=0)
+        in_tile = (b < u_last // U)[None, :] & (r >= 0)[:, None]
+        d = tl.load(d_ptr + block, mask=in_tile, other=0)
         x_unit = tl.minimum(u, u_last - 1)
     else:
         words = tl.load(words_at)
-        d = tl.load(d_ptr + block).to(tl.float32)
+        d = tl.load(d_ptr + block)
         x_unit = u
-    x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + i[None, None, :]
+    words = tl.reshape(words, [BLOCK_R, WORD_UNITS, 4])
+    x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
     dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
-    for p in tl.static_range(FIELDS):
+    for p in tl.static_range(8 // U):
         x = tl.load(x_ptr + x_offsets + p * 4 * U)
         if NORM:
             x = x * tl.load(g_ptr + x_offsets + p * 4 * U)
         dot += _field(words, p, FMT, low_bits) * x
-    acc += d * dot
+    acc += _per_unit(d.to(tl.float32), BLOCK_R, U) * dot
     if FMT == _Q4_1:
         if TAIL:
-            m = tl.load(m_ptr + block, mask=ok, other=0)
+            m = tl.load(m_ptr + block, mask=in_tile, other=0)
         else:
             m = tl.load(m_ptr + block)
-        acc_m += m.to(tl.float32) * tl.load(x_sums + x_unit)[None, :, None]
+        acc_m += _per_unit(m.to(tl.float32), BLOCK_R, U) * tl.load(x_sums + x_unit)[None, :, None]
     return acc, acc_m
 
 
@@ -133,12 +147,11 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, 
     acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
     for u0 in range(u_first, whole, WORD_UNITS):
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0 + tl.arange(0, WORD_UNITS),
-                                u_last, low_bits, acc, acc_m, FMT, False, BLOCK_R, NORM)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc,
+                                acc_m, FMT, False, BLOCK_R, NORM)
     if whole < u_last:
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units,
-                                whole + tl.arange(0, WORD_UNITS), u_last, low_bits, acc, acc_m, FMT, True, BLOCK_R,
-                                NORM)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, whole, u_last, low_bits,
+                                acc, acc_m, FMT, True, BLOCK_R, NORM)
     return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
 
 
