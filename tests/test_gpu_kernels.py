@@ -458,27 +458,48 @@ def _compile_check(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
-    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, and the GEMV and gate_up
-    with the RMSNorm prologue, compiled for sm_90 and counted in their SASS by compile_check: at most 4 instructions
-    per weight, one FFMA per weight or a little more."""
+WORD_KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up", "stage_gemv")
+
+
+def _word_kernel_loops(*formats: str) -> list[str]:
+    """compile_check's lines for every kernel of `formats` (word formats), checked to be SASS and to have the weight
+    loops each kernel has (S2, gate_up: gate and up)."""
     import triton
 
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
         pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
-    result = _compile_check("--arch", "90", "Q4_0", "Q4_1", "Q8_0")
+    result = _compile_check("--arch", "90", *formats)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in ("Q8_0", "Q4_0", "Q4_1")
-                                                    for k in ("gemv", "s2", "s3", "gate_up", "norm_gemv",
-                                                              "norm_gate_up", "stage_gemv")]
+    assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in formats for k in WORD_KERNELS]
     for line in lines:
+        loops = re.findall(r"loop ([\d.]+)/w", line)
+        assert len(loops) == (2 if line.split()[1] in ("s2", "gate_up", "norm_gate_up") else 1), line
+    return lines
+
+
+def test_the_word_kernels_take_at_most_4_instructions_per_weight(tk):
+    """The Q4_0, Q4_1 and Q8_0 GEMV, S2 and gate_up (gate and up loops) and S3 inner loops, and the GEMV and gate_up
+    with the RMSNorm prologue, compiled for sm_90 and counted in their SASS by compile_check: at most 4 instructions
+    per weight, one FFMA per weight or a little more."""
+    for line in _word_kernel_loops("Q8_0", "Q4_0", "Q4_1"):
         per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
         ffma = [float(v) for v in re.findall(r"ffma ([\d.]+)/w", line)]
-        assert len(per_weight) == (2 if line.split()[1] in ("s2", "gate_up", "norm_gate_up") else 1), line
         assert all(v <= 4.0 for v in per_weight), line
         assert all(1.0 <= v <= 1.3 for v in ffma), line  # one multiply-add a weight: the loop was not unrolled
+
+
+def test_the_q5_word_kernels_take_at_most_5_5_instructions_per_weight(tk):
+    """Q5_0 and Q5_1 as word formats (their fifth bits merged into 5-bit bytes a word, `_five_bit_words`), every
+    kernel: at most 5.5 instructions per weight (each element decoded from its own block's fields took 20 to 25; at
+    HBM speed a Q5_0 weight, 0.6875 bytes, allows about 6), no spill."""
+    for line in _word_kernel_loops("Q5_0", "Q5_1"):
+        per_weight = [float(v) for v in re.findall(r"loop ([\d.]+)/w", line)]
+        ffma = [float(v) for v in re.findall(r"ffma ([\d.]+)/w", line)]
+        assert all(v <= 5.5 for v in per_weight), line
+        assert all(1.0 <= v <= 1.3 for v in ffma), line
+        assert " stack 0 " in line, line
 
 
 def test_the_k_quant_row_loops_read_words_at_under_8_instructions_per_weight(tk):

@@ -132,7 +132,7 @@ def sources(fmt: WeightFormat) -> dict[str, Kernel]:
                                                             "GATE_FMT": fmt.code, "UP_FMT": fmt.code, **tiles,
                                                             "CHUNK": sparse.CHUNK}), step, warps)}
     if fmt.type in WORD_FORMATS:
-        s3 = {**named("q_ptr", "d_ptr", "m_ptr"), **s3_common, "low_bits": "i32", "scale": "fp32",
+        s3 = {**named("q_ptr", "d_ptr", "m_ptr", "hi_ptr"), **s3_common, "low_bits": "i32", "scale": "fp32",
               "FMT": "constexpr", "EPILOGUE": "constexpr", "SPLIT": "constexpr", "S3_ROWS": "constexpr",
               "S3_UNITS": "constexpr", "CHUNK": "constexpr"}
         s3_step = sparse.S3_ROWS * sparse.s3_columns(fmt.type) // (32 * sparse.S3_WARPS)

@@ -6,8 +6,8 @@ serve batches):
                      each share stores its partial sums and takes an atomic ticket per tile, and the tile's last
                      share adds them in a fixed order (`_finish`: the result does not depend on scheduling)
     norm_matvec      the GEMV of RMSNorm(x) (and gate_up's `norm`): each program computes the inverse RMS of the
-                     whole x, multiplies x tiles by the norm weight as it loads them (Q4_1: staged in its scratch,
-                     `_q4_1_prologue`) and scales its dot; one launch for a norm and the projection that reads it
+                     whole x, multiplies x tiles by the norm weight as it loads them (Q4_1, Q5_1: staged in its scratch,
+                     `_block_sums_prologue`) and scales its dot; one launch for a norm and the projection that reads it
     matvec_relu, matvec_at_least, add_matvec
                      the GEMV with another epilogue (`_epilogue`): ReLU, the threshold as a byte mask (which can also
                      copy a vector, RMS-normed or not, beside its work: a split FFN's input), the residual add
@@ -27,7 +27,7 @@ from . import reference
 from .kernel_common import (_ADD, _AT_LEAST, _RELU, _STORE, ACTIVATIONS, BLOCK_C, BLOCK_R, LAUNCH, NUM_WARPS,
                             _activation, _counters, _fields, _finish, _inverse_rms, _last_share, _shares_sum,
                             _x_sums_scratch, low_bits, split_k)
-from .tile_decoders import _Q4_1, _q4_1_prologue, _row_dots
+from .tile_decoders import _Q4_1, _Q5_1, _block_sums_prologue, _row_dots
 from .weights import GPU_FORMATS, DeviceMatrix
 
 COPY_BLOCK = tl.constexpr(128)  # elements a GEMV program copies at a time beside its work (`_gemv_kernel`'s COPY)
@@ -63,9 +63,10 @@ def _gemv_kernel(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, sums_ptr, partial_ptr
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)  # split_k: whole tiles (BLOCK_C divides them)
     c_last = tl.minimum(c_first + cols_per_split, cols)
     x_read, x_sums = x_ptr, sums_ptr
-    if FMT == _Q4_1:  # the norm weight staged with the sums of x (`_q4_1_prologue`), else applied in the loop
-        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
-    LOOP_NORM: tl.constexpr = NORM and FMT != _Q4_1
+    MIN: tl.constexpr = FMT == _Q4_1 or FMT == _Q5_1
+    if MIN:  # the norm weight staged with the sums of x (`_block_sums_prologue`), else applied in the loop
+        x_read, x_sums = _block_sums_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and not MIN
     last_row = tl.minimum(r, rows - 1)  # rows past the end read the last one, discarded
     out = _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols, c_first,
                     c_last, low_bits, FMT, BLOCK_R, BLOCK_C, LOOP_NORM)
@@ -87,9 +88,10 @@ def _gate_up_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_p
     c_first = tl.multiple_of(tl.program_id(1) * cols_per_split, BLOCK_C)
     c_last = tl.minimum(c_first + cols_per_split, cols)
     x_read, x_sums = x_ptr, sums_ptr
-    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
-        x_read, x_sums = _q4_1_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
-    LOOP_NORM: tl.constexpr = NORM and GATE_FMT != _Q4_1 and UP_FMT != _Q4_1
+    MIN: tl.constexpr = GATE_FMT == _Q4_1 or UP_FMT == _Q4_1 or GATE_FMT == _Q5_1 or UP_FMT == _Q5_1
+    if MIN:
+        x_read, x_sums = _block_sums_prologue(x_ptr, norm_ptr, sums_ptr, c_first, c_last, cols_per_split, NORM)
+    LOOP_NORM: tl.constexpr = NORM and not MIN
     last_row = tl.minimum(r, rows - 1)
     g = _row_dots(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, x_read, norm_ptr, x_sums, last_row, in_matrix, cols,
                   c_first, c_last, gate_bits, GATE_FMT, BLOCK_R, BLOCK_C, LOOP_NORM)

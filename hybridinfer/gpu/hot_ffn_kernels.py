@@ -2,7 +2,7 @@
 
     hot_ffn          S2 (`_s2_kernel`): each program compacts its chunk's candidate rows (the mask) into a list, then
                      takes them BLOCK_R at a time: gate rows . x, FATReLU, then up rows . x only for the rows that
-                     fired (the others masked, or in Q4_0/Q4_1/Q8_0 pointed at a fired row: their up bytes are never
+                     fired (the others masked, or in the word formats pointed at a fired row: their up bytes are never
                      read) -> h (n_hot,); then
                      S3 (`s3_kernels.py`): out = sum_i h_i * down_t[i], each program a tile of output columns and a
                      share of the rows, which it compacts to the rows with h_i != 0 before loading any weight; the
@@ -21,14 +21,14 @@ import triton.language as tl
 from .kernel_common import (_ADD, _STORE, BLOCK_C, BLOCK_R, LAUNCH, NUM_WARPS, TARGET_PROGRAMS, _counters, _fields,
                             _x_sums_scratch, low_bits)
 from .s3_kernels import _s3_kernel, _s3_words_kernel
-from .tile_decoders import _Q4_1, _block_x_sums, _row_dots
+from .tile_decoders import _Q4_1, _Q5_1, _block_x_sums, _row_dots
 from .weights import GPU_FORMATS, WORD_FORMATS, DeviceMatrix
 
 CHUNK = 128  # rows an S2 program compacts; rows an S3 program compacts at a time
-S3_ROWS = 8  # compacted rows an S3 step takes in Q4_0/Q4_1/Q8_0: one a warp
-S3_COLUMNS = 2048  # columns an S3 program takes in Q4_0/Q4_1/Q8_0 (Q4: 2 units a thread, Q8_0: 4)
+S3_ROWS = 8  # compacted rows an S3 step takes in the word formats: one a warp
+S3_COLUMNS = 2048  # columns an S3 program takes in the word formats (Q4: 2 units a thread, Q8_0: 4)
 S3_WARPS = 8
-S3_MAX_SHARES = 64  # row shares of an S3 launch in Q4_0/Q4_1/Q8_0: each writes a (cols,) float32 partial sum
+S3_MAX_SHARES = 64  # row shares of an S3 launch in the word formats: each writes a (cols,) float32 partial sum
 
 
 @triton.jit
@@ -40,7 +40,7 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
     mask_ptr[i] (uint8), or with HAS_INDEX mask_ptr[index_ptr[i]] (the mask over every neuron, index_ptr the hot
     neurons' int64 indices); *fired_ptr (int64) += how many rows fired (a != 0), one atomic add a program. Program p
     compacts the candidates of rows [p*CHUNK, (p+1)*CHUNK) into list_ptr[p*CHUNK:] (int32 scratch) and takes them
-    BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's scratch for the sums of x per block."""
+    BLOCK_R at a time. sums_ptr (programs, cols / 32): Q4_1's/Q5_1's scratch for the sums of x per block."""
     pid = tl.program_id(0)
     rows = pid * CHUNK + tl.arange(0, CHUNK)
     in_n = rows < n
@@ -56,7 +56,7 @@ def _s2_kernel(gq_ptr, gd_ptr, gm_ptr, gh_ptr, gs_ptr, uq_ptr, ud_ptr, um_ptr, u
     else:
         count = tl.sum(in_n.to(tl.int32), axis=0)
     x_sums = sums_ptr
-    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1:
+    if GATE_FMT == _Q4_1 or UP_FMT == _Q4_1 or GATE_FMT == _Q5_1 or UP_FMT == _Q5_1:
         x_sums = sums_ptr + pid * (cols // 32)
         _block_x_sums(x_ptr, x_ptr, x_sums, x_sums, 0, cols // 32, False)
     tl.debug_barrier()  # the list, the zeros and the sums written before any thread reads the list or writes h
@@ -88,7 +88,7 @@ def s3_columns(qtype) -> int:
 
 
 def s3_units(qtype) -> int:
-    """4-word units an S3 program takes for a down_t matrix of Q4_0/Q4_1/Q8_0."""
+    """4-word units an S3 program takes for a down_t matrix of a word format."""
     return S3_COLUMNS // 32 * (WORD_FORMATS[qtype] // 4)
 
 
@@ -131,7 +131,7 @@ def hot_ffn(gate: DeviceMatrix, up: DeviceMatrix, down_t: DeviceMatrix, x: torch
     counters = _counters(column_tiles, x.device)
     fmt = GPU_FORMATS[down_t.qtype].code
     if words:
-        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:3], h, slots, partial, counters, out, n, cols,
+        _s3_words_kernel[(column_tiles, shares)](*_fields(down_t)[:4], h, slots, partial, counters, out, n, cols,
                                                  rows_per_share, low_bits(down_t.qtype), float(scale), FMT=fmt,
                                                  EPILOGUE=epilogue, SPLIT=shares > 1, S3_ROWS=S3_ROWS,
                                                  S3_UNITS=s3_units(down_t.qtype), CHUNK=CHUNK, num_warps=S3_WARPS,

@@ -10,7 +10,7 @@
     _epilogue, _activation                what a GEMV or S3 does with its result; the FFN's activations
     _inverse_rms                          RMSNorm's scale, computed by each program that needs it
     tile_columns, low_bits, _counters,    the launches' arguments: columns a loop step takes, the decoders' low_bits,
-    _x_sums_scratch, _fields              split-K's counters, Q4_1's scratch, a DeviceMatrix's fields as pointers
+    _x_sums_scratch, _fields              split-K's counters, Q4_1's/Q5_1's scratch, a DeviceMatrix's fields as pointers
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def split_k(rows: int, cols: int, qtype, *qtypes) -> int:
 
 def low_bits(qtype) -> int:
     """The kernels' run-time low_bits argument for a matrix of `qtype` (`_nibble`, `_byte`, `_byte_dots`)."""
-    return {weight_formats.Q8_0.type: 255, weight_formats.Q5_K.type: 31, weight_formats.Q6_K.type: 63}.get(qtype, 15)
+    five = {f.type: 31 for f in (weight_formats.Q5_0, weight_formats.Q5_1, weight_formats.Q5_K)}
+    return {weight_formats.Q8_0.type: 255, **five, weight_formats.Q6_K.type: 63}.get(qtype, 15)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -153,14 +154,14 @@ def _counters(tiles: int, device: torch.device) -> torch.Tensor:
 
 def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes, staged: bool = False) -> torch.Tensor:
     """float32 scratch for Q4_1's sums of x per block, (programs, cols / 32), after (programs, cols) for x times the
-    norm weight where `staged` (`_q4_1_prologue`); x itself (never read) where no matrix is Q4_1."""
-    if weight_formats.Q4_1.type not in qtypes:
+    norm weight where `staged` (`_block_sums_prologue`); x itself (never read) where no matrix is Q4_1 or Q5_1."""
+    if weight_formats.Q4_1.type not in qtypes and weight_formats.Q5_1.type not in qtypes:
         return x
     return torch.empty(programs * (cols // 32 + (cols if staged else 0)), dtype=torch.float32, device=x.device)
 
 
 def _fields(m: DeviceMatrix) -> tuple[torch.Tensor, ...]:
-    """(q, d, m, h, s) pointers of the kernels (q: int32 words for Q4_0/Q4_1/Q8_0); a field a format lacks is filled
+    """(q, d, m, h, s) pointers of the kernels (q: int32 words for the word formats); a field a format lacks is filled
     with a tensor the kernel never reads."""
     if m.values is not None:
         return (m.values,) * 5

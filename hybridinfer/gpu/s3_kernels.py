@@ -1,8 +1,9 @@
 """S3 of the sparse FFN as Triton kernels (`hot_ffn_kernels.hot_ffn` launches them): out = epilogue(sum_i h_i *
 down_t[i]) over the rows i with h_i != 0, program (t, s) a tile t of output columns and a share s of the rows.
 
-    _s3_kernel        F32/F16/BF16, Q5_0/1 and the K-quants: a tile of BLOCK_C columns, BLOCK_R compacted rows a step
-    _s3_words_kernel  Q4_0/Q4_1/Q8_0 (int32 words): a tile of S3_UNITS 4-word units, S3_ROWS compacted rows a step
+    _s3_kernel        F32/F16/BF16 and the K-quants: a tile of BLOCK_C columns, BLOCK_R compacted rows a step
+    _s3_words_kernel  the word formats, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (int32 words): a tile of S3_UNITS 4-word units,
+                      S3_ROWS compacted rows a step
                       (`_s3_word_rows`), one accumulator per field of a word, written out by `_s3_put`
 
 Each program compacts its rows CHUNK at a time to those with h_i != 0 (`_compact_live_rows`) before loading any
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .kernel_common import _STORE, _epilogue, _finish, _last_share, _shares_sum
-from .tile_decoders import _Q4_1, _Q8_0, _field, _weights
+from .tile_decoders import _Q4_1, _Q5_0, _Q5_1, _Q8_0, _field, _five_bit_words, _weights
 
 
 @triton.jit
@@ -33,7 +34,7 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
                rows_per_share, scale, FMT: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """out (cols,) = epilogue(sum_i h_i * W[i]) (`_epilogue`: _STORE, or _ADD into the residual stream) for a format
-    other than Q4_0/Q4_1/Q8_0: program (t, s) takes the columns of tile t and the rows of share s; rows with h_i == 0
+    other than the word formats: program (t, s) takes the columns of tile t and the rows of share s; rows with h_i == 0
     are not loaded (compacted away CHUNK rows at a time in the program's own slots, slots_ptr (programs, CHUNK)).
     SPLIT: several shares, their partial sums in partial_ptr (shares, cols), added by the tile's last program."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -58,11 +59,12 @@ def _s3_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, s_ptr, h_ptr, slots_ptr, partial_ptr
 
 
 @triton.jit
-def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_bits, a0, a1, a2, a3, a4, a5, a6, a7,
-                  a_m, FMT: tl.constexpr, TAIL: tl.constexpr):
+def _s3_word_rows(q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots, j, count, n_units, u, low_bits, a0, a1, a2, a3, a4, a5,
+                  a6, a7, a_m, FMT: tl.constexpr, TAIL: tl.constexpr):
     """Add h_i * W[i, units u] of the rows i = slots[j] (S3_ROWS slots) to the accumulators: a0..a7 (S3_ROWS,
-    S3_UNITS, 4) one per field of a unit's words (Q8_0: a0..a3), a_m (S3_ROWS, S3_UNITS) h_i m_i (Q4_1). TAIL:
-    slots j at or past count give 0 (their words unread). u: units within the row (a caller clamps them)."""
+    S3_UNITS, 4) one per field of a unit's words (Q8_0: a0..a3), a_m (S3_ROWS, S3_UNITS) h_i m_i (Q4_1, Q5_1); Q5's
+    qh words at hi_ptr. TAIL: slots j at or past count give 0 (their words unread). u: units within the row (a
+    caller clamps them)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     i = tl.arange(0, 4)
     if TAIL:
@@ -80,17 +82,24 @@ def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_b
     else:
         words = tl.load(words_at)
         d = tl.load(d_ptr + block)
+    high_words = words
+    if FMT == _Q5_0 or FMT == _Q5_1:
+        if TAIL:
+            qh = tl.load(hi_ptr + block, mask=live, other=0)
+        else:
+            qh = tl.load(hi_ptr + block)
+        words, high_words = _five_bit_words(words, qh[:, :, None])
     hd = (h[:, None] * d.to(tl.float32))[:, :, None]
-    a0 += hd * _field(words, 0, FMT, low_bits)
-    a1 += hd * _field(words, 1, FMT, low_bits)
-    a2 += hd * _field(words, 2, FMT, low_bits)
-    a3 += hd * _field(words, 3, FMT, low_bits)
+    a0 += hd * _field(words, high_words, 0, FMT, low_bits)
+    a1 += hd * _field(words, high_words, 1, FMT, low_bits)
+    a2 += hd * _field(words, high_words, 2, FMT, low_bits)
+    a3 += hd * _field(words, high_words, 3, FMT, low_bits)
     if U == 1:
-        a4 += hd * _field(words, 4, FMT, low_bits)
-        a5 += hd * _field(words, 5, FMT, low_bits)
-        a6 += hd * _field(words, 6, FMT, low_bits)
-        a7 += hd * _field(words, 7, FMT, low_bits)
-    if FMT == _Q4_1:
+        a4 += hd * _field(words, high_words, 4, FMT, low_bits)
+        a5 += hd * _field(words, high_words, 5, FMT, low_bits)
+        a6 += hd * _field(words, high_words, 6, FMT, low_bits)
+        a7 += hd * _field(words, high_words, 7, FMT, low_bits)
+    if FMT == _Q4_1 or FMT == _Q5_1:
         if TAIL:
             m = tl.load(m_ptr + block, mask=live, other=0)
         else:
@@ -100,10 +109,10 @@ def _s3_word_rows(q_ptr, d_ptr, m_ptr, h_ptr, slots, j, count, n_units, u, low_b
 
 
 @triton.jit
-def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, counter_ptr, out_ptr, n, cols,
+def _s3_words_kernel(q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots_ptr, partial_ptr, counter_ptr, out_ptr, n, cols,
                      rows_per_share, low_bits, scale, FMT: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
                      S3_ROWS: tl.constexpr, S3_UNITS: tl.constexpr, CHUNK: tl.constexpr):
-    """`_s3_kernel` for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words): a program's tile is S3_UNITS 4-word units of columns
+    """`_s3_kernel` for the word formats (q_ptr: int32 words): a program's tile is S3_UNITS 4-word units of columns
     (`_word_row_dots`), a loop step S3_ROWS compacted rows (whole steps in the loop, the rest in one masked step);
     each thread scales a unit's quants by h_i d_i once and keeps one accumulator per field."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
@@ -124,12 +133,12 @@ def _s3_words_kernel(q_ptr, d_ptr, m_ptr, h_ptr, slots_ptr, partial_ptr, counter
         whole = count // S3_ROWS * S3_ROWS
         for j0 in range(0, whole, S3_ROWS):
             a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
-                q_ptr, d_ptr, m_ptr, h_ptr, slots, j0 + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
-                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, False)
+                q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots, j0 + tl.arange(0, S3_ROWS), count, n_units, u_read,
+                low_bits, a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, False)
         if whole < count:
             a0, a1, a2, a3, a4, a5, a6, a7, a_m = _s3_word_rows(
-                q_ptr, d_ptr, m_ptr, h_ptr, slots, whole + tl.arange(0, S3_ROWS), count, n_units, u_read, low_bits,
-                a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, True)
+                q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots, whole + tl.arange(0, S3_ROWS), count, n_units, u_read,
+                low_bits, a0, a1, a2, a3, a4, a5, a6, a7, a_m, FMT, True)
         tl.debug_barrier()  # every slot read before the next chunk's are written
     columns = ((u // U) * 32 + (u % U) * 4)[:, None] + i[None, :]  # (units, 4): field 0 of each word
     m_sum = tl.sum(a_m, axis=0)[:, None]  # (units, 1): sum_i h_i m_i of each unit, added to each of its columns

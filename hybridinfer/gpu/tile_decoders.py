@@ -3,17 +3,18 @@ GEMV and gate_up kernels (`gemv_kernels.py`), S2 (`hot_ffn_kernels.py`) and S3 (
 loop step.
 
 How a tile is decoded depends on the format:
-- Q4_0, Q4_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's quants as int32
-  words in one vector load, and x field by field in the same layout (W consecutive elements per field, one vector
-  load). A field becomes a float exactly in two instructions: masked into the mantissa of a float whose exponent
-  makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted (one FADD); one
-  FFMA multiplies it by x. d scales each word's sum of fields once; Q4_1's m multiplies the block's sum of x, which
-  each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
+- Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (`weights.WORD_FORMATS`, quants interleaved at upload): a thread loads a block's
+  quants as int32 words in one vector load, and x field by field in the same layout (W consecutive elements per
+  field, one vector load). A field becomes a float exactly in two instructions: masked into the mantissa of a float
+  whose exponent makes its lowest bit worth 1, OR'ed with that exponent (one LOP3), then the constant subtracted
+  (one FADD); one FFMA multiplies it by x. Q5's fifth bits are first merged into two words of 5-bit bytes a word
+  (`_five_bit_words`). d scales each word's sum of fields once; Q4_1's and Q5_1's m multiplies the block's sum of x,
+  which each program computes once before its loop. The loops take whole tiles without masks; a partial one follows.
 - Q4_K, Q5_K, Q6_K in the GEMV, gate_up and S2 (`_q4_k_row_dots`, `_q6_k_row_dots`): a super-block of each row a
   loop step, its quants loaded as int32 words in the file's order (a word's low and high nibbles are two runs of 4
   consecutive elements), x as runs of consecutive floats split into the words' fields in registers; the fields
   decoded as above, each word's sums scaled once per sub-block.
-- the other formats (F32/F16/BF16, Q5_0/1, and the K-quants in S3): each element decoded from its own block's fields.
+- the other formats (F32/F16/BF16, and the K-quants in S3): each element decoded from its own block's fields.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ _Q5_1 = tl.constexpr(weight_formats.Q5_1.code)
 _Q4_K = tl.constexpr(weight_formats.Q4_K.code)
 _Q5_K = tl.constexpr(weight_formats.Q5_K.code)
 _Q6_K = tl.constexpr(weight_formats.Q6_K.code)
-WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in Q4_0/Q4_1/Q8_0 (`_word_row_dots`)
+WORD_UNITS = tl.constexpr(8)  # 4-word units a GEMV/S2 loop step takes in the word formats (`_word_row_dots`)
+_NIBBLES = tl.constexpr(0x0F0F0F0F)  # the low nibble of each byte
+_ABOVE_NIBBLES = tl.constexpr(~0x0F0F0F0F)  # the high nibble of each byte, as an int32
 
 
 @triton.jit
@@ -67,15 +70,36 @@ def _byte(words, P: tl.constexpr, low_bits):
 
 
 @triton.jit
-def _field(words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
-    """float32 quant of field P of each interleaved word (`weights.py`): Q8_0 q, Q4_0 q - 8, Q4_1 q."""
+def _field(words, high_words, P: tl.constexpr, FMT: tl.constexpr, low_bits):
+    """float32 quant of field P of each interleaved word (`weights.py`): Q8_0 q, Q4_0 q - 8, Q4_1 q, Q5_0 q - 16, Q5_1
+    q. Q5: words and high_words are `_five_bit_words`' low and high words (the others: high_words unused)."""
     if FMT == _Q8_0:
         v = _byte(words, P, low_bits)
     elif FMT == _Q4_0:
         v = _nibble(words, P, 8, low_bits)
-    else:
+    elif FMT == _Q4_1:
         v = _nibble(words, P, 0, low_bits)
+    else:
+        OFFSET: tl.constexpr = 16 if FMT == _Q5_0 else 0
+        if P % 2 == 0:  # byte P / 2 of the low words: at bit 4 P, as nibble P is in a Q4 word
+            v = _nibble(words, P, OFFSET, low_bits)
+        else:
+            v = _nibble(high_words, P - 1, OFFSET, low_bits)
     return v
+
+
+@triton.jit
+def _five_bit_words(words, qh):
+    """(low, high) int32 words of 5-bit bytes for Q5_0/Q5_1: words (.., 4) a block's interleaved quants (nibble p of
+    word i is element 4 p + i), qh (.., 1) its fifth bits (bit e: element e's). Byte k of word i's low word is field
+    2 k (element 8 k + i), of its high word field 2 k + 1 (element 8 k + 4 + i): the nibble under 0x0F0F0F0F, and
+    qh shifted so that the element's fifth bit lands on bit 4 of the byte (qh << 4 - i, qh >> i). The shift's other
+    bits land under the nibble mask (not taken) or on bits 5..7 of a byte, which `_nibble`'s low_bits (31) drop:
+    one shift and one LOP3 a word."""
+    i = tl.arange(0, 4)[None, None, :]
+    low = (words & _NIBBLES) | ((qh << (4 - i)) & _ABOVE_NIBBLES)
+    high = ((words >> 4) & _NIBBLES) | ((qh >> i) & _ABOVE_NIBBLES)
+    return low, high
 
 
 @triton.jit
@@ -88,14 +112,16 @@ def _per_unit(per_block, BLOCK_R: tl.constexpr, U: tl.constexpr):
 
 
 @triton.jit
-def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc, acc_m,
+def _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc, acc_m,
                FMT: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
-    """(acc, acc_m) plus W[r, the tile of units from u0] . x for Q4_0/Q4_1/Q8_0 (`_word_row_dots`): acc (BLOCK_R,
-    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's m times the unit's
+    """(acc, acc_m) plus W[r, the tile of units from u0] . x for a word format (`_word_row_dots`): acc (BLOCK_R,
+    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's or Q5_1's m times the
+    unit's
     sum of x (x_sums[u]), so that every tensor keeps the words' layout. A row's words and scales are each loaded as
     one contiguous run: the compiler then lays rows across threads (several a thread), and a thread's x serves all
     its rows, with Triton 3.6 as with 3.9 (a tie in contiguity across the dimensions is broken one way by 3.6, the
-    other by 3.9). TAIL: units at or past u_last give 0 (d = m = 0 there, x of the last unit). No other load is
+    other by 3.9). Q5: the qh words at h_ptr. TAIL: units at or past u_last give 0 (d = m = 0 there, x of the last
+    unit). No other load is
     masked or filled. NORM: x times the norm weight g_ptr (same offsets) as it is loaded (`_gemv_kernel`'s RMSNorm
     prologue)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
@@ -114,15 +140,22 @@ def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last
         d = tl.load(d_ptr + block)
         x_unit = u
     words = tl.reshape(words, [BLOCK_R, WORD_UNITS, 4])
+    high_words = words
+    if FMT == _Q5_0 or FMT == _Q5_1:  # a block a unit
+        if TAIL:
+            qh = tl.load(h_ptr + block, mask=in_tile, other=0)
+        else:
+            qh = tl.load(h_ptr + block)
+        words, high_words = _five_bit_words(words, qh[:, :, None])
     x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
     dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     for p in tl.static_range(8 // U):
         x = tl.load(x_ptr + x_offsets + p * 4 * U)
         if NORM:
             x = x * tl.load(g_ptr + x_offsets + p * 4 * U)
-        dot += _field(words, p, FMT, low_bits) * x
+        dot += _field(words, high_words, p, FMT, low_bits) * x
     acc += _per_unit(d.to(tl.float32), BLOCK_R, U) * dot
-    if FMT == _Q4_1:
+    if FMT == _Q4_1 or FMT == _Q5_1:
         if TAIL:
             m = tl.load(m_ptr + block, mask=in_tile, other=0)
         else:
@@ -132,12 +165,12 @@ def _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last
 
 
 @triton.jit
-def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
+def _word_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
                    FMT: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
-    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for Q4_0/Q4_1/Q8_0 (q_ptr: int32 words), rows r
+    """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for a word format (q_ptr: int32 words), rows r
     (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
     half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
-    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's sums of x per
+    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's or Q5_1's sums of x per
     block (`_block_x_sums`), indexed by block."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1
     n_units = cols // 32 * U
@@ -147,11 +180,11 @@ def _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, 
     acc = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     acc_m = tl.zeros([BLOCK_R, WORD_UNITS, 1], dtype=tl.float32)
     for u0 in range(u_first, whole, WORD_UNITS):
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc,
-                                acc_m, FMT, False, BLOCK_R, NORM)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits,
+                                acc, acc_m, FMT, False, BLOCK_R, NORM)
     if whole < u_last:
-        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, n_units, whole, u_last, low_bits,
-                                acc, acc_m, FMT, True, BLOCK_R, NORM)
+        acc, acc_m = _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, whole, u_last,
+                                low_bits, acc, acc_m, FMT, True, BLOCK_R, NORM)
     return tl.sum(tl.sum(acc, axis=2) + tl.sum(acc_m, axis=2), axis=1)
 
 
@@ -285,11 +318,12 @@ def _block_x_sums(x_ptr, g_ptr, sums, staged, b_first, b_last, STAGE: tl.constex
 
 
 @triton.jit
-def _q4_1_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAGE: tl.constexpr):
-    """(the x the loop reads, Q4_1's sums of it per block) of a GEMV or gate_up program whose columns are [c_first,
-    c_last), from its own rows of the scratch `_x_scratch` allocates: sums_ptr (programs, cols_per_split / 32); with
-    STAGE (an RMSNorm prologue) (programs, cols_per_split) first, where x times the norm weight is staged so that the
-    loop does not multiply it again for every 4 rows (Q4_1's loop has no instruction to spare)."""
+def _block_sums_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAGE: tl.constexpr):
+    """(the x the loop reads, Q4_1's or Q5_1's sums of it per block) of a GEMV or gate_up program whose columns
+    are [c_first, c_last), from its own rows of the scratch `_x_scratch` allocates: sums_ptr (programs,
+    cols_per_split / 32); with STAGE (an RMSNorm prologue) (programs, cols_per_split) first, where x times the norm
+    weight is staged so that the loop does not multiply it again for every 4 rows (Q4_1's loop has no instruction to
+    spare)."""
     program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     n_blocks = cols_per_split // 32
     x_read = x_ptr
@@ -306,22 +340,12 @@ def _q4_1_prologue(x_ptr, g_ptr, sums_ptr, c_first, c_last, cols_per_split, STAG
 @triton.jit
 def _weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT: tl.constexpr):
     """float32 tile W[r, c] (r (R, 1) int64 rows, c (1, C) columns, live (R, C) which to load; 0 elsewhere) of a
-    format other than Q4_0/Q4_1/Q8_0, reading the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats)
+    format other than the word formats, reading the DeviceMatrix fields (`weights.py`) q_ptr = values (float formats)
     or quants, d_ptr = scales, m_ptr = mins, h_ptr = highs, s_ptr = sub_scales; FMT is the format's code."""
     if FMT <= _BF16:  # the float formats
         w = tl.load(q_ptr + r * cols + c, mask=live, other=0).to(tl.float32)
-    elif FMT == _Q4_K or FMT == _Q5_K or FMT == _Q6_K:
+    else:
         w = _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FMT)
-    else:  # Q5_0, Q5_1
-        block = r * (cols // 32) + c // 32
-        d = tl.load(d_ptr + block, mask=live, other=0).to(tl.float32)
-        byte = tl.load(q_ptr + r * (cols // 2) + (c // 32) * 16 + c % 16, mask=live, other=0).to(tl.int32)
-        q = tl.where(c % 32 >= 16, byte >> 4, byte & 15)
-        q += ((tl.load(h_ptr + block, mask=live, other=0) >> (c % 32)) & 1) * 16  # bit e of qh: element e's 5th bit
-        if FMT == _Q5_0:
-            w = d * (q - 16).to(tl.float32)
-        else:
-            w = d * q.to(tl.float32) + tl.load(m_ptr + block, mask=live, other=0).to(tl.float32)
     return w
 
 
@@ -360,13 +384,13 @@ def _super_block_weights(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, r, c, live, cols, FM
 def _row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, x_sums, r, live, cols, c_first, c_last, low_bits,
               FMT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NORM: tl.constexpr):
     """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for the rows r (BLOCK_R,) int32, all valid
-    rows; the results for rows not live are garbage, to be discarded (Q4_0/Q4_1/Q8_0 read every row r: a caller
+    rows; the results for rows not live are garbage, to be discarded (the word formats read every row r: a caller
     that must not read a row points it at one it reads; the other formats read only the live rows); c_first, c_last
     multiples of the format's tile_columns (c_last: or cols); low_bits: `low_bits(FMT)`. NORM: x[c] times the norm
     weight g_ptr[c] (the RMSNorm prologue: the inverse RMS is the caller's, applied to the dot)."""
-    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q8_0:  # int32 offsets (`_fields` checks they fit)
-        out = _word_row_dots(q_ptr, d_ptr, m_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits, FMT,
-                             BLOCK_R, NORM)
+    if FMT == _Q4_0 or FMT == _Q4_1 or FMT == _Q5_0 or FMT == _Q5_1 or FMT == _Q8_0:  # int32 offsets (`_fields`)
+        out = _word_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
+                             FMT, BLOCK_R, NORM)
     elif FMT == _Q4_K or FMT == _Q5_K:
         out = _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_first, c_last,
                              low_bits, FMT == _Q5_K, BLOCK_R, NORM)

@@ -12,10 +12,11 @@ the f16 scales of a tile of rows as one array and the quants as another. Blocks 
     Q5_1  d | m | qh | 16 bytes          value = d * q + m
 
 In the file, nibble byte j of a block holds element j in its low nibble and element j + 16 in its high one; bit j
-of a Q5 block's qh word is element j's fifth bit. Q4_0, Q4_1 and Q8_0 quants are interleaved at upload for the GEMV
-kernels (`WORD_FORMATS`): a block's quants are W int32 words (Q4: 4 words of 8 nibbles, Q8_0: 8 words of 4 bytes),
-and field p of word i (bits 4p.. or 8p..) holds element W * p + i, so that the elements of one field across a
-block's words are W consecutive elements (one vector load of x per field). Same bytes per block, same shape.
+of a Q5 block's qh word is element j's fifth bit. The quants of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are interleaved at
+upload for the GEMV kernels (`WORD_FORMATS`): a block's quants are W int32 words (Q4, Q5: 4 words of 8 nibbles, Q8_0:
+8 words of 4 bytes), and field p of word i (bits 4p.. or 8p..) holds element W * p + i, so that the elements of one
+field across a block's words are W consecutive elements (one vector load of x per field). Same bytes per block, same
+shape; Q5's qh words keep the file's order.
 K-quants, super-blocks of 256 elements in 8 (Q4_K, Q5_K) or 16 (Q6_K) sub-blocks, each with its own 6-bit (or
 int8) scale, as gguf.quants decodes them:
 
@@ -46,7 +47,7 @@ from ..errors import HybridInferError
 from ..model_file.weight_formats import GPU_NATIVE_FORMATS, GPU_NATIVE_TYPES, WeightFormat
 
 CHUNK_ELEMENTS = 1 << 24  # the most elements a torch twin dequantizes at once
-WORD_FORMATS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}  # interleaved formats (module doc) -> int32 words per block
+WORD_FORMATS = {T.Q4_0: 4, T.Q4_1: 4, T.Q5_0: 4, T.Q5_1: 4, T.Q8_0: 8}  # interleaved (module doc) -> words a block
 FIELD_NAMES = ("values", "scales", "mins", "highs", "sub_scales", "quants")
 GPU_FORMATS = {f.type: f for f in GPU_NATIVE_FORMATS}
 
@@ -141,14 +142,14 @@ def device_matrix(raw: np.ndarray, qtype, shape: tuple[int, int], device: torch.
     _check_row_bytes(flat, n_blocks * fmt.block_bytes, qtype)
     blocks = flat.reshape(taken, n_blocks, fmt.block_bytes)
 
-    def field(start: int, stop: int, dtype) -> torch.Tensor:
+    def field(name: str, start: int, stop: int, dtype) -> torch.Tensor:
         part = blocks[:, :, start:stop]
-        if qtype in WORD_FORMATS and dtype != np.float16:  # the quants
+        if qtype in WORD_FORMATS and name == "quants":
             part = interleave(part, qtype)
         part = np.ascontiguousarray(part).reshape(taken, n_blocks * (stop - start))
         return torch.from_numpy(part.view(dtype)).to(device)
 
-    return DeviceMatrix(qtype, taken, cols, **{name: field(*where) for name, where in block_fields(fmt).items()})
+    return DeviceMatrix(qtype, taken, cols, **{name: field(name, *where) for name, where in block_fields(fmt).items()})
 
 
 def element_of_field(qtype: T) -> np.ndarray:
@@ -217,17 +218,16 @@ def dequantize_rows(m: DeviceMatrix, start: int = 0, stop: int | None = None,
         values = _k_quant_values(m.qtype, d, rows_of(m.quants), None if m.mins is None else rows_of(m.mins),
                                  None if m.highs is None else rows_of(m.highs), rows_of(m.sub_scales))
         return values.reshape(n, m.cols)
-    if m.qtype in WORD_FORMATS and element_order:
+    if element_order:
         q = _interleaved_quants(rows_of(m.quants), m.qtype)
     elif m.qtype == T.Q8_0:
         q = rows_of(m.quants).to(torch.float32)  # (n, blocks, 32), stored order
-    elif m.qtype in WORD_FORMATS:  # Q4's stored order, split into nibbles while still 8-bit
+    else:  # Q4's, Q5's stored order, split into nibbles while still 8-bit
         packed = rows_of(m.quants)
         q = torch.cat([packed & 15, packed >> 4], dim=-1).to(torch.float32)
-    else:
-        q = _nibbles(rows_of(m.quants)).to(torch.float32)  # (n, blocks, 32), element order
-    if m.highs is not None:
-        q += 16 * _bits(rows_of(m.highs), torch.arange(32, device=q.device))
+    if m.highs is not None:  # Q5: bit e of qh is element e's fifth bit
+        elements = np.arange(32) if element_order else stored_element_order(m.qtype)
+        q += 16 * _bits(rows_of(m.highs), torch.from_numpy(elements).to(q.device))
     if m.qtype == T.Q8_0:
         return q.mul_(d).reshape(n, m.cols)
     if fmt.has_minimum:
@@ -239,7 +239,7 @@ def _interleaved_quants(quants: torch.Tensor, qtype: T) -> torch.Tensor:
     """(n, blocks, quant bytes) of interleaved blocks -> (n, blocks, 32) float32 quants in element order.
 
     The module doc's layout: byte k of word i holds field k of Q8_0 (element 8k + i), or fields 2k (low nibble)
-    and 2k + 1 (high nibble) of Q4 (elements 8k + i and 8k + 4 + i): strided copies of the bytes, still 8-bit,
+    and 2k + 1 (high nibble) of Q4 and Q5 (elements 8k + i and 8k + 4 + i): strided copies of the bytes, still 8-bit,
     put every element in place before the one conversion to float32.
     """
     n, n_blocks = quants.shape[:2]
