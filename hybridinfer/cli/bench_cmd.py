@@ -24,7 +24,7 @@ from .options import model_options, open_engine, runtime_settings
 @click.option("--kernels", is_flag=True, help="benchmark the CPU kernels at 7B layer shapes instead of a model "
               "(with --device cuda: the GPU kernels at 13B shapes)")
 @click.option("--formats", default=None, help="--kernels: weight formats [CPU: f16,bf16,q8_0,q4_0; GPU: "
-              "q4_0,q4_1,q8_0,q4_k,q6_k]")
+              "q4_0,q4_1,q8_0,q4_k,q6_k,q5_0]")
 @click.option("--parallel", default=None, metavar="N[,N...]",
               help="aggregate decode rate of N sequences decoded together (as `serve --parallel N`), e.g. 1,2,4,8")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

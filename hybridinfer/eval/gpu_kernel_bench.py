@@ -15,7 +15,7 @@ time), timed with CUDA events; elsewhere (the CPU device: the torch twins, or Tr
 Median of the repeats. "% of copy" = the kernel's GB/s over a device-to-device copy's (bytes read + written).
 
 Usage: hybridinfer bench --kernels --device cuda   (or: python -m hybridinfer.eval.gpu_kernel_bench [--device cuda]
-       [--shape 13b|7b|tiny] [--formats q4_0,q4_1,q8_0,q4_k,q6_k] [--contexts 512,4096,16384,32768]
+       [--shape 13b|7b|tiny] [--formats q4_0,q4_1,q8_0,q4_k,q6_k,q5_0] [--contexts 512,4096,16384,32768]
        [--pool-mb 512] [--repeats 7] [--gpu-kernels triton|torch] [--json])
 """
 
@@ -42,10 +42,11 @@ SHAPES = {  # n_embd, n_ff, n_head, n_head_kv, head_dim (LLaMA-2's; tiny: a dry 
     "7b": (4096, 11008, 32, 32, 128),
     "tiny": (256, 768, 16, 16, 16),
 }
-FORMATS = {"q4_0": T.Q4_0, "q4_1": T.Q4_1, "q8_0": T.Q8_0, "q4_k": T.Q4_K, "q6_k": T.Q6_K, "f16": T.F16}
+FORMATS = {"q4_0": T.Q4_0, "q4_1": T.Q4_1, "q8_0": T.Q8_0, "q4_k": T.Q4_K, "q6_k": T.Q6_K, "q5_0": T.Q5_0,
+           "q5_1": T.Q5_1, "q5_k": T.Q5_K, "f16": T.F16}
 CANDIDATES = 0.2  # of the hot neurons, the share the predictor marks (about half of them fire)
 GROUPED_KV_HEADS = 8  # the grouped-query attention shape's key/value heads (Llama 3 8B's, Qwen's)
-DEFAULT_FORMATS = "q4_0,q4_1,q8_0,q4_k,q6_k"
+DEFAULT_FORMATS = "q4_0,q4_1,q8_0,q4_k,q6_k,q5_0"  # q5_0: Q4_K_M's type for rows not of whole super-blocks
 CONTEXTS = (512, 4096, 16384, 32768)  # attention: positions already cached
 POOL_MB = 512  # distinct copies of each kernel's weights, about ten times an H100's L2
 HEADER = ["| kernel | shape | MB read | us | GB/s | % of copy |", "| --- | --- | ---: | ---: | ---: | ---: |"]
