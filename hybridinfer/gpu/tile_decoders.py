@@ -94,8 +94,7 @@ def _five_bit_words(words, qh):
     word i is element 4 p + i), qh (.., 1) its fifth bits (bit e: element e's). Byte k of word i's low word is field
     2 k (element 8 k + i), of its high word field 2 k + 1 (element 8 k + 4 + i): the nibble under 0x0F0F0F0F, and
     qh shifted so that the element's fifth bit lands on bit 4 of the byte (qh << 4 - i, qh >> i). The shift's other
-    bits land under the nibble mask (not taken) or on bits 5..7 of a byte, which `_nibble`'s low_bits (31) drop:
-    one shift and one LOP3 a word."""
+    bits land under the nibble mask (not taken) or on bits 5..7 of a byte, which `_nibble`'s low_bits (31) drop."""
     i = tl.arange(0, 4)[None, None, :]
     low = (words & _NIBBLES) | ((qh << (4 - i)) & _ABOVE_NIBBLES)
     high = ((words >> 4) & _NIBBLES) | ((qh >> i) & _ABOVE_NIBBLES)
@@ -115,15 +114,13 @@ def _per_unit(per_block, BLOCK_R: tl.constexpr, U: tl.constexpr):
 def _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0, u_last, low_bits, acc, acc_m,
                FMT: tl.constexpr, TAIL: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
     """(acc, acc_m) plus W[r, the tile of units from u0] . x for a word format (`_word_row_dots`): acc (BLOCK_R,
-    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's or Q5_1's m times the
-    unit's
-    sum of x (x_sums[u]), so that every tensor keeps the words' layout. A row's words and scales are each loaded as
-    one contiguous run: the compiler then lays rows across threads (several a thread), and a thread's x serves all
-    its rows, with Triton 3.6 as with 3.9 (a tie in contiguity across the dimensions is broken one way by 3.6, the
-    other by 3.9). Q5: the qh words at h_ptr. TAIL: units at or past u_last give 0 (d = m = 0 there, x of the last
-    unit). No other load is
-    masked or filled. NORM: x times the norm weight g_ptr (same offsets) as it is loaded (`_gemv_kernel`'s RMSNorm
-    prologue)."""
+    WORD_UNITS, 4) float32 each word's fields . x times d, acc_m (BLOCK_R, WORD_UNITS, 1) Q4_1's or Q5_1's m times
+    the unit's sum of x (x_sums[u]), so that every tensor keeps the words' layout. A row's words and scales are each
+    loaded as one contiguous run: the compiler then lays rows across threads (several a thread), and a thread's x
+    serves all its rows, with Triton 3.6 as with 3.9 (a tie in contiguity across the dimensions is broken one way by
+    3.6, the other by 3.9). Q5: the qh words at h_ptr. TAIL: units at or past u_last give 0 (d = m = 0 there, x of
+    the last unit). No other load is masked or filled. NORM: x times the norm weight g_ptr (same offsets) as it is
+    loaded (`_gemv_kernel`'s RMSNorm prologue)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     u = u0 + tl.arange(0, WORD_UNITS)
     k = u0 * 4 + tl.arange(0, WORD_UNITS * 4)  # the tile's words in a row
