@@ -153,8 +153,9 @@ def _counters(tiles: int, device: torch.device) -> torch.Tensor:
 
 
 def _x_sums_scratch(programs: int, cols: int, x: torch.Tensor, *qtypes, staged: bool = False) -> torch.Tensor:
-    """float32 scratch for Q4_1's sums of x per block, (programs, cols / 32), after (programs, cols) for x times the
-    norm weight where `staged` (`_block_sums_prologue`); x itself (never read) where no matrix is Q4_1 or Q5_1."""
+    """float32 scratch for Q4_1's or Q5_1's sums of x per block, (programs, cols / 32), after (programs, cols) for x
+    times the norm weight where `staged` (`_block_sums_prologue`); x itself (never read) where no matrix is Q4_1 or
+    Q5_1."""
     if weight_formats.Q4_1.type not in qtypes and weight_formats.Q5_1.type not in qtypes:
         return x
     return torch.empty(programs * (cols // 32 + (cols if staged else 0)), dtype=torch.float32, device=x.device)
