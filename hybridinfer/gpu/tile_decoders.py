@@ -165,10 +165,10 @@ def _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0,
 def _word_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, cols, c_first, c_last, low_bits,
                    FMT: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr):
     """(BLOCK_R,) float32: W[r, c_first:c_last] . x[c_first:c_last] for a word format (q_ptr: int32 words), rows r
-    (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 block,
-    half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block): whole
-    tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's or Q5_1's sums of x per
-    block (`_block_x_sums`), indexed by block."""
+    (BLOCK_R,) int32, all valid rows; c_first, c_last multiples of 32. A thread takes 4-word units (a Q4 or Q5
+    block, half a Q8_0 one: element 4 U p + 4 h + i is field p of word i of unit h of its block, U units a block):
+    whole tiles of WORD_UNITS units in the loop, the rest in one masked tile after it. x_sums: Q4_1's or Q5_1's sums
+    of x per block (`_block_x_sums`), indexed by block."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1
     n_units = cols // 32 * U
     u_first = c_first // 32 * U
@@ -211,8 +211,8 @@ def _q4_k_row_dots(q_ptr, d_ptr, m_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, col
         y0, y1, y2, y3 = _x_fields(x_ptr, g_ptr, at + 32, 4, 8, NORM)
         if FIVE:
             qh = tl.load(qh_ptr + c0 // 32, mask=ok, other=0) >> (2 * k)  # byte p: bit 0 low's, bit 1 high's
-            low_words = (words & 0x0F0F0F0F) | ((qh << 4) & 0x10101010)
-            high_words = ((words >> 4) & 0x0F0F0F0F) | ((qh << 3) & 0x10101010)
+            low_words = (words & _NIBBLES) | ((qh << 4) & 0x10101010)
+            high_words = ((words >> 4) & _NIBBLES) | ((qh << 3) & 0x10101010)
             low = _byte_dots(low_words, x0, x1, x2, x3, 0, low_bits)
             high = _byte_dots(high_words, y0, y1, y2, y3, 0, low_bits)
         else:
@@ -272,8 +272,8 @@ def _q6_k_row_dots(q_ptr, d_ptr, h_ptr, s_ptr, x_ptr, g_ptr, r, live, cols, c_fi
         b = c0 // 256
         ql = tl.load(ql_ptr + b * 32, mask=ok, other=0)
         qh = tl.load(qh_ptr + b * 16, mask=ok, other=0) >> (2 * (j // 8))
-        low = (ql & 0x0F0F0F0F) | ((qh << 4) & 0x30303030)  # byte p: the low field's 6 bits
-        high = ((ql >> 4) & 0x0F0F0F0F) | (qh & 0x30303030)
+        low = (ql & _NIBBLES) | ((qh << 4) & 0x30303030)  # byte p: the low field's 6 bits
+        high = ((ql >> 4) & _NIBBLES) | (qh & 0x30303030)
         at = c0 + 128 * h[:, :, :, None] + 4 * j[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]  # (1, 2, 16, 4)
         x0, x1, x2, x3 = _x_fields(x_ptr, g_ptr, at, 2, 16, NORM)
         y0, y1, y2, y3 = _x_fields(x_ptr, g_ptr, at + 64, 2, 16, NORM)
