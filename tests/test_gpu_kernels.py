@@ -431,26 +431,6 @@ def test_the_gpu_check_imports_without_pydantic():
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_the_kernels_compile_for_sm_90(tk):
-    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2, S3, gate_up and the
-    GEMV and gate_up with the RMSNorm prologue of the format with the most fields; the interpreter does not catch what
-    only compiling does (e.g. a non-constexpr global)."""
-    import triton
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[1]
-    every_format = [t.name for t in GPU_NATIVE_TYPES]
-    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up,stage_gemv", ["Q5_K"])):
-        result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", "--arch", "90", "--kernels",
-                                 kernels, *formats], capture_output=True, text=True, env=env, cwd=root)
-        assert result.returncode == 0, result.stderr[-2000:]
-        lines = result.stdout.strip().splitlines()
-        assert [line.split()[:2] for line in lines] == [[f, k] for f in formats for k in kernels.split(",")]
-
-
 def _compile_check(*args: str) -> subprocess.CompletedProcess:
     """`python -m hybridinfer.gpu.compile_check ARGS` with Triton compiling (TRITON_INTERPRET unset)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
@@ -458,21 +438,40 @@ def _compile_check(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
-WORD_KERNELS = ("gemv", "s2", "s3", "gate_up", "norm_gemv", "norm_gate_up", "stage_gemv")
+def _skip_without_nvidia_tools(*tools: str) -> None:
+    """Skip, saying why, where this triton install's NVIDIA backend lacks `tools` (ptxas compiles, cuobjdump
+    disassembles)."""
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    missing = [tool for tool in tools if not (bin_dir / tool).exists()]
+    if missing:
+        pytest.skip(f"this triton install has no NVIDIA backend tools {', '.join(missing)} to compile with")
+
+
+def test_the_kernels_compile_for_sm_90(tk):
+    """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2, S3, gate_up and the
+    GEMV and gate_up with the RMSNorm prologue of the format with the most fields; the interpreter does not catch what
+    only compiling does (e.g. a non-constexpr global)."""
+    _skip_without_nvidia_tools("ptxas")
+    every_format = [t.name for t in GPU_NATIVE_TYPES]
+    for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up,stage_gemv", ["Q5_K"])):
+        result = _compile_check("--arch", "90", "--kernels", kernels, *formats)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stdout.strip().splitlines()
+        assert [line.split()[:2] for line in lines] == [[f, k] for f in formats for k in kernels.split(",")]
 
 
 def _word_kernel_loops(*formats: str) -> list[str]:
     """compile_check's lines for every kernel of `formats` (word formats), checked to be SASS and to have the weight
     loops each kernel has (S2, gate_up: gate and up)."""
-    import triton
+    _skip_without_nvidia_tools("ptxas", "cuobjdump")
+    from hybridinfer.gpu.compile_check import KERNELS
 
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
-        pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
     result = _compile_check("--arch", "90", *formats)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in formats for k in WORD_KERNELS]
+    assert [line.split()[:3] for line in lines] == [[f, k, "sass"] for f in formats for k in KERNELS]
     for line in lines:
         loops = re.findall(r"loop ([\d.]+)/w", line)
         assert len(loops) == (2 if line.split()[1] in ("s2", "gate_up", "norm_gate_up") else 1), line
@@ -506,11 +505,7 @@ def test_the_k_quant_row_loops_read_words_at_under_8_instructions_per_weight(tk)
     """Q4_K, Q5_K and Q6_K's GEMV, S2 and gate_up loops (super-blocks as int32 words, scales decoded once per
     sub-block) compiled for sm_90: at most 8 instructions per weight (each element decoded from its own block's
     fields, as S3 still does, took 18 to 23), no spill."""
-    import triton
-
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
-        pytest.skip("this triton install has no NVIDIA backend (ptxas, cuobjdump) to compile and disassemble with")
+    _skip_without_nvidia_tools("ptxas", "cuobjdump")
     result = _compile_check("--arch", "90", "--kernels", "gemv,s2,gate_up,norm_gemv", "Q4_K", "Q5_K", "Q6_K")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
