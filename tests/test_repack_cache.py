@@ -2,8 +2,8 @@
 a changed file, a damaged entry or the cache turned off are packed again."""
 
 import mmap
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +77,6 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
 
 SECOND_START = """
 import sys
-from pathlib import Path
 import numpy as np
 import hybridinfer
 engine = hybridinfer.load(sys.argv[1])
