@@ -17,6 +17,7 @@ from .generation.generate import GenerationChunk, GenerationResult, Timings, str
 from .generation.sampling import Sampler, SamplerSettings
 from .generation.stop_strings import stop_list
 from .kernels import compile_time, cpu_target
+from .kernels import threads as threads_layer
 from .kernels.compile_time import Stopwatch
 from .model_file.config import ModelConfig
 from .model_file.fingerprint import Fingerprint
@@ -57,7 +58,7 @@ class Engine:
         start, compiled = time.perf_counter(), compile_time.seconds()
         if o.n_threads is not None:
             threads = thread_count(o.n_threads)
-            torch.set_num_threads(threads)
+            threads_layer.set_torch_threads(threads)
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self._calls = OneAtATime()
         self._fingerprint: Fingerprint | None = None

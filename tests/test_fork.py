@@ -1,7 +1,9 @@
 """A program that imports the package (or loads a model) and then forks, as Python's `multiprocessing` does on
 Linux and pre-forking servers do: the child loads a model and generates. numba's threading layer starts at the
 first kernel, not at import (`kernels/threads.py`); a child forked after its parent ran GNU OpenMP, which dies in
-such a child, gets a one-line error that says what to do instead of a SIGTERM, and doing it works."""
+such a child, gets a one-line error that says what to do instead of a SIGTERM, and doing it works. The program's
+torch runs a parallel loop (GNU OpenMP threads, whatever numba's layer) before each load, as a user's program may
+and as torch's vector math did inside a load on an AMD CPU: a forked child's first such loop must not hang."""
 
 import os
 import subprocess
@@ -17,10 +19,12 @@ TINY = ROOT / "models" / "prosparse-tiny.q8_0.gguf"
 # the parent: import (and with LOAD_FIRST, load and generate), fork, and in the child load and generate
 PROGRAM = textwrap.dedent("""
     import os, sys
+    import torch
     import hybridinfer
     from numba.np.ufunc import parallel
     print("threads started at import:", parallel._is_initialized, flush=True)
     def run():
+        torch.rand(1 << 22).exp_()  # above ATen's grain: a parallel loop on torch's OpenMP threads
         engine = hybridinfer.load(sys.argv[1], n_ctx=64)
         return engine.generate("Return the number of", max_tokens=6, temperature=0).text
     parent_text = run() if sys.argv[2] == "1" else None

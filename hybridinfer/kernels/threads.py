@@ -5,6 +5,10 @@ program may import the package and then fork (Python's `multiprocessing` on Linu
 
 numba picks the layer (GNU OpenMP here, unless $NUMBA_THREADING_LAYER names another). GNU OpenMP cannot run in a
 child forked after its parent ran it: such a child gets a `HybridInferError` saying what to do, not a SIGTERM.
+torch runs its own parallel loops (and MKL's vector math, e.g. a float64 cos of a few thousand values on an AMD CPU)
+on GNU OpenMP too, whatever numba's layer: a child forked after its parent's torch ran them waited for ever in its
+first such op. A forked child's torch therefore runs on its calling thread (`set_torch_threads`).
+
 The fork-safe layers cost decode speed (docs/cpu-decoding.md): the work queue, which is not thread-safe either,
 and Intel TBB. pip puts the `tbb` wheel's library in the environment's `lib/`, which the dynamic loader does not
 search: when $NUMBA_THREADING_LAYER asks for TBB, it is loaded here by its path first, so that numba finds it.
@@ -16,11 +20,13 @@ import ctypes
 import os
 
 import numba
+import torch
 
 from ..errors import HybridInferError
 
 _started = False
 _forked_after_openmp = False
+_forked = False
 
 
 def _load_tbb() -> bool:
@@ -73,8 +79,15 @@ def layer() -> str:
     return numba.threading_layer()
 
 
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads: `threads`, or 1 in a forked child (see the module doc)."""
+    torch.set_num_threads(1 if _forked else threads)
+
+
 def _after_fork_in_child() -> None:
-    global _forked_after_openmp
+    global _forked_after_openmp, _forked
+    _forked = True
+    torch.set_num_threads(1)  # GNU OpenMP's region with one thread starts none, and waits for none of the parent's
     if _started and numba.threading_layer() == "omp":
         from numba.np.ufunc import omppool
         _forked_after_openmp = getattr(omppool, "openmp_vendor", "GNU") == "GNU"  # Intel's OpenMP survives a fork
