@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from hybridinfer.eval.gpu_kernel_bench import copy_gbs
 from hybridinfer.gpu.launches import Launches
 from hybridinfer.hybrid.split_ffn import SplitFFN
 
@@ -49,19 +50,13 @@ def _best_seconds(run, sync, repeats: int = 5) -> float:
     return best
 
 
-def _copy_gbs(device: torch.device, nbytes: int, sync) -> float:
-    source = torch.ones(nbytes, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    return 2 * nbytes / _best_seconds(lambda: target.copy_(source), sync) / 1e9
-
-
 def probe(device: torch.device, n_embd: int, large_mib: int = 256) -> Probe:
     """Measure the figures the model uses (a second or two)."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     nbytes = large_mib << 20
-    device_gbs = _copy_gbs(device, nbytes, sync)
-    cpu_gbs = _copy_gbs(torch.device("cpu"), nbytes, lambda: None) if cuda else device_gbs
+    device_gbs = copy_gbs(device, nbytes)
+    cpu_gbs = copy_gbs(torch.device("cpu"), nbytes) if cuda else device_gbs
     small = torch.zeros(1, device=device)
     n = 2000
     launch_us = _best_seconds(lambda: [small.add_(1) for _ in range(n)], sync, 3) / n * 1e6

@@ -53,7 +53,7 @@ HEADER = ["| kernel | shape | MB read | us | GB/s | % of copy |", "| --- | --- |
 
 
 def copy_gbs(device: torch.device, nbytes: int = 256 << 20) -> float:
-    """A device-to-device copy's bandwidth, bytes read + written (`tools/gpu_token_model.py` measures it alike)."""
+    """A device-to-device copy's bandwidth, bytes read + written (also `tools/gpu_token_model.py`'s bandwidths)."""
     source = torch.ones(nbytes, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     return 2 * nbytes / seconds_per_call([lambda: target.copy_(source)], device, 5) / 1e9

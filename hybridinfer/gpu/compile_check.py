@@ -224,14 +224,21 @@ def weight_loops(loops: list[Loop]) -> list[Loop]:
     return [loop for loop in loops if 2 * (loop.counts["FFMA"] + loop.counts["FMA"]) >= loop.weights]
 
 
-def compile_stats(kernel: Kernel, arch: int) -> dict:
-    """Compile for sm_`arch`: registers and stack bytes per thread (from cuobjdump; None without it: a spill shows
-    as stack), the inner loops (SASS, or PTX without cuobjdump) and which one was read."""
+def compile_for(kernel: Kernel, arch: int, options: dict):
+    """`kernel` compiled by Triton for sm_`arch` with its warps and `options` (a launch's, e.g. num_stages); (the
+    compiled kernel, its PTX)."""
     compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": kernel.warps, **common.LAUNCH})
+                              options={"num_warps": kernel.warps, **options})
     ptx = compiled.asm["ptx"]
     if f".target sm_{arch}" not in ptx:
         raise RuntimeError(f"the PTX does not target sm_{arch}")
+    return compiled, ptx
+
+
+def compile_stats(kernel: Kernel, arch: int) -> dict:
+    """Compile for sm_`arch` as the launches do: registers and stack bytes per thread (from cuobjdump; None without
+    it: a spill shows as stack), the inner loops (SASS, or PTX without cuobjdump) and which one was read."""
+    compiled, ptx = compile_for(kernel, arch, common.LAUNCH)
     if nvidia_tool("cuobjdump") and "cubin" in compiled.asm:
         registers, stack, listing = cuobjdump(compiled.asm["cubin"])
         loops = weight_loops(inner_loops(sass_instructions(listing), kernel.weights_per_iteration))

@@ -14,13 +14,11 @@ import os
 import re
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
 
 from . import attention_kernels as ak
 from . import norm_kernels as nk
 from . import predictor_kernels as pk
-from .compile_check import (Kernel, aligned_source, cuobjdump, inner_loops, nvidia_tool, ptx_instructions,
+from .compile_check import (Kernel, aligned_source, compile_for, cuobjdump, inner_loops, nvidia_tool, ptx_instructions,
                             sass_instructions)
 
 HEAD_DIM = 128
@@ -61,11 +59,7 @@ def compile_stats(kernel: Kernel, arch: int) -> dict[str, int | float]:
     """Compile for sm_`arch`; the PTX's instruction and global load counts, and where cuobjdump is bundled the
     registers, stack bytes (a spill shows as stack), SASS instructions and (attention) the position loop's
     instructions per cached element."""
-    compiled = triton.compile(kernel.source, target=GPUTarget("cuda", arch, 32), options={"num_warps": kernel.warps,
-                                                                                      "enable_fp_fusion": True})
-    ptx = compiled.asm["ptx"]
-    if f".target sm_{arch}" not in ptx:
-        raise RuntimeError(f"the PTX does not target sm_{arch}")
+    compiled, ptx = compile_for(kernel, arch, {"enable_fp_fusion": True})
     body = [text for _, text in ptx_instructions(ptx) if not text.endswith(":")]
     stats = {"ptx": len(body), "ld_global": sum("ld.global" in text for text in body)}
     if nvidia_tool("cuobjdump") and "cubin" in compiled.asm:
