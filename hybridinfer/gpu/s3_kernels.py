@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .kernel_common import _STORE, _epilogue, _finish, _last_share, _shares_sum
-from .tile_decoders import _Q4_1, _Q5_0, _Q5_1, _Q8_0, _field, _five_bit_words, _weights
+from .tile_decoders import _Q4_1, _Q5_0, _Q5_1, _Q8_0, _field, _five_bit_words, _tile_load, _weights
 
 
 @triton.jit
@@ -67,28 +67,16 @@ def _s3_word_rows(q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots, j, count, n_units, 
     caller clamps them)."""
     U: tl.constexpr = 2 if FMT == _Q8_0 else 1  # 4-word units per block
     i = tl.arange(0, 4)
-    if TAIL:
-        r = tl.load(slots + j, mask=j < count, other=0)
-        h = tl.load(h_ptr + r, mask=j < count, other=0)
-    else:
-        r = tl.load(slots + j)
-        h = tl.load(h_ptr + r)
+    r = _tile_load(slots + j, j < count, TAIL)
+    h = _tile_load(h_ptr + r, j < count, TAIL)
     words_at = q_ptr + r[:, None, None] * (n_units * 4) + u[None, :, None] * 4 + i[None, None, :]
     block = r[:, None] * (n_units // U) + (u // U)[None, :]
-    if TAIL:
-        live = (j < count)[:, None] & (u >= 0)[None, :]
-        words = tl.load(words_at, mask=live[:, :, None], other=0)
-        d = tl.load(d_ptr + block, mask=live, other=0)
-    else:
-        words = tl.load(words_at)
-        d = tl.load(d_ptr + block)
+    live = (j < count)[:, None] & (u >= 0)[None, :]
+    words = _tile_load(words_at, live[:, :, None], TAIL)
+    d = _tile_load(d_ptr + block, live, TAIL)
     high_words = words
     if FMT == _Q5_0 or FMT == _Q5_1:
-        if TAIL:
-            qh = tl.load(hi_ptr + block, mask=live, other=0)
-        else:
-            qh = tl.load(hi_ptr + block)
-        words, high_words = _five_bit_words(words, qh[:, :, None])
+        words, high_words = _five_bit_words(words, _tile_load(hi_ptr + block, live, TAIL)[:, :, None])
     hd = (h[:, None] * d.to(tl.float32))[:, :, None]
     a0 += hd * _field(words, high_words, 0, FMT, low_bits)
     a1 += hd * _field(words, high_words, 1, FMT, low_bits)
@@ -100,11 +88,7 @@ def _s3_word_rows(q_ptr, d_ptr, m_ptr, hi_ptr, h_ptr, slots, j, count, n_units, 
         a6 += hd * _field(words, high_words, 6, FMT, low_bits)
         a7 += hd * _field(words, high_words, 7, FMT, low_bits)
     if FMT == _Q4_1 or FMT == _Q5_1:
-        if TAIL:
-            m = tl.load(m_ptr + block, mask=live, other=0)
-        else:
-            m = tl.load(m_ptr + block)
-        a_m += h[:, None] * m.to(tl.float32)
+        a_m += h[:, None] * _tile_load(m_ptr + block, live, TAIL).to(tl.float32)
     return a0, a1, a2, a3, a4, a5, a6, a7, a_m
 
 

@@ -125,25 +125,16 @@ def _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0,
     u = u0 + tl.arange(0, WORD_UNITS)
     k = u0 * 4 + tl.arange(0, WORD_UNITS * 4)  # the tile's words in a row
     b = u0 // U + tl.arange(0, WORD_UNITS // U)  # its blocks
-    words_at = q_ptr + r[:, None] * (n_units * 4) + k[None, :]
+    words = _tile_load(q_ptr + r[:, None] * (n_units * 4) + k[None, :], (k < u_last * 4)[None, :] & (r >= 0)[:, None],
+                       TAIL)
     block = r[:, None] * (n_units // U) + b[None, :]
-    if TAIL:
-        words = tl.load(words_at, mask=(k < u_last * 4)[None, :] & (r >= 0)[:, None], other=0)
-        in_tile = (b < u_last // U)[None, :] & (r >= 0)[:, None]
-        d = tl.load(d_ptr + block, mask=in_tile, other=0)
-        x_unit = tl.minimum(u, u_last - 1)
-    else:
-        words = tl.load(words_at)
-        d = tl.load(d_ptr + block)
-        x_unit = u
+    in_tile = (b < u_last // U)[None, :] & (r >= 0)[:, None]
+    d = _tile_load(d_ptr + block, in_tile, TAIL)
+    x_unit = tl.minimum(u, u_last - 1) if TAIL else u
     words = tl.reshape(words, [BLOCK_R, WORD_UNITS, 4])
     high_words = words
     if FMT == _Q5_0 or FMT == _Q5_1:  # a block a unit
-        if TAIL:
-            qh = tl.load(h_ptr + block, mask=in_tile, other=0)
-        else:
-            qh = tl.load(h_ptr + block)
-        words, high_words = _five_bit_words(words, qh[:, :, None])
+        words, high_words = _five_bit_words(words, _tile_load(h_ptr + block, in_tile, TAIL)[:, :, None])
     x_offsets = ((x_unit // U) * 32 + (x_unit % U) * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
     dot = tl.zeros([BLOCK_R, WORD_UNITS, 4], dtype=tl.float32)
     for p in tl.static_range(8 // U):
@@ -153,12 +144,19 @@ def _word_tile(q_ptr, d_ptr, m_ptr, h_ptr, x_ptr, g_ptr, x_sums, r, n_units, u0,
         dot += _field(words, high_words, p, FMT, low_bits) * x
     acc += _per_unit(d.to(tl.float32), BLOCK_R, U) * dot
     if FMT == _Q4_1 or FMT == _Q5_1:
-        if TAIL:
-            m = tl.load(m_ptr + block, mask=in_tile, other=0)
-        else:
-            m = tl.load(m_ptr + block)
+        m = _tile_load(m_ptr + block, in_tile, TAIL)
         acc_m += _per_unit(m.to(tl.float32), BLOCK_R, U) * tl.load(x_sums + x_unit)[None, :, None]
     return acc, acc_m
+
+
+@triton.jit
+def _tile_load(at, live, TAIL: tl.constexpr):
+    """tl.load(at): in a TAIL tile masked by live (0 elsewhere), in a whole tile unmasked (no predicate to test)."""
+    if TAIL:
+        value = tl.load(at, mask=live, other=0)
+    else:
+        value = tl.load(at)
+    return value
 
 
 @triton.jit
