@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hybridinfer.gpu import attention_reference
+from triton_compile import run_compile_tool, skip_without_nvidia_tools
 
 DEVICE = os.environ.get("HYBRIDINFER_TEST_DEVICE", "cpu")
 # the kernel against the twin: a float32 cache takes float32 products; a float16 cache takes them on tensor cores, the
@@ -243,15 +244,7 @@ def test_a_decode_step_allocates_no_more_at_position_4000_than_at_10(tmp_path):
 
 def test_the_step_kernels_compile_for_sm_90():
     """Compiled (not interpreted) for an H100/H200 without a GPU: what only compiling checks."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    triton = pytest.importorskip("triton", reason="the Triton kernels need triton")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this triton install has no NVIDIA backend (ptxas) to compile with")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_step_kernels", "--arch", "90"],
-                            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
-                            timeout=600)
+    skip_without_nvidia_tools("ptxas")
+    result = run_compile_tool("compile_step_kernels", "--arch", "90")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.strip().splitlines()) == 5, result.stdout

@@ -27,6 +27,8 @@ from hybridinfer.gpu.weights import (GPU_FORMATS, K_QUANT_FIELDS, WORD_FORMATS, 
                                      dequantize_rows, device_matrix, stored_columns)
 from hybridinfer.model_file.gguf_file import GGUFTensor  # noqa: E402
 from hybridinfer.model_file.weight_formats import GPU_NATIVE_TYPES  # noqa: E402
+from triton_compile import run_compile_tool, skip_without_nvidia_tools  # noqa: E402
+
 RTOL = 1e-5  # of the sum of |terms|: float32 accumulation over at most a few hundred terms
 
 
@@ -432,28 +434,14 @@ def test_the_gpu_check_imports_without_pydantic():
 
 
 def _compile_check(*args: str) -> subprocess.CompletedProcess:
-    """`python -m hybridinfer.gpu.compile_check ARGS` with Triton compiling (TRITON_INTERPRET unset)."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "hybridinfer.gpu.compile_check", *args], capture_output=True,
-                          text=True, env=env, cwd=Path(__file__).resolve().parents[1])
-
-
-def _skip_without_nvidia_tools(*tools: str) -> None:
-    """Skip, saying why, where this triton install's NVIDIA backend lacks `tools` (ptxas compiles, cuobjdump
-    disassembles)."""
-    import triton
-
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    missing = [tool for tool in tools if not (bin_dir / tool).exists()]
-    if missing:
-        pytest.skip(f"this triton install has no NVIDIA backend tools {', '.join(missing)} to compile with")
+    return run_compile_tool("compile_check", *args)
 
 
 def test_the_kernels_compile_for_sm_90(tk):
     """Compiled (not interpreted) for an H100/H200 without a GPU: every format's GEMV, the S2, S3, gate_up and the
     GEMV and gate_up with the RMSNorm prologue of the format with the most fields; the interpreter does not catch what
     only compiling does (e.g. a non-constexpr global)."""
-    _skip_without_nvidia_tools("ptxas")
+    skip_without_nvidia_tools("ptxas")
     every_format = [t.name for t in GPU_NATIVE_TYPES]
     for kernels, formats in (("gemv", every_format), ("s2,s3,gate_up,norm_gemv,norm_gate_up,stage_gemv", ["Q5_K"])):
         result = _compile_check("--arch", "90", "--kernels", kernels, *formats)
@@ -465,7 +453,7 @@ def test_the_kernels_compile_for_sm_90(tk):
 def _word_kernel_loops(*formats: str) -> list[str]:
     """compile_check's lines for every kernel of `formats` (word formats), checked to be SASS and to have the weight
     loops each kernel has (S2, gate_up: gate and up)."""
-    _skip_without_nvidia_tools("ptxas", "cuobjdump")
+    skip_without_nvidia_tools("ptxas", "cuobjdump")
     from hybridinfer.gpu.compile_check import KERNELS
 
     result = _compile_check("--arch", "90", *formats)
@@ -505,7 +493,7 @@ def test_the_k_quant_row_loops_read_words_at_under_8_instructions_per_weight(tk)
     """Q4_K, Q5_K and Q6_K's GEMV, S2 and gate_up loops (super-blocks as int32 words, scales decoded once per
     sub-block) compiled for sm_90: at most 8 instructions per weight (each element decoded from its own block's
     fields, as S3 still does, took 18 to 23), no spill."""
-    _skip_without_nvidia_tools("ptxas", "cuobjdump")
+    skip_without_nvidia_tools("ptxas", "cuobjdump")
     result = _compile_check("--arch", "90", "--kernels", "gemv,s2,gate_up,norm_gemv", "Q4_K", "Q5_K", "Q6_K")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
